@@ -1,0 +1,300 @@
+"""The in-memory reference engine: simple and obviously right.
+
+It is the oracle of the property-based model test and the engine for users'
+unit tests (`memory://`). Everything happens on the event loop without an
+await between a check and a write, so every operation is atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from uuid import UUID
+
+import msgspec
+
+from tidelog.engines.base import (
+    DEFAULT_PARTITIONS,
+    GroupEngine,
+    GroupState,
+    HeadWatch,
+    check_position,
+    check_read_args,
+    config_from_url,
+    prepare_append,
+    prepare_append_many,
+    resolve_retry,
+    validate_filters,
+    validate_group_name,
+)
+from tidelog.errors import InvalidInput, StreamDeleted
+from tidelog.model import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    ExpectedVersion,
+    Membership,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    category_of,
+    check_expected_version,
+    partition_of,
+    validate_expected_version,
+    validate_stream_name,
+)
+
+__all__ = ["MemoryConfig", "MemoryEngine", "open_engine"]
+
+
+class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Options of the memory engine (`memory://?partitions=8`)."""
+
+    partitions: int = DEFAULT_PARTITIONS
+
+
+class MemoryEngine(GroupEngine):
+    name = "memory"
+
+    def __init__(self, config: MemoryConfig | None = None) -> None:
+        self.config = config or MemoryConfig()
+        if self.config.partitions < 1:
+            raise InvalidInput("partitions must be >= 1")
+        self._log: list[RecordedEvent] = []
+        self._streams: dict[str, list[RecordedEvent]] = {}
+        self._deleted: set[str] = set()
+        self._ids: dict[UUID, RecordedEvent] = {}
+        self._groups: dict[tuple[str, str], GroupState] = {}
+        self._checkpoints: dict[tuple[str, str], dict[int, int]] = {}
+        self._watch = HeadWatch()
+
+    # ------------------------------------------------------------------ layer 1
+
+    def _check_append(
+        self, stream: str, events: Sequence[NewEvent], expected: ExpectedVersion
+    ) -> AppendResult | None:
+        """Validate against the current state; returns the original result of a retry."""
+        stored = {
+            e.id: (r.stream, r.version, r.position)
+            for e in events
+            if (r := self._ids.get(e.id)) is not None
+        }
+        retry = resolve_retry(stream, events, stored)
+        if retry is not None:
+            return retry
+        if stream in self._deleted:
+            raise StreamDeleted(stream)
+        existing = self._streams.get(stream)
+        check_expected_version(stream, expected, existing[-1].version if existing else None)
+        return None
+
+    def _write(self, stream: str, events: Sequence[NewEvent]) -> AppendResult:
+        recorded_at = datetime.now(UTC)
+        existing = self._streams.setdefault(stream, [])
+        for e in events:
+            rec = RecordedEvent(
+                id=e.id,
+                stream=stream,
+                version=len(existing),
+                position=len(self._log) + 1,
+                type=e.type,
+                data=e.data,
+                metadata=dict(e.metadata),
+                recorded_at=recorded_at,
+                schema_version=e.schema_version,
+            )
+            self._log.append(rec)
+            existing.append(rec)
+            self._ids[e.id] = rec
+        return AppendResult(version=existing[-1].version, position=existing[-1].position)
+
+    def _append_many_now(
+        self, checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
+    ) -> dict[str, AppendResult]:
+        results: dict[str, AppendResult] = {}
+        fresh = []
+        for stream, (events, expected) in checked.items():
+            retry = self._check_append(stream, events, expected)
+            if retry is not None:
+                results[stream] = retry
+            else:
+                fresh.append((stream, events))
+        for stream, events in fresh:
+            results[stream] = self._write(stream, events)
+        self._watch.advance(len(self._log))
+        return results
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        self._check_open()
+        name, checked, expected = prepare_append(stream, events, expected_version)
+        return self._append_many_now({name: (checked, expected)})[name]
+
+    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
+        self._check_open()
+        return self._append_many_now(prepare_append_many(requests))
+
+    async def read_stream(
+        self,
+        stream: str,
+        from_version: int = 0,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        validate_stream_name(stream)
+        check_read_args(from_version, limit, backwards)
+        if stream in self._deleted:
+            raise StreamDeleted(stream)
+        events = self._streams.get(stream, [])
+        if backwards:
+            start = len(events) - 1 if from_version < 0 else min(from_version, len(events) - 1)
+            selected = events[start::-1] if start >= 0 else []
+        else:
+            selected = events[from_version:]
+        for e in selected[:limit]:
+            yield e
+
+    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
+        self._check_open()
+        name = validate_stream_name(stream)
+        expected = validate_expected_version(expected_version)
+        if name in self._deleted:
+            raise StreamDeleted(name)
+        existing = self._streams.get(name)
+        check_expected_version(name, expected, existing[-1].version if existing else None)
+        self._deleted.add(name)
+
+    async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
+        self._check_open()
+        names = set(self._streams) | self._deleted
+        for name in sorted(names):
+            if category is not None and category_of(name) != category:
+                continue
+            events = self._streams.get(name)
+            yield StreamInfo(
+                name=name,
+                version=events[-1].version if events else None,
+                deleted=name in self._deleted,
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        self._watch.close()
+
+    # ------------------------------------------------------------------ layer 2
+
+    async def read_all(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        limit: int | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        cats, tys = validate_filters(categories, types)
+        check_read_args(from_position, limit, False)
+        parts = None if partitions is None else frozenset(partitions)
+        count = 0
+        index = max(from_position, 1) - 1
+        while index < len(self._log) and (limit is None or count < limit):
+            e = self._log[index]
+            index += 1
+            if cats is not None and category_of(e.stream) not in cats:
+                continue
+            if tys is not None and e.type not in tys:
+                continue
+            if parts is not None and partition_of(e.stream, self.config.partitions) not in parts:
+                continue
+            count += 1
+            yield e
+            self._check_open()
+
+    async def last_position(self) -> int:
+        self._check_open()
+        return len(self._log)
+
+    @property
+    def partition_count(self) -> int:
+        return self.config.partitions
+
+    def _head_watch(self) -> HeadWatch:
+        return self._watch
+
+    # ------------------------------------------------------------------ layer 3
+
+    def _state(self, group: str, category: str) -> GroupState:
+        validate_group_name(group)
+        validate_group_name(category, "category")
+        return self._groups.setdefault((group, category), GroupState())
+
+    async def join_group(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        self._check_open()
+        validate_group_name(member, "member")
+        state = self._state(group, category)
+        state.join(member, self._now(), lease)
+        return state.membership(group, category, member, self.partition_count)
+
+    async def heartbeat(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        self._check_open()
+        state = self._state(group, category)
+        state.heartbeat(group, category, member, self._now(), lease)
+        return state.membership(group, category, member, self.partition_count)
+
+    async def leave_group(self, group: str, category: str, member: str) -> None:
+        self._check_open()
+        self._state(group, category).leave(member, self._now())
+
+    async def commit(
+        self,
+        group: str,
+        category: str,
+        partition: int,
+        position: int,
+        *,
+        member: str,
+        generation: int,
+        appends: Mapping[str, AppendRequest] | None = None,
+    ) -> dict[str, AppendResult]:
+        self._check_open()
+        check_position(position)
+        state = self._state(group, category)
+        state.check(
+            group, category, member, generation, partition, self.partition_count, self._now()
+        )
+        results = self._append_many_now(prepare_append_many(appends)) if appends else {}
+        points = self._checkpoints.setdefault((group, category), {})
+        points[partition] = max(points.get(partition, 0), position)
+        return results
+
+    async def checkpoints(self, group: str, category: str) -> dict[int, int]:
+        self._check_open()
+        return dict(self._checkpoints.get((group, category), {}))
+
+    async def describe_group(self, group: str, category: str) -> Membership | None:
+        self._check_open()
+        key = (group, category)
+        if key not in self._groups and key not in self._checkpoints:
+            return None
+        state = self._groups.get(key, GroupState())
+        live = GroupState(generation=state.generation, members=dict(state.members))
+        live.leave("", self._now())  # expire without joining anyone
+        return live.membership(group, category, "", self.partition_count)
+
+    async def list_groups(self) -> list[tuple[str, str]]:
+        self._check_open()
+        return sorted(set(self._groups) | set(self._checkpoints))
+
+
+async def open_engine(url: str) -> MemoryEngine:
+    """Open `memory://` (each call is a new, empty store)."""
+    return MemoryEngine(config_from_url(MemoryConfig, url))

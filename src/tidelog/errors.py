@@ -1,0 +1,179 @@
+"""Every error tidelog raises, in one tree.
+
+Callers catch by type, never by message text; each error carries what went
+wrong as attributes.
+
+    TidelogError
+    ├── InvalidInput (also ValueError)       bad input from the caller; nothing changed
+    │   ├── InvalidStreamName
+    │   ├── InvalidEvent
+    │   │   └── DuplicateEventId              ids already stored elsewhere, or a mix of old and new
+    │   ├── InvalidExpectedVersion
+    │   └── InvalidURL
+    ├── WrongExpectedVersion                 optimistic concurrency conflict
+    ├── StreamDeleted                        the stream carries a tombstone
+    ├── GroupError
+    │   └── StaleGeneration                  a fenced (stale) consumer-group member
+    ├── NotSupported                         this engine refuses the feature (documented)
+    ├── StoreClosed                          the store was closed
+    └── StoreUnavailable                     the engine's backend failed or is out of reach
+
+Driver errors (sqlite3, asyncpg, nats) never escape an engine: each engine
+translates them in one place into this tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+__all__ = [
+    "DuplicateEventId",
+    "GroupError",
+    "InvalidEvent",
+    "InvalidExpectedVersion",
+    "InvalidInput",
+    "InvalidStreamName",
+    "InvalidURL",
+    "NotSupported",
+    "StaleGeneration",
+    "StoreClosed",
+    "StoreUnavailable",
+    "StreamDeleted",
+    "TidelogError",
+    "WrongExpectedVersion",
+]
+
+
+class TidelogError(Exception):
+    """The root of every error tidelog raises."""
+
+
+class InvalidInput(TidelogError, ValueError):
+    """Input from the caller is malformed. The store was not changed."""
+
+
+class InvalidStreamName(InvalidInput):
+    """A stream name breaks the naming rules (see `tidelog.model.validate_stream_name`)."""
+
+    def __init__(self, name: object, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid stream name {name!r}: {reason}")
+
+
+class InvalidEvent(InvalidInput):
+    """An event to append is malformed (type, metadata, id or data)."""
+
+
+class DuplicateEventId(InvalidEvent):
+    """Event ids that are already stored, in a way that is not an idempotent retry.
+
+    An append whose ids are *all* stored in the same stream is a retry and returns
+    the original result; this error is for a mix of stored and new ids, or ids
+    stored in another stream.
+    """
+
+    def __init__(self, stream: str, event_ids: Sequence[UUID]) -> None:
+        self.stream = stream
+        self.event_ids = tuple(event_ids)
+        ids = ", ".join(str(i) for i in self.event_ids[:5])
+        super().__init__(
+            f"append to {stream!r} mixes new events with already stored ids ({ids}); "
+            "an idempotent retry must repeat exactly the same events"
+        )
+
+
+class InvalidExpectedVersion(InvalidInput):
+    """An expected version that is neither ANY, NO_STREAM, STREAM_EXISTS nor an int >= 0."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        super().__init__(
+            f"invalid expected version {value!r}: use ANY, NO_STREAM, STREAM_EXISTS or an int >= 0"
+        )
+
+
+class InvalidURL(InvalidInput):
+    """A store URL that names no known engine or has malformed options."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"invalid store URL {url!r}: {reason}")
+
+
+class WrongExpectedVersion(TidelogError):
+    """The stream's current version is not what the writer expected.
+
+    `actual` is the stream's last version, or None when it has no events.
+    """
+
+    def __init__(self, stream: str, expected: object, actual: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"wrong expected version for {stream!r}: expected {expected}, actual {actual}"
+        )
+
+
+class StreamDeleted(TidelogError):
+    """The stream was deleted (tombstoned): it can be neither read nor appended to."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(f"stream {stream!r} is deleted")
+
+
+class GroupError(TidelogError):
+    """A consumer-group operation was refused."""
+
+
+class StaleGeneration(GroupError):
+    """A member acted with a generation that is no longer current (it was fenced).
+
+    Raised when its lease expired, it left, or the group rebalanced since it last
+    joined or heartbeated. It must heartbeat (rejoin) and restart from the
+    committed checkpoints.
+    """
+
+    def __init__(
+        self, group: str, category: str, member: str, generation: int, current: int | None
+    ) -> None:
+        self.group = group
+        self.category = category
+        self.member = member
+        self.generation = generation
+        self.current = current
+        super().__init__(
+            f"member {member!r} of group {group!r} on {category!r} acted with stale "
+            f"generation {generation} (current: {current})"
+        )
+
+
+class NotSupported(TidelogError):
+    """The engine does not offer this feature; the docs say why."""
+
+    def __init__(self, engine: str, feature: str, reason: str = "") -> None:
+        self.engine = engine
+        self.feature = feature
+        self.reason = reason
+        super().__init__(
+            f"{engine} engine does not support {feature}" + (f": {reason}" if reason else "")
+        )
+
+
+class StoreClosed(TidelogError):
+    """The store was closed; open a new one."""
+
+    def __init__(self) -> None:
+        super().__init__("the store is closed")
+
+
+class StoreUnavailable(TidelogError):
+    """The engine's backend failed or could not be reached.
+
+    The outcome of a write that raised this is unknown: retry it with the same
+    event ids, which makes the retry idempotent.
+    """

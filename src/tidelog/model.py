@@ -1,0 +1,258 @@
+"""Events, stream names, expected versions and positions.
+
+These types are the vocabulary of every engine and of the HTTP API, so they are
+msgspec Structs: the same definitions encode to JSON and msgpack and describe
+the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeAlias
+from uuid import UUID, uuid4
+
+import msgspec
+
+from tidelog.errors import InvalidEvent, InvalidExpectedVersion, InvalidStreamName
+
+__all__ = [
+    "ANY",
+    "MAX_NAME_LENGTH",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendRequest",
+    "AppendResult",
+    "ExpectedVersion",
+    "GroupMember",
+    "Membership",
+    "NewEvent",
+    "RecordedEvent",
+    "StreamInfo",
+    "StreamState",
+    "category_of",
+    "check_expected_version",
+    "partition_of",
+    "validate_event",
+    "validate_expected_version",
+    "validate_stream_name",
+]
+
+MAX_NAME_LENGTH: Final = 200
+MAX_TYPE_LENGTH: Final = 200
+_NAME_RE: Final = re.compile(r"\$?[A-Za-z0-9_@:][A-Za-z0-9_@:\-]*")
+_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_@:.\-]+")
+
+
+class StreamState(enum.Enum):
+    """Expected versions that are not a number."""
+
+    ANY = "any"
+    """Append whatever the stream's version."""
+    NO_STREAM = "no_stream"
+    """Append only if the stream has no events."""
+    STREAM_EXISTS = "stream_exists"
+    """Append only if the stream has at least one event."""
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+ANY: Final = StreamState.ANY
+NO_STREAM: Final = StreamState.NO_STREAM
+STREAM_EXISTS: Final = StreamState.STREAM_EXISTS
+
+ExpectedVersion: TypeAlias = "StreamState | int"
+"""`ANY`, `NO_STREAM`, `STREAM_EXISTS`, or the exact 0-based version of the last event."""
+
+
+def validate_stream_name(name: object) -> str:
+    """Return `name` if it is a valid stream name, else raise `InvalidStreamName`.
+
+    Names are ASCII letters, digits, `_`, `-`, `:` and `@`, at most 200
+    characters, not starting with `-`. A leading `$` marks a system stream
+    (`$dlq-billing`). The rule is deliberately narrow and ASCII-only so that
+    every engine can store a name unchanged (NATS subjects, SQL, URLs) and no
+    two names can look alike (no unicode look-alikes, no zero-width characters,
+    no path separators, no subject wildcards).
+    """
+    if not isinstance(name, str):
+        raise InvalidStreamName(name, "must be a string")
+    if not name:
+        raise InvalidStreamName(name, "must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidStreamName(name[:40] + "...", f"longer than {MAX_NAME_LENGTH} characters")
+    if _NAME_RE.fullmatch(name) is None:
+        raise InvalidStreamName(
+            name, "only ASCII letters, digits, '_', '-', ':', '@' and a leading '$' are allowed"
+        )
+    return name
+
+
+def category_of(stream: str) -> str:
+    """The category of a stream: the part before the first `-` (`order-42` -> `order`)."""
+    return stream.split("-", 1)[0]
+
+
+def partition_of(stream: str, partitions: int) -> int:
+    """The partition of a stream: a stable hash (CRC-32) modulo the partition count.
+
+    Stable across processes, machines and Python versions, unlike `hash()`.
+    """
+    return zlib.crc32(stream.encode("ascii")) % partitions
+
+
+def validate_expected_version(value: object) -> ExpectedVersion:
+    """Return `value` if it is a valid expected version, else raise `InvalidExpectedVersion`."""
+    if isinstance(value, StreamState):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise InvalidExpectedVersion(value)
+    return value
+
+
+def check_expected_version(stream: str, expected: ExpectedVersion, actual: int | None) -> None:
+    """Raise `WrongExpectedVersion` unless `actual` (None: no events) satisfies `expected`.
+
+    The one definition of the rule, shared by every engine.
+    """
+    from tidelog.errors import WrongExpectedVersion
+
+    if expected is ANY:
+        return
+    if expected is NO_STREAM:
+        ok = actual is None
+    elif expected is STREAM_EXISTS:
+        ok = actual is not None
+    else:
+        ok = actual == expected
+    if not ok:
+        raise WrongExpectedVersion(stream, expected, actual)
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event to append.
+
+    `id` is the idempotency key: appending an event whose id is already stored
+    returns the original result and writes nothing. Choose it deterministically
+    (for example from the message that caused it) to make retries safe.
+    """
+
+    type: str
+    data: bytes = b""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: UUID = msgspec.field(default_factory=uuid4)
+    schema_version: int = 1
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as stored: its place in its stream (`version`) and in the log (`position`)."""
+
+    id: UUID
+    stream: str
+    version: int
+    position: int
+    type: str
+    data: bytes
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    schema_version: int = 1
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream)
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """The version and position of the last event an append wrote (or had written)."""
+
+    version: int
+    position: int
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """The events for one stream of an `append_many`, with that stream's expected version."""
+
+    events: Sequence[NewEvent]
+    expected_version: StreamState | int = StreamState.ANY
+
+
+class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A stream as listed: its last version (None: no events) and whether it is deleted."""
+
+    name: str
+    version: int | None
+    deleted: bool = False
+
+    @property
+    def category(self) -> str:
+        return category_of(self.name)
+
+
+class GroupMember(msgspec.Struct, frozen=True, kw_only=True):
+    """A live member of a consumer group and the partitions it owns."""
+
+    member: str
+    partitions: tuple[int, ...]
+    lease_expires_at: float
+    """Seconds since the epoch (wall clock) at which the lease runs out."""
+
+
+class Membership(msgspec.Struct, frozen=True, kw_only=True):
+    """A member's view of its group after join or heartbeat.
+
+    `generation` changes whenever the set of live members changes; only the
+    current generation may commit. `partitions` are the ones this member owns.
+    """
+
+    group: str
+    category: str
+    member: str
+    generation: int
+    partitions: tuple[int, ...]
+    partition_count: int
+    members: tuple[GroupMember, ...]
+
+
+_JSON_ENCODER: Final = msgspec.json.Encoder()
+
+
+def validate_event(event: object) -> NewEvent:
+    """Return `event` if it can be stored on every engine, else raise `InvalidEvent`."""
+    if not isinstance(event, NewEvent):
+        raise InvalidEvent(f"expected a tidelog.NewEvent, got {type(event).__name__}")
+    if not isinstance(event.type, str) or _TYPE_RE.fullmatch(event.type) is None:
+        raise InvalidEvent(
+            f"invalid event type {event.type!r}: ASCII letters, digits, '_', '-', '.', ':', '@'"
+        )
+    if len(event.type) > MAX_TYPE_LENGTH:
+        raise InvalidEvent(f"event type longer than {MAX_TYPE_LENGTH} characters")
+    if not isinstance(event.id, UUID):
+        raise InvalidEvent(f"event id must be a UUID, got {type(event.id).__name__}")
+    if not isinstance(event.data, bytes):
+        raise InvalidEvent(f"event data must be bytes, got {type(event.data).__name__}")
+    sv = event.schema_version
+    if isinstance(sv, bool) or not isinstance(sv, int) or not 1 <= sv < 2**31:
+        raise InvalidEvent(f"schema_version must be an int from 1, got {sv!r}")
+    if not isinstance(event.metadata, Mapping) or not all(
+        isinstance(k, str) for k in event.metadata
+    ):
+        raise InvalidEvent("metadata must be a mapping with string keys")
+    try:
+        _JSON_ENCODER.encode(event.metadata)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidEvent(f"metadata must be JSON-encodable: {exc}") from None
+    return event
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> bytes:
+    """Metadata as stored by the engines: compact JSON."""
+    return _JSON_ENCODER.encode(metadata)
+
+
+def decode_metadata(raw: bytes | str) -> dict[str, Any]:
+    decoded: dict[str, Any] = msgspec.json.decode(raw)
+    return decoded
