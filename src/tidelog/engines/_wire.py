@@ -1,0 +1,330 @@
+"""The HTTP wire format, shared by the server and the remote engine.
+
+Event data travels as the JSON value it is when it is valid JSON (embedded
+byte for byte with `msgspec.Raw`, so what a reader gets is exactly what the
+writer sent) and as `data_base64` otherwise. Errors travel as a code and the
+error's attributes, and are turned back into the same exception types by
+`raise_wire_error`, so a remote store raises what a local one would.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID, uuid4
+
+import msgspec
+
+from tidelog import errors
+from tidelog.model import (
+    AppendResult,
+    ExpectedVersion,
+    Membership,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    StreamState,
+)
+
+__all__ = [
+    "WireAppend",
+    "WireAppendMany",
+    "WireCommit",
+    "WireError",
+    "WireEvent",
+    "WireNewEvent",
+    "error_to_wire",
+    "expected_from_wire",
+    "expected_to_wire",
+    "raise_wire_error",
+]
+
+_NULL: Final = msgspec.Raw(b"null")
+_json_decoder: Final = msgspec.json.Decoder()
+
+
+def _is_json(data: bytes) -> bool:
+    if not data:
+        return False
+    try:
+        _json_decoder.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+class WireNewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An event to append. `data` is any JSON value; `data_base64` carries other bytes."""
+
+    type: str
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    data_base64: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: UUID | None = None
+    schema_version: int = 1
+
+    def to_new_event(self) -> NewEvent:
+        if self.data_base64 is not None:
+            if bytes(self.data) not in (b"", b"null"):
+                raise errors.InvalidEvent("give either data or data_base64, not both")
+            try:
+                payload = base64.b64decode(self.data_base64, validate=True)
+            except ValueError:
+                raise errors.InvalidEvent("data_base64 is not valid base64") from None
+        else:
+            payload = bytes(self.data)
+        return NewEvent(
+            type=self.type,
+            data=payload,
+            metadata=self.metadata,
+            id=self.id or uuid4(),
+            schema_version=self.schema_version,
+        )
+
+    @classmethod
+    def from_new_event(cls, event: NewEvent) -> WireNewEvent:
+        if _is_json(event.data):
+            return cls(
+                type=event.type,
+                data=msgspec.Raw(event.data),
+                metadata=event.metadata,
+                id=event.id,
+                schema_version=event.schema_version,
+            )
+        return cls(
+            type=event.type,
+            data=_NULL,
+            data_base64=base64.b64encode(event.data).decode("ascii"),
+            metadata=event.metadata,
+            id=event.id,
+            schema_version=event.schema_version,
+        )
+
+
+class WireAppend(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An append to one stream.
+
+    `expected_version`: an int, "any", "no_stream" or "stream_exists".
+    """
+
+    events: list[WireNewEvent]
+    expected_version: int | str = "any"
+
+
+class WireAppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    streams: dict[str, WireAppend]
+
+
+class WireCommit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    partition: int
+    position: int
+    member: str
+    generation: int
+    appends: dict[str, WireAppend] | None = None
+
+
+class WireJoin(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    lease: float = 10.0
+
+
+class WireEvent(msgspec.Struct, kw_only=True):
+    """A recorded event as the server sends it."""
+
+    id: UUID
+    stream: str
+    version: int
+    position: int
+    type: str
+    data: msgspec.Raw
+    data_base64: str | None = None
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    schema_version: int
+
+    @classmethod
+    def from_recorded(cls, e: RecordedEvent) -> WireEvent:
+        is_json = _is_json(e.data)
+        return cls(
+            id=e.id,
+            stream=e.stream,
+            version=e.version,
+            position=e.position,
+            type=e.type,
+            data=msgspec.Raw(e.data) if is_json else _NULL,
+            data_base64=None if is_json else base64.b64encode(e.data).decode("ascii"),
+            metadata=e.metadata,
+            recorded_at=e.recorded_at,
+            schema_version=e.schema_version,
+        )
+
+    def to_recorded(self) -> RecordedEvent:
+        data = (
+            base64.b64decode(self.data_base64) if self.data_base64 is not None else bytes(self.data)
+        )
+        return RecordedEvent(
+            id=self.id,
+            stream=self.stream,
+            version=self.version,
+            position=self.position,
+            type=self.type,
+            data=data,
+            metadata=self.metadata,
+            recorded_at=self.recorded_at,
+            schema_version=self.schema_version,
+        )
+
+
+class WirePage(msgspec.Struct, kw_only=True):
+    events: list[WireEvent]
+
+
+class WireHead(msgspec.Struct, kw_only=True):
+    position: int
+
+
+class WireInfo(msgspec.Struct, kw_only=True):
+    engine: str
+    partition_count: int
+    version: str
+
+
+class WireStreams(msgspec.Struct, kw_only=True):
+    streams: list[StreamInfo]
+
+
+class WireGroup(msgspec.Struct, kw_only=True):
+    membership: Membership | None
+    checkpoints: dict[int, int]
+
+
+class WireGroups(msgspec.Struct, kw_only=True):
+    groups: list[tuple[str, str]]
+
+
+class WireResults(msgspec.Struct, kw_only=True):
+    results: dict[str, AppendResult]
+
+
+class WireError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An error response: a stable `code`, a message, and the error's attributes."""
+
+    code: str
+    message: str
+    stream: str | None = None
+    expected: int | str | None = None
+    actual: int | None = None
+    group: str | None = None
+    category: str | None = None
+    member: str | None = None
+    generation: int | None = None
+    current: int | None = None
+    event_ids: list[UUID] | None = None
+    feature: str | None = None
+    field: str | None = None
+
+
+def expected_to_wire(expected: ExpectedVersion) -> int | str:
+    return expected.value if isinstance(expected, StreamState) else expected
+
+
+def expected_from_wire(value: object) -> ExpectedVersion:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        for state in StreamState:
+            if lowered == state.value:
+                return state
+        if lowered.isdigit() and len(lowered) < 19:
+            return int(lowered)
+        raise errors.InvalidExpectedVersion(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidExpectedVersion(value)
+    return value
+
+
+# status codes: client mistakes are 4xx; only an unavailable backend is a 5xx
+_ERRORS: Final[dict[type[errors.TidelogError], tuple[str, int]]] = {
+    errors.WrongExpectedVersion: ("wrong_expected_version", 409),
+    errors.DuplicateEventId: ("duplicate_event_id", 409),
+    errors.StreamDeleted: ("stream_deleted", 410),
+    errors.StaleGeneration: ("stale_generation", 409),
+    errors.InvalidStreamName: ("invalid_stream_name", 400),
+    errors.InvalidExpectedVersion: ("invalid_expected_version", 400),
+    errors.InvalidEvent: ("invalid_event", 400),
+    errors.InvalidURL: ("invalid_input", 400),
+    errors.InvalidInput: ("invalid_input", 400),
+    errors.GroupError: ("group_error", 400),
+    errors.NotSupported: ("not_supported", 422),
+    errors.StoreClosed: ("unavailable", 503),
+    errors.StoreUnavailable: ("unavailable", 503),
+}
+
+
+def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
+    """The wire form and HTTP status of an error (the most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in _ERRORS:
+            code, status = _ERRORS[cls]
+            break
+    else:
+        code, status = "error", 400
+    if isinstance(exc, errors.AccessDenied):
+        code, status = ("unauthorized" if exc.status == 401 else "forbidden"), exc.status
+    wire = WireError(code=code, message=str(exc))
+    if isinstance(exc, errors.WrongExpectedVersion):
+        wire.stream = exc.stream
+        wire.expected = (
+            expected_to_wire(exc.expected)
+            if isinstance(exc.expected, (StreamState, int))
+            else str(exc.expected)
+        )
+        wire.actual = exc.actual
+    elif isinstance(exc, errors.DuplicateEventId):
+        wire.stream, wire.event_ids = exc.stream, list(exc.event_ids)
+    elif isinstance(exc, errors.StreamDeleted):
+        wire.stream = exc.stream
+    elif isinstance(exc, errors.StaleGeneration):
+        wire.group, wire.category, wire.member = exc.group, exc.category, exc.member
+        wire.generation, wire.current = exc.generation, exc.current
+    elif isinstance(exc, errors.NotSupported):
+        wire.feature = exc.feature
+    elif isinstance(exc, errors.InvalidStreamName):
+        wire.stream, wire.field = str(exc.name)[:250], exc.reason
+    return wire, status
+
+
+def raise_wire_error(wire: WireError, status: int) -> None:
+    """Raise the tidelog error a server answered with (the inverse of `error_to_wire`)."""
+    code = wire.code
+    if code == "wrong_expected_version":
+        expected: object = wire.expected
+        if isinstance(expected, str):
+            expected = expected_from_wire(expected)
+        raise errors.WrongExpectedVersion(wire.stream or "", expected, wire.actual)
+    if code == "duplicate_event_id":
+        raise errors.DuplicateEventId(wire.stream or "", wire.event_ids or [])
+    if code == "stream_deleted":
+        raise errors.StreamDeleted(wire.stream or "")
+    if code == "stale_generation":
+        raise errors.StaleGeneration(
+            wire.group or "",
+            wire.category or "",
+            wire.member or "",
+            wire.generation if wire.generation is not None else -1,
+            wire.current,
+        )
+    if code == "invalid_stream_name":
+        raise errors.InvalidStreamName(wire.stream, wire.field or wire.message)
+    if code == "invalid_expected_version":
+        raise errors.InvalidExpectedVersion(wire.expected)
+    if code == "invalid_event":
+        raise errors.InvalidEvent(wire.message)
+    if code == "group_error":
+        raise errors.GroupError(wire.message)
+    if code in ("unauthorized", "forbidden"):
+        raise errors.AccessDenied(wire.message, 401 if code == "unauthorized" else 403)
+    if code == "not_supported":
+        raise errors.NotSupported("remote", wire.feature or "?", wire.message)
+    if code == "unavailable" or status >= 500:
+        raise errors.StoreUnavailable(wire.message)
+    raise errors.InvalidInput(wire.message)

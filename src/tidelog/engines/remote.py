@@ -1,0 +1,434 @@
+"""The remote engine: a client of the tidelog server that is an engine like the others.
+
+`tidelog.connect("http://127.0.0.1:7070", token="…")`. Reads are paged;
+subscriptions are Server-Sent Events that resume from the last position seen
+(`Last-Event-ID`) after a dropped connection, so a subscriber neither loses
+nor repeats an event. Transport errors become `StoreUnavailable` and server
+errors become the same exception types a local engine raises, both in
+`_call`, the one place that talks HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from tidelog.engines import _wire as wire
+from tidelog.engines.base import (
+    GroupEngine,
+    HeadWatch,
+    check_read_args,
+    config_from_url,
+    prepare_append,
+    prepare_append_many,
+    validate_filters,
+)
+from tidelog.errors import StoreClosed, StoreUnavailable
+from tidelog.model import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    ExpectedVersion,
+    Membership,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    validate_expected_version,
+    validate_stream_name,
+)
+
+__all__ = ["RemoteConfig", "RemoteEngine", "open_engine"]
+
+T = TypeVar("T")
+
+
+class RemoteConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Options in the URL's query string: `https://host:7070?page=500&timeout=30`."""
+
+    page: int = 500
+    timeout: float = 30.0
+    reconnect_delay: float = 0.2
+
+
+class RemoteEngine(GroupEngine):
+    name = "remote"
+
+    def __init__(
+        self,
+        base_url: str,
+        config: RemoteConfig,
+        *,
+        token: str | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: tuple[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout),
+            verify=_ssl_context(verify, cert),
+        )
+        self._partitions = 0
+        self._watch = HeadWatch()
+        self._decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+        self._encoder = msgspec.json.Encoder()
+
+    async def _start(self) -> None:
+        info = await self._call("GET", "/v1/info", wire.WireInfo)
+        self._partitions = info.partition_count
+
+    # ------------------------------------------------------------------ transport
+
+    def _decoder(self, t: type[T]) -> msgspec.json.Decoder[T]:
+        d = self._decoders.get(t)
+        if d is None:
+            d = self._decoders[t] = msgspec.json.Decoder(t)
+        return d
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        result: type[T] | None,
+        *,
+        body: object = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> T:
+        self._check_open()
+        content = None if body is None else self._encoder.encode(body)
+        try:
+            response = await self._client.request(
+                method,
+                path,
+                content=content,
+                params=_params(params),
+                headers={"Content-Type": "application/json"} if content is not None else None,
+            )
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
+        if response.status_code >= 400:
+            _raise_response(response.status_code, response.content)
+        if result is None:
+            return None  # type: ignore[return-value]
+        try:
+            return self._decoder(result).decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise StoreUnavailable(f"malformed answer from the server: {exc}") from exc
+
+    # ------------------------------------------------------------------ layer 1
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        name, checked, expected = prepare_append(stream, events, expected_version)
+        body = _wire_append(checked, expected)
+        return await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=body)
+
+    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
+        checked = prepare_append_many(requests)
+        body = wire.WireAppendMany(streams={s: _wire_append(e, x) for s, (e, x) in checked.items()})
+        out = await self._call("POST", "/v1/append-many", wire.WireResults, body=body)
+        return out.results
+
+    async def read_stream(
+        self,
+        stream: str,
+        from_version: int = 0,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        validate_stream_name(stream)
+        check_read_args(from_version, limit, backwards)
+        remaining = limit
+        version = from_version
+        while remaining is None or remaining > 0:
+            page = self.config.page if remaining is None else min(remaining, self.config.page)
+            got = await self._call(
+                "GET",
+                f"/v1/streams/{stream}/events",
+                wire.WirePage,
+                params={"from_version": version, "backwards": backwards, "limit": page},
+            )
+            for w in got.events:
+                yield w.to_recorded()
+            if len(got.events) < page:
+                return
+            if remaining is not None:
+                remaining -= len(got.events)
+            version = got.events[-1].version + (-1 if backwards else 1)
+            if version < 0:
+                return
+
+    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
+        name = validate_stream_name(stream)
+        expected = wire.expected_to_wire(validate_expected_version(expected_version))
+        await self._call(
+            "DELETE", f"/v1/streams/{name}", None, params={"expected_version": str(expected)}
+        )
+
+    async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
+        params = {"category": category}
+        got = await self._call("GET", "/v1/streams", wire.WireStreams, params=params)
+        for s in got.streams:
+            yield s
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._watch.close()
+            await self._client.aclose()
+
+    # ------------------------------------------------------------------ layer 2
+
+    async def read_all(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        limit: int | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        cats, tys = validate_filters(categories, types)
+        check_read_args(from_position, limit, False)
+        params: dict[str, Any] = {
+            "category": sorted(cats) if cats is not None else None,
+            "type": sorted(tys) if tys is not None else None,
+            "partition": sorted(partitions) if partitions is not None else None,
+        }
+        if (cats is not None and not cats) or (tys is not None and not tys):
+            return
+        if partitions is not None and not params["partition"]:
+            return
+        remaining = limit
+        position = from_position
+        while remaining is None or remaining > 0:
+            page = self.config.page if remaining is None else min(remaining, self.config.page)
+            got = await self._call(
+                "GET",
+                "/v1/log",
+                wire.WirePage,
+                params={**params, "from_position": position, "limit": page},
+            )
+            for w in got.events:
+                yield w.to_recorded()
+            if len(got.events) < page:
+                return
+            if remaining is not None:
+                remaining -= len(got.events)
+            position = got.events[-1].position + 1
+
+    async def last_position(self) -> int:
+        return (await self._call("GET", "/v1/log/head", wire.WireHead)).position
+
+    @property
+    def partition_count(self) -> int:
+        return self._partitions
+
+    def _head_watch(self) -> HeadWatch:
+        return self._watch
+
+    async def subscribe(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Server-Sent Events, resumed with `Last-Event-ID` after a dropped connection."""
+        cats, tys = validate_filters(categories, types)
+        self._check_open()
+        params = _params(
+            {
+                "category": sorted(cats) if cats is not None else None,
+                "type": sorted(tys) if tys is not None else None,
+                "partition": sorted(partitions) if partitions is not None else None,
+                "from_position": max(from_position, 0),
+            }
+        )
+        last_seen: int | None = None
+        decoder = self._decoder(wire.WireEvent)
+        while True:
+            self._check_open()
+            headers = {"Accept": "text/event-stream"}
+            if last_seen is not None:
+                headers["Last-Event-ID"] = str(last_seen)
+            try:
+                async with self._client.stream(
+                    "GET",
+                    "/v1/subscribe",
+                    params=params,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.config.timeout, read=None),
+                ) as response:
+                    if response.status_code >= 400:
+                        _raise_response(response.status_code, await response.aread())
+                    async for data in _sse_data(response):
+                        event = decoder.decode(data).to_recorded()
+                        if last_seen is not None and event.position <= last_seen:
+                            continue
+                        last_seen = event.position
+                        yield event
+            except (httpx.HTTPError, msgspec.DecodeError):
+                if self._closed:
+                    raise StoreClosed() from None
+                await asyncio.sleep(self.config.reconnect_delay)
+                continue
+            if self._closed:
+                raise StoreClosed()
+            await asyncio.sleep(self.config.reconnect_delay)
+
+    # ------------------------------------------------------------------ layer 3
+
+    def _group_path(self, group: str, category: str) -> str:
+        return f"/v1/groups/{_seg(group)}/{_seg(category)}"
+
+    async def join_group(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        path = f"{self._group_path(group, category)}/members/{_seg(member)}"
+        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+
+    async def heartbeat(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        path = f"{self._group_path(group, category)}/members/{_seg(member)}/heartbeat"
+        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+
+    async def leave_group(self, group: str, category: str, member: str) -> None:
+        path = f"{self._group_path(group, category)}/members/{_seg(member)}"
+        await self._call("DELETE", path, None)
+
+    async def commit(
+        self,
+        group: str,
+        category: str,
+        partition: int,
+        position: int,
+        *,
+        member: str,
+        generation: int,
+        appends: Mapping[str, AppendRequest] | None = None,
+    ) -> dict[str, AppendResult]:
+        checked = prepare_append_many(appends) if appends else None
+        body = wire.WireCommit(
+            partition=partition,
+            position=position,
+            member=member,
+            generation=generation,
+            appends=({s: _wire_append(e, x) for s, (e, x) in checked.items()} if checked else None),
+        )
+        path = f"{self._group_path(group, category)}/commit"
+        return (await self._call("POST", path, wire.WireResults, body=body)).results
+
+    async def checkpoints(self, group: str, category: str) -> dict[int, int]:
+        got = await self._call("GET", self._group_path(group, category), wire.WireGroup)
+        return got.checkpoints
+
+    async def describe_group(self, group: str, category: str) -> Membership | None:
+        got = await self._call("GET", self._group_path(group, category), wire.WireGroup)
+        return got.membership
+
+    async def list_groups(self) -> list[tuple[str, str]]:
+        return (await self._call("GET", "/v1/groups", wire.WireGroups)).groups
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _seg(value: str) -> str:
+    """A path segment; names are validated by the server, this only keeps the URL intact."""
+    return urllib.parse.quote(str(value), safe="")
+
+
+def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
+    out: list[tuple[str, str | int | float | bool | None]] = []
+    for key, value in (params or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            out.extend((key, str(v)) for v in value)
+        elif isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        else:
+            out.append((key, str(value)))
+    return httpx.QueryParams(out)
+
+
+def _wire_append(events: Sequence[NewEvent], expected: ExpectedVersion) -> wire.WireAppend:
+    return wire.WireAppend(
+        events=[wire.WireNewEvent.from_new_event(e) for e in events],
+        expected_version=wire.expected_to_wire(expected),
+    )
+
+
+_error_decoder = msgspec.json.Decoder(wire.WireError)
+
+
+def _raise_response(status: int, content: bytes) -> None:
+    try:
+        err = _error_decoder.decode(content)
+    except msgspec.DecodeError:
+        err = wire.WireError(code="http_error", message=f"HTTP {status}")
+    wire.raise_wire_error(err, status)
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The `data` of each event in a Server-Sent Events stream (comments skipped)."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield "\n".join(data).encode()
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+def _ssl_context(
+    verify: ssl.SSLContext | str | bool, cert: tuple[str, str] | None
+) -> ssl.SSLContext | bool:
+    if isinstance(verify, ssl.SSLContext):
+        if cert:
+            verify.load_cert_chain(*cert)
+        return verify
+    if isinstance(verify, str) or cert:
+        ctx = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        if cert:
+            ctx.load_cert_chain(*cert)
+        return ctx
+    return verify
+
+
+async def open_engine(
+    url: str,
+    *,
+    token: str | None = None,
+    verify: ssl.SSLContext | str | bool = True,
+    cert: tuple[str, str] | None = None,
+) -> RemoteEngine:
+    """Open `http(s)://host:port`; `token` is a bearer token, `verify` a CA file or context,
+    `cert` a (certificate, key) pair for mutual TLS."""
+    parts = urllib.parse.urlsplit(url)
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    engine = RemoteEngine(
+        base, config_from_url(RemoteConfig, url), token=token, verify=verify, cert=cert
+    )
+    try:
+        await engine._start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await engine.close()
+        raise
+    return engine

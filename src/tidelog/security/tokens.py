@@ -1,0 +1,130 @@
+"""Who is calling: static API keys and JWT bearer tokens.
+
+JWTs are checked with PyJWT against a fixed allow-list of algorithms (never
+the token's own `alg`), with audience, issuer, expiry and leeway; keys come
+from a shared secret (HS*), a PEM public key, or a JWKS file (RS*/ES*/EdDSA).
+API keys are compared by SHA-256 digest in constant time, so the configured
+digests can live in files that are not secrets themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tidelog.errors import AccessDenied
+
+__all__ = ["AuthError", "Authenticator", "JWTConfig", "hash_api_key", "new_api_key"]
+
+MAX_TOKEN_BYTES = 8192
+_SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
+
+
+class AuthError(AccessDenied):
+    """The request's credentials are missing or invalid (HTTP 401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=401)
+
+
+class JWTConfig(msgspec.Struct, frozen=True, kw_only=True):
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    audience: str | None = None
+    issuer: str | None = None
+    leeway: float = 30.0
+    secret: str | None = None
+    """Shared secret for HS* algorithms."""
+    public_key_file: str | None = None
+    """PEM public key for RS*/ES*/EdDSA."""
+    jwks_file: str | None = None
+    """A JWKS document on disk; the token's `kid` picks the key."""
+    principal_claim: str = "sub"
+
+    def __post_init__(self) -> None:
+        if not self.algorithms or "none" in {a.lower() for a in self.algorithms}:
+            raise ValueError("JWT algorithms must be a non-empty allow-list without 'none'")
+        symmetric = _SYMMETRIC & set(self.algorithms)
+        if symmetric and (self.public_key_file or self.jwks_file):
+            # a public key must never be usable as an HMAC secret (algorithm confusion)
+            raise ValueError("do not mix HS* algorithms with public keys")
+        if symmetric and not self.secret:
+            raise ValueError("HS* algorithms need a secret")
+        if not symmetric and not (self.public_key_file or self.jwks_file):
+            raise ValueError("asymmetric algorithms need public_key_file or jwks_file")
+
+
+def new_api_key() -> str:
+    return "tl_" + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Authenticator:
+    """Turns a bearer token into a principal name, or raises `AuthError`."""
+
+    def __init__(self, api_keys: dict[str, str], jwt: JWTConfig | None = None) -> None:
+        """`api_keys` maps SHA-256 hex digests of keys to principals."""
+        self._api_keys = dict(api_keys)
+        self._jwt = jwt
+        self._jwt_key: Any = None
+        self._jwks: dict[str, Any] = {}
+        if jwt is not None:
+            self._load_jwt_keys(jwt)
+
+    def _load_jwt_keys(self, cfg: JWTConfig) -> None:
+        import jwt
+
+        if cfg.secret:
+            self._jwt_key = cfg.secret
+        elif cfg.public_key_file:
+            self._jwt_key = Path(cfg.public_key_file).read_text()
+        elif cfg.jwks_file:
+            doc = json.loads(Path(cfg.jwks_file).read_text())
+            for jwk in jwt.PyJWKSet.from_dict(doc).keys:
+                if jwk.key_id:
+                    self._jwks[jwk.key_id] = jwk.key
+
+    def authenticate(self, token: str) -> str:
+        if not token or len(token) > MAX_TOKEN_BYTES:
+            raise AuthError("missing or oversized bearer token")
+        digest = hash_api_key(token)
+        for known, principal in self._api_keys.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        if self._jwt is not None and token.count(".") == 2:
+            return self._decode_jwt(token, self._jwt)
+        raise AuthError("invalid credentials")
+
+    def _decode_jwt(self, token: str, cfg: JWTConfig) -> str:
+        import jwt
+
+        try:
+            key = self._jwt_key
+            if self._jwks:
+                kid = jwt.get_unverified_header(token).get("kid")
+                if not isinstance(kid, str) or kid not in self._jwks:
+                    raise AuthError("unknown key id")
+                key = self._jwks[kid]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=list(cfg.algorithms),
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                leeway=cfg.leeway,
+                options={"require": ["exp"] + (["aud"] if cfg.audience else [])},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {type(exc).__name__}") from None
+        principal = claims.get(cfg.principal_claim)
+        if not isinstance(principal, str) or not principal:
+            raise AuthError(f"token has no {cfg.principal_claim!r} claim")
+        return principal

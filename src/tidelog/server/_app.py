@@ -1,0 +1,543 @@
+"""The HTTP application: the store's API over Litestar, with auth, ACLs and limits.
+
+Request and response bodies are the msgspec types of `tidelog.engines._wire`,
+so the OpenAPI document at `/schema` is generated from the same definitions
+the remote engine decodes. Every error from the store is turned into a 4xx
+(or a 503 when the backend is down) by one exception handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar, cast
+
+import msgspec
+from litestar import Litestar, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+import tidelog
+from tidelog.engines import _wire as wire
+from tidelog.engines.base import Engine
+from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput, TidelogError
+from tidelog.model import AppendRequest, category_of, validate_stream_name
+from tidelog.security.acl import Access, Permission
+from tidelog.security.tokens import Authenticator, AuthError
+from tidelog.server._config import ServerConfig
+from tidelog.server._metrics import Metrics
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AccessDep = NamedDependency[Access]
+
+
+@dataclass
+class _Runtime:
+    """What the routes share: the store, the config, auth and live counters."""
+
+    store: Engine
+    config: ServerConfig
+    auth: Authenticator
+    metrics: Metrics
+    subscriptions: Counter[str] = field(default_factory=Counter)
+
+
+def _runtime(state: State) -> _Runtime:
+    rt: _Runtime = state.runtime
+    return rt
+
+
+async def _access(request: Request[Any, Any, Any], state: State) -> Access:
+    """The caller's principal and grants: from the client certificate or the bearer token."""
+    rt = _runtime(state)
+    extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
+    tls = extensions.get("tls")
+    principal: str | None = None
+    if isinstance(tls, dict) and isinstance(tls.get("client_principal"), str):
+        principal = tls["client_principal"]
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthError("use 'Authorization: Bearer <token>'")
+        principal = rt.auth.authenticate(token.strip())
+    if not principal:
+        raise AuthError("authentication required")
+    return Access(principal, rt.config.grants)
+
+
+def _need_stream(access: Access, stream: str, perm: Permission) -> None:
+    if not access.can_stream(stream, perm):
+        raise AccessDenied(f"{access.principal!r} lacks {perm.value} on stream {stream!r}")
+
+
+def _need_categories(access: Access, categories: Sequence[str] | None, perm: Permission) -> None:
+    if categories:
+        for c in categories:
+            if not access.can_category(c, perm):
+                raise AccessDenied(f"{access.principal!r} lacks {perm.value} on category {c!r}")
+    elif not access.can_all(perm):
+        raise AccessDenied(f"{access.principal!r} lacks {perm.value} on the global log ($all)")
+
+
+_BODY_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+async def _body(request: Request[Any, Any, Any], kind: type[T]) -> T:
+    """Decode a JSON body straight from bytes, so `msgspec.Raw` event data keeps every byte.
+
+    (Litestar's own body parsing goes through Python objects first.)
+    """
+    decoder = _BODY_DECODERS.get(kind)
+    if decoder is None:
+        decoder = _BODY_DECODERS[kind] = msgspec.json.Decoder(kind)
+    raw = await request.body()
+    _check_depth(raw, _runtime(request.app.state).config.limits.max_json_depth)
+    try:
+        return cast(T, decoder.decode(raw))
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"invalid request body: {exc}") from None
+
+
+def _check_depth(raw: bytes, limit: int) -> None:
+    """Refuse deeply nested JSON before decoding it (a cheap bracket scan)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                raise InvalidInput(f"JSON nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def _expected(value: str | int) -> tidelog.ExpectedVersion:
+    return wire.expected_from_wire(value)
+
+
+def _events(rt: _Runtime, body: wire.WireAppend) -> list[tidelog.NewEvent]:
+    limits = rt.config.limits
+    if len(body.events) > limits.max_events_per_append:
+        raise InvalidEvent(f"at most {limits.max_events_per_append} events per append")
+    events = [e.to_new_event() for e in body.events]
+    for e in events:
+        if len(e.data) > limits.max_event_bytes:
+            raise InvalidEvent(f"event data larger than {limits.max_event_bytes} bytes")
+    return events
+
+
+# --------------------------------------------------------------------------- streams
+
+
+@post("/v1/streams/{stream:str}/events", status_code=200, summary="Append to a stream")
+async def append(
+    stream: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> tidelog.AppendResult:
+    rt = _runtime(state)
+    data = await _body(request, wire.WireAppend)
+    validate_stream_name(stream)
+    _need_stream(access, stream, Permission.WRITE)
+    events = _events(rt, data)
+    started = time.perf_counter()
+    result = await rt.store.append(stream, events, _expected(data.expected_version))
+    rt.metrics.appended(category_of(stream), len(events), time.perf_counter() - started)
+    return result
+
+
+@post("/v1/append-many", status_code=200, summary="Append to several streams atomically")
+async def append_many(
+    request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> wire.WireResults:
+    rt = _runtime(state)
+    data = await _body(request, wire.WireAppendMany)
+    requests = _append_requests(rt, access, data.streams)
+    results = await rt.store.append_many(requests)
+    for stream, req in requests.items():
+        rt.metrics.appended(category_of(stream), len(req.events), 0.0)
+    return wire.WireResults(results=results)
+
+
+def _append_requests(
+    rt: _Runtime, access: AccessDep, streams: dict[str, wire.WireAppend]
+) -> dict[str, AppendRequest]:
+    out: dict[str, AppendRequest] = {}
+    total = 0
+    for stream, body in streams.items():
+        validate_stream_name(stream)
+        _need_stream(access, stream, Permission.WRITE)
+        events = _events(rt, body)
+        total += len(events)
+        out[stream] = AppendRequest(events, _expected(body.expected_version))
+    if total > rt.config.limits.max_events_per_append:
+        raise InvalidEvent(f"at most {rt.config.limits.max_events_per_append} events per request")
+    return out
+
+
+def _page_limit(rt: _Runtime, limit: int | None) -> int:
+    cap = rt.config.limits.max_page
+    if limit is None:
+        return cap
+    if limit < 0:
+        raise InvalidInput("limit must be >= 0")
+    return min(limit, cap)
+
+
+@get("/v1/streams/{stream:str}/events", summary="Read a stream (one page)")
+async def read_stream(
+    stream: FromPath[str],
+    state: State,
+    access: AccessDep,
+    from_version: Annotated[int, QueryParameter(ge=-1, le=2**62)] = 0,
+    backwards: FromQuery[bool] = False,
+    limit: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
+) -> wire.WirePage:
+    rt = _runtime(state)
+    validate_stream_name(stream)
+    _need_stream(access, stream, Permission.READ)
+    events = [
+        wire.WireEvent.from_recorded(e)
+        async for e in rt.store.read_stream(
+            stream, from_version, backwards=backwards, limit=_page_limit(rt, limit)
+        )
+    ]
+    rt.metrics.read(len(events))
+    return wire.WirePage(events=events)
+
+
+@delete("/v1/streams/{stream:str}", status_code=204, summary="Delete (tombstone) a stream")
+async def delete_stream(
+    stream: FromPath[str],
+    state: State,
+    access: AccessDep,
+    expected_version: FromQuery[str] = "any",
+) -> None:
+    rt = _runtime(state)
+    validate_stream_name(stream)
+    _need_stream(access, stream, Permission.ADMIN)
+    await rt.store.delete_stream(stream, _expected(expected_version))
+
+
+@get("/v1/streams", summary="List streams")
+async def list_streams(
+    state: State, access: AccessDep, category: FromQuery[str | None] = None
+) -> wire.WireStreams:
+    rt = _runtime(state)
+    streams = [
+        s
+        async for s in rt.store.list_streams(category)
+        if access.can_stream(s.name, Permission.READ)
+    ]
+    return wire.WireStreams(streams=streams)
+
+
+# --------------------------------------------------------------------------- log
+
+
+@get("/v1/log", summary="Read the global log (one page)")
+async def read_all(
+    state: State,
+    access: AccessDep,
+    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+    category: FromQuery[list[str] | None] = None,
+    type: FromQuery[list[str] | None] = None,
+    partition: FromQuery[list[int] | None] = None,
+    limit: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
+) -> wire.WirePage:
+    rt = _runtime(state)
+    _need_categories(access, category, Permission.READ)
+    events = [
+        wire.WireEvent.from_recorded(e)
+        async for e in rt.store.read_all(
+            from_position, category, type, _page_limit(rt, limit), partition
+        )
+        if access.can_stream(e.stream, Permission.READ)
+    ]
+    rt.metrics.read(len(events))
+    return wire.WirePage(events=events)
+
+
+@get("/v1/log/head", summary="The newest position")
+async def head(state: State, access: AccessDep) -> wire.WireHead:
+    return wire.WireHead(position=await _runtime(state).store.last_position())
+
+
+@get("/v1/info", summary="Engine and partitioning")
+async def info(state: State, access: AccessDep) -> wire.WireInfo:
+    rt = _runtime(state)
+    return wire.WireInfo(
+        engine=rt.store.name, partition_count=rt.store.partition_count, version=tidelog.__version__
+    )
+
+
+@get("/v1/subscribe", summary="Subscribe (Server-Sent Events; the SSE id is the position)")
+async def subscribe(
+    request: Request[Any, Any, Any],
+    state: State,
+    access: AccessDep,
+    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+    category: FromQuery[list[str] | None] = None,
+    type: FromQuery[list[str] | None] = None,
+    partition: FromQuery[list[int] | None] = None,
+) -> ServerSentEvent:
+    rt = _runtime(state)
+    _need_categories(access, category, Permission.READ)
+    last_id = request.headers.get("last-event-id")
+    if last_id is not None:
+        if not last_id.isdigit() or len(last_id) > 18:
+            raise InvalidInput("Last-Event-ID must be a position")
+        from_position = int(last_id) + 1
+    principal = access.principal
+    if rt.subscriptions[principal] >= rt.config.limits.max_subscriptions_per_principal:
+        raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
+    rt.subscriptions[principal] += 1
+    rt.metrics.subscriptions.inc()
+    return ServerSentEvent(
+        _sse_events(rt, access, from_position, category, type, partition),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse_events(
+    rt: _Runtime,
+    access: AccessDep,
+    from_position: int,
+    categories: list[str] | None,
+    types: list[str] | None,
+    partitions: list[int] | None,
+) -> AsyncIterator[ServerSentEventMessage]:
+    queue: asyncio.Queue[tidelog.RecordedEvent | None] = asyncio.Queue(maxsize=256)
+
+    async def pump() -> None:
+        try:
+            async for e in rt.store.subscribe(from_position, categories, types, partitions):
+                if access.can_stream(e.stream, Permission.READ):
+                    await queue.put(e)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(pump())
+    encoder = msgspec.json.Encoder()
+    try:
+        while True:
+            try:
+                e = await asyncio.wait_for(queue.get(), rt.config.limits.keepalive_interval)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="keep-alive")
+                continue
+            if e is None:
+                return
+            rt.metrics.read(1)
+            yield ServerSentEventMessage(
+                data=encoder.encode(wire.WireEvent.from_recorded(e)).decode(),
+                id=e.position,
+                event="event",
+            )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TidelogError):
+            await task
+        rt.subscriptions[access.principal] -= 1
+        rt.metrics.subscriptions.dec()
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@post("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=200)
+async def join_group(
+    group: FromPath[str],
+    category: FromPath[str],
+    member: FromPath[str],
+    data: JSONBody[wire.WireJoin],
+    state: State,
+    access: AccessDep,
+) -> tidelog.Membership:
+    _need_categories(access, [category], Permission.READ)
+    return await _runtime(state).store.join_group(group, category, member, _lease(data.lease))
+
+
+@post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)
+async def heartbeat(
+    group: FromPath[str],
+    category: FromPath[str],
+    member: FromPath[str],
+    data: JSONBody[wire.WireJoin],
+    state: State,
+    access: AccessDep,
+) -> tidelog.Membership:
+    _need_categories(access, [category], Permission.READ)
+    return await _runtime(state).store.heartbeat(group, category, member, _lease(data.lease))
+
+
+@delete("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=204)
+async def leave_group(
+    group: FromPath[str],
+    category: FromPath[str],
+    member: FromPath[str],
+    state: State,
+    access: AccessDep,
+) -> None:
+    _need_categories(access, [category], Permission.READ)
+    await _runtime(state).store.leave_group(group, category, member)
+
+
+@post("/v1/groups/{group:str}/{category:str}/commit", status_code=200)
+async def commit(
+    group: FromPath[str],
+    category: FromPath[str],
+    request: Request[Any, Any, Any],
+    state: State,
+    access: AccessDep,
+) -> wire.WireResults:
+    rt = _runtime(state)
+    data = await _body(request, wire.WireCommit)
+    _need_categories(access, [category], Permission.READ)
+    appends = _append_requests(rt, access, data.appends) if data.appends else None
+    results = await rt.store.commit(
+        group,
+        category,
+        data.partition,
+        data.position,
+        member=data.member,
+        generation=data.generation,
+        appends=appends,
+    )
+    return wire.WireResults(results=results)
+
+
+@get("/v1/groups/{group:str}/{category:str}")
+async def describe_group(
+    group: FromPath[str], category: FromPath[str], state: State, access: AccessDep
+) -> wire.WireGroup:
+    _need_categories(access, [category], Permission.READ)
+    rt = _runtime(state)
+    return wire.WireGroup(
+        membership=await rt.store.describe_group(group, category),
+        checkpoints=await rt.store.checkpoints(group, category),
+    )
+
+
+@get("/v1/groups")
+async def list_groups(state: State, access: AccessDep) -> wire.WireGroups:
+    groups = await _runtime(state).store.list_groups()
+    return wire.WireGroups(groups=[g for g in groups if access.can_category(g[1], Permission.READ)])
+
+
+def _lease(lease: float) -> float:
+    if not 0.05 <= lease <= 3600:
+        raise InvalidInput("lease must be between 0.05 and 3600 seconds")
+    return lease
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@get("/livez", summary="The process is alive", include_in_schema=True)
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="The engine answers")
+async def readyz(state: State) -> Response[dict[str, str]]:
+    try:
+        await asyncio.wait_for(_runtime(state).store.last_position(), 2.0)
+    except (TidelogError, TimeoutError) as exc:
+        return Response({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+    return Response({"status": "ok"})
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def metrics(state: State) -> Response[bytes]:
+    rt = _runtime(state)
+    await rt.metrics.refresh_lag(rt.store)
+    return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, TidelogError):
+        body, status = wire.error_to_wire(exc)
+    elif isinstance(exc, HTTPException):
+        body = wire.WireError(code="http_error", message=str(exc.detail))
+        status = exc.status_code
+        if exc.status_code == 400 and getattr(exc, "extra", None):
+            body.message = f"{exc.detail}: {exc.extra}"
+    else:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        body, status = wire.WireError(code="internal", message="internal error"), 500
+    return Response(body, status_code=status)
+
+
+ROUTES = [
+    append,
+    append_many,
+    read_stream,
+    delete_stream,
+    list_streams,
+    read_all,
+    head,
+    info,
+    subscribe,
+    join_group,
+    heartbeat,
+    leave_group,
+    commit,
+    describe_group,
+    list_groups,
+    livez,
+    readyz,
+    metrics,
+]
+
+
+def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
+    """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
+    runtime = _Runtime(
+        store=store,
+        config=config,
+        auth=Authenticator(config.api_keys, config.jwt),
+        metrics=Metrics(),
+    )
+
+    async def on_shutdown() -> None:
+        if close_store:
+            await store.close()
+
+    app = Litestar(
+        route_handlers=ROUTES,
+        dependencies={"access": Provide(_access)},
+        exception_handlers={Exception: _error_response},
+        request_max_body_size=config.limits.max_body_bytes,
+        state=State({"runtime": runtime}),
+        openapi_config=OpenAPIConfig(title="tidelog", version=tidelog.__version__, path="/schema"),
+        on_shutdown=[on_shutdown],
+        middleware=[runtime.metrics.middleware],
+        debug=False,
+    )
+    return app

@@ -1,0 +1,80 @@
+"""`tidelog serve`: the server on the embedded default, or any engine URL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    store: Annotated[
+        str | None,
+        typer.Option("--store", envvar="TIDELOG_STORE", help="Store URL behind the server."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 7070).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="TIDELOG_CONFIG", help="TOML config file.")
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="Server certificate (PEM).")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Server private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        str | None, typer.Option(help="CA for client certificates: turns on mutual TLS.")
+    ] = None,
+) -> None:
+    """Serve the store over HTTP: API, live subscriptions, metrics and the dashboard."""
+    from tidelog.server._config import load_config
+    from tidelog.server._serve import Server, prepare_config
+
+    console = Console(stderr=True)
+    cfg = load_config(
+        config,
+        {
+            "store_url": store,
+            "host": host,
+            "port": port,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "tls_client_ca": tls_client_ca,
+        },
+    )
+    cfg = prepare_config(cfg, lambda line: console.print(line, highlight=False))
+    scheme = "https" if cfg.tls_cert else "http"
+
+    async def run() -> None:
+        server = Server(cfg)
+        await server.start()
+        console.print(
+            f"tidelog serving {cfg.store_url} at {scheme}://{cfg.host}:{server.port}/ "
+            f"(dashboard), API {scheme}://{cfg.host}:{server.port}/v1, "
+            f"OpenAPI {scheme}://{cfg.host}:{server.port}/schema",
+            highlight=False,
+        )
+        console.print(
+            "authenticate with 'Authorization: Bearer <key>' (the dashboard asks for the key)",
+            highlight=False,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await server.stop()
+        console.print("tidelog stopped", highlight=False)
+
+    asyncio.run(run())

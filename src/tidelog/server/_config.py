@@ -1,0 +1,91 @@
+"""The server's configuration: one object, read from a TOML file and `TIDELOG_*` variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tidelog._connect import DEFAULT_STORE_URL
+from tidelog.errors import InvalidInput
+from tidelog.security.acl import Grant
+from tidelog.security.tokens import JWTConfig
+
+__all__ = ["Limits", "ServerConfig", "load_config"]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Bounds on what one request or client may cost. Every rejection is a 4xx."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
+    max_events_per_append: int = 1000
+    max_page: int = 1000
+    max_subscriptions_per_principal: int = 64
+    max_json_depth: int = 32
+    send_timeout: float = 10.0
+    """A subscriber that does not take an event within this many seconds is dropped."""
+    keepalive_interval: float = 15.0
+
+
+class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    store_url: str = DEFAULT_STORE_URL
+    host: str = "127.0.0.1"
+    port: int = 7070
+    data_dir: str = "tidelog-data"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """With a client CA, clients must present a certificate it signed (mutual TLS);
+    the certificate's subject common name becomes the principal."""
+    api_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """SHA-256 hex digest of a key -> principal."""
+    jwt: JWTConfig | None = None
+    grants: tuple[Grant, ...] = ()
+    limits: Limits = Limits()
+    log_format: str = "auto"
+    """"json", "text", or "auto" (text on a terminal)."""
+
+    def __post_init__(self) -> None:
+        if self.tls_client_ca and not (self.tls_cert and self.tls_key):
+            raise InvalidInput("tls_client_ca needs tls_cert and tls_key")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidInput("tls_cert and tls_key go together")
+
+
+_ENV_FIELDS = {
+    "TIDELOG_STORE": "store_url",
+    "TIDELOG_HOST": "host",
+    "TIDELOG_PORT": "port",
+    "TIDELOG_DATA_DIR": "data_dir",
+    "TIDELOG_TLS_CERT": "tls_cert",
+    "TIDELOG_TLS_KEY": "tls_key",
+    "TIDELOG_TLS_CLIENT_CA": "tls_client_ca",
+}
+
+
+def load_config(
+    file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """File < environment < flags: a flag wins over a variable, which wins over the file."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data.update(tomllib.loads(file.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"cannot read config file {file}: {exc}") from None
+    env = os.environ if environ is None else environ
+    for var, name in _ENV_FIELDS.items():
+        if env.get(var):
+            data[name] = env[var]
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return msgspec.convert(data, ServerConfig, strict=False)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise InvalidInput(f"invalid server configuration: {exc}") from None

@@ -1,0 +1,98 @@
+"""Prometheus metrics for the server, on a registry of its own (no global state).
+
+Names follow Prometheus conventions: the `tidelog_` prefix, base units,
+counters ending in `_total`. Labels are categories, groups and partitions,
+never stream ids, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+import tidelog
+from tidelog.engines.base import Engine
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info("tidelog_build", "tidelog build information", registry=r).info(
+            {"version": tidelog.__version__}
+        )
+        self.appends = Counter(
+            "tidelog_appended_events", "Events appended", ["category"], registry=r
+        )
+        self.append_seconds = Histogram(
+            "tidelog_append_duration_seconds",
+            "Time to a durable append",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.events_read = Counter("tidelog_events_read", "Events sent to readers", registry=r)
+        self.subscriptions = Gauge("tidelog_subscriptions", "Open live subscriptions", registry=r)
+        self.requests = Counter(
+            "tidelog_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.lag = Gauge(
+            "tidelog_consumer_lag_events",
+            "Events between a group's checkpoint and the head of the log",
+            ["group", "category", "partition"],
+            registry=r,
+        )
+        self.head = Gauge("tidelog_log_head_position", "Newest position in the log", registry=r)
+
+    def appended(self, category: str, count: int, seconds: float) -> None:
+        self.appends.labels(category).inc(count)
+        if seconds:
+            self.append_seconds.observe(seconds)
+
+    def read(self, count: int) -> None:
+        self.events_read.inc(count)
+
+    async def refresh_lag(self, store: Engine) -> None:
+        """Lag per (group, category, partition), as positions behind the log's head.
+
+        Cheap to compute (one head read, one checkpoint read per group), so it is
+        refreshed on each scrape instead of by a background task.
+        """
+        head = await store.last_position()
+        self.head.set(head)
+        self.lag.clear()
+        for group, category in await store.list_groups():
+            points = await store.checkpoints(group, category)
+            for partition in range(store.partition_count):
+                lag = max(0, head - points.get(partition, 0))
+                self.lag.labels(group, category, str(partition)).set(lag)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """ASGI middleware counting requests by route template, method and status."""
+
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            status = 500
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                route: Any = scope.get("path_template") or "unmatched"
+                self.requests.labels(route, scope.get("method", ""), str(status)).inc()
+
+        return counted

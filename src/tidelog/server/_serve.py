@@ -1,0 +1,176 @@
+"""Running the app on uvicorn: TLS, mutual TLS, and the first-start admin key.
+
+uvicorn checks a client certificate at the handshake (`ssl_cert_reqs`) but does
+not hand it to the application (the ASGI TLS extension is not implemented
+there). `_PeerCertH11Protocol` closes that gap: per connection it reads the
+verified peer certificate from the TLS socket and adds
+`scope["extensions"]["tls"]["client_principal"]` (the subject's common name)
+to every request on that connection. Nothing from the client's headers can
+set it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tidelog._connect import connect
+from tidelog.engines.base import Engine
+from tidelog.errors import InvalidInput
+from tidelog.security.acl import Grant, Permission
+from tidelog.security.tokens import hash_api_key, new_api_key
+from tidelog.server._app import create_app
+from tidelog.server._config import ServerConfig
+
+__all__ = ["Server", "client_principal", "prepare_config"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_KEY_FILE = "admin-key.sha256"
+
+
+def client_principal(cert: dict[str, Any] | None) -> str | None:
+    """The principal named by a verified peer certificate: its subject's common name."""
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and isinstance(value, str) and value:
+                return value
+    return None
+
+
+class _PeerCertH11Protocol(H11Protocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        principal = client_principal(ssl_object.getpeercert()) if ssl_object else None
+        inner = self.app
+
+        async def with_peer(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] in ("http", "websocket"):
+                extensions = dict(scope.get("extensions") or {})
+                extensions["tls"] = {"client_principal": principal}
+                scope = {**scope, "extensions": extensions}
+            await inner(scope, receive, send)
+
+        self.app = with_peer
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def prepare_config(config: ServerConfig, announce: Callable[[str], None]) -> ServerConfig:
+    """Without any auth configured, serve loopback only and create an admin key once.
+
+    The key itself is printed once, at creation; only its SHA-256 digest is kept
+    (in the data directory), so later starts reuse it without showing it again.
+    """
+    if config.api_keys or config.jwt or config.tls_client_ca:
+        return config
+    if not _is_loopback(config.host):
+        raise InvalidInput(
+            f"refusing to serve {config.host} without authentication configured: "
+            "set api_keys, jwt or tls_client_ca, or bind to 127.0.0.1"
+        )
+    key_file = Path(config.data_dir) / ADMIN_KEY_FILE
+    if key_file.exists():
+        digest = key_file.read_text().strip()
+        announce(f"admin key: the one printed at first start (digest in {key_file})")
+    else:
+        key = new_api_key()
+        digest = hash_api_key(key)
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(digest + "\n")
+        key_file.chmod(0o600)
+        announce(f"admin key (shown once, keep it): {key}")
+    grants = (*config.grants, Grant(principal="admin", permission=Permission.ADMIN, resource="*"))
+    return msgspec_replace(config, api_keys={digest: "admin"}, grants=grants)
+
+
+def msgspec_replace(config: ServerConfig, **changes: Any) -> ServerConfig:
+    import msgspec
+
+    return msgspec.structs.replace(config, **changes)
+
+
+class Server:
+    """The app on uvicorn, startable in-process (tests) or from `tidelog serve`."""
+
+    def __init__(self, config: ServerConfig, store: Engine | None = None) -> None:
+        self.config = config
+        self._store = store
+        self._uvicorn: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port: int = config.port
+
+    def _uvicorn_config(self, app: Any, sock: socket.socket | None) -> uvicorn.Config:
+        c = self.config
+        kwargs: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "on",
+            "access_log": False,
+            "timeout_keep_alive": 15,
+            "http": "h11",
+            "ws": "none",
+        }
+        if c.tls_cert and c.tls_key:
+            kwargs.update(ssl_certfile=c.tls_cert, ssl_keyfile=c.tls_key)
+            if c.tls_client_ca:
+                kwargs.update(
+                    ssl_ca_certs=c.tls_client_ca,
+                    ssl_cert_reqs=ssl.CERT_REQUIRED,
+                    http=_PeerCertH11Protocol,
+                )
+        if sock is None:
+            kwargs.update(host=c.host, port=c.port)
+        return uvicorn.Config(app, **kwargs)
+
+    async def start(self) -> None:
+        """Bind (port 0 picks a free one, see `.port`) and serve in a background task."""
+        owns_store = self._store is None
+        store = self._store or await connect(self.config.store_url)
+        self._store = store
+        app = create_app(store, self.config, close_store=owns_store)
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, self.config.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._uvicorn = uvicorn.Server(self._uvicorn_config(app, sock))
+        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started:
+            if self._task.done():
+                await self._task
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._uvicorn is not None and self._task is not None:
+            self._uvicorn.should_exit = True
+            await self._task
+            self._uvicorn = None
+
+    async def run_until(self, stopped: Callable[[], Awaitable[None]]) -> None:
+        await self.start()
+        try:
+            await stopped()
+        finally:
+            await self.stop()

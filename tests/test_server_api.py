@@ -1,0 +1,159 @@
+"""The HTTP API through a live server: appends, reads, SSE resume, groups, operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+import tidelog
+from _server_util import ADMIN_KEY, config, running
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
+    async with (
+        running(config()) as (server, store),
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.port}",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ) as client,
+    ):
+        yield client, store
+
+
+async def test_append_and_read_keep_json_and_binary_data_exactly(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, store = api
+    body = (
+        b'{"events": [{"type": "OrderPlaced", "data": {"total":  10}},'
+        b' {"type": "Blob", "data_base64": "AAE="}], "expected_version": "no_stream"}'
+    )
+    r = await client.post("/v1/streams/order-1/events", content=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"version": 1, "position": 2}
+    stored = [e.data async for e in store.read_stream("order-1")]
+    assert stored == [b'{"total":  10}', b"\x00\x01"]
+    page = (await client.get("/v1/streams/order-1/events")).json()["events"]
+    assert page[0]["data"] == {"total": 10} and page[0]["data_base64"] is None
+    assert page[1]["data"] is None and page[1]["data_base64"] == "AAE="
+
+
+async def test_conflict_is_409_with_actual_version(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, _ = api
+    ok = await client.post("/v1/streams/a-1/events", json={"events": [{"type": "X"}]})
+    assert ok.status_code == 200
+    r = await client.post(
+        "/v1/streams/a-1/events", json={"events": [{"type": "X"}], "expected_version": 7}
+    )
+    assert r.status_code == 409
+    assert r.json()["code"] == "wrong_expected_version"
+    assert r.json()["actual"] == 0
+
+
+async def test_idempotent_retry_over_http(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
+    client, store = api
+    event = {"type": "X", "id": "6f1c1f5e-8d35-4a4e-9f0e-2b8f9f0b1c11"}
+    first = await client.post(
+        "/v1/streams/a-1/events", json={"events": [event], "expected_version": "no_stream"}
+    )
+    again = await client.post(
+        "/v1/streams/a-1/events", json={"events": [event], "expected_version": "no_stream"}
+    )
+    assert first.json() == again.json() == {"version": 0, "position": 1}
+    assert await store.last_position() == 1
+
+
+async def test_sse_ids_are_positions_and_last_event_id_resumes_exactly(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, store = api
+    for i in range(5):
+        await store.append(f"order-{i}", [tidelog.NewEvent(type="T")])
+
+    async def first_ids(headers: dict[str, str], count: int) -> list[int]:
+        ids: list[int] = []
+        async with client.stream("GET", "/v1/subscribe", headers=headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if line.startswith("id:"):
+                    ids.append(int(line[3:].strip()))
+                    if len(ids) == count:
+                        return ids
+        return ids
+
+    assert await asyncio.wait_for(first_ids({}, 3), 10) == [1, 2, 3]
+    assert await asyncio.wait_for(first_ids({"Last-Event-ID": "3"}, 2), 10) == [4, 5]
+    bad = await client.get("/v1/subscribe", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 400
+
+
+async def test_groups_over_http(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
+    client, _ = api
+    joined = await client.post("/v1/groups/billing/order/members/m1", json={"lease": 5})
+    assert joined.status_code == 200
+    generation = joined.json()["generation"]
+    ok = await client.post(
+        "/v1/groups/billing/order/commit",
+        json={"partition": 0, "position": 4, "member": "m1", "generation": generation},
+    )
+    assert ok.status_code == 200
+    stale = await client.post(
+        "/v1/groups/billing/order/commit",
+        json={"partition": 0, "position": 5, "member": "m1", "generation": generation + 1},
+    )
+    assert stale.status_code == 409 and stale.json()["code"] == "stale_generation"
+    described = (await client.get("/v1/groups/billing/order")).json()
+    assert described["checkpoints"] == {"0": 4}
+
+
+async def test_health_and_metrics(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
+    client, store = api
+    await client.post("/v1/streams/order-1/events", json={"events": [{"type": "X"}]})
+    member = await store.join_group("billing", "order", "m1")
+    await store.commit("billing", "order", 0, 0, member="m1", generation=member.generation)
+    assert (await client.get("/livez")).status_code == 200
+    assert (await client.get("/readyz")).json() == {"status": "ok"}
+    text = (await client.get("/metrics")).text
+    assert 'tidelog_appended_events_total{category="order"} 1.0' in text
+    assert 'tidelog_consumer_lag_events{category="order",group="billing",partition="0"} 1.0' in text
+    assert "tidelog_http_requests_total" in text
+    assert "order-1" not in text  # never labelled by stream id
+
+
+async def test_readyz_is_503_when_the_engine_is_down(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, store = api
+    await store.close()
+    r = await client.get("/readyz")
+    assert r.status_code == 503
+
+
+async def test_openapi_schema_is_served(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
+    client, _ = api
+    doc = (await client.get("/schema/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    assert "/v1/streams/{stream}/events" in doc["paths"]
+
+
+async def test_remote_engine_round_trip(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
+    client, _ = api
+    url = str(client.base_url)
+    async with tidelog.connect(url, token=ADMIN_KEY) as remote:
+        r = await remote.append(
+            "order-9", [tidelog.NewEvent(type="X", data=json.dumps({"a": 1}).encode())]
+        )
+        assert r.version == 0
+        with pytest.raises(tidelog.WrongExpectedVersion) as info:
+            await remote.append("order-9", [tidelog.NewEvent(type="X")], expected_version=5)
+        assert info.value.actual == 0
+    with pytest.raises(tidelog.AccessDenied) as denied:
+        await tidelog.connect(url, token="wrong")
+    assert denied.value.status == 401
