@@ -109,7 +109,7 @@ async def _body(request: Request[Any, Any, Any], kind: type[T]) -> T:
     _check_depth(raw, _runtime(request.app.state).config.limits.max_json_depth)
     try:
         return cast(T, decoder.decode(raw))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"invalid request body: {exc}") from None
 
 

@@ -1,0 +1,403 @@
+"""A catalogue of bad inputs and attacks against a live server.
+
+Every answer must be a clear 4xx (never a 5xx, never a crash), and nothing
+may change in the store. The number of bad inputs tried is reported at the
+end of the test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import tidelog
+from _server_util import ADMIN_KEY, config, running
+from tidelog.security.tokens import JWTConfig
+
+BAD_INPUTS_TRIED: list[str] = []
+
+
+def _tried(label: str) -> None:
+    BAD_INPUTS_TRIED.append(label)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_count() -> Any:
+    yield
+    print(f"\n[security catalogue] bad inputs tried: {len(BAD_INPUTS_TRIED)}")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
+    cfg = config(
+        keys={"k-alice": "alice", "k-bob": "bob"},
+        grants=(
+            "alice=write:stream:orders",
+            "alice=read:stream:orders",
+            "alice=write:prefix:carts-",
+            "bob=read:category:order",
+        ),
+    )
+    async with running(cfg) as (srv, store):
+        yield f"http://127.0.0.1:{srv.port}", store
+
+
+def _client(url: str, key: str = ADMIN_KEY) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"})
+
+
+async def _assert_4xx_and_unchanged(
+    store: tidelog.Store, response: httpx.Response, label: str
+) -> None:
+    _tried(label)
+    assert 400 <= response.status_code < 500, (label, response.status_code, response.text)
+    assert await store.last_position() == 0, label
+
+
+HOSTILE_NAMES = [
+    "..%2Fx",
+    "%2e%2e",
+    "%2E%2E%2Fetc%2Fpasswd",
+    "a%00b",
+    "a%01b",
+    "a%0Ab",
+    "a%E2%80%AEb",  # right-to-left override
+    "a%E2%80%8Bb",  # zero-width space
+    "%D0%BErder-1",  # Cyrillic o
+    "orde%CC%81r",  # combining accent (NFD)
+    "a*b",
+    "a%3Eb",
+    "a.b",
+    "a%20b",
+    "%5C",
+    "x" * 201,
+    "-leading",
+    "%24",
+]
+
+
+async def test_hostile_stream_names_are_refused(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    async with _client(url) as client:
+        for name in HOSTILE_NAMES:
+            r = await client.post(f"/v1/streams/{name}/events", json={"events": [{"type": "X"}]})
+            await _assert_4xx_and_unchanged(store, r, f"name {name[:30]}")
+            r = await client.get(f"/v1/streams/{name}/events")
+            await _assert_4xx_and_unchanged(store, r, f"read name {name[:30]}")
+
+
+BAD_BODIES: list[tuple[str, bytes]] = [
+    ("malformed json", b'{"events": [{"type": "X"}'),
+    ("not an object", b"[1, 2, 3]"),
+    ("empty", b""),
+    ("NaN", b'{"events": [{"type": "X", "data": NaN}]}'),
+    ("bad utf-8", b'{"events": [{"type": "\xff\xfe"}]}'),
+    ("deep nesting", b'{"events": [{"type": "X", "data": ' + b"[" * 10000 + b"]" * 10000 + b"}]}"),
+    ("huge integer", b'{"events": [{"type": "X", "metadata": {"n": ' + b"9" * 5000 + b"}}]}"),
+    ("unknown field", b'{"events": [{"type": "X", "evil": 1}]}'),
+    ("no events", b'{"events": []}'),
+    ("bad type", b'{"events": [{"type": "a b"}]}'),
+    ("bad id", b'{"events": [{"type": "X", "id": "not-a-uuid"}]}'),
+    ("bad base64", b'{"events": [{"type": "X", "data_base64": "***"}]}'),
+    ("both data forms", b'{"events": [{"type": "X", "data": 1, "data_base64": "AA=="}]}'),
+    (
+        "duplicate ids",
+        b'{"events": [{"type": "X", "id": "6f1c1f5e-8d35-4a4e-9f0e-2b8f9f0b1c11"},'
+        b' {"type": "X", "id": "6f1c1f5e-8d35-4a4e-9f0e-2b8f9f0b1c11"}]}',
+    ),
+    ("schema version 0", b'{"events": [{"type": "X", "schema_version": 0}]}'),
+]
+
+BAD_EXPECTED = [-1, 2**63, 1.5, "abc", True, None, [], "-5", "1e3"]
+
+
+async def test_bad_bodies_and_expected_versions(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    async with _client(url) as client:
+        for label, body in BAD_BODIES:
+            r = await client.post(
+                "/v1/streams/order-1/events",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            await _assert_4xx_and_unchanged(store, r, label)
+        for value in BAD_EXPECTED:
+            body = json.dumps({"events": [{"type": "X"}], "expected_version": value}).encode()
+            r = await client.post("/v1/streams/order-1/events", content=body)
+            await _assert_4xx_and_unchanged(store, r, f"expected {value!r}")
+        for query in ["from_version=-5", "limit=-1", "from_version=abc", "limit=1.5"]:
+            r = await client.get(f"/v1/streams/order-1/events?{query}")
+            await _assert_4xx_and_unchanged(store, r, query)
+        for value in ["-1", "99999999999999999999999", "x"]:
+            r = await client.delete(f"/v1/streams/order-1?expected_version={value}")
+            await _assert_4xx_and_unchanged(store, r, f"delete expected {value}")
+
+
+async def test_oversized_body_and_too_many_events(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    async with _client(url) as client:
+        big = json.dumps({"events": [{"type": "X", "data": "x" * (5 * 1024 * 1024)}]}).encode()
+        r = await client.post("/v1/streams/order-1/events", content=big)
+        await _assert_4xx_and_unchanged(store, r, "oversized body")
+        assert r.status_code == 413
+        event = {"type": "X", "data": "y" * (1024 * 1024 + 10)}
+        r = await client.post("/v1/streams/order-1/events", json={"events": [event]})
+        await _assert_4xx_and_unchanged(store, r, "oversized event")
+        many = {"events": [{"type": "X"}] * 1001}
+        r = await client.post("/v1/streams/order-1/events", json=many)
+        await _assert_4xx_and_unchanged(store, r, "too many events")
+
+
+def _raw_http(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+async def test_lying_content_length_and_endless_chunks(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None
+    auth = f"Authorization: Bearer {ADMIN_KEY}\r\n".encode()
+    lying = (
+        b"POST /v1/streams/order-1/events HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        + b'{"events": [{"type": "X"}]}'
+    )
+    answer = await asyncio.to_thread(_raw_http, port, lying)
+    _tried("lying content-length")
+    assert not answer.startswith(b"HTTP/1.1 2") and not answer.startswith(b"HTTP/1.1 5")
+    huge_length = (
+        b"POST /v1/streams/order-1/events HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Length: 99999999999\r\n\r\n{}"
+    )
+    answer = await asyncio.to_thread(_raw_http, port, huge_length)
+    _tried("huge declared content-length")
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:80]
+    chunked = (
+        b"POST /v1/streams/order-1/events HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"100000\r\n" + b"[" * 0x100000 + b"\r\n" for _ in range(6))
+    )
+    answer = await asyncio.to_thread(_raw_http, port, chunked)
+    _tried("endless chunked body")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    assert await store.last_position() == 0
+
+
+async def test_acl_prefix_confusion_and_global_log(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    async with _client(url, "k-alice") as alice, _client(url, "k-bob") as bob:
+        ok = await alice.post("/v1/streams/orders/events", json={"events": [{"type": "X"}]})
+        assert ok.status_code == 200
+        ok = await alice.post("/v1/streams/carts-1/events", json={"events": [{"type": "X"}]})
+        assert ok.status_code == 200
+        before = await store.last_position()
+        for stream in ["orders-secret", "ORDERS", "orders_x", "carts", "cartsx-1", "$dlq-x"]:
+            r = await alice.post(f"/v1/streams/{stream}/events", json={"events": [{"type": "X"}]})
+            _tried(f"acl {stream}")
+            assert r.status_code == 403, (stream, r.text)
+        assert await store.last_position() == before
+        # the global log needs its own grant
+        r = await alice.get("/v1/log")
+        _tried("global log without grant")
+        assert r.status_code == 403
+        r = await bob.get("/v1/log?category=order")
+        assert r.status_code == 200
+        r = await bob.get("/v1/log?category=carts")
+        _tried("category without grant")
+        assert r.status_code == 403
+        r = await bob.get("/v1/subscribe")
+        _tried("subscribe global without grant")
+        assert r.status_code == 403
+        r = await bob.delete("/v1/streams/order-1")
+        _tried("delete without admin")
+        assert r.status_code == 403
+
+
+async def test_subscriptions_deliver_only_readable_events(
+    server: tuple[str, tidelog.Store],
+) -> None:
+    url, store = server
+    await store.append("order-1", [tidelog.NewEvent(type="A")])
+    await store.append("secret-1", [tidelog.NewEvent(type="B")])
+    await store.append("order-2", [tidelog.NewEvent(type="C")])
+    cfg_url = url
+    async with _client(cfg_url, "k-bob") as bob:
+        seen: list[str] = []
+        async with bob.stream("GET", "/v1/subscribe?category=order") as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    seen.append(json.loads(line[5:])["stream"])
+                    if len(seen) == 2:
+                        break
+        assert seen == ["order-1", "order-2"]
+
+
+def _rsa_pem() -> tuple[Any, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, public
+
+
+async def test_jwt_checks(tmp_path: Path) -> None:
+    key, public = _rsa_pem()
+    other_key, _ = _rsa_pem()
+    pem = tmp_path / "jwt.pem"
+    pem.write_bytes(public)
+    jwt_cfg = JWTConfig(
+        algorithms=("RS256",), audience="tidelog", issuer="https://issuer", public_key_file=str(pem)
+    )
+    cfg = config(jwt=jwt_cfg, grants=("carol=admin:*",))
+    now = int(time.time())
+    good_claims = {"sub": "carol", "aud": "tidelog", "iss": "https://issuer", "exp": now + 60}
+
+    def token(claims: dict[str, Any], signer: Any = key, alg: str = "RS256") -> str:
+        return jwt.encode(claims, signer, algorithm=alg)
+
+    unsigned = (
+        base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+        + "."
+        + base64.urlsafe_b64encode(json.dumps(good_claims).encode()).rstrip(b"=").decode()
+        + "."
+    )
+    good = token(good_claims)
+    tampered = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    bad_tokens = {
+        "alg none": unsigned,
+        "hs256 with the public key (confusion)": _hs256_with_public_key(good_claims, public),
+        "expired": token({**good_claims, "exp": now - 3600}),
+        "future nbf": token({**good_claims, "nbf": now + 3600}),
+        "wrong audience": token({**good_claims, "aud": "other"}),
+        "wrong issuer": token({**good_claims, "iss": "https://evil"}),
+        "no exp": token({k: v for k, v in good_claims.items() if k != "exp"}),
+        "other key": token(good_claims, other_key),
+        "tampered": tampered,
+        "64 KB token": "a." + "b" * 65536 + ".c",
+        "garbage": "not.a.jwt",
+    }
+    async with running(cfg) as (srv, store):
+        base = f"http://127.0.0.1:{srv.port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            ok = await client.get("/v1/info", headers={"Authorization": f"Bearer {good}"})
+            assert ok.status_code == 200
+            for label, bad in bad_tokens.items():
+                _tried(f"jwt {label}")
+                try:
+                    r = await client.post(
+                        "/v1/streams/order-1/events",
+                        json={"events": [{"type": "X"}]},
+                        headers={"Authorization": f"Bearer {bad}"},
+                    )
+                except httpx.HTTPError:
+                    # headers over the HTTP parser's limit: the connection is refused
+                    assert label == "64 KB token"
+                    continue
+                assert r.status_code in (400, 401, 431), (label, r.text)
+            r = await client.get("/v1/info")
+            _tried("no credentials")
+            assert r.status_code == 401
+            r = await client.get("/v1/info", headers={"Authorization": "Basic abc"})
+            _tried("basic auth")
+            assert r.status_code == 401
+        assert await store.last_position() == 0
+
+
+def _hs256_with_public_key(claims: dict[str, Any], public: bytes) -> str:
+    import hashlib
+    import hmac
+
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+    signing_input = header + b"." + body
+    sig = hmac.new(public, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode()
+
+
+async def test_mutual_tls_principal_from_client_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_pem, key_pem = tmp_path / "server.pem", tmp_path / "server.key"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    server_cert.private_key_pem.write_to_path(str(key_pem))
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    client_cert = ca.issue_cert("dave@example.com", common_name="dave")
+    client_pem = tmp_path / "client.pem"
+    client_cert.private_key_and_cert_chain_pem.write_to_path(str(client_pem))
+    rogue_ca = trustme.CA()
+    rogue = rogue_ca.issue_cert("mallory@example.com", common_name="dave")
+    rogue_pem = tmp_path / "rogue.pem"
+    rogue.private_key_and_cert_chain_pem.write_to_path(str(rogue_pem))
+
+    cfg = config(
+        tls_cert=str(cert_pem),
+        tls_key=str(key_pem),
+        tls_client_ca=str(ca_pem),
+        grants=("dave=write:category:order", "dave=read:category:order"),
+    )
+    async with running(cfg) as (srv, store):
+        url = f"https://127.0.0.1:{srv.port}"
+        ctx = ssl.create_default_context(cafile=str(ca_pem))
+        ctx.load_cert_chain(str(client_pem))
+        async with httpx.AsyncClient(base_url=url, verify=ctx) as client:
+            r = await client.post("/v1/streams/order-1/events", json={"events": [{"type": "X"}]})
+            assert r.status_code == 200, r.text
+            # the principal is dave: no grant on other categories
+            r = await client.post("/v1/streams/cart-1/events", json={"events": [{"type": "X"}]})
+            assert r.status_code == 403
+        # an untrusted client certificate fails the handshake
+        rogue_ctx = ssl.create_default_context(cafile=str(ca_pem))
+        rogue_ctx.load_cert_chain(str(rogue_pem))
+        async with httpx.AsyncClient(base_url=url, verify=rogue_ctx) as client:
+            _tried("untrusted client certificate")
+            with pytest.raises(httpx.HTTPError):
+                await client.get("/v1/info")
+        # no client certificate at all
+        async with httpx.AsyncClient(
+            base_url=url, verify=ssl.create_default_context(cafile=str(ca_pem))
+        ) as client:
+            _tried("no client certificate")
+            with pytest.raises(httpx.HTTPError):
+                await client.get("/v1/info")
+        # plaintext HTTP to the TLS port gets no answer that could be mistaken for success
+        answer = await asyncio.to_thread(
+            _raw_http, srv.port, b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        _tried("plaintext to the TLS port")
+        assert b"HTTP/1.1 200" not in answer
+        # the remote engine works over mutual TLS
+        async with tidelog.connect(
+            url, verify=str(ca_pem), cert=(str(client_pem), str(client_pem))
+        ) as remote:
+            got = [e.stream async for e in remote.read_stream("order-1")]
+            assert got == ["order-1"]
+        assert await store.last_position() == 1
