@@ -157,3 +157,28 @@ async def test_remote_engine_round_trip(api: tuple[httpx.AsyncClient, tidelog.St
     with pytest.raises(tidelog.AccessDenied) as denied:
         await tidelog.connect(url, token="wrong")
     assert denied.value.status == 401
+
+
+async def test_websocket_subscription_with_first_message_auth() -> None:
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with running(config()) as (server, store):
+        await store.append("order-1", [tidelog.NewEvent(type="A")])
+        await store.append("cart-1", [tidelog.NewEvent(type="B")])
+        await store.append("order-2", [tidelog.NewEvent(type="C")])
+        url = f"ws://127.0.0.1:{server.port}/v1/ws/subscribe"
+        async with ws_connect(url + "?category=order") as ws:
+            await ws.send(json.dumps({"token": ADMIN_KEY}))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            second = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert [first["stream"], second["stream"]] == ["order-1", "order-2"]
+            assert [first["position"], second["position"]] == [1, 3]
+            await store.append("order-3", [tidelog.NewEvent(type="D")])
+            live = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert live["stream"] == "order-3"
+        async with ws_connect(url) as denied:
+            await denied.send(json.dumps({"token": "wrong"}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(denied.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

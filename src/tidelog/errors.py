@@ -7,13 +7,18 @@ wrong as attributes.
     ├── InvalidInput (also ValueError)       bad input from the caller; nothing changed
     │   ├── InvalidStreamName
     │   ├── InvalidEvent
-    │   │   └── DuplicateEventId              ids already stored elsewhere, or a mix of old and new
+    │   │   ├── DuplicateEventId              ids already stored elsewhere, or a mix of old and new
+    │   │   ├── UnknownEventType              no event class is registered for a type name
+    │   │   └── SchemaViolation               event data does not match its registered schema
     │   ├── InvalidExpectedVersion
-    │   └── InvalidURL
+    │   ├── InvalidURL
+    │   └── IncompatibleSchema                a new schema version breaks the compatibility mode
     ├── WrongExpectedVersion                 optimistic concurrency conflict
     ├── StreamDeleted                        the stream carries a tombstone
+    ├── AggregateNotFound                    no events for the aggregate asked for
     ├── GroupError
     │   └── StaleGeneration                  a fenced (stale) consumer-group member
+    ├── AccessDenied                         missing or invalid credentials, or no grant
     ├── NotSupported                         this engine refuses the feature (documented)
     ├── StoreClosed                          the store was closed
     └── StoreUnavailable                     the engine's backend failed or is out of reach
@@ -28,19 +33,24 @@ from collections.abc import Sequence
 from uuid import UUID
 
 __all__ = [
+    "AggregateNotFound",
+    "AccessDenied",
     "DuplicateEventId",
     "GroupError",
+    "IncompatibleSchema",
     "InvalidEvent",
     "InvalidExpectedVersion",
     "InvalidInput",
     "InvalidStreamName",
     "InvalidURL",
     "NotSupported",
+    "SchemaViolation",
     "StaleGeneration",
     "StoreClosed",
     "StoreUnavailable",
     "StreamDeleted",
     "TidelogError",
+    "UnknownEventType",
     "WrongExpectedVersion",
 ]
 
@@ -81,6 +91,43 @@ class DuplicateEventId(InvalidEvent):
         super().__init__(
             f"append to {stream!r} mixes new events with already stored ids ({ids}); "
             "an idempotent retry must repeat exactly the same events"
+        )
+
+
+class UnknownEventType(InvalidEvent):
+    """No event class is registered for this type name (or class) in the registry used."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+        super().__init__(f"no event class registered for {type_name!r}")
+
+
+class SchemaViolation(InvalidEvent):
+    """Event data does not match the JSON Schema registered for its type and version.
+
+    `path` names the offending field (JSON path such as `$.customer.email`).
+    """
+
+    def __init__(self, subject: str, version: int, path: str, reason: str) -> None:
+        self.subject = subject
+        self.version = version
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{subject!r} v{version} data invalid at {path}: {reason}")
+
+
+class IncompatibleSchema(InvalidInput):
+    """A schema was refused: it breaks the subject's compatibility mode.
+
+    `problems` lists each rule broken, as readable strings naming the field.
+    """
+
+    def __init__(self, subject: str, mode: str, problems: Sequence[str]) -> None:
+        self.subject = subject
+        self.mode = mode
+        self.problems = tuple(problems)
+        super().__init__(
+            f"schema for {subject!r} is not {mode}-compatible: " + "; ".join(self.problems)
         )
 
 
@@ -126,6 +173,14 @@ class StreamDeleted(TidelogError):
         super().__init__(f"stream {stream!r} is deleted")
 
 
+class AggregateNotFound(TidelogError):
+    """The aggregate has no events (or none at the version or time asked for)."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(f"no aggregate in stream {stream!r}")
+
+
 class GroupError(TidelogError):
     """A consumer-group operation was refused."""
 
@@ -150,6 +205,14 @@ class StaleGeneration(GroupError):
             f"member {member!r} of group {group!r} on {category!r} acted with stale "
             f"generation {generation} (current: {current})"
         )
+
+
+class AccessDenied(TidelogError):
+    """The server refused the caller: bad or missing credentials (401) or no grant (403)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class NotSupported(TidelogError):

@@ -38,6 +38,7 @@ from tidelog.errors import (
     InvalidEvent,
     InvalidInput,
     InvalidURL,
+    NotSupported,
     StaleGeneration,
     StoreClosed,
 )
@@ -192,6 +193,10 @@ def config_from_url(config_type: type[C], url: str, **fixed: Any) -> C:
         if key in options:
             raise InvalidURL(url, f"option {key!r} given twice")
         options[key] = value
+    known = {f.encode_name for f in msgspec.structs.fields(config_type)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidURL(url, f"unknown option(s) {', '.join(unknown)}; known: {sorted(known)}")
     try:
         return msgspec.convert(options, config_type, strict=False)
     except msgspec.ValidationError as exc:
@@ -397,6 +402,21 @@ class StreamEngine(abc.ABC):
     async def close(self) -> None:
         """Release every resource; later calls raise `StoreClosed`. Idempotent."""
 
+    async def purge_stream(self, stream: str) -> None:
+        """Erase every event of a *system* stream (`$...`) from storage, for real.
+
+        Unlike `delete_stream` (a tombstone: the events stay in the log), the
+        events' bytes must be gone from the storage afterwards, including
+        journals, WAL files and free pages; a purged stream reads as empty and
+        may be written again, and its positions become gaps in the global log.
+        Only system streams can be purged: the log of user streams stays
+        immutable. This exists for crypto-shredding
+        (`tidelog.security.encryption` keeps each data subject's key in its own
+        system stream and purges it to forget the subject). Optional: the
+        default raises `NotSupported`. Raises `InvalidInput` for a user stream.
+        """
+        raise NotSupported(self.name, "purge_stream", "this engine cannot erase events")
+
 
 class LogEngine(StreamEngine):
     """Layer 2: the global log, in commit order.
@@ -521,11 +541,20 @@ class GroupEngine(LogEngine):
 
     @abc.abstractmethod
     async def describe_group(self, group: str, category: str) -> Membership | None:
-        """The group's generation and live members (`member` is empty), or None if unknown."""
+        """The group's generation and live members (`member` is empty), or None if unknown.
+
+        Unknown: no group operation ever named it and it has no checkpoints
+        (see `list_groups`).
+        """
 
     @abc.abstractmethod
     async def list_groups(self) -> list[tuple[str, str]]:
-        """Every (group, category) that has members or checkpoints."""
+        """Every (group, category) the store knows, in order.
+
+        A group is known once any group operation named it (join, heartbeat,
+        leave or commit, even a refused one: it may have applied lease
+        expiries) or it has checkpoints; it stays known after its members leave.
+        """
 
 
 Engine = GroupEngine

@@ -60,7 +60,8 @@ class MemoryEngine(GroupEngine):
         self.config = config or MemoryConfig()
         if self.config.partitions < 1:
             raise InvalidInput("partitions must be >= 1")
-        self._log: list[RecordedEvent] = []
+        self._log: list[RecordedEvent | None] = []
+        """Index = position - 1; a purged event's slot is None (a gap)."""
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._deleted: set[str] = set()
         self._ids: dict[UUID, RecordedEvent] = {}
@@ -169,6 +170,16 @@ class MemoryEngine(GroupEngine):
         check_expected_version(name, expected, existing[-1].version if existing else None)
         self._deleted.add(name)
 
+    async def purge_stream(self, stream: str) -> None:
+        self._check_open()
+        name = validate_stream_name(stream)
+        if not name.startswith("$"):
+            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        for e in self._streams.pop(name, []):
+            self._log[e.position - 1] = None
+            del self._ids[e.id]
+        self._deleted.discard(name)
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         names = set(self._streams) | self._deleted
@@ -205,6 +216,8 @@ class MemoryEngine(GroupEngine):
         while index < len(self._log) and (limit is None or count < limit):
             e = self._log[index]
             index += 1
+            if e is None:
+                continue
             if cats is not None and category_of(e.stream) not in cats:
                 continue
             if tys is not None and e.type not in tys:

@@ -178,6 +178,10 @@ class RemoteEngine(GroupEngine):
             "DELETE", f"/v1/streams/{name}", None, params={"expected_version": str(expected)}
         )
 
+    async def purge_stream(self, stream: str) -> None:
+        name = validate_stream_name(stream)
+        await self._call("POST", f"/v1/streams/{name}/purge", None)
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         params = {"category": category}
         got = await self._call("GET", "/v1/streams", wire.WireStreams, params=params)

@@ -13,20 +13,24 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, WebSocket, delete, get, post, websocket
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import tidelog
+from tidelog import telemetry
 from tidelog.engines import _wire as wire
 from tidelog.engines.base import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput, TidelogError
@@ -61,15 +65,14 @@ def _runtime(state: State) -> _Runtime:
     return rt
 
 
-async def _access(request: Request[Any, Any, Any], state: State) -> Access:
-    """The caller's principal and grants: from the client certificate or the bearer token."""
-    rt = _runtime(state)
-    extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
+def _principal(connection: ASGIConnection[Any, Any, Any, Any], rt: _Runtime) -> str:
+    """The caller: the verified client certificate's principal, or the bearer token's."""
+    extensions: dict[str, Any] = dict(connection.scope.get("extensions") or {})
     tls = extensions.get("tls")
     principal: str | None = None
     if isinstance(tls, dict) and isinstance(tls.get("client_principal"), str):
         principal = tls["client_principal"]
-    header = request.headers.get("authorization")
+    header = connection.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
@@ -77,7 +80,12 @@ async def _access(request: Request[Any, Any, Any], state: State) -> Access:
         principal = rt.auth.authenticate(token.strip())
     if not principal:
         raise AuthError("authentication required")
-    return Access(principal, rt.config.grants)
+    return principal
+
+
+async def _access(request: Request[Any, Any, Any], state: State) -> Access:
+    rt = _runtime(state)
+    return Access(_principal(request, rt), rt.config.grants)
 
 
 def _need_stream(access: Access, stream: str, perm: Permission) -> None:
@@ -163,7 +171,10 @@ async def append(
     _need_stream(access, stream, Permission.WRITE)
     events = _events(rt, data)
     started = time.perf_counter()
-    result = await rt.store.append(stream, events, _expected(data.expected_version))
+    with telemetry.publish_span([category_of(stream)], request.headers, count=len(events)) as tc:
+        events = telemetry.with_trace_context(events, tc)  # W3C traceparent into metadata
+        result = await rt.store.append(stream, events, _expected(data.expected_version))
+        telemetry.record_append(stream, events, result)
     rt.metrics.appended(category_of(stream), len(events), time.perf_counter() - started)
     return result
 
@@ -175,7 +186,15 @@ async def append_many(
     rt = _runtime(state)
     data = await _body(request, wire.WireAppendMany)
     requests = _append_requests(rt, access, data.streams)
-    results = await rt.store.append_many(requests)
+    count = sum(len(r.events) for r in requests.values())
+    with telemetry.publish_span(
+        {category_of(s) for s in requests}, request.headers, count=count
+    ) as tc:
+        requests = {
+            s: msgspec.structs.replace(r, events=telemetry.with_trace_context(r.events, tc))
+            for s, r in requests.items()
+        }
+        results = await rt.store.append_many(requests)
     for stream, req in requests.items():
         rt.metrics.appended(category_of(stream), len(req.events), 0.0)
     return wire.WireResults(results=results)
@@ -239,6 +258,15 @@ async def delete_stream(
     validate_stream_name(stream)
     _need_stream(access, stream, Permission.ADMIN)
     await rt.store.delete_stream(stream, _expected(expected_version))
+
+
+@post("/v1/streams/{stream:str}/purge", status_code=204, summary="Erase a system stream")
+async def purge_stream(stream: FromPath[str], state: State, access: AccessDep) -> None:
+    """Crypto-shredding support: only `$` system streams, only with admin on that stream."""
+    rt = _runtime(state)
+    validate_stream_name(stream)
+    _need_stream(access, stream, Permission.ADMIN)
+    await rt.store.purge_stream(stream)
 
 
 @get("/v1/streams", summary="List streams")
@@ -310,58 +338,157 @@ async def subscribe(
         if not last_id.isdigit() or len(last_id) > 18:
             raise InvalidInput("Last-Event-ID must be a position")
         from_position = int(last_id) + 1
-    principal = access.principal
-    if rt.subscriptions[principal] >= rt.config.limits.max_subscriptions_per_principal:
-        raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
-    rt.subscriptions[principal] += 1
-    rt.metrics.subscriptions.inc()
+    _check_subscription_quota(rt, access)
     return ServerSentEvent(
         _sse_events(rt, access, from_position, category, type, partition),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-async def _sse_events(
+async def _live(
     rt: _Runtime,
-    access: AccessDep,
+    access: Access,
     from_position: int,
     categories: list[str] | None,
     types: list[str] | None,
     partitions: list[int] | None,
-) -> AsyncIterator[ServerSentEventMessage]:
-    queue: asyncio.Queue[tidelog.RecordedEvent | None] = asyncio.Queue(maxsize=256)
+) -> AsyncIterator[tidelog.RecordedEvent | None]:
+    """Events the principal may read, live; None every keep-alive interval of silence.
+
+    A bounded queue sits between the store's subscription and the client, so a
+    slow client pauses the subscription instead of growing memory; the send
+    timeout (see `_send_timeout`) drops a client that stops reading.
+    """
+    queue: asyncio.Queue[tidelog.RecordedEvent | BaseException | None] = asyncio.Queue(maxsize=256)
 
     async def pump() -> None:
         try:
             async for e in rt.store.subscribe(from_position, categories, types, partitions):
                 if access.can_stream(e.stream, Permission.READ):
                     await queue.put(e)
-        finally:
-            await queue.put(None)
+        except BaseException as exc:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(exc)
+            raise
 
     task = asyncio.create_task(pump())
-    encoder = msgspec.json.Encoder()
+    principal = access.principal
+    rt.subscriptions[principal] += 1
+    rt.metrics.subscriptions.inc()
     try:
         while True:
             try:
-                e = await asyncio.wait_for(queue.get(), rt.config.limits.keepalive_interval)
+                item = await asyncio.wait_for(queue.get(), rt.config.limits.keepalive_interval)
             except TimeoutError:
-                yield ServerSentEventMessage(comment="keep-alive")
+                yield None
                 continue
-            if e is None:
+            if isinstance(item, BaseException) or item is None:
                 return
             rt.metrics.read(1)
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TidelogError):
+            await task
+        rt.subscriptions[principal] -= 1
+        rt.metrics.subscriptions.dec()
+
+
+def _check_subscription_quota(rt: _Runtime, access: Access) -> None:
+    if rt.subscriptions[access.principal] >= rt.config.limits.max_subscriptions_per_principal:
+        raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
+
+
+async def _sse_events(
+    rt: _Runtime,
+    access: Access,
+    from_position: int,
+    categories: list[str] | None,
+    types: list[str] | None,
+    partitions: list[int] | None,
+) -> AsyncIterator[ServerSentEventMessage]:
+    encoder = msgspec.json.Encoder()
+    async for e in _live(rt, access, from_position, categories, types, partitions):
+        if e is None:
+            yield ServerSentEventMessage(comment="keep-alive")
+        else:
             yield ServerSentEventMessage(
                 data=encoder.encode(wire.WireEvent.from_recorded(e)).decode(),
                 id=e.position,
                 event="event",
             )
+
+
+async def _ws_stream(
+    socket: WebSocket[Any, Any, Any],
+    rt: _Runtime,
+    events: AsyncIterator[tidelog.RecordedEvent | None],
+) -> None:
+    """Send events until the client goes away; a reader task notices the disconnect."""
+    encoder = msgspec.json.Encoder()
+
+    async def send_all() -> None:
+        async for e in events:
+            text = (
+                '{"keepalive":true}'
+                if e is None
+                else encoder.encode(wire.WireEvent.from_recorded(e)).decode()
+            )
+            await asyncio.wait_for(socket.send_text(text), rt.config.limits.send_timeout)
+
+    async def until_disconnect() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await socket.receive_data("text")
+
+    sender = asyncio.create_task(send_all())
+    reader = asyncio.create_task(until_disconnect())
+    try:
+        done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TidelogError):
-            await task
-        rt.subscriptions[access.principal] -= 1
-        rt.metrics.subscriptions.dec()
+        for task in (sender, reader):
+            task.cancel()
+        await asyncio.gather(sender, reader, return_exceptions=True)
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
+
+
+@websocket("/v1/ws/subscribe")
+async def ws_subscribe(
+    socket: WebSocket[Any, Any, Any],
+    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+    category: FromQuery[list[str] | None] = None,
+    type: FromQuery[list[str] | None] = None,
+    partition: FromQuery[list[int] | None] = None,
+) -> None:
+    """Live events as JSON text frames.
+
+    Authenticate with the Authorization header, or (browsers cannot set it) with
+    a first message `{"token": "..."}` within five seconds.
+    """
+    rt = _runtime(socket.app.state)
+    await socket.accept()
+    try:
+        try:
+            principal = _principal(socket, rt)
+        except AuthError:
+            first = await asyncio.wait_for(socket.receive_text(), 5.0)
+            token = msgspec.json.decode(first[:16384]).get("token") if first else None
+            if not isinstance(token, str):
+                raise AuthError('send {"token": "..."} first') from None
+            principal = rt.auth.authenticate(token)
+        access = Access(principal, rt.config.grants)
+        _need_categories(access, category, Permission.READ)
+        _check_subscription_quota(rt, access)
+        await _ws_stream(socket, rt, _live(rt, access, from_position, category, type, partition))
+    except (AccessDenied, TidelogError, HTTPException, ValueError, TimeoutError) as exc:
+        reason = str(exc)[:120]
+        with contextlib.suppress(Exception):
+            await socket.close(code=1008, reason=reason)
+    except WebSocketDisconnect:
+        return
 
 
 # --------------------------------------------------------------------------- groups
@@ -499,11 +626,13 @@ ROUTES = [
     append_many,
     read_stream,
     delete_stream,
+    purge_stream,
     list_streams,
     read_all,
     head,
     info,
     subscribe,
+    ws_subscribe,
     join_group,
     heartbeat,
     leave_group,
@@ -516,8 +645,29 @@ ROUTES = [
 ]
 
 
+def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
+    """Drop a client that does not take a response chunk within `seconds` (slow readers)."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def bounded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+
+            async def timed_send(message: Message) -> None:
+                await asyncio.wait_for(send(message), seconds)
+
+            await app(scope, receive, timed_send)
+
+        return bounded
+
+    return middleware
+
+
 def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
     """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
+    from tidelog.server._dashboard import DASHBOARD_ROUTES  # it imports this module
+
     runtime = _Runtime(
         store=store,
         config=config,
@@ -530,14 +680,14 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             await store.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *DASHBOARD_ROUTES],
         dependencies={"access": Provide(_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
         state=State({"runtime": runtime}),
         openapi_config=OpenAPIConfig(title="tidelog", version=tidelog.__version__, path="/schema"),
         on_shutdown=[on_shutdown],
-        middleware=[runtime.metrics.middleware],
+        middleware=[runtime.metrics.middleware, _send_timeout(config.limits.send_timeout)],
         debug=False,
     )
     return app

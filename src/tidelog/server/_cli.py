@@ -51,6 +51,9 @@ def serve(
         },
     )
     cfg = prepare_config(cfg, lambda line: console.print(line, highlight=False))
+    from tidelog.telemetry import configure_logging
+
+    configure_logging(cfg.log_format)  # JSON lines, or text on a terminal ("auto")
     scheme = "https" if cfg.tls_cert else "http"
 
     async def run() -> None:

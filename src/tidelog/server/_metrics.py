@@ -7,6 +7,7 @@ never stream ids, so cardinality stays bounded.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -14,9 +15,13 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 import tidelog
+from tidelog.consumers._dlq import DlqState, load_state
 from tidelog.engines.base import Engine
 
 __all__ = ["Metrics"]
+
+_DLQ_CATEGORY = "$dlq"
+"""The category of the `$dlq-<group>` streams where consumer groups park events."""
 
 
 class Metrics:
@@ -47,6 +52,14 @@ class Metrics:
             registry=r,
         )
         self.head = Gauge("tidelog_log_head_position", "Newest position in the log", registry=r)
+        self.parked = Gauge(
+            "tidelog_parked_events",
+            "Open parked events (parked, held or retrying) in a group's $dlq- stream",
+            ["group"],
+            registry=r,
+        )
+        self._dlq: dict[str, DlqState] = {}
+        self._dlq_lock = asyncio.Lock()
 
     def appended(self, category: str, count: int, seconds: float) -> None:
         self.appends.labels(category).inc(count)
@@ -70,6 +83,26 @@ class Metrics:
             for partition in range(store.partition_count):
                 lag = max(0, head - points.get(partition, 0))
                 self.lag.labels(group, category, str(partition)).set(lag)
+        self.parked.clear()
+        for group, count in (await self.parked_by_group(store)).items():
+            self.parked.labels(group).set(count)
+
+    async def parked_by_group(self, store: Engine) -> dict[str, int]:
+        """Open parked events per group, from every `$dlq-<group>` stream.
+
+        Each DLQ's fold is kept between calls and only new entries are read, so a
+        scrape costs one stream listing plus what was parked since the last one.
+        """
+        async with self._dlq_lock:
+            counts: dict[str, int] = {}
+            async for info in store.list_streams(_DLQ_CATEGORY):
+                group = info.name[len(_DLQ_CATEGORY) + 1 :]
+                if not group or info.deleted:
+                    continue
+                state = self._dlq.get(group) or DlqState(group)
+                self._dlq[group] = await load_state(store, group, state)
+                counts[group] = sum(p.status.open for p in state.entries.values())
+            return counts
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,6 +12,7 @@ set it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -109,6 +110,17 @@ def msgspec_replace(config: ServerConfig, **changes: Any) -> ServerConfig:
     return msgspec.structs.replace(config, **changes)
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal capture: the caller (`tidelog serve`) owns signals.
+
+    uvicorn's own capture would swallow SIGTERM/SIGINT in whatever process embeds
+    the server (a test run, an application) and re-raise them only at shutdown.
+    """
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
 class Server:
     """The app on uvicorn, startable in-process (tests) or from `tidelog serve`."""
 
@@ -123,11 +135,15 @@ class Server:
         c = self.config
         kwargs: dict[str, Any] = {
             "log_level": "warning",
+            # uvicorn's loggers propagate to whatever the process configured
+            # (tidelog.telemetry.configure_logging in `tidelog serve`) instead of
+            # installing uvicorn's own formatters.
+            "log_config": None,
             "lifespan": "on",
             "access_log": False,
             "timeout_keep_alive": 15,
             "http": "h11",
-            "ws": "none",
+            "ws": "wsproto",
         }
         if c.tls_cert and c.tls_key:
             kwargs.update(ssl_certfile=c.tls_cert, ssl_keyfile=c.tls_key)
@@ -154,7 +170,7 @@ class Server:
         sock.listen(128)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        self._uvicorn = uvicorn.Server(self._uvicorn_config(app, sock))
+        self._uvicorn = _Uvicorn(self._uvicorn_config(app, sock))
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
             if self._task.done():

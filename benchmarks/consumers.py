@@ -1,0 +1,197 @@
+"""Benchmark workloads of consumer groups: `group_throughput` and `end_to_end_latency`.
+
+Registered in `benchmarks/run.py` (`WORKLOADS`).
+
+`group_throughput`: N events (`sizes.replay_events`, at most 100,000) in 1,000
+streams of one category are handled by a group of 1, 2 and 4 `tidelog worker`
+processes with a trivial handler (a fresh group each time, on the same
+store). The clock starts once every member joined and heartbeated (handlers wait
+for a go file) and stops when every partition's checkpoint reached its last event.
+`value` is the 1-worker rate, `baseline` a plain `read_all` of the same events
+in one process; `by_workers` gives all three rates. Needs an engine that
+several processes can open (SQLite file, PostgreSQL, NATS).
+
+`end_to_end_latency`: events appended at a steady 2,000/s (each from its own
+task, open-loop); latency is append acknowledged -> handler called, in the same
+process. `value` is the p99 in ms; `baseline` the p99 of a plain
+`store.subscribe` reader measured at the same time on the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import tidelog
+from tidelog.consumers import App, Context, RunnerOptions
+
+__all__ = ["end_to_end_latency", "group_throughput"]
+
+HERE = pathlib.Path(__file__).parent
+STREAMS = 1_000
+LATENCY_RATE = 2_000
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _fill(store: tidelog.Store, n: int) -> None:
+    sent = 0
+    while sent < n:
+        batch = min(STREAMS, n - sent)
+        await store.append_many(
+            {
+                f"bench-{i}": tidelog.AppendRequest(
+                    events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
+                )
+                for i in range(batch)
+            }
+        )
+        sent += batch
+
+
+async def _run_group(url: str, store: tidelog.Store, workers: int, head: int) -> float:
+    group = f"g{workers}"
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    go = tmp / "go"
+    env = dict(os.environ, BENCH_STORE=url, BENCH_GROUP=group, BENCH_GO=str(go))
+    tidelog_bin = str(pathlib.Path(sys.executable).parent / "tidelog")
+    procs = [
+        subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
+            [
+                tidelog_bin,
+                "worker",
+                "consumers_worker:app",
+                "--log-level",
+                os.environ.get("BENCH_LOG", "warning"),
+            ],
+            cwd=HERE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
+    last: dict[int, int] = {}
+    async for e in store.read_all(categories=["bench"]):
+        last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
+    try:
+        while True:
+            desc = await store.describe_group(group, "bench")
+            if desc is not None and len(desc.members) == workers:
+                break
+            await asyncio.sleep(0.02)
+        # let every member learn the final assignment at its next heartbeat (1 s)
+        await asyncio.sleep(1.5)
+        t0 = time.perf_counter()
+        go.touch()
+        while await store.checkpoints(group, "bench") != last:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
+            if p.poll() is None:
+                p.kill()
+
+
+async def group_throughput(backend: Any, sizes: Any) -> dict[str, Any]:
+    if not hasattr(backend, "store_url"):
+        raise tidelog.NotSupported(backend.name, "group_throughput", "needs a shared store URL")
+    n = min(sizes.replay_events, 100_000)
+    url = backend.store_url()
+    async with tidelog.connect(url) as store:
+        await _fill(store, n)
+        head = await store.last_position()
+        t = time.perf_counter()
+        count = 0
+        async for _ in store.read_all(categories=["bench"]):
+            count += 1
+        baseline = count / (time.perf_counter() - t)
+        rates = {}
+        for workers in (1, 2, 4):
+            seconds = await _run_group(url, store, workers, head)
+            rates[str(workers)] = round(n / seconds)
+    return {
+        "value": rates["1"],
+        "unit": "events/s",
+        "baseline": round(baseline),
+        "events": n,
+        "by_workers": rates,
+    }
+
+
+async def end_to_end_latency(backend: Any, sizes: Any) -> dict[str, Any]:
+    n = sizes.subscribe_events
+    store = await backend.open_store()
+    acked: dict[Any, float] = {}
+    handled: dict[Any, float] = {}
+    plain: dict[Any, float] = {}
+    done = asyncio.Event()
+    app = App("latency", store, options=RunnerOptions(commit_interval=0.1, page_size=500))
+
+    @app.handler("lat", group="latency")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        handled.setdefault(event.id, time.perf_counter())
+        if len(handled) >= n:
+            done.set()
+
+    async def subscriber(start: int) -> None:
+        async for event in store.subscribe(from_position=start + 1, categories=["lat"]):
+            plain.setdefault(event.id, time.perf_counter())
+            if len(plain) >= n:
+                return
+
+    appends: set[asyncio.Task[None]] = set()
+
+    async def one(i: int) -> None:
+        event = tidelog.NewEvent(type="Tick", data=b"x" * 100)
+        await store.append(f"lat-{i % 100}", [event])
+        acked[event.id] = time.perf_counter()
+
+    try:
+        runner = asyncio.create_task(app.run())
+        sub = asyncio.create_task(subscriber(await store.last_position()))
+        await asyncio.sleep(0.5)  # members joined, subscription live
+        sent = 0
+        t0 = time.perf_counter()
+        while sent < n:
+            due = min(n, int((time.perf_counter() - t0) * LATENCY_RATE) + 1)
+            while sent < due:
+                task = asyncio.create_task(one(sent))
+                appends.add(task)
+                task.add_done_callback(appends.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        while appends:
+            await asyncio.gather(*list(appends))
+        await asyncio.wait_for(done.wait(), 60)
+        await asyncio.wait_for(sub, 60)
+        app.request_stop()
+        await runner
+    finally:
+        await store.close()
+    # delivered before the appender's task resumed: 0 (never negative)
+    lat = [max(0.0, handled[i] - t) * 1000 for i, t in acked.items()]
+    base = [max(0.0, plain[i] - t) * 1000 for i, t in acked.items()]
+    return {
+        "value": round(_percentile(lat, 0.99), 3),
+        "unit": "ms",
+        "baseline": round(_percentile(base, 0.99), 3),
+        "p50_ms": round(_percentile(lat, 0.5), 3),
+        "p99_ms": round(_percentile(lat, 0.99), 3),
+        "baseline_p50_ms": round(_percentile(base, 0.5), 3),
+        "rate": LATENCY_RATE,
+        "events": n,
+    }

@@ -1,0 +1,32 @@
+"""The app the `group_throughput` benchmark runs in each worker process.
+
+`tidelog worker consumers_worker:app` with BENCH_STORE, BENCH_GROUP and
+BENCH_GO (a file: handlers wait until it exists, so that every member has
+joined before the clock starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import tidelog
+from tidelog.consumers import App, Context, RunnerOptions
+
+GO = os.environ.get("BENCH_GO", "")
+_started: list[bool] = []
+
+app = App(
+    "bench",
+    os.environ.get("BENCH_STORE"),
+    options=RunnerOptions(lease=3.0, max_in_flight=4000, page_size=500),
+)
+
+
+@app.handler("bench", group=os.environ.get("BENCH_GROUP", "bench"))
+async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+    while not _started:
+        if GO and os.path.exists(GO):  # noqa: ASYNC240 - polled only until the start
+            _started.append(True)
+        else:
+            await asyncio.sleep(0.005)

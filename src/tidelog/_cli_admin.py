@@ -1,0 +1,161 @@
+"""Store administration commands: `tidelog copy SRC DST` and `tidelog migrate-schema`.
+
+Loaded by `tidelog.cli` through `register(app)`. Engine modules are imported
+inside the commands, so `tidelog --help` works without the optional extras.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+__all__ = ["migrate_schema", "register"]
+
+
+async def migrate_schema(url: str) -> dict[str, Any]:
+    """Create or upgrade the store's schema explicitly; returns what happened.
+
+    PostgreSQL runs its versioned migrations; SQLite runs its own
+    (`tidelog.engines.sqlite.migrate`); other engines have no schema to
+    migrate and are opened once to check they are reachable.
+    """
+    import tidelog
+
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        from tidelog.engines import postgres
+
+        version, applied = await postgres.migrate_url(url)
+        return {"store": _redact(url), "schema_version": version, "applied": applied}
+    if scheme == "sqlite":
+        from tidelog.engines import sqlite
+
+        path_of = getattr(sqlite, "_path_from_url", None)
+        migrate = getattr(sqlite, "migrate", None)
+        if path_of is not None and migrate is not None:
+            path = path_of(url)
+            before = sqlite.schema_version(path) if _exists(path) else 0
+            after = int(migrate(path))
+            return {
+                "store": url,
+                "schema_version": after,
+                "applied": list(range(before + 1, after + 1)),
+            }
+    async with tidelog.connect(url):
+        return {"store": _redact(url), "schema_version": None, "applied": []}
+
+
+def _exists(path: str) -> bool:
+    import pathlib
+
+    return pathlib.Path(path).exists()
+
+
+def _redact(url: str) -> str:
+    """The URL without a password, for output."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("copy")
+    def copy(
+        ctx: typer.Context,
+        source: Annotated[str, typer.Argument(help="Store URL to copy from.")],
+        destination: Annotated[
+            str, typer.Argument(help="Store URL to copy into: empty, or an interrupted copy.")
+        ],
+        batch: Annotated[
+            int, typer.Option("--batch", min=1, help="Events per atomic append.")
+        ] = 500,
+    ) -> None:
+        """Copy a whole store (events, tombstones, group checkpoints) and verify the copy.
+
+        Run it again after an interruption: it resumes where it stopped.
+        """
+        import tidelog
+        from tidelog.cli import emit, run, settings
+        from tidelog.copy import CopyReport, copy_store
+
+        as_json = settings(ctx).json
+        err = Console(stderr=True, highlight=False)
+
+        async def body() -> CopyReport:
+            async with tidelog.connect(source) as src, tidelog.connect(destination) as dst:
+                with Progress(
+                    TextColumn("copy"),
+                    BarColumn(),
+                    TaskProgressColumn(),
+                    TextColumn("position {task.completed:,.0f}/{task.total:,.0f}"),
+                    TimeElapsedColumn(),
+                    console=err,
+                    disable=as_json,
+                ) as bar:
+                    task = bar.add_task("copy", total=1)
+
+                    def progress(done: int, total: int) -> None:
+                        bar.update(task, completed=done, total=max(total, 1))
+
+                    return await copy_store(src, dst, batch_events=batch, progress=progress)
+
+        report = run(body())
+        summary = {
+            "source_last_position": report.source_last_position,
+            "resumed_after": report.resumed_after,
+            "events_copied": report.events_copied,
+            "events_total": report.events_total,
+            "tombstones": report.tombstones,
+            "checkpoints": report.checkpoints,
+            "verified": report.verified,
+            "mismatches": report.mismatches,
+        }
+        if as_json:
+            emit(summary)
+        else:
+            out = Console(highlight=False)
+            out.print(
+                f"copied {report.events_copied:,} events ({report.events_total:,} in the "
+                f"destination), {report.tombstones} tombstones, {report.checkpoints} checkpoints"
+                + (
+                    f"; resumed after source position {report.resumed_after:,}"
+                    if report.resumed_after
+                    else ""
+                )
+            )
+            out.print(
+                "verified: the copy matches the source" if report.verified else "NOT verified:"
+            )
+            for line in report.mismatches:
+                out.print(f"  {line}")
+        if not report.verified:
+            raise typer.Exit(1)
+
+    @app.command("migrate-schema")
+    def migrate_schema_command(
+        ctx: typer.Context,
+        store: Annotated[
+            str | None,
+            typer.Option("--store", help="Store URL (default: the global --store)."),
+        ] = None,
+    ) -> None:
+        """Create or upgrade the store's schema (opening a store also does this)."""
+        from tidelog.cli import emit, run, settings
+
+        url = store or settings(ctx).store
+        result = run(migrate_schema(url))
+        if settings(ctx).json:
+            emit(result)
+        else:
+            applied = ", ".join(str(v) for v in result["applied"]) or "none"
+            version = result["schema_version"]
+            typer.echo(
+                f"{result['store']}: schema version {version if version is not None else 'n/a'}"
+                f" (applied now: {applied})"
+            )

@@ -1,0 +1,39 @@
+"""Consumer groups, workers, retries and parking, on the engine contract only.
+
+    app = tidelog.App("billing", "sqlite:///data.db")
+
+    @app.handler("order", group="billing")
+    async def on_order(event: tidelog.RecordedEvent, ctx: tidelog.Context) -> None: ...
+
+Run with `await app.run()` or `tidelog worker module:app`. See docs/consumers.md.
+"""
+
+from ._app import App, Context, HandlerOptions, RunnerOptions
+from ._dlq import (
+    DlqState,
+    ParkedEvent,
+    ParkedStatus,
+    dlq_stream,
+    drop_parked,
+    list_parked,
+    retry_parked,
+)
+from ._producer import BufferFull, Producer
+from ._runner import Stats
+
+__all__ = [
+    "App",
+    "BufferFull",
+    "Context",
+    "DlqState",
+    "HandlerOptions",
+    "ParkedEvent",
+    "ParkedStatus",
+    "Producer",
+    "RunnerOptions",
+    "Stats",
+    "dlq_stream",
+    "drop_parked",
+    "list_parked",
+    "retry_parked",
+]

@@ -1,0 +1,333 @@
+"""Commands: `tidelog worker`, `tidelog groups`, `tidelog dlq list|show|retry|drop`.
+
+Loaded by `tidelog.cli` (its `_COMMAND_MODULES`), which owns the global
+`--store` and `--json` options and turns `TidelogError`s into one-line errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+
+from tidelog.errors import InvalidInput
+
+__all__ = ["JsonLogFormatter", "load_app", "register"]
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            "pid": os.getpid(),
+        }
+        fields = getattr(record, "tidelog", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def load_app(spec: str) -> Any:
+    """Import `module:attribute` (the current directory is importable, like uvicorn)."""
+    from ._app import App
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidInput(f"expected module:app, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise InvalidInput(f"{module_name!r} has no attribute {attr!r}")
+    if callable(target) and not isinstance(target, App):
+        target = target()
+    if not isinstance(target, App):
+        raise InvalidInput(f"{spec} is not a tidelog.App")
+    return target
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise InvalidInput(f"not an event id (UUID): {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    from tidelog.cli import emit, run, settings
+
+    @app.command()
+    def worker(
+        ctx: typer.Context,
+        target: Annotated[str, typer.Argument(help="The app to run, as module:attribute.")],
+        concurrency: Annotated[
+            int | None, typer.Option(help="Handler calls running at once in this process.")
+        ] = None,
+        max_in_flight: Annotated[
+            int | None, typer.Option(help="Events fetched but unfinished, per group.")
+        ] = None,
+        lease: Annotated[float | None, typer.Option(help="Group lease in seconds.")] = None,
+        shutdown_timeout: Annotated[
+            float | None,
+            typer.Option(help="Seconds to finish in-flight events after SIGTERM/SIGINT."),
+        ] = None,
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    ) -> None:
+        """Run an app's handlers: join their groups, consume, stop cleanly on SIGTERM/SIGINT.
+
+        Logs are JSON lines on stderr. The store is the app's own, else --store.
+        """
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+        root = logging.getLogger("tidelog")
+        root.addHandler(handler)
+        root.setLevel(log_level.upper())
+        the_app = load_app(target)
+        changes: dict[str, Any] = {}
+        for key, value in (
+            ("concurrency", concurrency),
+            ("max_in_flight", max_in_flight),
+            ("lease", lease),
+            ("shutdown_timeout", shutdown_timeout),
+        ):
+            if value is not None:
+                changes[key] = value
+        if changes:
+            the_app.options = replace(the_app.options, **changes)
+        if the_app.store is None:
+            the_app.store = settings(ctx).store
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            signals = 0
+
+            def on_signal(signum: int) -> None:
+                nonlocal signals
+                signals += 1
+                logging.getLogger("tidelog.consumers").info(
+                    "signal", extra={"tidelog": {"signal": signal.Signals(signum).name}}
+                )
+                if signals > 1:
+                    os._exit(130)  # a second signal: stop now
+                the_app.request_stop()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal, sig)
+            await the_app.run()
+
+        run(main())
+        stats = the_app.stats
+        if stats is not None:
+            logging.getLogger("tidelog.consumers").info(
+                "stats", extra={"tidelog": dict(vars(stats))}
+            )
+
+    @app.command()
+    def groups(
+        ctx: typer.Context,
+        group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
+    ) -> None:
+        """Consumer groups: members, partition owners, checkpoints and lag per partition."""
+        from tidelog._connect import connect
+
+        async def body() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            async with connect(settings(ctx).store) as store:
+                for g, category in await store.list_groups():
+                    if group is not None and g != group:
+                        continue
+                    desc = await store.describe_group(g, category)
+                    points = await store.checkpoints(g, category)
+                    owners = {}
+                    members = []
+                    if desc is not None:
+                        for m in desc.members:
+                            members.append(m.member)
+                            for p in m.partitions:
+                                owners[p] = m.member
+                    for p in range(store.partition_count):
+                        cp = points.get(p, 0)
+                        lag = 0
+                        head = cp
+                        async for e in store.read_all(
+                            from_position=cp + 1, categories=[category], partitions=[p]
+                        ):
+                            lag += 1
+                            head = e.position
+                        rows.append(
+                            {
+                                "group": g,
+                                "category": category,
+                                "generation": None if desc is None else desc.generation,
+                                "members": members,
+                                "partition": p,
+                                "owner": owners.get(p),
+                                "checkpoint": cp,
+                                "head": head,
+                                "lag": lag,
+                            }
+                        )
+            return rows
+
+        rows = run(body())
+        if settings(ctx).json:
+            for row in rows:
+                emit(row)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("group", "category", "gen", "partition", "owner", "checkpoint", "lag")
+        for row in rows:
+            table.add_row(
+                row["group"],
+                row["category"],
+                str(row["generation"]),
+                str(row["partition"]),
+                row["owner"] or "-",
+                str(row["checkpoint"]),
+                str(row["lag"]),
+            )
+        Console(soft_wrap=True).print(table)
+
+    dlq = typer.Typer(
+        help="Parked events of a consumer group ($dlq-<group>).", no_args_is_help=True
+    )
+    app.add_typer(dlq, name="dlq")
+
+    def _parked_json(p: Any) -> dict[str, Any]:
+        from tidelog.cli import event_to_json
+
+        return {
+            "group": p.group,
+            "event_id": str(p.event.id),
+            "stream": p.event.stream,
+            "version": p.event.version,
+            "position": p.event.position,
+            "type": p.event.type,
+            "status": p.status.value,
+            "reason": p.reason,
+            "handler": p.handler,
+            "attempts": p.attempts,
+            "error_type": p.error_type,
+            "error": p.error,
+            "parked_at": p.parked_at.isoformat(),
+            "event": event_to_json(p.event),
+        }
+
+    @dlq.command("list")
+    def dlq_list(
+        ctx: typer.Context,
+        group: Annotated[str, typer.Argument(help="The consumer group.")],
+        all_: Annotated[
+            bool, typer.Option("--all", help="Include resolved and dropped events.")
+        ] = False,
+    ) -> None:
+        """Parked and held events, oldest first."""
+        from tidelog._connect import connect
+
+        from ._dlq import list_parked
+
+        async def body() -> list[Any]:
+            async with connect(settings(ctx).store) as store:
+                return await list_parked(store, group, include_settled=all_)
+
+        parked = run(body())
+        if settings(ctx).json:
+            for p in parked:
+                row = _parked_json(p)
+                row.pop("event")
+                emit(row)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("event id", "stream", "version", "status", "attempts", "error")
+        for p in parked:
+            table.add_row(
+                str(p.event.id),
+                p.event.stream,
+                str(p.event.version),
+                p.status.value,
+                str(p.attempts),
+                (p.error or "")[:80],
+            )
+        Console(soft_wrap=True).print(table)
+
+    @dlq.command("show")
+    def dlq_show(
+        ctx: typer.Context,
+        group: Annotated[str, typer.Argument(help="The consumer group.")],
+        event_id: Annotated[str, typer.Argument(help="The parked event's id.")],
+    ) -> None:
+        """One parked event: the original event, its error, attempts and handler."""
+        from tidelog._connect import connect
+
+        from ._dlq import list_parked
+
+        wanted = _uuid(event_id)
+
+        async def body() -> Any:
+            async with connect(settings(ctx).store) as store:
+                for p in await list_parked(store, group, include_settled=True):
+                    if p.event.id == wanted:
+                        return p
+            raise InvalidInput(f"event {event_id} is not parked in group {group!r}")
+
+        emit(_parked_json(run(body())))
+
+    def _settle(ctx: typer.Context, group: str, event_id: str, action: str) -> None:
+        from tidelog._connect import connect
+
+        from ._dlq import drop_parked, retry_parked
+
+        fn = retry_parked if action == "retry" else drop_parked
+        target = _uuid(event_id)
+
+        async def body() -> Any:
+            async with connect(settings(ctx).store) as store:
+                return await fn(store, group, target)
+
+        parked = run(body())
+        if settings(ctx).json:
+            emit({"event_id": event_id, "action": action, "stream": parked.event.stream})
+        else:
+            typer.echo(f"{action} requested for {event_id} ({parked.event.stream})")
+
+    @dlq.command("retry")
+    def dlq_retry(
+        ctx: typer.Context,
+        group: Annotated[str, typer.Argument(help="The consumer group.")],
+        event_id: Annotated[str, typer.Argument(help="The parked event's id.")],
+    ) -> None:
+        """Run a parked event through its handler again (by the partition's owner)."""
+        _settle(ctx, group, event_id, "retry")
+
+    @dlq.command("drop")
+    def dlq_drop(
+        ctx: typer.Context,
+        group: Annotated[str, typer.Argument(help="The consumer group.")],
+        event_id: Annotated[str, typer.Argument(help="The parked event's id.")],
+    ) -> None:
+        """Give up on a parked event; events held behind it are released."""
+        _settle(ctx, group, event_id, "drop")

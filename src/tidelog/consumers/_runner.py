@@ -1,0 +1,783 @@
+"""The consuming runtime: one `_GroupConsumer` per handler, one `_PartitionRun` per owned partition.
+
+Delivery, in short:
+
+- A consumer joins its (group, category) and heartbeats; each membership it
+  gets back names its partitions and the generation. Partitions it gained are
+  started from their committed checkpoint; partitions it lost are abandoned.
+- A partition run reads its partition in pages (`read_all(partitions=[p])`),
+  taking one credit per event from the consumer's `_Credits`: at
+  `max_in_flight` unfinished events reading pauses, so a burst of a million
+  events never sits in memory.
+- Events go to per-stream queues; each stream is handled by one task at a
+  time, so per-stream order holds while other streams flow in parallel
+  (bounded by `concurrency`).
+- The checkpoint of a partition is the position just below its lowest
+  unfinished event, committed every `commit_interval` or `commit_every`
+  events, never per event. After a crash everything above it is redelivered:
+  delivery is at-least-once.
+- A handler's `ctx.append`s are committed with `commit(..., appends=...)`:
+  atomically with the checkpoint and fenced by the generation. Their ids are
+  deterministic, so a redelivery (or the fallback to plain `append_many` on
+  engines that refuse transactional commits) writes nothing twice.
+- A commit refused with `StaleGeneration` (this member was fenced: its lease
+  ran out or the group rebalanced) is never retried blindly: the consumer
+  heartbeats first, and retries only with the new generation if it still owns
+  the partition; if its lease was gone it drops every partition and rejoins.
+- A failing event is retried with backoff, then parked in `$dlq-<group>`
+  (see `_dlq`), which also records the events held behind it, so the
+  checkpoint can move past a blocked stream without losing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidelog.engines.base import GroupEngine
+from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StoreUnavailable
+from tidelog.model import AppendRequest, Membership, NewEvent, RecordedEvent, partition_of
+
+from ._app import Context
+from ._dlq import (
+    DlqState,
+    ParkedStatus,
+    dlq_stream,
+    held_entry,
+    load_state,
+    parked_entry,
+    resolved_entry,
+)
+
+if TYPE_CHECKING:
+    from ._app import App, Handler
+
+__all__ = ["Runtime", "Stats"]
+
+log = logging.getLogger("tidelog.consumers")
+
+
+def emit(level: int, event: str, **fields: Any) -> None:
+    """A structured log line: `event` is the message, `fields` ride in `extra`."""
+    if log.isEnabledFor(level):
+        log.log(level, event, extra={"tidelog": fields})
+
+
+@dataclass
+class Stats:
+    """Counters of one run, for tests, benchmarks and `tidelog worker` logs."""
+
+    handled: int = 0
+    """Successful handler calls (events, or batches)."""
+    events_handled: int = 0
+    retries: int = 0
+    parked: int = 0
+    held: int = 0
+    skipped_parked: int = 0
+    """Redelivered events that the DLQ already holds or settled."""
+    commits: int = 0
+    refused_commits: int = 0
+    """Commits the engine refused with StaleGeneration (this member was fenced)."""
+    stale_heartbeats: int = 0
+    rejoins: int = 0
+    partitions_started: int = 0
+    partitions_revoked: int = 0
+    peak_in_flight: int = 0
+    """The highest number of fetched but unfinished events seen."""
+
+
+class _Credits:
+    """Bounds the events fetched but not finished by one consumer."""
+
+    def __init__(self, limit: int, stats: Stats) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self._freed = asyncio.Event()
+        self._stats = stats
+
+    async def take(self, want: int) -> int:
+        while self.used >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        n = min(want, self.limit - self.used)
+        self.used += n
+        self._stats.peak_in_flight = max(self._stats.peak_in_flight, self.used)
+        return n
+
+    def give(self, n: int) -> None:
+        if n:
+            self.used -= n
+            self._freed.set()
+
+
+class _Settle:
+    """A queue item: settle the DLQ head of a stream (a retry or a held event)."""
+
+    __slots__ = ()
+
+
+_SETTLE = _Settle()
+_Item = RecordedEvent | _Settle
+
+
+class _PartitionRun:
+    """Delivers one partition owned by this member, from its checkpoint on."""
+
+    def __init__(self, consumer: _GroupConsumer, partition: int, claim: int) -> None:
+        self.c = consumer
+        self.p = partition
+        self.claim = claim
+        self.pending: deque[int] = deque()
+        self.done: set[int] = set()
+        self.outstanding = 0
+        self.fetched_upto = 0
+        self.committed = 0
+        self.since_commit = 0
+        self.queues: dict[str, deque[_Item]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
+        self.settle_queued: set[str] = set()
+        self.progress = asyncio.Event()
+        self.started = asyncio.Event()
+        self.fetcher: asyncio.Task[None] | None = None
+        self.committer: asyncio.Task[None] | None = None
+        self.failed: BaseException | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self.fetcher = asyncio.create_task(self._fetch(), name=f"fetch-{self.p}")
+
+    @property
+    def alive(self) -> bool:
+        return self.fetcher is not None and not self.fetcher.done()
+
+    async def stop(self, deadline: float | None) -> None:
+        """Stop reading; let queued events finish until `deadline` (None: abandon), commit."""
+        if self.fetcher is not None:
+            self.fetcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self.fetcher
+        workers = [t for t in self.workers.values() if not t.done()]
+        if workers and deadline is not None:
+            await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
+        for t in self.workers.values():
+            t.cancel()
+        for t in list(self.workers.values()):
+            with contextlib.suppress(BaseException):
+                await t
+        self.workers.clear()
+        self.queues.clear()
+        self.c.credits.give(self.outstanding)
+        self.outstanding = 0
+        if self.committer is not None:
+            self.committer.cancel()
+            with contextlib.suppress(BaseException):
+                await self.committer
+        if self.started.is_set():
+            await self._commit_checkpoint(final=True)
+
+    # ---------------------------------------------------------------- reading
+
+    async def _fetch(self) -> None:
+        c = self.c
+        store = c.store
+        try:
+            checkpoints = await store.checkpoints(c.handler.group, c.handler.category)
+        except (StoreUnavailable, StoreClosed) as exc:
+            self.failed = exc
+            return
+        start = checkpoints.get(self.p, 0)
+        self.committed = self.fetched_upto = start
+        self.started.set()
+        self.committer = asyncio.create_task(self._commit_loop(), name=f"commit-{self.p}")
+        emit(
+            logging.INFO,
+            "partition_started",
+            group=c.handler.group,
+            category=c.handler.category,
+            partition=self.p,
+            checkpoint=start,
+            member=c.member,
+        )
+        c.stats.partitions_started += 1
+        c.enqueue_settles(self)
+        watch = store._head_watch()
+        next_position = start + 1
+        page = c.options.page_size
+        categories = (c.handler.category,)
+        partitions = (self.p,)
+        while True:
+            n = await c.credits.take(page)
+            got = 0
+            try:
+                head = await store.last_position()
+                async for event in store.read_all(
+                    from_position=next_position,
+                    categories=categories,
+                    types=c.handler.types,
+                    partitions=partitions,
+                    limit=n,
+                ):
+                    got += 1
+                    self.outstanding += 1
+                    self.pending.append(event.position)
+                    self.fetched_upto = event.position
+                    next_position = event.position + 1
+                    self._enqueue(event.stream if c.handler.options.batch is None else "", event)
+            except StoreUnavailable as exc:
+                emit(logging.WARNING, "read_failed", partition=self.p, error=repr(exc))
+                await asyncio.sleep(0.5)
+            finally:
+                c.credits.give(n - got)
+            if got == 0:
+                await watch.wait_beyond(head, store.poll_interval)
+
+    def _enqueue(self, key: str, item: _Item) -> None:
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = deque()
+        queue.append(item)
+        if key not in self.workers:
+            work = self._drain_batches(key) if self.c.handler.options.batch else self._drain(key)
+            self.workers[key] = asyncio.create_task(work)
+
+    def enqueue_settle(self, stream: str) -> None:
+        if stream not in self.settle_queued and self.started.is_set():
+            self.settle_queued.add(stream)
+            self._enqueue(stream if self.c.handler.options.batch is None else "", _SETTLE)
+
+    def _finished(self, position: int) -> None:
+        self.done.add(position)
+        self.outstanding -= 1
+        self.c.credits.give(1)
+        self.since_commit += 1
+        if self.since_commit >= self.c.options.commit_every:
+            self.progress.set()
+
+    # ---------------------------------------------------------------- handling
+
+    async def _drain(self, key: str) -> None:
+        queue = self.queues[key]
+        try:
+            while queue:
+                item = queue[0]
+                if isinstance(item, RecordedEvent):
+                    try:
+                        await self._process(item)
+                    except StoreUnavailable as exc:
+                        # writing the DLQ or the effects failed: try the event again
+                        emit(
+                            logging.WARNING, "store_unavailable", partition=self.p, error=repr(exc)
+                        )
+                        await asyncio.sleep(0.5)
+                        continue
+                    queue.popleft()
+                    self._finished(item.position)
+                else:
+                    queue.popleft()
+                    await self._settle(key)
+        except StaleGeneration:
+            return  # fenced while stopping: what is unfinished is redelivered
+        finally:
+            if not queue and self.queues.get(key) is queue:
+                del self.queues[key]
+                self.workers.pop(key, None)
+
+    async def _drain_batches(self, key: str) -> None:
+        queue = self.queues[key]
+        size = self.c.handler.options.batch or 1
+        try:
+            while queue:
+                if isinstance(queue[0], _Settle):
+                    queue.popleft()
+                    for stream in list(self.settle_queued):
+                        await self._settle(stream)
+                    continue
+                batch: list[RecordedEvent] = []
+                while queue and len(batch) < size and isinstance(queue[0], RecordedEvent):
+                    item = queue.popleft()
+                    assert isinstance(item, RecordedEvent)
+                    batch.append(item)
+                try:
+                    await self._process_batch(batch)
+                except StoreUnavailable as exc:
+                    emit(logging.WARNING, "store_unavailable", partition=self.p, error=repr(exc))
+                    queue.extendleft(reversed(batch))
+                    await asyncio.sleep(0.5)
+                    continue
+                for e in batch:
+                    self._finished(e.position)
+        except StaleGeneration:
+            return  # fenced while stopping: what is unfinished is redelivered
+        finally:
+            if not queue and self.queues.get(key) is queue:
+                del self.queues[key]
+                self.workers.pop(key, None)
+
+    async def _gate(self, event: RecordedEvent) -> bool:
+        """True if `event` must go to the handler; else it was parked, held or settled."""
+        c = self.c
+        state = c.dlq
+        if event.id in state.entries:
+            c.stats.skipped_parked += 1
+            return False
+        if state.blocked(event.stream):
+            h = c.handler
+            if h.options.on_park == "block":
+                entry = held_entry(h.group, event, handler=h.name)
+                c.stats.held += 1
+            else:
+                entry = parked_entry(
+                    h.group, event, handler=h.name, error=None, attempts=0, reason="stream_parked"
+                )
+                c.stats.parked += 1
+            await self._write_dlq(entry)
+            return False
+        return True
+
+    async def _process(self, event: RecordedEvent) -> None:
+        if not await self._gate(event):
+            return
+        error, attempts = await self._handle([event])
+        if error is not None:
+            await self._park(event, error, attempts, 0)
+
+    async def _process_batch(self, batch: Sequence[RecordedEvent]) -> None:
+        todo = [e for e in batch if await self._gate(e)]
+        if not todo:
+            return
+        error, _ = await self._handle(todo)
+        if error is None:
+            return
+        # isolate the failing events: one at a time, each with its own attempts
+        for event in todo:
+            if not await self._gate(event):
+                continue
+            one_error, attempts = await self._handle([event])
+            if one_error is not None:
+                await self._park(event, one_error, attempts, 0)
+
+    async def _handle(
+        self, events: Sequence[RecordedEvent], extra: dict[str, list[NewEvent]] | None = None
+    ) -> tuple[BaseException | None, int]:
+        """Run the handler with retries; commit its appends. Returns (last error, attempts)."""
+        c = self.c
+        h = c.handler
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx = Context(
+                store=c.store,
+                group=h.group,
+                category=h.category,
+                handler=h.name,
+                member=c.member,
+                generation=c.generation,
+                partition=self.p,
+                claim=self.claim,
+                attempt=attempt,
+                source=events,
+                registry=c.registry,
+            )
+            try:
+                async with c.running:
+                    await h.invoke(events, ctx, c.registry)
+                requests = ctx._requests()
+                for stream, evs in (extra or {}).items():
+                    requests[stream] = AppendRequest(events=tuple(evs))
+                if requests:
+                    await self._commit_with(requests)
+                c.stats.handled += 1
+                c.stats.events_handled += len(events)
+                return None, attempt
+            except (asyncio.CancelledError, StaleGeneration, StoreUnavailable, StoreClosed):
+                # fenced, or the store is down: not the event's fault, so no attempt is
+                # spent; the event is tried again later (or redelivered elsewhere)
+                raise
+            except Exception as exc:
+                if attempt >= h.options.max_attempts:
+                    return exc, attempt
+                c.stats.retries += 1
+                delay = h.options.backoff(attempt, random.random())
+                emit(
+                    logging.INFO,
+                    "retry",
+                    group=h.group,
+                    handler=h.name,
+                    event_id=str(events[0].id),
+                    stream=events[0].stream,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=repr(exc)[:500],
+                )
+                await asyncio.sleep(delay)
+
+    async def _park(
+        self, event: RecordedEvent, error: BaseException, attempts: int, round_: int
+    ) -> None:
+        h = self.c.handler
+        self.c.stats.parked += 1
+        emit(
+            logging.WARNING,
+            "parked",
+            group=h.group,
+            handler=h.name,
+            event_id=str(event.id),
+            stream=event.stream,
+            position=event.position,
+            attempts=attempts,
+            error=repr(error)[:500],
+        )
+        await self._write_dlq(
+            parked_entry(
+                h.group, event, handler=h.name, error=error, attempts=attempts, round_=round_
+            )
+        )
+
+    async def _write_dlq(self, entry: NewEvent) -> None:
+        await self._commit_with({dlq_stream(self.c.handler.group): AppendRequest(events=(entry,))})
+        await self.c.refresh_dlq()
+
+    async def _settle(self, stream: str) -> None:
+        """Run the DLQ head of `stream` through the handler while it is a retry or held."""
+        c = self.c
+        self.settle_queued.discard(stream)
+        while True:
+            await c.refresh_dlq()
+            head = c.dlq.head(stream)
+            if head is None or head.status is ParkedStatus.PARKED:
+                return
+            event = head.event
+            round_ = c.dlq.rounds.get(event.id, 0)
+            resolution = resolved_entry(c.handler.group, event.id, round_)
+            emit(
+                logging.INFO,
+                "dlq_settle",
+                group=c.handler.group,
+                event_id=str(event.id),
+                stream=stream,
+                status=head.status.value,
+            )
+            error, attempts = await self._handle(
+                [event], extra={dlq_stream(c.handler.group): [resolution]}
+            )
+            if error is not None:
+                await self._park(event, error, attempts, round_ + 1)
+            else:
+                await c.refresh_dlq()
+
+    # ---------------------------------------------------------------- commits
+
+    def committable(self) -> int:
+        pending, done = self.pending, self.done
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
+        return pending[0] - 1 if pending else self.fetched_upto
+
+    async def _commit_with(self, appends: dict[str, AppendRequest]) -> None:
+        """Commit appends with this partition's checkpoint; fenced, or idempotent without tx."""
+        c = self.c
+        h = c.handler
+        while True:
+            if c.no_transactions:
+                await c.store.append_many(appends)
+                return
+            generation = c.generation
+            position = max(self.committable(), 0)
+            try:
+                await c.store.commit(
+                    h.group,
+                    h.category,
+                    self.p,
+                    position,
+                    member=c.member,
+                    generation=generation,
+                    appends=appends,
+                )
+                self.committed = max(self.committed, position)
+                c.stats.commits += 1
+                return
+            except NotSupported:
+                c.no_transactions = True
+            except StaleGeneration as exc:
+                self._refused(exc, position)
+                await c.await_membership(generation)
+
+    async def _commit_checkpoint(self, final: bool = False) -> None:
+        position = self.committable()
+        if position <= self.committed:
+            return
+        c = self.c
+        try:
+            await c.store.commit(
+                c.handler.group,
+                c.handler.category,
+                self.p,
+                position,
+                member=c.member,
+                generation=c.generation,
+            )
+            self.committed = position
+            self.since_commit = 0
+            c.stats.commits += 1
+        except StaleGeneration as exc:
+            self._refused(exc, position)
+            if not final:
+                c.request_heartbeat()
+        except (StoreUnavailable, StoreClosed) as exc:
+            emit(logging.WARNING, "commit_failed", partition=self.p, error=repr(exc))
+
+    def _refused(self, exc: StaleGeneration, position: int) -> None:
+        self.c.stats.refused_commits += 1
+        emit(
+            logging.WARNING,
+            "commit_refused",
+            group=exc.group,
+            category=exc.category,
+            member=exc.member,
+            partition=self.p,
+            position=position,
+            generation=exc.generation,
+            current=exc.current,
+        )
+
+    async def _commit_loop(self) -> None:
+        interval = self.c.options.commit_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), interval)
+            self.progress.clear()
+            await self._commit_checkpoint()
+
+
+class _GroupConsumer:
+    """One handler's membership in its group: joins, heartbeats, starts and stops partitions."""
+
+    def __init__(self, runtime: Runtime, handler: Handler) -> None:
+        self.runtime = runtime
+        self.store: GroupEngine = runtime.store
+        self.handler = handler
+        self.member = runtime.member
+        self.options = runtime.options
+        self.registry = runtime.app.registry
+        self.stats = runtime.stats
+        self.running = runtime.running
+        self.credits = _Credits(self.options.max_in_flight, self.stats)
+        self.generation = -1
+        self.runs: dict[int, _PartitionRun] = {}
+        self.claims = 0
+        self.dlq = DlqState(handler.group)
+        self._dlq_lock = asyncio.Lock()
+        self._beat = asyncio.Event()
+        self._epoch = 0
+        self._epoch_changed = asyncio.Event()
+        self.no_transactions = False
+
+    # ---------------------------------------------------------------- membership
+
+    def request_heartbeat(self) -> None:
+        self._beat.set()
+
+    async def await_membership(self, generation: int) -> None:
+        """Wait until a heartbeat brought a membership newer than `generation`."""
+        while self.generation == generation:
+            self._beat.set()
+            changed = self._epoch_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self.options.heartbeat_every)
+            if self.runtime.stopping.is_set() and self.generation == generation:
+                raise StaleGeneration(
+                    self.handler.group, self.handler.category, self.member, generation, None
+                )
+
+    async def refresh_dlq(self) -> None:
+        async with self._dlq_lock:
+            await load_state(self.store, self.handler.group, self.dlq)
+
+    def enqueue_settles(self, run: _PartitionRun | None = None) -> None:
+        """Hand each stream whose DLQ head awaits a retry or release to its partition's run."""
+        count = self.store.partition_count
+        for stream in self.dlq.open_streams():
+            head = self.dlq.head(stream)
+            if head is None or head.status is ParkedStatus.PARKED:
+                continue
+            target = self.runs.get(partition_of(stream, count))
+            if target is not None and (run is None or target is run):
+                target.enqueue_settle(stream)
+
+    async def _apply(self, membership: Membership) -> None:
+        self.generation = membership.generation
+        owned = set(membership.partitions)
+        for p in sorted(set(self.runs) - owned):
+            run = self.runs.pop(p)
+            self.stats.partitions_revoked += 1
+            emit(logging.INFO, "partition_revoked", group=self.handler.group, partition=p)
+            await run.stop(None)
+        for p in sorted(owned):
+            current = self.runs.get(p)
+            if current is None or not current.alive:
+                if current is not None:
+                    await current.stop(None)
+                self.claims += 1
+                fresh = self.runs[p] = _PartitionRun(self, p, self.claims)
+                fresh.start()
+        self._epoch += 1
+        self._epoch_changed.set()
+        self._epoch_changed = asyncio.Event()
+
+    async def _drop_all(self, deadline: float | None) -> None:
+        runs = list(self.runs.values())
+        self.runs.clear()
+        await asyncio.gather(*(r.stop(deadline) for r in runs))
+
+    async def run(self) -> None:
+        h = self.handler
+        stopping = self.runtime.stopping
+        follower = asyncio.create_task(self._follow_dlq())
+        try:
+            while not stopping.is_set():
+                try:
+                    membership = await self.store.join_group(
+                        h.group, h.category, self.member, self.options.lease
+                    )
+                    await self.refresh_dlq()
+                except StoreUnavailable as exc:
+                    emit(logging.WARNING, "join_failed", group=h.group, error=repr(exc))
+                    await _sleep_unless(stopping, 1.0)
+                    continue
+                emit(
+                    logging.INFO,
+                    "joined",
+                    group=h.group,
+                    category=h.category,
+                    member=self.member,
+                    generation=membership.generation,
+                    partitions=list(membership.partitions),
+                )
+                await self._apply(membership)
+                await self._heartbeats()
+            await self._drop_all(time.monotonic() + self.options.shutdown_timeout)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(BaseException):
+                await follower
+            with contextlib.suppress(BaseException):
+                await self._drop_all(None)
+            with contextlib.suppress(Exception):
+                await self.store.leave_group(h.group, h.category, self.member)
+                emit(logging.INFO, "left", group=h.group, category=h.category, member=self.member)
+
+    async def _heartbeats(self) -> None:
+        """Heartbeat until stopping; return to rejoin when this member's lease was lost."""
+        h = self.handler
+        stopping = self.runtime.stopping
+        while not stopping.is_set():
+            beat = self._beat
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    _first(stopping.wait(), beat.wait()), self.options.heartbeat_every
+                )
+            if stopping.is_set():
+                return
+            self._beat = asyncio.Event()
+            try:
+                membership = await self.store.heartbeat(
+                    h.group, h.category, self.member, self.options.lease
+                )
+            except StaleGeneration as exc:
+                self.stats.stale_heartbeats += 1
+                self.stats.rejoins += 1
+                emit(
+                    logging.WARNING,
+                    "lease_lost",
+                    group=h.group,
+                    category=h.category,
+                    member=self.member,
+                    generation=self.generation,
+                    current=exc.current,
+                )
+                # try to commit what finished: a fenced member's commit is refused
+                await self._drop_all(None)
+                return
+            except StoreUnavailable as exc:
+                emit(logging.WARNING, "heartbeat_failed", group=h.group, error=repr(exc))
+                continue
+            if membership.generation != self.generation:
+                emit(
+                    logging.INFO,
+                    "rebalanced",
+                    group=h.group,
+                    category=h.category,
+                    member=self.member,
+                    generation=membership.generation,
+                    partitions=list(membership.partitions),
+                )
+            await self._apply(membership)
+
+    async def _follow_dlq(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.dlq_poll_interval)
+            try:
+                await self.refresh_dlq()
+            except (StoreUnavailable, StoreClosed):
+                continue
+            self.enqueue_settles()
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+class Runtime:
+    """One `App.run`: the store, the shared limits and a consumer per handler."""
+
+    def __init__(self, app: App, stop: asyncio.Event | None) -> None:
+        from ._app import default_member
+
+        self.app = app
+        self.options = app.options
+        self.member = app.member or default_member(app.name)
+        self.stopping = stop or asyncio.Event()
+        self.stats = Stats()
+        self.running = asyncio.Semaphore(self.options.concurrency)
+        self.store: GroupEngine = None  # type: ignore[assignment]
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        from tidelog._connect import connect
+
+        app = self.app
+        if not app.handlers:
+            raise ValueError(f"app {app.name!r} has no handlers")
+        owned = not isinstance(app.store, GroupEngine)
+        if isinstance(app.store, GroupEngine):
+            self.store = app.store
+        else:
+            self.store = await (connect(app.store) if app.store else connect())
+        emit(logging.INFO, "worker_started", app=app.name, member=self.member)
+        try:
+            consumers = [_GroupConsumer(self, h) for h in app.handlers]
+            await asyncio.gather(*(c.run() for c in consumers))
+        finally:
+            emit(logging.INFO, "worker_stopped", app=app.name, member=self.member)
+            if owned:
+                await self.store.close()

@@ -1,0 +1,282 @@
+"""Copy a whole store to another, across engines: `tidelog copy SRC DST`.
+
+Uses only the engine contract, so any pair of engines works (SQLite to
+PostgreSQL, PostgreSQL to NATS, ...). What is copied:
+
+- every event with its id, stream, version, type, data, metadata and
+  schema version, in the source's log order (`recorded_at` becomes the time
+  of the copy: the contract has no way to set it);
+- tombstones (after the events, since a deleted stream takes no appends);
+- consumer-group checkpoints, mapped to the destination's positions: a
+  checkpoint at source position p becomes the destination position of the
+  last copied event whose source position is <= p (0 if none). Live group
+  members are not copied: they rejoin.
+
+Resumable: after an interruption, run it again. It finds the destination's
+last event in the source and goes on after it. Every append names the
+source's version as its expected version, so a destination that is not a
+prefix of the source is refused instead of mixed, and a batch that was
+committed just before the interruption is an idempotent retry (same ids).
+
+Verified: the source and destination logs are read side by side and must hold
+the same events in the same order; stream heads, tombstones and the mapped
+checkpoints must match too. Copy a store that nothing writes to meanwhile:
+events appended to the source during the copy are left for a later run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import uuid
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidelog.engines.base import Engine
+from tidelog.errors import GroupError, InvalidInput, NotSupported, StreamDeleted
+from tidelog.model import NO_STREAM, AppendRequest, NewEvent, RecordedEvent, StreamInfo
+
+__all__ = ["CopyReport", "copy_store"]
+
+Progress = Callable[[int, int], None]
+"""Called as `progress(source_position_done, source_last_position)` after each batch."""
+
+
+@dataclass
+class CopyReport:
+    """What a copy did and whether the destination matches the source."""
+
+    source_last_position: int = 0
+    resumed_after: int = 0
+    """Source position the copy resumed after (0: started from the beginning)."""
+    events_copied: int = 0
+    """Events written by this run (not counting those of an earlier, interrupted run)."""
+    events_total: int = 0
+    tombstones: int = 0
+    checkpoints: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not self.mismatches
+
+
+def _new_event(event: RecordedEvent) -> NewEvent:
+    return NewEvent(
+        id=event.id,
+        type=event.type,
+        data=event.data,
+        metadata=dict(event.metadata),
+        schema_version=event.schema_version,
+    )
+
+
+async def _resume_after(src: Engine, dst: Engine) -> int:
+    """The source position of the destination's last event (0 for an empty destination)."""
+    last = await dst.last_position()
+    if last == 0:
+        return 0
+    tail = [e async for e in dst.read_all(from_position=last, limit=1)]
+    if not tail:
+        return 0
+    mark = tail[0]
+    with contextlib.suppress(StreamDeleted):
+        async for e in src.read_stream(mark.stream, from_version=mark.version, limit=1):
+            if e.id == mark.id:
+                return e.position
+    async for e in src.read_all():  # the stream was deleted in the source: scan for the id
+        if e.id == mark.id:
+            return e.position
+    raise InvalidInput(
+        "the destination is neither empty nor a partial copy of this source "
+        f"(its last event {mark.id} is not in the source)"
+    )
+
+
+class _Writer:
+    """Gathers consecutive source events into atomic appends that keep the log order.
+
+    One `append_many` holds each stream once, so an event joins the pending
+    batch only if its stream is new to the batch or the last one added.
+    """
+
+    def __init__(self, dst: Engine, batch_events: int) -> None:
+        self.dst = dst
+        self.batch_events = batch_events
+        self.pending: dict[str, list[RecordedEvent]] = {}
+        self.last_stream: str | None = None
+        self.count = 0
+        self.multi_stream = True
+
+    async def add(self, event: RecordedEvent) -> bool:
+        """Queue `event`; returns True when that flushed (wrote) a batch first."""
+        flushed = False
+        if self.count >= self.batch_events or (
+            event.stream in self.pending and event.stream != self.last_stream
+        ):
+            await self.flush()
+            flushed = True
+        self.pending.setdefault(event.stream, []).append(event)
+        self.last_stream = event.stream
+        self.count += 1
+        return flushed
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        requests = {
+            stream: AppendRequest(
+                events=[_new_event(e) for e in events],
+                expected_version=NO_STREAM if events[0].version == 0 else events[0].version - 1,
+            )
+            for stream, events in self.pending.items()
+        }
+        self.pending, self.last_stream, self.count = {}, None, 0
+        if self.multi_stream and len(requests) > 1:
+            try:
+                await self.dst.append_many(requests)
+                return
+            except NotSupported:
+                self.multi_stream = False
+        for stream, request in requests.items():  # already in log order
+            await self.dst.append(stream, request.events, request.expected_version)
+
+
+def _differences(a: RecordedEvent, b: RecordedEvent) -> list[str]:
+    return [
+        name
+        for name in ("id", "stream", "version", "type", "data", "metadata", "schema_version")
+        if getattr(a, name) != getattr(b, name)
+    ]
+
+
+async def _compare_logs(
+    src: Engine, dst: Engine, end: int, report: CopyReport
+) -> tuple[array[int], array[int]]:
+    """Read both logs side by side; returns the (source, destination) positions paired."""
+    src_positions: array[int] = array("q")
+    dst_positions: array[int] = array("q")
+    src_iter = aiter(src.read_all())
+    dst_iter = aiter(dst.read_all())
+    while True:
+        a = await anext(src_iter, None)
+        if a is not None and a.position > end:
+            a = None
+        b = await anext(dst_iter, None)
+        if a is None or b is None:
+            if a is not None:
+                report.mismatches.append(f"source event {a.position} missing from destination")
+            if b is not None:
+                report.mismatches.append(f"destination has extra event at {b.position}")
+            break
+        diff = _differences(a, b)
+        if diff:
+            report.mismatches.append(
+                f"source {a.position} vs destination {b.position}: {', '.join(diff)} differ"
+            )
+            if len(report.mismatches) >= 20:
+                break
+        src_positions.append(a.position)
+        dst_positions.append(b.position)
+    with contextlib.suppress(Exception):
+        await src_iter.aclose()  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):
+        await dst_iter.aclose()  # type: ignore[attr-defined]
+    report.events_total = len(src_positions)
+    return src_positions, dst_positions
+
+
+async def _streams(store: Engine) -> dict[str, StreamInfo]:
+    return {s.name: s async for s in store.list_streams()}
+
+
+async def copy_store(
+    src: Engine,
+    dst: Engine,
+    *,
+    batch_events: int = 500,
+    progress: Progress | None = None,
+) -> CopyReport:
+    """Copy every event, tombstone and group checkpoint of `src` into `dst`, then verify.
+
+    `dst` must be empty or hold an interrupted copy of `src` (which is then
+    resumed). Returns a report; `report.verified` is False (with the
+    differences in `report.mismatches`) when the destination does not match.
+    """
+    if batch_events < 1:
+        raise InvalidInput("batch_events must be >= 1")
+    report = CopyReport()
+    end = report.source_last_position = await src.last_position()
+    groups = await src.list_groups()
+    if groups and src.partition_count != dst.partition_count:
+        raise InvalidInput(
+            f"the source has {src.partition_count} partitions and the destination "
+            f"{dst.partition_count}: group checkpoints cannot be mapped; create the "
+            f"destination with ?partitions={src.partition_count}"
+        )
+
+    # 1. Events, in log order, resuming after the destination's last one.
+    done = report.resumed_after = await _resume_after(src, dst)
+    writer = _Writer(dst, batch_events)
+    async for event in src.read_all(from_position=done + 1):
+        if event.position > end:
+            break
+        if await writer.add(event) and progress is not None:
+            progress(done, end)
+        report.events_copied += 1
+        done = event.position
+    await writer.flush()
+    if progress is not None:
+        progress(end, end)
+
+    # 2. Tombstones.
+    for info in (await _streams(src)).values():
+        if info.deleted:
+            with contextlib.suppress(StreamDeleted):
+                await dst.delete_stream(info.name)
+                report.tombstones += 1
+
+    # 3. Verify the log and pair the positions; then streams.
+    src_positions, dst_positions = await _compare_logs(src, dst, end, report)
+    src_streams, dst_streams = await _streams(src), await _streams(dst)
+    if src_streams != dst_streams:
+        differing = sorted(repr(i) for i in set(src_streams.items()) ^ set(dst_streams.items()))[:5]
+        report.mismatches.append(f"streams differ: {differing}")
+
+    if report.mismatches:
+        return report  # positions cannot be mapped onto a log that differs
+
+    # 4. Checkpoints, mapped to destination positions.
+    def mapped(position: int) -> int:
+        index = bisect.bisect_right(src_positions, position) - 1
+        return dst_positions[index] if index >= 0 else 0
+
+    for group, category in groups:
+        points = await src.checkpoints(group, category)
+        if not points:
+            continue
+        member = f"tidelog-copy-{uuid.uuid4().hex}"
+        membership = await dst.join_group(group, category, member, lease=60.0)
+        try:
+            if not set(points) <= set(membership.partitions):
+                raise GroupError(
+                    f"group {group!r} on {category!r} has live members in the destination; "
+                    "stop them before copying its checkpoints"
+                )
+            for partition, position in sorted(points.items()):
+                await dst.commit(
+                    group,
+                    category,
+                    partition,
+                    mapped(position),
+                    member=member,
+                    generation=membership.generation,
+                )
+                report.checkpoints += 1
+        finally:
+            await dst.leave_group(group, category, member)
+        expected = {p: mapped(pos) for p, pos in points.items()}
+        if await dst.checkpoints(group, category) != expected:
+            report.mismatches.append(f"checkpoints of {group!r} on {category!r} differ")
+    return report

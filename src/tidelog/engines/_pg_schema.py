@@ -1,0 +1,282 @@
+"""The PostgreSQL engine's schema: versioned migrations and the SQL it runs.
+
+Each store lives in its own PostgreSQL schema (`?schema=tidelog` by default),
+so several stores (and test runs) share one database without touching each
+other. `schema_migrations` records which migrations ran; `migrate` applies the
+missing ones in one transaction under an advisory lock, so two processes
+opening a new store at once cannot both create it. Migrations are append-only:
+a released one is never edited, a change is a new one.
+
+Upgrade notes:
+- 1: events (the log, keyed by position), streams (heads and tombstones),
+  meta (store options such as the partition count).
+- 2: consumer groups (one `GroupState` document per group and category) and
+  checkpoints (one row per group, category and partition).
+- 3: indexes for category reads and category listings.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Any, Final
+
+from tidelog.errors import InvalidURL, NotSupported
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "Sql",
+    "advisory_keys",
+    "current_version",
+    "migrate",
+    "validate_schema_name",
+]
+
+_SCHEMA_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_LOCK_CLASS: Final = 0x74646C67  # "tdlg": appends of one store
+_MIGRATION_LOCK_CLASS: Final = 0x74646D67  # "tdmg": migrations of one store
+
+MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (
+        1,
+        "events, streams and store options",
+        (
+            "CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+            """CREATE TABLE {s}.events (
+                position bigint PRIMARY KEY,
+                id uuid NOT NULL,
+                stream text NOT NULL,
+                version bigint NOT NULL,
+                type text NOT NULL,
+                data bytea NOT NULL,
+                metadata json NOT NULL,
+                schema_version integer NOT NULL,
+                recorded_at timestamptz NOT NULL,
+                category text NOT NULL,
+                partition integer NOT NULL,
+                CONSTRAINT events_id_key UNIQUE (id),
+                CONSTRAINT events_stream_version_key UNIQUE (stream, version)
+            )""",
+            """CREATE TABLE {s}.streams (
+                name text PRIMARY KEY,
+                category text NOT NULL,
+                version bigint,
+                deleted boolean NOT NULL DEFAULT false
+            )""",
+        ),
+    ),
+    (
+        2,
+        "consumer groups and checkpoints",
+        (
+            """CREATE TABLE {s}.groups (
+                grp text NOT NULL,
+                category text NOT NULL,
+                state json NOT NULL,
+                PRIMARY KEY (grp, category)
+            )""",
+            """CREATE TABLE {s}.checkpoints (
+                grp text NOT NULL,
+                category text NOT NULL,
+                partition integer NOT NULL,
+                position bigint NOT NULL,
+                PRIMARY KEY (grp, category, partition)
+            )""",
+        ),
+    ),
+    (
+        3,
+        "indexes for category reads",
+        (
+            "CREATE INDEX events_category_position ON {s}.events (category, position)",
+            'CREATE INDEX streams_category_name ON {s}.streams (category, name COLLATE "C")',
+        ),
+    ),
+)
+
+LATEST_VERSION: Final = MIGRATIONS[-1][0]
+
+
+def validate_schema_name(url: str, schema: str) -> str:
+    """Schema names are plain lowercase identifiers, so they can be quoted safely."""
+    if _SCHEMA_RE.fullmatch(schema) is None:
+        raise InvalidURL(
+            url, f"schema {schema!r} must be lowercase letters, digits and '_', at most 63"
+        )
+    return schema
+
+
+def _schema_key(schema: str) -> int:
+    return zlib.crc32(schema.encode("ascii")) - 2**31
+
+
+def advisory_keys(schema: str) -> tuple[int, int]:
+    """The (class, key) of the advisory lock that serializes the appends of one store."""
+    return _LOCK_CLASS, _schema_key(schema)
+
+
+async def current_version(conn: Any, schema: str) -> int:
+    """The store's schema version; 0 when it has none yet."""
+    exists = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations'
+    )
+    if not exists:
+        return 0
+    version: int = await conn.fetchval(
+        f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations'
+    )
+    return version
+
+
+async def migrate(conn: Any, schema: str, target: int | None = None) -> list[int]:
+    """Bring the store in `schema` up to `target` (default: latest); returns the versions applied.
+
+    Runs in one transaction under an advisory lock: concurrent openers wait,
+    then find nothing left to do. A store newer than this code is refused.
+    """
+    goal = LATEST_VERSION if target is None else target
+    s = f'"{schema}"'
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute(
+            f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_CLASS}, {_schema_key(schema)})"
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+            "version integer PRIMARY KEY, description text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await current_version(conn, schema)
+        if current > LATEST_VERSION:
+            raise NotSupported(
+                "postgres",
+                f"store schema version {current}",
+                f"this tidelog knows versions up to {LATEST_VERSION}; upgrade tidelog",
+            )
+        for version, description, statements in MIGRATIONS:
+            if current < version <= goal:
+                for statement in statements:
+                    await conn.execute(statement.replace("{s}", s))
+                await conn.execute(
+                    f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
+                    version,
+                    description,
+                )
+                applied.append(version)
+    return applied
+
+
+class Sql:
+    """Every statement the engine runs, with the store's schema filled in once."""
+
+    def __init__(self, schema: str) -> None:
+        s = f'"{schema}"'
+        lock_class, lock_key = advisory_keys(schema)
+        self.channel = f"tidelog_{schema}"[:63]
+        self.begin_write = (
+            "SET LOCAL synchronous_commit = on; "
+            f"SELECT pg_advisory_xact_lock({lock_class}, {lock_key})"
+        )
+        self.sync_on = "SET LOCAL synchronous_commit = on"
+        # The head never moves back, even after `purge_stream` erased the newest
+        # events: the high-water mark in meta keeps their positions from reuse.
+        self.head = (
+            f"SELECT greatest((SELECT coalesce(max(position), 0) FROM {s}.events), "
+            f"(SELECT coalesce(max(value::bigint), 0) FROM {s}.meta WHERE key = 'high_water'))"
+        )
+        self.set_high_water = (
+            f"INSERT INTO {s}.meta (key, value) VALUES ('high_water', $1) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
+        self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"
+        self.vacuum_events = f"VACUUM {s}.events"
+        self.notify = "SELECT pg_notify($1, $2)"
+        self.get_meta = f"SELECT value FROM {s}.meta WHERE key = $1"
+        self.put_meta = (
+            f"INSERT INTO {s}.meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+        )
+        self.find_ids = (
+            f"SELECT id, stream, version, position FROM {s}.events WHERE id = ANY($1::uuid[])"
+        )
+        self.find_streams = (
+            f"SELECT name, version, deleted FROM {s}.streams WHERE name = ANY($1::text[])"
+        )
+        self.find_stream = f"SELECT version, deleted FROM {s}.streams WHERE name = $1"
+        # The events and the new stream heads, in one statement (one round trip).
+        self.insert_events = (
+            f"WITH inserted AS (INSERT INTO {s}.events (position, id, stream, version, type, "
+            "data, metadata, schema_version, recorded_at, category, partition) "
+            "SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], "
+            "$5::text[], $6::bytea[], $7::json[], $8::integer[], $9::timestamptz[], "
+            "$10::text[], $11::integer[])) "
+            f"INSERT INTO {s}.streams (name, category, version) "
+            "SELECT * FROM unnest($12::text[], $13::text[], $14::bigint[]) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version"
+        )
+        self.tombstone = (
+            f"INSERT INTO {s}.streams (name, category, version, deleted) "
+            "VALUES ($1, $2, NULL, true) ON CONFLICT (name) DO UPDATE SET deleted = true"
+        )
+        columns = "id, stream, version, position, type, data, metadata, recorded_at, schema_version"
+        self.read_stream_forward = (
+            f"SELECT {columns} FROM {s}.events WHERE stream = $1 AND version >= $2 "
+            "ORDER BY version LIMIT $3"
+        )
+        self.read_stream_backward = (
+            f"SELECT {columns} FROM {s}.events WHERE stream = $1 AND version <= $2 "
+            "ORDER BY version DESC LIMIT $3"
+        )
+        self._s = s
+        self._columns = columns
+        self._read_all: dict[tuple[bool, bool, bool], str] = {}
+        self.list_streams = (
+            f"SELECT name, version, deleted FROM {s}.streams "
+            'WHERE ($1::text IS NULL OR category = $1) AND name COLLATE "C" > $2 '
+            'ORDER BY name COLLATE "C" LIMIT $3'
+        )
+        self.ensure_group = (
+            f"INSERT INTO {s}.groups (grp, category, state) VALUES ($1, $2, $3::json) "
+            "ON CONFLICT (grp, category) DO NOTHING"
+        )
+        self.lock_group = (
+            f"SELECT state::text FROM {s}.groups WHERE grp = $1 AND category = $2 FOR UPDATE"
+        )
+        self.get_group = f"SELECT state::text FROM {s}.groups WHERE grp = $1 AND category = $2"
+        self.save_group = f"UPDATE {s}.groups SET state = $3::json WHERE grp = $1 AND category = $2"
+        self.put_checkpoint = (
+            f"INSERT INTO {s}.checkpoints (grp, category, partition, position) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (grp, category, partition) "
+            "DO UPDATE SET position = greatest(checkpoints.position, excluded.position)"
+        )
+        self.get_checkpoints = (
+            f"SELECT partition, position FROM {s}.checkpoints WHERE grp = $1 AND category = $2"
+        )
+        self.has_checkpoints = (
+            f"SELECT EXISTS (SELECT 1 FROM {s}.checkpoints WHERE grp = $1 AND category = $2)"
+        )
+        self.list_groups = (
+            f"SELECT grp, category FROM {s}.groups UNION SELECT grp, category FROM {s}.checkpoints"
+        )
+
+    def read_all(self, categories: bool, types: bool, partitions: bool) -> str:
+        """The log read for one combination of filters: $1 from position, $2 limit, then
+        the filters given, in this order (a statement per combination plans well)."""
+        key = (categories, types, partitions)
+        sql = self._read_all.get(key)
+        if sql is None:
+            where = ["position >= $1"]
+            for used, column, kind in zip(
+                key, ("category", "type", "partition"), ("text", "text", "integer"), strict=True
+            ):
+                if used:
+                    where.append(f"{column} = ANY(${len(where) + 2}::{kind}[])")
+            sql = (
+                f"SELECT {self._columns} FROM {self._s}.events WHERE {' AND '.join(where)} "
+                "ORDER BY position LIMIT $2"
+            )
+            self._read_all[key] = sql
+        return sql

@@ -1,0 +1,224 @@
+"""SQLite plumbing for the sqlite engine: connections, the schema and its migrations,
+and the one place where sqlite3 errors become tidelog errors.
+
+The schema version lives in `PRAGMA user_version` (in the database header, so it
+changes atomically with the DDL of a migration). `MIGRATIONS` is append-only:
+a released step is never edited, a change is a new step. Opening a store runs
+the missing steps inside one `BEGIN IMMEDIATE` transaction, so two processes
+opening a fresh file at once cannot both migrate it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Final
+
+from tidelog.errors import NotSupported, StoreUnavailable, TidelogError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "connect",
+    "db_errors",
+    "is_busy",
+    "migrate",
+    "migrate_connection",
+    "schema_version",
+    "translate",
+]
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (
+        1,
+        (
+            # Store-wide settings fixed at creation (the partition count).
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+            # The log. `position` is the rowid: positions are assigned by the writer
+            # under the write lock, so position order is commit order. recorded_at is
+            # in microseconds since the epoch (UTC); metadata is compact JSON.
+            """CREATE TABLE events (
+                position INTEGER PRIMARY KEY,
+                id BLOB NOT NULL UNIQUE,
+                stream TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                type TEXT NOT NULL,
+                data BLOB NOT NULL,
+                metadata BLOB NOT NULL,
+                recorded_at INTEGER NOT NULL,
+                schema_version INTEGER NOT NULL,
+                category TEXT NOT NULL,
+                partition INTEGER NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX events_stream_version ON events (stream, version)",
+            "CREATE INDEX events_category_position ON events (category, position)",
+            # One row per stream with its last version (NULL: no events) and tombstone.
+            """CREATE TABLE streams (
+                name TEXT PRIMARY KEY,
+                category TEXT NOT NULL,
+                version INTEGER,
+                deleted INTEGER NOT NULL DEFAULT 0
+            ) WITHOUT ROWID""",
+            "CREATE INDEX streams_category ON streams (category, name)",
+        ),
+    ),
+    (
+        2,
+        (
+            # Consumer groups: the GroupState document (msgspec JSON) per (group, category).
+            """CREATE TABLE groups (
+                grp TEXT NOT NULL,
+                category TEXT NOT NULL,
+                state BLOB NOT NULL,
+                PRIMARY KEY (grp, category)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE checkpoints (
+                grp TEXT NOT NULL,
+                category TEXT NOT NULL,
+                partition INTEGER NOT NULL,
+                position INTEGER NOT NULL,
+                PRIMARY KEY (grp, category, partition)
+            ) WITHOUT ROWID""",
+        ),
+    ),
+)
+
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
+
+_BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLITE_BUSY / SQLITE_LOCKED (any extended code): another writer holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and code is not None
+        and (code & 0xFF) in _BUSY_CODES
+    )
+
+
+def translate(exc: sqlite3.Error) -> TidelogError:
+    """The one mapping from sqlite3 errors to the tidelog tree.
+
+    Everything the driver raises is a backend failure from the caller's point
+    of view (I/O errors, a full disk, a corrupt or foreign file, a lock held
+    past the busy timeout): `StoreUnavailable`, whose contract is "the outcome
+    of a write is unknown, retry with the same event ids". Conflicts the caller
+    can act on (versions, tombstones, duplicate ids) are detected by the engine
+    itself and never come from here.
+    """
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    error = StoreUnavailable(f"sqlite: {name}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+@contextlib.contextmanager
+def db_errors() -> Iterator[None]:
+    """Run a block of sqlite3 calls, raising translated errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str = "full",
+    busy_timeout: float = 30.0,
+    read_only: bool = False,
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (the engine issues BEGIN itself).
+
+    `check_same_thread=False` because the engine hands connections to the
+    thread that owns them after opening them elsewhere, and closes them from
+    the closing thread once that thread has stopped; a connection is never
+    used by two threads at once.
+    """
+    conn = sqlite3.connect(
+        os.fspath(path),
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        cached_statements=256,
+    )
+    try:
+        conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        # After a checkpoint, truncate the WAL file back to at most 64 MiB so that a
+        # burst of writes does not leave a huge file behind.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        if read_only:
+            conn.execute("PRAGMA query_only = 1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate_connection(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migration steps up to `target` in one transaction; return the version.
+
+    Raises `NotSupported` for a file written by a newer tidelog (a higher
+    version than this code knows): it refuses rather than guessing.
+    """
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreUnavailable(f"sqlite: could not switch the database to WAL mode (got {mode})")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise NotSupported(
+                "sqlite",
+                f"schema version {current}",
+                f"the file was written by a newer tidelog (this one knows up to {SCHEMA_VERSION})",
+            )
+        for version, statements in MIGRATIONS:
+            if current < version <= target:
+                for statement in statements:
+                    conn.execute(statement)
+                current = version
+        conn.execute(f"PRAGMA user_version = {int(current)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return current
+
+
+def migrate(path: str | os.PathLike[str], target: int = SCHEMA_VERSION) -> int:
+    """Create or upgrade the tidelog schema of the SQLite file at `path`; return its version.
+
+    Safe to run while other processes use the file (the steps run under the
+    write lock). Opening a store migrates too; this is for `tidelog
+    migrate-schema` and for tests that build an older schema (`target`).
+    """
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with db_errors():
+        conn = connect(path)
+        try:
+            return migrate_connection(conn, target)
+        finally:
+            conn.close()
+
+
+def schema_version(path: str | os.PathLike[str]) -> int:
+    """The schema version of the file at `path` (0: not a tidelog store yet)."""
+    with db_errors():
+        conn = connect(path, read_only=True)
+        try:
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            return version
+        finally:
+            conn.close()

@@ -1,0 +1,834 @@
+"""The PostgreSQL engine: `postgresql://user@host:5432/db?schema=tidelog`.
+
+How it keeps the contract:
+
+- **No skipped positions.** Every write transaction first takes a
+  transaction-level advisory lock of its store
+  (`pg_advisory_xact_lock`), then reads the head and allocates the next
+  positions. The lock is held until commit, so positions are allocated in
+  commit order and a reader's snapshot always holds a gap-free prefix of the
+  log: a reader that has seen position p can never later find an event below
+  p. Positions are dense (a rolled-back append leaves no hole).
+- **Group commit.** Concurrent appends of one engine are gathered into one
+  transaction, one lock acquisition and one commit (one WAL flush). Each
+  append runs in its own SAVEPOINT, so a conflict fails only that append.
+- **Durability.** `synchronous_commit=on` is set on every connection and again
+  on every write transaction; an append returns only after its commit.
+- **Live subscriptions.** Commits `pg_notify` the new head on the store's
+  channel; a listening connection wakes subscribers through `HeadWatch`. The
+  generic subscription loop also polls every `poll_interval`, so a lost
+  listener delays but never stalls a subscriber.
+- **Groups.** One `GroupState` document per (group, category), changed under
+  `SELECT … FOR UPDATE`; checkpoints move forward with `greatest()`, in the same
+  transaction as the handler's appends.
+
+Options (query string; every other option goes to asyncpg unchanged):
+`schema` (PostgreSQL schema of the store, default `tidelog`), `partitions`
+(default 16, fixed when the store is created), `pool_min`, `pool_max`,
+`poll_interval`, `max_batch` (appends per group commit), `listen`
+(LISTEN/NOTIFY, default true), `connect_timeout` and `command_timeout`
+(seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from tidelog.engines._pg_errors import is_driver_error, pg_errors, translate
+from tidelog.engines._pg_schema import (
+    LATEST_VERSION,
+    Sql,
+    current_version,
+    migrate,
+    validate_schema_name,
+)
+from tidelog.engines.base import (
+    DEFAULT_PARTITIONS,
+    GroupEngine,
+    GroupState,
+    HeadWatch,
+    check_position,
+    check_read_args,
+    config_from_url,
+    prepare_append,
+    prepare_append_many,
+    resolve_retry,
+    validate_filters,
+    validate_group_name,
+)
+from tidelog.errors import InvalidInput, InvalidURL, StreamDeleted, TidelogError
+from tidelog.model import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    ExpectedVersion,
+    Membership,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    category_of,
+    check_expected_version,
+    decode_metadata,
+    encode_metadata,
+    partition_of,
+    validate_expected_version,
+    validate_stream_name,
+)
+
+__all__ = [
+    "LATEST_VERSION",
+    "PostgresConfig",
+    "PostgresEngine",
+    "migrate_url",
+    "open_engine",
+    "split_url",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_PAGE = 500
+_MAX_BATCH_EVENTS = 10_000
+"""A group commit takes appends until they hold this many events (at least one append)."""
+_SERVER_SETTINGS = {
+    "synchronous_commit": "on",
+    "application_name": "tidelog",
+    # A client that hangs inside a write transaction holds the store's append
+    # lock; the server ends such a session instead of stalling every writer.
+    "idle_in_transaction_session_timeout": "60000",
+}
+
+Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
+
+
+class PostgresConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """tidelog's options of a `postgresql://` URL."""
+
+    schema: str = "tidelog"
+    partitions: int | None = None
+    """Partition count of a new store (default 16); an existing store keeps its own."""
+    pool_min: int = 1
+    pool_max: int = 10
+    poll_interval: float = 0.25
+    max_batch: int = 500
+    listen: bool = True
+    connect_timeout: float = 10.0
+    command_timeout: float = 120.0
+    """Seconds before a statement that gets no answer fails with `StoreUnavailable`."""
+
+
+_OPTION_NAMES = frozenset(PostgresConfig.__struct_fields__)
+
+
+def split_url(url: str) -> tuple[str, PostgresConfig]:
+    """Split a store URL into the DSN for asyncpg and tidelog's own options."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise InvalidURL(url, "expected a postgresql:// URL")
+    pairs = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+    ours = [(k, v) for k, v in pairs if k in _OPTION_NAMES]
+    theirs = [(k, v) for k, v in pairs if k not in _OPTION_NAMES]
+    config = config_from_url(
+        PostgresConfig, urllib.parse.urlunsplit(("x", "", "", urllib.parse.urlencode(ours), ""))
+    )
+    validate_schema_name(url, config.schema)
+    if config.partitions is not None and config.partitions < 1:
+        raise InvalidURL(url, "partitions must be >= 1")
+    if config.pool_min < 0 or config.pool_max < max(config.pool_min, 1):
+        raise InvalidURL(url, "need 0 <= pool_min <= pool_max and pool_max >= 1")
+    if min(config.max_batch, config.poll_interval, config.connect_timeout) <= 0 or (
+        config.command_timeout <= 0
+    ):
+        raise InvalidURL(url, "max_batch, poll_interval and the timeouts must be positive")
+    dsn = urllib.parse.urlunsplit(parsed._replace(query=urllib.parse.urlencode(theirs)))
+    return dsn, config
+
+
+def _uuid(value: UUID) -> UUID:
+    # asyncpg returns its own UUID subclass; hand out the standard type.
+    return value if type(value) is UUID else UUID(bytes=value.bytes)
+
+
+def _event(row: Any) -> RecordedEvent:
+    return RecordedEvent(
+        id=_uuid(row[0]),
+        stream=row[1],
+        version=row[2],
+        position=row[3],
+        type=row[4],
+        data=row[5],
+        metadata=decode_metadata(row[6]),
+        recorded_at=row[7],
+        schema_version=row[8],
+    )
+
+
+_EMPTY_GROUP = msgspec.json.encode(GroupState()).decode()
+
+
+class _Pending:
+    """One append (or append_many) waiting for the next group commit."""
+
+    __slots__ = ("checked", "future")
+
+    def __init__(self, checked: Checked, future: asyncio.Future[dict[str, AppendResult]]) -> None:
+        self.checked = checked
+        self.future = future
+
+
+class _WriteFailed(Exception):
+    """A batch's write statement failed: redo the batch with a savepoint per append."""
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(
+        exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError
+    )
+
+
+class _Overlay:
+    """Stored ids and stream heads, updated as a batch's appends are accepted."""
+
+    __slots__ = ("states", "stored")
+
+    def __init__(
+        self,
+        stored: dict[UUID, tuple[str, int, int]],
+        states: dict[str, tuple[int | None, bool]],
+    ) -> None:
+        self.stored = stored
+        self.states = states
+
+
+class _Rows:
+    """Column arrays of the events to insert, and the new head of each stream."""
+
+    __slots__ = ("columns", "now", "streams")
+
+    def __init__(self) -> None:
+        self.columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+        self.streams: dict[str, tuple[str, int]] = {}
+        self.now = datetime.now(UTC)
+
+    def add(
+        self, position: int, e: NewEvent, stream: str, version: int, category: str, partition: int
+    ) -> None:
+        values = (
+            position,
+            e.id,
+            stream,
+            version,
+            e.type,
+            e.data,
+            encode_metadata(e.metadata).decode(),
+            e.schema_version,
+            self.now,
+            category,
+            partition,
+        )
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+
+
+class PostgresEngine(GroupEngine):
+    name = "postgres"
+
+    def __init__(
+        self, config: PostgresConfig, dsn: str, pool: Any, partitions: int, schema_version: int
+    ) -> None:
+        self.config = config
+        self.poll_interval = config.poll_interval
+        self.schema_version = schema_version
+        self._dsn = dsn
+        self._pool = pool
+        self._partitions = partitions
+        self._sql = Sql(config.schema)
+        self._watch = HeadWatch()
+        self._pending: list[_Pending] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._listener: Any = None
+        self._relistener: asyncio.Future[None] | None = None
+        self._before_commit: Callable[[], Awaitable[None]] | None = None
+        """Fault injection for tests: awaited inside each append transaction just
+        before its commit (with the append lock held); raising rolls it back."""
+
+    # ------------------------------------------------------------------ setup
+
+    async def _start_listener(self) -> bool:
+        """LISTEN on the store's channel; without it subscribers fall back to polling."""
+        try:
+            with pg_errors():
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self.config.connect_timeout,
+                    server_settings=_SERVER_SETTINGS,
+                )
+                try:
+                    await conn.add_listener(self._sql.channel, self._on_notify)
+                except BaseException:
+                    conn.terminate()
+                    raise
+        except TidelogError as exc:
+            log.warning("tidelog postgres: LISTEN failed, subscriptions poll: %s", exc)
+            return False
+        if self._closed:
+            conn.terminate()
+            return False
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+        return True
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._watch.advance(int(payload))
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        self._listener = None
+        if not self._closed:
+            log.warning("tidelog postgres: LISTEN connection lost; reconnecting")
+            self._relistener = asyncio.ensure_future(self._relisten())
+
+    async def _relisten(self) -> None:
+        """Reconnect the listener with backoff; subscribers poll meanwhile."""
+        delay = 0.2
+        while not self._closed:
+            await asyncio.sleep(delay)
+            if self._closed or await self._start_listener():
+                break
+            delay = min(delay * 2, 10.0)
+        if not self._closed:
+            # Notifications sent while no one listened are lost: wake up to the head.
+            with contextlib.suppress(TidelogError):
+                self._watch.advance(await self.last_position())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._drainer is not None:
+            with contextlib.suppress(Exception):
+                await self._drainer
+        self._watch.close()
+        if self._relistener is not None:
+            self._relistener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._relistener
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener.remove_termination_listener(self._on_listener_lost)
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=5)
+        try:
+            await asyncio.wait_for(self._pool.close(), 10)
+        except Exception:  # a dead server or a stuck query: drop the connections
+            self._pool.terminate()
+
+    # ------------------------------------------------------------------ group commit
+
+    async def _submit(self, checked: Checked) -> dict[str, AppendResult]:
+        future: asyncio.Future[dict[str, AppendResult]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(checked, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Commit the waiting appends, a batch per transaction, until none is left."""
+        while self._pending:
+            taken = events = 0
+            for p in self._pending[: self.config.max_batch]:
+                events += sum(len(evs) for evs, _ in p.checked.values())
+                if taken and events > _MAX_BATCH_EVENTS:
+                    break
+                taken += 1
+            batch = [p for p in self._pending[:taken] if not p.future.done()]
+            del self._pending[:taken]
+            if not batch:
+                continue
+            try:
+                outcomes, head = await self._commit_batch([p.checked for p in batch])
+            except BaseException as exc:
+                error = translate(exc) if is_driver_error(exc) else exc
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    p.future.set_exception(outcome)
+                else:
+                    p.future.set_result(outcome)
+            self._watch.advance(head)
+
+    async def _commit_batch(
+        self, units: list[Checked]
+    ) -> tuple[list[dict[str, AppendResult] | TidelogError], int]:
+        """Commit many appends in one transaction; returns each one's outcome and the head.
+
+        The fast path checks every append in Python against state read once
+        for the whole batch (under the append lock nothing else changes it),
+        so a conflict fails only its own append, and writes all the accepted
+        events with one statement. Should that statement fail anyway, the
+        transaction is rolled back and the batch redone with each append in
+        its own SAVEPOINT, so the failure is pinned on the append that caused it.
+        """
+        with pg_errors():
+            async with self._pool.acquire() as conn:
+                try:
+                    return await self._run_batch(conn, units, isolate=False)
+                except _WriteFailed:
+                    return await self._run_batch(conn, units, isolate=True)
+
+    async def _run_batch(
+        self, conn: Any, units: list[Checked], isolate: bool
+    ) -> tuple[list[dict[str, AppendResult] | TidelogError], int]:
+        outcomes: list[dict[str, AppendResult] | TidelogError] = []
+        async with conn.transaction():
+            await conn.execute(self._sql.begin_write)
+            start: int = await conn.fetchval(self._sql.head)
+            head = start
+            if not isolate:
+                overlay = await self._load(conn, units)
+                rows = _Rows()
+                for unit in units:
+                    try:
+                        results, head = self._plan(unit, overlay, head, rows)
+                    except TidelogError as exc:
+                        outcomes.append(exc)
+                    else:
+                        outcomes.append(results)
+                try:
+                    await self._insert(conn, rows)
+                except asyncpg.PostgresError as exc:
+                    if len(units) == 1 or _is_connection_error(exc):
+                        raise
+                    raise _WriteFailed from exc
+            else:
+                for unit in units:
+                    try:
+                        async with conn.transaction():  # a SAVEPOINT
+                            results, new_head = await self._write(conn, unit, head)
+                    except TidelogError as exc:
+                        outcomes.append(exc)
+                        continue
+                    except asyncpg.PostgresError as exc:
+                        if _is_connection_error(exc):
+                            raise
+                        outcomes.append(translate(exc, next(iter(unit))))
+                        continue
+                    head = new_head
+                    outcomes.append(results)
+            if head > start:
+                await conn.execute(self._sql.notify, self._sql.channel, str(head))
+            if self._before_commit is not None:
+                await self._before_commit()
+        return outcomes, head
+
+    async def _load(self, conn: Any, units: Sequence[Checked]) -> _Overlay:
+        """The stored state the appends of `units` are checked against."""
+        ids = [e.id for unit in units for events, _ in unit.values() for e in events]
+        names = list({name for unit in units for name in unit})
+        stored = {
+            _uuid(r[0]): (r[1], r[2], r[3]) for r in await conn.fetch(self._sql.find_ids, ids)
+        }
+        states = {r[0]: (r[1], r[2]) for r in await conn.fetch(self._sql.find_streams, names)}
+        return _Overlay(stored, states)
+
+    def _plan(
+        self, unit: Checked, overlay: _Overlay, head: int, rows: _Rows
+    ) -> tuple[dict[str, AppendResult], int]:
+        """Check one atomic append and queue its rows; returns its results and the new head.
+
+        Same order of checks as the memory engine: for each stream, an
+        idempotent retry first, then the tombstone, then the expected version.
+        Nothing is queued or changed unless every stream of the append passes.
+        """
+        results: dict[str, AppendResult] = {}
+        fresh: list[tuple[str, tuple[NewEvent, ...], int | None]] = []
+        for stream, (events, expected) in unit.items():
+            retry = resolve_retry(
+                stream,
+                events,
+                {e.id: overlay.stored[e.id] for e in events if e.id in overlay.stored},
+            )
+            if retry is not None:
+                results[stream] = retry
+                continue
+            version, deleted = overlay.states.get(stream, (None, False))
+            if deleted:
+                raise StreamDeleted(stream)
+            check_expected_version(stream, expected, version)
+            fresh.append((stream, events, version))
+        for stream, events, last in fresh:
+            category = category_of(stream)
+            partition = partition_of(stream, self._partitions)
+            version = -1 if last is None else last
+            for e in events:
+                version += 1
+                head += 1
+                rows.add(head, e, stream, version, category, partition)
+                overlay.stored[e.id] = (stream, version, head)
+            overlay.states[stream] = (version, False)
+            rows.streams[stream] = (category, version)
+            results[stream] = AppendResult(version=version, position=head)
+        return results, head
+
+    async def _insert(self, conn: Any, rows: _Rows) -> None:
+        if rows.columns[0]:
+            names = list(rows.streams)
+            await conn.execute(
+                self._sql.insert_events,
+                *rows.columns,
+                names,
+                [rows.streams[n][0] for n in names],
+                [rows.streams[n][1] for n in names],
+            )
+
+    async def _write(
+        self, conn: Any, unit: Checked, head: int
+    ) -> tuple[dict[str, AppendResult], int]:
+        """Check and write one atomic append (under the append lock); returns the new head."""
+        rows = _Rows()
+        results, head = self._plan(unit, await self._load(conn, [unit]), head, rows)
+        await self._insert(conn, rows)
+        return results, head
+
+    # ------------------------------------------------------------------ layer 1
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        self._check_open()
+        name, checked, expected = prepare_append(stream, events, expected_version)
+        return (await self._submit({name: (checked, expected)}))[name]
+
+    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
+        self._check_open()
+        return await self._submit(prepare_append_many(requests))
+
+    async def read_stream(
+        self,
+        stream: str,
+        from_version: int = 0,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        validate_stream_name(stream)
+        check_read_args(from_version, limit, backwards)
+        with pg_errors(stream):
+            row = await self._pool.fetchrow(self._sql.find_stream, stream)
+        if row is not None and row[1]:
+            raise StreamDeleted(stream)
+        remaining = limit
+        cursor = from_version if from_version >= 0 or not backwards else 2**62
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            sql = self._sql.read_stream_backward if backwards else self._sql.read_stream_forward
+            with pg_errors(stream):
+                rows = await self._pool.fetch(sql, stream, min(cursor, 2**62), page)
+            for r in rows:
+                self._check_open()
+                yield _event(r)
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < page:
+                return
+            cursor = rows[-1][2] + (-1 if backwards else 1)
+            if cursor < 0:
+                return
+
+    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
+        self._check_open()
+        name = validate_stream_name(stream)
+        expected = validate_expected_version(expected_version)
+        with pg_errors(name):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(self._sql.begin_write)
+                row = await conn.fetchrow(self._sql.find_stream, name)
+                if row is not None and row[1]:
+                    raise StreamDeleted(name)
+                check_expected_version(name, expected, None if row is None else row[0])
+                await conn.execute(self._sql.tombstone, name, category_of(name))
+
+    async def purge_stream(self, stream: str) -> None:
+        """Erase a system stream's rows, then VACUUM so their space is reclaimed.
+
+        The rows are deleted under the append lock with the head recorded as a
+        high-water mark, so purged positions are never handed out again. The
+        bytes leave the table's live pages at VACUUM; PostgreSQL's WAL, WAL
+        archives and replicas keep history of their own (see docs/engines).
+        """
+        self._check_open()
+        name = validate_stream_name(stream)
+        if not name.startswith("$"):
+            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        with pg_errors(name):
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(self._sql.begin_write)
+                    head = await conn.fetchval(self._sql.head)
+                    await conn.execute(self._sql.set_high_water, str(head))
+                    await conn.execute(self._sql.purge_events, name)
+                    await conn.execute(self._sql.purge_stream, name)
+                await conn.execute(self._sql.vacuum_events)
+
+    async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
+        self._check_open()
+        after = ""
+        while True:
+            with pg_errors():
+                rows = await self._pool.fetch(self._sql.list_streams, category, after, _PAGE)
+            for r in rows:
+                yield StreamInfo(name=r[0], version=r[1], deleted=r[2])
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+    # ------------------------------------------------------------------ layer 2
+
+    async def read_all(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        limit: int | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        cats, tys = validate_filters(categories, types)
+        check_read_args(from_position, limit, False)
+        parts = None if partitions is None else sorted(frozenset(partitions))
+        if parts is not None and any(
+            isinstance(p, bool) or not isinstance(p, int) or not -(2**31) <= p < 2**31
+            for p in parts
+        ):
+            raise InvalidInput("partitions take a collection of ints")
+        filters = [sorted(f) for f in (cats, tys, parts) if f is not None]
+        sql = self._sql.read_all(cats is not None, tys is not None, parts is not None)
+        cursor = max(from_position, 1)
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            with pg_errors():
+                rows = await self._pool.fetch(sql, min(cursor, 2**63 - 1), page, *filters)
+            for r in rows:
+                yield _event(r)
+                self._check_open()
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < page:
+                return
+            cursor = rows[-1][3] + 1
+
+    async def last_position(self) -> int:
+        self._check_open()
+        with pg_errors():
+            head: int = await self._pool.fetchval(self._sql.head)
+        return head
+
+    @property
+    def partition_count(self) -> int:
+        return self._partitions
+
+    def _head_watch(self) -> HeadWatch:
+        return self._watch
+
+    # ------------------------------------------------------------------ layer 3
+
+    async def _ensure_group(self, group: str, category: str) -> None:
+        """Create the group's row (like the memory engine, every group call does)."""
+        validate_group_name(group)
+        validate_group_name(category, "category")
+        with pg_errors():
+            await self._pool.execute(self._sql.ensure_group, group, category, _EMPTY_GROUP)
+
+    async def _change_group(
+        self, group: str, category: str, change: Callable[[GroupState], T]
+    ) -> T:
+        """Apply `change` to the stored state under `SELECT … FOR UPDATE`.
+
+        The state is saved even when `change` raises (as the memory engine
+        keeps an expiry that happened before a refused heartbeat).
+        """
+        await self._ensure_group(group, category)
+        failure: TidelogError | None = None
+        with pg_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                raw = await conn.fetchval(self._sql.lock_group, group, category)
+                state = msgspec.json.decode(raw, type=GroupState)
+                try:
+                    result = change(state)
+                except TidelogError as exc:
+                    failure = exc
+                await conn.execute(
+                    self._sql.save_group, group, category, msgspec.json.encode(state).decode()
+                )
+        if failure is not None:
+            raise failure
+        return result
+
+    async def join_group(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        self._check_open()
+        validate_group_name(member, "member")
+
+        def change(state: GroupState) -> Membership:
+            state.join(member, self._now(), lease)
+            return state.membership(group, category, member, self._partitions)
+
+        return await self._change_group(group, category, change)
+
+    async def heartbeat(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        self._check_open()
+
+        def change(state: GroupState) -> Membership:
+            state.heartbeat(group, category, member, self._now(), lease)
+            return state.membership(group, category, member, self._partitions)
+
+        return await self._change_group(group, category, change)
+
+    async def leave_group(self, group: str, category: str, member: str) -> None:
+        self._check_open()
+        await self._change_group(group, category, lambda state: state.leave(member, self._now()))
+
+    async def commit(
+        self,
+        group: str,
+        category: str,
+        partition: int,
+        position: int,
+        *,
+        member: str,
+        generation: int,
+        appends: Mapping[str, AppendRequest] | None = None,
+    ) -> dict[str, AppendResult]:
+        self._check_open()
+        check_position(position)
+        await self._ensure_group(group, category)
+        results: dict[str, AppendResult] = {}
+        head = 0
+        with pg_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                if appends:
+                    # The append lock before the group row, always in this order.
+                    await conn.execute(self._sql.begin_write)
+                else:
+                    await conn.execute(self._sql.sync_on)
+                raw = await conn.fetchval(self._sql.lock_group, group, category)
+                state = msgspec.json.decode(raw, type=GroupState)
+                state.check(
+                    group, category, member, generation, partition, self._partitions, self._now()
+                )
+                if appends:
+                    unit = prepare_append_many(appends)
+                    start: int = await conn.fetchval(self._sql.head)
+                    results, head = await self._write(conn, unit, start)
+                    if head > start:
+                        await conn.execute(self._sql.notify, self._sql.channel, str(head))
+                if position >= 2**63:
+                    raise InvalidInput(f"position {position} is out of range")
+                await conn.execute(self._sql.put_checkpoint, group, category, partition, position)
+        self._watch.advance(head)
+        return results
+
+    async def checkpoints(self, group: str, category: str) -> dict[int, int]:
+        self._check_open()
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.get_checkpoints, group, category)
+        return {r[0]: r[1] for r in rows}
+
+    async def describe_group(self, group: str, category: str) -> Membership | None:
+        self._check_open()
+        with pg_errors():
+            raw = await self._pool.fetchval(self._sql.get_group, group, category)
+            if raw is None and not await self._pool.fetchval(
+                self._sql.has_checkpoints, group, category
+            ):
+                return None
+        state = GroupState() if raw is None else msgspec.json.decode(raw, type=GroupState)
+        state.leave("", self._now())  # expire without joining anyone
+        return state.membership(group, category, "", self._partitions)
+
+    async def list_groups(self) -> list[tuple[str, str]]:
+        self._check_open()
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.list_groups)
+        return sorted((r[0], r[1]) for r in rows)
+
+
+async def _prepare_store(conn: Any, url: str, config: PostgresConfig) -> tuple[int, int]:
+    """Migrate the store and settle its partition count; returns (partitions, schema version)."""
+    await migrate(conn, config.schema)
+    sql = Sql(config.schema)
+    wanted = config.partitions or DEFAULT_PARTITIONS
+    await conn.execute(sql.put_meta, "partitions", str(wanted))
+    stored = int(await conn.fetchval(sql.get_meta, "partitions"))
+    if config.partitions is not None and stored != config.partitions:
+        raise InvalidURL(
+            url, f"the store has {stored} partitions (fixed at creation), not {config.partitions}"
+        )
+    return stored, await current_version(conn, config.schema)
+
+
+async def open_engine(url: str) -> PostgresEngine:
+    """Open (creating or upgrading its schema if needed) the store at a `postgresql://` URL."""
+    dsn, config = split_url(url)
+    with pg_errors():
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=config.pool_min,
+            max_size=config.pool_max,
+            timeout=config.connect_timeout,
+            command_timeout=config.command_timeout,
+            server_settings=_SERVER_SETTINGS,
+        )
+    try:
+        with pg_errors():
+            async with pool.acquire() as conn:
+                partitions, version = await _prepare_store(conn, url, config)
+    except BaseException:
+        await pool.close()
+        raise
+    engine = PostgresEngine(config, dsn, pool, partitions, version)
+    if config.listen:
+        await engine._start_listener()
+    return engine
+
+
+async def migrate_url(url: str, target: int | None = None) -> tuple[int, list[int]]:
+    """Run the store's migrations explicitly (`tidelog migrate-schema`).
+
+    Returns the schema version afterwards and the versions applied now.
+    """
+    dsn, config = split_url(url)
+    with pg_errors():
+        conn = await asyncpg.connect(
+            dsn, timeout=config.connect_timeout, server_settings=_SERVER_SETTINGS
+        )
+        try:
+            applied = await migrate(conn, config.schema, target)
+            return await current_version(conn, config.schema), applied
+        finally:
+            await conn.close()

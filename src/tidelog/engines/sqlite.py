@@ -1,0 +1,640 @@
+"""The embedded default engine: one SQLite file (`sqlite:///path.db`).
+
+URLs: `sqlite:///tidelog-data/x.db` is relative to the working directory,
+`sqlite:////abs/x.db` (four slashes) is absolute; parent directories are
+created. Options in the query string (`SQLiteConfig`): `synchronous=full`
+(default; `normal` is faster but may lose the last commits on power loss),
+`partitions` (fixed when the file is created; reopening with a different value
+raises `InvalidURL`, leaving it out uses the stored one), `busy_timeout`
+(seconds a write waits for another process's lock before `StoreUnavailable`).
+
+How it works:
+
+- **One writer thread** owns the write connection. Appends, deletes and group
+  operations are queued with a future; the thread drains everything queued (up
+  to a cap), runs ONE `BEGIN IMMEDIATE` ... `COMMIT` (one sync) for all of them,
+  each request inside its own SAVEPOINT so a conflict (`WrongExpectedVersion`,
+  `StreamDeleted`, `DuplicateEventId`, `StaleGeneration`) fails only that
+  request. Futures are resolved on their loop only after COMMIT returned.
+  Positions are assigned by the writer under the write lock, so position order
+  is commit order and readers can never skip an event.
+- **Reads** run on a small pool of threads, each with its own read-only
+  connection, in pages of `PAGE_SIZE` rows, so `read_all` streams lazily and
+  the event loop never waits on the disk.
+- **Other processes** may use the same file: `BEGIN IMMEDIATE` takes the write
+  lock up front, the busy timeout waits for it and SQLITE_BUSY is retried
+  (never shown to the caller) until `busy_timeout`. A poller thread, started
+  with the first subscription, watches `PRAGMA data_version` every
+  `CHANGE_POLL_INTERVAL` seconds and wakes subscribers on commits made
+  elsewhere; this process's own commits wake them at once.
+- **Durability**: WAL with `synchronous=FULL` by default. A failed commit is
+  reported as `StoreUnavailable` and never retried-then-acknowledged (only
+  SQLITE_BUSY, which means nothing was written, is retried).
+- **WAL growth**: SQLite's automatic checkpoint (every ~1000 pages) copies
+  the WAL back; readers hold a snapshot only for one page, so checkpoints
+  can complete, and `journal_size_limit` truncates the file afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import pathlib
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal, TypeVar
+from uuid import UUID
+
+import msgspec
+
+from tidelog.engines import _sqlite_db as db
+from tidelog.engines._sqlite_db import SCHEMA_VERSION, migrate, schema_version
+from tidelog.engines._sqlite_writer import CommitThenRaise, Request, Writer
+from tidelog.engines.base import (
+    DEFAULT_PARTITIONS,
+    GroupEngine,
+    GroupState,
+    HeadWatch,
+    check_position,
+    check_read_args,
+    config_from_url,
+    prepare_append,
+    prepare_append_many,
+    validate_filters,
+    validate_group_name,
+)
+from tidelog.errors import (
+    InvalidURL,
+    StaleGeneration,
+    StoreClosed,
+    StreamDeleted,
+)
+from tidelog.model import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    ExpectedVersion,
+    Membership,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    decode_metadata,
+    validate_expected_version,
+    validate_stream_name,
+)
+
+__all__ = [
+    "CHANGE_POLL_INTERVAL",
+    "PAGE_SIZE",
+    "SCHEMA_VERSION",
+    "SQLiteConfig",
+    "SQLiteEngine",
+    "migrate",
+    "open_engine",
+    "schema_version",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PAGE_SIZE: Final = 1000
+"""Rows per read query."""
+CHANGE_POLL_INTERVAL: Final = 0.02
+"""Seconds between checks for commits made by other processes."""
+_MAX_BATCH_REQUESTS: Final = 1024
+_MAX_BATCH_EVENTS: Final = 50_000
+_READ_THREADS: Final = 4
+_ID_CHUNK: Final = 500
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EMPTY_JSON: Final = b"{}"
+_UUID_LIST: Final = list[UUID]
+_to_uuids: Final = msgspec.convert
+_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
+_COLUMNS: Final = "position, id, stream, version, type, data, metadata, recorded_at, schema_version"
+_INSERT: Final = (
+    "INSERT INTO events (position, id, stream, version, type, data, metadata, recorded_at,"
+    " schema_version, category, partition) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+class SQLiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Options of the SQLite engine, from the URL's query string."""
+
+    path: str
+    synchronous: Literal["full", "normal"] = "full"
+    """`full` syncs the WAL on every commit; `normal` may lose recent commits on power loss."""
+    partitions: int | None = None
+    """Partition count for a new file (default 16); must match the stored one if given."""
+    busy_timeout: float = 30.0
+    """Seconds a write waits for another process's write lock before failing."""
+
+
+def _path_from_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise InvalidURL(url, "not a sqlite:// URL")
+    if parts.netloc:
+        raise InvalidURL(
+            url, "use sqlite:///relative/path.db or sqlite:////absolute/path.db (no host)"
+        )
+    path = urllib.parse.unquote(parts.path)
+    if len(path) < 2 or path.endswith("/"):
+        raise InvalidURL(url, "no database file path")
+    return path[1:]
+
+
+def _decode_rows(rows: list[Any]) -> list[RecordedEvent]:
+    """Rows of `_COLUMNS` to events; data stays bytes, metadata `{}` skips the JSON decoder.
+
+    The ids of a page are converted in one msgspec call: `UUID(bytes=...)` per
+    row would cost more than everything else here together.
+    """
+    out: list[RecordedEvent] = []
+    append = out.append
+    last_us = -1
+    last_at = _EPOCH
+    ids = _to_uuids([row[1] for row in rows], _UUID_LIST)
+    for (position, _, stream, version, type_, data, meta, us, sv), id_ in zip(
+        rows, ids, strict=True
+    ):
+        if us != last_us:
+            last_us = us
+            last_at = _EPOCH + timedelta(microseconds=us)
+        append(
+            RecordedEvent(
+                id=id_,
+                stream=stream,
+                version=version,
+                position=position,
+                type=type_,
+                data=data,
+                metadata={} if meta == _EMPTY_JSON else decode_metadata(meta),
+                recorded_at=last_at,
+                schema_version=sv,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class SQLiteEngine(GroupEngine):
+    """The SQLite engine; open it with `tidelog.connect("sqlite:///path.db")`."""
+
+    name = "sqlite"
+
+    def __init__(self, config: SQLiteConfig, partitions: int) -> None:
+        self.config = config
+        self._partitions = partitions
+        self._loop = asyncio.get_running_loop()
+        self._watch = HeadWatch()
+        self._writer = Writer(
+            config.path, config.synchronous, config.busy_timeout, partitions, self._on_commit
+        )
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_READ_THREADS, thread_name_prefix="tidelog-sqlite-read"
+        )
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+
+    @property
+    def transaction_count(self) -> int:
+        """Write transactions committed by this engine (each is one sync): shows group commit."""
+        return self._writer.transactions
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _on_commit(self, head: int) -> None:
+        """Called on the writer thread after a commit moved the head."""
+        with contextlib.suppress(RuntimeError):  # the engine's loop is closed
+            self._loop.call_soon_threadsafe(self._watch.advance, head)
+
+    async def _write(self, op: Callable[[Writer], T], weight: int = 1) -> T:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writer.submit(Request(op, future, loop, weight))
+        return await future
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = db.connect(
+                self.config.path, busy_timeout=self.config.busy_timeout, read_only=True
+            )
+            self._local.conn = conn
+            with self._conns_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with db.db_errors():
+            return fn(self._reader_conn())
+
+    def _submit_read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Start `fn(conn)` on a reader thread with that thread's connection."""
+        self._check_open()
+        try:
+            return asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+        except RuntimeError:  # the pool was shut down by close()
+            raise StoreClosed() from None
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit_read(fn)
+
+    def _poll_changes(self) -> None:
+        """Poller thread: wake subscribers when another process commits."""
+        conn: sqlite3.Connection | None = None
+        last_version = None
+        while not self._stop_polling.wait(CHANGE_POLL_INTERVAL):
+            try:
+                if conn is None:
+                    conn = db.connect(self.config.path, read_only=True)
+                data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if data_version != last_version:
+                    last_version = data_version
+                    head = conn.execute("SELECT coalesce(max(position), 0) FROM events")
+                    self._on_commit(head.fetchone()[0])
+            except sqlite3.Error as exc:
+                log.warning("tidelog sqlite change poller: %s (reconnecting)", exc)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+        if conn is not None:
+            conn.close()
+
+    def _shutdown(self) -> None:
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join()
+        self._writer.stop()
+        self._readers.shutdown(wait=True)
+        with self._conns_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for conn in conns:
+            conn.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._watch.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+
+    # ------------------------------------------------------------------ layer 1
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        self._check_open()
+        name, checked, expected = prepare_append(stream, events, expected_version)
+        return await self._write(lambda w: w.append(name, checked, expected), len(checked))
+
+    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
+        self._check_open()
+        checked = prepare_append_many(requests)
+        weight = sum(len(events) for events, _ in checked.values())
+        return await self._write(lambda w: w.append_many(checked), weight)
+
+    async def read_stream(
+        self,
+        stream: str,
+        from_version: int = 0,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        name = validate_stream_name(stream)
+        check_read_args(from_version, limit, backwards)
+        order = (
+            "version <= ? ORDER BY version DESC" if backwards else "version >= ? ORDER BY version"
+        )
+        sql = f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND {order} LIMIT ?"
+        version = from_version if from_version >= 0 else 2**62
+        remaining = limit
+        first_page = True
+        # The first page always runs, even for limit=0: it checks the tombstone.
+        while first_page or remaining is None or remaining > 0:
+            size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+
+            def page(
+                conn: sqlite3.Connection,
+                version: int = version,
+                size: int = size,
+                check: bool = first_page,
+            ) -> list[RecordedEvent]:
+                if check:
+                    row = conn.execute(
+                        "SELECT deleted FROM streams WHERE name = ?", (name,)
+                    ).fetchone()
+                    if row is not None and row[0]:
+                        raise StreamDeleted(name)
+                return _decode_rows(conn.execute(sql, (name, version, size)).fetchall())
+
+            events = await self._read(page)
+            first_page = False
+            for event in events:
+                yield event
+                self._check_open()
+            if not events or len(events) < size:
+                return
+            version = events[-1].version + (-1 if backwards else 1)
+            if version < 0:
+                return
+            if remaining is not None:
+                remaining -= len(events)
+
+    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
+        self._check_open()
+        name = validate_stream_name(stream)
+        expected = validate_expected_version(expected_version)
+        await self._write(lambda w: w.delete_stream(name, expected))
+
+    async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
+        self._check_open()
+        where = "" if category is None else " AND category = ?"
+        sql = (
+            f"SELECT name, version, deleted FROM streams WHERE name > ?{where}"
+            " ORDER BY name LIMIT ?"
+        )
+        after = ""
+        while True:
+            params = (after, PAGE_SIZE) if category is None else (after, category, PAGE_SIZE)
+
+            def page(conn: sqlite3.Connection, params: tuple[Any, ...] = params) -> list[Any]:
+                return conn.execute(sql, params).fetchall()
+
+            rows = await self._read(page)
+            for name, version, deleted in rows:
+                yield StreamInfo(name=name, version=version, deleted=bool(deleted))
+                self._check_open()
+            if len(rows) < PAGE_SIZE:
+                return
+            after = rows[-1][0]
+
+    # ------------------------------------------------------------------ layer 2
+
+    async def read_all(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        limit: int | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        cats, tys = validate_filters(categories, types)
+        check_read_args(from_position, limit, False)
+        parts = None if partitions is None else frozenset(partitions)
+        if cats == frozenset() or tys == frozenset() or parts == frozenset():
+            return
+        index = ""
+        where = ""
+        params: list[Any] = []
+        if cats is not None:
+            if len(cats) == 1:
+                # One category: walk its (category, position) index in order.
+                index = " INDEXED BY events_category_position"
+                where += " AND category = ?"
+            else:
+                # Several: scan the log in position order (sorting merged index
+                # ranges would cost the whole range for every page).
+                where += f" AND +category IN ({','.join('?' * len(cats))})"
+            params.extend(sorted(cats))
+        if tys is not None:
+            where += f" AND type IN ({','.join('?' * len(tys))})"
+            params.extend(sorted(tys))
+        if parts is not None:
+            where += f" AND partition IN ({','.join('?' * len(parts))})"
+            params.extend(sorted(parts))
+        sql = (
+            f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where}"
+            " ORDER BY position LIMIT ?"
+        )
+        position = max(from_position, 1)
+        remaining = limit
+
+        def page(conn: sqlite3.Connection, args: tuple[Any, ...]) -> list[RecordedEvent]:
+            return _decode_rows(conn.execute(sql, args).fetchall())
+
+        # The next page is fetched while the caller consumes this one.
+        size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+        pending: asyncio.Future[list[RecordedEvent]] | None = self._submit_read(
+            functools.partial(page, args=(position, *params, size))
+        )
+        try:
+            while pending is not None:
+                events = await pending
+                pending = None
+                if remaining is not None:
+                    remaining -= len(events)
+                if len(events) == size and (remaining is None or remaining > 0):
+                    size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+                    args = (events[-1].position + 1, *params, size)
+                    pending = self._submit_read(functools.partial(page, args=args))
+                for event in events:
+                    yield event
+                    if self._closed:
+                        raise StoreClosed()
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def last_position(self) -> int:
+        def head(conn: sqlite3.Connection) -> int:
+            value: int = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+            return value
+
+        return await self._read(head)
+
+    @property
+    def partition_count(self) -> int:
+        return self._partitions
+
+    def _head_watch(self) -> HeadWatch:
+        if self._poller is None and not self._closed:
+            self._poller = threading.Thread(
+                target=self._poll_changes, name="tidelog-sqlite-poller", daemon=True
+            )
+            self._poller.start()
+        return self._watch
+
+    # ------------------------------------------------------------------ layer 3
+
+    async def join_group(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        self._check_open()
+        validate_group_name(member, "member")
+        validate_group_name(group)
+        validate_group_name(category, "category")
+        now = self._now()
+
+        def op(w: Writer) -> Membership:
+            state = w.load_group(group, category)
+            state.join(member, now, lease)
+            w.save_group(group, category, state)
+            return state.membership(group, category, member, w.partitions)
+
+        return await self._write(op)
+
+    async def heartbeat(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        self._check_open()
+        validate_group_name(group)
+        validate_group_name(category, "category")
+        now = self._now()
+
+        def op(w: Writer) -> Membership:
+            state = w.load_group(group, category)
+            try:
+                state.heartbeat(group, category, member, now, lease)
+            except StaleGeneration as exc:
+                w.save_group(group, category, state)  # keep the expiries it applied
+                raise CommitThenRaise(exc) from None
+            w.save_group(group, category, state)
+            return state.membership(group, category, member, w.partitions)
+
+        return await self._write(op)
+
+    async def leave_group(self, group: str, category: str, member: str) -> None:
+        self._check_open()
+        validate_group_name(group)
+        validate_group_name(category, "category")
+        now = self._now()
+
+        def op(w: Writer) -> None:
+            state = w.load_group(group, category)
+            state.leave(member, now)
+            w.save_group(group, category, state)
+
+        await self._write(op)
+
+    async def commit(
+        self,
+        group: str,
+        category: str,
+        partition: int,
+        position: int,
+        *,
+        member: str,
+        generation: int,
+        appends: Mapping[str, AppendRequest] | None = None,
+    ) -> dict[str, AppendResult]:
+        self._check_open()
+        check_position(position)
+        validate_group_name(group)
+        validate_group_name(category, "category")
+        checked = prepare_append_many(appends) if appends else None
+        now = self._now()
+
+        def op(w: Writer) -> dict[str, AppendResult]:
+            state = w.load_group(group, category)
+            try:
+                state.check(group, category, member, generation, partition, w.partitions, now)
+            except StaleGeneration as exc:
+                w.save_group(group, category, state)  # the group now exists, as in memory
+                raise CommitThenRaise(exc) from None
+            results = w.append_many(checked) if checked else {}
+            w.commit_checkpoint(group, category, partition, position)
+            return results
+
+        weight = 1 + (sum(len(e) for e, _ in checked.values()) if checked else 0)
+        return await self._write(op, weight)
+
+    async def checkpoints(self, group: str, category: str) -> dict[int, int]:
+        def read(conn: sqlite3.Connection) -> dict[int, int]:
+            rows = conn.execute(
+                "SELECT partition, position FROM checkpoints WHERE grp = ? AND category = ?",
+                (group, category),
+            )
+            return dict(rows.fetchall())
+
+        return await self._read(read)
+
+    async def describe_group(self, group: str, category: str) -> Membership | None:
+        def read(conn: sqlite3.Connection) -> tuple[bytes | None, bool]:
+            row = conn.execute(
+                "SELECT state FROM groups WHERE grp = ? AND category = ?", (group, category)
+            ).fetchone()
+            has_points = conn.execute(
+                "SELECT 1 FROM checkpoints WHERE grp = ? AND category = ? LIMIT 1",
+                (group, category),
+            ).fetchone()
+            return (None if row is None else row[0]), has_points is not None
+
+        raw, has_points = await self._read(read)
+        if raw is None and not has_points:
+            return None
+        state = GroupState() if raw is None else _GROUP_DECODER.decode(raw)
+        state.leave("", self._now())  # expire lapsed leases without joining anyone
+        return state.membership(group, category, "", self._partitions)
+
+    async def list_groups(self) -> list[tuple[str, str]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT grp, category FROM groups UNION SELECT grp, category FROM checkpoints"
+                " ORDER BY 1, 2"
+            )
+            return [(g, c) for g, c in rows.fetchall()]
+
+        return await self._read(read)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _prepare_file(config: SQLiteConfig, url: str) -> int:
+    """Create or migrate the file and settle its partition count; return the count."""
+    pathlib.Path(config.path).parent.mkdir(parents=True, exist_ok=True)
+    with db.db_errors():
+        conn = db.connect(config.path, busy_timeout=config.busy_timeout)
+        try:
+            db.migrate_connection(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+                if row is None:
+                    stored = config.partitions or DEFAULT_PARTITIONS
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('partitions', ?)", (str(stored),)
+                    )
+                else:
+                    stored = int(row[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+    if config.partitions is not None and config.partitions != stored:
+        raise InvalidURL(
+            url, f"the store was created with partitions={stored}; the count cannot change"
+        )
+    return stored
+
+
+async def open_engine(url: str) -> SQLiteEngine:
+    """Open (creating or migrating) the store at `sqlite:///path.db`."""
+    config = config_from_url(SQLiteConfig, url, path=_path_from_url(url))
+    if config.partitions is not None and config.partitions < 1:
+        raise InvalidURL(url, "partitions must be >= 1")
+    if not config.busy_timeout > 0:
+        raise InvalidURL(url, "busy_timeout must be > 0 seconds")
+    partitions = await asyncio.get_running_loop().run_in_executor(None, _prepare_file, config, url)
+    return SQLiteEngine(config, partitions)

@@ -1,0 +1,319 @@
+"""Structured logs and OpenTelemetry trace context for tidelog.
+
+Logs: tidelog's modules only ever call `logging.getLogger(__name__)`; whoever
+runs the process (`tidelog serve`, a worker, your application) decides where
+logs go. `configure_logging("json" | "text" | "auto")` is that decision for the
+CLI and server: JSON lines (one object per line, for collectors) or a compact
+human format on a terminal. Records carry event context as `extra` fields
+(`event_fields(event)`: stream, position, event id, and the correlation and
+causation ids from the event's metadata), and the current trace and span ids
+when a span is active, so a log line can be joined with its trace.
+
+Tracing: OpenTelemetry is optional (the `otel` extra, `opentelemetry-api`).
+When it is installed, an append over HTTP runs in a `publish <category>`
+producer span (messaging semantic conventions, `messaging.system="tidelog"`),
+and the W3C trace context (`traceparent`, `tracestate`) of that span is stored
+in each event's metadata unless the event already carries one. Subscribers get
+the metadata with the event, so a consumer can start a `process <category>`
+span linked to the producer (`process_span(event)`). Without an SDK configured
+the API's no-op tracer passes the caller's context through unchanged, and
+without the package installed every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import sys
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import IO, Any, Final
+
+import msgspec
+
+from tidelog.model import AppendResult, NewEvent, RecordedEvent, category_of
+
+try:
+    import opentelemetry.propagate as _otel_propagate
+    import opentelemetry.trace as _otel_trace
+
+    HAVE_OTEL = True
+except ImportError:  # the `otel` extra is optional
+    HAVE_OTEL = False
+
+__all__ = [
+    "HAVE_OTEL",
+    "JsonFormatter",
+    "LOG_FIELDS",
+    "TRACE_KEYS",
+    "TextFormatter",
+    "configure_logging",
+    "event_fields",
+    "process_span",
+    "publish_span",
+    "record_append",
+    "with_trace_context",
+]
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS: Final = (
+    "stream",
+    "category",
+    "position",
+    "version",
+    "event_id",
+    "event_type",
+    "event_count",
+    "correlation_id",
+    "causation_id",
+    "group",
+    "partition",
+    "member",
+    "principal",
+    "trace_id",
+    "span_id",
+)
+"""`extra` keys the formatters write out; anything else passed as extra is ignored."""
+
+TRACE_KEYS: Final = ("traceparent", "tracestate")
+"""The W3C trace-context keys stored in event metadata."""
+
+_CORRELATION_KEYS: Final = ("correlationid", "correlation_id")
+_CAUSATION_KEYS: Final = ("causationid", "causation_id")
+
+MESSAGING_SYSTEM: Final = "tidelog"
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def _workflow_fields(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The correlation and causation ids an event's metadata carries, as log fields."""
+    fields: dict[str, str] = {}
+    for field, keys in (("correlation_id", _CORRELATION_KEYS), ("causation_id", _CAUSATION_KEYS)):
+        for key in keys:
+            if metadata.get(key) is not None:
+                fields[field] = str(metadata[key])
+                break
+    return fields
+
+
+def event_fields(event: RecordedEvent) -> dict[str, Any]:
+    """`extra` for a log record about `event`: where it is and which workflow it belongs to.
+
+    `log.warning("handler failed", extra=event_fields(event))`
+    """
+    fields: dict[str, Any] = {
+        "stream": event.stream,
+        "category": event.category,
+        "position": event.position,
+        "version": event.version,
+        "event_id": str(event.id),
+        "event_type": event.type,
+    }
+    fields.update(_workflow_fields(event.metadata))
+    return fields
+
+
+def _trace_ids() -> dict[str, str]:
+    """The active span's ids in the hex form trace backends show, if a span is active."""
+    if not HAVE_OTEL:
+        return {}
+    ctx = _otel_trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = {k: record.__dict__[k] for k in LOG_FIELDS if record.__dict__.get(k) is not None}
+    for key, value in _trace_ids().items():
+        fields.setdefault(key, value)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `ts`, `level`, `logger`, `message`, event and trace fields.
+
+    Timestamps are UTC RFC 3339 with milliseconds; an exception becomes
+    `exc_type` plus the formatted traceback in `exc`.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = _dt.datetime.fromtimestamp(record.created, _dt.UTC)
+        out: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(_fields(record))
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`HH:MM:SS.mmm LEVEL logger: message key=value ...` for people at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = _dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = _fields(record)
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _TidelogHandler(logging.StreamHandler[IO[str]]):
+    """Marks the handler `configure_logging` installed, so a second call replaces it."""
+
+
+def configure_logging(
+    log_format: str = "auto", level: int | str = logging.INFO, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send all logging to `stream` (stderr) as JSON lines or text; call once per process.
+
+    `auto` means text when `stream` is a terminal and JSON otherwise (a
+    container, a service manager, a pipe to a collector). Calling again
+    replaces the handler installed before instead of adding a second one.
+    """
+    if log_format not in ("json", "text", "auto"):
+        raise ValueError(f"log_format must be json, text or auto, not {log_format!r}")
+    out = stream if stream is not None else sys.stderr
+    if log_format == "auto":
+        log_format = "text" if out.isatty() else "json"
+    handler = _TidelogHandler(out)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _TidelogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def _tracer() -> Any:
+    import tidelog
+
+    return _otel_trace.get_tracer("tidelog", tidelog.__version__)
+
+
+@contextlib.contextmanager
+def publish_span(
+    categories: Collection[str], headers: Mapping[str, str] | None = None, *, count: int = 1
+) -> Iterator[dict[str, str]]:
+    """A `publish <category>` producer span around an append; yields its trace context.
+
+    The parent is the active span if there is one (server instrumentation),
+    else the W3C context in `headers` (the HTTP request's `traceparent`). The
+    yielded dict holds `traceparent`/`tracestate` to store with the events (see
+    `with_trace_context`); it is empty without OpenTelemetry or any context.
+    """
+    if not HAVE_OTEL:
+        yield {}
+        return
+    parent = None
+    if not _otel_trace.get_current_span().get_span_context().is_valid and headers is not None:
+        parent = _otel_propagate.extract({k.lower(): v for k, v in headers.items()})
+    names = sorted(set(categories))
+    destination = names[0] if len(names) == 1 else ",".join(names)
+    attributes: dict[str, Any] = {
+        "messaging.system": MESSAGING_SYSTEM,
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": destination,
+    }
+    if count != 1:
+        attributes["messaging.batch.message_count"] = count
+    name = f"publish {destination}" if len(names) == 1 else "publish"
+    with _tracer().start_as_current_span(
+        name, context=parent, kind=_otel_trace.SpanKind.PRODUCER, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        _otel_propagate.inject(carrier)
+        yield {k: v for k, v in carrier.items() if k in TRACE_KEYS}
+
+
+def with_trace_context(events: Sequence[NewEvent], carrier: Mapping[str, str]) -> list[NewEvent]:
+    """The events with `carrier`'s trace context in their metadata, unless they carry one.
+
+    An event that already has a `traceparent` (set by a producer that traced it
+    itself) keeps it: the first context is the one that caused the event.
+    """
+    if not carrier or "traceparent" not in carrier:
+        return list(events)
+    return [
+        e
+        if "traceparent" in e.metadata
+        else msgspec.structs.replace(e, metadata={**e.metadata, **carrier})
+        for e in events
+    ]
+
+
+def record_append(stream: str, events: Sequence[NewEvent], result: AppendResult) -> None:
+    """Note a finished append on the active span and in the debug log."""
+    if HAVE_OTEL:
+        span = _otel_trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("tidelog.stream", stream)
+            span.set_attribute("tidelog.position", result.position)
+            span.set_attribute("tidelog.version", result.version)
+            if len(events) == 1:
+                span.set_attribute("messaging.message.id", str(events[0].id))
+    if log.isEnabledFor(logging.DEBUG):
+        fields: dict[str, Any] = {
+            "stream": stream,
+            "category": category_of(stream),
+            "position": result.position,
+            "version": result.version,
+            "event_count": len(events),
+        }
+        if events:
+            fields.update(_workflow_fields(events[0].metadata))
+        log.debug("appended %d event(s) to %s", len(events), stream, extra=fields)
+
+
+@contextlib.contextmanager
+def process_span(event: RecordedEvent, group: str | None = None) -> Iterator[None]:
+    """A `process <category>` consumer span for handling `event`, linked to its producer.
+
+    Per the messaging conventions the processing span starts a trace of its own
+    (the consumer's) and links to the publish context stored in the event's
+    metadata, instead of becoming its child.
+    """
+    if not HAVE_OTEL:
+        yield
+        return
+    links = []
+    carrier = {k: str(event.metadata[k]) for k in TRACE_KEYS if k in event.metadata}
+    if carrier:
+        producer = _otel_trace.get_current_span(_otel_propagate.extract(carrier))
+        if producer.get_span_context().is_valid:
+            links.append(_otel_trace.Link(producer.get_span_context()))
+    attributes: dict[str, Any] = {
+        "messaging.system": MESSAGING_SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": event.category,
+        "messaging.message.id": str(event.id),
+        "tidelog.stream": event.stream,
+        "tidelog.position": event.position,
+    }
+    if group is not None:
+        attributes["messaging.consumer.group.name"] = group
+    with _tracer().start_as_current_span(
+        f"process {event.category}",
+        kind=_otel_trace.SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+    ):
+        yield

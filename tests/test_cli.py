@@ -1,0 +1,501 @@
+"""The `tidelog` command line, against a real SQLite file per test.
+
+Commands run in-process through Typer's `CliRunner`; what needs a real process
+(`python -m tidelog`, Ctrl-C on `tail`, a base install without extras) runs in
+a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import msgspec
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+import tidelog
+from tidelog import cli
+from tidelog.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/cli.db"
+
+
+def invoke(url: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, ["--store", url, *args], env=env)
+
+
+def ok(url: str, *args: str) -> Result:
+    result = invoke(url, *args)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def json_lines(result: Result) -> list[Any]:
+    return [msgspec.json.decode(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def one_line_error(result: Result) -> str:
+    """Assert the result is a clean failure: status 1, one `error:` line, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def append(url: str, stream: str, type_: str = "Happened", *extra: str) -> dict[str, Any]:
+    [out] = json_lines(ok(url, "append", stream, "--type", type_, *extra))
+    assert isinstance(out, dict)
+    return out
+
+
+async def _delete(url: str, stream: str) -> None:
+    async with tidelog.connect(url) as store:
+        await store.delete_stream(stream)
+
+
+# --------------------------------------------------------------------------- append
+
+
+def test_append_prints_the_result_as_json(url: str) -> None:
+    first = append(url, "order-1", "OrderPlaced", "--data", '{"total": 42}', "-e", "no_stream")
+    assert first["stream"] == "order-1"
+    assert (first["version"], first["position"]) == (0, 1)
+    second = append(url, "order-1", "OrderPaid", "--expected-version", "0")
+    assert (second["version"], second["position"]) == (1, 2)
+    third = append(url, "order-2", "OrderPlaced", "--expected-version", "no-stream")
+    assert (third["version"], third["position"]) == (0, 3)
+    fourth = append(url, "order-2", "OrderPaid", "--expected-version", "STREAM_EXISTS")
+    assert fourth["version"] == 1
+
+
+def test_append_with_the_same_id_is_idempotent(url: str) -> None:
+    event_id = str(uuid4())
+    first = append(url, "order-1", "OrderPlaced", "--id", event_id, "-e", "no_stream")
+    retry = append(url, "order-1", "OrderPlaced", "--id", event_id, "-e", "no_stream")
+    assert retry == first
+    assert first["id"] == event_id
+    assert len(json_lines(ok(url, "--json", "read", "order-1"))) == 1
+
+
+def test_append_stores_data_and_metadata(url: str) -> None:
+    append(
+        url, "order-1", "OrderPlaced", "--data", '{"total": 42}', "-m", '{"correlationid": "c1"}'
+    )
+    [event] = json_lines(ok(url, "--json", "read", "order-1"))
+    assert event["data"] == {"total": 42}
+    assert event["metadata"] == {"correlationid": "c1"}
+    assert event["type"] == "OrderPlaced"
+    assert (event["stream"], event["version"], event["position"]) == ("order-1", 0, 1)
+    assert event["schema_version"] == 1
+    assert "data_base64" not in event
+
+
+def test_non_json_data_written_by_the_api_reads_as_base64(url: str) -> None:
+    async def write() -> None:
+        async with tidelog.connect(url) as store:
+            await store.append("blob-1", [tidelog.NewEvent(type="Raw", data=b"\xff\x00")])
+
+    asyncio.run(write())
+    [event] = json_lines(ok(url, "--json", "read", "blob-1"))
+    assert event["data"] is None
+    assert event["data_base64"] == "/wA="
+    assert "<2 bytes>" in ok(url, "read", "blob-1").stdout
+
+
+def test_event_data_cannot_break_lines_or_the_terminal(url: str) -> None:
+    hostile = '{"a": "\\u001b[31m",\n "b": 1}'  # valid JSON with a newline and an escape
+    append(url, "order-1", "X", "--data", hostile)
+    raw = '"\x1b[2J\x07"'  # a JSON string holding raw control characters: not valid JSON
+
+    async def write() -> None:
+        async with tidelog.connect(url) as store:
+            await store.append("order-1", [tidelog.NewEvent(type="Y", data=raw.encode())])
+
+    asyncio.run(write())
+    lines = ok(url, "--json", "read", "order-1").stdout.splitlines()
+    assert len(lines) == 2
+    assert msgspec.json.decode(lines[0])["data"] == {"a": "\x1b[31m", "b": 1}
+    human = ok(url, "read", "order-1").stdout
+    assert "\x1b" not in human and "\x07" not in human
+    assert len(human.splitlines()) == 2
+    assert "\\x1b[2J" in human
+
+
+# --------------------------------------------------------------------------- read, log, streams
+
+
+@pytest.fixture
+def filled(url: str) -> str:
+    for i in range(5):
+        append(url, "order-1", "OrderItemAdded", "--data", f'{{"n": {i}}}')
+    append(url, "customer-1", "CustomerRegistered")
+    append(url, "order-2", "OrderPlaced")
+    return url
+
+
+def test_read_forwards_backwards_from_and_limit(filled: str) -> None:
+    versions = [e["version"] for e in json_lines(ok(filled, "--json", "read", "order-1"))]
+    assert versions == [0, 1, 2, 3, 4]
+    back = json_lines(ok(filled, "--json", "read", "order-1", "--backwards", "--limit", "2"))
+    assert [e["version"] for e in back] == [4, 3]
+    back_from = json_lines(ok(filled, "--json", "read", "order-1", "--backwards", "--from", "1"))
+    assert [e["version"] for e in back_from] == [1, 0]
+    window = json_lines(ok(filled, "--json", "read", "order-1", "--from", "2", "-n", "2"))
+    assert [e["data"] for e in window] == [{"n": 2}, {"n": 3}]
+    assert ok(filled, "--json", "read", "order-404").stdout == ""
+
+
+def test_read_prints_readable_lines(filled: str) -> None:
+    lines = ok(filled, "read", "order-1", "--limit", "2").stdout.splitlines()
+    assert len(lines) == 2
+    assert "order-1@0" in lines[0] and "OrderItemAdded" in lines[0] and '{"n": 0}' in lines[0]
+
+
+def test_log_filters(filled: str) -> None:
+    everything = json_lines(ok(filled, "--json", "log"))
+    assert [e["position"] for e in everything] == list(range(1, 8))
+    orders = json_lines(ok(filled, "--json", "log", "--category", "order"))
+    assert {e["stream"] for e in orders} == {"order-1", "order-2"} and len(orders) == 6
+    placed = json_lines(ok(filled, "--json", "log", "--type", "OrderPlaced"))
+    assert [e["stream"] for e in placed] == ["order-2"]
+    tail = json_lines(ok(filled, "--json", "log", "--from", "6", "--limit", "1"))
+    assert [e["position"] for e in tail] == [6]
+    both = json_lines(ok(filled, "--json", "log", "-c", "customer", "-c", "order", "-n", "100"))
+    assert len(both) == 7
+    assert "customer-1@0" in ok(filled, "log", "--category", "customer").stdout
+
+
+def test_streams(filled: str) -> None:
+    listed = json_lines(ok(filled, "--json", "streams"))
+    assert listed == [
+        {"name": "customer-1", "version": 0, "deleted": False},
+        {"name": "order-1", "version": 4, "deleted": False},
+        {"name": "order-2", "version": 0, "deleted": False},
+    ]
+    only_orders = json_lines(ok(filled, "--json", "streams", "--category", "order"))
+    assert [s["name"] for s in only_orders] == ["order-1", "order-2"]
+    human = ok(filled, "streams").stdout
+    assert "order-1" in human and "3 streams" in human
+
+
+def test_store_from_the_environment(url: str) -> None:
+    result = CliRunner().invoke(
+        app, ["append", "order-9", "--type", "X"], env={"TIDELOG_STORE": url}
+    )
+    assert result.exit_code == 0, result.stderr
+    assert [s["name"] for s in json_lines(ok(url, "--json", "streams"))] == ["order-9"]
+
+
+# --------------------------------------------------------------------------- tail
+
+
+def test_tail_catches_up_and_stops_after_count(filled: str) -> None:
+    events = json_lines(ok(filled, "--json", "tail", "--from", "0", "--count", "3"))
+    assert [e["position"] for e in events] == [1, 2, 3]
+    customers = json_lines(
+        ok(filled, "--json", "tail", "-c", "customer", "--from", "0", "--count", "1")
+    )
+    assert [e["stream"] for e in customers] == ["customer-1"]
+
+
+def _readline(proc: subprocess.Popen[str], pool: ThreadPoolExecutor) -> str:
+    assert proc.stdout is not None
+    line: str = pool.submit(proc.stdout.readline).result(timeout=60)
+    assert line, "tail ended early"
+    return line
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_tail_follows_another_process_live_and_stops_cleanly(
+    url: str, stop: signal.Signals
+) -> None:
+    append(url, "order-1", "OrderPlaced")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "--store", url, "--json", "tail", "--from", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            caught_up = msgspec.json.decode(_readline(proc, pool))
+            assert caught_up["type"] == "OrderPlaced"
+            append(url, "order-1", "OrderPaid")  # written after tail started
+            live = msgspec.json.decode(_readline(proc, pool))
+            assert (live["type"], live["position"]) == ("OrderPaid", 2)
+            proc.send_signal(stop)
+            _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_writes_and_replays_on_sqlite(url: str) -> None:
+    [report] = json_lines(ok(url, "--json", "demo", "--events", "600", "--store", url))
+    assert report["engine"] == "sqlite"
+    assert report["events"] == report["replayed"] == 600
+    assert report["read_model_matches"] is True
+    assert report["orders"] >= 20 and report["customers"] == 6
+    assert report["appends"] == 600
+    streams = json_lines(ok(url, "--json", "streams"))
+    assert len(streams) == report["streams"]
+    log = json_lines(ok(url, "--json", "log", "--type", "OrderPaid"))
+    assert sum(e["data"]["amount_cents"] for e in log) == report["revenue_cents"]
+
+
+def test_demo_defaults_to_a_fresh_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--events", "200"])
+    assert result.exit_code == 0, result.stderr
+    [db] = (tmp_path / "tidelog-data").glob("demo-*.db")
+    assert "read model" in result.stdout and "matches what was written" in result.stdout
+    assert "events/s" in result.stdout
+    copied = f"sqlite:///{db}"
+    assert len(json_lines(ok(copied, "--json", "log"))) == 200
+
+
+def test_demo_refuses_a_store_with_events(url: str) -> None:
+    append(url, "order-1", "OrderPlaced")
+    message = one_line_error(invoke(url, "demo", "--events", "10", "--store", url))
+    assert "empty store" in message
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["append", "order-1", "--type", "X", "--data", "{nope"], "not valid JSON"),
+        (["append", "order-1", "--type", "X", "--metadata", "[1"], "not valid JSON"),
+        (["append", "order-1", "--type", "X", "--metadata", "[1]"], "JSON object"),
+        (["append", "order 1", "--type", "X"], "InvalidStreamName"),
+        (["append", "../etc", "--type", "X"], "InvalidStreamName"),
+        (["append", "order-1", "--type", "bad type"], "InvalidEvent"),
+        (["append", "order-1", "--type", "X", "-e", "latest"], "InvalidExpectedVersion"),
+        (["append", "order-1", "--type", "X", "-e", "-1"], "InvalidExpectedVersion"),
+        (["append", "order-1", "--type", "X", "-e", "1.5"], "InvalidExpectedVersion"),
+        (["append", "order-1", "--type", "X", "-e", str(2**63)], "InvalidExpectedVersion"),
+        (["append", "order-1", "--type", "X", "-e", "9" * 5000], "InvalidExpectedVersion"),
+        (["append", "order-1", "--type", "X", "-e", "1_0"], "InvalidExpectedVersion"),
+        (["append", "order-1", "--type", "X", "--data", "\udcff"], "not valid JSON"),
+        (["append", "order-\u200b1", "--type", "X"], "InvalidStreamName"),
+        (["append", "order-1", "--type", "X", "-e", "stream_exists"], "WrongExpectedVersion"),
+        (["append", "order-1", "--type", "X", "--id", "not-a-uuid"], "not a UUID"),
+        (["read", "bad name"], "InvalidStreamName"),
+        (["read", "order-1", "--limit", "-1"], "InvalidInput"),
+        (["log", "--from", "-5"], "InvalidInput"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr(url: str, args: list[str], fragment: str) -> None:
+    assert fragment in one_line_error(invoke(url, *args))
+    # Bad input changes nothing.
+    assert ok(url, "--json", "log").stdout == ""
+
+
+def test_json_mode_errors_are_one_json_line(url: str) -> None:
+    result = invoke(url, "--json", "append", "order-1", "--type", "X", "-e", "3")
+    assert result.exit_code == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    error = msgspec.json.decode(line)
+    assert error["error"] == "WrongExpectedVersion"
+    assert "actual None" in error["message"]
+
+
+def test_version(url: str) -> None:
+    assert ok(url, "--version").stdout.strip() == f"tidelog {tidelog.__version__}"
+
+
+def test_wrong_expected_version_reports_the_actual_version(url: str) -> None:
+    append(url, "order-1", "OrderPlaced")
+    append(url, "order-1", "OrderPaid")
+    message = one_line_error(invoke(url, "append", "order-1", "--type", "X", "-e", "0"))
+    assert "WrongExpectedVersion" in message and "actual 1" in message
+
+
+def test_deleted_stream(url: str) -> None:
+    append(url, "order-1", "OrderPlaced")
+    asyncio.run(_delete(url, "order-1"))
+    assert "StreamDeleted" in one_line_error(invoke(url, "read", "order-1"))
+    assert "StreamDeleted" in one_line_error(invoke(url, "append", "order-1", "--type", "X"))
+    [info] = json_lines(ok(url, "--json", "streams"))
+    assert info["deleted"] is True
+
+
+@pytest.mark.parametrize(
+    "bad_url", ["foo://x", "no-scheme", "sqlite://host/x.db", "sqlite:///x.db?no_such_option=1"]
+)
+def test_bad_store_url(bad_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "InvalidURL" in one_line_error(invoke(bad_url, "streams"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_errors_exit_non_zero(url: str) -> None:
+    result = invoke(url, "append", "order-1")  # no --type
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- extensions
+
+
+def _write_module(root: Path, name: str, source: str) -> None:
+    (root / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+
+
+def test_extension_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = uuid4().hex[:8]
+    good, absent, broken = f"tlx_good_{tag}", f"tlx_absent_{tag}", f"tlx_broken_{tag}"
+    _write_module(
+        tmp_path,
+        good,
+        """
+        import typer
+        import tidelog
+        from tidelog.cli import run, settings
+
+        def register(app: typer.Typer) -> None:
+            @app.command()
+            def hello(ctx: typer.Context) -> None:
+                async def body() -> None:
+                    raise tidelog.NotSupported("test", "hello", settings(ctx).store)
+                run(body())
+        """,
+    )
+    _write_module(tmp_path, broken, f"import no_such_dependency_{tag}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = typer.Typer(cls=cli._Group)
+
+    @target.callback()
+    def _root() -> None:
+        """A second command so Typer keeps a group."""
+
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", (absent, good))
+    cli._register_extensions(target)
+    result = CliRunner().invoke(target, ["hello"])
+    # An extension's TidelogError goes through the same one-line handler.
+    assert result.exit_code == 1 and "NotSupported" in result.stderr
+    assert "Traceback" not in result.output
+
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", (broken,))
+    with pytest.raises(ModuleNotFoundError) as caught:
+        cli._register_extensions(typer.Typer(cls=cli._Group))
+    assert caught.value.name == f"no_such_dependency_{tag}"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _run(args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        **kwargs,
+    )
+
+
+def test_python_dash_m_tidelog_help() -> None:
+    done = _run(["-m", "tidelog", "--help"])
+    assert done.returncode == 0, done.stderr
+    for command in ("append", "read", "log", "tail", "streams", "demo"):
+        assert command in done.stdout
+
+
+def test_python_dash_m_tidelog_error_is_one_line(url: str) -> None:
+    done = _run(["-m", "tidelog", "--store", url, "read", "no good"])
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_reader_that_goes_away_is_no_error(url: str) -> None:
+    ok(url, "demo", "--events", "1000", "--store", url)  # about 250 KB of JSON lines
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "--store", url, "--json", "log"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert msgspec.json.decode(proc.stdout.readline())["position"] == 1
+    proc.stdout.close()  # like `tidelog log | head -1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert b"Traceback" not in err and err == b""
+
+
+# The optional dependencies of the extras: a base install (`pip install -e .`)
+# has none of them, and the README's first command must still work there.
+_EXTRAS = (
+    "asyncpg",
+    "nats",
+    "litestar",
+    "uvicorn",
+    "jwt",
+    "prometheus_client",
+    "httpx",
+    "opentelemetry",
+    "cryptography",
+    "wsproto",
+    "websockets",
+    "hypothesis",
+)
+
+
+def test_base_install_without_extras_runs_the_demo(tmp_path: Path) -> None:
+    script = tmp_path / "base.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import importlib.abc, sys
+
+            class HideExtras(importlib.abc.MetaPathFinder):
+                def find_spec(self, name, path=None, target=None):
+                    if name.split(".")[0] in {_EXTRAS!r}:
+                        raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                    return None
+
+            sys.meta_path.insert(0, HideExtras())
+            from tidelog.cli import main
+            sys.argv = ["tidelog", "demo", "--events", "100"]
+            main()
+            """
+        ),
+        encoding="utf-8",
+    )
+    done = _run([str(script)], cwd=tmp_path, env={**os.environ, "TIDELOG_STORE": "unused://"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "matches what was written" in done.stdout

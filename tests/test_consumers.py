@@ -1,0 +1,396 @@
+"""Consumer groups in one process: delivery, order, effects, retries, parking, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+import tidelog
+from _consumer_util import ENGINE_KINDS, eventually, url_for
+from tidelog import codec
+from tidelog.consumers import (
+    App,
+    Context,
+    HandlerOptions,
+    ParkedStatus,
+    RunnerOptions,
+    drop_parked,
+    list_parked,
+    retry_parked,
+)
+
+FAST = RunnerOptions(lease=3.0, commit_interval=0.05, dlq_poll_interval=0.05)
+QUICK_RETRY = HandlerOptions(max_attempts=3, backoff_initial=0.001, backoff_max=0.005)
+
+
+@pytest.fixture(params=ENGINE_KINDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> AsyncIterator[tidelog.Store]:
+    async with tidelog.connect(url_for(request.param, tmp_path)) as s:
+        yield s
+
+
+async def fill(
+    store: tidelog.Store, streams: int, per_stream: int, category: str = "order"
+) -> None:
+    for v in range(per_stream):
+        await store.append_many(
+            {
+                f"{category}-{s}": tidelog.AppendRequest(
+                    events=[tidelog.NewEvent(type="Placed", data=f"{s}:{v}".encode())]
+                )
+                for s in range(streams)
+            }
+        )
+
+
+class Running:
+    """Runs an app in a task; `stop` asks it to leave cleanly and waits."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.task = asyncio.create_task(app.run())
+
+    async def stop(self) -> None:
+        self.app.request_stop()
+        await asyncio.wait_for(self.task, 30)
+
+
+async def test_delivers_every_event_in_stream_order_and_commits(store: tidelog.Store) -> None:
+    await fill(store, streams=12, per_stream=25)
+    seen: dict[str, list[int]] = defaultdict(list)
+    app = App("t", store, options=FAST)
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        seen[event.stream].append(event.version)
+
+    run = Running(app)
+    await eventually(lambda: sum(map(len, seen.values())) >= 300, what="300 events")
+    await fill(store, streams=12, per_stream=1)  # live events after catch-up
+    await eventually(lambda: sum(map(len, seen.values())) >= 312, what="live events")
+    await run.stop()
+    assert {s: v for s, v in seen.items()} == {f"order-{s}": list(range(26)) for s in range(12)}
+    checkpoints = await store.checkpoints("g", "order")
+    last = {}
+    async for e in store.read_all(categories=["order"]):
+        last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
+    assert checkpoints == last
+    assert app.stats.commits < 312  # per batch, not per event
+    assert await store.describe_group("g", "order") is not None
+    assert (await store.describe_group("g", "order")).members == ()  # type: ignore[union-attr]
+
+
+async def test_effects_exactly_once_across_an_abandoned_run(store: tidelog.Store) -> None:
+    await fill(store, streams=6, per_stream=20)
+    second_started = False
+    calls = 0
+    gate = asyncio.Event()
+    never = asyncio.Event()
+
+    def make_app() -> App:
+        app = App("t", store, options=FAST)
+
+        @app.handler("order", group="fx")
+        async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 60:
+                gate.set()
+            if gate.is_set() and not second_started:
+                await never.wait()  # the first run hangs here until it is killed
+            ctx.append(
+                "effect-" + event.stream.split("-", 1)[1],
+                [tidelog.NewEvent(type="Seen", data=str(event.version).encode())],
+                expected_version=event.version - 1 if event.version else tidelog.NO_STREAM,
+            )
+            assert ctx.idempotency_key == f"fx:{event.id}"
+
+        return app
+
+    first = Running(make_app())
+    await gate.wait()
+    first.task.cancel()  # a crash: no final commit, no leave
+    with pytest.raises(asyncio.CancelledError):
+        await first.task
+    await store.leave_group("fx", "order", first.app._runtime.member)
+    second_started = True
+    second = make_app()
+    run = Running(second)
+    await eventually(lambda: second.stats is not None and second.stats.events_handled > 0)
+
+    async def effects_done() -> bool:
+        total = 0
+        async for _ in store.read_all(categories=["effect"]):
+            total += 1
+        return total == 120
+
+    deadline = time.monotonic() + 60
+    while not await effects_done():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await run.stop()
+    for s in range(6):
+        versions = [int(e.data) async for e in store.read_stream(f"effect-{s}")]
+        assert versions == list(range(20))
+        async for e in store.read_stream(f"effect-{s}"):
+            assert e.metadata["causationid"]
+
+
+async def test_failures_retry_then_park_and_block_only_their_stream(store: tidelog.Store) -> None:
+    await fill(store, streams=4, per_stream=5)
+    poison = {("order-1", 2)}
+    attempts: dict[tuple[str, int], int] = defaultdict(int)
+    handled: dict[str, list[int]] = defaultdict(list)
+    app = App("t", store, options=FAST)
+
+    @app.handler("order", group="g", options=QUICK_RETRY)
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        key = (event.stream, event.version)
+        attempts[key] += 1
+        if key in poison:
+            raise RuntimeError(f"bad {key}")
+        handled[event.stream].append(event.version)
+
+    run = Running(app)
+    await eventually(lambda: sum(map(len, handled.values())) >= 17, what="good events")
+    await eventually(lambda: app.stats.held >= 2, what="held events")
+    assert attempts[("order-1", 2)] == 3
+    assert handled["order-1"] == [0, 1]
+    for s in (0, 2, 3):
+        assert handled[f"order-{s}"] == [0, 1, 2, 3, 4]
+    parked = await list_parked(store, "g")
+    assert [(p.stream, p.event.version, p.status) for p in parked] == [
+        ("order-1", 2, ParkedStatus.PARKED),
+        ("order-1", 3, ParkedStatus.HELD),
+        ("order-1", 4, ParkedStatus.HELD),
+    ]
+    head = parked[0]
+    assert head.attempts == 3
+    assert head.error_type == "RuntimeError"
+    assert head.error is not None and "bad" in head.error
+    assert head.handler.endswith("handle")
+    # later events of the blocked stream are held too, others still flow
+    await fill(store, streams=4, per_stream=1)
+    await eventually(lambda: all(len(handled[f"order-{s}"]) == 6 for s in (0, 2, 3)))
+    await eventually(lambda: app.stats.held >= 3, what="new event held")
+    # the handler is fixed; a retry releases the parked event, then the held ones in order
+    poison.clear()
+    await retry_parked(store, "g", head.event.id)
+    await eventually(lambda: handled["order-1"] == [0, 1, 2, 3, 4, 5], what="release")
+    assert await list_parked(store, "g") == []
+    settled = await list_parked(store, "g", include_settled=True)
+    assert {p.status for p in settled} == {ParkedStatus.RESOLVED}
+    # the stream is unblocked: new events are handled directly
+    await fill(store, streams=4, per_stream=1)
+    await eventually(lambda: handled["order-1"] == [0, 1, 2, 3, 4, 5, 6])
+    await run.stop()
+
+
+async def test_drop_releases_held_events_and_park_stream_parks_them(store: tidelog.Store) -> None:
+    await fill(store, streams=2, per_stream=4)
+    handled: dict[str, list[int]] = defaultdict(list)
+    app = App("t", store, options=FAST)
+
+    @app.handler("order", group="a", options=QUICK_RETRY)
+    async def blocking(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        if (event.stream, event.version) == ("order-0", 1):
+            raise ValueError("nope")
+        handled[event.stream].append(event.version)
+
+    parked_all: list[int] = []
+
+    @app.handler("order", group="b", on_park="park_stream", max_attempts=1)
+    async def parking(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        if (event.stream, event.version) == ("order-0", 1):
+            raise ValueError("nope")
+        parked_all.append(event.version) if event.stream == "order-0" else None
+
+    run = Running(app)
+    await eventually(lambda: len(handled["order-1"]) == 4 and app.stats.held == 2)
+    await eventually(lambda: app.stats.parked >= 4, what="park_stream parks")
+    entries = await list_parked(store, "b")
+    assert [(p.event.version, p.status, p.reason) for p in entries] == [
+        (1, ParkedStatus.PARKED, "failed"),
+        (2, ParkedStatus.PARKED, "stream_parked"),
+        (3, ParkedStatus.PARKED, "stream_parked"),
+    ]
+    assert entries[0].attempts == 1
+    head = (await list_parked(store, "a"))[0]
+    await drop_parked(store, "a", head.event.id)
+    await eventually(lambda: handled["order-0"] == [0, 2, 3], what="held released after drop")
+    # in park_stream mode, settling in order: drop the failure, retry the next
+    await drop_parked(store, "b", entries[0].event.id)
+    await retry_parked(store, "b", entries[1].event.id)
+    await eventually(lambda: parked_all == [0, 2], what="retried parked event")
+    assert [p.event.version for p in await list_parked(store, "b")] == [3]
+    await run.stop()
+
+
+async def test_reading_pauses_at_the_in_flight_bound(store: tidelog.Store) -> None:
+    total = 3000
+    for start in range(0, total, 500):
+        await store.append_many(
+            {
+                f"burst-{i}": tidelog.AppendRequest(events=[tidelog.NewEvent(type="E")])
+                for i in range(start, start + 500)
+            }
+        )
+    release = asyncio.Event()
+    count = 0
+    opts = RunnerOptions(max_in_flight=40, page_size=16, concurrency=8, commit_interval=0.05)
+    app = App("t", store, options=opts)
+
+    @app.handler("burst", group="g")
+    async def slow(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        nonlocal count
+        await release.wait()
+        count += 1
+
+    run = Running(app)
+    await eventually(lambda: app.stats is not None and app.stats.peak_in_flight >= 40)
+    await asyncio.sleep(0.2)  # give a buggy reader time to overfill
+    assert app.stats.peak_in_flight == 40
+    release.set()
+    await eventually(lambda: count == total, what="all burst events")
+    await run.stop()
+    assert app.stats.peak_in_flight <= 40
+
+
+async def test_batches_keep_order_and_isolate_a_poison_event(store: tidelog.Store) -> None:
+    await fill(store, streams=5, per_stream=30)
+    sizes: list[int] = []
+    seen: dict[str, list[int]] = defaultdict(list)
+    app = App("t", store, options=FAST)
+
+    @app.handler("order", group="stats", batch=50, options=QUICK_RETRY)
+    async def batch(events: list[tidelog.RecordedEvent], ctx: Context) -> None:
+        if any((e.stream, e.version) == ("order-3", 7) for e in events):
+            raise RuntimeError("poison in batch")
+        sizes.append(len(events))
+        for e in events:
+            seen[e.stream].append(e.version)
+
+    run = Running(app)
+    await eventually(lambda: sum(map(len, seen.values())) >= 4 * 30 + 7, what="batches")
+    await eventually(lambda: app.stats.held >= 22, what="held behind poison")
+    await run.stop()
+    assert max(sizes) > 1
+    for s in (0, 1, 2, 4):
+        assert seen[f"order-{s}"] == list(range(30))
+    assert seen["order-3"] == list(range(7))
+    assert [p.event.version for p in await list_parked(store, "stats")][:1] == [7]
+
+
+registry = codec.EventRegistry()
+
+
+@codec.event("OrderPlaced", version=1, registry=registry)
+class OrderPlaced(msgspec.Struct):
+    order_id: str
+    total: int
+
+
+async def test_typed_handlers_get_decoded_events_of_their_type(store: tidelog.Store) -> None:
+    for i in range(5):
+        await store.append(
+            f"order-{i}", [codec.encode(OrderPlaced(str(i), i * 10), registry=registry)]
+        )
+        await store.append(f"order-{i}", [tidelog.NewEvent(type="Other")])
+    got: list[OrderPlaced] = []
+    app = App("t", store, options=FAST, registry=registry)
+
+    @app.handler("order", group="typed")
+    async def placed(event: OrderPlaced, ctx: Context) -> None:
+        got.append(event)
+        ctx.append("audit-" + event.order_id, [OrderPlaced(event.order_id, event.total + 1)])
+
+    run = Running(app)
+    await eventually(lambda: len(got) == 5)
+    await eventually(lambda: app.stats.commits >= 5)
+    await run.stop()
+    assert sorted(g.total for g in got) == [0, 10, 20, 30, 40]
+    audit = [e async for e in store.read_stream("audit-3")]
+    assert [codec.decode(e, registry=registry) for e in audit] == [OrderPlaced("3", 31)]
+
+
+async def test_partitions_move_between_members_without_loss(store: tidelog.Store) -> None:
+    seen: dict[str, list[tuple[str, int]]] = defaultdict(list)
+
+    def make(name: str) -> App:
+        app = App(name, store, options=FAST, member=f"m-{name}")
+
+        @app.handler("order", group="shared")
+        async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+            seen[event.stream].append((name, event.version))
+            ctx.append(
+                "done-" + event.stream.split("-", 1)[1],
+                [tidelog.NewEvent(type="Done", data=str(event.version).encode())],
+                expected_version=event.version - 1 if event.version else tidelog.NO_STREAM,
+            )
+
+        return app
+
+    a = Running(make("a"))
+    await fill(store, streams=16, per_stream=10)
+    b = Running(make("b"))
+    await fill(store, streams=16, per_stream=10)
+    await eventually(lambda: {n for v in seen.values() for n, _ in v} == {"a", "b"})
+    await a.stop()  # leaves: its partitions move to b at once
+    await fill(store, streams=16, per_stream=10)
+
+    async def count() -> int:
+        return len([e async for e in store.read_all(categories=["done"])])
+
+    deadline = time.monotonic() + 60
+    while await count() < 16 * 30:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await b.stop()
+    for s in range(16):
+        assert [int(e.data) async for e in store.read_stream(f"done-{s}")] == list(range(30))
+    assert await list_parked(store, "shared") == []
+
+
+async def test_a_paused_member_is_fenced_and_its_late_commit_refused(store: tidelog.Store) -> None:
+    await fill(store, streams=8, per_stream=5)
+    stalled = asyncio.Event()
+    count = 0
+    opts = RunnerOptions(lease=0.3, commit_interval=0.05, heartbeat_interval=0.05)
+    app = App("t", store, options=opts, member="m-paused")
+
+    @app.handler("order", group="fence")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        nonlocal count
+        count += 1
+        if count == 10 and not stalled.is_set():
+            stalled.set()
+            time.sleep(0.8)  # noqa: ASYNC251 - blocks the whole loop past the lease, like SIGSTOP
+
+    run = Running(app)
+    await eventually(lambda: count >= 40, what="all events after the pause")
+    await eventually(lambda: app.stats.rejoins >= 1, what="rejoin after the lease was lost")
+    assert app.stats.stale_heartbeats >= 1
+    assert app.stats.refused_commits >= 1  # its late commit with the old generation
+    last = await store.last_position()
+    # after rejoining it resumes from the committed checkpoints and commits again
+    await eventually_async(lambda: checkpoint_total(store, "fence"), lambda v: v == last)
+    await run.stop()
+
+
+async def checkpoint_total(store: tidelog.Store, group: str) -> int:
+    return max((await store.checkpoints(group, "order")).values(), default=0)
+
+
+async def eventually_async(get, check, within: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not check(await get()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,225 @@
+"""The dashboard: `/v1/stats` over HTTP, the page's headers, and the page itself in Chromium.
+
+The browser test drives Debian's `chromium` through Playwright (no bundled
+browser download): sign in with the key, watch an appended event arrive in the
+live tail, and watch a group's lag show up and fall when its checkpoint moves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import tidelog
+from _server_util import ADMIN_KEY, config, running
+from conftest import service_missing
+
+CHROMIUM = os.environ.get("TIDELOG_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STATIC = Path(tidelog.__file__).parent / "server" / "static"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
+    cfg = config(keys={"reader-key": "reader"}, grants=("reader=read:category:order",))
+    async with (
+        running(cfg) as (server, store),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client,
+    ):
+        yield client, store
+
+
+def _auth(key: str = ADMIN_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_stats_counts_categories_and_lag_per_partition(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, store = api
+    for stream, n in (("order-1", 2), ("order-2", 1), ("cart-1", 3)):
+        await store.append(stream, [tidelog.NewEvent(type="T") for _ in range(n)])
+    member = await store.join_group("billing", "order", "m1")
+    await store.commit("billing", "order", 0, 4, member="m1", generation=member.generation)
+
+    stats = (await client.get("/v1/stats", headers=_auth())).json()
+    assert stats["head"] == 6
+    assert stats["categories"] == [
+        {"category": "cart", "streams": 1, "events": 3, "deleted": 0},
+        {"category": "order", "streams": 2, "events": 3, "deleted": 0},
+    ]
+    [group] = stats["groups"]
+    assert (group["group"], group["category"], group["parked"]) == ("billing", "order", 0)
+    assert [m["member"] for m in group["members"]] == ["m1"]
+    partitions = {p["partition"]: p for p in group["partitions"]}
+    assert len(partitions) == store.partition_count
+    assert partitions[0] == {"partition": 0, "owner": "m1", "checkpoint": 4, "lag": 2}
+    assert partitions[1]["lag"] == 6 and partitions[1]["checkpoint"] == 0
+    assert group["lag"] == 2 + 6 * (store.partition_count - 1)
+
+
+async def test_stats_follow_the_acl_and_need_a_key(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, store = api
+    await store.append("order-1", [tidelog.NewEvent(type="T")])
+    await store.append("cart-1", [tidelog.NewEvent(type="T")])
+    await store.join_group("packing", "cart", "m1")
+    assert (await client.get("/v1/stats")).status_code == 401
+    stats = (await client.get("/v1/stats", headers=_auth("reader-key"))).json()
+    assert [c["category"] for c in stats["categories"]] == ["order"]
+    assert stats["groups"] == []
+
+
+async def test_parked_events_are_counted_from_the_dlq_stream(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    from tidelog.consumers._dlq import dlq_stream, parked_entry
+
+    client, store = api
+    await store.append("order-1", [tidelog.NewEvent(type="T")])
+    await store.join_group("billing", "order", "m1")
+    [event] = [e async for e in store.read_stream("order-1")]
+    entry = parked_entry("billing", event, handler="h", error=ValueError("boom"), attempts=3)
+    await store.append(dlq_stream("billing"), [entry])
+    stats = (await client.get("/v1/stats", headers=_auth())).json()
+    assert stats["groups"][0]["parked"] == 1
+    text = (await client.get("/metrics")).text
+    assert 'tidelog_parked_events{group="billing"} 1.0' in text
+
+
+async def test_page_and_assets_carry_a_strict_csp(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, _ = api
+    page = await client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    script = await client.get("/ui/dashboard.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert (await client.get("/ui/dashboard.css")).status_code == 200
+    assert (await client.get("/ui/index.html")).status_code == 404
+    assert (await client.get("/ui/..%2F_app.py")).status_code == 404
+
+
+def test_the_script_never_writes_html_from_data() -> None:
+    """Event content reaches the DOM through textContent only (the CSP is the second wall)."""
+    script = (STATIC / "dashboard.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+    html = (STATIC / "index.html").read_text()
+    assert "<script>" not in html and "style=" not in html  # nothing inline for the CSP to block
+
+
+def test_static_files_ship_inside_the_package() -> None:
+    """Hatch puts everything under src/tidelog into the wheel; the files must live there."""
+    from importlib import resources
+
+    files = resources.files("tidelog.server") / "static"
+    for name in ("index.html", "dashboard.js", "dashboard.css"):
+        assert (files / name).is_file(), name
+
+
+# ---------------------------------------------------------------------------- browser
+
+
+def _have_chromium() -> bool:
+    return Path(CHROMIUM).exists()
+
+
+async def test_dashboard_live_tail_and_group_lag_in_chromium() -> None:
+    if not _have_chromium():
+        service_missing(f"chromium not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.async_api import Error as PlaywrightError
+    from playwright.async_api import async_playwright, expect
+
+    async with running(config()) as (server, store), async_playwright() as p:
+        try:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except PlaywrightError as exc:
+            service_missing(f"chromium does not start: {exc}")
+        base = f"http://127.0.0.1:{server.port}"
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on(
+                "console",
+                lambda msg: errors.append(msg.text) if msg.type == "error" else None,
+            )
+            await page.goto(base + "/")
+            await page.fill("#key", "wrong-key")
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#login-error")).to_contain_text("refused")
+            errors.clear()  # the browser logs the refused request itself
+
+            await page.fill("#key", ADMIN_KEY)
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#app")).to_be_visible()
+            await expect(page.locator("#status")).to_have_text("live")
+
+            # an event appended through the API arrives in the tail, its content escaped
+            hostile = '<img src=x id="pwned" onerror="document.title=1">'
+            async with httpx.AsyncClient(base_url=base, headers=_auth()) as client:
+                r = await client.post(
+                    "/v1/streams/order-1/events",
+                    json={
+                        "events": [
+                            {"type": "OrderPlaced", "data": {"note": hostile, "total": 10}},
+                            {"type": "OrderPaid", "data": {"total": 10}},
+                        ]
+                    },
+                )
+                assert r.status_code == 200, r.text
+                await client.post(
+                    "/v1/streams/order-2/events", json={"events": [{"type": "OrderPlaced"}]}
+                )
+            first = page.locator('#tail tbody tr[data-position="1"]')
+            await expect(first).to_contain_text("order-1")
+            await expect(first).to_contain_text("OrderPlaced")
+            await expect(page.locator('#tail tbody tr[data-position="3"]')).to_contain_text(
+                "order-2"
+            )
+            await first.click()
+            await expect(page.locator("#detail-data")).to_contain_text("<img src=x")
+            assert json.loads(await page.locator("#detail-data").text_content() or "") == {
+                "note": hostile,
+                "total": 10,
+            }
+            assert await page.locator("#pwned").count() == 0
+            await expect(page.locator('#categories tr[data-category="order"]')).to_contain_text("3")
+
+            # a group whose checkpoint trails the head shows lag; committing lowers it
+            member = await store.join_group("billing", "order", "m1")
+            await store.commit("billing", "order", 0, 1, member="m1", generation=member.generation)
+            group = page.locator('#groups [data-group="billing"]')
+            row = group.locator('tr[data-partition="0"]')
+            await expect(row).to_contain_text("m1")
+            await expect(row.locator("td").nth(3)).to_have_text("2")  # head 3 - checkpoint 1
+            before = int(await group.locator(".group-lag").text_content() or "-1")
+            assert before == 2 + 3 * (store.partition_count - 1)
+            if os.environ.get("TIDELOG_SCREENSHOT"):
+                await page.screenshot(path=os.environ["TIDELOG_SCREENSHOT"], full_page=True)
+
+            await store.commit("billing", "order", 0, 3, member="m1", generation=member.generation)
+            await expect(row.locator("td").nth(3)).to_have_text("0")
+            await expect(group.locator(".group-lag")).to_have_text(str(before - 2))
+            assert errors == []
+        finally:
+            await browser.close()

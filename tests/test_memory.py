@@ -1,0 +1,19 @@
+"""The memory engine passes the conformance suite and the model test (it is the model)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import tidelog
+from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.stateful import ModelSuite
+
+
+class TestMemoryEngine(EngineSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")
+
+
+class TestMemoryModel(ModelSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://?partitions=4")

@@ -1,0 +1,178 @@
+"""Unit tests of the vocabulary in `tidelog.model`."""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, cast
+
+import hypothesis.strategies as st
+import msgspec
+import pytest
+from hypothesis import given, settings
+
+import tidelog
+from tidelog.model import (
+    MAX_NAME_LENGTH,
+    check_expected_version,
+    validate_event,
+    validate_expected_version,
+    validate_stream_name,
+)
+
+FAST = settings(max_examples=300, deadline=None, database=None)
+
+# The documented rule: ASCII letters, digits, '_', '-', ':', '@', an optional
+# leading '$', not starting with '-', 1..200 characters.
+DOCUMENTED = re.compile(r"\$?[A-Za-z0-9_:@][A-Za-z0-9_:@-]*")
+NAME_CHARS = string.ascii_letters + string.digits + "_-:@"
+
+
+@FAST
+@given(st.text(max_size=40))
+def test_any_accepted_name_matches_the_documented_charset(name: str) -> None:
+    try:
+        accepted = validate_stream_name(name)
+    except tidelog.InvalidStreamName:
+        assert DOCUMENTED.fullmatch(name) is None or len(name) > MAX_NAME_LENGTH
+        return
+    assert accepted == name
+    assert DOCUMENTED.fullmatch(name) is not None
+    assert name.isascii()
+    assert 1 <= len(name) <= MAX_NAME_LENGTH
+
+
+@FAST
+@given(st.text(alphabet=NAME_CHARS + "$./\\ *>%\x00\u200b\u202e", max_size=40))
+def test_names_near_the_charset(name: str) -> None:
+    ok = DOCUMENTED.fullmatch(name) is not None
+    if ok:
+        assert validate_stream_name(name) == name
+    else:
+        with pytest.raises(tidelog.InvalidStreamName):
+            validate_stream_name(name)
+
+
+@FAST
+@given(st.from_regex(DOCUMENTED, fullmatch=True).filter(lambda n: len(n) <= MAX_NAME_LENGTH))
+def test_every_documented_name_is_accepted(name: str) -> None:
+    assert validate_stream_name(name) == name
+
+
+def test_length_limit() -> None:
+    assert validate_stream_name("a" * MAX_NAME_LENGTH) == "a" * MAX_NAME_LENGTH
+    with pytest.raises(tidelog.InvalidStreamName):
+        validate_stream_name("a" * (MAX_NAME_LENGTH + 1))
+    with pytest.raises(tidelog.InvalidStreamName):
+        validate_stream_name("a" * 10_000)
+
+
+@pytest.mark.parametrize("value", [None, 1, b"order-1", ["order-1"]])
+def test_non_string_names(value: object) -> None:
+    with pytest.raises(tidelog.InvalidStreamName):
+        validate_stream_name(value)
+
+
+@pytest.mark.parametrize(
+    ("stream", "category"),
+    [
+        ("order-42", "order"),
+        ("order-42-a", "order"),
+        ("order", "order"),
+        ("order:eu-1", "order:eu"),
+        ("$dlq-billing", "$dlq"),
+        ("a@b-c", "a@b"),
+    ],
+)
+def test_category_of(stream: str, category: str) -> None:
+    assert tidelog.category_of(stream) == category
+
+
+@pytest.mark.parametrize(
+    ("stream", "partitions", "expected"),
+    [
+        ("order-1", 16, 15),
+        ("order-42", 16, 14),
+        ("invoice-7", 16, 12),
+        ("$dlq-billing", 16, 9),
+        ("a", 16, 3),
+        ("order-1", 7, 6),
+        ("order-42", 7, 1),
+        ("order-1", 1, 0),
+    ],
+)
+def test_partition_of_known_values(stream: str, partitions: int, expected: int) -> None:
+    """Pinned values: changing the hash would move streams between partitions of stored data."""
+    assert tidelog.partition_of(stream, partitions) == expected
+
+
+@FAST
+@given(st.from_regex(DOCUMENTED, fullmatch=True), st.integers(1, 1024))
+def test_partition_of_is_in_range_and_stable(stream: str, partitions: int) -> None:
+    p = tidelog.partition_of(stream, partitions)
+    assert 0 <= p < partitions
+    assert tidelog.partition_of(stream, partitions) == p
+
+
+@pytest.mark.parametrize("value", [tidelog.ANY, tidelog.NO_STREAM, tidelog.STREAM_EXISTS, 0, 7])
+def test_valid_expected_versions(value: tidelog.ExpectedVersion) -> None:
+    assert validate_expected_version(value) is value
+
+
+@pytest.mark.parametrize("value", [-1, True, False, 1.5, "3", 2**63, None, "any"])
+def test_invalid_expected_versions(value: object) -> None:
+    with pytest.raises(tidelog.InvalidExpectedVersion):
+        validate_expected_version(value)
+
+
+def test_check_expected_version() -> None:
+    check_expected_version("s", tidelog.ANY, None)
+    check_expected_version("s", tidelog.ANY, 3)
+    check_expected_version("s", tidelog.NO_STREAM, None)
+    check_expected_version("s", tidelog.STREAM_EXISTS, 0)
+    check_expected_version("s", 3, 3)
+    for expected, actual in (
+        (tidelog.NO_STREAM, 0),
+        (tidelog.STREAM_EXISTS, None),
+        (2, 3),
+        (0, None),
+    ):
+        with pytest.raises(tidelog.WrongExpectedVersion) as info:
+            check_expected_version("s", expected, actual)
+        assert (info.value.expected, info.value.actual) == (expected, actual)
+
+
+def test_validate_event_accepts_a_plain_event() -> None:
+    event = tidelog.NewEvent(type="Order.Created:v1@x_y-z", data=b"{}", metadata={"a": [1]})
+    assert validate_event(event) is event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        tidelog.NewEvent(type="has space"),
+        tidelog.NewEvent(type=""),
+        tidelog.NewEvent(type="x" * 201),
+        tidelog.NewEvent(type="ok", data=cast(Any, "str")),
+        tidelog.NewEvent(type="ok", metadata={"k": object()}),
+        tidelog.NewEvent(type="ok", schema_version=0),
+        cast(Any, {"type": "ok"}),
+    ],
+    ids=["space", "empty", "long", "str-data", "metadata", "schema-version", "dict"],
+)
+def test_validate_event_refuses(event: Any) -> None:
+    with pytest.raises(tidelog.InvalidEvent):
+        validate_event(event)
+
+
+def test_new_event_defaults_and_json_round_trip() -> None:
+    a, b = tidelog.NewEvent(type="T"), tidelog.NewEvent(type="T")
+    assert a.id != b.id
+    assert (a.data, a.metadata, a.schema_version) == (b"", {}, 1)
+    decoded = msgspec.json.decode(msgspec.json.encode(a), type=tidelog.NewEvent)
+    assert decoded == a
+
+
+def test_stream_state_repr() -> None:
+    assert repr(tidelog.ANY) == "ANY"
+    assert repr(tidelog.NO_STREAM) == "NO_STREAM"

@@ -1,0 +1,202 @@
+"""The schema registry stored in the store, and write-time validation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import pytest
+
+import tidelog
+from tidelog.codec import EventRegistry
+from tidelog.schemas import (
+    SCHEMAS_STREAM,
+    Compatibility,
+    SchemaRegistry,
+    ValidatingStore,
+    schema_of,
+)
+
+REG = EventRegistry()
+
+
+@tidelog.event("ItemAdded", version=1, registry=REG)
+class ItemAddedV1(msgspec.Struct):
+    sku: str
+    qty: Annotated[int, msgspec.Meta(ge=1)]
+
+
+@tidelog.event("ItemAdded", version=2, registry=REG)
+class ItemAddedV2(msgspec.Struct):
+    sku: str
+    qty: Annotated[int, msgspec.Meta(ge=1)]
+    gift: bool = False
+
+
+class ItemAddedBad(msgspec.Struct):
+    sku: str
+    qty: int
+    price: int  # required, no default
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tidelog.Store]:
+    """The registry lives in the store: the same tests on several engines."""
+    schemas = None
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/schemas.db"
+    else:
+        from _pg_util import Schemas, require_postgres
+
+        await require_postgres()
+        schemas = Schemas()
+        url = schemas.url()
+    try:
+        async with tidelog.connect(url) as s:
+            yield s
+    finally:
+        if schemas is not None:
+            await schemas.drop()
+
+
+async def test_register_versions_ids_and_storage_in_the_store(store: tidelog.Store) -> None:
+    schemas = SchemaRegistry(store)
+    v1 = await schemas.register_event(ItemAddedV1, registry=REG)
+    v2 = await schemas.register_event(ItemAddedV2, registry=REG)
+    assert (v1.subject, v1.version, v1.id) == ("ItemAdded", 1, 1)
+    assert (v2.version, v2.id) == (2, 2)
+    # idempotent: the same schema again returns the same version
+    assert await schemas.register_event(ItemAddedV2, registry=REG) == v2
+    # a second registry object on the same store sees everything (state is in the store)
+    other = SchemaRegistry(store)
+    assert await other.subjects() == ["ItemAdded"]
+    assert await other.versions("ItemAdded") == [1, 2]
+    assert (await other.get("ItemAdded")).schema == schema_of(ItemAddedV2)
+    assert (await other.get("ItemAdded", 1)).schema == schema_of(ItemAddedV1)
+    assert await other.get_by_id(2) == v2
+    stored = [e async for e in store.read_stream(SCHEMAS_STREAM)]
+    assert len(stored) == 2
+    with pytest.raises(tidelog.UnknownEventType):
+        await other.get("Nope")
+    with pytest.raises(tidelog.UnknownEventType):
+        await other.get("ItemAdded", 7)
+
+
+async def test_incompatible_schema_is_refused_with_every_problem(store: tidelog.Store) -> None:
+    schemas = SchemaRegistry(store)
+    await schemas.register_event(ItemAddedV1, registry=REG)
+    problems = await schemas.check("ItemAdded", schema_of(ItemAddedBad))
+    assert problems and any("price" in p for p in problems)
+    with pytest.raises(tidelog.IncompatibleSchema) as info:
+        await schemas.register("ItemAdded", schema_of(ItemAddedBad))
+    assert info.value.mode == "BACKWARD" and info.value.subject == "ItemAdded"
+    assert any("$.price" in p for p in info.value.problems)
+    assert isinstance(info.value, tidelog.InvalidInput)
+    assert await schemas.versions("ItemAdded") == [1]
+
+
+async def test_compatibility_modes_per_subject_and_global(store: tidelog.Store) -> None:
+    schemas = SchemaRegistry(store)
+    assert await schemas.compatibility() is Compatibility.BACKWARD
+    await schemas.register_event(ItemAddedV1, registry=REG)
+    await schemas.set_compatibility("NONE", subject="ItemAdded")
+    assert await schemas.compatibility("ItemAdded") is Compatibility.NONE
+    assert await schemas.compatibility("Other") is Compatibility.BACKWARD
+    bad = await schemas.register("ItemAdded", schema_of(ItemAddedBad))
+    assert bad.version == 2
+    await schemas.set_compatibility(Compatibility.FULL)
+    assert await SchemaRegistry(store).compatibility("Other") is Compatibility.FULL
+    with pytest.raises(tidelog.InvalidInput):
+        await schemas.set_compatibility("SOMETIMES")
+
+
+async def test_versions_must_increase(store: tidelog.Store) -> None:
+    schemas = SchemaRegistry(store)
+    await schemas.register_event(ItemAddedV2, registry=REG)
+    with pytest.raises(tidelog.InvalidInput):
+        await schemas.register_event(ItemAddedV1, registry=REG)
+
+
+async def test_concurrent_registrations_recheck_instead_of_both_winning(
+    store: tidelog.Store,
+) -> None:
+    a, b = SchemaRegistry(store), SchemaRegistry(store)
+    await a.register("S", {"type": "object", "properties": {}, "additionalProperties": False})
+    await b.refresh()
+    await a.register(
+        "S",
+        {"type": "object", "properties": {"x": {"type": "integer"}}, "additionalProperties": False},
+    )
+    # b's view is stale; its append conflicts, it re-reads and registers as version 3
+    third = await b.register(
+        "S",
+        {
+            "type": "object",
+            "properties": {"x": {"type": "integer"}, "y": {"type": "string"}},
+            "additionalProperties": False,
+        },
+    )
+    assert third.version == 3 and third.id == 3
+
+
+async def test_write_time_validation_names_the_field(store: tidelog.Store) -> None:
+    schemas = SchemaRegistry(store)
+    await schemas.register_event(ItemAddedV1, registry=REG)
+    checked = ValidatingStore(store, schemas)
+    await checked.append("cart-1", [REG.encode(ItemAddedV1("a", 2))])
+
+    bad_qty = tidelog.NewEvent(type="ItemAdded", data=b'{"sku": "a", "qty": 0}')
+    with pytest.raises(tidelog.SchemaViolation) as info:
+        await checked.append("cart-1", [bad_qty])
+    assert (info.value.path, info.value.subject, info.value.version) == ("$.qty", "ItemAdded", 1)
+    assert isinstance(info.value, tidelog.InvalidEvent)
+
+    missing = tidelog.NewEvent(type="ItemAdded", data=b'{"qty": 1}')
+    with pytest.raises(tidelog.SchemaViolation) as info:
+        await checked.append_many({"cart-2": tidelog.AppendRequest([missing])})
+    assert info.value.path == "$.sku"
+
+    extra = tidelog.NewEvent(type="ItemAdded", data=b'{"sku": "a", "qty": 1, "zzz": 1}')
+    with pytest.raises(tidelog.SchemaViolation) as info:
+        await checked.append("cart-1", [extra])
+    assert info.value.path == "$.zzz"
+
+    unregistered_version = tidelog.NewEvent(type="ItemAdded", data=b"{}", schema_version=5)
+    with pytest.raises(tidelog.SchemaViolation):
+        await checked.append("cart-1", [unregistered_version])
+
+    # types without a subject pass; nothing invalid was written
+    await checked.append("cart-1", [tidelog.NewEvent(type="Free", data=b"[1]")])
+    assert [e.type async for e in checked.read_stream("cart-1")] == ["ItemAdded", "Free"]
+
+
+async def test_validating_store_is_a_full_store(store: tidelog.Store) -> None:
+    checked = ValidatingStore(store, SchemaRegistry(store))
+    await checked.append("x-1", [tidelog.NewEvent(type="A")])
+    assert await checked.last_position() == 1
+    assert [s.name async for s in checked.list_streams("x")] == ["x-1"]
+    assert [e.position async for e in checked.read_all()] == [1]
+    m = await checked.join_group("g", "x", "m1")
+    await checked.commit(
+        "g",
+        "x",
+        m.partitions[0],
+        1,
+        member="m1",
+        generation=m.generation,
+        appends={"y-1": tidelog.AppendRequest([tidelog.NewEvent(type="B")])},
+    )
+    assert await checked.checkpoints("g", "x") == {m.partitions[0]: 1}
+    await checked.heartbeat("g", "x", "m1")
+    assert await checked.describe_group("g", "x") is not None
+    assert await checked.list_groups() == [("g", "x")]
+    await checked.leave_group("g", "x", "m1")
+    await checked.delete_stream("x-1")
+    assert checked.partition_count == store.partition_count
+    await checked.close()
+    with pytest.raises(tidelog.StoreClosed):
+        await store.last_position()

@@ -1,0 +1,219 @@
+"""Worker processes under faults: SIGKILL, SIGSTOP past the lease, poison events.
+
+Three `tidelog worker` processes share one store (an SQLite file) and
+consume 50,000 events published meanwhile by a `Producer`; members are killed
+with SIGKILL (and replaced) and paused with SIGSTOP longer than their lease.
+Afterwards:
+
+- every event was handled: each normal event has exactly one effect, written
+  through `ctx.append` (exactly-once effects), in stream order (the effect's
+  expected version is the source version - 1);
+- each handler's own view kept per-stream order within each partition claim;
+- the paused member's late commit was refused (fencing) and it rejoined;
+- the 1% poison events are parked in `$dlq-chaos` with their error after
+  `max_attempts`, the later events of their streams are held behind them, and
+  no other stream was blocked;
+- every partition's checkpoint reached the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+import tidelog
+from _consumer_util import url_for
+from tidelog.consumers import ParkedStatus, Producer, list_parked
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).parent
+WORKERS = ROOT / "_workers"
+TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
+
+NORMAL_STREAMS, NORMAL_PER_STREAM = 475, 100  # 47,500 events
+POISON_STREAMS, POISON_PER_STREAM, POISON_AT = 500, 5, 2  # 2,500 events, 500 poison (1%)
+TOTAL = NORMAL_STREAMS * NORMAL_PER_STREAM + POISON_STREAMS * POISON_PER_STREAM
+LEASE = 1.5
+MULTI_PROCESS_KINDS = ["sqlite", *os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()]
+
+
+class Workers:
+    def __init__(self, url: str, tmp: pathlib.Path) -> None:
+        self.url = url
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, pathlib.Path] = {}
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"worker-{len(self.procs)}.log"
+        env = dict(os.environ, CHAOS_STORE=self.url, VIEW_DIR=str(self.tmp), CHAOS_LEASE=str(LEASE))
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                [TIDELOG, "worker", "chaos_app:app"],
+                cwd=WORKERS,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        self.procs.append(proc)
+        self.logs[proc.pid] = log
+        return proc
+
+    def live(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs if p.poll() is None]
+
+    def cleanup(self) -> None:
+        for p in self.live():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+            p.wait()
+
+
+async def publish(url: str) -> None:
+    async with tidelog.connect(url) as store, Producer(store, linger=0.005) as producer:
+        futures = []
+        for v in range(NORMAL_PER_STREAM):
+            for s in range(NORMAL_STREAMS):
+                futures.append(
+                    await producer.send(f"job-n{s}", tidelog.NewEvent(type="Job", data=b"ok"))
+                )
+            if v < POISON_PER_STREAM:
+                for s in range(POISON_STREAMS):
+                    data = b"poison" if v == POISON_AT else b"ok"
+                    futures.append(
+                        await producer.send(f"job-p{s}", tidelog.NewEvent(type="Job", data=data))
+                    )
+            if v % 10 == 0:
+                await asyncio.sleep(0.05)  # a steady flow rather than one burst
+        results = await asyncio.gather(*futures)
+        assert len(results) == TOTAL
+
+
+async def progress(store: tidelog.Store) -> tuple[int, int]:
+    effects = 0
+    async for info in store.list_streams(category="effect"):
+        effects += 0 if info.version is None else info.version + 1
+    dlq = 0
+    async for _ in store.read_stream("$dlq-chaos"):
+        dlq += 1
+    return effects, dlq
+
+
+@pytest.mark.parametrize("kind", MULTI_PROCESS_KINDS)
+async def test_three_workers_survive_kill_and_pause(kind: str, tmp_path: pathlib.Path) -> None:
+    url = url_for(kind, tmp_path).replace("partitions=8", "partitions=12")
+    async with tidelog.connect(url):
+        pass  # create the store before the workers race to
+    workers = Workers(url, tmp_path)
+    expected_effects = NORMAL_STREAMS * NORMAL_PER_STREAM + POISON_STREAMS * POISON_AT
+    expected_dlq = POISON_STREAMS * (POISON_PER_STREAM - POISON_AT)
+    paused_pid = 0
+    try:
+        for _ in range(3):
+            workers.start()
+        producer = asyncio.create_task(publish(url))
+        loop = asyncio.get_running_loop()
+        async with tidelog.connect(url) as store:
+
+            async def wait_progress(fraction: float) -> None:
+                until = loop.time() + 180
+                while (await progress(store))[0] < expected_effects * fraction:
+                    assert loop.time() < until, "no progress"
+                    assert all(p.poll() is None for p in workers.procs[-3:]), "a worker died"
+                    await asyncio.sleep(0.2)
+
+            await wait_progress(0.15)
+            victim = workers.live()[0]
+            victim.send_signal(signal.SIGKILL)  # a crash: no commit, no leave
+            victim.wait()
+            workers.start()
+            await wait_progress(0.35)
+            paused = workers.live()[0]
+            paused_pid = paused.pid
+            paused.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(LEASE * 2.5)  # well past its lease: the others take over
+            paused.send_signal(signal.SIGCONT)
+            await wait_progress(0.6)
+            victim = workers.live()[-1]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            workers.start()
+            await producer
+            until = loop.time() + 180
+            while (done := await progress(store)) != (expected_effects, expected_dlq):
+                assert done[0] <= expected_effects and done[1] <= expected_dlq, done
+                assert loop.time() < until, f"stuck at {await progress(store)}"
+                await asyncio.sleep(0.2)
+            for p in workers.live():
+                p.send_signal(signal.SIGTERM)
+            for p in workers.live():
+                assert p.wait(timeout=30) == 0
+
+            # exactly-once effects in stream order, for every normal event
+            for s in range(NORMAL_STREAMS):
+                got = [int(e.data) async for e in store.read_stream(f"effect-n{s}")]
+                assert got == list(range(NORMAL_PER_STREAM)), f"effect-n{s}"
+            for s in range(POISON_STREAMS):
+                got = [int(e.data) async for e in store.read_stream(f"effect-p{s}")]
+                assert got == list(range(POISON_AT)), f"effect-p{s}"
+
+            # poison parked with its error after max_attempts; later events held
+            parked = await list_parked(store, "chaos")
+            by_status: dict[ParkedStatus, list[tidelog.ParkedEvent]] = defaultdict(list)
+            for p in parked:
+                by_status[p.status].append(p)
+                assert p.stream.startswith("job-p")
+            failed = by_status[ParkedStatus.PARKED]
+            assert len(failed) == POISON_STREAMS
+            assert {p.event.version for p in failed} == {POISON_AT}
+            assert {p.attempts for p in failed} == {3}
+            assert {p.error_type for p in failed} == {"ValueError"}
+            assert all(p.error and "poison event" in p.error for p in failed)
+            held = by_status[ParkedStatus.HELD]
+            assert len(held) == POISON_STREAMS * (POISON_PER_STREAM - POISON_AT - 1)
+
+            # every partition's checkpoint reached its last event
+            last: dict[int, int] = {}
+            async for e in store.read_all(categories=["job"]):
+                last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
+            assert await store.checkpoints("chaos", "job") == last
+            group = await store.describe_group("chaos", "job")
+            assert group is not None and group.members == ()  # all left on SIGTERM
+    finally:
+        workers.cleanup()
+
+    # the paused member was fenced: its late commit was refused, and it rejoined
+    paused_log = workers.logs[paused_pid].read_text()
+    assert '"event": "lease_lost"' in paused_log
+    assert '"event": "commit_refused"' in paused_log
+
+    check_views(tmp_path, expected_effects)
+
+
+def check_views(tmp_path: pathlib.Path, expected_effects: int) -> None:
+    """Each handler's view kept stream order within every partition claim."""
+    views = 0
+    for view in tmp_path.glob("*.view"):
+        last_seen: dict[tuple[str, str], int] = {}
+        for line in view.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 4:
+                continue  # a line cut by SIGKILL
+            claim, _, stream, version = parts
+            key = (claim, stream)
+            v = int(version)
+            if key in last_seen:
+                assert v == last_seen[key] + 1, f"{view.name}: {stream} {last_seen[key]} -> {v}"
+            last_seen[key] = v
+            views += 1
+    assert views >= expected_effects

@@ -1,0 +1,155 @@
+"""`tidelog worker`, `tidelog groups` and `tidelog dlq ...` against a real SQLite file.
+
+The worker runs as a real process (signals, exit codes, logs); the other
+commands run in-process through Typer's `CliRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import tidelog
+from tidelog.cli import app as cli_app
+
+WORKERS = pathlib.Path(__file__).parent / "_workers"
+TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
+
+
+def cli(url: str, *args: str) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(cli_app, ["--store", url, "--json", *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+async def _append(url: str, events: dict[str, list[bytes]]) -> None:
+    async with tidelog.connect(url) as store:
+        for stream, datas in events.items():
+            await store.append(stream, [tidelog.NewEvent(type="Placed", data=d) for d in datas])
+
+
+async def _invoices(url: str) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    async with tidelog.connect(url) as store:
+        async for info in store.list_streams(category="invoice"):
+            out[info.name] = [int(e.data) async for e in store.read_stream(info.name)]
+    return out
+
+
+def wait_until(check: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def worker_env(tmp_path: pathlib.Path) -> dict[str, str]:
+    url = f"sqlite:///{tmp_path}/w.db?partitions=4"
+    fail = tmp_path / "fail"
+    fail.touch()
+    return dict(os.environ, FLAKY_STORE=url, FAIL_FILE=str(fail), URL=url)
+
+
+def start_worker(env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            [TIDELOG, "worker", "flaky_app:app", "--concurrency", "4"],
+            cwd=WORKERS,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+@pytest.mark.slow
+def test_worker_groups_and_dlq_end_to_end(
+    worker_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    url = worker_env["URL"]
+    asyncio.run(_append(url, {f"order-{i}": [b"ok", b"ok", b"ok"] for i in range(8)}))
+    asyncio.run(_append(url, {"order-3": [b"bad", b"ok"]}))
+    log = tmp_path / "worker.log"
+    worker = start_worker(worker_env, log)
+    try:
+        wait_until(lambda: len(cli(url, "dlq", "list", "billing")) == 2, "parked + held in the DLQ")
+        parked = cli(url, "dlq", "list", "billing")
+        assert [(p["stream"], p["version"], p["status"]) for p in parked] == [
+            ("order-3", 3, "parked"),
+            ("order-3", 4, "held"),
+        ]
+        assert parked[0]["attempts"] == 2 and parked[0]["error_type"] == "RuntimeError"
+        shown = cli(url, "dlq", "show", "billing", parked[0]["event_id"])[0]
+        assert "card declined" in shown["error"]
+        assert shown["event"]["stream"] == "order-3"
+        invoices = asyncio.run(_invoices(url))
+        assert invoices["invoice-3"] == [0, 1, 2]
+        assert all(invoices[f"invoice-{i}"] == [0, 1, 2] for i in range(8))
+
+        # groups: one member owns all partitions; lag 0 once everything is committed
+        def settled() -> list[dict[str, Any]] | None:
+            rows = cli(url, "groups")
+            return rows if rows and all(r["lag"] == 0 for r in rows) else None
+
+        rows = wait_until(settled, "checkpoints at the head")
+        assert {r["partition"] for r in rows} == set(range(4))
+        assert len({r["owner"] for r in rows}) == 1 and rows[0]["owner"]
+        assert all(r["group"] == "billing" and r["category"] == "order" for r in rows)
+
+        # fix the cause, retry: the parked event and the held one go through the handler
+        pathlib.Path(worker_env["FAIL_FILE"]).unlink()
+        cli(url, "dlq", "retry", "billing", parked[0]["event_id"])
+        wait_until(
+            lambda: asyncio.run(_invoices(url))["invoice-3"] == [0, 1, 2, 3, 4], "retried events"
+        )
+        assert cli(url, "dlq", "list", "billing") == []
+        assert {p["status"] for p in cli(url, "dlq", "list", "billing", "--all")} == {"resolved"}
+
+        # SIGTERM: finishes, commits, leaves the group at once, exits 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        rows = cli(url, "groups")
+        assert all(r["owner"] is None and r["members"] == [] for r in rows)
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        events = [line["event"] for line in lines]
+        for expected in ("worker_started", "joined", "parked", "signal", "left", "worker_stopped"):
+            assert expected in events, expected
+        assert all({"ts", "level", "logger", "pid"} <= line.keys() for line in lines)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_dlq_commands_refuse_unknown_events(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    result = CliRunner().invoke(
+        cli_app, ["--store", url, "dlq", "retry", "billing", "3f1c2b8e-0000-4000-8000-000000000000"]
+    )
+    assert result.exit_code == 1
+    assert "InvalidInput" in result.stderr
+    result = CliRunner().invoke(cli_app, ["--store", url, "dlq", "drop", "billing", "not-a-uuid"])
+    assert result.exit_code == 1
+    assert cli(url, "dlq", "list", "billing") == []
+    assert cli(url, "groups") == []
+
+
+def test_worker_refuses_a_target_that_is_not_an_app(tmp_path: pathlib.Path) -> None:
+    result = CliRunner().invoke(
+        cli_app, ["--store", f"sqlite:///{tmp_path}/x.db", "worker", "tidelog:connect"]
+    )
+    assert result.exit_code == 1
+    assert "not a tidelog.App" in result.stderr
