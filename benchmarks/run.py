@@ -1,7 +1,8 @@
 """tidelog benchmarks: each workload measured beside a plain-driver baseline in the same run.
 
-    python benchmarks/run.py [--quick] [--engines sqlite,postgres,nats]
+    python benchmarks/run.py [--quick] [--engines sqlite,postgres,nats,memory]
                              [--workloads append_batch,replay_all] [--json OUT.json]
+                             [--repeat N] [--timeout SECONDS]
 
 Prints one JSON document (and writes it to `--json`):
 
@@ -14,6 +15,10 @@ Keys are `ENGINE.WORKLOAD`. `ratio` is always `value / baseline`: for a
 throughput higher is better, for a latency lower is better. A missed goal or a
 failing workload never fails the run (the entry then carries `"met": false` or
 `"error"`); CI runs `--quick` only so that this code cannot rot.
+
+Baselines are measured in the same run and bracket the engine (half before,
+half after), so a change of machine load weighs on both sides alike; with
+`--repeat` the median run is kept.
 
 Adding a workload: write `async def my_workload(backend: Backend, sizes: Sizes)
 -> dict` that returns at least `value`, `unit`, `baseline`, and register it in
@@ -715,8 +720,11 @@ class NatsBackend(Backend):
     async def baseline_scan(self, store: Store) -> tuple[int, float]:
         """A pull consumer over the engine's event subjects, fetching pages."""
         total = await store.last_position()
+        api = importlib.import_module("nats.js.api")
         sub = await self.js.pull_subscribe(
-            f"tl.{self.last_store}.e.>", stream=f"tidelog_{self.last_store}"
+            f"tl.{self.last_store}.e.>",
+            stream=f"tidelog_{self.last_store}",
+            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE),  # a reader acks nothing
         )
         count = 0
         t0 = time.perf_counter()
@@ -750,7 +758,9 @@ async def append_batch(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     half = len(rows) // 2
     # The baseline brackets the engine (half before, half after, same table) so
     # that a change of machine load during the run weighs on both sides alike.
+    c0 = time.process_time()
     base_seconds = await backend.baseline_batch(rows[:half], fresh=True)
+    base_cpu = time.process_time() - c0
 
     store = await backend.open_store()
     try:
@@ -760,13 +770,17 @@ async def append_batch(backend: Backend, sizes: Sizes) -> dict[str, Any]:
             for stream, events in queue:  # the shared iterator hands out each batch once
                 await store.append(stream, events)
 
+        c0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(sizes.batch_callers)))
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         written = await store.last_position()
     finally:
         await store.close()
+    c0 = time.process_time()
     base_seconds += await backend.baseline_batch(rows[half:], fresh=False)
+    base_cpu += time.process_time() - c0
     if written != sizes.batch_events:
         raise RuntimeError(f"store holds {written} events, expected {sizes.batch_events}")
     return {
@@ -775,6 +789,8 @@ async def append_batch(backend: Backend, sizes: Sizes) -> dict[str, Any]:
         "baseline": round(sizes.batch_events / base_seconds),
         "seconds": round(seconds, 3),
         "baseline_seconds": round(base_seconds, 3),
+        "cpu_us_per_event": round(cpu / sizes.batch_events * 1e6, 2),
+        "baseline_cpu_us_per_event": round(base_cpu / sizes.batch_events * 1e6, 2),
         "callers": sizes.batch_callers,
         "events": sizes.batch_events,
     }
@@ -790,7 +806,9 @@ async def append_single(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     )
     base_rows = [rows[0] for rows in rows_for(base_batches)]
     half = len(base_rows) // 2
+    c0 = time.process_time()
     base_lat = await backend.baseline_single(base_rows[:half], fresh=True)  # before and after
+    base_cpu = time.process_time() - c0
 
     store = await backend.open_store()
     try:
@@ -803,13 +821,17 @@ async def append_single(backend: Backend, sizes: Sizes) -> dict[str, Any]:
                 await store.append(stream, [event], NO_STREAM if v == 0 else v - 1)
                 latencies.append(time.perf_counter() - t)
 
+        c0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(caller(i) for i in range(sizes.single_callers)))
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     finally:
         await store.close()
 
+    c0 = time.process_time()
     base_lat += await backend.baseline_single(base_rows[half:], fresh=False)
+    base_cpu += time.process_time() - c0
     base_seconds = sum(base_lat)
     return {
         "value": round(total / seconds),
@@ -819,6 +841,8 @@ async def append_single(backend: Backend, sizes: Sizes) -> dict[str, Any]:
         "p99_ms": ms(percentile(latencies, 99)),
         "baseline_p50_ms": ms(percentile(base_lat, 50)),
         "baseline_p99_ms": ms(percentile(base_lat, 99)),
+        "cpu_us_per_event": round(cpu / total * 1e6, 2),
+        "baseline_cpu_us_per_event": round(base_cpu / len(base_rows) * 1e6, 2),
         "callers": sizes.single_callers,
         "events": total,
         "baseline_events": len(base_rows),
@@ -837,15 +861,21 @@ async def replay_all(backend: Backend, sizes: Sizes) -> dict[str, Any]:
                 await store.append(stream, events)
 
         await asyncio.gather(*(filler() for _ in range(4)))
+        c0 = time.process_time()
         base_count, base_seconds = await backend.baseline_scan(store)
+        base_cpu = time.process_time() - c0
 
         count = 0
+        c0 = time.process_time()
         t0 = time.perf_counter()
         async for _event in store.read_all(from_position=0):
             count += 1
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         # Scan again after the engine: load drift weighs on both sides alike.
+        c0 = time.process_time()
         again, more_seconds = await backend.baseline_scan(store)
+        base_cpu = (base_cpu + time.process_time() - c0) / 2
         base_count, base_seconds = (base_count + again) // 2, (base_seconds + more_seconds) / 2
     finally:
         await store.close()
@@ -857,6 +887,8 @@ async def replay_all(backend: Backend, sizes: Sizes) -> dict[str, Any]:
         "baseline": round(base_count / base_seconds),
         "seconds": round(seconds, 3),
         "baseline_seconds": round(base_seconds, 3),
+        "cpu_us_per_event": round(cpu / count * 1e6, 3),
+        "baseline_cpu_us_per_event": round(base_cpu / count * 1e6, 3),
         "events": count,
     }
 
@@ -990,6 +1022,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "end_to_end_latency", _sibling("consumers").end_to_end_latency, "value", "<", 20.0
         ),
+        Workload("http_append", _sibling("via_server").http_append, "ratio", ">=", 0.5),
+        Workload("http_subscribe", _sibling("via_server").http_subscribe, "ratio", ">=", 0.0),
     )
 }
 
@@ -1028,15 +1062,14 @@ async def measure(
     threshold = backend.goals.get(workload.name, workload.goal)
     runs: list[dict[str, Any]] = []
     for _ in range(repeat):
+        deadline = asyncio.timeout(limit)
         try:
-            entry = await asyncio.wait_for(workload.run(backend, sizes), limit)
+            async with deadline:
+                entry = await workload.run(backend, sizes)
         except Exception as exc:  # a broken workload is reported, not fatal
-            log(f"{backend.name}.{workload.name} failed: {exc!r}")
-            return {
-                "error": f"timed out after {limit} s"
-                if isinstance(exc, TimeoutError)
-                else repr(exc)
-            }
+            error = f"timed out after {limit} s" if deadline.expired() else repr(exc)
+            log(f"{backend.name}.{workload.name} failed: {error}")
+            return {"error": error}
         judge(entry, workload, threshold)
         runs.append(entry)
     runs.sort(key=lambda e: e[workload.goal_metric] or 0)

@@ -48,6 +48,7 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: list[int] | None = None,
         cluster_name: str = "tidelog-test",
+        sync_always: bool = True,
     ) -> None:
         self.binary = binary
         self.store_dir = store_dir
@@ -56,6 +57,8 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.cluster_name = cluster_name
+        self.sync_always = sync_always
+        """`sync_interval: always` (servers before 2.10 do not know the option)."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_path = store_dir / f"{name}.conf"
         self.log_path = store_dir / f"{name}.log"
@@ -70,7 +73,7 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}",
             "jetstream {",
             f'  store_dir: "{self.store_dir / self.name}"',
-            "  sync_interval: always",
+            *(["  sync_interval: always"] if self.sync_always else []),
             "}",
         ]
         if self.cluster_port is not None:

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 import tidelog
-from _consumer_util import ENGINE_KINDS, eventually, url_for
+from _consumer_util import STORE_KINDS, eventually, open_store
 from tidelog import codec
 from tidelog.consumers import (
     App,
@@ -26,14 +26,15 @@ from tidelog.consumers import (
 )
 
 FAST = RunnerOptions(lease=3.0, commit_interval=0.05, dlq_poll_interval=0.05)
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "consumers.md"
 QUICK_RETRY = HandlerOptions(max_attempts=3, backoff_initial=0.001, backoff_max=0.005)
 
 
-@pytest.fixture(params=ENGINE_KINDS)
+@pytest.fixture(params=STORE_KINDS)
 async def store(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> AsyncIterator[tidelog.Store]:
-    async with tidelog.connect(url_for(request.param, tmp_path)) as s:
+    async with open_store(request.param, tmp_path) as s:
         yield s
 
 
@@ -60,7 +61,12 @@ class Running:
 
     async def stop(self) -> None:
         self.app.request_stop()
-        await asyncio.wait_for(self.task, 30)
+        done, _ = await asyncio.wait([self.task], timeout=30)
+        if not done:  # show where it hangs
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=4)
+            raise AssertionError("the app did not stop within 30 s")
+        await self.task
 
 
 async def test_delivers_every_event_in_stream_order_and_commits(store: tidelog.Store) -> None:
@@ -394,3 +400,48 @@ async def eventually_async(get, check, within: float = 60.0) -> None:  # type: i
     while not check(await get()):
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def test_the_docs_example_runs() -> None:
+    """The first code block of docs/consumers.md, run on a memory store."""
+    block = DOCS.read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    exec(compile(block, str(DOCS), "exec"), namespace)
+    app = namespace["app"]
+    assert isinstance(app, App) and len(app.handlers) == 2
+    async with tidelog.connect("memory://") as store:
+        app.store = store
+        app.options = FAST
+        await store.append("order-7", [tidelog.NewEvent(type="Placed", data=b"{}")])
+        run = Running(app)
+        await eventually(lambda: app.stats is not None and app.stats.events_handled == 2)
+        await run.stop()
+        invoices = [e async for e in store.read_stream("invoice-7")]
+        assert [e.type for e in invoices] == ["Invoiced"]
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    opts = HandlerOptions(backoff_initial=0.1, backoff_multiplier=2.0, backoff_max=1.0, jitter=0.5)
+    assert [opts.backoff(a, 0.0) for a in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert opts.backoff(2, 0.999) == pytest.approx(0.2 * (1 - 0.5 * 0.999))
+    with pytest.raises(ValueError):
+        HandlerOptions(max_attempts=0)
+    with pytest.raises(ValueError):
+        HandlerOptions(on_park="later")  # type: ignore[arg-type]
+
+
+def test_handler_registration_is_checked() -> None:
+    app = App("t", "memory://")
+
+    @app.handler("order", group="g")
+    async def one(event: tidelog.RecordedEvent, ctx: Context) -> None: ...
+
+    with pytest.raises(tidelog.InvalidInput):
+
+        @app.handler("order", group="g")
+        async def two(event: tidelog.RecordedEvent, ctx: Context) -> None: ...
+
+    with pytest.raises(tidelog.InvalidInput):
+        app.handler("order", group="h")(lambda e, c: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(tidelog.InvalidStreamName):
+        app.handler("bad category", group="g")

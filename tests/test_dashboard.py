@@ -149,7 +149,9 @@ async def test_dashboard_live_tail_and_group_lag_in_chromium() -> None:
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import async_playwright, expect
 
-    async with running(config()) as (server, store), async_playwright() as p:
+    expect.set_options(timeout=15_000)  # a loaded CI machine; the page refreshes every 2 s
+    cfg = config(keys={"reader-key": "reader"}, grants=("reader=read:category:order",))
+    async with running(cfg) as (server, store), async_playwright() as p:
         try:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         except PlaywrightError as exc:
@@ -221,5 +223,20 @@ async def test_dashboard_live_tail_and_group_lag_in_chromium() -> None:
             await expect(row.locator("td").nth(3)).to_have_text("0")
             await expect(group.locator(".group-lag")).to_have_text(str(before - 2))
             assert errors == []
+
+            # a key limited to one category sees only that, and no global tail
+            await store.append("cart-1", [tidelog.NewEvent(type="CartOpened")])
+            await page.click("#signout")
+            await expect(page.locator("#login")).to_be_visible()
+            await page.fill("#key", "reader-key")
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#tail-state")).to_contain_text("may not read")
+            await expect(page.locator('#categories tr[data-category="order"]')).to_be_visible()
+            assert await page.locator('#categories tr[data-category="cart"]').count() == 0
+            await page.fill("#browse-stream", "order-1")
+            await page.click("#browse-form button[type=submit]")
+            await expect(page.locator('#events tbody tr[data-position="2"]')).to_contain_text(
+                "OrderPaid"
+            )
         finally:
             await browser.close()

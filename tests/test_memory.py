@@ -17,3 +17,10 @@ class TestMemoryEngine(EngineSuite):
 class TestMemoryModel(ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect("memory://?partitions=4")
+
+
+class TestMemoryEngineOnePartition(EngineSuite):
+    """The edge of the partition rules: every stream in partition 0, one owner at a time."""
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://?partitions=1")

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import pathlib
+import subprocess
 from collections.abc import Iterator
 from uuid import uuid4
 
@@ -20,6 +21,7 @@ import pytest
 import tidelog
 from conftest import service_missing
 from natsutil import NatsServer, free_port, nats_server_binary
+from tidelog.engines import _nats_errors as nats_errors
 from tidelog.engines import _nats_wire as wire
 from tidelog.engines.nats import NatsEngine
 from tidelog.testing.conformance import EngineSuite
@@ -47,16 +49,24 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 def store_url(**options: object) -> str:
-    query = "&".join(f"{k}={v}" for k, v in {"store": f"t{uuid4().hex[:16]}", **options}.items())
+    # A generous request timeout: CI machines are shared and a timeout is an unknown outcome.
+    defaults = {"store": f"t{uuid4().hex[:16]}", "timeout": 10}
+    query = "&".join(f"{k}={v}" for k, v in {**defaults, **options}.items())
     return f"{_Server.url}?{query}"
 
 
 class TestNatsEngine(EngineSuite):
+    # Atomic batches (nats-server 2.12+) make both all-or-nothing on this engine.
+    supports_multi_stream_atomic = True
+    supports_transactional_commit = True
+
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(store_url())
 
 
 class TestNatsModel(ModelSuite):
+    supports_multi_stream_atomic = True
+    supports_transactional_commit = True
     max_examples = 15
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
@@ -236,3 +246,224 @@ async def test_server_gone_makes_operations_store_unavailable(tmp_path: pathlib.
         await store.close()
     finally:
         server.stop()
+
+
+async def test_oversized_event_is_invalid_and_writes_nothing() -> None:
+    async with tidelog.connect(store_url()) as store:
+        with pytest.raises(tidelog.InvalidEvent):
+            await store.append("order-1", [ev(data=b"x" * 2_000_000)])
+        assert await store.last_position() == 0
+        assert (await store.append("order-1", [ev()])).position == 1
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (nats.errors.TimeoutError(), tidelog.StoreUnavailable),
+        (nats.errors.NoServersError(), tidelog.StoreUnavailable),
+        (nats.errors.ConnectionClosedError(), tidelog.StoreUnavailable),
+        (nats_errors.ApiError(503, 10008, "no leader"), tidelog.StoreUnavailable),
+        (nats.errors.MaxPayloadError(), tidelog.InvalidEvent),
+        (nats_errors.ApiError(400, 10071, "wrong last sequence: 3"), nats_errors.Conflict),
+        (nats_errors.ApiError(400, 10164, "wrong last sequence"), nats_errors.Conflict),
+    ],
+)
+def test_driver_errors_are_translated_in_one_place(
+    raised: Exception, expected: type[Exception]
+) -> None:
+    with pytest.raises(expected), nats_errors.translated("op"):
+        raise raised
+
+
+@pytest.fixture
+def old_nats_server(tmp_path: pathlib.Path) -> Iterator[NatsServer]:
+    """The distro's nats-server when it predates atomic batches (2.12), else skip."""
+    old = pathlib.Path("/usr/sbin/nats-server")
+    if not old.is_file():
+        pytest.skip("no older nats-server on this machine to check against")
+    out = subprocess.run([str(old), "--version"], capture_output=True, text=True, check=True)
+    version = tuple(int(p) for p in out.stdout.strip().rsplit("v", 1)[-1].split(".")[:2])
+    if version >= (2, 12):
+        pytest.skip(f"{old} is not older than 2.12")
+    server = NatsServer(str(old), tmp_path, sync_always=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_server_without_atomic_batches_is_refused(old_nats_server: NatsServer) -> None:
+    """nats-server < 2.12 cannot make multi-event appends atomic: refuse, do not degrade."""
+    with pytest.raises(tidelog.NotSupported):
+        await tidelog.connect(f"{old_nats_server.url}?store=old")
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+async def test_64_concurrent_appenders_to_distinct_streams_all_succeed() -> None:
+    """In-process appends share one writer: they never fail on the engine's own `head`."""
+    async with tidelog.connect(store_url()) as store:
+
+        async def appender(i: int) -> list[tidelog.AppendResult]:
+            out = []
+            for v in range(8):
+                expected = tidelog.NO_STREAM if v == 0 else v - 1
+                out.append(await store.append(f"acct-{i}", [ev(data=b"%d" % v)], expected))
+            return out
+
+        results = await asyncio.gather(*(appender(i) for i in range(64)))
+        for rs in results:
+            assert [r.version for r in rs] == list(range(8))
+        assert sorted(r.position for rs in results for r in rs) == list(range(1, 513))
+        log = [e async for e in store.read_all()]
+        assert [e.position for e in log] == list(range(1, 513))
+        for i, rs in enumerate(results):
+            stored = [e async for e in store.read_stream(f"acct-{i}")]
+            assert [(e.version, e.position) for e in stored] == [
+                (r.version, r.position) for r in rs
+            ]
+            assert [e.data for e in stored] == [b"%d" % v for v in range(8)]
+
+
+async def test_a_conflict_in_a_batch_fails_only_its_own_append() -> None:
+    """50 writers race for one version: one wins, the rest conflict, bystanders commit."""
+    async with tidelog.connect(store_url()) as store:
+        await store.append("order-1", [ev()])
+        await store.delete_stream("gone-1")
+        retry = [ev("R")]
+        original = await store.append("order-9", retry)
+
+        async def racer() -> tidelog.AppendResult | Exception:
+            try:
+                return await store.append("order-1", [ev()], expected_version=0)
+            except tidelog.WrongExpectedVersion as exc:
+                return exc
+
+        async def refused() -> Exception:
+            with pytest.raises(tidelog.StreamDeleted) as info:
+                await store.append("gone-1", [ev()])
+            return info.value
+
+        outcomes = await asyncio.gather(
+            *(racer() for _ in range(50)),
+            *(store.append(f"other-{i}", [ev()]) for i in range(20)),
+            refused(),
+            store.append("order-9", retry),
+        )
+        racers = outcomes[:50]
+        wins = [r for r in racers if isinstance(r, tidelog.AppendResult)]
+        losses = [r for r in racers if isinstance(r, tidelog.WrongExpectedVersion)]
+        assert len(wins) == 1 and len(losses) == 49
+        assert all(exc.actual == 1 for exc in losses)
+        assert all(isinstance(r, tidelog.AppendResult) for r in outcomes[50:70])
+        assert outcomes[-1] == original
+        assert await store.last_position() == 23
+        assert [e.position async for e in store.read_all()] == list(range(1, 24))
+
+
+async def test_the_writer_wakes_subscribers_before_append_returns() -> None:
+    """A live subscriber in this process learns of a commit from the writer itself."""
+    async with tidelog.connect(store_url()) as store:
+        assert isinstance(store, NatsEngine)
+        result = await store.append("order-1", [ev()])
+        assert store._head_watch().head == result.position
+        got: list[tidelog.RecordedEvent] = []
+
+        async def follow() -> None:
+            async for e in store.subscribe(from_position=0):
+                got.append(e)
+                if len(got) == 2:
+                    return
+
+        follower = asyncio.create_task(follow())
+        await store.append("order-2", [ev("B")])
+        await asyncio.wait_for(follower, 30)
+        assert [e.type for e in got] == ["Happened", "B"]
+
+
+async def test_two_engines_appending_concurrently_lose_and_duplicate_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two connections (as two processes would) contend for `head` and for shared streams.
+
+    Each engine has writers on streams of their own with exact expected
+    versions (which must never conflict) and writers on shared streams that
+    read the version and retry on a real `WrongExpectedVersion`.
+    """
+    url = store_url()
+    engines = [await tidelog.connect(url), await tidelog.connect(url)]
+    acked: dict[object, tuple[str, int, int]] = {}
+    real_conflicts = [0]
+
+    async def own(store: tidelog.Store, name: str) -> None:
+        for v in range(15):
+            events = [ev(), ev()]
+            expected = tidelog.NO_STREAM if v == 0 else 2 * v - 1
+            r = await store.append(name, events, expected)
+            for k, e in enumerate(events):
+                acked[e.id] = (name, r.version - 1 + k, r.position - 1 + k)
+
+    async def shared(store: tidelog.Store, name: str) -> None:
+        for _ in range(10):
+            while True:
+                last = [
+                    e.version async for e in store.read_stream(name, -1, backwards=True, limit=1)
+                ]
+                expected = last[0] if last else tidelog.NO_STREAM
+                event = ev()
+                try:
+                    r = await store.append(name, [event], expected)
+                except tidelog.WrongExpectedVersion:
+                    real_conflicts[0] += 1
+                    continue
+                acked[event.id] = (name, r.version, r.position)
+                break
+
+    caplog.set_level(logging.DEBUG, logger="tidelog.engines.nats")
+    # Live subscribers on both engines: one sees everything, one only `shared`.
+    seen: list[list[tidelog.RecordedEvent]] = [[], []]
+
+    async def follow(
+        store: tidelog.Store, out: list[tidelog.RecordedEvent], cats: list[str] | None, n: int
+    ) -> None:
+        async for e in store.subscribe(categories=cats):
+            out.append(e)
+            if len(out) == n:
+                return
+
+    followers = [
+        asyncio.create_task(follow(engines[0], seen[0], None, 620)),
+        asyncio.create_task(follow(engines[1], seen[1], ["shared"], 120)),
+    ]
+    try:
+        await asyncio.gather(
+            *(own(s, f"own{n}-{i}") for n, s in enumerate(engines) for i in range(8)),
+            *(shared(s, f"shared-{i % 3}") for s in engines for i in range(6)),
+            *(s.append(f"any-{i % 2}", [ev()]) for s in engines for i in range(10)),
+        )
+        log = [e async for e in engines[0].read_all()]
+        async with asyncio.timeout(30):
+            await asyncio.gather(*followers)
+    finally:
+        for t in followers:
+            t.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        for s in engines:
+            await s.close()
+    assert [e.position for e in log] == list(range(1, len(log) + 1))
+    assert len({e.id for e in log}) == len(log) == len(acked) + 20
+    for e in log:
+        if e.id in acked:
+            assert acked[e.id] == (e.stream, e.version, e.position)
+    versions: dict[str, list[int]] = {}
+    for e in log:
+        versions.setdefault(e.stream, []).append(e.version)
+    assert all(vs == list(range(len(vs))) for vs in versions.values())
+    assert sum(len(vs) for s, vs in versions.items() if s.startswith("shared-")) == 120
+    assert [e.id for e in seen[0]] == [e.id for e in log]
+    assert [e.id for e in seen[1]] == [e.id for e in log if e.stream.startswith("shared-")]
+    # The test exercised what it is about: batches lost races to the other engine and retried.
+    assert any("lost a compare-and-set race" in r.getMessage() for r in caplog.records)
+    print(f"real expected-version conflicts on shared streams: {real_conflicts[0]}")

@@ -85,13 +85,14 @@ async def _stream_leader(servers: list[NatsServer]) -> str | None:
 
 
 async def _append_until_resolved(
-    store: tidelog.Store, stream: str, events: list[tidelog.NewEvent]
+    store: tidelog.Store, stream: str, events: list[tidelog.NewEvent], unknown: list[int]
 ) -> tidelog.AppendResult:
     """Retry an append whose outcome is unknown with the same ids until it resolves."""
     while True:
         try:
             return await store.append(stream, events)
         except tidelog.StoreUnavailable:
+            unknown[0] += 1
             await asyncio.sleep(0.2)
 
 
@@ -102,6 +103,7 @@ async def test_leader_kills_lose_and_duplicate_nothing(cluster: list[NatsServer]
     """event id -> (stream, ack of its append, index within the append)."""
     received: list[list[tidelog.RecordedEvent]] = [[] for _ in range(SUBSCRIBERS)]
     kills = 0
+    unknown = [0]
 
     async def writer(w: int) -> None:
         n = 0
@@ -109,7 +111,7 @@ async def test_leader_kills_lose_and_duplicate_nothing(cluster: list[NatsServer]
             stream = f"w{w}-{n % 4}"
             events = [tidelog.NewEvent(type=f"E{n}", data=f"{w}:{n}:{k}".encode()) for k in (0, 1)]
             events = events[: 1 + n % 2]
-            result = await _append_until_resolved(store, stream, events)
+            result = await _append_until_resolved(store, stream, events, unknown)
             for k, e in enumerate(events):
                 acked[e.id] = (stream, result, k - (len(events) - 1))
             n += 1
@@ -165,7 +167,9 @@ async def test_leader_kills_lose_and_duplicate_nothing(cluster: list[NatsServer]
                 await t
         await store.close()
 
+    print(f"leader kills: {kills}, acked events: {len(acked)}, unknown outcomes: {unknown[0]}")
     assert kills >= 3, "the test must actually have killed stream leaders"
+    assert unknown[0] > 0, "some appends must have had an unknown outcome to resolve"
     assert len(acked) > 50, "the writers must have made progress through the failures"
     # Dense positions, each event once.
     assert [e.position for e in log] == list(range(1, len(log) + 1))

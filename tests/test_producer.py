@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 import tidelog
-from _consumer_util import ENGINE_KINDS, url_for
+from _consumer_util import STORE_KINDS, open_store
 from tidelog.consumers import BufferFull, Producer
 
 
-@pytest.fixture(params=ENGINE_KINDS)
+@pytest.fixture(params=STORE_KINDS)
 async def store(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> AsyncIterator[tidelog.Store]:
-    async with tidelog.connect(url_for(request.param, tmp_path)) as s:
+    async with open_store(request.param, tmp_path) as s:
         yield s
 
 

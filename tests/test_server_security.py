@@ -163,10 +163,12 @@ async def test_oversized_body_and_too_many_events(server: tuple[str, tidelog.Sto
         await _assert_4xx_and_unchanged(store, r, "too many events")
 
 
-def _raw_http(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+def _raw_http(port: int, payload: bytes, timeout: float = 5.0, half_close: bool = True) -> bytes:
+    """Send raw bytes; `half_close` ends our side so the server sees the body end early."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         try:
             while chunk := sock.recv(65536):
@@ -195,7 +197,8 @@ async def test_lying_content_length_and_endless_chunks(server: tuple[str, tidelo
         + auth
         + b"Content-Length: 99999999999\r\n\r\n{}"
     )
-    answer = await asyncio.to_thread(_raw_http, port, huge_length)
+    # the connection stays open: the server must refuse on the declared length alone
+    answer = await asyncio.to_thread(_raw_http, port, huge_length, 5.0, False)
     _tried("huge declared content-length")
     assert answer.startswith(b"HTTP/1.1 4"), answer[:80]
     chunked = (

@@ -8,6 +8,7 @@ reopening, the URL options, schema migrations, and error translation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import sqlite3
@@ -285,6 +286,10 @@ async def test_migration_from_an_older_schema(tmp_path: pathlib.Path) -> None:
     finally:
         await store.close()
     assert migrate(path) == SCHEMA_VERSION  # running it again changes nothing
+    conn = sqlite3.connect(path)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    conn.close()
+    assert "events_category_partition_position" in indexes  # added by step 3
 
 
 async def test_a_newer_schema_is_refused(tmp_path: pathlib.Path) -> None:
@@ -380,3 +385,61 @@ async def test_limit_zero_read_of_a_deleted_stream_raises(tmp_path: pathlib.Path
             [e async for e in store.read_stream("order-1", limit=0)]
     finally:
         await store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # 3.12+: fork with threads
+async def test_a_forked_child_cannot_use_the_parents_store(tmp_path: pathlib.Path) -> None:
+    """Connections and threads do not survive fork(): the child gets StoreClosed, not a hang."""
+    store = await _open(tmp_path / "f.db")
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            try:
+                store._check_open()
+            except StoreClosed:
+                os._exit(0)
+            os._exit(1)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (await store.append("order-1", _events(1))).position == 1  # the parent is fine
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("autocheckpoint", [True, False])
+async def test_wal_stays_bounded_under_a_constant_reader(
+    tmp_path: pathlib.Path, autocheckpoint: bool
+) -> None:
+    """SQLite's automatic checkpoints keep up although a subscriber reads all the time.
+
+    The control (automatic checkpoints off) shows that the measure can fail.
+    """
+    path = tmp_path / "wal.db"
+    store = await _open(path)
+    if not autocheckpoint:
+        store._writer.conn.execute("PRAGMA wal_autocheckpoint = 0")
+    seen = 0
+
+    async def follow() -> None:
+        nonlocal seen
+        async for _ in store.subscribe():
+            seen += 1
+
+    task = asyncio.ensure_future(follow())
+    try:
+        for i in range(200):  # 20 MB of events
+            await store.append(
+                f"order-{i % 20}", [NewEvent(type="Big", data=bytes(1000)) for _ in range(100)]
+            )
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert seen > 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
+    if autocheckpoint:
+        assert wal < 16 * 2**20, f"WAL grew to {wal} bytes"
+    else:
+        assert wal > 16 * 2**20

@@ -21,7 +21,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 import msgspec
 
@@ -38,6 +38,9 @@ from tidelog.model import (
 )
 
 from ._dlq import DLQ_NAMESPACE
+
+if TYPE_CHECKING:
+    from ._runner import Runtime, Stats
 
 __all__ = ["App", "Context", "HandlerOptions", "RunnerOptions"]
 
@@ -282,7 +285,7 @@ class App:
         self.registry = registry
         self.member = member
         self.handlers: list[Handler] = []
-        self._runtime: Any = None
+        self._runtime: Runtime | None = None
 
     def handler(
         self,
@@ -353,6 +356,6 @@ class App:
             self._runtime.request_stop()
 
     @property
-    def stats(self) -> Any:
-        """Counters of the current (or last) run: a `tidelog.consumers.Stats`."""
+    def stats(self) -> Stats | None:
+        """Counters of the current (or last) run; None before `run`."""
         return None if self._runtime is None else self._runtime.stats

@@ -242,9 +242,17 @@ class DlqState:
         elif parked.status.open:
             parked.status = ParkedStatus.DROPPED
 
-    def blocked(self, stream: str) -> bool:
-        """Whether `stream` has a parked event not yet resolved or dropped."""
-        return any(self.entries[i].status.open for i in self.by_stream.get(stream, ()))
+    def blocked(self, stream: str, position: int | None = None) -> bool:
+        """Whether `stream` has an open (parked, held, retrying) event, before `position`.
+
+        An event *before* the first parked one (a redelivery after a restart)
+        is not blocked by it: it was handled once already or never, and goes
+        to the handler again.
+        """
+        return any(
+            (p := self.entries[i]).status.open and (position is None or p.event.position < position)
+            for i in self.by_stream.get(stream, ())
+        )
 
     def head(self, stream: str) -> ParkedEvent | None:
         """The first open entry of `stream`: the one that must be settled next."""

@@ -5,9 +5,10 @@ Delivery, in short:
 - A consumer joins its (group, category) and heartbeats; each membership it
   gets back names its partitions and the generation. Partitions it gained are
   started from their committed checkpoint; partitions it lost are abandoned.
-- A partition run reads its partition in pages (`read_all(partitions=[p])`),
-  taking one credit per event from the consumer's `_Credits`: at
-  `max_in_flight` unfinished events reading pauses, so a burst of a million
+- One reader per consumer reads the category in pages for all owned
+  partitions (`read_all(partitions=owned)`) and hands each event to its
+  partition's run, taking one credit per event from the consumer's `_Credits`:
+  at `max_in_flight` unfinished events reading pauses, so a burst of a million
   events never sits in memory.
 - Events go to per-stream queues; each stream is handled by one task at a
   time, so per-stream order holds while other streams flow in parallel
@@ -145,56 +146,74 @@ class _PartitionRun:
         self.settle_queued: set[str] = set()
         self.progress = asyncio.Event()
         self.started = asyncio.Event()
-        self.fetcher: asyncio.Task[None] | None = None
+        self.starter: asyncio.Task[None] | None = None
+        self.next_position = 0
+        """The next position this run needs from the consumer's reader."""
         self.committer: asyncio.Task[None] | None = None
         self.failed: BaseException | None = None
+        self.stopping = False
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        self.fetcher = asyncio.create_task(self._fetch(), name=f"fetch-{self.p}")
+        self.starter = asyncio.create_task(self._start(), name=f"start-{self.p}")
 
     @property
     def alive(self) -> bool:
-        return self.fetcher is not None and not self.fetcher.done()
+        """Starting or started; False once stopped or when loading its checkpoint failed."""
+        return (
+            not self.stopping
+            and self.starter is not None
+            and (not self.starter.done() or self.started.is_set())
+        )
+
+    @property
+    def reading(self) -> bool:
+        return self.started.is_set() and not self.stopping
 
     async def stop(self, deadline: float | None) -> None:
         """Stop reading; let queued events finish until `deadline` (None: abandon), commit."""
-        if self.fetcher is not None:
-            self.fetcher.cancel()
-            with contextlib.suppress(BaseException):
-                await self.fetcher
+        self.stopping = True
+        if self.starter is not None:
+            await cancel_and_wait(self.starter)
         workers = [t for t in self.workers.values() if not t.done()]
         if workers and deadline is not None:
             await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
-        for t in self.workers.values():
-            t.cancel()
         for t in list(self.workers.values()):
-            with contextlib.suppress(BaseException):
-                await t
+            await cancel_and_wait(t)
         self.workers.clear()
         self.queues.clear()
         self.c.credits.give(self.outstanding)
         self.outstanding = 0
         if self.committer is not None:
-            self.committer.cancel()
-            with contextlib.suppress(BaseException):
-                await self.committer
-        if self.started.is_set():
+            await cancel_and_wait(self.committer)
+        if (
+            self.started.is_set()
+            and not await self._commit_checkpoint(final=True)
+            and deadline is not None
+            and await self.c.still_owner(self.p)
+        ):
+            # another member left meanwhile (a rolling shutdown): commit with the
+            # generation that the heartbeat just returned
             await self._commit_checkpoint(final=True)
 
     # ---------------------------------------------------------------- reading
 
-    async def _fetch(self) -> None:
+    async def _start(self) -> None:
+        """Load the checkpoint (and the DLQ); then the consumer's reader feeds this run."""
         c = self.c
-        store = c.store
         try:
-            checkpoints = await store.checkpoints(c.handler.group, c.handler.category)
+            checkpoints = await c.store.checkpoints(c.handler.group, c.handler.category)
+            # after the checkpoint: every DLQ entry the previous owner committed with
+            # (or before) that checkpoint is seen, so its parked and held events are
+            # not handled again; its later writes are fenced
+            await c.refresh_dlq()
         except (StoreUnavailable, StoreClosed) as exc:
             self.failed = exc
             return
         start = checkpoints.get(self.p, 0)
         self.committed = self.fetched_upto = start
+        self.next_position = start + 1
         self.started.set()
         self.committer = asyncio.create_task(self._commit_loop(), name=f"commit-{self.p}")
         emit(
@@ -208,36 +227,15 @@ class _PartitionRun:
         )
         c.stats.partitions_started += 1
         c.enqueue_settles(self)
-        watch = store._head_watch()
-        next_position = start + 1
-        page = c.options.page_size
-        categories = (c.handler.category,)
-        partitions = (self.p,)
-        while True:
-            n = await c.credits.take(page)
-            got = 0
-            try:
-                head = await store.last_position()
-                async for event in store.read_all(
-                    from_position=next_position,
-                    categories=categories,
-                    types=c.handler.types,
-                    partitions=partitions,
-                    limit=n,
-                ):
-                    got += 1
-                    self.outstanding += 1
-                    self.pending.append(event.position)
-                    self.fetched_upto = event.position
-                    next_position = event.position + 1
-                    self._enqueue(event.stream if c.handler.options.batch is None else "", event)
-            except StoreUnavailable as exc:
-                emit(logging.WARNING, "read_failed", partition=self.p, error=repr(exc))
-                await asyncio.sleep(0.5)
-            finally:
-                c.credits.give(n - got)
-            if got == 0:
-                await watch.wait_beyond(head, store.poll_interval)
+        c.wake_reader()
+
+    def accept(self, event: RecordedEvent) -> None:
+        """Take a fetched event (its credit is now this run's until it finishes)."""
+        self.outstanding += 1
+        self.pending.append(event.position)
+        self.fetched_upto = event.position
+        self.next_position = event.position + 1
+        self._enqueue(event.stream if self.c.handler.options.batch is None else "", event)
 
     def _enqueue(self, key: str, item: _Item) -> None:
         queue = self.queues.get(key)
@@ -328,7 +326,7 @@ class _PartitionRun:
         if event.id in state.entries:
             c.stats.skipped_parked += 1
             return False
-        if state.blocked(event.stream):
+        if state.blocked(event.stream, event.position):
             h = c.handler
             if h.options.on_park == "block":
                 entry = held_entry(h.group, event, handler=h.name)
@@ -510,10 +508,11 @@ class _PartitionRun:
                 self._refused(exc, position)
                 await c.await_membership(generation)
 
-    async def _commit_checkpoint(self, final: bool = False) -> None:
+    async def _commit_checkpoint(self, final: bool = False) -> bool:
+        """Commit the partition's progress; False if the engine refused (fenced)."""
         position = self.committable()
         if position <= self.committed:
-            return
+            return True
         c = self.c
         try:
             await c.store.commit(
@@ -531,8 +530,10 @@ class _PartitionRun:
             self._refused(exc, position)
             if not final:
                 c.request_heartbeat()
+            return False
         except (StoreUnavailable, StoreClosed) as exc:
             emit(logging.WARNING, "commit_failed", partition=self.p, error=repr(exc))
+        return True
 
     def _refused(self, exc: StaleGeneration, position: int) -> None:
         self.c.stats.refused_commits += 1
@@ -576,6 +577,7 @@ class _GroupConsumer:
         self.dlq = DlqState(handler.group)
         self._dlq_lock = asyncio.Lock()
         self._beat = asyncio.Event()
+        self._reader_wake = asyncio.Event()
         self._epoch = 0
         self._epoch_changed = asyncio.Event()
         self.no_transactions = False
@@ -596,6 +598,18 @@ class _GroupConsumer:
                 raise StaleGeneration(
                     self.handler.group, self.handler.category, self.member, generation, None
                 )
+
+    async def still_owner(self, partition: int) -> bool:
+        """Heartbeat now (while stopping); True if `partition` is still this member's."""
+        h = self.handler
+        try:
+            membership = await self.store.heartbeat(
+                h.group, h.category, self.member, self.options.lease
+            )
+        except (StaleGeneration, StoreUnavailable, StoreClosed):
+            return False
+        self.generation = membership.generation
+        return partition in membership.partitions
 
     async def refresh_dlq(self) -> None:
         async with self._dlq_lock:
@@ -641,6 +655,7 @@ class _GroupConsumer:
         h = self.handler
         stopping = self.runtime.stopping
         follower = asyncio.create_task(self._follow_dlq())
+        reader = asyncio.create_task(self._read(), name=f"read-{h.group}")
         try:
             while not stopping.is_set():
                 try:
@@ -665,9 +680,8 @@ class _GroupConsumer:
                 await self._heartbeats()
             await self._drop_all(time.monotonic() + self.options.shutdown_timeout)
         finally:
-            follower.cancel()
-            with contextlib.suppress(BaseException):
-                await follower
+            await cancel_and_wait(reader)
+            await cancel_and_wait(follower)
             with contextlib.suppress(BaseException):
                 await self._drop_all(None)
             with contextlib.suppress(Exception):
@@ -721,6 +735,68 @@ class _GroupConsumer:
                 )
             await self._apply(membership)
 
+    def wake_reader(self) -> None:
+        self._reader_wake.set()
+
+    async def _read(self) -> None:
+        """One reader for every partition this member owns: pages of the category's log.
+
+        Reading once for all partitions (instead of once per partition) keeps the
+        number of queries per new event at one, whatever the partition count.
+        Each run takes the events at or after its `next_position`; a run that
+        starts late (a partition gained in a rebalance) pulls the read position
+        back to its checkpoint, and the others skip what they already have.
+        """
+        store = self.store
+        watch = store._head_watch()
+        page = self.options.page_size
+        categories = (self.handler.category,)
+        count = store.partition_count
+        while True:
+            live = {p: r for p, r in self.runs.items() if r.reading}
+            if not live:
+                self._reader_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reader_wake.wait(), 0.1)
+                continue
+            start = min(r.next_position for r in live.values())
+            n = await self.credits.take(page)
+            accepted = seen = 0
+            last = 0
+            head = 0
+            try:
+                head = await store.last_position()
+                async for event in store.read_all(
+                    from_position=start,
+                    categories=categories,
+                    types=self.handler.types,
+                    partitions=tuple(live),
+                    limit=n,
+                ):
+                    seen += 1
+                    last = event.position
+                    run = live.get(partition_of(event.stream, count))
+                    if run is None or not run.reading or event.position < run.next_position:
+                        continue  # revoked meanwhile, or that run has it already
+                    run.accept(event)
+                    accepted += 1
+            except StoreUnavailable as exc:
+                emit(logging.WARNING, "read_failed", group=self.handler.group, error=repr(exc))
+                await asyncio.sleep(0.5)
+            except StoreClosed:
+                return
+            except Exception:  # a bug must not silently stop delivery: log, go on
+                log.exception("tidelog consumer reader failed; retrying")
+                await asyncio.sleep(1.0)
+            finally:
+                self.credits.give(n - accepted)
+            if seen:
+                for run in live.values():  # every live run has seen the log up to `last`
+                    run.next_position = max(run.next_position, last + 1)
+            else:
+                self._reader_wake.clear()
+                await _first(watch.wait_beyond(head, store.poll_interval), self._reader_wake.wait())
+
     async def _follow_dlq(self) -> None:
         while True:
             await asyncio.sleep(self.options.dlq_poll_interval)
@@ -738,6 +814,21 @@ async def _first(*aws: Any) -> None:
     finally:
         for t in tasks:
             t.cancel()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it is done.
+
+    Cancels again until it takes: on Python 3.11 `asyncio.wait_for` can swallow a
+    cancellation that arrives as its inner wait completes (gh-86296), which would
+    leave a loop like the fetcher running and a plain `await task` hanging.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.result()
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

@@ -84,6 +84,15 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             ) WITHOUT ROWID""",
         ),
     ),
+    (
+        3,
+        (
+            # A consumer group's partition run reads one partition of one category:
+            # without this index it would walk the whole category and filter.
+            "CREATE INDEX events_category_partition_position"
+            " ON events (category, partition, position)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

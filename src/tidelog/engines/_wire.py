@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 _NULL: Final = msgspec.Raw(b"null")
-_json_decoder: Final = msgspec.json.Decoder()
+_json_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
+"""Validates JSON without building Python objects."""
 
 
 def _is_json(data: bytes) -> bool:

@@ -10,6 +10,9 @@ message is one JetStream atomic batch (nats-server 2.12+, `allow_atomic`):
   its subject to be empty, so an id can be stored only once, in any stream)
   and the events (the first expecting the stream subject's last sequence, so
   versions never fork and a tombstone in between refuses the append);
+- positions are dense and in commit order: each append numbers its events from
+  the `head` message and replaces it in the same batch (compare-and-set), so
+  appends are serialised store-wide;
 - idempotent retries are found in the index, which is written atomically with
   the events, so a retry is recognised however late it comes (no
   deduplication window);
@@ -29,12 +32,13 @@ in `docs/nats.md`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import json
 import logging
 import random
 import re
-import urllib.parse
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -44,11 +48,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, TypeAlias
 from uuid import UUID, uuid4
 
-import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -56,6 +60,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tidelog.engines import _nats_wire as wire
+from tidelog.engines._nats_errors import ApiError, Conflict, NotFound, raise_api, translated
+from tidelog.engines._nats_setup import NatsConfig, ensure_meta, ensure_stream, servers_of
 from tidelog.engines.base import (
     GroupEngine,
     HeadWatch,
@@ -69,11 +75,11 @@ from tidelog.engines.base import (
     validate_group_name,
 )
 from tidelog.errors import (
-    InvalidEvent,
     InvalidInput,
     InvalidURL,
     NotSupported,
     StaleGeneration,
+    StoreClosed,
     StoreUnavailable,
     StreamDeleted,
     TidelogError,
@@ -98,76 +104,77 @@ __all__ = ["NatsConfig", "NatsEngine", "open_engine"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARTITIONS: Final = 16
 MIN_SERVER: Final = (2, 12)
 MAX_ATTEMPTS: Final = 200
 """Compare-and-set rounds before giving up under contention (each round someone wins)."""
 PAGE: Final = 256
+RECENT: Final = 4096
+"""Just-committed events kept for live subscribers in this process."""
+STREAM_CACHE: Final = 100_000
+"""Stream heads remembered by the writer; past this the cache starts over (a miss costs a read)."""
 _STORE_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Options of the NATS engine, from the URL's query string.
-
-    `store` names the store: the JetStream stream `tidelog_<store>` with the
-    subjects `tl.<store>.>`. `partitions` is fixed when the store is created and
-    read back afterwards (None: 16, or whatever the store was created with).
-    `replicas` is the JetStream replica count at creation (3 in a cluster).
-    `storage=memory` loses every acknowledged event on a restart and is refused
-    unless `allow_unsafe=true`.
-    """
-
-    store: str = "tidelog"
-    partitions: int | None = None
-    replicas: int = 1
-    storage: Literal["file", "memory"] = "file"
-    allow_unsafe: bool = False
-    timeout: float = 5.0
-    """Seconds to wait for one request to the server."""
-    connect_timeout: float = 5.0
+Message: TypeAlias = tuple[str, bytes, dict[str, str]]
+"""(subject, payload, headers) of one message to publish."""
+GroupStep: TypeAlias = Callable[[], Awaitable[Message | None]]
+"""Reads a group document and returns its replacement (or None), raising if fenced out."""
 
 
-class _Conflict(Exception):
-    """A compare-and-set lost a race: re-read and try again."""
+@dataclass(eq=False)
+class _Pending:
+    """One queued all-or-nothing write and the future its caller awaits."""
+
+    checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
+    group: GroupStep | None
+    group_key: str | None
+    size: int
+    deadline: float
+    future: asyncio.Future[dict[str, AppendResult]]
 
 
-class _ApiError(Exception):
-    def __init__(self, code: int, err_code: int, description: str) -> None:
-        self.code = code
-        self.err_code = err_code
-        self.description = description
-        super().__init__(f"{code}/{err_code}: {description}")
+@dataclass(eq=False)
+class _Plan:
+    """One batch as decided: its messages and each write's result or error."""
+
+    last_position: int
+    index_msgs: list[Message] = field(default_factory=list)
+    event_msgs: list[Message] = field(default_factory=list)
+    event_streams: list[tuple[str, int]] = field(default_factory=list)
+    group_msgs: list[Message] = field(default_factory=list)
+    outcomes: list[tuple[_Pending, dict[str, AppendResult] | TidelogError]] = field(
+        default_factory=list
+    )
+    msgs: list[Message] = field(default_factory=list)
+    last_event: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """stream -> (index in `msgs` of its last event, that event's version)."""
+
+    def finish(self, head_subject: str, head_seq: int) -> None:
+        """Lay the batch out: id-index entries, events, group documents, then the new head."""
+        if not self.event_msgs and not self.group_msgs:
+            return
+        head = (
+            head_subject,
+            str(self.last_position).encode(),
+            {wire.EXPECTED_LAST_SUBJECT_SEQ: str(head_seq), wire.ROLLUP: "sub"},
+        )
+        self.msgs = [*self.index_msgs, *self.event_msgs, *self.group_msgs, head]
+        base = len(self.index_msgs)
+        for i, (stream, version) in enumerate(self.event_streams):
+            self.last_event[stream] = (base + i, version)
+
+    def resolve(self) -> None:
+        for p, outcome in self.outcomes:
+            if p.future.done():
+                continue
+            if isinstance(outcome, TidelogError):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
 
 
-class _NotFound(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """The one place where nats errors become tidelog errors."""
-    try:
-        yield
-    except (TidelogError, _Conflict, _NotFound):
-        raise
-    except _ApiError as exc:
-        if exc.err_code in wire.WRONG_LAST_SEQUENCE:
-            raise _Conflict() from exc
-        raise StoreUnavailable(f"{what}: JetStream error {exc}") from exc
-    except nats.errors.MaxPayloadError as exc:
-        raise InvalidEvent(f"{what}: an event is larger than the server's max_payload") from exc
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
-        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-
-
-def _raise_api(resp: Mapping[str, Any]) -> None:
-    err = resp.get("error")
-    if err:
-        code = int(err.get("code", 0))
-        err_code = int(err.get("err_code", 0))
-        if code == 404 and err_code == wire.NOT_FOUND:
-            raise _NotFound()
-        raise _ApiError(code, err_code, str(err.get("description", "")))
+async def _none_found() -> dict[UUID, tuple[str, int, int]]:
+    return {}
 
 
 def _version_key(m: wire.StoredMsg) -> int | None:
@@ -191,6 +198,18 @@ class NatsEngine(GroupEngine):
         self._watch_sub: Subscription | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_dirty = False
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._log_cache: tuple[int, int] | None = None
+        """(sequence, position) of the head this process wrote last."""
+        self._stream_cache: dict[str, tuple[int, int | None, bool]] = {}
+        self._live = 0
+        """Live subscriptions of this engine; while there are any the writer keeps `_recent`."""
+        self._recent: collections.deque[tuple[int, int, RecordedEvent]] = collections.deque(
+            maxlen=RECENT
+        )
+        """(position, sequence, event) of the last events this process committed, gap-free."""
+        """stream -> (last sequence, last version, deleted) as this process wrote them."""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -198,7 +217,7 @@ class NatsEngine(GroupEngine):
     def _reading(self, what: str) -> Iterator[None]:
         """`_translated`, except that a read cut short by `close()` raises `StoreClosed`."""
         try:
-            with _translated(what):
+            with translated(what):
                 yield
         except StoreUnavailable:
             self._check_open()
@@ -219,14 +238,14 @@ class NatsEngine(GroupEngine):
         except nats.errors.NoRespondersError:
             raise StoreUnavailable("JetStream is not enabled or has no leader") from None
         resp: dict[str, Any] = json.loads(msg.data)
-        _raise_api(resp)
+        raise_api(resp)
         return resp
 
     async def _last_msg(self, subject: str) -> wire.StoredMsg | None:
         """The last message on `subject` (wildcards allowed), read from the stream leader."""
         try:
             resp = await self._api(f"STREAM.MSG.GET.{self._jstream}", {"last_by_subj": subject})
-        except _NotFound:
+        except NotFound:
             return None
         return wire.parse_api_message(resp["message"])
 
@@ -254,42 +273,61 @@ class NatsEngine(GroupEngine):
     async def _direct_page(
         self, seq: int, subject: str, batch: int
     ) -> tuple[list[wire.StoredMsg], int]:
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
+        """One batched direct get: up to `batch` messages from `seq`, and how many remain.
+
+        Replies are collected by a callback rather than `next_msg`, which costs a
+        task, a timer and a uuid per message (most of a replay's client CPU).
+        """
         out: list[wire.StoredMsg] = []
+        loop = asyncio.get_running_loop()
+        end: asyncio.Future[tuple[str, Mapping[str, str]]] = loop.create_future()
+
+        async def on_msg(msg: Msg) -> None:
+            if end.done():
+                return
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status is not None:
+                end.set_result((status, headers))
+                return
+            out.append(
+                wire.StoredMsg(
+                    subject=headers["Nats-Subject"],
+                    seq=int(headers["Nats-Sequence"]),
+                    headers=headers,
+                    data=msg.data,
+                )
+            )
+            if len(out) >= batch:  # a full page needs no end-of-batch marker
+                end.set_result(("204", headers))
+
+        sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_msg)
         try:
             body = {"seq": seq, "next_by_subj": subject, "batch": batch}
             await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{self._jstream}", wire.json_bytes(body), reply=inbox
+                f"$JS.API.DIRECT.GET.{self._jstream}", wire.json_bytes(body), reply=sub.subject
             )
-            while True:
-                msg = await sub.next_msg(self.config.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:
-                    if status == "404":
-                        return out, 0
-                    if status == "204":
-                        return out, int(headers.get("Nats-Num-Pending", "0"))
-                    if status == "408" and out:
-                        return out, 1
-                    raise StoreUnavailable(f"direct get failed: {status} {headers}")
-                out.append(
-                    wire.StoredMsg(
-                        subject=headers["Nats-Subject"],
-                        seq=int(headers["Nats-Sequence"]),
-                        headers=headers,
-                        data=msg.data,
-                    )
-                )
+            try:
+                status, headers = await asyncio.wait_for(asyncio.shield(end), self.config.timeout)
+            except TimeoutError:
+                if out:
+                    return out, 1
+                raise nats.errors.TimeoutError() from None
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+        if status == "404":
+            return out, 0
+        if status == "204":
+            return out, int(headers.get("Nats-Num-Pending", "0"))
+        if status == "408" and out:
+            return out, 1
+        raise StoreUnavailable(f"direct get failed: {status} {dict(headers)}")
 
     async def _publish_one(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
         msg = await self._request(subject, payload, headers)
         resp = json.loads(msg.data)
-        _raise_api(resp)
+        raise_api(resp)
         return int(resp["seq"])
 
     async def _publish_batch(self, msgs: Sequence[tuple[str, bytes, dict[str, str]]]) -> int:
@@ -346,27 +384,217 @@ class NatsEngine(GroupEngine):
             return 0, 0
         return m.seq, int(m.data)
 
-    async def _write(
+    # ------------------------------------------------------------------ group commit
+    #
+    # Every append in this process that moves `head` (append, append_many, a
+    # commit with appends) goes through one queue. A single writer task takes
+    # what is queued, decides each append against state read once for the
+    # batch, and publishes the survivors as ONE atomic batch with one new
+    # `head`: in-process appends never race each other on `head`, and a
+    # conflict fails only its own append. Races with other processes show up
+    # as a failed compare-and-set and make the writer re-read and retry.
+
+    def _write(
         self,
         checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]],
-        group: Callable[[], Awaitable[tuple[str, bytes, dict[str, str]] | None]] | None = None,
-    ) -> dict[str, AppendResult]:
-        """Append to several streams (and optionally replace a group document) atomically.
+        group: GroupStep | None = None,
+        group_key: str | None = None,
+    ) -> asyncio.Future[dict[str, AppendResult]]:
+        """Queue one all-or-nothing write (appends to `checked`, plus a group document)."""
+        size = 2 * sum(len(events) for events, _ in checked.values()) + (group is not None)
+        if size + 1 > wire.MAX_BATCH_MESSAGES:
+            raise NotSupported(
+                self.name,
+                f"a write of {size + 1} messages",
+                "a JetStream atomic batch holds at most 1000 messages "
+                "(each event takes two: the event and its id-index entry)",
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, AppendResult]] = loop.create_future()
+        self._queue.append(
+            _Pending(
+                checked=checked,
+                group=group,
+                group_key=group_key,
+                size=size,
+                deadline=loop.time() + self.config.append_timeout,
+                future=future,
+            )
+        )
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        return future
 
-        Each round reads the current state, decides exactly as the memory engine
-        does, and writes with compare-and-set; a lost race starts a new round.
+    async def _drain(self) -> None:
+        """The writer task: commit batches until the queue is empty."""
+        while self._queue:
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                await self._commit_batch(batch)
+            except asyncio.CancelledError:
+                self._fail(batch, StoreClosed())
+                raise
+            except Exception as exc:  # never let the writer die with callers waiting
+                log.exception("nats writer: unexpected error")
+                self._fail(batch, StoreUnavailable(f"append: {type(exc).__name__}: {exc}"))
+
+    def _take(self) -> list[_Pending]:
+        """As many queued writes as fit in one atomic batch (the head takes one message).
+
+        Two writes replacing the same group document cannot share a batch (each
+        compares-and-sets it): the later one waits for the next batch.
         """
-        ids = [e.id for events, _ in checked.values() for e in events]
-        for attempt in range(MAX_ATTEMPTS):
-            self._check_open()
-            with _translated("append"):
-                lookups = asyncio.gather(self._lookup_ids(ids), self._log_head())
-                stream_heads = asyncio.gather(*(self._head_of(s) for s in checked))
-                (found, log_head), heads_list = await asyncio.gather(lookups, stream_heads)
-                heads = dict(zip(checked, heads_list, strict=True))
-                results: dict[str, AppendResult] = {}
-                fresh: list[tuple[str, tuple[NewEvent, ...], int, int]] = []
-                for stream, (events, expected) in checked.items():
+        batch: list[_Pending] = []
+        rest: collections.deque[_Pending] = collections.deque()
+        total = 1
+        keys: set[str] = set()
+        while self._queue:
+            p = self._queue.popleft()
+            if p.future.done():  # the caller was cancelled before its turn
+                continue
+            if total + p.size > wire.MAX_BATCH_MESSAGES or (
+                p.group_key is not None and p.group_key in keys
+            ):
+                rest.append(p)
+                continue
+            batch.append(p)
+            total += p.size
+            if p.group_key is not None:
+                keys.add(p.group_key)
+        self._queue = rest
+        return batch
+
+    @staticmethod
+    def _fail(batch: Sequence[_Pending], exc: BaseException) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Decide and publish `batch`, retrying the whole of it when another process wins.
+
+        Level 0 trusts what this process wrote last (cached `head` and stream
+        heads, no id lookups); a lost compare-and-set then re-reads the heads
+        (level 1), and then the id index too (level 2). Every error is decided
+        at level 2, on state read from the stream leader, so a user never sees
+        a conflict that a stale cache made up.
+        """
+        loop = asyncio.get_running_loop()
+        level = 0
+        conflicts = 0
+        while True:
+            now = loop.time()
+            for p in batch:
+                if now > p.deadline and not p.future.done():
+                    p.future.set_exception(
+                        StoreUnavailable(
+                            "append: gave up waiting behind concurrent writers of other "
+                            "processes (outcome unknown: retry with the same event ids)"
+                        )
+                    )
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                return
+            if self._closed:
+                self._fail(batch, StoreClosed())
+                return
+            try:
+                with translated("append"):
+                    plan = await self._plan(batch, level)
+            except TidelogError as exc:
+                self._fail(batch, exc)
+                return
+            if plan is None:  # an error decided on cached state: decide it on fresh state
+                level = 2
+                continue
+            if not plan.msgs:
+                plan.resolve()
+                return
+            try:
+                with translated("append"):
+                    last_seq = await self._publish_batch(plan.msgs)
+            except Conflict:
+                self._forget(batch)
+                conflicts += 1
+                log.debug("append batch lost a compare-and-set race (%d); re-reading", conflicts)
+                level = min(level + 1, 2)
+                if conflicts > 1:
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * conflicts)))
+                continue
+            except TidelogError as exc:
+                self._forget(batch)  # the outcome is unknown: trust nothing cached
+                self._fail(batch, exc)
+                return
+            self._remember(plan, last_seq)
+            plan.resolve()
+            self._watch.advance(plan.last_position)  # live subscribers take it from `_recent`
+            return
+
+    def _forget(self, batch: Sequence[_Pending]) -> None:
+        self._log_cache = None
+        for p in batch:
+            for stream in p.checked:
+                self._stream_cache.pop(stream, None)
+
+    def _remember(self, plan: _Plan, last_seq: int) -> None:
+        """Cache the heads this batch left (messages of a batch take consecutive sequences)."""
+        n = len(plan.msgs)
+        self._log_cache = (last_seq, plan.last_position)
+        if len(self._stream_cache) > STREAM_CACHE:
+            self._stream_cache.clear()
+        for stream, (index, version) in plan.last_event.items():
+            self._stream_cache[stream] = (last_seq - (n - 1 - index), version, False)
+        if self._live and plan.event_msgs:
+            first = plan.last_position - len(plan.event_msgs) + 1
+            if self._recent and self._recent[-1][0] + 1 != first:
+                self._recent.clear()  # another process wrote in between: no gap-free run
+            base = last_seq - (n - 1 - len(plan.index_msgs))
+            for i, ((_, payload, _), (stream, _)) in enumerate(
+                zip(plan.event_msgs, plan.event_streams, strict=True)
+            ):
+                self._recent.append((first + i, base + i, wire.decode_event(stream, payload)))
+
+    async def _plan(self, batch: Sequence[_Pending], level: int) -> _Plan | None:
+        """Read the state once and decide every write of `batch` in queue order.
+
+        Returns None when a write fails on state that was not read fresh from
+        the leader with its ids looked up (level < 2): the caller re-plans at level 2.
+        """
+        streams = list(dict.fromkeys(s for p in batch for s in p.checked))
+        need = streams if level >= 1 else [s for s in streams if s not in self._stream_cache]
+        ids = [e.id for p in batch for events, _ in p.checked.values() for e in events]
+
+        async def log_head() -> tuple[int, int]:
+            if level == 0 and self._log_cache is not None:
+                return self._log_cache
+            return await self._log_head()
+
+        async def group_of(p: _Pending) -> tuple[str, bytes, dict[str, str]] | TidelogError | None:
+            if p.group is None:
+                return None
+            try:
+                return await p.group()
+            except TidelogError as exc:
+                return exc
+
+        found, (head_seq, position), read, groups = await asyncio.gather(
+            self._lookup_ids(ids) if level >= 2 else _none_found(),
+            log_head(),
+            asyncio.gather(*(self._head_of(s) for s in need)),
+            asyncio.gather(*(group_of(p) for p in batch)),
+        )
+        heads = {s: self._stream_cache[s] for s in streams if s not in need}
+        heads.update(zip(need, read, strict=True))
+        plan = _Plan(position)
+        touched: set[str] = set()
+        now = datetime.now(UTC)
+        for p, group_msg in zip(batch, groups, strict=True):
+            results: dict[str, AppendResult] = {}
+            fresh: list[tuple[str, tuple[NewEvent, ...], int, int]] = []
+            try:
+                for stream, (events, expected) in p.checked.items():
                     stored = {e.id: found[e.id] for e in events if e.id in found}
                     retry = resolve_retry(stream, events, stored)
                     if retry is not None:
@@ -377,62 +605,42 @@ class NatsEngine(GroupEngine):
                         raise StreamDeleted(stream)
                     check_expected_version(stream, expected, version)
                     fresh.append((stream, events, seq, -1 if version is None else version))
-                group_msg = await group() if group is not None else None
-                if not fresh and group_msg is None:
-                    return results
-                msgs, placed, last_position = self._build_append(fresh, *log_head)
-                if group_msg is not None:
-                    msgs.append(group_msg)
-                try:
-                    await self._publish_batch(msgs)
-                except _ApiError as exc:
-                    if exc.err_code in wire.WRONG_LAST_SEQUENCE:
-                        await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * attempt)))
-                        continue
-                    raise
-            results.update(placed)
-            self._watch.advance(last_position)
-            return results
-        raise StoreUnavailable("append: gave up after too many concurrent conflicting writes")
-
-    def _build_append(
-        self,
-        fresh: Sequence[tuple[str, tuple[NewEvent, ...], int, int]],
-        head_seq: int,
-        head_position: int,
-    ) -> tuple[list[tuple[str, bytes, dict[str, str]]], dict[str, AppendResult], int]:
-        """The batch: the id-index entries, the events, then the new log head.
-
-        Returns the messages, the result per stream and the new last position.
-        """
-        now = datetime.now(UTC)
-        index_msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        event_msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        placed: dict[str, AppendResult] = {}
-        position = head_position
-        for stream, events, last_seq, last_version in fresh:
-            subject = self._layout.stream_subject(stream)
-            for n, e in enumerate(events):
-                version = last_version + 1 + n
-                position += 1
-                index_msgs.append(
-                    (
-                        self._layout.index_subject(e.id),
-                        wire.encode_index(wire.IndexEntry(stream, version, position)),
-                        {wire.EXPECTED_LAST_SUBJECT_SEQ: "0"},
+                if isinstance(group_msg, TidelogError):
+                    raise group_msg
+            except TidelogError as exc:
+                if level < 2 and exc is not group_msg:
+                    return None
+                plan.outcomes.append((p, exc))
+                continue
+            for stream, events, seq, last_version in fresh:
+                subject = self._layout.stream_subject(stream)
+                for n, e in enumerate(events):
+                    version = last_version + 1 + n
+                    plan.last_position += 1
+                    where = (stream, version, plan.last_position)
+                    found[e.id] = where
+                    plan.index_msgs.append(
+                        (
+                            self._layout.index_subject(e.id),
+                            wire.encode_index(wire.IndexEntry(*where)),
+                            {wire.EXPECTED_LAST_SUBJECT_SEQ: "0"},
+                        )
                     )
-                )
-                headers = {"Tl-Version": str(version)}
-                if n == 0:
-                    headers[wire.EXPECTED_LAST_SUBJECT_SEQ] = str(last_seq)
-                event_msgs.append((subject, wire.encode_event(e, version, position, now), headers))
-                placed[stream] = AppendResult(version=version, position=position)
-        head = (
-            self._layout.head,
-            str(position).encode(),
-            {wire.EXPECTED_LAST_SUBJECT_SEQ: str(head_seq), wire.ROLLUP: "sub"},
-        )
-        return [*index_msgs, *event_msgs, head], placed, position
+                    headers = {"Tl-Version": str(version)}
+                    if n == 0 and stream not in touched:
+                        headers[wire.EXPECTED_LAST_SUBJECT_SEQ] = str(seq)
+                    plan.event_msgs.append(
+                        (subject, wire.encode_event(e, version, plan.last_position, now), headers)
+                    )
+                    plan.event_streams.append((stream, version))
+                    results[stream] = AppendResult(version=version, position=plan.last_position)
+                touched.add(stream)
+                heads[stream] = (seq, results[stream].version, False)
+            if group_msg is not None:
+                plan.group_msgs.append(group_msg)
+            plan.outcomes.append((p, results))
+        plan.finish(self._layout.head, head_seq)
+        return plan
 
     async def append(
         self,
@@ -458,7 +666,7 @@ class NatsEngine(GroupEngine):
         self._check_open()
         validate_stream_name(stream)
         check_read_args(from_version, limit, backwards)
-        with _translated("read_stream"):
+        with translated("read_stream"):
             last_seq, last_version, deleted = await self._head_of(stream)
         if deleted:
             raise StreamDeleted(stream)
@@ -469,7 +677,7 @@ class NatsEngine(GroupEngine):
             top = last_version if from_version < 0 else min(from_version, last_version)
             low = 0 if limit is None else max(0, top - limit + 1)
             collected: list[RecordedEvent] = []
-            with _translated("read_stream"):
+            with translated("read_stream"):
                 start = await self._bisect(subject, low, last_seq, _version_key)
                 async for m in self._scan(start, subject, until=last_seq):
                     if m.is_tombstone:
@@ -485,7 +693,7 @@ class NatsEngine(GroupEngine):
         if from_version > last_version:
             return
         count = 0
-        with _translated("read_stream"):
+        with translated("read_stream"):
             start = await self._bisect(subject, from_version, last_seq, _version_key)
             async for m in self._scan(start, subject, until=last_seq):
                 if m.is_tombstone:
@@ -526,8 +734,9 @@ class NatsEngine(GroupEngine):
         name = validate_stream_name(stream)
         expected = validate_expected_version(expected_version)
         subject = self._layout.stream_subject(name)
+        self._stream_cache.pop(name, None)  # the tombstone moves the stream's head
         for attempt in range(MAX_ATTEMPTS):
-            with _translated("delete_stream"):
+            with translated("delete_stream"):
                 seq, version, deleted = await self._head_of(name)
                 if deleted:
                     raise StreamDeleted(name)
@@ -539,13 +748,38 @@ class NatsEngine(GroupEngine):
                 }
                 try:
                     await self._publish_one(subject, b"", headers)
-                except _ApiError as exc:
+                except ApiError as exc:
                     if exc.err_code in wire.WRONG_LAST_SEQUENCE:
                         await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * attempt)))
                         continue
                     raise
                 return
         raise StoreUnavailable("delete_stream: gave up after too many concurrent writes")
+
+    async def purge_stream(self, stream: str) -> None:
+        """Purge the stream's subject and its id-index entries from JetStream.
+
+        JetStream removes purged messages from its file store; the store-wide
+        `head` is untouched, so purged positions are never handed out again.
+        """
+        self._check_open()
+        name = validate_stream_name(stream)
+        if not name.startswith("$"):
+            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        subject = self._layout.stream_subject(name)
+        self._stream_cache.pop(name, None)
+        with translated("purge_stream"):
+            ids = [
+                wire.decode_event(name, m.data).id
+                async for m in self._scan(1, subject)
+                if not m.is_tombstone
+            ]
+            await self._api(f"STREAM.PURGE.{self._jstream}", {"filter": subject})
+            for event_id in ids:
+                await self._api(
+                    f"STREAM.PURGE.{self._jstream}",
+                    {"filter": self._layout.index_subject(event_id)},
+                )
 
     async def _subjects(self, subject_filter: str) -> list[str]:
         """Every subject with messages that matches `subject_filter`."""
@@ -567,7 +801,7 @@ class NatsEngine(GroupEngine):
         self._check_open()
         if category is not None:
             validate_group_name(category, "category")
-        with _translated("list_streams"):
+        with translated("list_streams"):
             subjects = await self._subjects(self._layout.events_filter(category, None))
             names = sorted(self._layout.stream_of(s) for s in subjects)
             infos: list[StreamInfo] = []
@@ -584,6 +818,16 @@ class NatsEngine(GroupEngine):
             return
         self._closed = True
         self._watch.close()
+        queued = list(self._queue)
+        self._queue.clear()
+        self._fail(queued, StoreClosed())
+        if self._writer is not None and not self._writer.done():
+            # Let the batch in flight finish (its outcome is then known), within bounds.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._writer), self.config.timeout)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -607,24 +851,28 @@ class NatsEngine(GroupEngine):
         cats: frozenset[str] | None,
         tys: frozenset[str] | None,
         parts: frozenset[int] | None,
-    ) -> AsyncIterator[tuple[int, RecordedEvent | None]]:
-        """(sequence, event) from `start_seq`; the event is None for a message filtered out."""
+    ) -> AsyncIterator[tuple[int, int | None, RecordedEvent | None]]:
+        """(sequence, position, event) from `start_seq`.
+
+        The event is None for a message filtered out, the position None where
+        it was not decoded (tombstones, streams filtered out by name).
+        """
         subject = self._filter_subject(cats, parts)
         async for m in self._scan(start_seq, subject):
             if m.is_tombstone:
-                yield m.seq, None
+                yield m.seq, None, None
                 continue
             stream = self._layout.stream_of(m.subject)
             if (cats is not None and category_of(stream) not in cats) or (
                 parts is not None and partition_of(stream, self.partition_count) not in parts
             ):
-                yield m.seq, None
+                yield m.seq, None, None
                 continue
             e = wire.decode_event(stream, m.data)
             if e.position < from_position or (tys is not None and e.type not in tys):
-                yield m.seq, None
+                yield m.seq, e.position, None
                 continue
-            yield m.seq, e
+            yield m.seq, e.position, e
 
     async def _start_seq(self, from_position: int) -> int:
         if from_position <= 1:
@@ -649,7 +897,7 @@ class NatsEngine(GroupEngine):
         count = 0
         with self._reading("read_all"):
             start = await self._start_seq(from_position)
-            async for _, e in self._matching(start, from_position, cats, tys, parts):
+            async for _, _, e in self._matching(start, from_position, cats, tys, parts):
                 if e is None:
                     continue
                 yield e
@@ -659,7 +907,7 @@ class NatsEngine(GroupEngine):
 
     async def last_position(self) -> int:
         self._check_open()
-        with _translated("last_position"):
+        with translated("last_position"):
             _, position = await self._log_head()
         return position
 
@@ -671,7 +919,10 @@ class NatsEngine(GroupEngine):
         return self._watch
 
     async def _ensure_watch(self) -> None:
-        """Follow the store's subjects with a core subscription that wakes subscribers.
+        """Follow the `head` subject with a core subscription that wakes subscribers.
+
+        Appends from this process wake them directly (the writer advances the
+        watch after each commit); this is for appends from other processes.
 
         A core message only says "something was published"; the position comes
         from the stream itself, so a wake-up never claims an event that is not stored.
@@ -684,8 +935,9 @@ class NatsEngine(GroupEngine):
             if self._watch_task is None or self._watch_task.done():
                 self._watch_task = asyncio.create_task(self._refresh_head())
 
-        with _translated("subscribe"):
-            self._watch_sub = await self._nc.subscribe(self._layout.events, cb=on_msg)
+        with translated("subscribe"):
+            # Every append batch ends with the head: one wake-up per batch, not per event.
+            self._watch_sub = await self._nc.subscribe(self._layout.head, cb=on_msg)
 
     async def _refresh_head(self) -> None:
         while self._watch_dirty and not self._closed:
@@ -710,20 +962,65 @@ class NatsEngine(GroupEngine):
         """
         cats, tys = validate_filters(categories, types)
         parts = None if partitions is None else frozenset(partitions)
+        from_position = max(from_position, 0)  # as the generic loop does
         check_position(from_position)
         self._check_open()
         await self._ensure_watch()
         with self._reading("subscribe"):
             next_seq = await self._start_seq(from_position)
-        while True:
-            self._check_open()
-            seen = self._watch.head
-            with self._reading("subscribe"):
-                async for seq, event in self._matching(next_seq, from_position, cats, tys, parts):
-                    next_seq = seq + 1
-                    if event is not None:
-                        yield event
-            await self._watch.wait_beyond(seen, self.poll_interval)
+        next_pos = max(from_position, 1)
+        """Every event below this position has been delivered or filtered out."""
+
+        def wanted(e: RecordedEvent) -> bool:
+            return (
+                e.position >= from_position
+                and (cats is None or category_of(e.stream) in cats)
+                and (tys is None or e.type in tys)
+                and (parts is None or partition_of(e.stream, self.partition_count) in parts)
+            )
+
+        self._live += 1
+        try:
+            while True:
+                self._check_open()
+                seen = self._watch.head
+                recent = self._recent_from(next_pos)
+                if recent is not None:
+                    for pos, seq, e in recent:
+                        next_pos, next_seq = pos + 1, max(next_seq, seq + 1)
+                        if wanted(e):
+                            yield e
+                    if recent:
+                        continue
+                else:
+                    with self._reading("subscribe"):
+                        async for seq, at, event in self._matching(
+                            next_seq, from_position, cats, tys, parts
+                        ):
+                            next_seq = seq + 1
+                            if at is not None:
+                                next_pos = at + 1
+                            if event is not None:
+                                yield event
+                await self._watch.wait_beyond(seen, self.poll_interval)
+        finally:
+            self._live -= 1
+
+    def _recent_from(self, next_pos: int) -> list[tuple[int, int, RecordedEvent]] | None:
+        """This process's just-committed events from `next_pos`, or None to read the stream.
+
+        Positions are dense, so if the recent events run without a gap from
+        `next_pos` they are exactly the log from there: a subscriber takes them
+        without a round trip. [] means caught up with nothing newer known.
+        """
+        if not self._recent:
+            return None
+        lo, hi = self._recent[0][0], self._recent[-1][0]
+        if lo <= next_pos <= hi:
+            return list(itertools.islice(self._recent, next_pos - lo, None))
+        if next_pos == hi + 1 and self._watch.head <= hi:
+            return []
+        return None
 
     # ------------------------------------------------------------------ layer 3
 
@@ -754,7 +1051,7 @@ class NatsEngine(GroupEngine):
         validate_group_name(category, "category")
         for attempt in range(MAX_ATTEMPTS):
             self._check_open()
-            with _translated("group"):
+            with translated("group"):
                 seq, doc = await self._group(group, category)
                 before = None if doc is None else wire.encode_group(doc)
                 doc = doc or wire.GroupDoc()
@@ -767,7 +1064,7 @@ class NatsEngine(GroupEngine):
                 if before is None or wire.encode_group(doc) != before:
                     try:
                         await self._publish_one(*self._group_msg(group, category, seq, doc))
-                    except _ApiError as exc:
+                    except ApiError as exc:
                         if exc.err_code in wire.WRONG_LAST_SEQUENCE:
                             await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * attempt)))
                             continue
@@ -827,10 +1124,9 @@ class NatsEngine(GroupEngine):
         check_position(position)
         validate_group_name(group)
         validate_group_name(category, "category")
-        checked: dict[str, tuple[tuple[NewEvent, ...], ExpectedVersion]] | None = None
 
-        async def group_step() -> tuple[str, bytes, dict[str, str]] | None:
-            nonlocal checked
+        async def fence() -> tuple[int, wire.GroupDoc]:
+            """Read the group and refuse a stale member, as the memory engine does."""
             seq, doc = await self._group(group, category)
             doc = doc or wire.GroupDoc()
             try:
@@ -845,11 +1141,13 @@ class NatsEngine(GroupEngine):
                 )
             except StaleGeneration:
                 if seq == 0:  # the memory engine creates the group on any operation
-                    with contextlib.suppress(_ApiError):
+                    with contextlib.suppress(ApiError):
                         await self._publish_one(*self._group_msg(group, category, 0, doc))
                 raise
-            if checked is None:
-                checked = prepare_append_many(appends) if appends else {}
+            return seq, doc
+
+        async def group_step() -> tuple[str, bytes, dict[str, str]] | None:
+            seq, doc = await fence()
             old = doc.checkpoints.get(partition, 0)
             if not appends and partition in doc.checkpoints and position <= old:
                 return None  # nothing changes; with appends the write still fences them
@@ -859,13 +1157,13 @@ class NatsEngine(GroupEngine):
         if not appends:
             for attempt in range(MAX_ATTEMPTS):
                 self._check_open()
-                with _translated("commit"):
+                with translated("commit"):
                     msg = await group_step()
                     if msg is None:
                         return {}
                     try:
                         await self._publish_one(*msg)
-                    except _ApiError as exc:
+                    except ApiError as exc:
                         if exc.err_code in wire.WRONG_LAST_SEQUENCE:
                             await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * attempt)))
                             continue
@@ -873,23 +1171,20 @@ class NatsEngine(GroupEngine):
                     return {}
             raise StoreUnavailable("commit: gave up after too many concurrent writes")
         # Fencing first (as the memory engine does), then the appends' own validation.
-        with _translated("commit"):
-            _, doc = await self._group(group, category)
-        (doc or wire.GroupDoc()).state.check(
-            group, category, member, generation, partition, self.partition_count, self._now()
-        )
-        checked = prepare_append_many(appends)
-        return await self._write(checked, group_step)
+        with translated("commit"):
+            await fence()
+        key = self._layout.group_subject(group, category)
+        return await self._write(prepare_append_many(appends), group_step, key)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()
-        with _translated("checkpoints"):
+        with translated("checkpoints"):
             _, doc = await self._group(group, category)
         return {} if doc is None else dict(doc.checkpoints)
 
     async def describe_group(self, group: str, category: str) -> Membership | None:
         self._check_open()
-        with _translated("describe_group"):
+        with translated("describe_group"):
             _, doc = await self._group(group, category)
         if doc is None:
             return None
@@ -899,116 +1194,9 @@ class NatsEngine(GroupEngine):
 
     async def list_groups(self) -> list[tuple[str, str]]:
         self._check_open()
-        with _translated("list_groups"):
+        with translated("list_groups"):
             subjects = await self._subjects(self._layout.groups)
         return sorted(self._layout.parse_group_subject(s) for s in subjects)
-
-
-# --------------------------------------------------------------------------- opening
-
-
-def _servers(url: str) -> list[str]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() != "nats":
-        raise InvalidURL(url, "the NATS engine takes nats://host:port[,host:port...]")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    hosts = hosts or "127.0.0.1:4222"
-    prefix = f"{userinfo}@" if userinfo else ""
-    return [f"nats://{prefix}{h}" for h in hosts.split(",") if h]
-
-
-async def _ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
-    """Create the store's JetStream stream, or check that an existing one is safe."""
-    js = f"tidelog_{config.store}"
-    subject = f"tl.{config.store}.>"
-    wanted = {
-        "name": js,
-        "subjects": [subject],
-        "retention": "limits",
-        "storage": config.storage,
-        "num_replicas": config.replicas,
-        "discard": "old",
-        "max_msgs": -1,
-        "max_bytes": -1,
-        "max_age": 0,
-        "max_msgs_per_subject": -1,
-        "duplicate_window": 120_000_000_000,
-        "allow_atomic": True,
-        "allow_direct": True,
-        "allow_rollup_hdrs": True,
-        "deny_delete": True,
-    }
-
-    async def api(op: str, body: object) -> dict[str, Any]:
-        msg = await nc.request(f"$JS.API.{op}", wire.json_bytes(body), timeout=config.timeout)
-        resp: dict[str, Any] = json.loads(msg.data)
-        return resp
-
-    info = await api(f"STREAM.INFO.{js}", {})
-    if info.get("error", {}).get("err_code") == wire.STREAM_NOT_FOUND:
-        created = await api(f"STREAM.CREATE.{js}", wanted)
-        if created.get("error") and created["error"].get("err_code") != 10058:  # name in use
-            _raise_api(created)
-        info = await api(f"STREAM.INFO.{js}", {})
-    _raise_api(info)
-    current = info["config"]
-    if current.get("storage") != "file" and not config.allow_unsafe:
-        raise NotSupported(
-            "nats",
-            f"a store on {current.get('storage')} storage",
-            "acknowledged events would be lost on a restart; pass allow_unsafe=true to accept",
-        )
-    if subject not in current.get("subjects", []):
-        raise InvalidURL(url, f"JetStream stream {js} does not capture {subject}")
-    if int(current.get("num_replicas", 1)) < config.replicas:
-        log.warning(
-            "JetStream stream %s has %s replicas, fewer than the %s asked for",
-            js,
-            current.get("num_replicas"),
-            config.replicas,
-        )
-    if not (current.get("allow_atomic") and current.get("allow_direct")) or not current.get(
-        "allow_rollup_hdrs"
-    ):
-        current.update(allow_atomic=True, allow_direct=True, allow_rollup_hdrs=True)
-        _raise_api(await api(f"STREAM.UPDATE.{js}", current))
-
-
-async def _ensure_meta(nc: NatsClient, url: str, config: NatsConfig) -> int:
-    """Read the store's partition count, writing it first when the store is new."""
-    js = f"tidelog_{config.store}"
-    subject = f"tl.{config.store}.meta"
-    for _ in range(10):
-        msg = await nc.request(
-            f"$JS.API.STREAM.MSG.GET.{js}",
-            wire.json_bytes({"last_by_subj": subject}),
-            timeout=config.timeout,
-        )
-        resp = json.loads(msg.data)
-        try:
-            _raise_api(resp)
-        except _NotFound:
-            meta = wire.Meta(partitions=config.partitions or DEFAULT_PARTITIONS)
-            ack = await nc.request(
-                subject,
-                wire.encode_meta(meta),
-                timeout=config.timeout,
-                headers={wire.EXPECTED_LAST_SUBJECT_SEQ: "0"},
-            )
-            ack_resp = json.loads(ack.data)
-            if ack_resp.get("error", {}).get("err_code") in wire.WRONG_LAST_SEQUENCE:
-                continue
-            _raise_api(ack_resp)
-            return meta.partitions
-        stored = wire.decode_meta(wire.parse_api_message(resp["message"]).data)
-        if config.partitions is not None and config.partitions != stored.partitions:
-            raise InvalidURL(
-                url,
-                f"store {config.store!r} was created with {stored.partitions} partitions; "
-                "the count is fixed at creation",
-            )
-        return stored.partitions
-    raise StoreUnavailable("could not read the store's settings")
 
 
 async def open_engine(url: str, **options: Any) -> NatsEngine:
@@ -1023,15 +1211,15 @@ async def open_engine(url: str, **options: Any) -> NatsEngine:
         raise InvalidURL(url, "store must be 1-64 ASCII letters, digits, '_' or '-'")
     if config.partitions is not None and config.partitions < 1:
         raise InvalidInput("partitions must be >= 1")
-    if config.replicas < 1 or config.timeout <= 0:
-        raise InvalidURL(url, "replicas must be >= 1 and timeout > 0")
+    if config.replicas < 1 or config.timeout <= 0 or config.append_timeout <= 0:
+        raise InvalidURL(url, "replicas must be >= 1, timeout and append_timeout > 0")
     if config.storage == "memory" and not config.allow_unsafe:
         raise NotSupported(
             "nats",
             "storage=memory",
             "acknowledged events would be lost on a restart; pass allow_unsafe=true to accept",
         )
-    servers = _servers(url)
+    servers = servers_of(url)
     try:
         nc = await nats.connect(
             servers,
@@ -1054,9 +1242,9 @@ async def open_engine(url: str, **options: Any) -> NatsEngine:
                 f"nats-server {version}",
                 "tidelog needs nats-server 2.12+ for atomic batch publishing",
             )
-        with _translated("open"):
-            await _ensure_stream(nc, url, config)
-            partitions = await _ensure_meta(nc, url, config)
+        with translated("open"):
+            await ensure_stream(nc, url, config)
+            partitions = await ensure_meta(nc, url, config)
     except BaseException:
         await nc.close()
         raise

@@ -19,7 +19,7 @@ How it works:
   Positions are assigned by the writer under the write lock, so position order
   is commit order and readers can never skip an event.
 - **Reads** run on a small pool of threads, each with its own read-only
-  connection, in pages of `PAGE_SIZE` rows, so `read_all` streams lazily and
+  connection, in pages (growing from `PAGE_SIZE` rows), so `read_all` streams lazily and
   the event loop never waits on the disk.
 - **Other processes** may use the same file: `BEGIN IMMEDIATE` takes the write
   lock up front, the busy timeout waits for it and SQLITE_BUSY is retried
@@ -33,6 +33,12 @@ How it works:
 - **WAL growth**: SQLite's automatic checkpoint (every ~1000 pages) copies
   the WAL back; readers hold a snapshot only for one page, so checkpoints
   can complete, and `journal_size_limit` truncates the file afterwards.
+- **Schema**: versioned migrations in `_sqlite_db.MIGRATIONS`, applied on
+  open; `migrate(path)` runs them without opening a store (`tidelog
+  migrate-schema`). A file from a newer tidelog is refused with `NotSupported`.
+- **fork()**: connections and threads do not survive it; a forked child sees
+  the parent's stores as closed (`StoreClosed`) and must open its own.
+- One host only: WAL needs shared memory, so no network file systems.
 """
 
 from __future__ import annotations
@@ -42,10 +48,12 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import pathlib
 import sqlite3
 import threading
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
@@ -91,6 +99,7 @@ from tidelog.model import (
 
 __all__ = [
     "CHANGE_POLL_INTERVAL",
+    "PAGE_GROWTH",
     "PAGE_SIZE",
     "SCHEMA_VERSION",
     "SQLiteConfig",
@@ -105,7 +114,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PAGE_SIZE: Final = 1000
-"""Rows per read query."""
+"""Rows of the first read query; later pages double up to `PAGE_GROWTH` times this.
+
+A long read then costs few thread hand-offs (each costs a GIL switch and a
+wake-up), while a short one still answers quickly.
+"""
+PAGE_GROWTH: Final = 8
 CHANGE_POLL_INTERVAL: Final = 0.02
 """Seconds between checks for commits made by other processes."""
 _MAX_BATCH_REQUESTS: Final = 1024
@@ -185,6 +199,21 @@ def _decode_rows(rows: list[Any]) -> list[RecordedEvent]:
 
 # --------------------------------------------------------------------------- engine
 
+_OPEN_ENGINES: weakref.WeakSet[SQLiteEngine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits engines whose threads did not survive the fork.
+
+    SQLite connections must not cross `fork()`; mark them closed so the child
+    gets `StoreClosed` (and opens its own store) instead of hanging forever.
+    """
+    for engine in list(_OPEN_ENGINES):
+        engine._closed = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class SQLiteEngine(GroupEngine):
     """The SQLite engine; open it with `tidelog.connect("sqlite:///path.db")`."""
@@ -207,6 +236,7 @@ class SQLiteEngine(GroupEngine):
         self._conns_lock = threading.Lock()
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
+        _OPEN_ENGINES.add(self)
 
     @property
     def transaction_count(self) -> int:
@@ -327,9 +357,11 @@ class SQLiteEngine(GroupEngine):
         version = from_version if from_version >= 0 else 2**62
         remaining = limit
         first_page = True
+        page_size = PAGE_SIZE
         # The first page always runs, even for limit=0: it checks the tombstone.
         while first_page or remaining is None or remaining > 0:
-            size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+            size = page_size if remaining is None else min(page_size, remaining)
+            page_size = min(page_size * 2, PAGE_SIZE * PAGE_GROWTH)
 
             def page(
                 conn: sqlite3.Connection,
@@ -407,8 +439,12 @@ class SQLiteEngine(GroupEngine):
         params: list[Any] = []
         if cats is not None:
             if len(cats) == 1:
-                # One category: walk its (category, position) index in order.
-                index = " INDEXED BY events_category_position"
+                # One category: walk its index in position order; one partition of
+                # it (a consumer group's partition run): walk just that partition.
+                if parts is not None and len(parts) == 1:
+                    index = " INDEXED BY events_category_partition_position"
+                else:
+                    index = " INDEXED BY events_category_position"
                 where += " AND category = ?"
             else:
                 # Several: scan the log in position order (sorting merged index
@@ -419,7 +455,11 @@ class SQLiteEngine(GroupEngine):
             where += f" AND type IN ({','.join('?' * len(tys))})"
             params.extend(sorted(tys))
         if parts is not None:
-            where += f" AND partition IN ({','.join('?' * len(parts))})"
+            where += (
+                " AND partition = ?"
+                if len(parts) == 1
+                else f" AND partition IN ({','.join('?' * len(parts))})"
+            )
             params.extend(sorted(parts))
         sql = (
             f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where}"
@@ -432,7 +472,8 @@ class SQLiteEngine(GroupEngine):
             return _decode_rows(conn.execute(sql, args).fetchall())
 
         # The next page is fetched while the caller consumes this one.
-        size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+        page_size = PAGE_SIZE
+        size = page_size if remaining is None else min(page_size, remaining)
         pending: asyncio.Future[list[RecordedEvent]] | None = self._submit_read(
             functools.partial(page, args=(position, *params, size))
         )
@@ -443,7 +484,8 @@ class SQLiteEngine(GroupEngine):
                 if remaining is not None:
                     remaining -= len(events)
                 if len(events) == size and (remaining is None or remaining > 0):
-                    size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+                    page_size = min(page_size * 2, PAGE_SIZE * PAGE_GROWTH)
+                    size = page_size if remaining is None else min(page_size, remaining)
                     args = (events[-1].position + 1, *params, size)
                     pending = self._submit_read(functools.partial(page, args=args))
                 for event in events:

@@ -666,7 +666,9 @@ def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
     """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
+    from tidelog.server import _asyncapi, _cloudevents, _registry_api  # they import this module
     from tidelog.server._dashboard import DASHBOARD_ROUTES  # it imports this module
+    from tidelog.server._openapi import render_plugins
 
     runtime = _Runtime(
         store=store,
@@ -680,12 +682,23 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             await store.close()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *DASHBOARD_ROUTES],
+        route_handlers=[
+            *ROUTES,
+            *DASHBOARD_ROUTES,
+            *_cloudevents.ROUTES,
+            *_registry_api.ROUTES,
+            *_asyncapi.ROUTES,
+        ],
         dependencies={"access": Provide(_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
         state=State({"runtime": runtime}),
-        openapi_config=OpenAPIConfig(title="tidelog", version=tidelog.__version__, path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="tidelog",
+            version=tidelog.__version__,
+            path="/schema",
+            render_plugins=render_plugins(),  # the JSON completed with hand-decoded bodies
+        ),
         on_shutdown=[on_shutdown],
         middleware=[runtime.metrics.middleware, _send_timeout(config.limits.send_timeout)],
         debug=False,

@@ -14,7 +14,10 @@ scripts, styles and connections only; no inline code, no framing).
 `/v1/stats` gathers in one request what the page refreshes every couple of
 seconds: per-category counts, the head, and each group's members, partition
 owners, checkpoints, lag (head - checkpoint, as `tidelog_consumer_lag_events`)
-and open parked events.
+and open parked events. Its cost is one listing of the streams plus one
+checkpoint read per group, which is fine for the thousands of streams a
+dashboard is useful for; on stores with millions of streams, prefer the
+Prometheus metrics (which never list streams) to leaving the page open.
 """
 
 from __future__ import annotations

@@ -920,6 +920,29 @@ class LogSuite(SuiteBase):
         assert [e.position for e in got] == list(range(1, 19))
         assert [e.id for e in got] == [e.id for e in await collect(store.read_all())]
 
+    async def test_long_backlog_pages_without_loss_or_repeat(self, store: tidelog.Store) -> None:
+        """Engines read in pages: a backlog longer than any page, with writers still going."""
+        for n in range(12):
+            await store.append(f"bulk-{n % 3}", [ev(f"T{n % 2}") for _ in range(100)])
+        assert await all_positions(store) == list(range(1, 1201))
+        versions = await stream_versions(store, "bulk-0", backwards=True, from_version=-1)
+        assert versions == list(range(399, -1, -1))
+        assert (
+            await all_positions(store, types=["T1"], from_position=150, limit=250)
+            == [p for p in range(150, 1201) if ((p - 1) // 100) % 2 == 1][:250]
+        )
+
+        async def writer() -> None:
+            for n in range(3):
+                await store.append(f"late-{n}", [ev() for _ in range(100)])
+                await asyncio.sleep(0)
+
+        async with subscribed(store) as subscription:
+            writing = asyncio.create_task(writer())
+            got = await take(subscription, 1500)
+            await writing
+        assert [e.position for e in got] == list(range(1, 1501))
+
     async def test_subscription_live_from_empty_store(self, store: tidelog.Store) -> None:
         async with subscribed(store) as sub:
             pending = asyncio.create_task(take(sub, 3))
@@ -1102,20 +1125,21 @@ class GroupsSuite(SuiteBase):
         self, store: tidelog.Store
     ) -> None:
         await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        short = await store.join_group("billing", "order", "m2", lease=0.3)
-        assert short.partitions
+        # "m0" sorts first, so it owns partition 0 whatever the partition count.
+        short = await store.join_group("billing", "order", "m0", lease=0.3)
+        assert 0 in short.partitions
         await asyncio.sleep(0.35)
         described = await self._wait_for_members(store, "billing", "order", ["m1"])
         assert described.generation > short.generation
         with pytest.raises(tidelog.StaleGeneration):
-            await store.heartbeat("billing", "order", "m2", lease=LONG_LEASE)
+            await store.heartbeat("billing", "order", "m0", lease=LONG_LEASE)
         with pytest.raises(tidelog.StaleGeneration):
             await store.commit(
                 "billing",
                 "order",
                 short.partitions[0],
                 1,
-                member="m2",
+                member="m0",
                 generation=short.generation,
             )
         m1 = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)

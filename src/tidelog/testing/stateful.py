@@ -154,8 +154,8 @@ class ModelSuite:
     """False: `append_many` is left out of the generated sequences."""
     supports_transactional_commit: bool = True
     """False: commits never carry appends."""
-    max_examples: int = 35
-    stateful_step_count: int = 30
+    max_examples: int = 50
+    stateful_step_count: int = 40
     shrink: bool = True
     """False skips shrinking a failure to a minimal example (it can take minutes)."""
 
@@ -345,7 +345,8 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
             stored = self.written.get(stream)
             if stored is not None:
                 self.compare(lambda s: s.append(stream, stored, tidelog.NO_STREAM))
-            self.compare(lambda s: s.append(stream, self.fresh([("Created", b"", {})])))
+            fresh = self.fresh([("Created", b"", {})])
+            self.compare(lambda s: s.append(stream, fresh))
 
         @rule(category=st.none() | st.sampled_from(CATEGORIES))
         def list_streams(self, category: str | None) -> None:
@@ -414,11 +415,13 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
 
         @invariant()
         def same_state(self) -> None:
-            """After every step: the same head and the same log, event for event."""
+            """After every step: the same head, the same log event for event, the same groups."""
             if self.engine is None:
                 return
             self.compare(lambda s: s.last_position())
             self.compare(lambda s: _collect(s.read_all()))
+            self.compare(lambda s: s.describe_group(GROUP, GROUP_CATEGORIES[0]))
+            self.compare(lambda s: s.describe_group(GROUP, GROUP_CATEGORIES[1]))
 
         # ---------------------------------------------------------- groups
 

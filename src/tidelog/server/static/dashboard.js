@@ -50,15 +50,17 @@ function setStatus(text, cls) {
 }
 
 function authHeaders(extra) {
+  // An empty key means: no header, the browser's client certificate (mutual TLS) identifies us.
   const headers = new Headers(extra || {});
-  headers.set("Authorization", "Bearer " + (sessionStorage.getItem(KEY) || ""));
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.set("Authorization", "Bearer " + key);
   return headers;
 }
 
 async function api(path, init) {
   const r = await fetch(path, { ...(init || {}), headers: authHeaders(init && init.headers) });
   if (r.status === 401) {
-    signOut("The key was refused.");
+    signOut(refusal());
     throw new Unauthorized();
   }
   if (!r.ok) {
@@ -86,6 +88,10 @@ function showLogin(message) {
   $("signout").hidden = true;
   $("login-error").textContent = message || "";
   $("key").focus();
+}
+
+function refusal() {
+  return sessionStorage.getItem(KEY) ? "The key was refused." : "This server needs a key.";
 }
 
 function signOut(message) {
@@ -348,8 +354,14 @@ async function startTail() {
         cache: "no-store",
       });
       if (r.status === 401) {
-        signOut("The key was refused.");
+        signOut(refusal());
         return;
+      }
+      if (r.status === 403) {
+        // retrying cannot help: the principal may not read the global log
+        $("tail-state").textContent = "this key may not read the global log ($all)";
+        setStatus("no live access", "down");
+        break;
       }
       if (!r.ok) throw new Error(`subscribe: ${r.status}`);
       setStatus("live", "live");
@@ -445,7 +457,7 @@ $("login-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const key = $("key").value.trim();
   $("key").value = "";
-  if (key) signIn(key);
+  signIn(key);
 });
 $("signout").addEventListener("click", () => signOut(""));
 $("tail-toggle").addEventListener("click", toggleTail);
@@ -454,5 +466,5 @@ $("browse-form").addEventListener("submit", (e) => {
   browse();
 });
 
-if (sessionStorage.getItem(KEY)) signIn(sessionStorage.getItem(KEY));
+if (sessionStorage.getItem(KEY) !== null) signIn(sessionStorage.getItem(KEY));
 else showLogin("");

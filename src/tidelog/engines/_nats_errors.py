@@ -1,0 +1,57 @@
+"""The one place where nats-py errors become tidelog errors (private to the NATS engine)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import nats.errors
+
+from tidelog.engines import _nats_wire as wire
+from tidelog.errors import InvalidEvent, StoreUnavailable, TidelogError
+
+__all__ = ["ApiError", "Conflict", "NotFound", "raise_api", "translated"]
+
+
+class Conflict(Exception):
+    """A compare-and-set lost a race: re-read and try again."""
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+        super().__init__(f"{code}/{err_code}: {description}")
+
+
+class NotFound(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """The one place where nats errors become tidelog errors."""
+    try:
+        yield
+    except (TidelogError, Conflict, NotFound):
+        raise
+    except ApiError as exc:
+        if exc.err_code in wire.WRONG_LAST_SEQUENCE:
+            raise Conflict() from exc
+        raise StoreUnavailable(f"{what}: JetStream error {exc}") from exc
+    except nats.errors.MaxPayloadError as exc:
+        raise InvalidEvent(f"{what}: an event is larger than the server's max_payload") from exc
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def raise_api(resp: Mapping[str, Any]) -> None:
+    err = resp.get("error")
+    if err:
+        code = int(err.get("code", 0))
+        err_code = int(err.get("err_code", 0))
+        if code == 404 and err_code == wire.NOT_FOUND:
+            raise NotFound()
+        raise ApiError(code, err_code, str(err.get("description", "")))

@@ -1,0 +1,44 @@
+"""Smoke test of the consumer benchmark workloads (`benchmarks/consumers.py`) at tiny sizes.
+
+Asserts the shape of the results, never a speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+WORKLOADS = ("group_throughput", "end_to_end_latency")
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tidelog_bench_run_consumers", RUN_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+async def test_consumer_workloads_run_and_report(bench: ModuleType, tmp_path: Path) -> None:
+    result = await bench.run(["sqlite"], WORKLOADS, bench.TINY, True, workdir=tmp_path)
+    throughput = result["workloads"]["sqlite.group_throughput"]
+    assert "error" not in throughput, throughput
+    assert set(throughput["by_workers"]) == {"1", "2", "4"}
+    assert all(rate > 0 for rate in throughput["by_workers"].values())
+    assert throughput["baseline"] > 0
+    assert throughput["unit"] == "events/s"
+    latency = result["workloads"]["sqlite.end_to_end_latency"]
+    assert "error" not in latency, latency
+    assert latency["unit"] == "ms"
+    assert latency["p50_ms"] <= latency["p99_ms"]
+    for entry in (throughput, latency):
+        assert isinstance(entry["met"], bool)
+        assert entry["goal"]
