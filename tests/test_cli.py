@@ -231,26 +231,26 @@ def test_tail_follows_another_process_live_and_stops_cleanly(
     url: str, stop: signal.Signals
 ) -> None:
     append(url, "order-1", "OrderPlaced")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tidelog", "--store", url, "--json", "tail", "--from", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-    )
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            caught_up = msgspec.json.decode(_readline(proc, pool))
-            assert caught_up["type"] == "OrderPlaced"
-            append(url, "order-1", "OrderPaid")  # written after tail started
-            live = msgspec.json.decode(_readline(proc, pool))
-            assert (live["type"], live["position"]) == ("OrderPaid", 2)
-            proc.send_signal(stop)
-            _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                caught_up = msgspec.json.decode(_readline(proc, pool))
+                assert caught_up["type"] == "OrderPlaced"
+                append(url, "order-1", "OrderPaid")  # written after tail started
+                live = msgspec.json.decode(_readline(proc, pool))
+                assert (live["type"], live["position"]) == ("OrderPaid", 2)
+                proc.send_signal(stop)
+                _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
 
@@ -443,17 +443,17 @@ def test_python_dash_m_tidelog_error_is_one_line(url: str) -> None:
 
 def test_a_reader_that_goes_away_is_no_error(url: str) -> None:
     ok(url, "demo", "--events", "1000", "--store", url)  # about 250 KB of JSON lines
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tidelog", "--store", url, "--json", "log"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    assert msgspec.json.decode(proc.stdout.readline())["position"] == 1
-    proc.stdout.close()  # like `tidelog log | head -1`
-    err = proc.stderr.read()
-    assert proc.wait(timeout=60) == 141
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert msgspec.json.decode(proc.stdout.readline())["position"] == 1
+        proc.stdout.close()  # like `tidelog log | head -1`
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 141
     assert b"Traceback" not in err and err == b""
 
 

@@ -129,7 +129,15 @@ async def test_events_survive_reopening_the_store() -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["store=a.b", "store=", "replicas=0", "partitions=0", "bogus=1", "timeout=x"],
+    [
+        "store=a.b",
+        "store=",
+        "replicas=0",
+        "partitions=0",
+        "bogus=1",
+        "timeout=x",
+        "append_timeout=0",
+    ],
 )
 async def test_bad_options_are_refused(query: str) -> None:
     with pytest.raises(tidelog.InvalidInput):
@@ -467,3 +475,69 @@ async def test_two_engines_appending_concurrently_lose_and_duplicate_nothing(
     # The test exercised what it is about: batches lost races to the other engine and retried.
     assert any("lost a compare-and-set race" in r.getMessage() for r in caplog.records)
     print(f"real expected-version conflicts on shared streams: {real_conflicts[0]}")
+
+
+async def test_subscriber_fed_by_its_writer_still_polls_for_other_processes() -> None:
+    """Caught up on this engine's own commits, a subscriber still finds other writers'
+    events by polling the stream, even when no wake-up for them arrives."""
+    url = store_url()
+    async with tidelog.connect(url) as mine, tidelog.connect(url) as theirs:
+        assert isinstance(mine, NatsEngine)
+        got: list[tidelog.RecordedEvent] = []
+
+        async def follow() -> None:
+            async for e in mine.subscribe():
+                got.append(e)
+                if len(got) == 3:
+                    return
+
+        follower = asyncio.create_task(follow())
+        await mine.append("order-1", [ev("A")])
+        await mine.append("order-1", [ev("B")])
+        assert mine._watch_sub is not None
+        await mine._watch_sub.unsubscribe()  # lose every wake-up from other processes
+        await theirs.append("order-2", [ev("C")])
+        await asyncio.wait_for(follower, 30)
+        assert [(e.type, e.position) for e in got] == [("A", 1), ("B", 2), ("C", 3)]
+
+
+async def test_concurrent_transactional_commits_and_appends_share_the_writer() -> None:
+    """Commits of one group replace one document: they go into separate batches, and
+    appends around them still commit; a stale member fails alone."""
+    async with tidelog.connect(store_url(partitions=4)) as store:
+        m = await store.join_group("billing", "order", "m1")
+        assert m.partitions == (0, 1, 2, 3)
+
+        async def commit(partition: int) -> dict[str, tidelog.AppendResult]:
+            return await store.commit(
+                "billing",
+                "order",
+                partition,
+                partition + 10,
+                member="m1",
+                generation=m.generation,
+                appends={f"invoice-{partition}": tidelog.AppendRequest([ev()])},
+            )
+
+        async def stale() -> None:
+            with pytest.raises(tidelog.StaleGeneration):
+                await store.commit(
+                    "billing",
+                    "order",
+                    0,
+                    99,
+                    member="m1",
+                    generation=m.generation + 1,
+                    appends={"invoice-x": tidelog.AppendRequest([ev()])},
+                )
+
+        outcomes = await asyncio.gather(
+            *(commit(p) for p in range(4)),
+            *(store.append(f"order-{i}", [ev()]) for i in range(10)),
+            stale(),
+        )
+        assert all(set(r) == {f"invoice-{p}"} for p, r in enumerate(outcomes[:4]))
+        assert await store.checkpoints("billing", "order") == {0: 10, 1: 11, 2: 12, 3: 13}
+        assert await store.last_position() == 14
+        streams = {e.stream async for e in store.read_all()}
+        assert "invoice-x" not in streams and len(streams) == 14

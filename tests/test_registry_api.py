@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import tidelog
 from _server_util import ADMIN_KEY, config, running
 from tidelog.schemas import Compatibility, SchemaRegistry, compatibility_problems
-from tidelog.server._registry_api import schema_problem
+from tidelog.schemas.compatibility import schema_problem
 
 CT = "application/vnd.schemaregistry.v1+json"
 

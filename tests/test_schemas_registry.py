@@ -200,3 +200,12 @@ async def test_validating_store_is_a_full_store(store: tidelog.Store) -> None:
     await checked.close()
     with pytest.raises(tidelog.StoreClosed):
         await store.last_position()
+
+
+async def test_malformed_schema_is_refused_before_any_check(store: tidelog.Store) -> None:
+    registry = SchemaRegistry(store)
+    await registry.register("Thing", {"type": "object", "properties": {"a": {"type": "string"}}})
+    for bad in ({"type": False}, {"maxLength": [None]}, {"properties": {"a": {"minimum": "x"}}}):
+        with pytest.raises(tidelog.InvalidInput, match="malformed JSON Schema"):
+            await registry.register("Thing", bad)
+    assert await registry.versions("Thing") == [1]

@@ -182,3 +182,43 @@ async def test_websocket_subscription_with_first_message_auth() -> None:
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(denied.recv(), 5)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_remote_consumer_fetch_ack_and_nack(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    client, store = api
+    for i in range(6):
+        await store.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
+    await store.append("cart-1", [tidelog.NewEvent(type="Other")])
+    joined = (await client.post("/v1/groups/billing/order/members/m1", json={"lease": 5})).json()
+    gen = joined["generation"]
+    page = await client.get(
+        "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen, "max": 10}
+    )
+    assert page.status_code == 200
+    events = page.json()["events"]
+    assert [e["position"] for e in events] == [1, 2, 3, 4, 5, 6]
+    first = events[0]
+    partition = tidelog.partition_of(first["stream"], store.partition_count)
+    ack = await client.post(
+        "/v1/groups/billing/order/commit",
+        json={"partition": partition, "position": 1, "member": "m1", "generation": gen},
+    )
+    assert ack.status_code == 200
+    nack = await client.post(
+        "/v1/groups/billing/order/nack",
+        json={"member": "m1", "generation": gen, "position": 2, "error": "boom", "attempts": 3},
+    )
+    assert nack.status_code == 200, nack.text
+    parked = [e async for e in store.read_stream("$dlq-billing")]
+    assert [e.type for e in parked] == ["tidelog.Parked"]
+    assert b"boom" in parked[0].data
+    after = await client.get(
+        "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen, "max": 10}
+    )
+    assert [e["position"] for e in after.json()["events"]] == [3, 4, 5, 6]
+    stale = await client.get(
+        "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen + 5}
+    )
+    assert stale.status_code == 409 and stale.json()["code"] == "stale_generation"

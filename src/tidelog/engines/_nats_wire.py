@@ -15,11 +15,11 @@ name rules), so they go into subjects unchanged. Group and category names are
 hex-encoded because they are keys only and never filtered on.
 
 Positions are not JetStream sequences (index, tombstone and group messages take
-sequences too, and the contract wants a gap-free log): every append reads the
-`head` message, numbers its events from there and replaces the head in the same
-atomic batch with a compare-and-set. So positions are dense and grow with
-sequences, and a reader can find where a position starts by binary search
-over sequences.
+sequences too, and the contract wants a gap-free log): every batch of appends
+(one engine's group commit) reads the `head` message, numbers its events from
+there and replaces the head in the same atomic batch with a compare-and-set.
+So positions are dense and grow with sequences, and a reader can find where a
+position starts by binary search over sequences.
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ message is one JetStream atomic batch (nats-server 2.12+, `allow_atomic`):
   its subject to be empty, so an id can be stored only once, in any stream)
   and the events (the first expecting the stream subject's last sequence, so
   versions never fork and a tombstone in between refuses the append);
-- positions are dense and in commit order: each append numbers its events from
+- positions are dense and in commit order: each batch numbers its events from
   the `head` message and replaces it in the same batch (compare-and-set), so
   appends are serialised store-wide;
+- group commit: concurrent appends of one engine are queued and a single
+  writer task publishes them together as one batch with one new `head`, each
+  decided on its own (a conflict fails only its append), so in-process appends
+  never race each other on `head`; only other processes' batches can;
 - idempotent retries are found in the index, which is written atomically with
   the events, so a retry is recognised however late it comes (no
   deduplication window);
@@ -980,11 +984,14 @@ class NatsEngine(GroupEngine):
             )
 
         self._live += 1
+        idle = False
         try:
             while True:
                 self._check_open()
                 seen = self._watch.head
-                recent = self._recent_from(next_pos)
+                # After a quiet poll interval read the stream whatever the watch says:
+                # a wake-up from another process can come before its batch is stored.
+                recent = None if idle else self._recent_from(next_pos)
                 if recent is not None:
                     for pos, seq, e in recent:
                         next_pos, next_seq = pos + 1, max(next_seq, seq + 1)
@@ -1003,6 +1010,7 @@ class NatsEngine(GroupEngine):
                             if event is not None:
                                 yield event
                 await self._watch.wait_beyond(seen, self.poll_interval)
+                idle = self._watch.head <= seen
         finally:
             self._live -= 1
 

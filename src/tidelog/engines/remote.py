@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -75,7 +76,11 @@ class RemoteEngine(GroupEngine):
             base_url=base_url,
             headers=headers,
             timeout=httpx.Timeout(config.timeout),
-            verify=_ssl_context(verify, cert),
+            transport=httpx.AsyncHTTPTransport(
+                verify=_ssl_context(verify, cert),
+                # no Nagle: a request's head and body must not wait for a delayed ACK
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            ),
         )
         self._partitions = 0
         self._watch = HeadWatch()

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["Compatibility", "compatibility_problems", "reader_problems"]
+__all__ = ["Compatibility", "compatibility_problems", "reader_problems", "schema_problem"]
 
 
 class Compatibility(enum.Enum):
@@ -288,3 +288,94 @@ def compatibility_problems(new: Any, previous: Sequence[Any], mode: Compatibilit
         if mode.forward:
             problems += [f"forward: {p}" for p in reader_problems(old, new)]
     return list(dict.fromkeys(problems))
+
+
+_TYPES: Final = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
+_SUBSCHEMA: Final = (
+    "additionalProperties",
+    "additionalItems",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
+_SCHEMA_MAPS: Final = ("properties", "patternProperties", "$defs", "definitions")
+_SCHEMA_LISTS: Final = ("allOf", "anyOf", "oneOf", "prefixItems")
+_NUMBERS: Final = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_COUNTS: Final = ("minLength", "maxLength", "minItems", "maxItems", "minProperties")
+_STRINGS: Final = ("pattern", "format", "$ref", "title", "description", "$schema", "$id")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def schema_problem(schema: Any, path: str = "$") -> str | None:
+    """Why `schema` is not a well-formed JSON Schema (for the keywords tidelog reasons
+    about), or None.
+
+    The compatibility checker compares keyword values (`maxLength` against
+    `maxLength`, `required` as a set of names...), so a keyword of the wrong JSON
+    type must be refused at the edge as an invalid schema (422), not found later
+    as a crash.
+    """
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return f"{path}: a schema is a JSON object or a boolean"
+    t = schema.get("type")
+    if t is not None:
+        names = [t] if isinstance(t, str) else t
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n in _TYPES for n in names)
+        ):
+            return f"{path}.type: one of {sorted(_TYPES)}, or a non-empty list of them"
+    for key in _NUMBERS:
+        if key in schema and not _is_number(schema[key]):
+            return f"{path}.{key}: must be a number"
+    for key in (*_COUNTS, "maxProperties"):
+        value = schema.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{path}.{key}: must be a non-negative integer"
+    if "multipleOf" in schema and not (
+        _is_number(schema["multipleOf"]) and schema["multipleOf"] > 0
+    ):
+        return f"{path}.multipleOf: must be a number above 0"
+    for key in _STRINGS:
+        if key in schema and not isinstance(schema[key], str):
+            return f"{path}.{key}: must be a string"
+    if "uniqueItems" in schema and not isinstance(schema["uniqueItems"], bool):
+        return f"{path}.uniqueItems: must be a boolean"
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        return f"{path}.required: must be a list of property names"
+    if "enum" in schema and not isinstance(schema["enum"], list):
+        return f"{path}.enum: must be a list"
+    for key in _SCHEMA_MAPS:
+        if key in schema:
+            if not isinstance(schema[key], dict):
+                return f"{path}.{key}: must be an object of schemas"
+            for name, sub in schema[key].items():
+                if problem := schema_problem(sub, f"{path}.{key}.{name}"):
+                    return problem
+    for key in _SCHEMA_LISTS:
+        if key in schema:
+            if not isinstance(schema[key], list):
+                return f"{path}.{key}: must be a list of schemas"
+            for i, sub in enumerate(schema[key]):
+                if problem := schema_problem(sub, f"{path}.{key}[{i}]"):
+                    return problem
+    items = schema.get("items", True)
+    for i, sub in enumerate(items if isinstance(items, list) else [items]):
+        if problem := schema_problem(sub, f"{path}.items[{i}]"):
+            return problem
+    for key in _SUBSCHEMA:
+        if key in schema and (problem := schema_problem(schema[key], f"{path}.{key}")):
+            return problem
+    return None

@@ -40,7 +40,7 @@ from tidelog.model import (
     RecordedEvent,
     StreamInfo,
 )
-from tidelog.schemas.compatibility import Compatibility, compatibility_problems
+from tidelog.schemas.compatibility import Compatibility, compatibility_problems, schema_problem
 from tidelog.schemas.validation import first_error
 
 __all__ = [
@@ -206,6 +206,8 @@ class SchemaRegistry:
             raise InvalidInput(f"invalid subject {subject!r}")
         if not isinstance(schema, Mapping):
             raise InvalidInput("a schema is a JSON object")
+        if problem := schema_problem(dict(schema)):
+            raise InvalidInput(f"malformed JSON Schema: {problem}")
         if version is not None and (isinstance(version, bool) or version < 1):
             raise InvalidInput(f"schema version must be an int >= 1, got {version!r}")
         for _ in range(_RETRIES):

@@ -666,7 +666,12 @@ def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
     """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
-    from tidelog.server import _asyncapi, _cloudevents, _registry_api  # they import this module
+    from tidelog.server import (  # they import this module
+        _asyncapi,
+        _cloudevents,
+        _consumers_api,
+        _registry_api,
+    )
     from tidelog.server._dashboard import DASHBOARD_ROUTES  # it imports this module
     from tidelog.server._openapi import render_plugins
 
@@ -686,6 +691,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             *ROUTES,
             *DASHBOARD_ROUTES,
             *_cloudevents.ROUTES,
+            *_consumers_api.ROUTES,
             *_registry_api.ROUTES,
             *_asyncapi.ROUTES,
         ],
@@ -702,5 +708,6 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         on_shutdown=[on_shutdown],
         middleware=[runtime.metrics.middleware, _send_timeout(config.limits.send_timeout)],
         debug=False,
+        logging_config=None,  # the embedding process configures logging, not the app
     )
     return app
