@@ -211,11 +211,6 @@ async def test_purge_is_only_for_system_streams(store: tidelog.Store) -> None:
     assert [e.type async for e in store.read_stream("$x-1")] == ["C"]
 
 
-@pytest.mark.xfail(
-    raises=tidelog.NotSupported,
-    strict=False,
-    reason="the SQLite engine must implement Store.purge_stream (see base.py)",
-)
 async def test_sqlite_file_keeps_no_plaintext_and_no_key_after_forget(tmp_path: Path) -> None:
     path = tmp_path / "shred.db"
     email = "grace.hopper." + os.urandom(4).hex() + "@example.com"

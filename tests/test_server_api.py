@@ -117,12 +117,16 @@ async def test_health_and_metrics(api: tuple[httpx.AsyncClient, tidelog.Store]) 
     client, store = api
     await client.post("/v1/streams/order-1/events", json={"events": [{"type": "X"}]})
     member = await store.join_group("billing", "order", "m1")
-    await store.commit("billing", "order", 0, 0, member="m1", generation=member.generation)
+    home = tidelog.partition_of("order-1", store.partition_count)
+    await store.commit("billing", "order", home, 0, member="m1", generation=member.generation)
     assert (await client.get("/livez")).status_code == 200
     assert (await client.get("/readyz")).json() == {"status": "ok"}
     text = (await client.get("/metrics")).text
     assert 'tidelog_appended_events_total{category="order"} 1.0' in text
-    assert 'tidelog_consumer_lag_events{category="order",group="billing",partition="0"} 1.0' in text
+    lag = f'tidelog_consumer_lag_events{{category="order",group="billing",partition="{home}"}}'
+    assert f"{lag} 1.0" in text
+    other = (home + 1) % store.partition_count
+    assert f'partition="{other}"}} 0.0' in text  # lag counts only that partition's events
     assert "tidelog_http_requests_total" in text
     assert "order-1" not in text  # never labelled by stream id
 

@@ -443,3 +443,49 @@ async def test_wal_stays_bounded_under_a_constant_reader(
         assert wal < 16 * 2**20, f"WAL grew to {wal} bytes"
     else:
         assert wal > 16 * 2**20
+
+
+async def test_cancelling_a_subscription_task_ends_it(tmp_path: pathlib.Path) -> None:
+    """A cancel that lands as the head watch fires must still end the subscription."""
+    store = await _open(tmp_path / "cancel.db")
+
+    async def follow() -> None:
+        async for _ in store.subscribe():
+            pass
+
+    try:
+        for i in range(30):
+            task = asyncio.ensure_future(follow())
+            for _ in range(3):
+                await store.append(f"order-{i}", _events(1))
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=20)
+            assert task in done, "the cancelled subscription kept running"
+    finally:
+        await store.close()
+
+
+async def test_count_events_agrees_with_read_all(tmp_path: pathlib.Path) -> None:
+    store = await _open(tmp_path / "count.db", "partitions=4")
+    try:
+        for i in range(12):
+            await store.append(f"order-{i}", _events(i % 3 + 1))
+            await store.append(f"user-{i}", _events(1))
+        cases: list[tuple[int, list[str] | None, list[int] | None]] = [
+            (0, None, None),
+            (5, None, None),
+            (0, ["order"], None),
+            (7, ["order"], [1]),
+            (0, ["order"], [0, 2]),
+            (3, ["order", "user"], None),
+            (0, None, [3]),
+            (0, [], None),
+            (0, ["order"], []),
+        ]
+        for start, cats, parts in cases:
+            expected = len(
+                [e async for e in store.read_all(start, categories=cats, partitions=parts)]
+            )
+            assert await store.count_events(start, cats, parts) == expected, (start, cats, parts)
+    finally:
+        await store.close()

@@ -262,6 +262,17 @@ class Sql:
             f"SELECT grp, category FROM {s}.groups UNION SELECT grp, category FROM {s}.checkpoints"
         )
 
+    def count_events(self, categories: bool, partitions: bool) -> str:
+        """Events from position $1 on, filtered by the given filters ($2, $3 in this order)."""
+        where = ["position >= $1"]
+        for used, column, kind in (
+            (categories, "category", "text"),
+            (partitions, "partition", "integer"),
+        ):
+            if used:
+                where.append(f"{column} = ANY(${len(where) + 1}::{kind}[])")
+        return f"SELECT count(*) FROM {self._s}.events WHERE {' AND '.join(where)}"
+
     def read_all(self, categories: bool, types: bool, partitions: bool) -> str:
         """The log read for one combination of filters: $1 from position, $2 limit, then
         the filters given, in this order (a statement per combination plans well)."""

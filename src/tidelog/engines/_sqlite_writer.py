@@ -100,6 +100,14 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
             future.set_result(result)
 
 
+_HEAD_SQL: Final = (
+    "SELECT max((SELECT coalesce(max(position), 0) FROM events),"
+    " (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'high_water'))"
+)
+"""The last position given out. `purge_stream` may erase the newest events; the
+high-water mark it leaves in `meta` keeps their positions from being reused."""
+
+
 class Writer:
     """The thread that owns the write connection and commits requests in batches."""
 
@@ -127,9 +135,13 @@ class Writer:
         self._thread.start()
 
     def _connect(self) -> sqlite3.Connection:
-        return db.connect(
+        conn = db.connect(
             self._path, synchronous=self._synchronous, busy_timeout=self._busy_timeout
         )
+        # Deleted content is overwritten with zeros: `purge_stream` must leave no
+        # bytes behind. Only purges delete rows, so it costs nothing elsewhere.
+        conn.execute("PRAGMA secure_delete = ON")
+        return conn
 
     def submit(self, request: Request[Any]) -> None:
         with self._lock:
@@ -224,7 +236,7 @@ class Writer:
     ) -> tuple[list[tuple[Request[Any], Any, BaseException | None]], int | None]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        start: int = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+        start: int = conn.execute(_HEAD_SQL).fetchone()[0]
         self.head = start
         outcomes: list[tuple[Request[Any], Any, BaseException | None]] = []
         for request in batch:
@@ -343,6 +355,15 @@ class Writer:
             " ON CONFLICT (name) DO UPDATE SET deleted = 1",
             (stream, category_of(stream)),
         )
+
+    def purge_stream(self, stream: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('high_water', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(self.head),),
+        )
+        self.conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
+        self.conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
 
     def load_group(self, group: str, category: str) -> GroupState:
         row = self.conn.execute(

@@ -236,8 +236,12 @@ class HeadWatch:
         """Return when the head passes `position`, after `within` seconds, or on close."""
         if self._head > position or self._closed:
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that arrives as the event fires, so a cancelled
+        # subscription task could run on forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), within)
+            async with asyncio.timeout(within):
+                await self._changed.wait()
 
 
 # --------------------------------------------------------------------------- groups
@@ -442,6 +446,21 @@ class LogEngine(StreamEngine):
         (event types) and `partitions` (stream partitions). `limit` caps how many
         events are yielded.
         """
+
+    async def count_events(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> int:
+        """How many events `read_all` would yield with these filters (consumer lag).
+
+        The default reads them; engines with an index answer with one query.
+        """
+        count = 0
+        async for _ in self.read_all(from_position, categories, None, None, partitions):
+            count += 1
+        return count
 
     @abc.abstractmethod
     async def last_position(self) -> int:

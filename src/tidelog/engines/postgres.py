@@ -639,6 +639,25 @@ class PostgresEngine(GroupEngine):
                 return
             cursor = rows[-1][3] + 1
 
+    async def count_events(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> int:
+        """One indexed count instead of reading the events (consumer lag)."""
+        self._check_open()
+        cats, _ = validate_filters(categories, None)
+        check_read_args(from_position, None, False)
+        parts = None if partitions is None else sorted(frozenset(partitions))
+        filters = [sorted(f) for f in (cats, parts) if f is not None]
+        sql = self._sql.count_events(cats is not None, parts is not None)
+        with pg_errors():
+            count: int = await self._pool.fetchval(
+                sql, min(max(from_position, 1), 2**63 - 1), *filters
+            )
+        return count
+
     async def last_position(self) -> int:
         self._check_open()
         with pg_errors():

@@ -52,6 +52,7 @@ import os
 import pathlib
 import sqlite3
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -78,9 +79,11 @@ from tidelog.engines.base import (
     validate_group_name,
 )
 from tidelog.errors import (
+    InvalidInput,
     InvalidURL,
     StaleGeneration,
     StoreClosed,
+    StoreUnavailable,
     StreamDeleted,
 )
 from tidelog.model import (
@@ -195,6 +198,40 @@ def _decode_rows(rows: list[Any]) -> list[RecordedEvent]:
             )
         )
     return out
+
+
+def _log_filter(
+    cats: frozenset[str] | None, tys: frozenset[str] | None, parts: frozenset[int] | None
+) -> tuple[str, str, list[Any]]:
+    """The index hint, the WHERE terms after `position >= ?`, and their parameters."""
+    index = ""
+    where = ""
+    params: list[Any] = []
+    if cats is not None:
+        if len(cats) == 1:
+            # One category: walk its index in position order; one partition of
+            # it (a consumer group's partition run): walk just that partition.
+            if parts is not None and len(parts) == 1:
+                index = " INDEXED BY events_category_partition_position"
+            else:
+                index = " INDEXED BY events_category_position"
+            where += " AND category = ?"
+        else:
+            # Several: scan the log in position order (sorting merged index
+            # ranges would cost the whole range for every page).
+            where += f" AND +category IN ({','.join('?' * len(cats))})"
+        params.extend(sorted(cats))
+    if tys is not None:
+        where += f" AND type IN ({','.join('?' * len(tys))})"
+        params.extend(sorted(tys))
+    if parts is not None:
+        where += (
+            " AND partition = ?"
+            if len(parts) == 1
+            else f" AND partition IN ({','.join('?' * len(parts))})"
+        )
+        params.extend(sorted(parts))
+    return index, where, params
 
 
 # --------------------------------------------------------------------------- engine
@@ -396,6 +433,19 @@ class SQLiteEngine(GroupEngine):
         expected = validate_expected_version(expected_version)
         await self._write(lambda w: w.delete_stream(name, expected))
 
+    async def purge_stream(self, stream: str) -> None:
+        """Erase a system stream for real: rows deleted under `secure_delete`, then the
+        WAL checkpointed and truncated, so no page image of them is left in any file.
+
+        The head is kept as a high-water mark, so purged positions are never reused.
+        """
+        self._check_open()
+        name = validate_stream_name(stream)
+        if not name.startswith("$"):
+            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        await self._write(lambda w: w.purge_stream(name))
+        await asyncio.to_thread(_truncate_wal, self.config.path, self.config.busy_timeout)
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         where = "" if category is None else " AND category = ?"
@@ -434,33 +484,7 @@ class SQLiteEngine(GroupEngine):
         parts = None if partitions is None else frozenset(partitions)
         if cats == frozenset() or tys == frozenset() or parts == frozenset():
             return
-        index = ""
-        where = ""
-        params: list[Any] = []
-        if cats is not None:
-            if len(cats) == 1:
-                # One category: walk its index in position order; one partition of
-                # it (a consumer group's partition run): walk just that partition.
-                if parts is not None and len(parts) == 1:
-                    index = " INDEXED BY events_category_partition_position"
-                else:
-                    index = " INDEXED BY events_category_position"
-                where += " AND category = ?"
-            else:
-                # Several: scan the log in position order (sorting merged index
-                # ranges would cost the whole range for every page).
-                where += f" AND +category IN ({','.join('?' * len(cats))})"
-            params.extend(sorted(cats))
-        if tys is not None:
-            where += f" AND type IN ({','.join('?' * len(tys))})"
-            params.extend(sorted(tys))
-        if parts is not None:
-            where += (
-                " AND partition = ?"
-                if len(parts) == 1
-                else f" AND partition IN ({','.join('?' * len(parts))})"
-            )
-            params.extend(sorted(parts))
+        index, where, params = _log_filter(cats, tys, parts)
         sql = (
             f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where}"
             " ORDER BY position LIMIT ?"
@@ -495,6 +519,29 @@ class SQLiteEngine(GroupEngine):
         finally:
             if pending is not None:
                 pending.cancel()
+
+    async def count_events(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> int:
+        """One `count(*)` over the same index `read_all` would walk."""
+        self._check_open()
+        cats, _ = validate_filters(categories, None)
+        check_read_args(from_position, None, False)
+        parts = None if partitions is None else frozenset(partitions)
+        if cats == frozenset() or parts == frozenset():
+            return 0
+        index, where, params = _log_filter(cats, None, parts)
+        sql = f"SELECT count(*) FROM events{index} WHERE position >= ?{where}"
+        args = (max(from_position, 1), *params)
+
+        def count(conn: sqlite3.Connection) -> int:
+            value: int = conn.execute(sql, args).fetchone()[0]
+            return value
+
+        return await self._read(count)
 
     async def last_position(self) -> int:
         def head(conn: sqlite3.Connection) -> int:
@@ -679,4 +726,29 @@ async def open_engine(url: str) -> SQLiteEngine:
     if not config.busy_timeout > 0:
         raise InvalidURL(url, "busy_timeout must be > 0 seconds")
     partitions = await asyncio.get_running_loop().run_in_executor(None, _prepare_file, config, url)
-    return SQLiteEngine(config, partitions)
+    engine = SQLiteEngine(config, partitions)
+    # Open two reader connections now (a read and its prefetch), so that the
+    # first reads do not pay for threads and connections.
+    try:
+        await asyncio.gather(engine.last_position(), engine.last_position())
+    except BaseException:
+        await engine.close()
+        raise
+    return engine
+
+
+def _truncate_wal(path: str, busy_timeout: float) -> None:
+    """Checkpoint every WAL frame into the database and truncate the WAL to zero bytes.
+
+    Readers that are in the middle of a read hold old frames; wait them out (up
+    to `busy_timeout`) rather than leave the frames on disk.
+    """
+    deadline = time.monotonic() + busy_timeout
+    with contextlib.closing(db.connect(path, busy_timeout=busy_timeout)) as conn:
+        while True:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("could not truncate the WAL: readers kept it busy")
+            time.sleep(0.01)

@@ -13,7 +13,8 @@ scripts, styles and connections only; no inline code, no framing).
 
 `/v1/stats` gathers in one request what the page refreshes every couple of
 seconds: per-category counts, the head, and each group's members, partition
-owners, checkpoints, lag (head - checkpoint, as `tidelog_consumer_lag_events`)
+owners, checkpoints, lag (events of the partition after the checkpoint, as
+`tidelog_consumer_lag_events`)
 and open parked events. Its cost is one listing of the streams plus one
 checkpoint read per group, which is fine for the thousands of streams a
 dashboard is useful for; on stores with millions of streams, prefer the
@@ -171,7 +172,7 @@ async def _group_stats(
             partition=p,
             owner=owners.get(p),
             checkpoint=points.get(p, 0),
-            lag=max(0, head - points.get(p, 0)),
+            lag=await store.count_events(points.get(p, 0) + 1, [category], [p]),
         )
         for p in range(store.partition_count)
     ]

@@ -70,10 +70,11 @@ class Metrics:
         self.events_read.inc(count)
 
     async def refresh_lag(self, store: Engine) -> None:
-        """Lag per (group, category, partition), as positions behind the log's head.
+        """Lag per (group, category, partition): the events of that category and
+        partition after the group's checkpoint, as Kafka counts a partition's lag.
 
-        Cheap to compute (one head read, one checkpoint read per group), so it is
-        refreshed on each scrape instead of by a background task.
+        Computed on each scrape with `count_events` (one indexed count per
+        partition on the SQL engines) instead of by a background task.
         """
         head = await store.last_position()
         self.head.set(head)
@@ -81,7 +82,9 @@ class Metrics:
         for group, category in await store.list_groups():
             points = await store.checkpoints(group, category)
             for partition in range(store.partition_count):
-                lag = max(0, head - points.get(partition, 0))
+                lag = await store.count_events(
+                    points.get(partition, 0) + 1, [category], [partition]
+                )
                 self.lag.labels(group, category, str(partition)).set(lag)
         self.parked.clear()
         for group, count in (await self.parked_by_group(store)).items():

@@ -835,6 +835,23 @@ class LogSuite(SuiteBase):
         with pytest.raises(tidelog.InvalidInput):
             await all_positions(store, types=cast(Any, "Created"))
 
+    async def test_count_events_agrees_with_read_all(self, store: tidelog.Store) -> None:
+        events = await self._populate(store)
+        assert await store.count_events() == len(events)
+        assert await store.count_events(4) == 5
+        assert await store.count_events(0, ["order"]) == 4
+        assert await store.count_events(5, ["order", "user"]) == 3
+        partition = tidelog.partition_of("order-1", store.partition_count)
+        expected = [
+            e
+            for e in events
+            if e.category == "order"
+            and tidelog.partition_of(e.stream, store.partition_count) == partition
+        ]
+        assert await store.count_events(0, ["order"], [partition]) == len(expected)
+        assert await store.count_events(0, [], None) == 0
+        assert await store.count_events(99) == 0
+
     async def test_read_all_partition_filter(self, store: tidelog.Store) -> None:
         count = store.partition_count
         assert isinstance(count, int)
