@@ -2,7 +2,7 @@
 
 Every block fenced as ```python runs on its own, in a fresh working directory
 (so `sqlite:///tidelog-data/...` URLs land in a temporary folder). The two
-commands the README opens with must be the install + demo and install + test
+commands the README opens with must be the install + serve and install + test
 commands, and `.ci/run` must run exactly that test command.
 """
 
@@ -73,7 +73,7 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert README.index(first.group(0)) < README.index("\n## "), "the commands come first"
     lines = [line for line in first.group(2).splitlines() if line.strip()]
     assert lines == [
-        "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/tidelog demo",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[server]' && .venv/bin/tidelog serve",
         "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/pytest",
     ]
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -226,3 +231,54 @@ async def test_remote_consumer_fetch_ack_and_nack(
         "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen + 5}
     )
     assert stale.status_code == 409 and stale.json()["code"] == "stale_generation"
+
+
+def test_tidelog_serve_first_start_prints_key_once_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The README's first command: `tidelog serve` on the embedded default."""
+
+    def start() -> tuple[subprocess.Popen[str], str, list[str]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tidelog", "serve", "--port", "0"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        lines: list[str] = []
+        while not any("tidelog serving" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, f"server exited: {lines}"
+            lines.append(line)
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)/", "".join(lines))
+        assert url is not None
+        return proc, url.group(1), lines
+
+    def stop(proc: subprocess.Popen[str]) -> int:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(30)
+        finally:
+            assert proc.stderr is not None
+            proc.stderr.close()
+
+    proc, url, lines = start()
+    try:
+        key_lines = [line for line in lines if "shown once" in line]
+        assert len(key_lines) == 1
+        key = key_lines[0].rsplit(" ", 1)[1].strip()
+        assert httpx.get(f"{url}/livez").status_code == 200
+        assert httpx.get(f"{url}/v1/info").status_code == 401
+        info = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {key}"})
+        assert info.json()["engine"] == "sqlite"
+    finally:
+        assert stop(proc) == 0
+    assert (tmp_path / "tidelog-data" / "tidelog.db").exists()
+    # the second start reuses the stored key digest and does not print a key again
+    proc, url, lines = start()
+    try:
+        assert not any("shown once" in line for line in lines)
+        info = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {key}"})
+        assert info.status_code == 200
+    finally:
+        assert stop(proc) == 0
