@@ -15,6 +15,7 @@ import tidelog
 from tidelog.codec import EventRegistry
 from tidelog.projections import (
     MemoryCheckpoints,
+    PostgresProjection,
     Projection,
     ProjectionRunner,
     SQLiteProjection,
@@ -209,6 +210,9 @@ async def _bad_runner_configurations(store: tidelog.Store) -> None:
     runner = ProjectionRunner(store, [TotalsTable()], registry=REG)
     with pytest.raises(tidelog.NotSupported):
         await runner.catch_up()
+    runner = ProjectionRunner(store, [PgTotals()], registry=REG)
+    with pytest.raises(tidelog.NotSupported):
+        await runner.catch_up()
     with pytest.raises(tidelog.InvalidInput):
         await runner.rebuild("nope")
 
@@ -294,6 +298,162 @@ async def test_sqlite_checkpoint_moved_by_another_runner_is_detected(
         await place(sqlite_store, 20, start=3)
         await asyncio.gather(a.catch_up(), b.catch_up(), a.catch_up())
     assert rows(path, "SELECT count(*), min(position), max(position) FROM applied") == [(23, 1, 23)]
+
+
+class PgTotals(PostgresProjection):
+    """TotalsTable on PostgreSQL: the same plain INSERTs detect double or skipped events."""
+
+    name = "pg_totals"
+    tables = {  # noqa: RUF012
+        "totals": "CREATE TABLE {table} (order_id TEXT PRIMARY KEY, total BIGINT NOT NULL);"
+        "CREATE INDEX {table}_by_total ON {table} (total)",
+        "applied": "CREATE TABLE {table} (position BIGINT PRIMARY KEY)",
+    }
+    fail_on: str | None = None
+
+    @handles
+    async def _placed(self, e: Placed, recorded: tidelog.RecordedEvent) -> None:
+        if e.order_id == self.fail_on:
+            raise RuntimeError("crash between events")
+        await self.db.execute(
+            f"INSERT INTO {self.table('totals')} VALUES ($1, $2)", e.order_id, e.total
+        )
+        await self.db.execute(f"INSERT INTO {self.table('applied')} VALUES ($1)", recorded.position)
+
+    @handles
+    async def _cancelled(self, e: Cancelled, recorded: tidelog.RecordedEvent) -> None:
+        await self.db.execute(f"DELETE FROM {self.table('totals')} WHERE order_id = $1", e.order_id)
+        await self.db.execute(f"INSERT INTO {self.table('applied')} VALUES ($1)", recorded.position)
+
+
+@pytest.fixture
+async def pg_store() -> AsyncIterator[tuple[tidelog.Store, str]]:
+    """A PostgreSQL store in a schema of its own, and its URL."""
+    from _pg_util import Schemas, require_postgres
+
+    await require_postgres()
+    schemas = Schemas()
+    url = schemas.url()
+    try:
+        async with tidelog.connect(url) as s:
+            yield s, url
+    finally:
+        await schemas.drop()
+
+
+async def pg_rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of a query in the store's schema, on a connection of the test's own."""
+    import asyncpg
+
+    from tidelog.engines.postgres import split_url
+
+    dsn, config = split_url(url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": config.schema})
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_rows_and_checkpoint_commit_together(
+    pg_store: tuple[tidelog.Store, str],
+) -> None:
+    store, url = pg_store
+    await place(store, 6)
+    projection = PgTotals()
+    projection.fail_on = "o4"
+    runner = ProjectionRunner(store, [projection], registry=REG, batch_size=3)
+    with pytest.raises(RuntimeError):
+        await runner.catch_up()  # batch 1 (o0..o2) commits; batch 2 fails at o4
+    assert await pg_rows(url, "SELECT position FROM tidelog_projection_checkpoints") == [(3,)]
+    assert await pg_rows(url, "SELECT order_id FROM totals ORDER BY order_id") == [
+        ("o0",),
+        ("o1",),
+        ("o2",),
+    ]
+    assert await pg_rows(url, "SELECT position FROM applied ORDER BY position") == [
+        (1,),
+        (2,),
+        (3,),
+    ]
+    await runner.close()
+
+    # "restart": the fixed projection resumes exactly after the committed batch
+    fixed = PgTotals()
+    runner = ProjectionRunner(store, [fixed], registry=REG, batch_size=3)
+    await runner.catch_up()
+    await store.append("order-0", [REG.encode(Cancelled("o0"))])
+    await runner.catch_up()
+    assert await pg_rows(url, "SELECT position FROM applied ORDER BY position") == [
+        (p,) for p in range(1, 8)
+    ]
+    assert await pg_rows(url, "SELECT count(*) FROM totals") == [(5,)]
+    [status] = await runner.status()
+    assert (status.position, status.lag, status.kind) == (7, 0, "postgres-transaction")
+    await runner.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_live_and_rebuild_swap(pg_store: tuple[tidelog.Store, str]) -> None:
+    import asyncpg
+
+    store, url = pg_store
+    await place(store, 4)
+    async with ProjectionRunner(store, [PgTotals()], registry=REG) as runner:
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        await place(store, 2, start=4)
+        for _ in range(300):
+            with contextlib.suppress(asyncpg.UndefinedTableError):  # not created yet
+                if await pg_rows(url, "SELECT count(*) FROM totals") == [(6,)]:
+                    break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        [status] = await runner.status()
+        assert (status.position, status.lag) == (6, 0)
+    await pg_rows(url, "UPDATE totals SET total = -1")  # damage the read model
+    progress: list[int] = []
+    async with ProjectionRunner(store, [PgTotals()], registry=REG) as runner:
+        assert await runner.rebuild("pg_totals", progress=lambda p, h: progress.append(p)) == 6
+        assert progress[-1] == 6
+        assert await pg_rows(url, "SELECT sum(total) FROM totals") == [(15,)]
+        # rebuilding twice works (index names do not collide) and leaves no shadow table
+        await runner.rebuild("pg_totals")
+        await place(store, 1, start=6)
+        await runner.catch_up()  # the swapped-in tables are the live ones now
+    tables = await pg_rows(
+        url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    )
+    assert not any("__r" in str(n) for (n,) in tables)
+    assert {"totals", "applied"} <= {n for (n,) in tables}
+    assert await pg_rows(url, "SELECT name, position FROM tidelog_projection_checkpoints") == [
+        ("pg_totals", 7)
+    ]
+    assert await pg_rows(url, "SELECT count(*), min(position), max(position) FROM applied") == [
+        (7, 1, 7)
+    ]
+
+
+@pytest.mark.postgres
+async def test_postgres_checkpoint_moved_by_another_runner_is_detected(
+    pg_store: tuple[tidelog.Store, str],
+) -> None:
+    store, url = pg_store
+    await place(store, 3)
+    async with (
+        ProjectionRunner(store, [PgTotals()], registry=REG, batch_size=2) as a,
+        ProjectionRunner(store, [PgTotals()], registry=REG, batch_size=3) as b,
+    ):
+        # both read the same pages at once; the checkpoint row locked at the start of
+        # each batch transaction makes the loser resume from the winner's checkpoint
+        await asyncio.gather(a.catch_up(), b.catch_up())
+        await place(store, 20, start=3)
+        await asyncio.gather(a.catch_up(), b.catch_up(), a.catch_up())
+    assert await pg_rows(url, "SELECT count(*), min(position), max(position) FROM applied") == [
+        (23, 1, 23)
+    ]
 
 
 CLI_MODULE = """
@@ -426,3 +586,68 @@ async def test_sqlite_projection_survives_a_process_crash_mid_batch(tmp_path: Pa
     assert rows(path, "SELECT position FROM tidelog_projection_checkpoints") == [(4,)]
     assert await asyncio.to_thread(run_child, -1) == 0  # restart: resumes after position 4
     assert rows(path, "SELECT position FROM crash_applied") == [(p,) for p in range(1, 11)]
+
+
+PG_CRASH_CHILD = """
+import asyncio, os, sys
+import msgspec
+import tidelog
+from tidelog.projections import PostgresProjection, ProjectionRunner, handles
+
+
+@tidelog.event("PgCrashPlaced")
+class Placed(msgspec.Struct):
+    n: int
+
+
+class Applied(PostgresProjection):
+    name = "pg_crash_applied"
+    tables = {"pg_crash_applied": "CREATE TABLE {table} (position BIGINT PRIMARY KEY, n INT)"}
+
+    @handles
+    async def _placed(self, e: Placed, recorded: tidelog.RecordedEvent) -> None:
+        await self.db.execute(
+            f"INSERT INTO {self.table('pg_crash_applied')} VALUES ($1, $2)", recorded.position, e.n
+        )
+        if e.n == int(sys.argv[2]):
+            os._exit(17)  # die mid-batch: no rollback, no cleanup, like kill -9
+
+
+async def main() -> None:
+    async with tidelog.connect(sys.argv[1]) as store:
+        async with ProjectionRunner(store, [Applied()], batch_size=4) as runner:
+            await runner.catch_up()
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.postgres
+async def test_postgres_projection_survives_a_process_crash_mid_batch(
+    pg_store: tuple[tidelog.Store, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    store, url = pg_store
+    child = tmp_path / "pg_crash_child.py"
+    child.write_text(PG_CRASH_CHILD)
+    for n in range(10):
+        await store.append(
+            f"c-{n}", [tidelog.NewEvent(type="PgCrashPlaced", data=b'{"n": %d}' % n)]
+        )
+
+    def run_child(crash_at: int) -> int:
+        return subprocess.run(
+            [sys.executable, str(child), url, str(crash_at)], timeout=120, check=False
+        ).returncode
+
+    # dies while handling n=6: batch 1 (1..4) is committed, batch 2 (5..8) is not
+    assert await asyncio.to_thread(run_child, 6) == 17
+    applied = "SELECT position FROM pg_crash_applied ORDER BY position"
+    assert await pg_rows(url, applied) == [(p,) for p in range(1, 5)]
+    checkpoint = "SELECT position FROM tidelog_projection_checkpoints"
+    assert await pg_rows(url, checkpoint) == [(4,)]
+    assert await asyncio.to_thread(run_child, -1) == 0  # restart: resumes after position 4
+    assert await pg_rows(url, applied) == [(p,) for p in range(1, 11)]

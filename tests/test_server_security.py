@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import ssl
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import tidelog
 from _server_util import ADMIN_KEY, config, running
 from tidelog.security.tokens import JWTConfig
+from tidelog.server import Limits, Server
 
 BAD_INPUTS_TRIED: list[str] = []
 
@@ -261,6 +263,84 @@ async def test_subscriptions_deliver_only_readable_events(
                     if len(seen) == 2:
                         break
         assert seen == ["order-1", "order-2"]
+
+
+async def _settled(srv: Server, principal: str, expected: int) -> None:
+    """Wait (bounded) until the server has noticed hang-ups: they arrive asynchronously."""
+    for _ in range(500):
+        if srv.open_connections(principal) == expected:
+            return
+        await asyncio.sleep(0.01)
+    assert srv.open_connections(principal) == expected, principal
+
+
+async def test_connections_per_principal_are_bounded() -> None:
+    from websockets.asyncio.client import connect as ws_connect
+
+    cfg = config(
+        keys={"k-alice": "alice", "k-bob": "bob"},
+        grants=("alice=read:category:order", "bob=read:category:order"),
+        limits=Limits(max_connections_per_principal=3),
+    )
+    async with (
+        running(cfg) as (srv, _),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        url = f"http://127.0.0.1:{srv.port}"
+        alice = await stack.enter_async_context(_client(url, "k-alice"))
+        bob = await stack.enter_async_context(_client(url, "k-bob"))
+        streams: list[contextlib.AsyncExitStack] = []
+        for _ in range(3):
+            sub = await stack.enter_async_context(contextlib.AsyncExitStack())
+            r = await sub.enter_async_context(alice.stream("GET", "/v1/subscribe?category=order"))
+            assert r.status_code == 200
+            streams.append(sub)
+        assert srv.open_connections("alice") == 3
+        for label, path in [
+            ("4th connection: a plain request", "/v1/info"),
+            ("4th connection: a subscription", "/v1/subscribe?category=order"),
+        ]:
+            r = await alice.get(path)
+            _tried(label)
+            assert r.status_code == 429, (label, r.text)
+            assert r.json()["code"] == "too_many_connections"
+        ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+        bearer = {"Authorization": "Bearer k-alice"}
+        async with ws_connect(ws_url, additional_headers=bearer) as ws:
+            _tried("4th connection: a WebSocket (header auth)")
+            assert await _ws_close_code(ws) == 1008
+        async with ws_connect(ws_url) as ws:
+            await ws.send(json.dumps({"token": "k-alice"}))
+            _tried("4th connection: a WebSocket (first-message auth)")
+            assert await _ws_close_code(ws) == 1008
+        # unauthenticated requests are not counted against anyone: 401, not 429
+        r = await alice.get("/v1/info", headers={"Authorization": "Bearer wrong"})
+        _tried("bad key while the principal is at its limit")
+        assert r.status_code == 401
+        # another principal is unaffected, and its finished requests give slots back
+        assert (await bob.get("/v1/info")).status_code == 200
+        assert (await bob.get("/v1/streams/secret-1/events")).status_code == 403
+        await _settled(srv, "bob", 0)
+        # hanging up one subscription frees a slot
+        await streams.pop().aclose()
+        await _settled(srv, "alice", 2)
+        assert (await alice.get("/v1/info")).status_code == 200
+        for sub in streams:
+            await sub.aclose()
+        await _settled(srv, "alice", 0)
+        # a WebSocket authenticated by its first message holds a slot while open
+        async with ws_connect(ws_url) as ws:
+            await ws.send(json.dumps({"token": "k-alice"}))
+            await _settled(srv, "alice", 1)
+        await _settled(srv, "alice", 0)
+
+
+async def _ws_close_code(ws: Any) -> int | None:
+    from websockets.exceptions import ConnectionClosed
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    return closed.value.rcvd.code if closed.value.rcvd else None
 
 
 def _rsa_pem() -> tuple[Any, bytes]:

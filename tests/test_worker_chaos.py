@@ -1,9 +1,12 @@
 """Worker processes under faults: SIGKILL, SIGSTOP past the lease, poison events.
 
-Three `tidelog worker` processes share one store (an SQLite file) and
-consume 50,000 events published meanwhile by a `Producer`; members are killed
-with SIGKILL (and replaced) and paused with SIGSTOP longer than their lease.
-Afterwards:
+Three `tidelog worker` processes share one store and consume events
+published meanwhile by a `Producer`: 50,000 on SQLite, 10,000 on PostgreSQL
+and 4,000 on NATS (a private nats-server 2.12+), sizes that keep each run
+within about a minute on a shared CI machine (on NATS every commit with
+effects compares-and-sets the one group document, so commits are serial).
+Members are killed with SIGKILL (and replaced) and paused with SIGSTOP longer
+than their lease. Afterwards, on every engine:
 
 - every event was handled: each normal event has exactly one effect, written
   through `ctx.append` (exactly-once effects), in stream order (the effect's
@@ -27,11 +30,14 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 import tidelog
-from _consumer_util import url_for
+from _consumer_util import nats_store_url, private_nats, url_for
+from natsutil import NatsServer
 from tidelog.consumers import ParkedStatus, Producer, list_parked
 
 pytestmark = pytest.mark.slow
@@ -40,11 +46,46 @@ ROOT = pathlib.Path(__file__).parent
 WORKERS = ROOT / "_workers"
 TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
 
-NORMAL_STREAMS, NORMAL_PER_STREAM = 475, 100  # 47,500 events
-POISON_STREAMS, POISON_PER_STREAM, POISON_AT = 500, 5, 2  # 2,500 events, 500 poison (1%)
-TOTAL = NORMAL_STREAMS * NORMAL_PER_STREAM + POISON_STREAMS * POISON_PER_STREAM
 LEASE = 1.5
-MULTI_PROCESS_KINDS = ["sqlite", *os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()]
+POISON_PER_STREAM, POISON_AT = 5, 2
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How many events one run publishes: `normal_per_stream` per normal stream, 5 per poison.
+
+    A poison stream's event at version `POISON_AT` always fails: with as many
+    poison streams as 1/100 of the events, 1% of the events are poison.
+    """
+
+    normal_streams: int
+    poison_streams: int
+    normal_per_stream: int = 100
+
+    @property
+    def total(self) -> int:
+        return (
+            self.normal_streams * self.normal_per_stream + self.poison_streams * POISON_PER_STREAM
+        )
+
+
+FULL = Scale(normal_streams=475, poison_streams=500)  # 47,500 + 2,500 = 50,000 events
+REDUCED = Scale(normal_streams=95, poison_streams=100)  # 9,500 + 500 = 10,000 events
+SMALL = Scale(normal_streams=95, poison_streams=40, normal_per_stream=40)  # 3,800 + 200
+MULTI_PROCESS_KINDS = [
+    pytest.param("sqlite", FULL, id="sqlite"),
+    pytest.param("postgres", REDUCED, id="postgres", marks=pytest.mark.postgres),
+    pytest.param("nats", SMALL, id="nats", marks=pytest.mark.nats),
+    *(
+        pytest.param(url, FULL, id=url)
+        for url in os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    yield from private_nats(tmp_path_factory)
 
 
 class Workers:
@@ -86,16 +127,16 @@ class Workers:
             p.wait()
 
 
-async def publish(url: str) -> None:
+async def publish(url: str, scale: Scale) -> None:
     async with tidelog.connect(url) as store, Producer(store, linger=0.005) as producer:
         futures = []
-        for v in range(NORMAL_PER_STREAM):
-            for s in range(NORMAL_STREAMS):
+        for v in range(scale.normal_per_stream):
+            for s in range(scale.normal_streams):
                 futures.append(
                     await producer.send(f"job-n{s}", tidelog.NewEvent(type="Job", data=b"ok"))
                 )
             if v < POISON_PER_STREAM:
-                for s in range(POISON_STREAMS):
+                for s in range(scale.poison_streams):
                     data = b"poison" if v == POISON_AT else b"ok"
                     futures.append(
                         await producer.send(f"job-p{s}", tidelog.NewEvent(type="Job", data=data))
@@ -103,7 +144,7 @@ async def publish(url: str) -> None:
             if v % 10 == 0:
                 await asyncio.sleep(0.05)  # a steady flow rather than one burst
         results = await asyncio.gather(*futures)
-        assert len(results) == TOTAL
+        assert len(results) == scale.total
 
 
 async def progress(store: tidelog.Store) -> tuple[int, int]:
@@ -116,19 +157,41 @@ async def progress(store: tidelog.Store) -> tuple[int, int]:
     return effects, dlq
 
 
-@pytest.mark.parametrize("kind", MULTI_PROCESS_KINDS)
-async def test_three_workers_survive_kill_and_pause(kind: str, tmp_path: pathlib.Path) -> None:
-    url = url_for(kind, tmp_path).replace("partitions=8", "partitions=12")
+@pytest.mark.parametrize(("kind", "scale"), MULTI_PROCESS_KINDS)
+async def test_three_workers_survive_kill_and_pause(
+    kind: str, scale: Scale, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    schemas = None
+    if kind == "postgres":
+        from _pg_util import Schemas, require_postgres
+
+        await require_postgres()
+        schemas = Schemas()
+        url = schemas.url("partitions=12&pool_max=4")
+    elif kind == "nats":  # the server starts only when this variant runs
+        url = nats_store_url(request.getfixturevalue("nats_server"), "partitions=12")
+    else:
+        url = url_for(kind, tmp_path).replace("partitions=8", "partitions=12")
+    try:
+        await run_chaos(url, scale, tmp_path)
+    finally:
+        if schemas is not None:
+            await schemas.drop()
+
+
+async def run_chaos(url: str, scale: Scale, tmp_path: pathlib.Path) -> None:
     async with tidelog.connect(url):
         pass  # create the store before the workers race to
     workers = Workers(url, tmp_path)
-    expected_effects = NORMAL_STREAMS * NORMAL_PER_STREAM + POISON_STREAMS * POISON_AT
-    expected_dlq = POISON_STREAMS * (POISON_PER_STREAM - POISON_AT)
+    expected_effects = (
+        scale.normal_streams * scale.normal_per_stream + scale.poison_streams * POISON_AT
+    )
+    expected_dlq = scale.poison_streams * (POISON_PER_STREAM - POISON_AT)
     paused_pid = 0
     try:
         for _ in range(3):
             workers.start()
-        producer = asyncio.create_task(publish(url))
+        producer = asyncio.create_task(publish(url, scale))
         loop = asyncio.get_running_loop()
         async with tidelog.connect(url) as store:
 
@@ -175,10 +238,10 @@ async def test_three_workers_survive_kill_and_pause(kind: str, tmp_path: pathlib
                 assert p.wait(timeout=30) == 0
 
             # exactly-once effects in stream order, for every normal event
-            for s in range(NORMAL_STREAMS):
+            for s in range(scale.normal_streams):
                 got = [int(e.data) async for e in store.read_stream(f"effect-n{s}")]
-                assert got == list(range(NORMAL_PER_STREAM)), f"effect-n{s}"
-            for s in range(POISON_STREAMS):
+                assert got == list(range(scale.normal_per_stream)), f"effect-n{s}"
+            for s in range(scale.poison_streams):
                 got = [int(e.data) async for e in store.read_stream(f"effect-p{s}")]
                 assert got == list(range(POISON_AT)), f"effect-p{s}"
 
@@ -189,13 +252,13 @@ async def test_three_workers_survive_kill_and_pause(kind: str, tmp_path: pathlib
                 by_status[p.status].append(p)
                 assert p.stream.startswith("job-p")
             failed = by_status[ParkedStatus.PARKED]
-            assert len(failed) == POISON_STREAMS
+            assert len(failed) == scale.poison_streams
             assert {p.event.version for p in failed} == {POISON_AT}
             assert {p.attempts for p in failed} == {3}
             assert {p.error_type for p in failed} == {"ValueError"}
             assert all(p.error and "poison event" in p.error for p in failed)
             held = by_status[ParkedStatus.HELD]
-            assert len(held) == POISON_STREAMS * (POISON_PER_STREAM - POISON_AT - 1)
+            assert len(held) == scale.poison_streams * (POISON_PER_STREAM - POISON_AT - 1)
 
             # the shutdown left them there
             assert await store.checkpoints("chaos", "job") == last

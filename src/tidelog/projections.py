@@ -25,6 +25,12 @@ checkpoint after every batch. Handlers may be plain or `async` functions.
   (checking the stored checkpoint is the one it started from). A crash or an
   exception between two events rolls the whole batch back, so no event is
   ever applied twice or skipped: exactly-once effects.
+- `PostgresProjection`: the same guarantee on PostgreSQL. The read model is
+  tables in the *store's own schema*; the runner opens its own asyncpg
+  connection (its `search_path` is that schema) and writes the rows and the
+  checkpoint in one transaction, after locking the checkpoint row
+  (`SELECT … FOR UPDATE`) and checking it is the one the batch started from.
+  Its handlers are `async` and write through `await self.db.execute(...)`.
 - Any other `Projection`: its checkpoint goes to a `CheckpointStore`
   (`MemoryCheckpoints`, or `StreamCheckpoints` which keeps it in the store's
   `$projection-<name>` system stream). The read model and the checkpoint are
@@ -33,8 +39,8 @@ checkpoint after every batch. Handlers may be plain or `async` functions.
 
 **Rebuild** (`runner.rebuild(name)`, `tidelog projections rebuild NAME`)
 builds a fresh read model from position 0 beside the live one, then swaps it
-in: for SQLite projections, shadow tables renamed over the old ones in one
-transaction together with the checkpoint; for others, `fresh()` builds a new
+in: for SQLite and PostgreSQL projections, shadow tables renamed over the old
+ones in one transaction together with the checkpoint; for others, `fresh()` builds a new
 instance and `swap()` moves its state in.
 
 **A new component that needs the whole history** is just a projection
@@ -58,6 +64,7 @@ import re
 import secrets
 import sqlite3
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
 
@@ -72,6 +79,7 @@ from tidelog.model import NewEvent, RecordedEvent
 __all__ = [
     "CheckpointStore",
     "MemoryCheckpoints",
+    "PostgresProjection",
     "Projection",
     "ProjectionRunner",
     "ProjectionStatus",
@@ -135,10 +143,35 @@ class SQLiteProjection(Projection):
     db: sqlite3.Connection
 
     def table(self, logical: str) -> str:
-        names: dict[str, str] = self.__dict__.setdefault("_table_names", {})
-        if logical not in self.tables:
-            raise InvalidInput(f"{type(self).__qualname__} declares no table {logical!r}")
-        return names.get(logical, logical)
+        return _table_name(self, self.tables, logical)
+
+
+class PostgresProjection(Projection):
+    """A projection whose read model is tables in the store's own PostgreSQL schema.
+
+    `tables` works as in `SQLiteProjection` (DDL with `{table}`, statements
+    separated by `;`). Handlers are `async` functions that write through
+    `self.db`, the runner's own asyncpg connection, inside the batch
+    transaction: `await self.db.execute(f"INSERT INTO {self.table('t')} ...", ...)`.
+    The connection's `search_path` is the store's schema, so unqualified names
+    (tables, and indexes named `{table}_by_x`) land there. Never commit or open
+    a transaction of your own in a handler; an exception rolls the batch back.
+    """
+
+    tables: ClassVar[Mapping[str, str]] = {}
+    db: Any
+    """An `asyncpg.Connection` (typed loosely: asyncpg is an optional extra)."""
+
+    def table(self, logical: str) -> str:
+        return _table_name(self, self.tables, logical)
+
+
+def _table_name(projection: Projection, tables: Mapping[str, str], logical: str) -> str:
+    """The physical name of a logical table: itself, or its shadow during a rebuild."""
+    names: dict[str, str] = projection.__dict__.setdefault("_table_names", {})
+    if logical not in tables:
+        raise InvalidInput(f"{type(projection).__qualname__} declares no table {logical!r}")
+    return names.get(logical, logical)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -462,6 +495,214 @@ class _SQLiteDriver(_Driver):
             self.sqlp.__dict__["_table_names"] = previous
 
 
+_PG_LOCK_CLASS: Final = 0x74647072  # "tdpr": projection DDL of one store (not its appends)
+_PG_SETTINGS: Final = {
+    "synchronous_commit": "on",
+    "application_name": "tidelog-projection",
+    "idle_in_transaction_session_timeout": "60000",
+}
+
+
+class _HandlerFailed(Exception):
+    """Carries a handler's exception past the driver-error translation, unchanged."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+class _PostgresDriver(_Driver):
+    """Rows and checkpoint in one transaction of the store's own PostgreSQL schema.
+
+    Each batch locks its checkpoint row (`FOR UPDATE`) before anything else, so
+    two runners of one projection serialize on it: the second waits, then sees
+    the moved checkpoint and resumes from there instead of applying the batch
+    again. `load` creates that row, so there is always one to lock. DDL (tables,
+    rebuild swaps) is serialized by a transaction-level advisory lock.
+    """
+
+    kind = "postgres-transaction"
+
+    def __init__(self, projection: PostgresProjection, dsn: str, config: Any) -> None:
+        super().__init__(projection)
+        self.pgp = projection
+        self.key = projection.name
+        self.dsn = dsn
+        self.config = config
+        self.schema: str = config.schema
+        self.checkpoints = f'"{self.schema}".{CHECKPOINT_TABLE}'
+        self.lock_key = zlib.crc32(self.schema.encode("ascii")) - 2**31
+        self.conn: Any = None
+        self.lock = asyncio.Lock()  # one transaction at a time on this connection
+        self._inflight: asyncio.Future[Any] | None = None
+
+    async def _connection(self) -> Any:
+        """The driver's connection, (re)opened if it is missing or was lost."""
+        if self.conn is None or self.conn.is_closed():
+            import asyncpg
+
+            self.conn = await asyncpg.connect(
+                self.dsn,
+                timeout=self.config.connect_timeout,
+                command_timeout=self.config.command_timeout,
+                server_settings={**_PG_SETTINGS, "search_path": f'"{self.schema}", public'},
+            )
+            self.pgp.db = self.conn
+        return self.conn
+
+    async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `work(conn)` in one transaction, one at a time; a cancelled caller
+        never leaves it half done (it commits or rolls back in the background)."""
+        from tidelog.engines._pg_errors import pg_errors
+
+        async def transaction() -> T:
+            try:
+                with pg_errors():
+                    conn = await self._connection()
+                    async with conn.transaction():
+                        return await work(conn)
+            except _HandlerFailed as failed:
+                raise failed.exc from failed.exc.__cause__
+
+        async with self.lock:
+            future = asyncio.ensure_future(transaction())
+            self._inflight = future
+            return await asyncio.shield(future)
+
+    async def aclose(self) -> None:
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight])
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 10)
+
+    def _names(self) -> dict[str, str]:
+        names: dict[str, str] = self.pgp.__dict__.setdefault("_table_names", {})
+        return {t: names.get(t, t) for t in self.pgp.tables}
+
+    async def _ddl_lock(self, conn: Any) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _PG_LOCK_CLASS, self.lock_key)
+
+    async def _create_tables(self, conn: Any, names: Mapping[str, str]) -> None:
+        for logical, ddl in self.pgp.tables.items():
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = $2",
+                self.schema,
+                names[logical],
+            )
+            if not exists:
+                await conn.execute(ddl.format(table=names[logical]))
+
+    async def _stored(self, conn: Any, lock: bool = False) -> int:
+        position = await conn.fetchval(
+            f"SELECT position FROM {self.checkpoints} WHERE name = $1"
+            + (" FOR UPDATE" if lock else ""),
+            self.key,
+        )
+        return int(position) if position is not None else 0
+
+    async def _save(self, conn: Any, key: str, position: int) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.checkpoints} (name, position) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            key,
+            position,
+        )
+
+    async def load(self) -> int:
+        async def work(conn: Any) -> int:
+            await self._ddl_lock(conn)
+            if await conn.fetchval("SELECT to_regclass($1)", self.checkpoints) is None:
+                await conn.execute(
+                    f"CREATE TABLE {self.checkpoints} "
+                    "(name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+                )
+            await self._create_tables(conn, self._names())
+            await conn.execute(
+                f"INSERT INTO {self.checkpoints} (name, position) VALUES ($1, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                self.key,
+            )
+            return await self._stored(conn)
+
+        return await self._run(work)
+
+    async def apply(
+        self, items: list[_Item], start: int, end: int, system_only: bool = False
+    ) -> None:
+        async def work(conn: Any) -> None:
+            if await self._stored(conn, lock=True) != start:
+                raise _CheckpointMoved
+            for item in items:
+                try:
+                    result = _call(self.pgp, item)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    raise _HandlerFailed(exc) from exc
+            await self._save(conn, self.key, end)
+
+        await self._run(work)
+
+    async def rebuild(self, catch_up: Callable[[_Driver], Awaitable[int]]) -> int:
+        token = secrets.token_hex(4)
+        shadow_key = f"{self.key}#rebuild"
+        shadow_names = {t: f"{t}__r{token}" for t in self.pgp.tables}
+        live_names = self._names()
+        previous: dict[str, str] = dict(self.pgp.__dict__.get("_table_names", {}))
+        self.pgp.__dict__["_table_names"] = shadow_names
+        self.key, live_key = shadow_key, self.key
+        quoted = f'"{self.schema}"'
+        try:
+
+            async def reset(conn: Any) -> None:
+                await self._ddl_lock(conn)
+                if await conn.fetchval("SELECT to_regclass($1)", self.checkpoints) is not None:
+                    await conn.execute(
+                        f"DELETE FROM {self.checkpoints} WHERE name = $1", shadow_key
+                    )
+                await self._create_tables(conn, shadow_names)
+
+            await self._run(reset)
+            position = await catch_up(self)
+
+            async def swap(conn: Any) -> None:
+                # the live checkpoint row first, then the tables: a concurrent batch
+                # (which locks that row first too) waits, then sees the checkpoint moved
+                await conn.execute(
+                    f"SELECT 1 FROM {self.checkpoints} WHERE name = $1 FOR UPDATE", live_key
+                )
+                await self._ddl_lock(conn)
+                for logical, live in live_names.items():
+                    await conn.execute(f'DROP TABLE IF EXISTS {quoted}."{live}"')
+                    await conn.execute(
+                        f'ALTER TABLE {quoted}."{shadow_names[logical]}" RENAME TO "{live}"'
+                    )
+                await conn.execute(f"DELETE FROM {self.checkpoints} WHERE name = $1", shadow_key)
+                await self._save(conn, live_key, position)
+
+            await self._run(swap)
+            return position
+        except BaseException:
+
+            async def drop(conn: Any) -> None:
+                await self._ddl_lock(conn)
+                for shadow in shadow_names.values():
+                    await conn.execute(f'DROP TABLE IF EXISTS {quoted}."{shadow}"')
+                if await conn.fetchval("SELECT to_regclass($1)", self.checkpoints) is not None:
+                    await conn.execute(
+                        f"DELETE FROM {self.checkpoints} WHERE name = $1", shadow_key
+                    )
+
+            with contextlib.suppress(Exception):
+                await self._run(drop)
+            raise
+        finally:
+            self.key = live_key
+            self.pgp.__dict__["_table_names"] = previous
+
+
 def _system_only(events: Sequence[RecordedEvent]) -> bool:
     return all(e.stream.startswith("$") for e in events)
 
@@ -479,13 +720,27 @@ def _sqlite_path(store: Engine) -> str:
     return path
 
 
+def _postgres_target(store: Engine) -> tuple[str, Any]:
+    """The DSN and config of a PostgreSQL store (its config names the schema)."""
+    config = getattr(store, "config", None)
+    dsn = getattr(store, "_dsn", None)  # the engine's asyncpg DSN, without tidelog's options
+    if store.name != "postgres" or not isinstance(dsn, str) or config is None:
+        raise NotSupported(
+            store.name,
+            "PostgresProjection",
+            "its read model must live in the store's own PostgreSQL schema; use a Projection "
+            "with a CheckpointStore on other engines",
+        )
+    return dsn, config
+
+
 # --------------------------------------------------------------------------- runner
 
 
 class ProjectionRunner:
     """Runs projections: catch up from their checkpoints, then follow the log live.
 
-    `checkpoints` is where non-SQLite projections keep theirs (default:
+    `checkpoints` is where the other (non-SQL) projections keep theirs (default:
     `StreamCheckpoints(store)`). `batch_size` is the page size of catch-up and
     the largest batch committed at once while live.
     """
@@ -534,6 +789,8 @@ class ProjectionRunner:
                 raise InvalidInput(f"no projection named {name!r}")
             if isinstance(projection, SQLiteProjection):
                 driver = _SQLiteDriver(projection, _sqlite_path(self.store))
+            elif isinstance(projection, PostgresProjection):
+                driver = _PostgresDriver(projection, *_postgres_target(self.store))
             else:
                 driver = _StoreDriver(projection, self.checkpoints)
             self._drivers[name] = driver

@@ -25,7 +25,7 @@ Module = Annotated[
 
 def _projections(module_path: str | None) -> list[Any]:
     from tidelog.errors import InvalidInput
-    from tidelog.projections import Projection, SQLiteProjection
+    from tidelog.projections import PostgresProjection, Projection, SQLiteProjection
 
     if not module_path:
         raise InvalidInput("give --module (or TIDELOG_PROJECTIONS): where the projections are")
@@ -40,7 +40,7 @@ def _projections(module_path: str | None) -> list[Any]:
         for obj in vars(module).values()
         if isinstance(obj, type)
         and issubclass(obj, Projection)
-        and obj not in (Projection, SQLiteProjection)
+        and obj not in (Projection, SQLiteProjection, PostgresProjection)
         and obj.__module__ == module.__name__
     ]
     if not found:
@@ -61,11 +61,16 @@ def register(app: typer.Typer) -> None:
         """The projections of MODULE and the event types each handles."""
         from tidelog.cli import emit, settings
         from tidelog.codec import DEFAULT_REGISTRY
-        from tidelog.projections import SQLiteProjection
+        from tidelog.projections import PostgresProjection, SQLiteProjection
 
         for p in _projections(module):
             types = sorted(DEFAULT_REGISTRY.type_of(cls)[0] for cls in p._handlers)
-            kind = "sqlite-transaction" if isinstance(p, SQLiteProjection) else "checkpoint-store"
+            if isinstance(p, SQLiteProjection):
+                kind = "sqlite-transaction"
+            elif isinstance(p, PostgresProjection):
+                kind = "postgres-transaction"
+            else:
+                kind = "checkpoint-store"
             if settings(ctx).json:
                 emit({"name": p.name, "kind": kind, "handles": types})
             else:

@@ -39,6 +39,7 @@ from tidelog.model import AppendRequest, category_of, validate_stream_name
 from tidelog.security.acl import Access, Permission
 from tidelog.security.tokens import Authenticator, AuthError
 from tidelog.server._config import ServerConfig
+from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
 from tidelog.server._metrics import Metrics
 
 __all__ = ["create_app"]
@@ -59,6 +60,7 @@ class _Runtime:
     auth: Authenticator
     metrics: Metrics
     subscriptions: Counter[str] = field(default_factory=Counter)
+    connections: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
 
 
 def _runtime(state: State) -> _Runtime:
@@ -67,7 +69,14 @@ def _runtime(state: State) -> _Runtime:
 
 
 def _principal(connection: ASGIConnection[Any, Any, Any, Any], rt: _Runtime) -> str:
-    """The caller: the verified client certificate's principal, or the bearer token's."""
+    """The caller: the verified client certificate's principal, or the bearer token's.
+
+    The connection-limit middleware authenticates first and leaves the result in
+    the scope; it is reused rather than checking a token twice.
+    """
+    cached = cast(dict[str, Any], connection.scope).get(PRINCIPAL_KEY)
+    if isinstance(cached, str):
+        return cached
     extensions: dict[str, Any] = dict(connection.scope.get("extensions") or {})
     tls = extensions.get("tls")
     principal: str | None = None
@@ -475,18 +484,22 @@ async def ws_subscribe(
     rt = _runtime(socket.app.state)
     await socket.accept()
     try:
-        try:
-            principal = _principal(socket, rt)
-        except AuthError:
-            first = await asyncio.wait_for(socket.receive_text(), 5.0)
-            token = msgspec.json.decode(first[:16384]).get("token") if first else None
-            if not isinstance(token, str):
-                raise AuthError('send {"token": "..."} first') from None
-            principal = rt.auth.authenticate(token)
-        access = Access(principal, rt.config.grants)
-        _need_categories(access, category, Permission.READ)
-        _check_subscription_quota(rt, access)
-        await _ws_stream(socket, rt, _live(rt, access, from_position, category, type, partition))
+        with contextlib.ExitStack() as slot:
+            try:
+                principal = _principal(socket, rt)  # the middleware counted this one
+            except AuthError:
+                first = await asyncio.wait_for(socket.receive_text(), 5.0)
+                token = msgspec.json.decode(first[:16384]).get("token") if first else None
+                if not isinstance(token, str):
+                    raise AuthError('send {"token": "..."} first') from None
+                principal = rt.auth.authenticate(token)
+                slot.enter_context(rt.connections.hold(principal))
+            access = Access(principal, rt.config.grants)
+            _need_categories(access, category, Permission.READ)
+            _check_subscription_quota(rt, access)
+            await _ws_stream(
+                socket, rt, _live(rt, access, from_position, category, type, partition)
+            )
     except (AccessDenied, TidelogError, HTTPException, ValueError, TimeoutError) as exc:
         reason = str(exc)[:120]
         with contextlib.suppress(Exception):
@@ -684,7 +697,11 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         config=config,
         auth=Authenticator(config.api_keys, config.jwt),
         metrics=Metrics(),
+        connections=ConnectionLimit(config.limits.max_connections_per_principal),
     )
+
+    def authenticate(scope: Scope) -> str:
+        return _principal(ASGIConnection(scope), runtime)
 
     async def on_shutdown() -> None:
         if close_store:
@@ -710,7 +727,11 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             render_plugins=render_plugins(),  # the JSON completed with hand-decoded bodies
         ),
         on_shutdown=[on_shutdown],
-        middleware=[runtime.metrics.middleware, _send_timeout(config.limits.send_timeout)],
+        middleware=[
+            runtime.metrics.middleware,
+            _send_timeout(config.limits.send_timeout),
+            runtime.connections.middleware(authenticate),
+        ],
         debug=False,
         logging_config=None,  # the embedding process configures logging, not the app
     )

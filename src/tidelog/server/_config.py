@@ -26,6 +26,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_events_per_append: int = 1000
     max_page: int = 1000
     max_subscriptions_per_principal: int = 64
+    max_connections_per_principal: int = 256
+    """In-flight requests + open SSE streams + WebSockets at once, per principal (429 over)."""
     max_json_depth: int = 32
     send_timeout: float = 10.0
     """A subscriber that does not take an event within this many seconds is dropped."""

@@ -129,7 +129,14 @@ class Server:
         self._store = store
         self._uvicorn: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._app: Any = None
         self.port: int = config.port
+
+    def open_connections(self, principal: str) -> int:
+        """Connections `principal` holds now (see `Limits.max_connections_per_principal`)."""
+        if self._app is None:
+            return 0
+        return int(self._app.state.runtime.connections.open_for(principal))
 
     def _uvicorn_config(self, app: Any, sock: socket.socket | None) -> uvicorn.Config:
         c = self.config
@@ -163,6 +170,7 @@ class Server:
         store = self._store or await connect(self.config.store_url)
         self._store = store
         app = create_app(store, self.config, close_store=owns_store)
+        self._app = app
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
