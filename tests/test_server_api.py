@@ -227,6 +227,9 @@ async def test_remote_consumer_fetch_ack_and_nack(
         "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen, "max": 10}
     )
     assert [e["position"] for e in after.json()["events"]] == [3, 4, 5, 6]
+    # events 3..6 were fetched before and not committed: they are redeliveries
+    metrics = (await client.get("/metrics")).text
+    assert 'tidelog_redelivered_events_total{category="order",group="billing"} 4.0' in metrics
     stale = await client.get(
         "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen + 5}
     )

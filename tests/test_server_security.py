@@ -484,3 +484,27 @@ async def test_mutual_tls_principal_from_client_certificate(tmp_path: Path) -> N
             got = [e.stream async for e in remote.read_stream("order-1")]
             assert got == ["order-1"]
         assert await store.last_position() == 1
+
+
+async def test_jwt_from_a_jwks_file_picks_the_key_by_kid(tmp_path: Path) -> None:
+    key, _ = _rsa_pem()
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}))
+    cfg = config(
+        jwt=JWTConfig(algorithms=("RS256",), audience="tidelog", jwks_file=str(jwks)),
+        grants=("erin=read:category:order",),
+    )
+    claims = {"sub": "erin", "aud": "tidelog", "exp": int(time.time()) + 60}
+    async with (
+        running(cfg) as (srv, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}") as client,
+    ):
+        good = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+        r = await client.get("/v1/log?category=order", headers={"Authorization": f"Bearer {good}"})
+        assert r.status_code == 200
+        for label, headers in (("unknown kid", {"kid": "k2"}), ("no kid", None)):
+            bad = jwt.encode(claims, key, algorithm="RS256", headers=headers)
+            r = await client.get("/v1/info", headers={"Authorization": f"Bearer {bad}"})
+            _tried(f"jwks {label}")
+            assert r.status_code == 401, label

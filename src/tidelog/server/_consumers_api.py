@@ -81,8 +81,15 @@ async def fetch(
 
     pages = [await one(p) for p in partitions]
     merged = heapq.merge(*pages, key=lambda e: e.position)
-    events = [wire.WireEvent.from_recorded(e) for _, e in zip(range(limit), merged, strict=False)]
-    return wire.WirePage(events=events)
+    taken = [e for _, e in zip(range(limit), merged, strict=False)]
+    metrics = _runtime(state).metrics
+    for p in partitions:
+        positions = [
+            e.position for e in taken if tidelog.partition_of(e.stream, store.partition_count) == p
+        ]
+        metrics.fetched(group, category, p, positions)
+    metrics.read(len(taken))
+    return wire.WirePage(events=[wire.WireEvent.from_recorded(e) for e in taken])
 
 
 @post("/v1/groups/{group:str}/{category:str}/nack", status_code=200, summary="Park an event")

@@ -52,6 +52,14 @@ class Metrics:
             registry=r,
         )
         self.head = Gauge("tidelog_log_head_position", "Newest position in the log", registry=r)
+        self.redelivered = Counter(
+            "tidelog_redelivered_events",
+            "Events a remote consumer group fetched again (fetched before, not committed)",
+            ["group", "category"],
+            registry=r,
+        )
+        self._fetched: dict[tuple[str, str, int], int] = {}
+        """Highest position fetched per (group, category, partition), for redeliveries."""
         self.parked = Gauge(
             "tidelog_parked_events",
             "Open parked events (parked, held or retrying) in a group's $dlq- stream",
@@ -65,6 +73,16 @@ class Metrics:
         self.appends.labels(category).inc(count)
         if seconds:
             self.append_seconds.observe(seconds)
+
+    def fetched(self, group: str, category: str, partition: int, positions: list[int]) -> None:
+        """Count the fetched events at or below what this partition had fetched before."""
+        key = (group, category, partition)
+        seen = self._fetched.get(key, 0)
+        again = sum(1 for p in positions if p <= seen)
+        if again:
+            self.redelivered.labels(group, category).inc(again)
+        if positions:
+            self._fetched[key] = max(seen, *positions)
 
     def read(self, count: int) -> None:
         self.events_read.inc(count)
