@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -101,13 +102,7 @@ def prepare_config(config: ServerConfig, announce: Callable[[str], None]) -> Ser
         key_file.chmod(0o600)
         announce(f"admin key (shown once, keep it): {key}")
     grants = (*config.grants, Grant(principal="admin", permission=Permission.ADMIN, resource="*"))
-    return msgspec_replace(config, api_keys={digest: "admin"}, grants=grants)
-
-
-def msgspec_replace(config: ServerConfig, **changes: Any) -> ServerConfig:
-    import msgspec
-
-    return msgspec.structs.replace(config, **changes)
+    return msgspec.structs.replace(config, api_keys={digest: "admin"}, grants=grants)
 
 
 class _Uvicorn(uvicorn.Server):
