@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import os
 import pathlib
+import random
 import sqlite3
+from collections.abc import Awaitable
 from uuid import uuid4
 
+import msgspec
 import pytest
 
 import tidelog
@@ -125,6 +128,91 @@ async def test_idempotent_retry_within_one_batch(tmp_path: pathlib.Path) -> None
         assert len([e async for e in store.read_all()]) == 3
     finally:
         await store.close()
+
+
+def _random_requests(rng: random.Random, n: int, reuse: float) -> list[tuple[str, object]]:
+    """A mix of appends and append_many requests that conflict, retry and collide.
+
+    Streams are few so that requests in one batch touch the same streams;
+    ids are drawn from a small pool so that retries, mixes and duplicates
+    across requests all happen.
+    """
+    pool = [uuid4() for _ in range(12)]
+    streams = ["acct-1", "acct-2", "acct-3", "order-1"]
+    expected_choices: list[object] = [tidelog.ANY, NO_STREAM, tidelog.STREAM_EXISTS, 0, 1, 2, 3]
+
+    def events() -> list[NewEvent]:
+        k = rng.randint(1, 3)
+        ids = rng.sample(pool, k) if rng.random() < reuse else [uuid4() for _ in range(k)]
+        return [NewEvent(type="T", data=b"%d" % i, id=id_) for i, id_ in enumerate(ids)]
+
+    out: list[tuple[str, object]] = []
+    for _ in range(n):
+        if rng.random() < 0.15:
+            chosen = rng.sample(streams, 2)
+            many = {s: AppendRequest(events(), rng.choice(expected_choices)) for s in chosen}  # type: ignore[arg-type]
+            out.append(("many", many))
+        else:
+            out.append(("one", (rng.choice(streams), events(), rng.choice(expected_choices))))
+    return out
+
+
+def _outcome(result: object) -> object:
+    return type(result).__name__ if isinstance(result, BaseException) else result
+
+
+@pytest.mark.parametrize("reuse", [0.0, 0.02, 0.3])
+@pytest.mark.parametrize("seed", range(6))
+async def test_batched_appends_agree_with_one_at_a_time(
+    tmp_path: pathlib.Path, seed: int, reuse: float
+) -> None:
+    """Concurrent requests gathered into batches end exactly as if run one by one.
+
+    The writer runs consecutive appends of a batch in bulk and falls back to
+    one savepoint per request when an id is already stored; the memory engine
+    applying the same requests in the same order is the reference. `reuse` is
+    how often an append takes ids from a small shared pool (retries, mixes,
+    duplicates), which sends its whole run down the fallback path.
+    """
+    rng = random.Random(seed)
+    requests = _random_requests(rng, 160, reuse)
+    store = await _open(tmp_path / "b.db")
+    reference = await tidelog.connect("memory://")
+
+    def call(target: tidelog.Store, request: tuple[str, object]) -> Awaitable[object]:
+        kind, args = request
+        if kind == "many":
+            return target.append_many(args)  # type: ignore[arg-type]
+        stream, events, expected = args  # type: ignore[misc]
+        return target.append(stream, events, expected)
+
+    try:
+        batched: list[object] = []
+        before = store.transaction_count
+        for i in range(0, len(requests), 20):
+            chunk = requests[i : i + 20]
+            batched += await asyncio.gather(
+                *(call(store, r) for r in chunk), return_exceptions=True
+            )
+        assert store.transaction_count - before < len(requests) // 2  # they really were batched
+        one_by_one = []
+        for r in requests:
+            try:
+                one_by_one.append(await call(reference, r))
+            except tidelog.TidelogError as exc:
+                one_by_one.append(exc)
+        assert [_outcome(x) for x in batched] == [_outcome(x) for x in one_by_one]
+        assert [e async for e in store.read_all()] == [
+            msgspec.structs.replace(e, recorded_at=mine.recorded_at)
+            for e, mine in zip(
+                [e async for e in reference.read_all()],
+                [e async for e in store.read_all()],
+                strict=True,
+            )
+        ]
+    finally:
+        await store.close()
+        await reference.close()
 
 
 async def test_failed_commit_appends_roll_back_with_the_checkpoint(tmp_path: pathlib.Path) -> None:

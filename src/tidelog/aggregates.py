@@ -46,7 +46,7 @@ import typing
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar, overload
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import msgspec
 
@@ -60,6 +60,7 @@ from tidelog.model import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    new_event_id,
     validate_stream_name,
 )
 
@@ -234,7 +235,7 @@ class Aggregate(msgspec.Struct, dict=True, kw_only=True):
         self._apply(event)
         version = self.version
         self.__dict__["_version"] = 0 if version is None else version + 1
-        self.__dict__["_pending"].append((event, (id or uuid4(), dict(metadata or {}))))
+        self.__dict__["_pending"].append((event, (id or new_event_id(), dict(metadata or {}))))
 
     def _apply(self, event: msgspec.Struct) -> None:
         handler = self._handlers.get(type(event))

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import msgspec
 
 from tidelog.errors import InvalidEvent, InvalidInput, UnknownEventType
-from tidelog.model import MAX_TYPE_LENGTH, NewEvent, RecordedEvent
+from tidelog.model import MAX_TYPE_LENGTH, NewEvent, RecordedEvent, new_event_id
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -165,7 +165,7 @@ class EventRegistry:
             type=type_name,
             data=_ENCODER.encode(struct),
             metadata=dict(metadata or {}),
-            id=id if id is not None else uuid4(),
+            id=id if id is not None else new_event_id(),
             schema_version=version,
         )
 

@@ -8,12 +8,14 @@ the OpenAPI schema.
 from __future__ import annotations
 
 import enum
+import os
 import re
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeAlias
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import msgspec
 
@@ -133,6 +135,24 @@ def check_expected_version(stream: str, expected: ExpectedVersion, actual: int |
         raise WrongExpectedVersion(stream, expected, actual)
 
 
+_UUID7_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
+_UUID7_SET: Final = (0x7 << 76) | (0x2 << 62)
+
+
+def new_event_id() -> UUID:
+    """A fresh event id: a UUIDv7 (RFC 9562), 48 bits of Unix milliseconds then 74 random bits.
+
+    Time-ordered ids land at the end of every engine's unique id index, so an
+    append touches one or two index pages instead of one random page per event
+    (random UUIDv4 keys); on SQLite that is about a third fewer pages written
+    per commit. The random bits come from `os.urandom`: ids are the
+    idempotency key, so they must not be predictable by someone who could
+    store an event under a victim's next id first.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    return UUID(int=value & _UUID7_CLEAR | _UUID7_SET)
+
+
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event to append.
 
@@ -144,7 +164,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     data: bytes = b""
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    id: UUID = msgspec.field(default_factory=uuid4)
+    id: UUID = msgspec.field(default_factory=new_event_id)
     schema_version: int = 1
 
 
@@ -220,16 +240,28 @@ class Membership(msgspec.Struct, frozen=True, kw_only=True):
 _JSON_ENCODER: Final = msgspec.json.Encoder()
 
 
+_VALID_TYPES: set[str] = set()
+"""Event types already found valid: a program appends a handful of types over and over."""
+_MAX_VALID_TYPES: Final = 4096
+
+
+def _check_type(type_: object) -> None:
+    if not isinstance(type_, str) or _TYPE_RE.fullmatch(type_) is None:
+        raise InvalidEvent(
+            f"invalid event type {type_!r}: ASCII letters, digits, '_', '-', '.', ':', '@'"
+        )
+    if len(type_) > MAX_TYPE_LENGTH:
+        raise InvalidEvent(f"event type longer than {MAX_TYPE_LENGTH} characters")
+    if type(type_) is str and len(_VALID_TYPES) < _MAX_VALID_TYPES:
+        _VALID_TYPES.add(type_)
+
+
 def validate_event(event: object) -> NewEvent:
     """Return `event` if it can be stored on every engine, else raise `InvalidEvent`."""
     if not isinstance(event, NewEvent):
         raise InvalidEvent(f"expected a tidelog.NewEvent, got {type(event).__name__}")
-    if not isinstance(event.type, str) or _TYPE_RE.fullmatch(event.type) is None:
-        raise InvalidEvent(
-            f"invalid event type {event.type!r}: ASCII letters, digits, '_', '-', '.', ':', '@'"
-        )
-    if len(event.type) > MAX_TYPE_LENGTH:
-        raise InvalidEvent(f"event type longer than {MAX_TYPE_LENGTH} characters")
+    if type(event.type) is not str or event.type not in _VALID_TYPES:
+        _check_type(event.type)
     if not isinstance(event.id, UUID):
         raise InvalidEvent(f"event id must be a UUID, got {type(event.id).__name__}")
     if not isinstance(event.data, bytes):
@@ -237,12 +269,13 @@ def validate_event(event: object) -> NewEvent:
     sv = event.schema_version
     if isinstance(sv, bool) or not isinstance(sv, int) or not 1 <= sv < 2**31:
         raise InvalidEvent(f"schema_version must be an int from 1, got {sv!r}")
-    if not isinstance(event.metadata, Mapping) or not all(
-        isinstance(k, str) for k in event.metadata
-    ):
+    metadata = event.metadata
+    if type(metadata) is dict and not metadata:  # the common case: nothing to check
+        return event
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
         raise InvalidEvent("metadata must be a mapping with string keys")
     try:
-        _JSON_ENCODER.encode(event.metadata)
+        _JSON_ENCODER.encode(metadata)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidEvent(f"metadata must be JSON-encodable: {exc}") from None
     return event

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from typing import Any, Final
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import msgspec
 
@@ -25,6 +25,7 @@ from tidelog.model import (
     RecordedEvent,
     StreamInfo,
     StreamState,
+    new_event_id,
 )
 
 __all__ = [
@@ -79,7 +80,7 @@ class WireNewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             type=self.type,
             data=payload,
             metadata=self.metadata,
-            id=self.id or uuid4(),
+            id=self.id or new_event_id(),
             schema_version=self.schema_version,
         )
 

@@ -57,14 +57,14 @@ import urllib.parse
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 from uuid import UUID
 
 import msgspec
 
 from tidelog.engines import _sqlite_db as db
 from tidelog.engines._sqlite_db import SCHEMA_VERSION, migrate, schema_version
-from tidelog.engines._sqlite_writer import CommitThenRaise, Request, Writer
+from tidelog.engines._sqlite_writer import Appends, CommitThenRaise, Request, Writer
 from tidelog.engines.base import (
     DEFAULT_PARTITIONS,
     GroupEngine,
@@ -369,13 +369,14 @@ class SQLiteEngine(GroupEngine):
     ) -> AppendResult:
         self._check_open()
         name, checked, expected = prepare_append(stream, events, expected_version)
-        return await self._write(lambda w: w.append(name, checked, expected), len(checked))
+        op = Appends({name: (checked, expected)}, name)
+        return cast(AppendResult, await self._write(op, len(checked)))
 
     async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
         self._check_open()
         checked = prepare_append_many(requests)
         weight = sum(len(events) for events, _ in checked.values())
-        return await self._write(lambda w: w.append_many(checked), weight)
+        return cast(dict[str, AppendResult], await self._write(Appends(checked), weight))
 
     async def read_stream(
         self,
