@@ -171,6 +171,11 @@ class Writer:
         # Deleted content is overwritten with zeros: `purge_stream` must leave no
         # bytes behind. Only purges delete rows, so it costs nothing elsewhere.
         conn.execute("PRAGMA secure_delete = ON")
+        # Savepoints keep the original of every page they change in a
+        # sub-journal, which SQLite spills to a temporary file past 64 KiB: a
+        # bulk run of appends would create, write and delete a file in every
+        # transaction. In memory it is a copy; a batch is bounded (_MAX_BATCH_*).
+        conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
     def submit(self, request: Request[Any]) -> None:
