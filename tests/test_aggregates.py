@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -71,26 +69,10 @@ class SnapAccount(Account):
     snapshot_every = 10
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tidelog.Store]:
+@pytest.fixture
+def store(contract_store: tidelog.Store) -> tidelog.Store:
     """The toolkit works on the engine contract: the same tests on several engines."""
-    schemas = None
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/aggregates.db"
-    else:
-        from _pg_util import Schemas, require_postgres
-
-        await require_postgres()
-        schemas = Schemas()
-        url = schemas.url()
-    try:
-        async with tidelog.connect(url) as s:
-            yield s
-    finally:
-        if schemas is not None:
-            await schemas.drop()
+    return contract_store
 
 
 async def test_commands_record_events_and_repository_roundtrips(store: tidelog.Store) -> None:

@@ -78,26 +78,10 @@ class TotalsTable(SQLiteProjection):
         self.db.execute(f"INSERT INTO {self.table('applied')} VALUES (?)", (recorded.position,))
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tidelog.Store]:
+@pytest.fixture
+def store(contract_store: tidelog.Store) -> tidelog.Store:
     """Projections work on the engine contract: the same tests on several engines."""
-    schemas = None
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/projections.db"
-    else:
-        from _pg_util import Schemas, require_postgres
-
-        await require_postgres()
-        schemas = Schemas()
-        url = schemas.url()
-    try:
-        async with tidelog.connect(url) as s:
-            yield s
-    finally:
-        if schemas is not None:
-            await schemas.drop()
+    return contract_store
 
 
 @pytest.fixture

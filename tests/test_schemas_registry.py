@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -41,26 +39,10 @@ class ItemAddedBad(msgspec.Struct):
     price: int  # required, no default
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tidelog.Store]:
+@pytest.fixture
+def store(contract_store: tidelog.Store) -> tidelog.Store:
     """The registry lives in the store: the same tests on several engines."""
-    schemas = None
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/schemas.db"
-    else:
-        from _pg_util import Schemas, require_postgres
-
-        await require_postgres()
-        schemas = Schemas()
-        url = schemas.url()
-    try:
-        async with tidelog.connect(url) as s:
-            yield s
-    finally:
-        if schemas is not None:
-            await schemas.drop()
+    return contract_store
 
 
 async def test_register_versions_ids_and_storage_in_the_store(store: tidelog.Store) -> None:
