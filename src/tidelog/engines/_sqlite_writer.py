@@ -60,6 +60,11 @@ _UPSERT_STREAM: Final = (
     "INSERT INTO streams (name, category, version, deleted) VALUES (?, ?, ?, 0)"
     " ON CONFLICT (name) DO UPDATE SET version = excluded.version"
 )
+_INSERT_OR_IGNORE: Final = (
+    "INSERT OR IGNORE INTO events (position, id, stream, version, type, data, metadata,"
+    " recorded_at, schema_version, category, partition) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+"""The bulk path's insert: a stored id shows as a row not inserted (see `_AppendRun`)."""
 _INSERT: Final = (
     "INSERT INTO events (position, id, stream, version, type, data, metadata, recorded_at,"
     " schema_version, category, partition) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -86,8 +91,8 @@ class Appends:
     """An `append` (`single` names its stream) or `append_many` request.
 
     The writer recognises these to run a whole run of them with a handful of
-    statements (see `Writer._append_run`) instead of five per request. Called
-    like any other operation, it takes the one-request path.
+    statements (see `_AppendRun`) instead of five per request. Called like any
+    other operation, it takes the one-request path.
     """
 
     __slots__ = ("checked", "single")
@@ -279,8 +284,8 @@ class Writer:
             j = i
             while j < len(batch) and isinstance(batch[j].op, Appends):
                 j += 1
-            if j - i > 1:
-                outcomes.extend(self._append_run(batch[i:j]))
+            if j > i:
+                outcomes.extend(_AppendRun(self, batch[i:j]).execute())
                 i = j
             else:
                 outcomes.append(self._one(batch[i]))
@@ -308,35 +313,6 @@ class Writer:
             return request, None, exc
         conn.execute("RELEASE request")
         return request, result, None
-
-    def _append_run(
-        self, run: list[Request[Any]]
-    ) -> list[tuple[Request[Any], Any, BaseException | None]]:
-        """Consecutive append requests, with one query for their streams and one insert.
-
-        Under concurrent single-event appends the per-request path costs five
-        statements per event (savepoint, stream lookup, insert, upsert,
-        release); here a run costs a few statements in all. Expected versions
-        are checked in Python against the stream rows read once and kept up to
-        date, so a request that fails has written nothing and needs no
-        savepoint. Anything unusual falls back to the per-request path with the
-        same outcome: a duplicate id (an idempotent retry without a version
-        conflict, or a mix) makes the insert raise and the whole run is redone
-        one request at a time, as is an `append_many` whose later stream
-        conflicts (the per-request path decides which error it gets).
-        """
-        conn = self.conn
-        mark = self.head
-        conn.execute("SAVEPOINT run")
-        try:
-            outcomes = _AppendRun(self, run).execute()
-        except (sqlite3.IntegrityError, _Fallback):
-            conn.execute("ROLLBACK TO run")
-            conn.execute("RELEASE run")
-            self.head = mark
-            return [self._one(request) for request in run]
-        conn.execute("RELEASE run")
-        return outcomes
 
     # ------------------------------------------------------------------ operations
     # Run on the writer thread inside the batch transaction and a savepoint.
@@ -478,52 +454,63 @@ class Writer:
         )
 
 
-class _Fallback(Exception):
-    """Raised inside a bulk append run to have it redone one request at a time."""
+Outcome = tuple[Request[Any], Any, BaseException | None]
 
 
 class _AppendRun:
-    """One run of append requests, checked in Python and written in bulk.
+    """Consecutive append requests of a batch, checked in Python and written in bulk.
 
-    Rows accumulate in `pending` and go to the database in one `executemany`
-    (plus one for the stream rows) when the run ends, or earlier when a
-    conflicting request must look for its ids among the stored events (an
-    idempotent retry may be of an append earlier in this very run).
+    Under concurrent single-event appends the one-request path costs five
+    statements per append (savepoint, stream lookup, insert, upsert, release)
+    and the savepoint copies every page it touches. Here a run costs one query
+    for its streams, one insert and one stream update, and no savepoint:
+    expected versions are checked in Python against the stream rows read once
+    and kept up to date, so a request that fails has written nothing.
+
+    Rows go to the database with `INSERT OR IGNORE` when the run ends, or
+    earlier, before a request whose expected version fails (or whose stream
+    is deleted) runs on the one-request path: it may be an idempotent retry,
+    even of an append earlier in this very run, and that path decides it
+    against the database as it is then. If a flush inserts fewer rows than it
+    holds, an id was already stored (a retry without a version conflict, or a
+    mix): the flush's rows are deleted and its requests run again one at a
+    time. Either way every outcome is the one the requests would have had,
+    run one by one in order.
     """
 
     def __init__(self, writer: Writer, run: list[Request[Any]]) -> None:
         self.writer = writer
         self.run = run
-        self.pending: list[tuple[Any, ...]] = []
-        self.stream_versions: dict[str, tuple[str, int]] = {}
+        self.ops = [cast(Appends, r.op) for r in run]
+        self.outcomes: list[Outcome | None] = [None] * len(run)
+        self.streams: dict[str, tuple[int | None, bool]] = {}
         self.now_us = time.time_ns() // 1000
+        # What the next flush writes, and what it takes to undo it.
+        self.rows: list[tuple[Any, ...]] = []
+        self.versions: dict[str, tuple[str, int]] = {}
+        self.pending: list[tuple[int, dict[str, tuple[int | None, bool] | None]]] = []
+        self.pending_head = writer.head
 
-    def execute(self) -> list[tuple[Request[Any], Any, BaseException | None]]:
-        writer = self.writer
-        ops = [cast(Appends, r.op) for r in self.run]
-        streams = writer.stream_rows({s for op in ops for s in op.checked})
-        outcomes: list[tuple[Request[Any], Any, BaseException | None]] = []
-        for request, op in zip(self.run, ops, strict=True):
+    def execute(self) -> list[Outcome]:
+        self.streams = self.writer.stream_rows({s for op in self.ops for s in op.checked})
+        for index, request in enumerate(self.run):
             try:
-                results = self._request(op, streams)
+                self._request(index)
             except TidelogError as exc:
-                outcomes.append((request, None, exc))
-            else:
-                outcomes.append((request, op.result(results), None))
+                self.outcomes[index] = (request, None, exc)
         self.flush()
-        return outcomes
+        return [cast(Outcome, outcome) for outcome in self.outcomes]
 
-    def _request(
-        self, op: Appends, streams: dict[str, tuple[int | None, bool]]
-    ) -> dict[str, AppendResult]:
-        """One request's results; raises (having written nothing) when it fails."""
+    def _request(self, index: int) -> None:
+        """Take one request; raises a `TidelogError` (having written nothing) when it fails."""
         writer = self.writer
+        op = self.ops[index]
         head = writer.head
         rows: list[tuple[Any, ...]] = []
         results: dict[str, AppendResult] = {}
         changed: dict[str, int] = {}
         for stream, (events, expected) in op.checked.items():
-            current, deleted = streams.get(stream, (None, False))
+            current, deleted = self.streams.get(stream, (None, False))
             conflict = deleted
             if not deleted:
                 try:
@@ -531,39 +518,55 @@ class _AppendRun:
                 except WrongExpectedVersion:
                     conflict = True
             if conflict:
-                if rows:
-                    # An earlier stream of this request might hold a stored id, which
-                    # one at a time reports first: let that path decide.
-                    raise _Fallback
+                # A conflict may still be an idempotent retry, of an append earlier in
+                # this run too: write what is pending, then let the one-request path
+                # decide against the database as it now is.
                 self.flush()
-                retry = writer._find_retry(stream, events)
-                if retry is not None:
-                    results[stream] = retry
-                    continue
-                if deleted:
-                    raise StreamDeleted(stream)
-                check_expected_version(stream, expected, current)
+                self._one(index)
+                return
             first = 0 if current is None else current + 1
             rows += writer.event_rows(stream, first, events, head, self.now_us)
             head += len(events)
             changed[stream] = first + len(events) - 1
             results[stream] = AppendResult(version=changed[stream], position=head)
         # Every stream of the request passed: only now does it take effect.
-        self.pending += rows
+        if not self.pending:
+            self.pending_head = writer.head
+        self.pending.append((index, {s: self.streams.get(s) for s in changed}))
+        self.rows += rows
         writer.head = head
         for stream, last in changed.items():
-            streams[stream] = (last, False)
-            self.stream_versions[stream] = (category_of(stream), last)
-        return results
+            self.streams[stream] = (last, False)
+            self.versions[stream] = (category_of(stream), last)
+        self.outcomes[index] = (self.run[index], op.result(results), None)
+
+    def _one(self, index: int) -> None:
+        """Run one request on the one-request path, then re-read the streams it may change."""
+        self.outcomes[index] = self.writer._one(self.run[index])
+        self.streams.update(self.writer.stream_rows(self.ops[index].checked))
 
     def flush(self) -> None:
-        """Write the pending rows; an IntegrityError (a stored id) goes to the caller."""
-        if self.pending:
-            conn = self.writer.conn
-            conn.executemany(_INSERT, self.pending)
+        """Write the pending rows; if an id was already stored, redo them one at a time."""
+        if not self.rows:
+            return
+        conn = self.writer.conn
+        inserted = conn.executemany(_INSERT_OR_IGNORE, self.rows).rowcount
+        if inserted == len(self.rows):
             conn.executemany(
-                _UPSERT_STREAM,
-                [(name, cat, last) for name, (cat, last) in self.stream_versions.items()],
+                _UPSERT_STREAM, [(name, cat, last) for name, (cat, last) in self.versions.items()]
             )
-            self.pending = []
-            self.stream_versions = {}
+            self.rows, self.versions, self.pending = [], {}, []
+            return
+        # Positions above pending_head were given to the pending requests only.
+        conn.execute("DELETE FROM events WHERE position > ?", (self.pending_head,))
+        pending = self.pending
+        for _, before in reversed(pending):
+            for stream, state in before.items():
+                if state is None:
+                    self.streams.pop(stream, None)
+                else:
+                    self.streams[stream] = state
+        self.writer.head = self.pending_head
+        self.rows, self.versions, self.pending = [], {}, []
+        for index, _ in pending:
+            self._one(index)
