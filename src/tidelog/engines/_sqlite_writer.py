@@ -152,12 +152,15 @@ class Writer:
         synchronous: str,
         busy_timeout: float,
         partitions: int,
+        loop: asyncio.AbstractEventLoop,
         on_commit: Callable[[int], None],
     ) -> None:
+        """`on_commit(head)` runs on `loop` after each commit that moved the head."""
         self._path = path
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self.partitions = partitions
+        self._loop = loop
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Request[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -253,12 +256,22 @@ class Writer:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for request, result, error in outcomes:
             by_loop.setdefault(request.loop, []).append((request.future, result, error))
-        for loop, items in by_loop.items():
-            # RuntimeError: that loop is closed, nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, items)
         if new_head is not None:
-            self._on_commit(new_head)
+            by_loop.setdefault(self._loop, [])
+        for loop, items in by_loop.items():
+            # One wake-up per loop and commit: the results, and the new head for
+            # subscribers. RuntimeError: that loop is closed, nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(
+                    self._deliver, items, new_head if loop is self._loop else None
+                )
+
+    def _deliver(
+        self, items: list[tuple[asyncio.Future[Any], Any, BaseException | None]], head: int | None
+    ) -> None:
+        _settle(items)
+        if head is not None:
+            self._on_commit(head)
 
     def _abort(self) -> None:
         try:

@@ -130,11 +130,23 @@ _MAX_BATCH_EVENTS: Final = 50_000
 _READ_THREADS: Final = 4
 _ID_CHUNK: Final = 500
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_EMPTY_JSON: Final = b"{}"
+_DECODE_CHUNK: Final = 256
+"""Rows `read_all` turns into events at a time, on the event loop as the caller consumes.
+
+Below the cyclic GC's first threshold (700 allocations): the UUIDs of a chunk
+(GC-tracked objects) are usually consumed and freed before a collection sees
+them, whereas decoding a whole page kept thousands alive, which the collector
+then promoted and traversed again and again.
+"""
 _UUID_LIST: Final = list[UUID]
 _to_uuids: Final = msgspec.convert
 _GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
-_COLUMNS: Final = "position, id, stream, version, type, data, metadata, recorded_at, schema_version"
+_COLUMNS: Final = (
+    "position, id, stream, version, type, data, nullif(metadata, x'7b7d'), recorded_at,"
+    " schema_version"
+)
+"""The columns `_decode_rows` takes. Empty metadata (the writer stores `{}`) arrives as
+NULL: no bytes object to create and compare in the common case."""
 _INSERT: Final = (
     "INSERT INTO events (position, id, stream, version, type, data, metadata, recorded_at,"
     " schema_version, category, partition) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -167,11 +179,11 @@ def _path_from_url(url: str) -> str:
     return path[1:]
 
 
-def _decode_rows(rows: list[Any]) -> list[RecordedEvent]:
-    """Rows of `_COLUMNS` to events; data stays bytes, metadata `{}` skips the JSON decoder.
+def _decode_rows(rows: Sequence[Any]) -> list[RecordedEvent]:
+    """Rows of `_COLUMNS` to events; data stays bytes, empty metadata (NULL) skips the decoder.
 
-    The ids of a page are converted in one msgspec call: `UUID(bytes=...)` per
-    row would cost more than everything else here together.
+    The ids of all the rows are converted in one msgspec call: `UUID(bytes=...)`
+    per row would cost more than everything else here together.
     """
     out: list[RecordedEvent] = []
     append = out.append
@@ -192,7 +204,7 @@ def _decode_rows(rows: list[Any]) -> list[RecordedEvent]:
                 position=position,
                 type=type_,
                 data=data,
-                metadata={} if meta == _EMPTY_JSON else decode_metadata(meta),
+                metadata={} if meta is None else decode_metadata(meta),
                 recorded_at=last_at,
                 schema_version=sv,
             )
@@ -263,7 +275,12 @@ class SQLiteEngine(GroupEngine):
         self._loop = asyncio.get_running_loop()
         self._watch = HeadWatch()
         self._writer = Writer(
-            config.path, config.synchronous, config.busy_timeout, partitions, self._on_commit
+            config.path,
+            config.synchronous,
+            config.busy_timeout,
+            partitions,
+            self._loop,
+            self._watch.advance,
         )
         self._readers = concurrent.futures.ThreadPoolExecutor(
             max_workers=_READ_THREADS, thread_name_prefix="tidelog-sqlite-read"
@@ -493,30 +510,34 @@ class SQLiteEngine(GroupEngine):
         position = max(from_position, 1)
         remaining = limit
 
-        def page(conn: sqlite3.Connection, args: tuple[Any, ...]) -> list[RecordedEvent]:
-            return _decode_rows(conn.execute(sql, args).fetchall())
+        def page(conn: sqlite3.Connection, args: tuple[Any, ...]) -> list[Any]:
+            return conn.execute(sql, args).fetchall()
 
-        # The next page is fetched while the caller consumes this one.
+        # The next page is fetched while the caller consumes this one. The
+        # reader thread only fetches: rows become events here, `_DECODE_CHUNK`
+        # at a time as the caller consumes them, so few events are alive at
+        # once (see `_DECODE_CHUNK`) and they are made and freed by one thread.
         page_size = PAGE_SIZE
         size = page_size if remaining is None else min(page_size, remaining)
-        pending: asyncio.Future[list[RecordedEvent]] | None = self._submit_read(
+        pending: asyncio.Future[list[Any]] | None = self._submit_read(
             functools.partial(page, args=(position, *params, size))
         )
         try:
             while pending is not None:
-                events = await pending
+                rows = await pending
                 pending = None
                 if remaining is not None:
-                    remaining -= len(events)
-                if len(events) == size and (remaining is None or remaining > 0):
+                    remaining -= len(rows)
+                if len(rows) == size and (remaining is None or remaining > 0):
                     page_size = min(page_size * 2, PAGE_SIZE * PAGE_GROWTH)
                     size = page_size if remaining is None else min(page_size, remaining)
-                    args = (events[-1].position + 1, *params, size)
+                    args = (rows[-1][0] + 1, *params, size)
                     pending = self._submit_read(functools.partial(page, args=args))
-                for event in events:
-                    yield event
-                    if self._closed:
-                        raise StoreClosed()
+                for start in range(0, len(rows), _DECODE_CHUNK):
+                    for event in _decode_rows(rows[start : start + _DECODE_CHUNK]):
+                        yield event
+                        if self._closed:
+                            raise StoreClosed()
         finally:
             if pending is not None:
                 pending.cancel()
