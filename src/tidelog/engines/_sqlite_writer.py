@@ -14,6 +14,7 @@ retried, so nothing is acknowledged that a failed sync may have lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -162,7 +163,7 @@ class Writer:
         self.partitions = partitions
         self._loop = loop
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[Request[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Request[Any]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopping = False
         self.conn = self._connect()
@@ -186,11 +187,12 @@ class Writer:
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
-    def submit(self, request: Request[Any]) -> None:
+    def submit(self, requests: list[Request[Any]]) -> None:
+        """Queue `requests` (in order) for the writer thread; one wake-up for all of them."""
         with self._lock:
             if self._stopping:
                 raise StoreClosed()
-            self._queue.put(request)
+            self._queue.put(requests)
 
     def stop(self) -> None:
         """Finish every request accepted so far, then stop the thread and close the connection."""
@@ -201,23 +203,30 @@ class Writer:
         self._thread.join()
 
     def _run(self) -> None:
+        backlog: collections.deque[Request[Any]] = collections.deque()
         stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch: list[Request[Any]] = [first]
-            weight = first.weight
-            while len(batch) < _MAX_BATCH_REQUESTS and weight < _MAX_BATCH_EVENTS:
+        while backlog or not stop:
+            if not backlog:
+                item = self._queue.get()
+                if item is None:
+                    stop = True
+                    continue
+                backlog.extend(item)
+            while not stop:  # take everything queued meanwhile: one transaction for all
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     stop = True
-                    break
-                batch.append(item)
-                weight += item.weight
+                else:
+                    backlog.extend(item)
+            batch: list[Request[Any]] = []
+            weight = 0
+            while backlog and len(batch) < _MAX_BATCH_REQUESTS and weight < _MAX_BATCH_EVENTS:
+                request = backlog.popleft()
+                batch.append(request)
+                weight += request.weight
             try:
                 self._execute(batch)
             except Exception:  # a bug must not kill the thread and hang every caller

@@ -274,6 +274,8 @@ class SQLiteEngine(GroupEngine):
         self._partitions = partitions
         self._loop = asyncio.get_running_loop()
         self._watch = HeadWatch()
+        self._outbox: list[Request[Any]] = []
+        """Requests of this turn of the loop, for the writer (see `_write`)."""
         self._writer = Writer(
             config.path,
             config.synchronous,
@@ -308,8 +310,29 @@ class SQLiteEngine(GroupEngine):
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._writer.submit(Request(op, future, loop, weight))
+        request = Request(op, future, loop, weight)
+        if loop is self._loop:
+            # Requests made in one turn of the loop (say, by the tasks one commit
+            # woke) reach the writer together, at the end of the turn: it would
+            # otherwise start a transaction on the first and leave the rest for
+            # the next, and every transaction costs a sync.
+            self._outbox.append(request)
+            if len(self._outbox) == 1:
+                loop.call_soon(self._send_outbox)
+        else:
+            self._writer.submit([request])
         return await future
+
+    def _send_outbox(self) -> None:
+        requests, self._outbox = self._outbox, []
+        if not requests:
+            return
+        try:
+            self._writer.submit(requests)
+        except StoreClosed:
+            for request in requests:
+                if not request.future.done():
+                    request.future.set_exception(StoreClosed())
 
     def _reader_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -374,6 +397,7 @@ class SQLiteEngine(GroupEngine):
             return
         self._closed = True
         self._watch.close()
+        self._send_outbox()  # accepted before close: they complete
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     # ------------------------------------------------------------------ layer 1
