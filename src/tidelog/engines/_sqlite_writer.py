@@ -1,10 +1,12 @@
-"""The sqlite engine's writer thread: group commit with a savepoint per request.
+"""The sqlite engine's writer thread: group commit, each request isolated.
 
 Every write (appends, deletes, group changes, checkpoints) is an operation, a
 function of the `Writer` run on its thread. The thread drains what is queued
 (up to a cap), runs ONE `BEGIN IMMEDIATE` ... `COMMIT` for the whole batch and
-so one sync, with each request inside its own SAVEPOINT: a request that raises
-rolls back to its savepoint and fails alone. Futures are resolved on their
+so one sync. Runs of appends are checked in Python and written in bulk
+(`_AppendRun`): a failing append has written nothing. Every other request, and
+an append the database must decide, runs inside its own SAVEPOINT: a request
+that raises rolls back to its savepoint and fails alone. Futures are resolved on their
 event loop only after COMMIT returned. SQLITE_BUSY (another process holds the
 write lock; nothing was written) is retried until the busy timeout; any other
 sqlite3 error fails the whole batch with `StoreUnavailable` and is never

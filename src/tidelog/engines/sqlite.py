@@ -11,11 +11,16 @@ raises `InvalidURL`, leaving it out uses the stored one), `busy_timeout`
 How it works:
 
 - **One writer thread** owns the write connection. Appends, deletes and group
-  operations are queued with a future; the thread drains everything queued (up
-  to a cap), runs ONE `BEGIN IMMEDIATE` ... `COMMIT` (one sync) for all of them,
-  each request inside its own SAVEPOINT so a conflict (`WrongExpectedVersion`,
-  `StreamDeleted`, `DuplicateEventId`, `StaleGeneration`) fails only that
-  request. Futures are resolved on their loop only after COMMIT returned.
+  operations are queued with a future (the requests of one turn of the event
+  loop together); the thread drains everything queued (up to a cap) and runs
+  ONE `BEGIN IMMEDIATE` ... `COMMIT` (one sync) for all of them. Each request
+  is isolated, so a conflict (`WrongExpectedVersion`, `StreamDeleted`,
+  `DuplicateEventId`, `StaleGeneration`) fails only that request: consecutive
+  appends are checked in Python before anything is written and then written
+  with one insert (`_sqlite_writer._AppendRun`); an append the database must
+  decide (a conflict that may be a retry, an id already stored) and every
+  other operation runs in its own SAVEPOINT. Futures are resolved on their
+  loop only after COMMIT returned.
   Positions are assigned by the writer under the write lock, so position order
   is commit order and readers can never skip an event.
 - **Reads** run on a small pool of threads, each with its own read-only
