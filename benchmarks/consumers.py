@@ -5,8 +5,9 @@ Registered in `benchmarks/run.py` (`WORKLOADS`).
 `group_throughput`: N events (`sizes.replay_events`, at most 100,000) in 1,000
 streams of one category are handled by a group of 1, 2 and 4 `tidelog worker`
 processes with a trivial handler (a fresh group each time, on the same
-store). The clock starts once every member joined and heartbeated (handlers wait
-for a go file) and stops when every partition's checkpoint reached its last event.
+store). The clock starts once every member has heartbeated after the last one
+joined, so each works on the final assignment (handlers wait for a go file until
+then), and stops when every partition's checkpoint reached its last event.
 `value` is the 1-worker rate, `baseline` a plain `read_all` of the same events
 in one process; `by_workers` gives all three rates. Needs an engine that
 several processes can open (SQLite file, PostgreSQL, NATS).
@@ -37,6 +38,8 @@ __all__ = ["end_to_end_latency", "group_throughput"]
 HERE = pathlib.Path(__file__).parent
 STREAMS = 1_000
 LATENCY_RATE = 2_000
+LEASE = 3.0
+"""The workers' lease (`BENCH_LEASE`); they heartbeat every third of it."""
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -68,7 +71,9 @@ async def _run_group(url: str, store: tidelog.Store, workers: int) -> float:
 async def _timed_group(
     url: str, store: tidelog.Store, workers: int, group: str, go: pathlib.Path
 ) -> float:
-    env = dict(os.environ, BENCH_STORE=url, BENCH_GROUP=group, BENCH_GO=str(go))
+    env = dict(
+        os.environ, BENCH_STORE=url, BENCH_GROUP=group, BENCH_GO=str(go), BENCH_LEASE=str(LEASE)
+    )
     tidelog_bin = str(pathlib.Path(sys.executable).parent / "tidelog")
     procs = [
         subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
@@ -89,13 +94,7 @@ async def _timed_group(
     async for e in store.read_all(categories=["bench"]):
         last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
     try:
-        while True:
-            desc = await store.describe_group(group, "bench")
-            if desc is not None and len(desc.members) == workers:
-                break
-            await asyncio.sleep(0.02)
-        # let every member learn the final assignment at its next heartbeat (1 s)
-        await asyncio.sleep(1.5)
+        await _settled(store, group, workers)
         t0 = time.perf_counter()
         go.touch()  # noqa: ASYNC240 - the start signal, once
         while await store.checkpoints(group, "bench") != last:  # noqa: ASYNC110
@@ -109,6 +108,26 @@ async def _timed_group(
                 p.wait(timeout=30)
             if p.poll() is None:
                 p.kill()
+
+
+async def _settled(store: tidelog.Store, group: str, workers: int) -> None:
+    """Wait until `workers` members joined and each heartbeated after the last join.
+
+    A heartbeat returns the member's final assignment. Before it, a member may
+    still handle partitions it lost; the new owner then handles them again (its
+    commits refused), which a fixed pause cannot rule out on a busy machine.
+    """
+    settled_at = generation = None
+    while True:
+        desc = await store.describe_group(group, "bench")
+        if desc is None or len(desc.members) != workers:
+            settled_at = None
+        elif settled_at is None or desc.generation != generation:
+            settled_at, generation = time.time(), desc.generation
+        elif all(m.lease_expires_at - LEASE > settled_at for m in desc.members):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the heartbeat's answer is applied just after its commit
 
 
 async def group_throughput(backend: Any, sizes: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The app the `group_throughput` benchmark runs in each worker process.
 
-`tidelog worker consumers_worker:app` with BENCH_STORE, BENCH_GROUP and
-BENCH_GO (a file: handlers wait until it exists, so that every member has
-joined before the clock starts).
+`tidelog worker consumers_worker:app` with BENCH_STORE, BENCH_GROUP, BENCH_LEASE
+and BENCH_GO (a file: handlers wait until it exists, so that every member has
+joined and learned its final assignment before the clock starts).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ _started: list[bool] = []
 app = App(
     "bench",
     os.environ.get("BENCH_STORE"),
-    options=RunnerOptions(lease=3.0, max_in_flight=4000, page_size=500),
+    options=RunnerOptions(
+        lease=float(os.environ.get("BENCH_LEASE", "3.0")), max_in_flight=4000, page_size=500
+    ),
 )
 
 

@@ -7,6 +7,7 @@ import pathlib
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import msgspec
 import pytest
@@ -460,3 +461,93 @@ def test_handler_registration_is_checked() -> None:
         app.handler("order", group="h")(lambda e, c: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(tidelog.InvalidStreamName):
         app.handler("bad category", group="g")
+
+
+def streams_sharing_a_partition(partitions: int, count: int, category: str = "order") -> list[str]:
+    """`count` stream names of `category` that all fall in one partition."""
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for i in range(1000):
+        name = f"{category}-{i}"
+        group = by_partition[tidelog.partition_of(name, partitions)]
+        group.append(name)
+        if len(group) == count:
+            return group
+    raise AssertionError("no partition holds enough streams")
+
+
+async def test_a_waiting_handler_holds_up_only_its_own_stream(store: tidelog.Store) -> None:
+    slow, *others = streams_sharing_a_partition(store.partition_count, 5)
+    for v in range(3):
+        await store.append_many(
+            {
+                s: tidelog.AppendRequest(
+                    events=[tidelog.NewEvent(type="Placed", data=str(v).encode())]
+                )
+                for s in (slow, *others)
+            }
+        )
+    release = asyncio.Event()
+    seen: dict[str, list[int]] = defaultdict(list)
+    app = App("t", store, options=FAST)
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        if event.stream == slow:
+            await release.wait()
+        seen[event.stream].append(event.version)
+
+    run = Running(app)
+    # the other streams of the same partition go past the waiting one
+    await eventually(lambda: all(seen[s] == [0, 1, 2] for s in others), what="other streams")
+    assert seen[slow] == []
+    release.set()
+    await eventually(lambda: seen[slow] == [0, 1, 2], what="the waiting stream, in order")
+    await run.stop()
+    assert await checkpoint_total(store, "g") == await store.last_position()
+
+
+async def test_handler_calls_at_once_stay_within_concurrency(store: tidelog.Store) -> None:
+    await fill(store, streams=40, per_stream=2)
+    release = asyncio.Event()
+    now = peak = handled = 0
+    app = App("t", store, options=replace(FAST, concurrency=3))
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        nonlocal now, peak, handled
+        now += 1
+        peak = max(peak, now)
+        await release.wait()
+        now -= 1
+        handled += 1
+
+    run = Running(app)
+    await eventually(lambda: peak == 3, what="three handler calls at once")
+    await asyncio.sleep(0.2)  # give a buggy limiter time to let more in
+    assert peak == 3
+    release.set()
+    await eventually(lambda: handled == 80, what="every event")
+    await run.stop()
+    assert peak == 3
+
+
+async def test_a_partition_that_caught_up_commits_without_waiting_for_the_interval(
+    store: tidelog.Store,
+) -> None:
+    await fill(store, streams=12, per_stream=5)
+    handled = 0
+    # the clock would commit after an hour: only catching up can commit here
+    app = App("t", store, options=replace(FAST, commit_interval=3600.0))
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        nonlocal handled
+        handled += 1
+
+    last: dict[int, int] = {}
+    async for e in store.read_all(categories=["order"]):
+        last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
+    run = Running(app)
+    await eventually_async(lambda: store.checkpoints("g", "order"), lambda cps: cps == last)
+    assert handled == 60
+    await run.stop()

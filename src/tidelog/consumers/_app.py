@@ -111,6 +111,20 @@ class RunnerOptions:
         return self.heartbeat_interval or self.lease / 3
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryScope:
+    """What every `Context` of one partition run shares: built once, not per event."""
+
+    store: GroupEngine
+    group: str
+    category: str
+    handler: str
+    member: str
+    partition: int
+    claim: int
+    registry: codec.EventRegistry | None
+
+
 class Context:
     """What a handler gets beside its event(s).
 
@@ -119,6 +133,11 @@ class Context:
     transactions. Their event ids are derived from the group and the source
     event (`idempotency_key`), so a redelivered event writes nothing twice.
     """
+
+    _appends: dict[str, tuple[list[NewEvent], ExpectedVersion]] | None = None
+    """Created by the first `append`: most handlings append nothing."""
+    _count = 0
+    _key: str | None = None
 
     def __init__(
         self,
@@ -135,28 +154,77 @@ class Context:
         source: Sequence[RecordedEvent],
         registry: codec.EventRegistry | None,
     ) -> None:
-        self.store = store
-        """The store, for reads. Write through `append` to keep effects exactly-once."""
-        self.group = group
-        self.category = category
-        self.handler = handler
-        self.member = member
+        self._scope = DeliveryScope(
+            store, group, category, handler, member, partition, claim, registry
+        )
         self.generation = generation
-        self.partition = partition
-        self.claim = claim
-        """Increases each time this process (re)starts a partition from its checkpoint."""
         self.attempt = attempt
         """1 on first delivery to the handler in this process, then 2, 3 ... on retries."""
         self._source = tuple(source)
-        self._registry = registry
-        self._appends: dict[str, tuple[list[NewEvent], ExpectedVersion]] = {}
-        self._count = 0
-        if len(self._source) == 1:
-            key = str(self._source[0].id)
-        else:
-            key = str(uuid.uuid5(DLQ_NAMESPACE, ",".join(str(e.id) for e in self._source)))
-        self.idempotency_key = f"{group}:{key}"
-        """Stable across redeliveries of the same event (for a batch: of the same list)."""
+
+    @classmethod
+    def _deliver(
+        cls,
+        scope: DeliveryScope,
+        generation: int,
+        attempt: int,
+        source: tuple[RecordedEvent, ...],
+    ) -> Context:
+        """The runtime's constructor (one per handler call): reuses the run's scope.
+
+        It sets what `__init__` sets; the rest starts from the class defaults.
+        """
+        ctx = cls.__new__(cls)
+        ctx._scope = scope
+        ctx.generation = generation
+        ctx.attempt = attempt
+        ctx._source = source
+        return ctx
+
+    @property
+    def store(self) -> GroupEngine:
+        """The store, for reads. Write through `append` to keep effects exactly-once."""
+        return self._scope.store
+
+    @property
+    def group(self) -> str:
+        return self._scope.group
+
+    @property
+    def category(self) -> str:
+        return self._scope.category
+
+    @property
+    def handler(self) -> str:
+        return self._scope.handler
+
+    @property
+    def member(self) -> str:
+        return self._scope.member
+
+    @property
+    def partition(self) -> int:
+        return self._scope.partition
+
+    @property
+    def claim(self) -> int:
+        """Increases each time this process (re)starts a partition from its checkpoint."""
+        return self._scope.claim
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across redeliveries of the same event (for a batch: of the same list).
+
+        Derived on first use: most handlers never ask, and formatting a UUID
+        would cost as much as the rest of a delivery.
+        """
+        if self._key is None:
+            if len(self._source) == 1:
+                key = str(self._source[0].id)
+            else:
+                key = str(uuid.uuid5(DLQ_NAMESPACE, ",".join(str(e.id) for e in self._source)))
+            self._key = f"{self.group}:{key}"
+        return self._key
 
     @property
     def event(self) -> RecordedEvent:
@@ -180,13 +248,16 @@ class Context:
         name = validate_stream_name(stream)
         source = self._source[0]
         correlation = source.metadata.get("correlationid", str(source.id))
+        registry = self._scope.registry
         out: list[NewEvent] = []
         for e in events:
-            new = e if isinstance(e, NewEvent) else codec.encode(e, registry=self._registry)
+            new = e if isinstance(e, NewEvent) else codec.encode(e, registry=registry)
             meta = {"causationid": str(source.id), "correlationid": correlation, **new.metadata}
             event_id = uuid.uuid5(DLQ_NAMESPACE, f"{self.idempotency_key}\x00effect:{self._count}")
             self._count += 1
             out.append(replace_event(new, id=event_id, metadata=meta))
+        if self._appends is None:
+            self._appends = {}
         if name in self._appends:
             self._appends[name][0].extend(out)
         else:
@@ -195,7 +266,7 @@ class Context:
     def _requests(self) -> dict[str, AppendRequest]:
         return {
             s: AppendRequest(events=tuple(evs), expected_version=ev)
-            for s, (evs, ev) in self._appends.items()
+            for s, (evs, ev) in (self._appends or {}).items()
         }
 
 
@@ -224,16 +295,18 @@ class Handler:
             return event
         return codec.decode(event, registry=registry)
 
-    async def invoke(
+    def invoke(
         self,
         events: Sequence[RecordedEvent],
         ctx: Context,
         registry: codec.EventRegistry | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        """The handler's awaitable for `events` (a plain call: no coroutine of its own)."""
         if self.options.batch is not None:
-            await self.fn([self.decode(e, registry) for e in events], ctx)
-        else:
-            await self.fn(self.decode(events[0], registry), ctx)
+            return self.fn([self.decode(e, registry) for e in events], ctx)
+        if self.event_class is None:
+            return self.fn(events[0], ctx)
+        return self.fn(self.decode(events[0], registry), ctx)
 
 
 def _event_class(fn: Callable[..., Any], batch: bool) -> type[msgspec.Struct] | None:

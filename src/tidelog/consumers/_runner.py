@@ -46,7 +46,7 @@ from tidelog.engines.base import GroupEngine
 from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import AppendRequest, Membership, NewEvent, RecordedEvent, partition_of
 
-from ._app import Context
+from ._app import Context, DeliveryScope
 from ._dlq import (
     DlqState,
     ParkedStatus,
@@ -101,31 +101,90 @@ class _Credits:
         self.limit = max(1, limit)
         self.used = 0
         self._freed = asyncio.Event()
+        self._waiting = False
         self._stats = stats
 
     async def take(self, want: int) -> int:
         while self.used >= self.limit:
             self._freed.clear()
-            await self._freed.wait()
+            self._waiting = True
+            try:
+                await self._freed.wait()
+            finally:
+                self._waiting = False
         n = min(want, self.limit - self.used)
         self.used += n
         self._stats.peak_in_flight = max(self._stats.peak_in_flight, self.used)
         return n
 
     def give(self, n: int) -> None:
-        if n:
-            self.used -= n
+        """Called once per finished event: wakes the reader only if it waits."""
+        self.used -= n
+        if self._waiting:
             self._freed.set()
 
 
+class _Limiter:
+    """Bounds the handler calls running at once in a process (`concurrency`).
+
+    A FIFO counting semaphore whose uncontended `acquire` neither suspends nor
+    allocates: it runs once per handled event, where `asyncio.Semaphore`'s
+    `async with` would cost about as much as a trivial handler itself.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.free = max(1, limit)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits for one (never suspends)."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # a slot was handed over just as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the slot to the longest waiter, or give it back."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class _Settle:
-    """A queue item: settle the DLQ head of a stream (a retry or a held event)."""
+    """A queue item: settle the DLQ head of `stream` (a retry or a held event)."""
 
-    __slots__ = ()
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
 
 
-_SETTLE = _Settle()
 _Item = RecordedEvent | _Settle
+
+_NOT_THE_EVENTS_FAULT = (asyncio.CancelledError, StaleGeneration, StoreUnavailable, StoreClosed)
+"""Fenced, or the store is down: no attempt is spent; the event is tried again later
+(or redelivered elsewhere)."""
+
+_KNOWN_STREAMS = 100_000
+"""How many streams' partitions a reader remembers (a few MB at most)."""
 
 
 class _PartitionRun:
@@ -141,9 +200,34 @@ class _PartitionRun:
         self.fetched_upto = 0
         self.committed = 0
         self.since_commit = 0
-        self.queues: dict[str, deque[_Item]] = {}
-        self.workers: dict[str, asyncio.Task[None]] = {}
+        self.commit_every = consumer.options.commit_every
+        self.quiet_commit_at = -float("inf")
+        """When a commit last came from the clock or from catching up (not from `commit_every`)."""
+        self.catch_up_due = False
+        self.by_stream = consumer.handler.options.batch is None
+        """Streams are handled in parallel; batches go one after the other, in log order."""
+        self.ready: deque[_Item] = deque()
+        """Fetched events (and settle requests) in log order, not yet taken by a worker."""
+        self.held: dict[str, deque[_Item] | None] = {}
+        """Streams a worker is handling, each with the items of it taken meanwhile."""
+        self.workers: set[asyncio.Task[None]] = set()
+        self.spare = 0
+        """Workers not inside a handling: the next ready item needs no new task."""
+        self.max_workers = consumer.options.concurrency if self.by_stream else 1
+        h = consumer.handler
+        self.direct = h.fn if self.by_stream and h.event_class is None else None
+        """The handler itself when it takes the `RecordedEvent` as is (skips `Handler.invoke`)."""
         self.settle_queued: set[str] = set()
+        self.scope = DeliveryScope(
+            consumer.store,
+            h.group,
+            h.category,
+            h.name,
+            consumer.member,
+            partition,
+            claim,
+            consumer.registry,
+        )
         self.progress = asyncio.Event()
         self.started = asyncio.Event()
         self.starter: asyncio.Task[None] | None = None
@@ -176,13 +260,18 @@ class _PartitionRun:
         self.stopping = True
         if self.starter is not None:
             await cancel_and_wait(self.starter)
-        workers = [t for t in self.workers.values() if not t.done()]
-        if workers and deadline is not None:
-            await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
-        for t in list(self.workers.values()):
-            await cancel_and_wait(t)
+        while deadline is not None and (left := deadline - time.monotonic()) > 0:
+            # a worker may start a spare one meanwhile: wait until none is left
+            workers = [t for t in self.workers if not t.done()]
+            if not workers:
+                break
+            await asyncio.wait(workers, timeout=left)
+        self.ready.clear()  # first: no worker starts for, or takes, anything more
+        while running := [t for t in self.workers if not t.done()]:
+            for t in running:
+                await cancel_and_wait(t)
         self.workers.clear()
-        self.queues.clear()
+        self.held.clear()
         self.c.credits.give(self.outstanding)
         self.outstanding = 0
         if self.committer is not None:
@@ -229,100 +318,218 @@ class _PartitionRun:
         c.enqueue_settles(self)
         c.wake_reader()
 
-    def accept(self, event: RecordedEvent) -> None:
-        """Take a fetched event (its credit is now this run's until it finishes)."""
-        self.outstanding += 1
-        self.pending.append(event.position)
-        self.fetched_upto = event.position
-        self.next_position = event.position + 1
-        self._enqueue(event.stream if self.c.handler.options.batch is None else "", event)
-
-    def _enqueue(self, key: str, item: _Item) -> None:
-        queue = self.queues.get(key)
-        if queue is None:
-            queue = self.queues[key] = deque()
-        queue.append(item)
-        if key not in self.workers:
-            work = self._drain_batches(key) if self.c.handler.options.batch else self._drain(key)
-            self.workers[key] = asyncio.create_task(work)
+    def accept(self, events: list[RecordedEvent]) -> None:
+        """Take fetched events in log order (their credits are this run's until each finishes)."""
+        self.outstanding += len(events)
+        self.pending.extend([e.position for e in events])
+        self.fetched_upto = events[-1].position
+        self.next_position = self.fetched_upto + 1
+        self.ready.extend(events)
+        self._staff()
 
     def enqueue_settle(self, stream: str) -> None:
-        if stream not in self.settle_queued and self.started.is_set():
+        if stream not in self.settle_queued and self.reading:
             self.settle_queued.add(stream)
-            self._enqueue(stream if self.c.handler.options.batch is None else "", _SETTLE)
+            self.ready.append(_Settle(stream))
+            self._staff()
 
     def _finished(self, position: int) -> None:
-        self.done.add(position)
+        pending = self.pending
+        if pending[0] == position:
+            pending.popleft()  # finished in log order, as most are: `done` stays out of it
+        else:
+            self.done.add(position)
         self.outstanding -= 1
         self.c.credits.give(1)
         self.since_commit += 1
-        if self.since_commit >= self.c.options.commit_every:
+        if self.since_commit >= self.commit_every:
+            self.progress.set()
+        elif not self.outstanding and self.c.caught_up:
+            self.on_caught_up()
+
+    def on_caught_up(self) -> None:
+        """Nothing in flight and the reader found nothing more: commit now, not at the next tick.
+
+        A consumer that caught up then shows no lag and redelivers nothing after
+        a restart. It shares `commit_interval` with the clock-driven commits
+        (`_commit_loop`), so a trickle of events still costs at most one commit
+        per interval.
+        """
+        if (
+            self.fetched_upto > self.committed
+            and time.monotonic() - self.quiet_commit_at >= self.c.options.commit_interval
+        ):
+            self.catch_up_due = True
             self.progress.set()
 
-    # ---------------------------------------------------------------- handling
+    # ---------------------------------------------------------------- workers
 
-    async def _drain(self, key: str) -> None:
-        queue = self.queues[key]
+    def _staff(self) -> None:
+        """Start a worker if items are ready and every worker is inside a handling.
+
+        Workers are loops over the ready items, not a task per stream or per
+        event: a handler that returns without waiting costs no task switch, so
+        a page of events is handled in one pass of one worker. Before each
+        handling a worker calls this, so a spare one is always there: a handler
+        that does wait (I/O) holds up only its own stream. At most `concurrency`
+        workers per partition (one in batch mode); `_Limiter` bounds the
+        handler calls over all partitions.
+        """
+        if self.spare or not self.ready or len(self.workers) >= self.max_workers:
+            return
+        if self.workers and not self.c.running.free:
+            return  # a spare would only queue for a slot
+        self.spare += 1
+        worker = asyncio.create_task(self._work(), name=f"work-{self.p}")
+        self.workers.add(worker)
+        worker.add_done_callback(self._worker_done)
+
+    def _worker_done(self, worker: asyncio.Task[None]) -> None:
+        self.workers.discard(worker)
+        self.spare -= 1
+        if worker.cancelled():
+            return
+        exc = worker.exception()
+        if exc is not None and not isinstance(exc, StoreClosed):
+            log.error("tidelog consumer worker failed", exc_info=exc)
+        self._staff()  # items it left ready get a worker
+
+    async def _work(self) -> None:
         try:
-            while queue:
-                item = queue[0]
-                if isinstance(item, RecordedEvent):
-                    try:
-                        await self._process(item)
-                    except StoreUnavailable as exc:
-                        # writing the DLQ or the effects failed: try the event again
-                        emit(
-                            logging.WARNING, "store_unavailable", partition=self.p, error=repr(exc)
-                        )
-                        await asyncio.sleep(0.5)
-                        continue
-                    queue.popleft()
-                    self._finished(item.position)
-                else:
-                    queue.popleft()
-                    await self._settle(key)
+            if self.by_stream:
+                await self._work_streams()
+            else:
+                await self._work_batches()
         except StaleGeneration:
             return  # fenced while stopping: what is unfinished is redelivered
-        finally:
-            if not queue and self.queues.get(key) is queue:
-                del self.queues[key]
-                self.workers.pop(key, None)
 
-    async def _drain_batches(self, key: str) -> None:
-        queue = self.queues[key]
-        size = self.c.handler.options.batch or 1
+    def _take(self) -> _Item | None:
+        """The next ready item whose stream no worker holds: the caller holds it now.
+
+        Items of a held stream are set aside for the worker holding it. None:
+        nothing is ready, or every slot is taken and another worker of this
+        partition goes on (queueing here too would cost a task switch per
+        event: a convoy).
+        """
+        ready, held = self.ready, self.held
+        while ready:
+            if not self.c.running.free and len(self.workers) > 1:
+                return None
+            item = ready.popleft()
+            stream = item.stream
+            if stream not in held:
+                held[stream] = None
+                self.spare -= 1
+                if not self.spare:
+                    self._staff()
+                return item
+            backlog = held[stream]
+            if backlog is None:
+                backlog = held[stream] = deque()
+            backlog.append(item)
+        return None
+
+    def _next(self, stream: str) -> _Item | None:
+        """The next item of held `stream`; when it has none, release it and `_take`."""
+        backlog = self.held[stream]
+        if backlog:
+            return backlog.popleft()
+        del self.held[stream]
+        self.spare += 1
+        return self._take()
+
+    async def _work_streams(self) -> None:
+        """Handle items until none is left for this worker; per stream one worker at a time.
+
+        The first attempt at an event runs right here, as in `_handle` but
+        inline: a coroutine of ours per event would cost about as much as all
+        of this loop, with a handler that returns at once.
+        """
+        c = self.c
+        running, dlq, stats, scope, direct, h = (
+            c.running,
+            c.dlq,
+            c.stats,
+            self.scope,
+            self.direct,
+            c.handler,
+        )
+        item = self._take()
         try:
-            while queue:
-                if isinstance(queue[0], _Settle):
-                    queue.popleft()
-                    for stream in list(self.settle_queued):
-                        await self._settle(stream)
-                    continue
-                batch: list[RecordedEvent] = []
-                while queue and len(batch) < size and isinstance(queue[0], RecordedEvent):
-                    item = queue.popleft()
-                    assert isinstance(item, RecordedEvent)
-                    batch.append(item)
+            while item is not None:
                 try:
-                    await self._process_batch(batch)
+                    if isinstance(item, _Settle):
+                        await self._settle(item.stream)
+                    # an empty DLQ (the usual case) can neither hold nor skip an event
+                    elif dlq.entries and not await self._gate(item):
+                        self._finished(item.position)  # held, parked or settled before
+                    else:
+                        events = (item,)
+                        ctx = Context._deliver(scope, c.generation, 1, events)
+                        try:
+                            if not running.try_acquire():
+                                await running.acquire()
+                            try:
+                                if direct is not None:
+                                    await direct(item, ctx)
+                                else:
+                                    await h.invoke(events, ctx, c.registry)
+                            finally:
+                                running.release()
+                            if ctx._appends:
+                                await self._commit_with(ctx._requests())
+                        except _NOT_THE_EVENTS_FAULT:
+                            raise
+                        except Exception as exc:  # retried, then parked
+                            error, attempts = await self._handle(events, failed=exc)
+                            if error is not None:
+                                await self._park(item, error, attempts, 0)
+                        else:
+                            stats.handled += 1
+                            stats.events_handled += 1
+                        self._finished(item.position)
                 except StoreUnavailable as exc:
-                    emit(logging.WARNING, "store_unavailable", partition=self.p, error=repr(exc))
-                    queue.extendleft(reversed(batch))
-                    await asyncio.sleep(0.5)
-                    continue
-                for e in batch:
-                    self._finished(e.position)
-        except StaleGeneration:
-            return  # fenced while stopping: what is unfinished is redelivered
+                    await self._store_unavailable(exc)
+                    continue  # the same item again
+                item = self._next(item.stream)
         finally:
-            if not queue and self.queues.get(key) is queue:
-                del self.queues[key]
-                self.workers.pop(key, None)
+            if item is not None:
+                self.spare += 1  # fenced or cancelled while holding a stream
+
+    async def _work_batches(self) -> None:
+        """The partition's one worker in batch mode: lists of up to `batch` events."""
+        ready = self.ready
+        size = self.c.handler.options.batch or 1
+        while ready:
+            if isinstance(ready[0], _Settle):
+                ready.popleft()
+                for stream in list(self.settle_queued):
+                    await self._settle(stream)
+                continue
+            batch: list[RecordedEvent] = []
+            while ready and len(batch) < size:
+                item = ready[0]
+                if not isinstance(item, RecordedEvent):
+                    break
+                ready.popleft()
+                batch.append(item)
+            try:
+                await self._process_batch(batch)
+            except StoreUnavailable as exc:
+                ready.extendleft(reversed(batch))
+                await self._store_unavailable(exc)
+                continue
+            for e in batch:
+                self._finished(e.position)
+
+    # ---------------------------------------------------------------- handling
 
     async def _gate(self, event: RecordedEvent) -> bool:
         """True if `event` must go to the handler; else it was parked, held or settled."""
         c = self.c
         state = c.dlq
+        if not state.entries:
+            return True  # nothing parked in this group: the common case, decided at once
         if event.id in state.entries:
             c.stats.skipped_parked += 1
             return False
@@ -343,82 +550,93 @@ class _PartitionRun:
             return False
         return True
 
-    async def _process(self, event: RecordedEvent) -> None:
-        if not await self._gate(event):
-            return
-        error, attempts = await self._handle([event])
-        if error is not None:
-            await self._park(event, error, attempts, 0)
+    async def _store_unavailable(self, exc: StoreUnavailable) -> None:
+        """Writing the DLQ or a handler's effects failed: wait, then the caller tries again."""
+        emit(logging.WARNING, "store_unavailable", partition=self.p, error=repr(exc))
+        await asyncio.sleep(0.5)
 
     async def _process_batch(self, batch: Sequence[RecordedEvent]) -> None:
         todo = [e for e in batch if await self._gate(e)]
         if not todo:
             return
-        error, _ = await self._handle(todo)
+        error, _ = await self._handle(tuple(todo))
         if error is None:
             return
         # isolate the failing events: one at a time, each with its own attempts
         for event in todo:
             if not await self._gate(event):
                 continue
-            one_error, attempts = await self._handle([event])
+            one_error, attempts = await self._handle((event,))
             if one_error is not None:
                 await self._park(event, one_error, attempts, 0)
 
     async def _handle(
-        self, events: Sequence[RecordedEvent], extra: dict[str, list[NewEvent]] | None = None
+        self,
+        events: tuple[RecordedEvent, ...],
+        extra: dict[str, list[NewEvent]] | None = None,
+        failed: Exception | None = None,
     ) -> tuple[BaseException | None, int]:
-        """Run the handler with retries; commit its appends. Returns (last error, attempts)."""
+        """Run the handler with retries; commit its appends. Returns (last error, attempts).
+
+        `failed`: the first attempt already ran, inline in `_work_streams`, and
+        raised this; the retries go on from there.
+        """
         c = self.c
         h = c.handler
-        attempt = 0
+        running = c.running
+        direct = self.direct
+        stats = c.stats
+        attempt = 0 if failed is None else 1
+        error = failed
         while True:
+            if error is not None:
+                if attempt >= h.options.max_attempts:
+                    return error, attempt
+                await self._back_off(events, attempt, error)
             attempt += 1
-            ctx = Context(
-                store=c.store,
-                group=h.group,
-                category=h.category,
-                handler=h.name,
-                member=c.member,
-                generation=c.generation,
-                partition=self.p,
-                claim=self.claim,
-                attempt=attempt,
-                source=events,
-                registry=c.registry,
-            )
+            ctx = Context._deliver(self.scope, c.generation, attempt, events)
             try:
-                async with c.running:
-                    await h.invoke(events, ctx, c.registry)
-                requests = ctx._requests()
-                for stream, evs in (extra or {}).items():
-                    requests[stream] = AppendRequest(events=tuple(evs))
-                if requests:
+                if not running.try_acquire():
+                    await running.acquire()
+                try:
+                    if direct is not None:
+                        await direct(events[0], ctx)
+                    else:
+                        await h.invoke(events, ctx, c.registry)
+                finally:
+                    running.release()
+                if ctx._appends or extra:
+                    requests = ctx._requests()
+                    for stream, evs in (extra or {}).items():
+                        requests[stream] = AppendRequest(events=tuple(evs))
                     await self._commit_with(requests)
-                c.stats.handled += 1
-                c.stats.events_handled += len(events)
+                stats.handled += 1
+                stats.events_handled += len(events)
                 return None, attempt
-            except (asyncio.CancelledError, StaleGeneration, StoreUnavailable, StoreClosed):
-                # fenced, or the store is down: not the event's fault, so no attempt is
-                # spent; the event is tried again later (or redelivered elsewhere)
+            except _NOT_THE_EVENTS_FAULT:
                 raise
             except Exception as exc:
-                if attempt >= h.options.max_attempts:
-                    return exc, attempt
-                c.stats.retries += 1
-                delay = h.options.backoff(attempt, random.random())
-                emit(
-                    logging.INFO,
-                    "retry",
-                    group=h.group,
-                    handler=h.name,
-                    event_id=str(events[0].id),
-                    stream=events[0].stream,
-                    attempt=attempt,
-                    delay=round(delay, 3),
-                    error=repr(exc)[:500],
-                )
-                await asyncio.sleep(delay)
+                error = exc
+
+    async def _back_off(
+        self, events: tuple[RecordedEvent, ...], attempt: int, error: Exception
+    ) -> None:
+        """Wait before the next attempt: exponential backoff with jitter."""
+        h = self.c.handler
+        self.c.stats.retries += 1
+        delay = h.options.backoff(attempt, random.random())
+        emit(
+            logging.INFO,
+            "retry",
+            group=h.group,
+            handler=h.name,
+            event_id=str(events[0].id),
+            stream=events[0].stream,
+            attempt=attempt,
+            delay=round(delay, 3),
+            error=repr(error)[:500],
+        )
+        await asyncio.sleep(delay)
 
     async def _park(
         self, event: RecordedEvent, error: BaseException, attempts: int, round_: int
@@ -467,7 +685,7 @@ class _PartitionRun:
                 status=head.status.value,
             )
             error, attempts = await self._handle(
-                [event], extra={dlq_stream(c.handler.group): [resolution]}
+                (event,), extra={dlq_stream(c.handler.group): [resolution]}
             )
             if error is not None:
                 await self._park(event, error, attempts, round_ + 1)
@@ -517,6 +735,7 @@ class _PartitionRun:
         if position <= self.committed:
             return True
         c = self.c
+        counted = self.since_commit  # events finishing during the commit count for the next
         try:
             await c.store.commit(
                 c.handler.group,
@@ -527,7 +746,7 @@ class _PartitionRun:
                 generation=c.generation,
             )
             self.committed = position
-            self.since_commit = 0
+            self.since_commit -= counted
             c.stats.commits += 1
         except StaleGeneration as exc:
             self._refused(exc, position)
@@ -553,12 +772,26 @@ class _PartitionRun:
         )
 
     async def _commit_loop(self) -> None:
-        interval = self.c.options.commit_interval
+        """Commit every `commit_every` finished events; else once per `commit_interval` at most.
+
+        The latter happen `commit_interval` after the previous commit, or as soon
+        as the partition caught up (`on_caught_up`) if the previous one of them
+        is that long ago.
+        """
+        options = self.c.options
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.progress.wait(), interval)
+                await asyncio.wait_for(self.progress.wait(), options.commit_interval)
             self.progress.clear()
+            self.catch_up_due = False
+            quiet = self.since_commit < options.commit_every
+            before = self.committed
             await self._commit_checkpoint()
+            if quiet and self.committed != before:
+                self.quiet_commit_at = time.monotonic()
+            if self.since_commit < options.commit_every and not self.catch_up_due:
+                # set by events that finished during the commit: not due yet
+                self.progress.clear()
 
 
 class _GroupConsumer:
@@ -584,6 +817,8 @@ class _GroupConsumer:
         self._epoch = 0
         self._epoch_changed = asyncio.Event()
         self.no_transactions = False
+        self.caught_up = False
+        """The reader's last read found less than it asked for: the log ends about here."""
 
     # ---------------------------------------------------------------- membership
 
@@ -755,6 +990,9 @@ class _GroupConsumer:
         page = self.options.page_size
         categories = (self.handler.category,)
         count = store.partition_count
+        known: dict[str, int] = {}
+        """Partitions of the streams seen: a lookup costs less than hashing the name."""
+        behind = False
         while True:
             live = {p: r for p, r in self.runs.items() if r.reading}
             if not live:
@@ -764,11 +1002,12 @@ class _GroupConsumer:
                 continue
             start = min(r.next_position for r in live.values())
             n = await self.credits.take(page)
-            accepted = seen = 0
-            last = 0
-            head = 0
+            fetched: dict[_PartitionRun, list[RecordedEvent]] = {r: [] for r in live.values()}
+            seen = last = 0
+            head: int | None = None
             try:
-                head = await store.last_position()
+                if not behind:  # the head bounds the wait below if this read finds nothing
+                    head = await store.last_position()
                 async for event in store.read_all(
                     from_position=start,
                     categories=categories,
@@ -778,11 +1017,15 @@ class _GroupConsumer:
                 ):
                     seen += 1
                     last = event.position
-                    run = live.get(partition_of(event.stream, count))
-                    if run is None or not run.reading or event.position < run.next_position:
-                        continue  # revoked meanwhile, or that run has it already
-                    run.accept(event)
-                    accepted += 1
+                    try:
+                        partition = known[event.stream]
+                    except KeyError:
+                        partition = partition_of(event.stream, count)
+                        if len(known) < _KNOWN_STREAMS:
+                            known[event.stream] = partition
+                    run = live.get(partition)
+                    if run is not None and event.position >= run.next_position:
+                        fetched[run].append(event)  # else that run has it already
             except StoreUnavailable as exc:
                 emit(logging.WARNING, "read_failed", group=self.handler.group, error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -792,11 +1035,18 @@ class _GroupConsumer:
                 log.exception("tidelog consumer reader failed; retrying")
                 await asyncio.sleep(1.0)
             finally:
-                self.credits.give(n - accepted)
+                self.credits.give(n - _hand_over(fetched))
+            # a full page: more is probably there, so the next read skips the head query
+            behind = seen >= n
+            self.caught_up = not behind
+            if self.caught_up:
+                for run in live.values():
+                    if not run.outstanding:
+                        run.on_caught_up()
             if seen:
                 for run in live.values():  # every live run has seen the log up to `last`
                     run.next_position = max(run.next_position, last + 1)
-            else:
+            elif head is not None:
                 self._reader_wake.clear()
                 await _first(watch.wait_beyond(head, store.poll_interval), self._reader_wake.wait())
 
@@ -808,6 +1058,20 @@ class _GroupConsumer:
             except (StoreUnavailable, StoreClosed):
                 continue
             self.enqueue_settles()
+
+
+def _hand_over(fetched: dict[_PartitionRun, list[RecordedEvent]]) -> int:
+    """Give each run its events of a read, one call per run; return how many were taken.
+
+    Per run, not per event: a page costs each run one `accept` and at most one
+    new worker. A run revoked while the read was under way takes nothing.
+    """
+    taken = 0
+    for run, events in fetched.items():
+        if events and run.reading:
+            run.accept(events)
+            taken += len(events)
+    return taken
 
 
 async def _first(*aws: Any) -> None:
@@ -850,7 +1114,7 @@ class Runtime:
         self.member = app.member or default_member(app.name)
         self.stopping = stop or asyncio.Event()
         self.stats = Stats()
-        self.running = asyncio.Semaphore(self.options.concurrency)
+        self.running = _Limiter(self.options.concurrency)
         self.store: GroupEngine = None  # type: ignore[assignment]
 
     def request_stop(self) -> None:
