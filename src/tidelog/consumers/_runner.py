@@ -10,13 +10,17 @@ Delivery, in short:
   partition's run, taking one credit per event from the consumer's `_Credits`:
   at `max_in_flight` unfinished events reading pauses, so a burst of a million
   events never sits in memory.
-- Events go to per-stream queues; each stream is handled by one task at a
-  time, so per-stream order holds while other streams flow in parallel
-  (bounded by `concurrency`).
+- Each run hands its events, in log order, to a few long-lived workers
+  (`_work_streams`); a stream is held by one worker at a time, so per-stream
+  order holds while other streams flow in parallel. A handler that returns
+  without waiting costs no task switch; one that waits holds up only its own
+  stream, as a spare worker takes the rest (handler calls at once bounded by
+  `concurrency`, over all partitions).
 - The checkpoint of a partition is the position just below its lowest
-  unfinished event, committed every `commit_interval` or `commit_every`
-  events, never per event. After a crash everything above it is redelivered:
-  delivery is at-least-once.
+  unfinished event, committed every `commit_every` events, and otherwise at
+  most once per `commit_interval` (sooner when the partition caught up), never
+  per event. After a crash everything above it is redelivered: delivery is
+  at-least-once.
 - A handler's `ctx.append`s are committed with `commit(..., appends=...)`:
   atomically with the checkpoint and fenced by the generation. Their ids are
   deterministic, so a redelivery (or the fallback to plain `append_many` on
