@@ -297,8 +297,6 @@ class PostgresEngine(GroupEngine):
         self._drainer: asyncio.Task[None] | None = None
         self._listener: Any = None
         self._relistener: asyncio.Future[None] | None = None
-        self._releases: set[asyncio.Future[None]] = set()
-        """Read connections being handed back to the pool (see `_fetch`)."""
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         """Fault injection for tests: awaited inside each append transaction just
         before its commit (with the append lock held); raising rolls it back."""
@@ -699,29 +697,10 @@ class PostgresEngine(GroupEngine):
                 _abandon(pending)
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        """One read query on a pooled connection, returned without waiting for its release.
-
-        The pool resets a connection as it takes it back: one more query and
-        round trip, which a reader need not wait for. The release goes on in
-        the background (the pool's close waits for it like for any other).
-        """
+        """One read query on a pooled connection."""
         with pg_errors():
-            conn = await self._pool.acquire()
-            try:
-                rows: list[Any] = await conn.fetch(sql, *args)
-            except BaseException:
-                await self._pool.release(conn)
-                raise
-        release = asyncio.ensure_future(self._pool.release(conn))
-        self._releases.add(release)
-        release.add_done_callback(self._released)
+            rows: list[Any] = await self._pool.fetch(sql, *args)
         return rows
-
-    def _released(self, release: asyncio.Future[None]) -> None:
-        self._releases.discard(release)
-        if not release.cancelled() and (exc := release.exception()) is not None:
-            # The pool has closed the connection; the next read opens another.
-            log.warning("tidelog postgres: releasing a read connection failed: %r", exc)
 
     async def count_events(
         self,
