@@ -105,8 +105,7 @@ class Appends:
         self.single = single
 
     def __call__(self, writer: Writer) -> AppendResult | dict[str, AppendResult]:
-        results = writer.append_many(self.checked)
-        return results if self.single is None else results[self.single]
+        return self.result(writer.append_many(self.checked))
 
     def result(self, results: dict[str, AppendResult]) -> AppendResult | dict[str, AppendResult]:
         return results if self.single is None else results[self.single]
@@ -342,10 +341,7 @@ class Writer:
     # Run on the writer thread inside the batch transaction and a savepoint.
 
     def _stream_row(self, stream: str) -> tuple[int | None, bool]:
-        row = self.conn.execute(
-            "SELECT version, deleted FROM streams WHERE name = ?", (stream,)
-        ).fetchone()
-        return (None, False) if row is None else (row[0], bool(row[1]))
+        return self.stream_rows((stream,)).get(stream, (None, False))
 
     def _find_retry(self, stream: str, events: Sequence[NewEvent]) -> AppendResult | None:
         stored: dict[UUID, tuple[str, int, int]] = {}
