@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import string
+import threading
+import time
+import uuid
 from typing import Any, cast
 
 import hypothesis.strategies as st
@@ -15,6 +19,7 @@ import tidelog
 from tidelog.model import (
     MAX_NAME_LENGTH,
     check_expected_version,
+    new_event_id,
     validate_event,
     validate_expected_version,
     validate_stream_name,
@@ -176,3 +181,57 @@ def test_new_event_defaults_and_json_round_trip() -> None:
 def test_stream_state_repr() -> None:
     assert repr(tidelog.ANY) == "ANY"
     assert repr(tidelog.NO_STREAM) == "NO_STREAM"
+
+
+def test_new_event_ids_are_uuid7_in_time_order() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_event_id() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
+    for event_id in ids:
+        assert event_id.version == 7 and event_id.variant == uuid.RFC_4122
+        assert uuid.UUID(str(event_id)) == event_id  # a real UUID: equal, hashable, parsable
+        assert before <= event_id.int >> 80 <= after
+    assert len(set(ids)) == len(ids)
+    millis = [i.int >> 80 for i in ids]
+    assert millis == sorted(millis)
+
+
+def test_new_event_ids_differ_across_threads() -> None:
+    out: list[list[uuid.UUID]] = [[] for _ in range(4)]
+
+    def make(i: int) -> None:
+        out[i].extend(new_event_id() for _ in range(5000))
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for chunk in out for i in chunk]
+    assert len(set(ids)) == len(ids)
+
+
+def _random_part() -> bytes:
+    return (new_event_id().int & (2**74 - 1)).to_bytes(10)
+
+
+# Python 3.12+ warns about fork() in a process with threads; the child here only
+# makes ids and leaves with os._exit.
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
+    """The random bits are pooled: a child must not inherit the parent's unused ones."""
+    new_event_id()  # the pool now holds unused random bits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send ten ids' random bits, then leave at once
+        os.close(read)
+        os.write(write, b"".join(_random_part() for _ in range(10)))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    child = {data[i : i + 10] for i in range(0, len(data), 10)}
+    parent = {_random_part() for _ in range(10)}
+    assert len(child) == 10
+    assert not child & parent
