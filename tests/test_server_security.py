@@ -25,11 +25,15 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tidelog
 from _server_util import ADMIN_KEY, config, running
+from tidelog.errors import InvalidInput
 from tidelog.security.tokens import JWTConfig
 from tidelog.server import Limits, Server
+from tidelog.server._app import _check_depth
 
 BAD_INPUTS_TRIED: list[str] = []
 
@@ -508,3 +512,33 @@ async def test_jwt_from_a_jwks_file_picks_the_key_by_kid(tmp_path: Path) -> None
             r = await client.get("/v1/info", headers={"Authorization": f"Bearer {bad}"})
             _tried(f"jwks {label}")
             assert r.status_code == 401, label
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_JSON_TEXT = st.text(alphabet=st.sampled_from('ab[]{}"\\:, '), max_size=8)
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers() | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_JSON_TEXT, inner, max_size=3),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(value=_JSON_VALUES, limit=st.integers(min_value=1, max_value=8), ascii_only=st.booleans())
+def test_the_depth_check_agrees_with_the_parsed_depth(
+    value: Any, limit: int, ascii_only: bool
+) -> None:
+    """Brackets and quotes inside strings, escaped or not, never count as nesting."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if _depth(value) > limit:
+        with pytest.raises(InvalidInput):
+            _check_depth(raw, limit)
+    else:
+        _check_depth(raw, limit)

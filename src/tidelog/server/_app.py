@@ -134,26 +134,34 @@ async def _body(request: Request[Any, Any, Any], kind: type[T]) -> T:
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_NOT_SKELETON = bytes(b for b in range(256) if b not in b'[]{}"\\')
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
 
 
 def _check_depth(raw: bytes, limit: int) -> None:
     """Refuse deeply nested JSON before decoding it.
 
-    Strings are cut out and everything but brackets dropped by two C-speed
-    regex passes, so the Python loop only walks the brackets (a few per event)
-    rather than every byte of the body.
+    All in C, at about a byte per nanosecond: one pass keeps only brackets,
+    quotes and backslashes; without a backslash no string holds an escaped
+    quote, so splitting at the quotes cuts the strings out (else a regex does,
+    on the whole body, some 10 times slower); then each pass of `replace`
+    peels the innermost pairs, lowering the depth by one. (Cutting the strings
+    by regex and walking the brackets in Python cost more than decoding an
+    append's body.)
     """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    skeleton = raw.translate(None, _NOT_SKELETON)
+    if b"\\" in skeleton:
+        skeleton = _JSON_STRING.sub(b"", raw).translate(None, _NOT_SKELETON)
+    nesting = b"".join(skeleton.split(b'"')[::2]).translate(_AS_PARENS)
+    if len(nesting) <= limit:
         return
-    depth = 0
-    for byte in _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw)):
-        if byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                raise InvalidInput(f"JSON nested deeper than {limit} levels")
-        else:
-            depth -= 1
+    for _ in range(limit):
+        peeled = nesting.replace(b"()", b"")
+        if len(peeled) == len(nesting):  # nothing left, or unbalanced: the decoder says so
+            return
+        nesting = peeled
+    if nesting:
+        raise InvalidInput(f"JSON nested deeper than {limit} levels")
 
 
 def _expected(value: str | int) -> tidelog.ExpectedVersion:
