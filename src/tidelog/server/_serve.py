@@ -2,11 +2,14 @@
 
 uvicorn checks a client certificate at the handshake (`ssl_cert_reqs`) but does
 not hand it to the application (the ASGI TLS extension is not implemented
-there). `_PeerCertH11Protocol` closes that gap: per connection it reads the
+there). `_PeerCertProtocol` closes that gap: per connection it reads the
 verified peer certificate from the TLS socket and adds
 `scope["extensions"]["tls"]["client_principal"]` (the subject's common name)
 to every request on that connection. Nothing from the client's headers can
 set it.
+
+HTTP/1.1 is parsed by httptools (llhttp, the parser of Node.js): h11, pure
+Python, took a quarter of the server's time per append request.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import msgspec
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidelog._connect import connect
 from tidelog.engines.base import Engine
@@ -51,7 +54,7 @@ def client_principal(cert: dict[str, Any] | None) -> str | None:
     return None
 
 
-class _PeerCertH11Protocol(H11Protocol):
+class _PeerCertProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
@@ -144,7 +147,7 @@ class Server:
             "lifespan": "on",
             "access_log": False,
             "timeout_keep_alive": 15,
-            "http": "h11",
+            "http": HttpToolsProtocol,
             "ws": "wsproto",
         }
         if c.tls_cert and c.tls_key:
@@ -153,7 +156,7 @@ class Server:
                 kwargs.update(
                     ssl_ca_certs=c.tls_client_ca,
                     ssl_cert_reqs=ssl.CERT_REQUIRED,
-                    http=_PeerCertH11Protocol,
+                    http=_PeerCertProtocol,
                 )
         if sock is None:
             kwargs.update(host=c.host, port=c.port)
@@ -169,7 +172,7 @@ class Server:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # accepted connections inherit it: h11 writes a response's head and body
+        # accepted connections inherit it: uvicorn writes a response's head and body
         # separately, and Nagle + delayed ACK would add ~40 ms to each request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self.config.host, self.config.port))
