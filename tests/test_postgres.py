@@ -10,6 +10,7 @@ import asyncio
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -258,6 +259,56 @@ async def test_a_failed_commit_fails_every_append_of_the_batch_and_writes_nothin
         store._before_commit = None
         assert await store.last_position() == 0
         assert (await store.append("order-1", [ev()])).position == 1
+    finally:
+        await store.close()
+
+
+async def test_the_writer_releases_its_connection_once_no_append_waits() -> None:
+    """The group commit keeps its connection across back-to-back batches only."""
+    store = await _created.open("pool_min=0&pool_max=3")
+    try:
+        assert isinstance(store, postgres.PostgresEngine)
+
+        async def appender(i: int) -> None:
+            for v in range(5):
+                await store.append(f"order-{i}", [ev()], tidelog.NO_STREAM if v == 0 else v - 1)
+
+        await asyncio.gather(*(appender(i) for i in range(8)))
+        assert store._drainer is not None
+        await store._drainer
+        assert store._pool.get_idle_size() == store._pool.get_size()
+        assert await store.last_position() == 40
+    finally:
+        await store.close()
+
+
+async def test_ids_and_timestamps_read_as_the_driver_decodes_them() -> None:
+    """Reads take id and recorded_at in binary form and decode them themselves."""
+    store = await _created.open()
+    try:
+        for i in range(3):
+            await store.append(f"order-{i}", [ev(), ev()])
+        events = [e async for e in store.read_all()]
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            rows = await conn.fetch(
+                f'SELECT id, recorded_at FROM "{_created.names[-1]}".events ORDER BY position'
+            )
+            stamps = await conn.fetch(
+                "SELECT timestamptz_send(t), t FROM unnest($1::timestamptz[]) AS t",
+                [r[1] for r in rows]
+                + [
+                    datetime(1999, 12, 31, 23, 59, 59, 999999, UTC),
+                    datetime(1970, 1, 1, tzinfo=UTC),
+                ],
+            )
+        finally:
+            await conn.close()
+        assert [(e.id, e.recorded_at) for e in events] == [(r[0], r[1]) for r in rows]
+        assert all(type(e.id) is uuid.UUID and e.recorded_at.tzinfo is UTC for e in events)
+        assert all(events[i].recorded_at == events[i + 1].recorded_at for i in (0, 2, 4))
+        decoded = postgres._Timestamps()
+        assert [decoded[raw] for raw, _ in stamps] == [t for _, t in stamps]
     finally:
         await store.close()
 

@@ -10,8 +10,12 @@ How it keeps the contract:
   log: a reader that has seen position p can never later find an event below
   p. Positions are dense (a rolled-back append leaves no hole).
 - **Group commit.** Concurrent appends of one engine are gathered into one
-  transaction, one lock acquisition and one commit (one WAL flush). Each
-  append runs in its own SAVEPOINT, so a conflict fails only that append.
+  transaction, one lock acquisition and one commit (one WAL flush), in four
+  round trips: BEGIN with the lock, one read of the head and of the ids and
+  streams involved, one statement writing the events, stream heads and NOTIFY,
+  and COMMIT. Each append is checked on its own against that read, so a
+  conflict fails only that append; a write error the checks cannot foresee
+  redoes the batch with a SAVEPOINT per append.
 - **Durability.** `synchronous_commit=on` is set on every connection and again
   on every write transaction; an append returns only after its commit.
 - **Live subscriptions.** Commits `pg_notify` the new head on the store's
@@ -37,7 +41,7 @@ import contextlib
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -98,19 +102,21 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_PAGE = 500
+_PAGE = 1000
 """Rows per read query. Not more for a long `read_all` either: asyncpg Records are
 GC-tracked, and a bigger page keeps more of them alive while the caller consumes
 it, for the cyclic GC to promote and traverse (measured in a process holding
 200k other objects: 4000-row pages spent a third of a replay in full
-collections, 500-row pages none). `read_all` hides the round trips instead, by
-fetching the next page while the caller consumes this one."""
+collections, 1000-row pages none; 500-row pages cost 15% more CPU per event in
+per-query overhead). `read_all` hides the round trips instead, by fetching the
+next page while the caller consumes this one."""
 _DECODE_CHUNK = 256
 """Rows `read_all` turns into events at a time, as the caller consumes them: the
 UUIDs of a chunk (GC-tracked too) are then usually freed before a collection
 sees them, instead of a page's worth being alive at once."""
 _UUID_LIST = list[UUID]
 _EMPTY_JSON = "{}"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MAX_BATCH_EVENTS = 10_000
 """A group commit takes appends until they hold this many events (at least one append)."""
 _SERVER_SETTINGS = {
@@ -122,6 +128,8 @@ _SERVER_SETTINGS = {
 }
 
 Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
+Outcome = dict[str, AppendResult] | TidelogError
+"""An append's results, or the error that failed it alone."""
 
 
 class PostgresConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -172,16 +180,28 @@ def _uuid(value: UUID) -> UUID:
     return value if type(value) is UUID else UUID(bytes=value.bytes)
 
 
+class _Timestamps(dict[bytes, datetime]):
+    """Datetimes of timestamptz values in PostgreSQL's binary form (microseconds
+    since 2000-01-01 UTC), each decoded once: the events of a commit share one."""
+
+    def __missing__(self, raw: bytes) -> datetime:
+        value = _PG_EPOCH + timedelta(microseconds=int.from_bytes(raw, "big", signed=True))
+        self[raw] = value
+        return value
+
+
 def _events(rows: Sequence[Any]) -> list[RecordedEvent]:
-    """Rows of the event reads (`Sql`: id, stream, version, position, type, data,
-    metadata, recorded_at, schema_version) to events.
+    """Rows of the event reads (`Sql`: id and recorded_at as bytea, stream, version,
+    position, type, data, metadata, schema_version) to events.
 
     The standard UUIDs of all rows come from one msgspec call (`UUID(bytes=...)`
-    per row would cost more than the rest of the row); metadata `{}`, the
-    common case, skips the JSON decoder. Records are unpacked, not indexed:
-    that is half the cost.
+    per row would cost more than the rest of the row); each distinct timestamp
+    becomes a datetime once (the driver decoding one per row took a third of a
+    replay's time); metadata `{}`, the common case, skips the JSON decoder.
+    Records are unpacked, not indexed: that is half the cost.
     """
-    ids = msgspec.convert([row[0].bytes for row in rows], _UUID_LIST)
+    ids = msgspec.convert([row[0] for row in rows], _UUID_LIST)
+    times = _Timestamps()
     return [
         RecordedEvent(
             id=id_,
@@ -191,7 +211,7 @@ def _events(rows: Sequence[Any]) -> list[RecordedEvent]:
             type=type_,
             data=data,
             metadata={} if meta == _EMPTY_JSON else decode_metadata(meta),
-            recorded_at=at,
+            recorded_at=times[at],
             schema_version=sv,
         )
         for (_, stream, version, position, type_, data, meta, at, sv), id_ in zip(
@@ -225,8 +245,41 @@ class _Pending:
         self.future = future
 
 
+def _settle(batch: list[_Pending], outcomes: list[Outcome]) -> None:
+    for p, outcome in zip(batch, outcomes, strict=True):
+        if p.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            p.future.set_exception(outcome)
+        else:
+            p.future.set_result(outcome)
+
+
 class _WriteFailed(Exception):
     """A batch's write statement failed: redo the batch with a savepoint per append."""
+
+
+_SAVEPOINT = (
+    "SAVEPOINT tidelog_append",
+    "RELEASE SAVEPOINT tidelog_append",
+    "ROLLBACK TO SAVEPOINT tidelog_append",
+)
+
+
+@contextlib.asynccontextmanager
+async def _transaction(
+    conn: Any, begin: str, end: str = "COMMIT", undo: str = "ROLLBACK"
+) -> AsyncIterator[None]:
+    """A transaction (or savepoint) of plain statements: unlike asyncpg's
+    `conn.transaction()`, which sends BEGIN alone, `begin` carries the first
+    statements too, in the same round trip."""
+    try:
+        await conn.execute(begin)
+        yield
+    except BaseException:
+        await conn.execute(undo)
+        raise
+    await conn.execute(end)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -250,33 +303,23 @@ class _Overlay:
 
 
 class _Rows:
-    """Column arrays of the events to insert, and the new head of each stream."""
+    """The events to insert (positions from `start` + 1 on), and the new head of each stream."""
 
-    __slots__ = ("columns", "now", "streams")
+    __slots__ = ("events", "head", "start", "streams")
 
-    def __init__(self) -> None:
-        self.columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+    def __init__(self, head: int) -> None:
+        self.start = self.head = head
+        self.events: list[tuple[Any, ...]] = []
         self.streams: dict[str, tuple[str, int]] = {}
-        self.now = datetime.now(UTC)
 
-    def add(
-        self, position: int, e: NewEvent, stream: str, version: int, category: str, partition: int
-    ) -> None:
-        values = (
-            position,
-            e.id,
-            stream,
-            version,
-            e.type,
-            e.data,
-            encode_metadata(e.metadata).decode(),
-            e.schema_version,
-            self.now,
-            category,
-            partition,
+    def add(self, e: NewEvent, stream: str, version: int, category: str, partition: int) -> int:
+        """Queue one event; returns its position."""
+        meta = encode_metadata(e.metadata).decode() if e.metadata else _EMPTY_JSON
+        self.events.append(
+            (e.id, stream, version, e.type, e.data, meta, e.schema_version, category, partition)
         )
-        for column, value in zip(self.columns, values, strict=True):
-            column.append(value)
+        self.head += 1
+        return self.head
 
 
 class PostgresEngine(GroupEngine):
@@ -382,7 +425,33 @@ class PostgresEngine(GroupEngine):
         return await future
 
     async def _drain(self) -> None:
-        """Commit the waiting appends, a batch per transaction, until none is left."""
+        """Commit the waiting appends, a batch per transaction, until none is left.
+
+        One connection serves consecutive batches: its callers are settled before
+        the next batch is taken, and a turn of the loop lets them append again,
+        so a steady load needs no acquire and no release (a reset round trip)
+        per batch.
+        """
+        while batch := self._take_batch():
+            try:
+                with pg_errors():
+                    async with self._pool.acquire() as conn:
+                        while batch:
+                            outcomes, head = await self._commit_batch(conn, batch)
+                            _settle(batch, outcomes)
+                            self._watch.advance(head)
+                            await asyncio.sleep(0)
+                            batch = self._take_batch()
+            except BaseException as exc:
+                error = translate(exc) if is_driver_error(exc) else exc
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _take_batch(self) -> list[_Pending]:
+        """The next appends to commit together; [] when none is waiting."""
         while self._pending:
             taken = events = 0
             for p in self._pending[: self.config.max_batch]:
@@ -392,30 +461,11 @@ class PostgresEngine(GroupEngine):
                 taken += 1
             batch = [p for p in self._pending[:taken] if not p.future.done()]
             del self._pending[:taken]
-            if not batch:
-                continue
-            try:
-                outcomes, head = await self._commit_batch([p.checked for p in batch])
-            except BaseException as exc:
-                error = translate(exc) if is_driver_error(exc) else exc
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for p, outcome in zip(batch, outcomes, strict=True):
-                if p.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    p.future.set_exception(outcome)
-                else:
-                    p.future.set_result(outcome)
-            self._watch.advance(head)
+            if batch:
+                return batch
+        return []
 
-    async def _commit_batch(
-        self, units: list[Checked]
-    ) -> tuple[list[dict[str, AppendResult] | TidelogError], int]:
+    async def _commit_batch(self, conn: Any, batch: list[_Pending]) -> tuple[list[Outcome], int]:
         """Commit many appends in one transaction; returns each one's outcome and the head.
 
         The fast path checks every append in Python against state read once
@@ -425,72 +475,73 @@ class PostgresEngine(GroupEngine):
         transaction is rolled back and the batch redone with each append in
         its own SAVEPOINT, so the failure is pinned on the append that caused it.
         """
-        with pg_errors():
-            async with self._pool.acquire() as conn:
-                try:
-                    return await self._run_batch(conn, units, isolate=False)
-                except _WriteFailed:
-                    return await self._run_batch(conn, units, isolate=True)
+        units = [p.checked for p in batch]
+        try:
+            return await self._run_batch(conn, units, isolate=False)
+        except _WriteFailed:
+            return await self._run_batch(conn, units, isolate=True)
 
     async def _run_batch(
         self, conn: Any, units: list[Checked], isolate: bool
-    ) -> tuple[list[dict[str, AppendResult] | TidelogError], int]:
-        outcomes: list[dict[str, AppendResult] | TidelogError] = []
-        async with conn.transaction():
-            await conn.execute(self._sql.begin_write)
-            start: int = await conn.fetchval(self._sql.head)
-            head = start
-            if not isolate:
-                overlay = await self._load(conn, units)
-                rows = _Rows()
+    ) -> tuple[list[Outcome], int]:
+        outcomes: list[Outcome] = []
+        async with _transaction(conn, self._sql.begin_append):
+            if isolate:
+                head = await self._write_each(conn, units, outcomes)
+            else:
+                head, overlay = await self._load(conn, units)
+                rows = _Rows(head)
                 for unit in units:
                     try:
-                        results, head = self._plan(unit, overlay, head, rows)
+                        outcomes.append(self._plan(unit, overlay, rows))
                     except TidelogError as exc:
                         outcomes.append(exc)
-                    else:
-                        outcomes.append(results)
                 try:
                     await self._insert(conn, rows)
                 except asyncpg.PostgresError as exc:
                     if len(units) == 1 or _is_connection_error(exc):
                         raise
                     raise _WriteFailed from exc
-            else:
-                for unit in units:
-                    try:
-                        async with conn.transaction():  # a SAVEPOINT
-                            results, new_head = await self._write(conn, unit, head)
-                    except TidelogError as exc:
-                        outcomes.append(exc)
-                        continue
-                    except asyncpg.PostgresError as exc:
-                        if _is_connection_error(exc):
-                            raise
-                        outcomes.append(translate(exc, next(iter(unit))))
-                        continue
-                    head = new_head
-                    outcomes.append(results)
-            if head > start:
-                await conn.execute(self._sql.notify, self._sql.channel, str(head))
+                head = rows.head
             if self._before_commit is not None:
                 await self._before_commit()
         return outcomes, head
 
-    async def _load(self, conn: Any, units: Sequence[Checked]) -> _Overlay:
-        """The stored state the appends of `units` are checked against."""
+    async def _write_each(self, conn: Any, units: list[Checked], outcomes: list[Outcome]) -> int:
+        """Write the appends one by one, each in a SAVEPOINT; returns the new head."""
+        head = 0
+        for unit in units:
+            try:
+                async with _transaction(conn, *_SAVEPOINT):
+                    results, head = await self._write(conn, unit)
+            except TidelogError as exc:
+                outcomes.append(exc)
+            except asyncpg.PostgresError as exc:
+                if _is_connection_error(exc):
+                    raise
+                outcomes.append(translate(exc, next(iter(unit))))
+            else:
+                outcomes.append(results)
+        return head
+
+    async def _load(self, conn: Any, units: Sequence[Checked]) -> tuple[int, _Overlay]:
+        """The head and the stored state the appends of `units` are checked against."""
         ids = [e.id for unit in units for events, _ in unit.values() for e in events]
         names = list({name for unit in units for name in unit})
-        stored = {
-            _uuid(r[0]): (r[1], r[2], r[3]) for r in await conn.fetch(self._sql.find_ids, ids)
-        }
-        states = {r[0]: (r[1], r[2]) for r in await conn.fetch(self._sql.find_streams, names)}
-        return _Overlay(stored, states)
+        head = 0
+        stored: dict[UUID, tuple[str, int, int]] = {}
+        states: dict[str, tuple[int | None, bool]] = {}
+        for kind, id_, name, a, b, deleted in await conn.fetch(self._sql.load, ids, names):
+            if kind == 1:
+                stored[_uuid(id_)] = (name, a, b)
+            elif kind == 2:
+                states[name] = (a, deleted)
+            else:
+                head = a
+        return head, _Overlay(stored, states)
 
-    def _plan(
-        self, unit: Checked, overlay: _Overlay, head: int, rows: _Rows
-    ) -> tuple[dict[str, AppendResult], int]:
-        """Check one atomic append and queue its rows; returns its results and the new head.
+    def _plan(self, unit: Checked, overlay: _Overlay, rows: _Rows) -> dict[str, AppendResult]:
+        """Check one atomic append and queue its rows; returns its results.
 
         Same order of checks as the memory engine: for each stream, an
         idempotent retry first, then the tombstone, then the expected version.
@@ -518,33 +569,36 @@ class PostgresEngine(GroupEngine):
             version = -1 if last is None else last
             for e in events:
                 version += 1
-                head += 1
-                rows.add(head, e, stream, version, category, partition)
-                overlay.stored[e.id] = (stream, version, head)
+                position = rows.add(e, stream, version, category, partition)
+                overlay.stored[e.id] = (stream, version, position)
             overlay.states[stream] = (version, False)
             rows.streams[stream] = (category, version)
-            results[stream] = AppendResult(version=version, position=head)
-        return results, head
+            results[stream] = AppendResult(version=version, position=rows.head)
+        return results
 
     async def _insert(self, conn: Any, rows: _Rows) -> None:
-        if rows.columns[0]:
+        """Write the queued events and stream heads, and NOTIFY the new head at commit."""
+        if rows.events:
             names = list(rows.streams)
             await conn.execute(
                 self._sql.insert_events,
-                *rows.columns,
+                rows.start + 1,
+                datetime.now(UTC),
+                *zip(*rows.events, strict=True),
                 names,
                 [rows.streams[n][0] for n in names],
                 [rows.streams[n][1] for n in names],
+                self._sql.channel,
+                str(rows.head),
             )
 
-    async def _write(
-        self, conn: Any, unit: Checked, head: int
-    ) -> tuple[dict[str, AppendResult], int]:
+    async def _write(self, conn: Any, unit: Checked) -> tuple[dict[str, AppendResult], int]:
         """Check and write one atomic append (under the append lock); returns the new head."""
-        rows = _Rows()
-        results, head = self._plan(unit, await self._load(conn, [unit]), head, rows)
+        head, overlay = await self._load(conn, [unit])
+        rows = _Rows(head)
+        results = self._plan(unit, overlay, rows)
         await self._insert(conn, rows)
-        return results, head
+        return results, rows.head
 
     # ------------------------------------------------------------------ layer 1
 
@@ -824,11 +878,7 @@ class PostgresEngine(GroupEngine):
                     group, category, member, generation, partition, self._partitions, self._now()
                 )
                 if appends:
-                    unit = prepare_append_many(appends)
-                    start: int = await conn.fetchval(self._sql.head)
-                    results, head = await self._write(conn, unit, start)
-                    if head > start:
-                        await conn.execute(self._sql.notify, self._sql.channel, str(head))
+                    results, head = await self._write(conn, prepare_append_many(appends))
                 if position >= 2**63:
                     raise InvalidInput(f"position {position} is out of range")
                 await conn.execute(self._sql.put_checkpoint, group, category, partition, position)
@@ -860,6 +910,18 @@ class PostgresEngine(GroupEngine):
         return sorted((r[0], r[1]) for r in rows)
 
 
+async def _keep_session(_conn: Any) -> None:
+    """The pool's reset of a released connection: nothing beyond asyncpg's own rollback
+    of an open transaction.
+
+    The engine leaves no session state on its pooled connections (its settings
+    are `SET LOCAL`, its locks transaction-level advisory locks, it runs no
+    LISTEN and no cursors), so asyncpg's default reset query (`RESET ALL`,
+    `UNLISTEN *`, ...) would only cost a round trip per release: one per
+    page of a read, as many as the query itself.
+    """
+
+
 async def _prepare_store(conn: Any, url: str, config: PostgresConfig) -> tuple[int, int]:
     """Migrate the store and settle its partition count; returns (partitions, schema version)."""
     await migrate(conn, config.schema)
@@ -885,6 +947,7 @@ async def open_engine(url: str) -> PostgresEngine:
             timeout=config.connect_timeout,
             command_timeout=config.command_timeout,
             server_settings=_SERVER_SETTINGS,
+            reset=_keep_session,
         )
     try:
         with pg_errors():
