@@ -723,7 +723,7 @@ def _sqlite_path(store: Engine) -> str:
 def _postgres_target(store: Engine) -> tuple[str, Any]:
     """The DSN and config of a PostgreSQL store (its config names the schema)."""
     config = getattr(store, "config", None)
-    dsn = getattr(store, "_dsn", None)  # the engine's asyncpg DSN, without tidelog's options
+    dsn = getattr(store, "dsn", None)  # `PostgresEngine.dsn`, without importing asyncpg
     if store.name != "postgres" or not isinstance(dsn, str) or config is None:
         raise NotSupported(
             store.name,

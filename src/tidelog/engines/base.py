@@ -27,7 +27,7 @@ import contextlib
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -64,15 +64,22 @@ __all__ = [
     "GroupState",
     "HeadWatch",
     "LogEngine",
+    "LogFilter",
     "StreamEngine",
     "assign_partitions",
     "check_position",
     "check_read_args",
     "config_from_url",
-    "validate_filters",
+    "log_filter",
     "prepare_append",
     "prepare_append_many",
+    "prepare_delete",
+    "prepare_purge",
+    "prepare_read_all",
+    "prepare_read_stream",
     "resolve_retry",
+    "validate_filters",
+    "validate_group_key",
     "validate_group_name",
 ]
 
@@ -153,6 +160,12 @@ def validate_group_name(value: object, what: str = "group") -> str:
         raise GroupError(f"invalid {what} name {value!r}") from exc
 
 
+def validate_group_key(group: object, category: object) -> None:
+    """The group and category names every group operation takes."""
+    validate_group_name(group)
+    validate_group_name(category, "category")
+
+
 def validate_filters(
     categories: Collection[str] | None, types: Collection[str] | None
 ) -> tuple[frozenset[str] | None, frozenset[str] | None]:
@@ -161,6 +174,68 @@ def validate_filters(
     cats = None if categories is None else frozenset(categories)
     tys = None if types is None else frozenset(types)
     return cats, tys
+
+
+class LogFilter(NamedTuple):
+    """The filters of a log read, as sets; None is no filter on that field."""
+
+    categories: frozenset[str] | None
+    types: frozenset[str] | None
+    partitions: frozenset[int] | None
+
+    @property
+    def matches_nothing(self) -> bool:
+        """A filter given as an empty collection: no event can match, so no query is needed."""
+        return frozenset() in (self.categories, self.types, self.partitions)
+
+
+def log_filter(
+    categories: Collection[str] | None,
+    types: Collection[str] | None,
+    partitions: Collection[int] | None,
+) -> LogFilter:
+    """Validate the filters of `subscribe` (`prepare_read_all` for a read)."""
+    cats, tys = validate_filters(categories, types)
+    return LogFilter(cats, tys, None if partitions is None else frozenset(partitions))
+
+
+def prepare_read_all(
+    from_position: object,
+    categories: Collection[str] | None,
+    types: Collection[str] | None,
+    limit: object,
+    partitions: Collection[int] | None,
+) -> LogFilter:
+    """Validate the arguments of `read_all` (and `count_events`) identically for every engine.
+
+    The order of the checks decides which error a call with several bad
+    arguments gets; it is the same everywhere because it is written once.
+    """
+    cats, tys = validate_filters(categories, types)
+    check_read_args(from_position, limit, False)
+    return LogFilter(cats, tys, None if partitions is None else frozenset(partitions))
+
+
+def prepare_read_stream(
+    stream: object, from_version: object, backwards: bool, limit: object
+) -> str:
+    """Validate the arguments of `read_stream`; returns the stream name."""
+    name = validate_stream_name(stream)
+    check_read_args(from_version, limit, backwards)
+    return name
+
+
+def prepare_delete(stream: object, expected_version: object) -> tuple[str, ExpectedVersion]:
+    """Validate the arguments of `delete_stream`."""
+    return validate_stream_name(stream), validate_expected_version(expected_version)
+
+
+def prepare_purge(stream: object) -> str:
+    """Validate the argument of `purge_stream`: only system streams can be erased."""
+    name = validate_stream_name(stream)
+    if not name.startswith("$"):
+        raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+    return name
 
 
 def check_read_args(start: object, limit: object, backwards: bool) -> None:
@@ -301,6 +376,13 @@ class GroupState(msgspec.Struct, kw_only=True):
             or partition not in assign_partitions(self.members, partition_count).get(member, ())
         ):
             raise StaleGeneration(group, category, member, generation, self.generation)
+
+    def described(self, group: str, category: str, partition_count: int, now: float) -> Membership:
+        """The group as `describe_group` shows it: lapsed leases expired, without joining
+        anyone (`member` is empty). Works on a copy, so reading a group never changes it."""
+        live = GroupState(generation=self.generation, members=dict(self.members))
+        live._expire(now)
+        return live.membership(group, category, "", partition_count)
 
     def membership(
         self, group: str, category: str, member: str, partition_count: int
@@ -487,8 +569,7 @@ class LogEngine(StreamEngine):
         across the switch from catch-up to live. Raises `StoreClosed` when the
         store closes.
         """
-        cats, tys = validate_filters(categories, types)
-        parts = None if partitions is None else frozenset(partitions)
+        cats, tys, parts = log_filter(categories, types, partitions)
         watch = self._head_watch()
         next_position = max(from_position, 0)
         while True:

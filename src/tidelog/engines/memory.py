@@ -19,12 +19,15 @@ from tidelog.engines.base import (
     GroupState,
     HeadWatch,
     check_position,
-    check_read_args,
     config_from_url,
     prepare_append,
     prepare_append_many,
+    prepare_delete,
+    prepare_purge,
+    prepare_read_all,
+    prepare_read_stream,
     resolve_retry,
-    validate_filters,
+    validate_group_key,
     validate_group_name,
 )
 from tidelog.errors import InvalidInput, StreamDeleted
@@ -40,8 +43,6 @@ from tidelog.model import (
     category_of,
     check_expected_version,
     partition_of,
-    validate_expected_version,
-    validate_stream_name,
 )
 
 __all__ = ["MemoryConfig", "MemoryEngine", "open_engine"]
@@ -147,8 +148,7 @@ class MemoryEngine(GroupEngine):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        validate_stream_name(stream)
-        check_read_args(from_version, limit, backwards)
+        prepare_read_stream(stream, from_version, backwards, limit)
         if stream in self._deleted:
             raise StreamDeleted(stream)
         events = self._streams.get(stream, [])
@@ -162,8 +162,7 @@ class MemoryEngine(GroupEngine):
 
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
         self._check_open()
-        name = validate_stream_name(stream)
-        expected = validate_expected_version(expected_version)
+        name, expected = prepare_delete(stream, expected_version)
         if name in self._deleted:
             raise StreamDeleted(name)
         existing = self._streams.get(name)
@@ -172,9 +171,7 @@ class MemoryEngine(GroupEngine):
 
     async def purge_stream(self, stream: str) -> None:
         self._check_open()
-        name = validate_stream_name(stream)
-        if not name.startswith("$"):
-            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        name = prepare_purge(stream)
         for e in self._streams.pop(name, []):
             self._log[e.position - 1] = None
             del self._ids[e.id]
@@ -208,9 +205,10 @@ class MemoryEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        cats, tys = validate_filters(categories, types)
-        check_read_args(from_position, limit, False)
-        parts = None if partitions is None else frozenset(partitions)
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if limit == 0 or filters.matches_nothing:
+            return
+        cats, tys, parts = filters
         count = 0
         index = max(from_position, 1) - 1
         while index < len(self._log) and (limit is None or count < limit):
@@ -242,8 +240,7 @@ class MemoryEngine(GroupEngine):
     # ------------------------------------------------------------------ layer 3
 
     def _state(self, group: str, category: str) -> GroupState:
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         return self._groups.setdefault((group, category), GroupState())
 
     async def join_group(
@@ -299,9 +296,7 @@ class MemoryEngine(GroupEngine):
         if key not in self._groups and key not in self._checkpoints:
             return None
         state = self._groups.get(key, GroupState())
-        live = GroupState(generation=state.generation, members=dict(state.members))
-        live.leave("", self._now())  # expire without joining anyone
-        return live.membership(group, category, "", self.partition_count)
+        return state.described(group, category, self.partition_count, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:
         self._check_open()

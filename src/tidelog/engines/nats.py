@@ -70,12 +70,16 @@ from tidelog.engines.base import (
     GroupEngine,
     HeadWatch,
     check_position,
-    check_read_args,
     config_from_url,
+    log_filter,
     prepare_append,
     prepare_append_many,
+    prepare_delete,
+    prepare_purge,
+    prepare_read_all,
+    prepare_read_stream,
     resolve_retry,
-    validate_filters,
+    validate_group_key,
     validate_group_name,
 )
 from tidelog.errors import (
@@ -100,8 +104,6 @@ from tidelog.model import (
     category_of,
     check_expected_version,
     partition_of,
-    validate_expected_version,
-    validate_stream_name,
 )
 
 __all__ = ["NatsConfig", "NatsEngine", "open_engine"]
@@ -668,8 +670,7 @@ class NatsEngine(GroupEngine):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        validate_stream_name(stream)
-        check_read_args(from_version, limit, backwards)
+        prepare_read_stream(stream, from_version, backwards, limit)
         with translated("read_stream"):
             last_seq, last_version, deleted = await self._head_of(stream)
         if deleted:
@@ -735,8 +736,7 @@ class NatsEngine(GroupEngine):
 
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
         self._check_open()
-        name = validate_stream_name(stream)
-        expected = validate_expected_version(expected_version)
+        name, expected = prepare_delete(stream, expected_version)
         subject = self._layout.stream_subject(name)
         self._stream_cache.pop(name, None)  # the tombstone moves the stream's head
         for attempt in range(MAX_ATTEMPTS):
@@ -767,9 +767,7 @@ class NatsEngine(GroupEngine):
         `head` is untouched, so purged positions are never handed out again.
         """
         self._check_open()
-        name = validate_stream_name(stream)
-        if not name.startswith("$"):
-            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        name = prepare_purge(stream)
         subject = self._layout.stream_subject(name)
         self._stream_cache.pop(name, None)
         with translated("purge_stream"):
@@ -893,15 +891,13 @@ class NatsEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        cats, tys = validate_filters(categories, types)
-        check_read_args(from_position, limit, False)
-        parts = None if partitions is None else frozenset(partitions)
-        if limit == 0 or cats == frozenset() or tys == frozenset() or parts == frozenset():
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if limit == 0 or filters.matches_nothing:
             return
         count = 0
         with self._reading("read_all"):
             start = await self._start_seq(from_position)
-            async for _, _, e in self._matching(start, from_position, cats, tys, parts):
+            async for _, _, e in self._matching(start, from_position, *filters):
                 if e is None:
                     continue
                 yield e
@@ -964,8 +960,7 @@ class NatsEngine(GroupEngine):
         about: it moves only past events it has read itself, because in a
         cluster the head and the pages may come from different replicas.
         """
-        cats, tys = validate_filters(categories, types)
-        parts = None if partitions is None else frozenset(partitions)
+        cats, tys, parts = log_filter(categories, types, partitions)
         from_position = max(from_position, 0)  # as the generic loop does
         check_position(from_position)
         self._check_open()
@@ -1055,8 +1050,7 @@ class NatsEngine(GroupEngine):
         As in the memory engine, the document is created by any operation on the
         group and a change made before `change` raises (leases expired) is kept.
         """
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         for attempt in range(MAX_ATTEMPTS):
             self._check_open()
             with translated("group"):
@@ -1130,8 +1124,7 @@ class NatsEngine(GroupEngine):
     ) -> dict[str, AppendResult]:
         self._check_open()
         check_position(position)
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
 
         async def fence() -> tuple[int, wire.GroupDoc]:
             """Read the group and refuse a stale member, as the memory engine does."""
@@ -1196,9 +1189,7 @@ class NatsEngine(GroupEngine):
             _, doc = await self._group(group, category)
         if doc is None:
             return None
-        live = doc.state
-        live.leave("", self._now())  # expire without joining anyone; not written back
-        return live.membership(group, category, "", self.partition_count)
+        return doc.state.described(group, category, self.partition_count, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:
         self._check_open()

@@ -62,12 +62,15 @@ from tidelog.engines.base import (
     GroupState,
     HeadWatch,
     check_position,
-    check_read_args,
     config_from_url,
     prepare_append,
     prepare_append_many,
+    prepare_delete,
+    prepare_purge,
+    prepare_read_all,
+    prepare_read_stream,
     resolve_retry,
-    validate_filters,
+    validate_group_key,
     validate_group_name,
 )
 from tidelog.errors import InvalidInput, InvalidURL, StoreClosed, StreamDeleted, TidelogError
@@ -85,8 +88,6 @@ from tidelog.model import (
     decode_metadata,
     encode_metadata,
     partition_of,
-    validate_expected_version,
-    validate_stream_name,
 )
 
 __all__ = [
@@ -343,6 +344,16 @@ class PostgresEngine(GroupEngine):
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         """Fault injection for tests: awaited inside each append transaction just
         before its commit (with the append lock held); raising rolls it back."""
+
+    @property
+    def dsn(self) -> str:
+        """The asyncpg DSN of the store: its URL without tidelog's own options.
+
+        For code that needs its own connection to the store's database, such as
+        `PostgresProjection` keeping its read model in the store's schema
+        (`config.schema`). It holds the password if the URL did: do not log it.
+        """
+        return self._dsn
 
     # ------------------------------------------------------------------ setup
 
@@ -624,8 +635,7 @@ class PostgresEngine(GroupEngine):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        validate_stream_name(stream)
-        check_read_args(from_version, limit, backwards)
+        prepare_read_stream(stream, from_version, backwards, limit)
         with pg_errors(stream):
             row = await self._pool.fetchrow(self._sql.find_stream, stream)
         if row is not None and row[1]:
@@ -650,8 +660,7 @@ class PostgresEngine(GroupEngine):
 
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
         self._check_open()
-        name = validate_stream_name(stream)
-        expected = validate_expected_version(expected_version)
+        name, expected = prepare_delete(stream, expected_version)
         with pg_errors(name):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(self._sql.begin_write)
@@ -670,9 +679,7 @@ class PostgresEngine(GroupEngine):
         archives and replicas keep history of their own (see docs/engines).
         """
         self._check_open()
-        name = validate_stream_name(stream)
-        if not name.startswith("$"):
-            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        name = prepare_purge(stream)
         with pg_errors(name):
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
@@ -706,21 +713,21 @@ class PostgresEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        cats, tys = validate_filters(categories, types)
-        check_read_args(from_position, limit, False)
-        parts = None if partitions is None else sorted(frozenset(partitions))
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        cats, tys, _ = filters
+        parts = None if filters.partitions is None else sorted(filters.partitions)
         if parts is not None and any(
             isinstance(p, bool) or not isinstance(p, int) or not -(2**31) <= p < 2**31
             for p in parts
         ):
             raise InvalidInput("partitions take a collection of ints")
-        filters = [sorted(f) for f in (cats, tys, parts) if f is not None]
-        sql = self._sql.read_all(cats is not None, tys is not None, parts is not None)
-        if limit == 0:
+        if limit == 0 or filters.matches_nothing:
             return
+        args = [sorted(f) for f in (cats, tys, parts) if f is not None]
+        sql = self._sql.read_all(cats is not None, tys is not None, parts is not None)
 
         def fetch(cursor: int, size: int) -> asyncio.Task[list[Any]]:
-            return asyncio.ensure_future(self._fetch(sql, min(cursor, 2**63 - 1), size, *filters))
+            return asyncio.ensure_future(self._fetch(sql, min(cursor, 2**63 - 1), size, *args))
 
         # The next page is fetched while the caller consumes this one. Each
         # page is its own snapshot; the commit-order lock makes every snapshot
@@ -764,14 +771,15 @@ class PostgresEngine(GroupEngine):
     ) -> int:
         """One indexed count instead of reading the events (consumer lag)."""
         self._check_open()
-        cats, _ = validate_filters(categories, None)
-        check_read_args(from_position, None, False)
-        parts = None if partitions is None else sorted(frozenset(partitions))
-        filters = [sorted(f) for f in (cats, parts) if f is not None]
+        filters = prepare_read_all(from_position, categories, None, None, partitions)
+        if filters.matches_nothing:
+            return 0
+        cats, _, parts = filters
+        args = [sorted(f) for f in (cats, parts) if f is not None]
         sql = self._sql.count_events(cats is not None, parts is not None)
         with pg_errors():
             count: int = await self._pool.fetchval(
-                sql, min(max(from_position, 1), 2**63 - 1), *filters
+                sql, min(max(from_position, 1), 2**63 - 1), *args
             )
         return count
 
@@ -792,8 +800,7 @@ class PostgresEngine(GroupEngine):
 
     async def _ensure_group(self, group: str, category: str) -> None:
         """Create the group's row (like the memory engine, every group call does)."""
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         with pg_errors():
             await self._pool.execute(self._sql.ensure_group, group, category, _EMPTY_GROUP)
 
@@ -900,8 +907,7 @@ class PostgresEngine(GroupEngine):
             ):
                 return None
         state = GroupState() if raw is None else msgspec.json.decode(raw, type=GroupState)
-        state.leave("", self._now())  # expire without joining anyone
-        return state.membership(group, category, "", self._partitions)
+        return state.described(group, category, self._partitions, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:
         self._check_open()

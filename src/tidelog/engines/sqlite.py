@@ -76,15 +76,17 @@ from tidelog.engines.base import (
     GroupState,
     HeadWatch,
     check_position,
-    check_read_args,
     config_from_url,
     prepare_append,
     prepare_append_many,
-    validate_filters,
+    prepare_delete,
+    prepare_purge,
+    prepare_read_all,
+    prepare_read_stream,
+    validate_group_key,
     validate_group_name,
 )
 from tidelog.errors import (
-    InvalidInput,
     InvalidURL,
     StaleGeneration,
     StoreClosed,
@@ -101,8 +103,6 @@ from tidelog.model import (
     RecordedEvent,
     StreamInfo,
     decode_metadata,
-    validate_expected_version,
-    validate_stream_name,
 )
 
 __all__ = [
@@ -432,8 +432,7 @@ class SQLiteEngine(GroupEngine):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        name = validate_stream_name(stream)
-        check_read_args(from_version, limit, backwards)
+        name = prepare_read_stream(stream, from_version, backwards, limit)
         order = (
             "version <= ? ORDER BY version DESC" if backwards else "version >= ? ORDER BY version"
         )
@@ -476,8 +475,7 @@ class SQLiteEngine(GroupEngine):
 
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
         self._check_open()
-        name = validate_stream_name(stream)
-        expected = validate_expected_version(expected_version)
+        name, expected = prepare_delete(stream, expected_version)
         await self._write(lambda w: w.delete_stream(name, expected))
 
     async def purge_stream(self, stream: str) -> None:
@@ -487,9 +485,7 @@ class SQLiteEngine(GroupEngine):
         The head is kept as a high-water mark, so purged positions are never reused.
         """
         self._check_open()
-        name = validate_stream_name(stream)
-        if not name.startswith("$"):
-            raise InvalidInput(f"only system streams ($...) can be purged, not {name!r}")
+        name = prepare_purge(stream)
         await self._write(lambda w: w.purge_stream(name))
         await asyncio.to_thread(_truncate_wal, self.config.path, self.config.busy_timeout)
 
@@ -526,12 +522,10 @@ class SQLiteEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        cats, tys = validate_filters(categories, types)
-        check_read_args(from_position, limit, False)
-        parts = None if partitions is None else frozenset(partitions)
-        if cats == frozenset() or tys == frozenset() or parts == frozenset():
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if limit == 0 or filters.matches_nothing:
             return
-        index, where, params = _log_filter(cats, tys, parts)
+        index, where, params = _log_filter(*filters)
         sql = (
             f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where}"
             " ORDER BY position LIMIT ?"
@@ -579,12 +573,10 @@ class SQLiteEngine(GroupEngine):
     ) -> int:
         """One `count(*)` over the same index `read_all` would walk."""
         self._check_open()
-        cats, _ = validate_filters(categories, None)
-        check_read_args(from_position, None, False)
-        parts = None if partitions is None else frozenset(partitions)
-        if cats == frozenset() or parts == frozenset():
+        filters = prepare_read_all(from_position, categories, None, None, partitions)
+        if filters.matches_nothing:
             return 0
-        index, where, params = _log_filter(cats, None, parts)
+        index, where, params = _log_filter(*filters)
         sql = f"SELECT count(*) FROM events{index} WHERE position >= ?{where}"
         args = (max(from_position, 1), *params)
 
@@ -620,8 +612,7 @@ class SQLiteEngine(GroupEngine):
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         now = self._now()
 
         def op(w: Writer) -> Membership:
@@ -636,8 +627,7 @@ class SQLiteEngine(GroupEngine):
         self, group: str, category: str, member: str, lease: float = 10.0
     ) -> Membership:
         self._check_open()
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         now = self._now()
 
         def op(w: Writer) -> Membership:
@@ -654,8 +644,7 @@ class SQLiteEngine(GroupEngine):
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         now = self._now()
 
         def op(w: Writer) -> None:
@@ -678,8 +667,7 @@ class SQLiteEngine(GroupEngine):
     ) -> dict[str, AppendResult]:
         self._check_open()
         check_position(position)
-        validate_group_name(group)
-        validate_group_name(category, "category")
+        validate_group_key(group, category)
         checked = prepare_append_many(appends) if appends else None
         now = self._now()
 
@@ -722,8 +710,7 @@ class SQLiteEngine(GroupEngine):
         if raw is None and not has_points:
             return None
         state = GroupState() if raw is None else _GROUP_DECODER.decode(raw)
-        state.leave("", self._now())  # expire lapsed leases without joining anyone
-        return state.membership(group, category, "", self._partitions)
+        return state.described(group, category, self._partitions, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:
         def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
