@@ -531,6 +531,34 @@ async def test_handler_calls_at_once_stay_within_concurrency(store: tidelog.Stor
     assert peak == 3
 
 
+async def test_handlers_that_wait_and_that_do_not_share_the_slots_in_order(
+    store: tidelog.Store,
+) -> None:
+    """Handlers that return at once keep their slot from one event to the next;
+    those that wait must still get one, and the bound holds throughout."""
+    await fill(store, streams=30, per_stream=10)
+    now = peak = 0
+    seen: dict[str, list[int]] = defaultdict(list)
+    app = App("t", store, options=replace(FAST, concurrency=2))
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        if int(event.stream.split("-")[1]) % 3 == 0:
+            await asyncio.sleep(0.001)  # every third stream waits
+        seen[event.stream].append(event.version)
+        now -= 1
+
+    run = Running(app)
+    await eventually(lambda: sum(map(len, seen.values())) == 300, what="every event")
+    await run.stop()
+    assert peak <= 2
+    assert all(versions == list(range(10)) for versions in seen.values())
+    assert await checkpoint_total(store, "g") == await store.last_position()
+
+
 async def test_a_partition_that_caught_up_commits_without_waiting_for_the_interval(
     store: tidelog.Store,
 ) -> None:

@@ -125,6 +125,9 @@ class DeliveryScope:
     registry: codec.EventRegistry | None
 
 
+_new_object = object.__new__
+
+
 class Context:
     """What a handler gets beside its event(s).
 
@@ -134,10 +137,22 @@ class Context:
     event (`idempotency_key`), so a redelivered event writes nothing twice.
     """
 
-    _appends: dict[str, tuple[list[NewEvent], ExpectedVersion]] | None = None
-    """Created by the first `append`: most handlings append nothing."""
-    _count = 0
-    _key: str | None = None
+    __slots__ = {
+        "_appends": "Created by the first `append`: most handlings append nothing.",
+        "_count": "Effects appended so far: the number of the next one (part of its id).",
+        "_key": "`idempotency_key`, once asked for.",
+        "_scope": "What every delivery of the partition run shares.",
+        "_source": "The event(s) delivered.",
+        "attempt": "1 on first delivery to the handler in this process, then 2, 3 ... on retries.",
+        "generation": "The group generation this delivery belongs to.",
+    }
+    _scope: DeliveryScope
+    generation: int
+    attempt: int
+    _source: tuple[RecordedEvent, ...]
+    _appends: dict[str, tuple[list[NewEvent], ExpectedVersion]] | None
+    _count: int
+    _key: str | None
 
     def __init__(
         self,
@@ -159,8 +174,10 @@ class Context:
         )
         self.generation = generation
         self.attempt = attempt
-        """1 on first delivery to the handler in this process, then 2, 3 ... on retries."""
         self._source = tuple(source)
+        self._appends = None
+        self._count = 0
+        self._key = None
 
     @classmethod
     def _deliver(
@@ -170,16 +187,20 @@ class Context:
         attempt: int,
         source: tuple[RecordedEvent, ...],
     ) -> Context:
-        """The runtime's constructor (one per handler call): reuses the run's scope.
+        """The runtime's constructor, once per handler call: sets what `__init__` sets.
 
-        It sets what `__init__` sets; the rest starts from the class defaults.
+        It takes the run's scope as is and skips `__init__` (a call less): this
+        runs once per delivered event.
         """
-        ctx = cls.__new__(cls)
-        ctx._scope = scope
-        ctx.generation = generation
-        ctx.attempt = attempt
-        ctx._source = source
-        return ctx
+        self = _new_object(cls)
+        self._scope = scope
+        self.generation = generation
+        self.attempt = attempt
+        self._source = source
+        self._appends = None
+        self._count = 0
+        self._key = None
+        return self
 
     @property
     def store(self) -> GroupEngine:

@@ -7,6 +7,7 @@ Loaded by `tidelog.cli` (its `_COMMAND_MODULES`), which owns the global
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -66,6 +67,27 @@ def load_app(spec: str) -> Any:
     return target
 
 
+_YOUNG_COLLECTION_AT = 10_000
+"""Allocations between two collections of the youngest generation (Python's default: 700)."""
+
+
+def _tune_gc() -> None:
+    """Set the worker process's garbage collector for a steady flow of events.
+
+    Each fetched event holds a few tracked objects until it is handled: with
+    the default threshold (700) they set off a young collection every few
+    hundred events, and those that survive it full ones, which walk every
+    object of the process (~40k after imports). Both cost a busy worker
+    ~10% of its CPU (`group_throughput`), for memory that is freed anyway
+    once the events are handled. What is alive now (modules, classes, the
+    app) lives as long as the process: frozen, full collections skip it.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(_YOUNG_COLLECTION_AT, older, oldest)
+
+
 def _uuid(text: str) -> UUID:
     try:
         return UUID(text)
@@ -116,6 +138,7 @@ def register(app: typer.Typer) -> None:
             the_app.options = replace(the_app.options, **changes)
         if the_app.store is None:
             the_app.store = settings(ctx).store
+        _tune_gc()
 
         async def main() -> None:
             loop = asyncio.get_running_loop()

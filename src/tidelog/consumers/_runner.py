@@ -39,10 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,28 +105,29 @@ class _Credits:
     def __init__(self, limit: int, stats: Stats) -> None:
         self.limit = max(1, limit)
         self.used = 0
-        self._freed = asyncio.Event()
-        self._waiting = False
+        self.freed = asyncio.Event()
+        self.waiting = False
+        """The reader waits in `take` (read where credits are given back)."""
         self._stats = stats
 
     async def take(self, want: int) -> int:
         while self.used >= self.limit:
-            self._freed.clear()
-            self._waiting = True
+            self.freed.clear()
+            self.waiting = True
             try:
-                await self._freed.wait()
+                await self.freed.wait()
             finally:
-                self._waiting = False
+                self.waiting = False
         n = min(want, self.limit - self.used)
         self.used += n
         self._stats.peak_in_flight = max(self._stats.peak_in_flight, self.used)
         return n
 
     def give(self, n: int) -> None:
-        """Called once per finished event: wakes the reader only if it waits."""
+        """Give back `n` credits: wakes the reader only if it waits."""
         self.used -= n
-        if self._waiting:
-            self._freed.set()
+        if self.waiting:
+            self.freed.set()
 
 
 class _Limiter:
@@ -134,15 +136,20 @@ class _Limiter:
     A FIFO counting semaphore whose uncontended `acquire` neither suspends nor
     allocates: it runs once per handled event, where `asyncio.Semaphore`'s
     `async with` would cost about as much as a trivial handler itself.
+
+    `free` is above 0 only while nobody waits (`release` hands its slot to the
+    longest waiter before it frees one), so the hot path in
+    `_PartitionRun._work_streams` takes a slot with `free -= 1` when `free`
+    allows, and calls `acquire` only otherwise.
     """
 
     def __init__(self, limit: int) -> None:
         self.free = max(1, limit)
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
     def try_acquire(self) -> bool:
-        """Take a slot if one is free and nobody waits for one (never suspends)."""
-        if self.free > 0 and not self._waiters:
+        """Take a slot if one is free (never suspends)."""
+        if self.free > 0:
             self.free -= 1
             return True
         return False
@@ -151,7 +158,7 @@ class _Limiter:
         if self.try_acquire():
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -159,13 +166,13 @@ class _Limiter:
                 self.release()  # a slot was handed over just as we were cancelled
             else:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self.waiters.remove(waiter)
             raise
 
     def release(self) -> None:
         """Hand the slot to the longest waiter, or give it back."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self.waiters:
+            waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -190,6 +197,8 @@ _NOT_THE_EVENTS_FAULT = (asyncio.CancelledError, StaleGeneration, StoreUnavailab
 _KNOWN_STREAMS = 100_000
 """How many streams' partitions a reader remembers (a few MB at most)."""
 
+_position = operator.attrgetter("position")
+
 
 class _PartitionRun:
     """Delivers one partition owned by this member, from its checkpoint on."""
@@ -199,8 +208,9 @@ class _PartitionRun:
         self.p = partition
         self.claim = claim
         self.pending: deque[int] = deque()
+        """Positions taken from the reader, in log order, up to the lowest unfinished one."""
         self.done: set[int] = set()
-        self.outstanding = 0
+        """Finished positions still in `pending` (finished out of log order)."""
         self.fetched_upto = 0
         self.committed = 0
         self.since_commit = 0
@@ -217,6 +227,10 @@ class _PartitionRun:
         self.workers: set[asyncio.Task[None]] = set()
         self.spare = 0
         """Workers not inside a handling: the next ready item needs no new task."""
+        self.staff_due = False
+        """A `_staff` call is scheduled for when the running worker yields (see `_take`)."""
+        self.running = consumer.running
+        self.credits = consumer.credits
         self.max_workers = consumer.options.concurrency if self.by_stream else 1
         h = consumer.handler
         self.direct = h.fn if self.by_stream and h.event_class is None else None
@@ -276,8 +290,7 @@ class _PartitionRun:
                 await cancel_and_wait(t)
         self.workers.clear()
         self.held.clear()
-        self.c.credits.give(self.outstanding)
-        self.outstanding = 0
+        self.c.credits.give(self.outstanding)  # abandoned: `pending` keeps them for the commit
         if self.committer is not None:
             await cancel_and_wait(self.committer)
         if (
@@ -322,10 +335,14 @@ class _PartitionRun:
         c.enqueue_settles(self)
         c.wake_reader()
 
+    @property
+    def outstanding(self) -> int:
+        """Events taken from the reader and not finished: their credits are this run's."""
+        return len(self.pending) - len(self.done)
+
     def accept(self, events: list[RecordedEvent]) -> None:
         """Take fetched events in log order (their credits are this run's until each finishes)."""
-        self.outstanding += len(events)
-        self.pending.extend([e.position for e in events])
+        self.pending.extend(map(_position, events))
         self.fetched_upto = events[-1].position
         self.next_position = self.fetched_upto + 1
         self.ready.extend(events)
@@ -338,17 +355,20 @@ class _PartitionRun:
             self._staff()
 
     def _finished(self, position: int) -> None:
+        """An event is done with (handled, parked, held or skipped): its credit goes back."""
         pending = self.pending
         if pending[0] == position:
             pending.popleft()  # finished in log order, as most are: `done` stays out of it
         else:
             self.done.add(position)
-        self.outstanding -= 1
-        self.c.credits.give(1)
+        credits = self.credits
+        credits.used -= 1  # `credits.give(1)`, inline: this runs once per event
+        if credits.waiting:
+            credits.freed.set()
         self.since_commit += 1
         if self.since_commit >= self.commit_every:
             self.progress.set()
-        elif not self.outstanding and self.c.caught_up:
+        elif self.c.caught_up and not self.outstanding:
             self.on_caught_up()
 
     def on_caught_up(self) -> None:
@@ -373,15 +393,16 @@ class _PartitionRun:
 
         Workers are loops over the ready items, not a task per stream or per
         event: a handler that returns without waiting costs no task switch, so
-        a page of events is handled in one pass of one worker. Before each
-        handling a worker calls this, so a spare one is always there: a handler
-        that does wait (I/O) holds up only its own stream. At most `concurrency`
+        a page of events is handled in one pass of one worker. A worker that
+        takes an item when no spare is left has this called as soon as it
+        yields (`_staff_soon`), so a spare one is there whenever a handler does
+        wait (I/O): it holds up only its own stream. At most `concurrency`
         workers per partition (one in batch mode); `_Limiter` bounds the
         handler calls over all partitions.
         """
         if self.spare or not self.ready or len(self.workers) >= self.max_workers:
             return
-        if self.workers and not self.c.running.free:
+        if self.workers and not self.running.free:
             return  # a spare would only queue for a slot
         self.spare += 1
         worker = asyncio.create_task(self._work(), name=f"work-{self.p}")
@@ -407,6 +428,23 @@ class _PartitionRun:
         except StaleGeneration:
             return  # fenced while stopping: what is unfinished is redelivered
 
+    def _staff_soon(self) -> None:
+        """`_staff` once the running worker yields, not now.
+
+        A spare is needed only if the worker waits inside a handling; a handler
+        that returns at once lets it go through all ready items in one pass, and
+        a spare task started for it would find nothing to do. The call runs
+        before anything else the loop had scheduled after the worker's step, so
+        the items behind a waiting handler get a worker as soon as before.
+        """
+        if not self.staff_due:
+            self.staff_due = True
+            asyncio.get_running_loop().call_soon(self._staff_due)
+
+    def _staff_due(self) -> None:
+        self.staff_due = False
+        self._staff()
+
     def _take(self) -> _Item | None:
         """The next ready item whose stream no worker holds: the caller holds it now.
 
@@ -417,7 +455,7 @@ class _PartitionRun:
         """
         ready, held = self.ready, self.held
         while ready:
-            if not self.c.running.free and len(self.workers) > 1:
+            if not self.running.free and len(self.workers) > 1:
                 return None
             item = ready.popleft()
             stream = item.stream
@@ -425,7 +463,7 @@ class _PartitionRun:
                 held[stream] = None
                 self.spare -= 1
                 if not self.spare:
-                    self._staff()
+                    self._staff_soon()
                 return item
             backlog = held[stream]
             if backlog is None:
@@ -433,70 +471,120 @@ class _PartitionRun:
             backlog.append(item)
         return None
 
-    def _next(self, stream: str) -> _Item | None:
-        """The next item of held `stream`; when it has none, release it and `_take`."""
-        backlog = self.held[stream]
-        if backlog:
-            return backlog.popleft()
-        del self.held[stream]
-        self.spare += 1
-        return self._take()
-
     async def _work_streams(self) -> None:
         """Handle items until none is left for this worker; per stream one worker at a time.
 
-        The first attempt at an event runs right here, as in `_handle` but
-        inline: a coroutine of ours per event would cost about as much as all
-        of this loop, with a handler that returns at once.
+        This loop runs once per event, and with a handler that returns at once a
+        call of ours costs a good share of a delivery: so the common path is
+        written out here. The first attempt at an event runs as in `_handle`;
+        a finished event is accounted for as in `_finished`; the next item is
+        taken as in `_take` when it is first in line and nobody holds its stream.
+
+        A handler slot (`_Limiter`) is kept from one handling to the next (in
+        between no other task runs): it is given back when someone waits for
+        one (FIFO), before anything that may wait on something else than a
+        handler (the DLQ, a commit, a retry), and when the worker stops.
         """
         c = self.c
         running, dlq, stats, scope, direct, h = (
-            c.running,
+            self.running,
             c.dlq,
             c.stats,
             self.scope,
             self.direct,
             c.handler,
         )
+        deliver = Context._deliver
+        ready, held, waiters = self.ready, self.held, running.waiters
+        pending, credits, settle_queued = self.pending, self.credits, self.settle_queued
+        slot = False
         item = self._take()
         try:
             while item is not None:
+                if slot and (waiters or settle_queued or dlq.entries):
+                    running.release()
+                    slot = False
                 try:
-                    if isinstance(item, _Settle):
+                    if settle_queued and type(item) is _Settle:
                         await self._settle(item.stream)
-                    # an empty DLQ (the usual case) can neither hold nor skip an event
-                    elif dlq.entries and not await self._gate(item):
-                        self._finished(item.position)  # held, parked or settled before
                     else:
-                        events = (item,)
-                        ctx = Context._deliver(scope, c.generation, 1, events)
-                        try:
-                            if not running.try_acquire():
-                                await running.acquire()
+                        # a `_Settle` is in line only while its stream is in `settle_queued`
+                        event: RecordedEvent = item  # type: ignore[assignment]
+                        # an empty DLQ (the usual case) can neither hold nor skip an event
+                        if not dlq.entries or await self._gate(event):
+                            events = (event,)
+                            ctx = deliver(scope, c.generation, 1, events)
+                            if not slot:
+                                if running.free:
+                                    running.free -= 1
+                                else:
+                                    await running.acquire()
+                                slot = True
                             try:
                                 if direct is not None:
-                                    await direct(item, ctx)
+                                    await direct(event, ctx)
                                 else:
                                     await h.invoke(events, ctx, c.registry)
-                            finally:
-                                running.release()
-                            if ctx._appends:
-                                await self._commit_with(ctx._requests())
-                        except _NOT_THE_EVENTS_FAULT:
-                            raise
-                        except Exception as exc:  # retried, then parked
-                            error, attempts = await self._handle(events, failed=exc)
-                            if error is not None:
-                                await self._park(item, error, attempts, 0)
+                                if ctx._appends:
+                                    running.release()
+                                    slot = False
+                                    await self._commit_with(ctx._requests())
+                            except _NOT_THE_EVENTS_FAULT:
+                                raise
+                            except Exception as exc:
+                                if slot:
+                                    running.release()  # each retry takes one
+                                    slot = False
+                                await self._retry(event, exc)
+                            else:
+                                stats.handled += 1
+                                stats.events_handled += 1
+                        # finished (handled, parked, held or skipped)
+                        position = event.position
+                        if pending[0] == position:
+                            pending.popleft()
                         else:
-                            stats.handled += 1
-                            stats.events_handled += 1
-                        self._finished(item.position)
+                            self.done.add(position)
+                        credits.used -= 1
+                        if credits.waiting:
+                            credits.freed.set()
+                        self.since_commit += 1
+                        if self.since_commit >= self.commit_every:
+                            self.progress.set()
+                        elif c.caught_up and not self.outstanding:
+                            self.on_caught_up()
                 except StoreUnavailable as exc:
+                    if slot:
+                        running.release()
+                        slot = False
                     await self._store_unavailable(exc)
                     continue  # the same item again
-                item = self._next(item.stream)
+                # next: an item of the same stream set aside meanwhile, else release it
+                stream = item.stream
+                backlog = held[stream]
+                if backlog:
+                    item = backlog.popleft()
+                    continue
+                del held[stream]
+                # with a slot kept or a free one (else `_take` may leave it to another worker)
+                if (
+                    ready
+                    and (running.free or (slot and not waiters))
+                    and ready[0].stream not in held
+                ):
+                    item = ready.popleft()
+                    held[item.stream] = None
+                    if not self.spare and not self.staff_due:
+                        self._staff_soon()
+                else:
+                    if slot:
+                        running.release()
+                        slot = False
+                    self.spare += 1
+                    item = self._take()
         finally:
+            if slot:
+                running.release()
             if item is not None:
                 self.spare += 1  # fenced or cancelled while holding a stream
 
@@ -553,6 +641,12 @@ class _PartitionRun:
                 c.stats.parked += 1
             return False
         return True
+
+    async def _retry(self, event: RecordedEvent, failed: Exception) -> None:
+        """The first attempt at `event` raised `failed`: retry it; park it if it keeps failing."""
+        error, attempts = await self._handle((event,), failed=failed)
+        if error is not None:
+            await self._park(event, error, attempts, 0)
 
     async def _store_unavailable(self, exc: StoreUnavailable) -> None:
         """Writing the DLQ or a handler's effects failed: wait, then the caller tries again."""
@@ -994,8 +1088,7 @@ class _GroupConsumer:
         page = self.options.page_size
         categories = (self.handler.category,)
         count = store.partition_count
-        known: dict[str, int] = {}
-        """Partitions of the streams seen: a lookup costs less than hashing the name."""
+        sorter = _Sorter(count)
         behind = False
         while True:
             live = {p: r for p, r in self.runs.items() if r.reading}
@@ -1006,30 +1099,22 @@ class _GroupConsumer:
                 continue
             start = min(r.next_position for r in live.values())
             n = await self.credits.take(page)
-            fetched: dict[_PartitionRun, list[RecordedEvent]] = {r: [] for r in live.values()}
-            seen = last = 0
+            events: list[RecordedEvent] = []
             head: int | None = None
             try:
                 if not behind:  # the head bounds the wait below if this read finds nothing
                     head = await store.last_position()
-                async for event in store.read_all(
-                    from_position=start,
-                    categories=categories,
-                    types=self.handler.types,
-                    partitions=tuple(live),
-                    limit=n,
-                ):
-                    seen += 1
-                    last = event.position
-                    try:
-                        partition = known[event.stream]
-                    except KeyError:
-                        partition = partition_of(event.stream, count)
-                        if len(known) < _KNOWN_STREAMS:
-                            known[event.stream] = partition
-                    run = live.get(partition)
-                    if run is not None and event.position >= run.next_position:
-                        fetched[run].append(event)  # else that run has it already
+                events = [
+                    event
+                    async for event in store.read_all(
+                        from_position=start,
+                        categories=categories,
+                        types=self.handler.types,
+                        # every partition: no filter to apply to each event
+                        partitions=None if len(live) == count else tuple(live),
+                        limit=n,
+                    )
+                ]
             except StoreUnavailable as exc:
                 emit(logging.WARNING, "read_failed", group=self.handler.group, error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -1039,15 +1124,16 @@ class _GroupConsumer:
                 log.exception("tidelog consumer reader failed; retrying")
                 await asyncio.sleep(1.0)
             finally:
-                self.credits.give(n - _hand_over(fetched))
+                self.credits.give(n - _hand_over(sorter.sort(events, live)))
             # a full page: more is probably there, so the next read skips the head query
-            behind = seen >= n
+            behind = len(events) >= n
             self.caught_up = not behind
             if self.caught_up:
                 for run in live.values():
                     if not run.outstanding:
                         run.on_caught_up()
-            if seen:
+            if events:
+                last = events[-1].position
                 for run in live.values():  # every live run has seen the log up to `last`
                     run.next_position = max(run.next_position, last + 1)
             elif head is not None:
@@ -1062,6 +1148,52 @@ class _GroupConsumer:
             except (StoreUnavailable, StoreClosed):
                 continue
             self.enqueue_settles()
+
+
+class _Sorter:
+    """Sorts a read's events out by partition, in log order.
+
+    Each stream seen maps to its partition's bucket (its `append`): one lookup
+    per event, where hashing the name (`partition_of`) would cost far more.
+    The buckets live as long as the reader, so the mapping stays valid; each
+    sort empties them.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.buckets: list[list[RecordedEvent]] = [[] for _ in range(count)]
+        self.sinks: dict[str, Callable[[RecordedEvent], None]] = {}
+
+    def sort(
+        self, events: list[RecordedEvent], live: dict[int, _PartitionRun]
+    ) -> dict[_PartitionRun, list[RecordedEvent]]:
+        """Each live run's events of `events`: those it does not have yet.
+
+        A run started after the others (a partition gained in a rebalance)
+        pulled the read back to its checkpoint; the others skip what they
+        already have.
+        """
+        sinks = self.sinks
+        for event in events:
+            try:
+                sinks[event.stream](event)
+            except KeyError:
+                sink = self.buckets[partition_of(event.stream, self.count)].append
+                if len(sinks) < _KNOWN_STREAMS:
+                    sinks[event.stream] = sink
+                sink(event)
+        fetched: dict[_PartitionRun, list[RecordedEvent]] = {}
+        for partition, bucket in enumerate(self.buckets):
+            if not bucket:
+                continue
+            run = live.get(partition)  # None: a partition this read did not ask for
+            if run is not None:
+                taken = bucket.copy()
+                if taken[0].position < run.next_position:
+                    taken = [e for e in taken if e.position >= run.next_position]
+                fetched[run] = taken
+            bucket.clear()
+        return fetched
 
 
 def _hand_over(fetched: dict[_PartitionRun, list[RecordedEvent]]) -> int:
