@@ -723,7 +723,7 @@ class NatsBackend(Backend):
         api = importlib.import_module("nats.js.api")
         sub = await self.js.pull_subscribe(
             f"tl.{self.last_store}.e.>",
-            stream=f"tidelog_{self.last_store}",
+            stream=f"KV_tidelog_{self.last_store}",
             config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE),  # a reader acks nothing
         )
         count = 0

@@ -16,13 +16,16 @@ from collections.abc import Iterator
 from uuid import uuid4
 
 import nats
+import nats.js.errors
 import pytest
+from nats.js.kv import KeyValue
 
 import tidelog
 from conftest import service_missing
 from natsutil import NatsServer, free_port, nats_server_binary
 from tidelog.engines import _nats_errors as nats_errors
 from tidelog.engines import _nats_wire as wire
+from tidelog.engines._nats_setup import MAX_MSGS_PER_SUBJECT
 from tidelog.engines.nats import NatsEngine
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.stateful import ModelSuite
@@ -90,16 +93,18 @@ async def _raw_stream_config(name: str) -> dict[str, object]:
 # --------------------------------------------------------------------------- layout and config
 
 
-async def test_store_is_one_file_backed_atomic_jetstream_stream() -> None:
+async def test_store_is_one_file_backed_atomic_jetstream_stream_and_kv_bucket() -> None:
     store_name = f"t{uuid4().hex[:16]}"
     async with tidelog.connect(f"{_Server.url}?store={store_name}") as store:
         assert isinstance(store, NatsEngine)
         await store.append("order-1", [ev()])
-    config = await _raw_stream_config(f"tidelog_{store_name}")
+    config = await _raw_stream_config(f"KV_tidelog_{store_name}")
     assert config["storage"] == "file"
-    assert config["subjects"] == [f"tl.{store_name}.>"]
+    assert config["subjects"] == [f"tl.{store_name}.>", f"$KV.tidelog_{store_name}.>"]
     assert config["allow_atomic"] is True
     assert config["num_replicas"] == 1
+    # A KV client binds only with a per-subject limit; this one never bites.
+    assert config["max_msgs_per_subject"] == MAX_MSGS_PER_SUBJECT == 2**62
 
 
 async def test_partitions_are_fixed_at_creation_and_read_back() -> None:
@@ -157,8 +162,8 @@ async def test_existing_memory_stream_is_refused(caplog: pytest.LogCaptureFixtur
     try:
         js = nc.jetstream()
         await js.add_stream(
-            name=f"tidelog_{store_name}",
-            subjects=[f"tl.{store_name}.>"],
+            name=f"KV_tidelog_{store_name}",
+            subjects=[f"tl.{store_name}.>", f"$KV.tidelog_{store_name}.>"],
             storage="memory",
         )
     finally:
@@ -171,6 +176,70 @@ async def test_existing_memory_stream_is_refused(caplog: pytest.LogCaptureFixtur
         ) as store:
             await store.append("order-1", [ev()])
     assert any("replicas" in r.getMessage() for r in caplog.records)
+    # What tidelog needs and the stream lacked was set: atomic batches, a KV-bindable limit.
+    config = await _raw_stream_config(f"KV_tidelog_{store_name}")
+    assert config["allow_atomic"] is True
+    assert config["max_msgs_per_subject"] == MAX_MSGS_PER_SUBJECT
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_msgs_per_subject": 1},
+        {"max_msgs_per_subject": 1000},
+        {"max_age": 3600.0},
+        {"max_msgs": 1_000_000},
+        {"max_bytes": 1 << 30},
+    ],
+)
+async def test_existing_stream_with_limits_that_delete_events_is_refused(
+    limits: dict[str, float],
+) -> None:
+    store_name = f"t{uuid4().hex[:16]}"
+    nc = await nats.connect(_Server.url)
+    try:
+        await nc.jetstream().add_stream(
+            name=f"KV_tidelog_{store_name}",
+            subjects=[f"tl.{store_name}.>", f"$KV.tidelog_{store_name}.>"],
+            **limits,
+        )
+    finally:
+        await nc.close()
+    with pytest.raises(tidelog.NotSupported) as info:
+        await tidelog.connect(f"{_Server.url}?store={store_name}")
+    assert next(iter(limits)) in str(info.value)
+
+
+async def test_a_bucket_made_with_kv_tools_is_not_a_store() -> None:
+    """`nats kv add tidelog_<store>` makes the stream, but without the event subjects."""
+    store_name = f"t{uuid4().hex[:16]}"
+    nc = await nats.connect(_Server.url)
+    try:
+        await nc.jetstream().create_key_value(bucket=f"tidelog_{store_name}")
+    finally:
+        await nc.close()
+    with pytest.raises(tidelog.InvalidURL, match=rf"does not capture tl\.{store_name}\.>"):
+        await tidelog.connect(f"{_Server.url}?store={store_name}")
+
+
+async def test_a_store_of_the_old_layout_is_refused_clearly() -> None:
+    """Before the groups became KV entries the store was the stream `tidelog_<store>`."""
+    store_name = f"t{uuid4().hex[:16]}"
+    nc = await nats.connect(_Server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=f"tidelog_{store_name}", subjects=[f"tl.{store_name}.>"])
+        with pytest.raises(tidelog.NotSupported) as info:
+            await tidelog.connect(f"{_Server.url}?store={store_name}")
+        assert f"tidelog_{store_name}" in str(info.value)
+        assert "layout changed" in str(info.value)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info(f"KV_tidelog_{store_name}")
+        await js.delete_stream(f"tidelog_{store_name}")
+    finally:
+        await nc.close()
+    async with tidelog.connect(f"{_Server.url}?store={store_name}") as store:
+        assert (await store.append("order-1", [ev()])).position == 1
 
 
 async def test_unreachable_server_is_store_unavailable() -> None:
@@ -183,7 +252,9 @@ async def test_stream_names_are_subject_tokens() -> None:
     subject = layout.stream_subject("$dlq-a:b@c_d-1")
     assert subject.startswith("tl.s.e.")
     assert subject.split(".")[-2:] == ["$dlq", "$dlq-a:b@c_d-1"]
-    assert layout.parse_group_subject(layout.group_subject("g:1@x", "$dlq")) == ("g:1@x", "$dlq")
+    group = layout.group_subject("g:1@x", "$dlq")
+    assert group == f"$KV.tidelog_s.{layout.group_key('g:1@x', '$dlq')}"
+    assert layout.parse_group_subject(group) == ("g:1@x", "$dlq")
 
 
 # --------------------------------------------------------------------------- engine specifics
@@ -541,3 +612,92 @@ async def test_concurrent_transactional_commits_and_appends_share_the_writer() -
         assert await store.last_position() == 14
         streams = {e.stream async for e in store.read_all()}
         assert "invoice-x" not in streams and len(streams) == 14
+
+
+# --------------------------------------------------------------------------- groups as KV entries
+
+
+async def _bucket(store_name: str) -> tuple[nats.NATS, KeyValue]:
+    nc = await nats.connect(_Server.url)
+    return nc, await nc.jetstream().key_value(f"tidelog_{store_name}")
+
+
+async def test_group_documents_are_keys_of_the_stores_kv_bucket() -> None:
+    """A standard KV client binds the store's stream, reads the group and is refused
+    a write on a stale revision: the engine's writes are KV compare-and-sets."""
+    store_name = f"t{uuid4().hex[:16]}"
+    async with tidelog.connect(f"{_Server.url}?store={store_name}&partitions=2") as store:
+        m = await store.join_group("billing", "order", "m1")
+        await store.commit(
+            "billing",
+            "order",
+            1,
+            7,
+            member="m1",
+            generation=m.generation,
+            appends={"invoice-1": tidelog.AppendRequest([ev()])},
+        )
+        key = wire.Layout.group_key("billing", "order")
+        nc, kv = await _bucket(store_name)
+        try:
+            assert await kv.keys() == [key]  # events, index, head and meta are no keys
+            entry = await kv.get(key)
+            assert entry.value is not None and entry.revision is not None
+            doc = json.loads(entry.value)
+            assert doc["state"]["generation"] == m.generation
+            assert list(doc["state"]["members"]) == ["m1"]
+            assert doc["checkpoints"] == {"1": 7}
+            stale = entry.revision
+            await store.commit("billing", "order", 0, 3, member="m1", generation=m.generation)
+            assert (await kv.get(key)).revision != stale
+            with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+                await kv.update(key, b"{}", last=stale)
+            history = await kv.history(key)
+            assert len(history) == 1  # rolled up: a bucket of history 1
+        finally:
+            await nc.close()
+        assert await store.checkpoints("billing", "order") == {0: 3, 1: 7}
+
+
+@pytest.mark.parametrize("removal", ["delete", "purge"])
+async def test_a_group_key_removed_with_kv_tools_reads_as_no_group(removal: str) -> None:
+    store_name = f"t{uuid4().hex[:16]}"
+    async with tidelog.connect(f"{_Server.url}?store={store_name}&partitions=2") as store:
+        m = await store.join_group("billing", "order", "m1")
+        await store.commit("billing", "order", 0, 5, member="m1", generation=m.generation)
+        await store.join_group("audit", "order", "a1")
+        nc, kv = await _bucket(store_name)
+        try:
+            key = wire.Layout.group_key("billing", "order")
+            await getattr(kv, removal)(key)
+            assert await store.describe_group("billing", "order") is None
+            assert await store.checkpoints("billing", "order") == {}
+            assert await store.list_groups() == [("audit", "order")]
+            # The old generation is fenced; the group can be joined again.
+            with pytest.raises(tidelog.StaleGeneration):
+                await store.commit(
+                    "billing",
+                    "order",
+                    0,
+                    9,
+                    member="m1",
+                    generation=m.generation,
+                    appends={"invoice-1": tidelog.AppendRequest([ev()])},
+                )
+            again = await store.join_group("billing", "order", "m2")
+            assert again.partitions == (0, 1)
+            result = await store.commit(
+                "billing",
+                "order",
+                1,
+                4,
+                member="m2",
+                generation=again.generation,
+                appends={"invoice-2": tidelog.AppendRequest([ev()])},
+            )
+            assert set(result) == {"invoice-2"}
+            assert await store.checkpoints("billing", "order") == {1: 4}
+            assert await store.list_groups() == [("audit", "order"), ("billing", "order")]
+            assert sorted(await kv.keys()) == sorted([key, wire.Layout.group_key("audit", "order")])
+        finally:
+            await nc.close()

@@ -75,7 +75,7 @@ async def _stream_leader(servers: list[NatsServer]) -> str | None:
         with contextlib.suppress(Exception):
             nc = await nats.connect(s.url, connect_timeout=1, allow_reconnect=False)
             try:
-                msg = await nc.request(f"$JS.API.STREAM.INFO.tidelog_{STORE}", b"", timeout=1)
+                msg = await nc.request(f"$JS.API.STREAM.INFO.KV_tidelog_{STORE}", b"", timeout=1)
                 leader = json.loads(msg.data).get("cluster", {}).get("leader")
                 if leader:
                     return str(leader)

@@ -27,8 +27,9 @@ DEFAULT_PARTITIONS: Final = 16
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Options of the NATS engine, from the URL's query string.
 
-    `store` names the store: the JetStream stream `tidelog_<store>` with the
-    subjects `tl.<store>.>`. `partitions` is fixed when the store is created and
+    `store` names the store: the JetStream stream `KV_tidelog_<store>` (also the
+    key-value bucket `tidelog_<store>`) with the subjects `tl.<store>.>` and
+    `$KV.tidelog_<store>.>`. `partitions` is fixed when the store is created and
     read back afterwards (None: 16, or whatever the store was created with).
     `replicas` is the JetStream replica count at creation (3 in a cluster).
     `storage=memory` loses every acknowledged event on a restart and is refused
@@ -58,13 +59,44 @@ def servers_of(url: str) -> list[str]:
     return [f"nats://{prefix}{h}" for h in hosts.split(",") if h]
 
 
+MAX_MSGS_PER_SUBJECT: Final = 2**62
+"""The stream's per-subject limit: large enough never to bite, yet at least 1.
+
+Key-value clients refuse to bind a bucket whose stream has no per-subject limit
+(`max_msgs_per_subject < 1`: nats-py's `key_value()`, nats.go's `KeyValue()`), and
+the limit is the bucket's history. But one subject holds a whole tidelog stream,
+so a real limit would delete events. 2**62 messages per subject cannot be
+reached, and unlike int64's maximum (also accepted by the server) it is exact as
+a float64, so tools that parse JSON numbers as doubles (JavaScript, jq) write the
+setting back unchanged instead of as 2**63, which the server rejects.
+"""
+
+
+def _unsafe_limits(current: dict[str, Any]) -> list[str]:
+    """The stream's limits under which JetStream would delete events or the head."""
+    unsafe = []
+    if int(current.get("max_age") or 0) > 0:
+        unsafe.append("max_age")
+    if current.get("discard", "old") == "old":
+        unsafe += [k for k in ("max_msgs", "max_bytes") if int(current.get(k) or 0) > 0]
+    if 0 < int(current.get("max_msgs_per_subject") or 0) < MAX_MSGS_PER_SUBJECT:
+        unsafe.append("max_msgs_per_subject")
+    return unsafe
+
+
 async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
-    """Create the store's JetStream stream, or check that an existing one is safe."""
-    js = f"tidelog_{config.store}"
-    subject = f"tl.{config.store}.>"
+    """Create the store's JetStream stream, or check that an existing one is safe.
+
+    The stream is `KV_tidelog_<store>`, which makes it the key-value bucket
+    `tidelog_<store>` as well (see `_nats_wire`). A stream of the layout before
+    that (`tidelog_<store>`, looked for only when the new one does not exist) is
+    refused: tidelog is unreleased and does not migrate it.
+    """
+    js = wire.jstream_of(config.store)
+    subjects = [f"tl.{config.store}.>", f"$KV.{wire.bucket_of(config.store)}.>"]
     wanted = {
         "name": js,
-        "subjects": [subject],
+        "subjects": subjects,
         "retention": "limits",
         "storage": config.storage,
         "num_replicas": config.replicas,
@@ -72,7 +104,7 @@ async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
         "max_msgs": -1,
         "max_bytes": -1,
         "max_age": 0,
-        "max_msgs_per_subject": -1,
+        "max_msgs_per_subject": MAX_MSGS_PER_SUBJECT,
         "duplicate_window": 120_000_000_000,
         "allow_atomic": True,
         "allow_direct": True,
@@ -87,6 +119,15 @@ async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
 
     info = await api(f"STREAM.INFO.{js}", {})
     if info.get("error", {}).get("err_code") == wire.STREAM_NOT_FOUND:
+        old = f"tidelog_{config.store}"
+        if "error" not in await api(f"STREAM.INFO.{old}", {}):
+            raise NotSupported(
+                "nats",
+                f"the store layout of JetStream stream {old}",
+                f"the layout changed: a store is now the stream {js} (the key-value bucket "
+                f"{wire.bucket_of(config.store)}, holding the consumer groups) and tidelog does "
+                f"not migrate development stores; delete the stream {old} or use another store",
+            )
         created = await api(f"STREAM.CREATE.{js}", wanted)
         if created.get("error") and created["error"].get("err_code") != 10058:  # name in use
             raise_api(created)
@@ -99,8 +140,16 @@ async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
             f"a store on {current.get('storage')} storage",
             "acknowledged events would be lost on a restart; pass allow_unsafe=true to accept",
         )
-    if subject not in current.get("subjects", []):
-        raise InvalidURL(url, f"JetStream stream {js} does not capture {subject}")
+    for subject in subjects:
+        if subject not in current.get("subjects", []):
+            raise InvalidURL(url, f"JetStream stream {js} does not capture {subject}")
+    unsafe = _unsafe_limits(current)
+    if unsafe:
+        raise NotSupported(
+            "nats",
+            f"JetStream stream {js} with the limits {', '.join(unsafe)}",
+            "JetStream would delete events and the store's head; remove the limits",
+        )
     if int(current.get("num_replicas", 1)) < config.replicas:
         log.warning(
             "JetStream stream %s has %s replicas, fewer than the %s asked for",
@@ -108,16 +157,19 @@ async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
             current.get("num_replicas"),
             config.replicas,
         )
-    if not (current.get("allow_atomic") and current.get("allow_direct")) or not current.get(
-        "allow_rollup_hdrs"
-    ):
-        current.update(allow_atomic=True, allow_direct=True, allow_rollup_hdrs=True)
+    repair: dict[str, object] = {
+        k: True for k in ("allow_atomic", "allow_direct", "allow_rollup_hdrs") if not current.get(k)
+    }
+    if int(current.get("max_msgs_per_subject") or 0) < 1:  # no limit: KV clients would not bind
+        repair["max_msgs_per_subject"] = MAX_MSGS_PER_SUBJECT
+    if repair:
+        current.update(repair)
         raise_api(await api(f"STREAM.UPDATE.{js}", current))
 
 
 async def ensure_meta(nc: NatsClient, url: str, config: NatsConfig) -> int:
     """Read the store's partition count, writing it first when the store is new."""
-    js = f"tidelog_{config.store}"
+    js = wire.jstream_of(config.store)
     subject = f"tl.{config.store}.meta"
     for _ in range(10):
         msg = await nc.request(

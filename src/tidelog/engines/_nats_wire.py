@@ -1,13 +1,24 @@
 """How the NATS engine lays a tidelog store out in one JetStream stream.
 
-Private to `tidelog.engines.nats`. One JetStream stream per store captures
-`tl.<store>.>`; what a message is follows from its subject:
+Private to `tidelog.engines.nats`. One JetStream stream per store, named
+`KV_tidelog_<store>`, captures `tl.<store>.>` and `$KV.tidelog_<store>.>`; what
+a message is follows from its subject:
 
     tl.<store>.e.<partition>.<category>.<stream>   events of <stream>, and its tombstone
     tl.<store>.i.<event id hex>                    id index: where an event id was stored
     tl.<store>.head                                the last position given out (rollup: one message)
-    tl.<store>.g.<hex group>.<hex category>        one consumer group: GroupState + checkpoints
     tl.<store>.meta                                the store's fixed settings (partitions)
+    $KV.tidelog_<store>.groups.<hex group>.<hex category>
+                                                   one consumer group: GroupState + checkpoints
+
+A JetStream key-value bucket is nothing but a stream named `KV_<bucket>` that
+captures `$KV.<bucket>.>` (NATS ADR-8), so the store's stream *is* the key-value
+bucket `tidelog_<store>` and the group documents are its keys
+`groups.<hex group>.<hex category>`: KV tools (`nats kv get`, nats-py's
+`js.key_value(...)`) read them, and the engine's compare-and-set writes are KV
+updates. They stay in the store's own stream because an atomic batch covers one
+stream only: a transactional commit puts the group update and the handler's
+appends in one batch. Event subjects are outside `$KV.`, so they are no keys.
 
 Stream names are ASCII `[A-Za-z0-9_@:-]` with an optional leading `$`, all legal
 in a NATS subject token (`.`, `*`, `>` and whitespace are not allowed by the
@@ -57,6 +68,19 @@ WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 """JetStream error codes of a failed expected-last-subject-sequence check."""
 NOT_FOUND: Final = 10037
 STREAM_NOT_FOUND: Final = 10059
+KV_OPERATION: Final = "KV-Operation"
+"""Header of a key-value delete (`DEL`) or purge (`PURGE`) marker; absent on a put."""
+KV_REMOVED: Final = frozenset({"DEL", "PURGE"})
+
+
+def bucket_of(store: str) -> str:
+    """The key-value bucket the store's stream is: `tidelog_<store>`."""
+    return f"tidelog_{store}"
+
+
+def jstream_of(store: str) -> str:
+    """The store's JetStream stream, `KV_tidelog_<store>` (a KV bucket's stream name)."""
+    return f"KV_{bucket_of(store)}"
 
 
 class Envelope(msgspec.Struct, array_like=True, frozen=True):
@@ -110,8 +134,11 @@ class Layout:
         self.partitions = partitions
         self.root = f"tl.{store}"
         self.all = f"{self.root}.>"
+        self.bucket = bucket_of(store)
+        self.jstream = jstream_of(store)
+        self.kv = f"$KV.{self.bucket}"
         self.events = f"{self.root}.e.>"
-        self.groups = f"{self.root}.g.>"
+        self.groups = f"{self.kv}.groups.>"
         self.meta = f"{self.root}.meta"
         self.head = f"{self.root}.head"
 
@@ -127,8 +154,13 @@ class Layout:
     def index_subject(self, event_id: UUID) -> str:
         return f"{self.root}.i.{event_id.hex}"
 
+    @staticmethod
+    def group_key(group: str, category: str) -> str:
+        """The group's key in the store's KV bucket."""
+        return f"groups.{group.encode().hex()}.{category.encode().hex()}"
+
     def group_subject(self, group: str, category: str) -> str:
-        return f"{self.root}.g.{group.encode().hex()}.{category.encode().hex()}"
+        return f"{self.kv}.{self.group_key(group, category)}"
 
     def parse_group_subject(self, subject: str) -> tuple[str, str]:
         _, _, _, g, c = subject.split(".")
@@ -207,6 +239,11 @@ class StoredMsg(msgspec.Struct, frozen=True):
     @property
     def is_tombstone(self) -> bool:
         return self.headers.get(KIND) == TOMBSTONE
+
+    @property
+    def is_kv_removed(self) -> bool:
+        """A key-value delete or purge marker (an operator's `nats kv del`/`purge`)."""
+        return self.headers.get(KV_OPERATION) in KV_REMOVED
 
 
 def parse_api_message(resp: Mapping[str, Any]) -> StoredMsg:

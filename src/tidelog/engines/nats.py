@@ -1,7 +1,9 @@
 """The NATS JetStream engine (`nats://host:4222?store=orders&replicas=3`).
 
 One JetStream stream per store holds everything: events, the event-id index,
-tombstones and consumer groups (the subject layout is in `_nats_wire`). Every
+tombstones and consumer groups (the subject layout is in `_nats_wire`). The
+stream is named `KV_tidelog_<store>`, so it is also the key-value bucket
+`tidelog_<store>`, whose keys are the consumer groups. Every
 write is a compare-and-set on a subject's last sequence
 (`Nats-Expected-Last-Subject-Sequence`), and every write of more than one
 message is one JetStream atomic batch (nats-server 2.12+, `allow_atomic`):
@@ -22,10 +24,11 @@ message is one JetStream atomic batch (nats-server 2.12+, `allow_atomic`):
   deduplication window);
 - a tombstone is a marker message on the stream's subject, written with the same
   compare-and-set, so it is atomic with respect to concurrent appends;
-- a consumer group is one document (membership, generation and checkpoints) on
-  its own subject, replaced with a compare-and-set and `Nats-Rollup: sub`, so a
-  commit's fencing check, its checkpoint and the handler's appends go into one
-  atomic batch: `commit(..., appends=...)` is transactional on this engine.
+- a consumer group is one document (membership, generation and checkpoints),
+  a key of the store's KV bucket, replaced with a KV update (a compare-and-set
+  on the revision read) and `Nats-Rollup: sub` (history 1). Being in the store's
+  stream, a commit's fencing check, its checkpoint and the handler's appends go
+  into one atomic batch: `commit(..., appends=...)` is transactional here.
 
 A failed compare-and-set re-reads the state and re-checks the request, so the
 errors raised (`WrongExpectedVersion`, `StreamDeleted`, `DuplicateEventId`) are
@@ -199,7 +202,7 @@ class NatsEngine(GroupEngine):
         self._nc = nc
         self.config = config
         self._layout = wire.Layout(config.store, partitions)
-        self._jstream = f"tidelog_{config.store}"
+        self._jstream = self._layout.jstream
         self._watch = HeadWatch()
         self._watch_sub: Subscription | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -1028,9 +1031,16 @@ class NatsEngine(GroupEngine):
     # ------------------------------------------------------------------ layer 3
 
     async def _group(self, group: str, category: str) -> tuple[int, wire.GroupDoc | None]:
+        """(revision to compare-and-set against or 0, the group's document or None).
+
+        A key deleted or purged with KV tools (`nats kv del`) is no group, but its
+        marker's revision is what the next write must expect.
+        """
         m = await self._last_msg(self._layout.group_subject(group, category))
         if m is None:
             return 0, None
+        if m.is_kv_removed:
+            return m.seq, None
         return m.seq, wire.decode_group(m.data)
 
     def _group_msg(
@@ -1128,8 +1138,8 @@ class NatsEngine(GroupEngine):
 
         async def fence() -> tuple[int, wire.GroupDoc]:
             """Read the group and refuse a stale member, as the memory engine does."""
-            seq, doc = await self._group(group, category)
-            doc = doc or wire.GroupDoc()
+            seq, found = await self._group(group, category)
+            doc = found or wire.GroupDoc()
             try:
                 doc.state.check(
                     group,
@@ -1141,9 +1151,9 @@ class NatsEngine(GroupEngine):
                     self._now(),
                 )
             except StaleGeneration:
-                if seq == 0:  # the memory engine creates the group on any operation
+                if found is None:  # the memory engine creates the group on any operation
                     with contextlib.suppress(ApiError):
-                        await self._publish_one(*self._group_msg(group, category, 0, doc))
+                        await self._publish_one(*self._group_msg(group, category, seq, doc))
                 raise
             return seq, doc
 
@@ -1195,7 +1205,18 @@ class NatsEngine(GroupEngine):
         self._check_open()
         with translated("list_groups"):
             subjects = await self._subjects(self._layout.groups)
-        return sorted(self._layout.parse_group_subject(s) for s in subjects)
+            # A key deleted with KV tools keeps its subject (the marker): read each.
+            found: list[tuple[str, str]] = []
+            for chunk in range(0, len(subjects), 64):
+                lasts = await asyncio.gather(
+                    *(self._last_msg(s) for s in subjects[chunk : chunk + 64])
+                )
+                found += [
+                    self._layout.parse_group_subject(m.subject)
+                    for m in lasts
+                    if m is not None and not m.is_kv_removed
+                ]
+        return sorted(found)
 
 
 async def open_engine(url: str, **options: Any) -> NatsEngine:
