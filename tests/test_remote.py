@@ -6,12 +6,23 @@ engine, reached over HTTP by `RemoteEngine`; closing the store stops both.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import pathlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from uuid import uuid4
+
+import httpx
+import hypothesis.strategies as st
+import msgspec
+from hypothesis import given, settings
+from litestar.response import ServerSentEventMessage
 
 import tidelog
 from _server_util import ADMIN_KEY, config
-from tidelog.engines.remote import RemoteConfig, RemoteEngine
+from tidelog.engines import _wire as wire
+from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.stateful import ModelSuite
@@ -56,3 +67,135 @@ class TestRemoteOverSQLite(EngineSuite):
 class TestRemoteModel(ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await _served("memory://?partitions=4")
+
+
+# --------------------------------------------------------------------------- event data
+
+# JSON a decoder keeps only part of (whitespace around the value), JSON in other
+# encodings, line ends Server-Sent Events or Python split at, and binary data
+AWKWARD_DATA = [
+    b' {"a": 1} ',
+    b'{"a": 1}\n',
+    b"\t[]",
+    b"\r\n0\r\n",
+    b'{\r"a":\r\n1}',
+    b"[1,\n2]",
+    b'"\xff"',
+    b'"\xed\xa0\x80"',
+    b'"a\xe2\x80\xa8b\xc2\x85c"',
+    b'{"a": 1}',
+    b"null",
+    b"",
+    b"\x00\xff",
+]
+AWKWARD_METADATA = {"note": "a\u2028b\x85c\rd", "n": 1}
+
+
+async def test_event_data_round_trips_byte_exactly_on_every_read_path() -> None:
+    remote = await _served("memory://")
+    assert isinstance(remote, _ServedRemote)
+    try:
+        live = remote.subscribe()
+        for i, data in enumerate(AWKWARD_DATA):
+            await remote.append(
+                f"d-{i}", [tidelog.NewEvent(type="A", data=data, metadata=AWKWARD_METADATA)]
+            )
+        await remote.append_many(
+            {
+                "e-1": tidelog.AppendRequest(
+                    [tidelog.NewEvent(type="B", data=d) for d in AWKWARD_DATA]
+                )
+            }
+        )
+        expected = [*AWKWARD_DATA, *AWKWARD_DATA]
+        # what the engine behind the server stored
+        assert [e.data async for e in remote.backing.read_all()] == expected
+        assert [e.data async for e in remote.read_all()] == expected
+        by_stream = [e.data for i in range(len(AWKWARD_DATA)) for e in await _read(remote, i)]
+        assert by_stream == AWKWARD_DATA
+        assert [e.data async for e in remote.read_stream("e-1")] == AWKWARD_DATA
+        async with asyncio.timeout(10):
+            received = [await anext(live) for _ in expected]
+        assert [e.data for e in received] == expected
+        assert received[0].metadata == AWKWARD_METADATA
+        await live.aclose()
+    finally:
+        await remote.close()
+
+
+async def _read(store: tidelog.Store, i: int) -> list[tidelog.RecordedEvent]:
+    return [e async for e in store.read_stream(f"d-{i}")]
+
+
+class _Chunks(httpx.AsyncByteStream):
+    def __init__(self, body: bytes, size: int) -> None:
+        self.body, self.size = body, size
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.body), self.size):
+            yield self.body[start : start + self.size]
+
+
+json_texts = st.builds(
+    lambda value, indent, crlf, before, after: (
+        before
+        + json.dumps(value, indent=indent, ensure_ascii=False)
+        .encode()
+        .replace(b"\n", b"\r\n" if crlf else b"\n")
+        + after
+    ),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text(st.characters(exclude_categories=["Cs"])),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=6,
+    ),
+    st.sampled_from([None, 1]),
+    st.booleans(),
+    st.sampled_from([b"", b" ", b"\n", b"\r\n", b"\t"]),
+    st.sampled_from([b"", b" ", b"\n", b"\r\n", b"\t"]),
+)
+
+
+@given(
+    data=st.binary() | json_texts,
+    note=st.text(st.characters(exclude_categories=["Cs"])),
+    size=st.integers(1, 64),
+)
+@settings(max_examples=300, deadline=None)
+def test_wire_event_keeps_every_byte_through_json_and_server_sent_events(
+    data: bytes, note: str, size: int
+) -> None:
+    """The server's encoding, its SSE framing (Litestar's) cut into chunks anywhere,
+    and the remote engine's parsing give back the bytes and metadata written."""
+    event = tidelog.RecordedEvent(
+        id=uuid4(),
+        stream="order-1",
+        version=0,
+        position=1,
+        type="A",
+        data=data,
+        metadata={"note": note},
+        recorded_at=datetime.now(UTC),
+    )
+    encoded = msgspec.json.encode(wire.WireEvent.from_recorded(event))
+    assert msgspec.json.decode(encoded, type=wire.WireEvent).to_recorded() == event
+    new = wire.WireNewEvent.from_new_event(
+        tidelog.NewEvent(type="A", data=data, metadata={"note": note})
+    )
+    assert (
+        msgspec.json.decode(msgspec.json.encode(new), type=wire.WireNewEvent).to_new_event().data
+        == data
+    )
+    frame = ServerSentEventMessage(data=encoded.decode(), id=1, event="event").encode()
+    parsed = asyncio.run(_parse_sse(frame * 2, size))
+    assert [msgspec.json.decode(p, type=wire.WireEvent).to_recorded() for p in parsed] == [
+        event
+    ] * 2
+
+
+async def _parse_sse(body: bytes, size: int) -> list[bytes]:
+    response = httpx.Response(200, stream=_Chunks(body, size))
+    return [data async for data in _sse_data(response)]

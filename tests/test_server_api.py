@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import signal
@@ -46,6 +47,55 @@ async def test_append_and_read_keep_json_and_binary_data_exactly(
     page = (await client.get("/v1/streams/order-1/events")).json()["events"]
     assert page[0]["data"] == {"total": 10} and page[0]["data_base64"] is None
     assert page[1]["data"] is None and page[1]["data_base64"] == "AAE="
+
+
+async def test_data_that_json_would_change_travels_as_base64_on_every_read(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """The documented rule: `data` only when embedding keeps every byte, else `data_base64`."""
+    client, store = api
+    kept = [b'{"a": 1}', b"[1,\n2]", '"caf\u00e9 \u2028"'.encode()]
+    spoiled = [b' {"a": 1} ', b'{"a": 1}\n', b'{\r\n"a": 1}', b'"\xff"', b"\x00\x01", b""]
+    for i, data in enumerate(kept + spoiled):
+        body = {"events": [{"type": "T", "data_base64": base64.b64encode(data).decode()}]}
+        r = await client.post(f"/v1/streams/order-{i}/events", json=body)
+        assert r.status_code == 200, r.text
+    # data sent as JSON is stored as the value's bytes: the whitespace around it is not data
+    r = await client.post(
+        "/v1/streams/order-99/events", content=b'{"events": [{"type": "T", "data":  {"a": 1}\n}]}'
+    )
+    assert r.status_code == 200, r.text
+    assert [e.data async for e in store.read_stream("order-99")] == [b'{"a": 1}']
+
+    def decoded(event: dict[str, object]) -> bytes:
+        assert event["data"] is None
+        return base64.b64decode(str(event["data_base64"]))
+
+    page = (await client.get("/v1/log", params={"limit": len(kept + spoiled)})).json()["events"]
+    assert [e["data_base64"] is None for e in page] == [True] * len(kept) + [False] * len(spoiled)
+    assert [e["data"] for e in page[: len(kept)]] == [json.loads(d) for d in kept]
+    assert [decoded(e) for e in page[len(kept) :]] == spoiled
+    raw = (await client.get("/v1/log", params={"limit": len(kept)})).content
+    for data in kept:  # embedded byte for byte, not re-encoded
+        assert data in raw
+    # the live stream says the same; a multi-line value spans several `data:` lines, and
+    # lines end at CR LF only (`aiter_lines` would also split at the U+2028 in a string)
+    received: list[dict[str, object]] = []
+    buffer = b""
+    async with client.stream("GET", "/v1/subscribe") as response:
+        async for chunk in response.aiter_bytes():
+            *frames, buffer = (buffer + chunk).split(b"\r\n\r\n")
+            for frame in frames:
+                data = [line[6:] for line in frame.split(b"\r\n") if line.startswith(b"data: ")]
+                if data:
+                    received.append(json.loads(b"\n".join(data)))
+            if len(received) >= len(page):
+                break
+    assert [e["data"] for e in received[: len(kept)]] == [json.loads(d) for d in kept]
+    assert [decoded(e) for e in received[len(kept) :]] == spoiled
+    # CloudEvents with a JSON content type follow the same rule
+    ce = (await client.get("/v1/streams/order-3/cloudevents")).json()
+    assert base64.b64decode(ce[0]["data_base64"]) == spoiled[0] and "data" not in ce[0]
 
 
 async def test_conflict_is_409_with_actual_version(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -202,6 +204,154 @@ print("ok")
 """
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not telemetry.HAVE_OTEL, reason="opentelemetry-api is not installed")
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"traceparent": TRACEPARENT}, id="traceparent"),
+        pytest.param({"Traceparent": TRACEPARENT, "TraceState": "a=1,b=2"}, id="mixed-case"),
+        pytest.param({"traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01"}, id="invalid"),
+        pytest.param({"traceparent": "garbage", "tracestate": "a=1"}, id="garbage"),
+        pytest.param({"host": "x"}, id="none-in-headers"),
+        pytest.param(None, id="no-headers"),
+    ],
+)
+@pytest.mark.parametrize("active", [False, True], ids=["no-active-span", "active-span"])
+def test_fast_path_passes_the_same_context_as_the_no_op_span(
+    headers: dict[str, str] | None, active: bool
+) -> None:
+    """Without a tracer provider `publish_span` skips the no-op span: same context out."""
+    import opentelemetry.trace as otel
+
+    provider = otel.get_tracer_provider()
+    if not isinstance(provider, (otel.ProxyTracerProvider, otel.NoOpTracerProvider)):
+        pytest.skip("a tracer provider is set in this process")
+    outer = otel.NonRecordingSpan(
+        otel.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=otel.TraceFlags(1))
+    )
+    with otel.use_span(outer) if active else contextlib.nullcontext():
+        with telemetry.publish_span(["order"], headers) as fast:
+            fast_span = otel.get_current_span()
+        # what the API's no-op span yields (the code path a provider takes)
+        parent = None
+        if not active and headers is not None:
+            parent = telemetry._otel_propagate.extract({k.lower(): v for k, v in headers.items()})
+        with telemetry._publish_span(["order"], parent, 1) as slow:
+            assert not otel.get_current_span().is_recording()
+    assert fast == slow
+    assert not fast_span.is_recording()
+    if active:
+        assert fast["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-01"
+    elif headers is not None and headers.get("traceparent") == TRACEPARENT:
+        assert fast["traceparent"] == TRACEPARENT
+
+
+def test_spans_are_recorded_once_a_tracer_provider_is_set() -> None:
+    """The fast path must not outlive the no-op tracer: set a provider, get real spans.
+
+    A fresh interpreter, because the global provider can be set only once per
+    process. The provider is a small recording one written against the API
+    (the SDK is not a dependency)."""
+    if not telemetry.HAVE_OTEL:
+        pytest.skip("opentelemetry-api is not installed")
+    code = r"""
+import contextlib, random
+from datetime import UTC, datetime
+from uuid import uuid4
+import opentelemetry.trace as trace
+import tidelog
+from tidelog import telemetry
+
+TRACE, PARENT = "1" * 32, "2" * 16
+headers = {"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "k=v"}
+with telemetry.publish_span(["order"], headers) as tc:  # no provider yet: passed through
+    assert tc == headers, tc
+    assert not trace.get_current_span().is_recording()
+
+finished = []
+
+class Span(trace.Span):
+    def __init__(self, name, context, kind, attributes, links, parent):
+        self.name, self.kind, self.parent, self.ended = name, kind, parent, False
+        self.attributes, self.links = dict(attributes or {}), list(links or ())
+        self._context = context
+    def get_span_context(self): return self._context
+    def set_attributes(self, attributes): self.attributes.update(attributes)
+    def set_attribute(self, key, value): self.attributes[key] = value
+    def add_event(self, name, attributes=None, timestamp=None): pass
+    def update_name(self, name): self.name = name
+    def is_recording(self): return not self.ended
+    def set_status(self, status, description=None): pass
+    def record_exception(self, exception, attributes=None, timestamp=None, escaped=False): pass
+    def end(self, end_time=None):
+        self.ended = True
+        finished.append(self)
+
+class Tracer(trace.Tracer):
+    def start_span(self, name, context=None, kind=trace.SpanKind.INTERNAL, attributes=None,
+                   links=None, start_time=None, record_exception=True,
+                   set_status_on_exception=True):
+        parent = trace.get_current_span(context).get_span_context()
+        parent = parent if parent.is_valid else None
+        own = trace.SpanContext(
+            parent.trace_id if parent else random.getrandbits(128), random.getrandbits(64),
+            is_remote=False, trace_flags=trace.TraceFlags(1),
+            trace_state=parent.trace_state if parent else None)
+        return Span(name, own, kind, attributes, links, parent)
+    @contextlib.contextmanager
+    def start_as_current_span(self, name, context=None, kind=trace.SpanKind.INTERNAL,
+                              attributes=None, links=None, start_time=None,
+                              record_exception=True, set_status_on_exception=True,
+                              end_on_exit=True):
+        span = self.start_span(name, context, kind, attributes, links)
+        with trace.use_span(span, end_on_exit=end_on_exit):
+            yield span
+
+class Provider(trace.TracerProvider):
+    def get_tracer(self, *args, **kwargs): return Tracer()
+
+trace.set_tracer_provider(Provider())
+
+events = [tidelog.NewEvent(type="A"), tidelog.NewEvent(type="B")]
+with telemetry.publish_span(["order"], headers, count=2) as tc:
+    span = trace.get_current_span()
+    assert span.is_recording() and span.name == "publish order", span
+    telemetry.record_append("order-1", events, tidelog.AppendResult(1, 2))
+[published] = finished
+assert published is span and published.kind == trace.SpanKind.PRODUCER
+assert (f"{published.parent.trace_id:032x}", f"{published.parent.span_id:016x}") == (TRACE, PARENT)
+own = published.get_span_context()
+assert tc == {"traceparent": f"00-{TRACE}-{own.span_id:016x}-01", "tracestate": "k=v"}, tc
+assert published.attributes["messaging.system"] == "tidelog"
+assert published.attributes["messaging.destination.name"] == "order"
+assert published.attributes["messaging.batch.message_count"] == 2
+assert published.attributes["tidelog.stream"] == "order-1"
+assert published.attributes["tidelog.position"] == 2
+
+event = tidelog.RecordedEvent(id=uuid4(), stream="order-1", version=0, position=1, type="A",
+    data=b"", metadata=dict(tc), recorded_at=datetime.now(UTC))
+with telemetry.process_span(event, "billing"):
+    assert trace.get_current_span().is_recording()
+processed = finished[1]
+assert processed.name == "process order" and processed.kind == trace.SpanKind.CONSUMER
+assert processed.parent is None
+assert [link.context.span_id for link in processed.links] == [own.span_id]
+assert processed.attributes["messaging.consumer.group.name"] == "billing"
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

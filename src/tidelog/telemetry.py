@@ -18,6 +18,11 @@ the metadata with the event, so a consumer can start a `process <category>`
 span linked to the producer (`process_span(event)`). Without an SDK configured
 the API's no-op tracer passes the caller's context through unchanged, and
 without the package installed every function here is a no-op.
+
+While no tracer provider is set (the API's proxy stands in) the span helpers
+take a fast path that gives the same result without starting the no-op span:
+the trace context passed through is the parent's. The provider is looked up on
+every call, so one set later (an SDK configured after import) is used at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import logging
 import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import IO, Any, Final
 
 import msgspec
@@ -39,6 +45,10 @@ try:
     import opentelemetry.trace as _otel_trace
 
     HAVE_OTEL = True
+    _NOOP_PROVIDERS: tuple[type, ...] = (
+        _otel_trace.ProxyTracerProvider,
+        _otel_trace.NoOpTracerProvider,
+    )
 except ImportError:  # the `otel` extra is optional
     HAVE_OTEL = False
 
@@ -207,23 +217,48 @@ def _tracer() -> Any:
     return _otel_trace.get_tracer("tidelog", tidelog.__version__)
 
 
-@contextlib.contextmanager
+def _tracing_off(current: Any) -> bool:
+    """Whether a span started now would be the API's no-op span around `current`.
+
+    True while no tracer provider is set (or the no-op one is) and the active
+    span is not recording. Then the no-op tracer's span is `current` itself
+    (or carries its context), so skipping it changes nothing anyone can see.
+    """
+    return type(_otel_trace.get_tracer_provider()) in _NOOP_PROVIDERS and not current.is_recording()
+
+
+def _trace_context(context: Any = None) -> dict[str, str]:
+    """The W3C trace-context keys the global propagator writes for `context` (or the current)."""
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier, context=context)
+    return {k: v for k, v in carrier.items() if k in TRACE_KEYS}
+
+
 def publish_span(
     categories: Collection[str], headers: Mapping[str, str] | None = None, *, count: int = 1
-) -> Iterator[dict[str, str]]:
+) -> AbstractContextManager[dict[str, str]]:
     """A `publish <category>` producer span around an append; yields its trace context.
 
     The parent is the active span if there is one (server instrumentation),
     else the W3C context in `headers` (the HTTP request's `traceparent`). The
     yielded dict holds `traceparent`/`tracestate` to store with the events (see
     `with_trace_context`); it is empty without OpenTelemetry or any context.
+    Without a tracer provider no span is made and the parent's context is
+    yielded, as the API's no-op span would pass it through.
     """
     if not HAVE_OTEL:
-        yield {}
-        return
+        return contextlib.nullcontext({})
+    current = _otel_trace.get_current_span()
     parent = None
-    if not _otel_trace.get_current_span().get_span_context().is_valid and headers is not None:
+    if not current.get_span_context().is_valid and headers is not None:
         parent = _otel_propagate.extract({k.lower(): v for k, v in headers.items()})
+    if _tracing_off(current):
+        return contextlib.nullcontext(_trace_context(parent))
+    return _publish_span(categories, parent, count)
+
+
+@contextlib.contextmanager
+def _publish_span(categories: Collection[str], parent: Any, count: int) -> Iterator[dict[str, str]]:
     names = sorted(set(categories))
     destination = names[0] if len(names) == 1 else ",".join(names)
     attributes: dict[str, Any] = {
@@ -238,9 +273,7 @@ def publish_span(
     with _tracer().start_as_current_span(
         name, context=parent, kind=_otel_trace.SpanKind.PRODUCER, attributes=attributes
     ):
-        carrier: dict[str, str] = {}
-        _otel_propagate.inject(carrier)
-        yield {k: v for k, v in carrier.items() if k in TRACE_KEYS}
+        yield _trace_context()
 
 
 def with_trace_context(events: Sequence[NewEvent], carrier: Mapping[str, str]) -> list[NewEvent]:
@@ -282,17 +315,21 @@ def record_append(stream: str, events: Sequence[NewEvent], result: AppendResult)
         log.debug("appended %d event(s) to %s", len(events), stream, extra=fields)
 
 
-@contextlib.contextmanager
-def process_span(event: RecordedEvent, group: str | None = None) -> Iterator[None]:
+def process_span(event: RecordedEvent, group: str | None = None) -> AbstractContextManager[None]:
     """A `process <category>` consumer span for handling `event`, linked to its producer.
 
     Per the messaging conventions the processing span starts a trace of its own
     (the consumer's) and links to the publish context stored in the event's
-    metadata, instead of becoming its child.
+    metadata, instead of becoming its child. Without a tracer provider it is a
+    no-op (as the API's no-op span would be).
     """
-    if not HAVE_OTEL:
-        yield
-        return
+    if not HAVE_OTEL or _tracing_off(_otel_trace.get_current_span()):
+        return contextlib.nullcontext()
+    return _process_span(event, group)
+
+
+@contextlib.contextmanager
+def _process_span(event: RecordedEvent, group: str | None) -> Iterator[None]:
     links = []
     carrier = {k: str(event.metadata[k]) for k in TRACE_KEYS if k in event.metadata}
     if carrier:

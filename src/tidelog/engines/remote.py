@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 import urllib.parse
@@ -25,11 +26,15 @@ from tidelog.engines import _wire as wire
 from tidelog.engines.base import (
     GroupEngine,
     HeadWatch,
-    check_read_args,
+    LogFilter,
     config_from_url,
+    log_filter,
     prepare_append,
     prepare_append_many,
-    validate_filters,
+    prepare_delete,
+    prepare_purge,
+    prepare_read_all,
+    prepare_read_stream,
 )
 from tidelog.errors import StoreClosed, StoreUnavailable
 from tidelog.model import (
@@ -41,8 +46,6 @@ from tidelog.model import (
     NewEvent,
     RecordedEvent,
     StreamInfo,
-    validate_expected_version,
-    validate_stream_name,
 )
 
 __all__ = ["RemoteConfig", "RemoteEngine", "open_engine"]
@@ -154,37 +157,40 @@ class RemoteEngine(GroupEngine):
         backwards: bool = False,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        validate_stream_name(stream)
-        check_read_args(from_version, limit, backwards)
+        self._check_open()
+        name = prepare_read_stream(stream, from_version, backwards, limit)
         remaining = limit
         version = from_version
-        while remaining is None or remaining > 0:
+        while True:
+            # at least one request, even for limit=0: the server says if the stream is deleted
             page = self.config.page if remaining is None else min(remaining, self.config.page)
             got = await self._call(
                 "GET",
-                f"/v1/streams/{stream}/events",
+                f"/v1/streams/{name}/events",
                 wire.WirePage,
                 params={"from_version": version, "backwards": backwards, "limit": page},
             )
             for w in got.events:
                 yield w.to_recorded()
-            if len(got.events) < page:
-                return
             if remaining is not None:
                 remaining -= len(got.events)
+            if len(got.events) < page or remaining == 0:
+                return
             version = got.events[-1].version + (-1 if backwards else 1)
             if version < 0:
                 return
 
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
-        name = validate_stream_name(stream)
-        expected = wire.expected_to_wire(validate_expected_version(expected_version))
+        name, expected = prepare_delete(stream, expected_version)
         await self._call(
-            "DELETE", f"/v1/streams/{name}", None, params={"expected_version": str(expected)}
+            "DELETE",
+            f"/v1/streams/{name}",
+            None,
+            params={"expected_version": str(wire.expected_to_wire(expected))},
         )
 
     async def purge_stream(self, stream: str) -> None:
-        name = validate_stream_name(stream)
+        name = prepare_purge(stream)
         await self._call("POST", f"/v1/streams/{name}/purge", None)
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
@@ -209,17 +215,11 @@ class RemoteEngine(GroupEngine):
         limit: int | None = None,
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        cats, tys = validate_filters(categories, types)
-        check_read_args(from_position, limit, False)
-        params: dict[str, Any] = {
-            "category": sorted(cats) if cats is not None else None,
-            "type": sorted(tys) if tys is not None else None,
-            "partition": sorted(partitions) if partitions is not None else None,
-        }
-        if (cats is not None and not cats) or (tys is not None and not tys):
+        self._check_open()
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if limit == 0 or filters.matches_nothing:
             return
-        if partitions is not None and not params["partition"]:
-            return
+        params = _filter_params(filters)
         remaining = limit
         position = from_position
         while remaining is None or remaining > 0:
@@ -256,16 +256,15 @@ class RemoteEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Server-Sent Events, resumed with `Last-Event-ID` after a dropped connection."""
-        cats, tys = validate_filters(categories, types)
+        filters = log_filter(categories, types, partitions)
         self._check_open()
-        params = _params(
-            {
-                "category": sorted(cats) if cats is not None else None,
-                "type": sorted(tys) if tys is not None else None,
-                "partition": sorted(partitions) if partitions is not None else None,
-                "from_position": max(from_position, 0),
-            }
-        )
+        if filters.matches_nothing:
+            # an empty filter would read as no filter in a query string: nothing can match,
+            # so wait for the close like a local subscription with nothing to yield
+            while True:
+                self._check_open()
+                await self._watch.wait_beyond(0, None)
+        params = _params({**_filter_params(filters), "from_position": max(from_position, 0)})
         last_seen: int | None = None
         decoder = self._decoder(wire.WireEvent)
         while True:
@@ -361,6 +360,16 @@ def _seg(value: str) -> str:
     return urllib.parse.quote(str(value), safe="")
 
 
+def _filter_params(filters: LogFilter) -> dict[str, list[str] | list[int] | None]:
+    """The query parameters of a log filter; never empty lists (`matches_nothing` first)."""
+    cats, tys, parts = filters
+    return {
+        "category": sorted(cats) if cats is not None else None,
+        "type": sorted(tys) if tys is not None else None,
+        "partition": sorted(parts) if parts is not None else None,
+    }
+
+
 def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
     out: list[tuple[str, str | int | float | bool | None]] = []
     for key, value in (params or {}).items():
@@ -393,16 +402,32 @@ def _raise_response(status: int, content: bytes) -> None:
     wire.raise_wire_error(err, status)
 
 
+_SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The `data` of each event in a Server-Sent Events stream (comments skipped)."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data).encode()
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+    """The `data` of each event in a Server-Sent Events stream (comments skipped).
+
+    Lines end at CR LF, CR or LF, as the SSE format says, and nowhere else:
+    `aiter_lines` also breaks at U+2028, U+0085 and other Unicode line ends,
+    which JSON strings (event data, metadata) may hold unescaped.
+    """
+    data: list[bytes] = []
+    tail = b""
+    after_cr = False
+    async for received in response.aiter_bytes():
+        # the LF of a CR LF split across two chunks ends no second line
+        chunk = received[1:] if after_cr and received.startswith(b"\n") else received
+        after_cr = chunk.endswith(b"\r")
+        lines = _SSE_LINE_END.split(tail + chunk)
+        tail = lines.pop()
+        for line in lines:
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
 
 
 def _ssl_context(

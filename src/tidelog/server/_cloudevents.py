@@ -40,6 +40,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from tidelog import telemetry
+from tidelog.engines import _wire as wire
 from tidelog.errors import InvalidEvent, InvalidInput
 from tidelog.model import (
     AppendRequest,
@@ -390,7 +391,7 @@ def to_cloudevent(e: RecordedEvent) -> dict[str, Any]:
     ce["tidelogposition"] = e.position
     ct = meta.get("datacontenttype") if isinstance(meta.get("datacontenttype"), str) else None
     if e.data:
-        if _is_json_media(ct) and _is_json(e.data):
+        if _is_json_media(ct) and wire.embeds_as_json(e.data):  # else it would lose bytes
             ce["data"] = msgspec.Raw(e.data)
             ce.setdefault("datacontenttype", "application/json")
         elif not _is_json_media(ct) and _is_text(e.data):
@@ -405,14 +406,6 @@ def _rfc3339(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.isoformat()
-
-
-def _is_json(data: bytes) -> bool:
-    try:
-        _JSON.decode(data)
-    except msgspec.DecodeError:
-        return False
-    return True
 
 
 def _is_text(data: bytes) -> bool:

@@ -561,6 +561,30 @@ class StreamsSuite(SuiteBase):
         assert infos == [tidelog.StreamInfo(name="ghost-1", version=None, deleted=True)]
         assert await store.last_position() == 0
 
+    @pytest.mark.parametrize(
+        "read",
+        [
+            pytest.param({"limit": 0}, id="limit-0"),
+            pytest.param({"limit": 1}, id="limit-1"),
+            pytest.param({"from_version": 99}, id="past-the-end"),
+            pytest.param({"from_version": 99, "limit": 0}, id="past-the-end-limit-0"),
+            pytest.param({"backwards": True, "from_version": -1, "limit": 0}, id="back-limit-0"),
+        ],
+    )
+    async def test_deleted_stream_refuses_reads_whatever_the_range(
+        self, store: tidelog.Store, read: dict[str, Any]
+    ) -> None:
+        """The tombstone is checked before the range: even a read of nothing raises."""
+        await store.append("order-1", [ev(), ev()])
+        await store.delete_stream("order-1")
+        await store.delete_stream("ghost-1")  # a tombstone on a name never written
+        for name in ("order-1", "ghost-1"):
+            with pytest.raises(tidelog.StreamDeleted) as info:
+                await collect(store.read_stream(name, **read))
+            assert info.value.stream == name
+        # a stream that does not exist is no error: it reads as empty
+        assert await stream_versions(store, "nothing-1", **read) == []
+
     async def test_purge_system_stream_erases_it_or_is_not_supported(
         self, store: tidelog.Store
     ) -> None:
@@ -1022,6 +1046,44 @@ class LogSuite(SuiteBase):
             ("invoice-2", "Paid"),
         ]
         assert [e.position for e in part_got] == in_target
+
+    @pytest.mark.parametrize(
+        "empty",
+        [
+            pytest.param({"categories": []}, id="categories"),
+            pytest.param({"types": ()}, id="types"),
+            pytest.param({"partitions": set()}, id="partitions"),
+        ],
+    )
+    async def test_subscription_with_an_empty_filter_yields_nothing(
+        self, tmp_path: pathlib.Path, empty: dict[str, Any]
+    ) -> None:
+        """An empty filter matches nothing (as in `read_all`); it is not "no filter"."""
+        store = await self.open_store(tmp_path)
+        await store.append("order-1", [ev("Created")])
+        received: list[tidelog.RecordedEvent] = []
+
+        async def consume() -> None:
+            async for e in store.subscribe(**empty):
+                received.append(e)
+
+        task = asyncio.create_task(consume())
+        try:
+            # a subscription without that filter gets the events, live ones too
+            async with subscribed(store) as everything:
+                await take(everything, 1)
+                await store.append("order-2", [ev("Created")])
+                await take(everything, 1)
+            await store.close()
+            with pytest.raises(tidelog.StoreClosed):
+                async with asyncio.timeout(WAIT):
+                    await task
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            await store.close()
+        assert received == []
 
     async def test_multiple_subscribers_each_get_everything(self, store: tidelog.Store) -> None:
         await store.append("order-1", [ev(), ev()])

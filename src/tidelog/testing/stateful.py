@@ -61,10 +61,23 @@ expected_versions: st.SearchStrategy[tidelog.ExpectedVersion] = st.one_of(
     st.sampled_from([tidelog.ANY, tidelog.NO_STREAM, tidelog.STREAM_EXISTS]),
     st.integers(0, 4),
 )
+JSON_VALUES = (b'{"a": 1}', b"[1,\n2]", b'"\xe2\x80\xa8"', b"0", b"null")
+JSON_SPACE = (b"", b" ", b"\t", b"\n", b"\r\n")
+event_data: st.SearchStrategy[bytes] = st.one_of(
+    st.binary(max_size=6),
+    st.builds(
+        lambda before, value, after: before + value + after,
+        st.sampled_from(JSON_SPACE),
+        st.sampled_from(JSON_VALUES),
+        st.sampled_from(JSON_SPACE),
+    ),
+)
+"""Any bytes, and JSON that is easy to spoil in transit: whitespace around the value,
+line ends and U+2028 (a line end for some readers) inside it."""
 EventSpec = tuple[str, bytes, dict[str, Any]]
 event_specs: st.SearchStrategy[EventSpec] = st.tuples(
     st.sampled_from(TYPES),
-    st.binary(max_size=6),
+    event_data,
     st.dictionaries(st.sampled_from(["correlationid", "n"]), st.integers(-3, 3), max_size=2),
 )
 batches_of_specs = st.lists(event_specs, min_size=1, max_size=3)
