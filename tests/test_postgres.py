@@ -7,10 +7,14 @@ lives in a fresh schema that is dropped after its test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import pathlib
+import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,7 +24,13 @@ import tidelog
 from _pg_util import PG_DSN, Schemas, new_schema, require_postgres
 from tidelog.engines import postgres
 from tidelog.engines._pg_errors import pg_errors, translate
-from tidelog.engines._pg_schema import LATEST_VERSION, MIGRATIONS, current_version, migrate
+from tidelog.engines._pg_schema import (
+    LATEST_VERSION,
+    MIGRATIONS,
+    advisory_keys,
+    current_version,
+    migrate,
+)
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.stateful import ModelSuite
 
@@ -410,3 +420,258 @@ async def test_concurrent_joins_from_several_engines_lose_no_update() -> None:
     finally:
         for store in stores:
             await store.close()
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def _open_transactions(store: postgres.PostgresEngine) -> list[tuple[int, str, str]]:
+    """Backends of `store` inside a transaction, or holding its append lock, seen from
+    another connection: the pool's connections, and any backend whose last statement
+    was one of the store's (a terminated connection's backend, if it lingered)."""
+    lock_class, lock_key = advisory_keys(store.config.schema)
+    pids = [h._con.get_server_pid() for h in store._pool._holders if h._con is not None]
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch(
+            """SELECT a.pid, a.state, a.query FROM pg_stat_activity a
+               WHERE a.pid <> pg_backend_pid() AND (
+                 (a.state LIKE 'idle in transaction%' AND (a.pid = ANY($1::int[])
+                  OR strpos(a.query, $2) > 0 OR strpos(a.query, $3) > 0))
+                 OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid
+                   AND l.locktype = 'advisory' AND l.classid::bigint = $4
+                   AND l.objid::bigint = $5 AND l.granted))""",
+            pids,
+            f'"{store.config.schema}"',
+            f"pg_advisory_xact_lock({lock_class}, {lock_key})",
+            lock_class % 2**32,
+            lock_key % 2**32,
+        )
+    finally:
+        await conn.close()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def _until_no_open_transactions(store: postgres.PostgresEngine, note: str = "") -> None:
+    """Wait (boundedly) until `_open_transactions` finds none: the session of a dropped
+    connection ends on the server when the statement it was running ends."""
+    for _ in range(100):
+        leaked = await _open_transactions(store)
+        if not leaked:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{note} transactions left open: {leaked}")
+
+
+async def test_cancelled_writes_leave_no_transaction_open_and_lose_or_repeat_nothing() -> None:
+    """Appends, transactional commits and group changes are cancelled at random points,
+    and so is the group commit's own task in the middle of its transactions. Afterwards
+    no connection is left inside a transaction, the store works, every write that
+    returned a result is stored exactly once where it said, no caller that was not
+    cancelled saw a CancelledError, and retrying what had an unknown outcome is safe."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    # sslmode=disable: asyncpg's CancelRequest connection would first probe for TLS, and
+    # logs a "Future exception was never retrieved" when the server closes it.
+    store = await _created.open("pool_max=3&listen=false&sslmode=disable")
+    assert isinstance(store, postgres.PostgresEngine)
+    done: dict[uuid.UUID, tuple[str, int]] = {}  # event id -> (stream, position) returned
+    unknown: dict[uuid.UUID, tuple[str, tidelog.NewEvent]] = {}
+    surprises: list[BaseException] = []
+    interrupted = 0
+    # asyncpg reports a connection released to the pool inside a transaction here
+    # ("Resetting connection with an active transaction") before rolling it back.
+    loop = asyncio.get_running_loop()
+    reports: list[str] = []
+
+    def report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        reports.append(str(context.get("message")))
+        loop.default_exception_handler(context)
+
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(report)
+    try:
+        member = await store.join_group("g", "order", "m1", lease=600)
+        partition = member.partitions[0]
+
+        async def append(i: int, patient: bool) -> None:
+            stream = f"order-{i % 7}"
+            event = ev()
+            unknown[event.id] = (stream, event)
+            try:
+                if patient:
+                    result = await store.append(stream, [event])
+                else:
+                    result = await asyncio.wait_for(
+                        store.append(stream, [event]), rng.uniform(0, 0.01)
+                    )
+            except (TimeoutError, tidelog.StoreUnavailable):
+                return
+            except BaseException as exc:  # a CancelledError here is a leak
+                surprises.append(exc)
+                return
+            del unknown[event.id]
+            done[event.id] = (stream, result.position)
+
+        async def commit(i: int) -> None:
+            stream = f"invoice-{i % 5}"
+            event = ev("Issued")
+            unknown[event.id] = (stream, event)
+            try:
+                results = await asyncio.wait_for(
+                    store.commit(
+                        "g",
+                        "order",
+                        partition,
+                        i + 1,
+                        member="m1",
+                        generation=member.generation,
+                        appends={stream: tidelog.AppendRequest([event])},
+                    ),
+                    rng.uniform(0, 0.03),
+                )
+            except (TimeoutError, tidelog.StoreUnavailable):
+                return
+            except BaseException as exc:
+                surprises.append(exc)
+                return
+            del unknown[event.id]
+            done[event.id] = (stream, results[stream].position)
+
+        async def heartbeat() -> None:
+            with contextlib.suppress(TimeoutError, tidelog.StoreUnavailable):
+                await asyncio.wait_for(
+                    store.heartbeat("g", "order", "m1", lease=600), rng.uniform(0, 0.01)
+                )
+
+        async def interrupt_the_writer(stop: asyncio.Event) -> None:
+            nonlocal interrupted
+            while not stop.is_set():
+                await asyncio.sleep(rng.uniform(0, 0.06))
+                drainer = store._drainer
+                if drainer is not None and not drainer.done():
+                    drainer.cancel()
+                    interrupted += 1
+
+        stop = asyncio.Event()
+        interrupter = asyncio.create_task(interrupt_the_writer(stop))
+        async with asyncio.timeout(60):
+            for round_ in range(40):
+                jobs = [append(round_ * 20 + k, patient=k % 4 == 0) for k in range(20)]
+                jobs += [commit(round_ * 3 + k) for k in range(3)]
+                jobs.append(heartbeat())
+                rng.shuffle(jobs)
+                await asyncio.gather(*jobs)
+            stop.set()
+            await interrupter
+            if store._drainer is not None:
+                await asyncio.wait([store._drainer])
+
+        assert not surprises, f"seed {seed}: {surprises!r}"
+        assert not [m for m in reports if "transaction" in m], f"seed {seed}: {reports}"
+        assert interrupted > 0 and done and unknown, f"seed {seed}: nothing was interrupted"
+        await _until_no_open_transactions(store, f"seed {seed}")
+        assert not any(h._con.is_in_transaction() for h in store._pool._holders if h._con)
+
+        # The store still works: appends, group changes and commits, promptly.
+        async with asyncio.timeout(10):
+            member = await store.heartbeat("g", "order", "m1", lease=600)
+            await store.commit(
+                "g", "order", partition, 10_000, member="m1", generation=member.generation
+            )
+            assert (await store.checkpoints("g", "order"))[partition] == 10_000
+            # What had an unknown outcome is retried with the same ids: stored once.
+            retried = await asyncio.gather(*(store.append(s, [e]) for s, e in unknown.values()))
+            for (stream, event), result in zip(unknown.values(), retried, strict=True):
+                done[event.id] = (stream, result.position)
+
+        events = [e async for e in store.read_all()]
+        assert [e.position for e in events] == list(range(1, len(events) + 1)), f"seed {seed}"
+        assert len(events) == len(done), f"seed {seed}"
+        assert {e.id: (e.stream, e.position) for e in events} == done, f"seed {seed}"
+        for stream in {s for s, _ in done.values()}:
+            versions = [e.version async for e in store.read_stream(stream)]
+            assert versions == list(range(len(versions)))
+    finally:
+        loop.set_exception_handler(previous_handler)
+        await store.close()
+
+
+def _pool_pids(store: postgres.PostgresEngine) -> set[int]:
+    return {h._con.get_server_pid() for h in store._pool._holders if h._con is not None}
+
+
+async def _committing(store: postgres.PostgresEngine) -> set[int]:
+    """The pool's connections running a COMMIT now."""
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])"
+            " AND state = 'active' AND query = 'COMMIT'",
+            list(_pool_pids(store)),
+        )
+    finally:
+        await conn.close()
+    return {r[0] for r in rows}
+
+
+async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dropped() -> None:
+    """COMMIT made slow by a deferred trigger, and cancelled while it runs: the group
+    commit's callers get `StoreUnavailable` (not a CancelledError they never asked
+    for), a caller cancelled in `commit` gets its own CancelledError, the connection
+    is dropped rather than reused, and retrying with the same ids is safe."""
+    store = await _created.open("pool_max=2&listen=false&sslmode=disable")
+    assert isinstance(store, postgres.PostgresEngine)
+    schema = store.config.schema
+    try:
+        member = await store.join_group("g", "order", "m1", lease=600)
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(
+                f"""CREATE FUNCTION "{schema}".slow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+                CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON "{schema}".events
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{schema}".slow();"""
+            )
+        finally:
+            await conn.close()
+
+        # The group commit's own task is cancelled during COMMIT.
+        event = ev()
+        appending = asyncio.ensure_future(store.append("order-1", [event]))
+        await asyncio.sleep(0.2)
+        busy = await _committing(store)
+        assert len(busy) == 1 and store._drainer is not None
+        store._drainer.cancel()
+        with pytest.raises(tidelog.StoreUnavailable):
+            await appending
+        assert not busy & _pool_pids(store)
+        await _until_no_open_transactions(store)  # the dropped session ends on the server
+
+        # A transactional commit is cancelled during COMMIT, in its caller's task.
+        receipt = ev("Issued")
+        appends = {"receipt-1": tidelog.AppendRequest([receipt])}
+        committing = asyncio.ensure_future(
+            store.commit(
+                "g", "order", 0, 1, member="m1", generation=member.generation, appends=appends
+            )
+        )
+        await asyncio.sleep(0.2)
+        busy = await _committing(store)
+        assert len(busy) == 1
+        committing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await committing
+        assert not busy & _pool_pids(store)
+        await _until_no_open_transactions(store)
+        # Retries with the same ids: each event is stored exactly once.
+        assert (await store.append("order-1", [event])).version == 0
+        again = await store.commit(
+            "g", "order", 0, 1, member="m1", generation=member.generation, appends=appends
+        )
+        assert again["receipt-1"].version == 0
+        events = [e async for e in store.read_all()]
+        assert sorted(e.id for e in events) == sorted([event.id, receipt.id])
+        assert await store.checkpoints("g", "order") == {0: 1}
+    finally:
+        await store.close()

@@ -48,7 +48,7 @@ from tidelog.model import (
     partition_of,
 )
 
-__all__ = ["Appends", "CommitThenRaise", "Request", "Writer"]
+__all__ = ["Appends", "Checked", "CommitThenRaise", "Request", "Writer"]
 
 log = logging.getLogger(__name__)
 

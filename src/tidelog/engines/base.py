@@ -27,7 +27,7 @@ import contextlib
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar, cast
 from uuid import UUID
 
 import msgspec
@@ -81,6 +81,7 @@ __all__ = [
     "validate_filters",
     "validate_group_key",
     "validate_group_name",
+    "validate_partitions",
 ]
 
 DEFAULT_PARTITIONS = 16
@@ -176,6 +177,29 @@ def validate_filters(
     return cats, tys
 
 
+def validate_partitions(partitions: object) -> frozenset[int] | None:
+    """The `partitions` filter of a read or subscription: None (no filter) or a
+    collection of partition numbers, ints >= 0.
+
+    A number at or above the store's partition count is no error: no stream is
+    in that partition, so it matches nothing (`LogFilter.within` drops it).
+    """
+    if partitions is None:
+        return None
+    if isinstance(partitions, str | bytes | bytearray | memoryview):
+        raise InvalidInput("partitions take a collection of ints, not a string or bytes")
+    try:
+        numbers = frozenset(cast(Collection[object], partitions))
+    except TypeError:
+        raise InvalidInput(
+            f"partitions take a collection of ints, not {type(partitions).__name__}"
+        ) from None
+    for p in numbers:
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise InvalidInput(f"invalid partition {p!r}: an int >= 0")
+    return cast(frozenset[int], numbers)
+
+
 class LogFilter(NamedTuple):
     """The filters of a log read, as sets; None is no filter on that field."""
 
@@ -188,6 +212,15 @@ class LogFilter(NamedTuple):
         """A filter given as an empty collection: no event can match, so no query is needed."""
         return frozenset() in (self.categories, self.types, self.partitions)
 
+    def within(self, partition_count: int) -> LogFilter:
+        """This filter without the partition numbers a store of `partition_count`
+        partitions does not have: they match nothing, and need not reach a query
+        (where a number too big for the column would be an error)."""
+        if self.partitions is None or all(p < partition_count for p in self.partitions):
+            return self
+        kept = frozenset(p for p in self.partitions if p < partition_count)
+        return self._replace(partitions=kept)
+
 
 def log_filter(
     categories: Collection[str] | None,
@@ -196,7 +229,7 @@ def log_filter(
 ) -> LogFilter:
     """Validate the filters of `subscribe` (`prepare_read_all` for a read)."""
     cats, tys = validate_filters(categories, types)
-    return LogFilter(cats, tys, None if partitions is None else frozenset(partitions))
+    return LogFilter(cats, tys, validate_partitions(partitions))
 
 
 def prepare_read_all(
@@ -212,8 +245,9 @@ def prepare_read_all(
     arguments gets; it is the same everywhere because it is written once.
     """
     cats, tys = validate_filters(categories, types)
+    parts = validate_partitions(partitions)
     check_read_args(from_position, limit, False)
-    return LogFilter(cats, tys, None if partitions is None else frozenset(partitions))
+    return LogFilter(cats, tys, parts)
 
 
 def prepare_read_stream(

@@ -73,7 +73,14 @@ from tidelog.engines.base import (
     validate_group_key,
     validate_group_name,
 )
-from tidelog.errors import InvalidInput, InvalidURL, StoreClosed, StreamDeleted, TidelogError
+from tidelog.errors import (
+    InvalidInput,
+    InvalidURL,
+    StoreClosed,
+    StoreUnavailable,
+    StreamDeleted,
+    TidelogError,
+)
 from tidelog.model import (
     ANY,
     AppendRequest,
@@ -273,14 +280,54 @@ async def _transaction(
 ) -> AsyncIterator[None]:
     """A transaction (or savepoint) of plain statements: unlike asyncpg's
     `conn.transaction()`, which sends BEGIN alone, `begin` carries the first
-    statements too, in the same round trip."""
+    statements too, in the same round trip.
+
+    Safe against cancellation. The exception that ended the block propagates,
+    never one of the rollback (unless the rollback itself was cancelled: a
+    cancellation is not swallowed). A connection whose state is unknown (a
+    statement was interrupted by a cancellation or a timeout, the connection
+    broke, or `undo` or `end` failed) is terminated, not rolled back and reused:
+    the server rolls back what its session left open, and the pool connects
+    anew. After a failed `end` the outcome is unknown: callers report it as
+    `StoreUnavailable` (or the caller's own cancellation).
+    """
     try:
         await conn.execute(begin)
         yield
-    except BaseException:
-        await conn.execute(undo)
+    except BaseException as exc:
+        if not _answered(exc):
+            _terminate(conn)
+            raise
+        try:
+            await conn.execute(undo)
+        except BaseException as undo_failed:
+            _terminate(conn)
+            if not isinstance(undo_failed, Exception):
+                raise  # cancelled (or interrupted) while rolling back
         raise
-    await conn.execute(end)
+    try:
+        await conn.execute(end)
+    except BaseException as exc:
+        if not _answered(exc):
+            _terminate(conn)
+        raise
+
+
+def _answered(exc: BaseException) -> bool:
+    """Whether the connection is known to be idle after `exc`: an error the server
+    answered, or one raised in Python between statements. Not so after a
+    cancellation or a timeout (a statement may still run), a lost connection, or
+    another driver error."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return not _is_connection_error(exc)
+    return isinstance(exc, Exception) and not is_driver_error(exc)
+
+
+def _terminate(conn: Any) -> None:
+    """Close a pooled connection at once, without a word to the server; the pool
+    replaces it. A connection terminated before is released already: nothing to do."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -336,6 +383,7 @@ class PostgresEngine(GroupEngine):
         self._pool = pool
         self._partitions = partitions
         self._sql = Sql(config.schema)
+        self._begin_sync = f"BEGIN; {self._sql.sync_on}"
         self._watch = HeadWatch()
         self._pending: list[_Pending] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -409,8 +457,9 @@ class PostgresEngine(GroupEngine):
             return
         self._closed = True
         if self._drainer is not None:
-            with contextlib.suppress(Exception):
-                await self._drainer
+            # Appends accepted before close complete. `wait`, unlike awaiting the
+            # task, does not cancel it if close is cancelled, nor raise its error.
+            await asyncio.wait([self._drainer])
         self._watch.close()
         if self._relistener is not None:
             self._relistener.cancel()
@@ -433,6 +482,7 @@ class PostgresEngine(GroupEngine):
         self._pending.append(_Pending(checked, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
+            self._drainer.add_done_callback(self._drainer_stopped)
         return await future
 
     async def _drain(self) -> None:
@@ -455,11 +505,30 @@ class PostgresEngine(GroupEngine):
                             batch = self._take_batch()
             except BaseException as exc:
                 error = translate(exc) if is_driver_error(exc) else exc
+                if not isinstance(error, Exception):
+                    # Cancelled (or interrupted) mid-batch: its appends may or may not
+                    # be committed. Their callers were not cancelled: tell them so.
+                    error = StoreUnavailable(
+                        f"the outcome of the append is unknown: the store's writer was "
+                        f"interrupted ({type(exc).__name__}); retrying it is safe"
+                    )
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(error)
                 if not isinstance(exc, Exception):
                     raise
+
+    def _drainer_stopped(self, task: asyncio.Task[None]) -> None:
+        """When the writer task is cancelled (say, as the event loop shuts down; even
+        before it ran), fail the appends it left waiting: no one would commit them."""
+        if not task.cancelled() and task.exception() is None:
+            return
+        pending, self._pending = self._pending, []
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(
+                    StoreUnavailable("the append was not written: the store's writer was stopped")
+                )
 
     def _take_batch(self) -> list[_Pending]:
         """The next appends to commit together; [] when none is waiting."""
@@ -662,8 +731,7 @@ class PostgresEngine(GroupEngine):
         self._check_open()
         name, expected = prepare_delete(stream, expected_version)
         with pg_errors(name):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(self._sql.begin_write)
+            async with self._pool.acquire() as conn, _transaction(conn, self._sql.begin_append):
                 row = await conn.fetchrow(self._sql.find_stream, name)
                 if row is not None and row[1]:
                     raise StreamDeleted(name)
@@ -682,8 +750,7 @@ class PostgresEngine(GroupEngine):
         name = prepare_purge(stream)
         with pg_errors(name):
             async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    await conn.execute(self._sql.begin_write)
+                async with _transaction(conn, self._sql.begin_append):
                     head = await conn.fetchval(self._sql.head)
                     await conn.execute(self._sql.set_high_water, str(head))
                     await conn.execute(self._sql.purge_events, name)
@@ -714,15 +781,10 @@ class PostgresEngine(GroupEngine):
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
         filters = prepare_read_all(from_position, categories, types, limit, partitions)
-        cats, tys, _ = filters
-        parts = None if filters.partitions is None else sorted(filters.partitions)
-        if parts is not None and any(
-            isinstance(p, bool) or not isinstance(p, int) or not -(2**31) <= p < 2**31
-            for p in parts
-        ):
-            raise InvalidInput("partitions take a collection of ints")
+        filters = filters.within(self._partitions)
         if limit == 0 or filters.matches_nothing:
             return
+        cats, tys, parts = filters
         args = [sorted(f) for f in (cats, tys, parts) if f is not None]
         sql = self._sql.read_all(cats is not None, tys is not None, parts is not None)
 
@@ -772,6 +834,7 @@ class PostgresEngine(GroupEngine):
         """One indexed count instead of reading the events (consumer lag)."""
         self._check_open()
         filters = prepare_read_all(from_position, categories, None, None, partitions)
+        filters = filters.within(self._partitions)
         if filters.matches_nothing:
             return 0
         cats, _, parts = filters
@@ -815,7 +878,7 @@ class PostgresEngine(GroupEngine):
         await self._ensure_group(group, category)
         failure: TidelogError | None = None
         with pg_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire() as conn, _transaction(conn, "BEGIN"):
                 raw = await conn.fetchval(self._sql.lock_group, group, category)
                 state = msgspec.json.decode(raw, type=GroupState)
                 try:
@@ -872,13 +935,10 @@ class PostgresEngine(GroupEngine):
         await self._ensure_group(group, category)
         results: dict[str, AppendResult] = {}
         head = 0
+        # With appends, the append lock before the group row, always in this order.
+        begin = self._sql.begin_append if appends else self._begin_sync
         with pg_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                if appends:
-                    # The append lock before the group row, always in this order.
-                    await conn.execute(self._sql.begin_write)
-                else:
-                    await conn.execute(self._sql.sync_on)
+            async with self._pool.acquire() as conn, _transaction(conn, begin):
                 raw = await conn.fetchval(self._sql.lock_group, group, category)
                 state = msgspec.json.decode(raw, type=GroupState)
                 state.check(
@@ -918,7 +978,9 @@ class PostgresEngine(GroupEngine):
 
 async def _keep_session(_conn: Any) -> None:
     """The pool's reset of a released connection: nothing beyond asyncpg's own rollback
-    of an open transaction.
+    of an open transaction (after waiting for a cancelled statement; it terminates
+    the connection if that fails). The engine does not rely on it: `_transaction`
+    ends every transaction or terminates the connection.
 
     The engine leaves no session state on its pooled connections (its settings
     are `SET LOCAL`, its locks transaction-level advisory locks, it runs no

@@ -36,7 +36,7 @@ from tidelog.engines.base import (
     prepare_read_all,
     prepare_read_stream,
 )
-from tidelog.errors import StoreClosed, StoreUnavailable
+from tidelog.errors import InvalidInput, StoreClosed, StoreUnavailable
 from tidelog.model import (
     ANY,
     AppendRequest,
@@ -329,13 +329,12 @@ class RemoteEngine(GroupEngine):
         generation: int,
         appends: Mapping[str, AppendRequest] | None = None,
     ) -> dict[str, AppendResult]:
-        checked = prepare_append_many(appends) if appends else None
         body = wire.WireCommit(
             partition=partition,
             position=position,
             member=member,
             generation=generation,
-            appends=({s: _wire_append(e, x) for s, (e, x) in checked.items()} if checked else None),
+            appends=_commit_appends(appends) if appends else None,
         )
         path = f"{self._group_path(group, category)}/commit"
         return (await self._call("POST", path, wire.WireResults, body=body)).results
@@ -382,6 +381,33 @@ def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
         else:
             out.append((key, str(value)))
     return httpx.QueryParams(out)
+
+
+def _commit_appends(appends: Mapping[str, AppendRequest]) -> dict[str, wire.WireAppend]:
+    """A transactional commit's appends for the wire.
+
+    Appends that fail validation are still sent when they can be encoded: the
+    server's store fences the member before it checks them, as every engine
+    does, so a stale member learns that it is stale first. What cannot even be
+    encoded fails here with the validation error.
+    """
+    try:
+        checked = prepare_append_many(appends)
+    except InvalidInput as invalid:
+        try:
+            return {
+                _str(stream): _wire_append(request.events, request.expected_version)
+                for stream, request in appends.items()
+            }
+        except Exception:
+            raise invalid from None
+    return {s: _wire_append(e, x) for s, (e, x) in checked.items()}
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
 
 
 def _wire_append(events: Sequence[NewEvent], expected: ExpectedVersion) -> wire.WireAppend:

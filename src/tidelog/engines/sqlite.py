@@ -69,7 +69,7 @@ import msgspec
 
 from tidelog.engines import _sqlite_db as db
 from tidelog.engines._sqlite_db import SCHEMA_VERSION, migrate, schema_version
-from tidelog.engines._sqlite_writer import Appends, CommitThenRaise, Request, Writer
+from tidelog.engines._sqlite_writer import Appends, Checked, CommitThenRaise, Request, Writer
 from tidelog.engines.base import (
     DEFAULT_PARTITIONS,
     GroupEngine,
@@ -87,6 +87,7 @@ from tidelog.engines.base import (
     validate_group_name,
 )
 from tidelog.errors import (
+    InvalidInput,
     InvalidURL,
     StaleGeneration,
     StoreClosed,
@@ -523,6 +524,7 @@ class SQLiteEngine(GroupEngine):
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
         filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        filters = filters.within(self._partitions)
         if limit == 0 or filters.matches_nothing:
             return
         index, where, params = _log_filter(*filters)
@@ -574,6 +576,7 @@ class SQLiteEngine(GroupEngine):
         """One `count(*)` over the same index `read_all` would walk."""
         self._check_open()
         filters = prepare_read_all(from_position, categories, None, None, partitions)
+        filters = filters.within(self._partitions)
         if filters.matches_nothing:
             return 0
         index, where, params = _log_filter(*filters)
@@ -668,7 +671,13 @@ class SQLiteEngine(GroupEngine):
         self._check_open()
         check_position(position)
         validate_group_key(group, category)
-        checked = prepare_append_many(appends) if appends else None
+        checked: Checked | None = None
+        invalid: InvalidInput | None = None
+        if appends:
+            try:
+                checked = prepare_append_many(appends)
+            except InvalidInput as exc:
+                invalid = exc  # raised in `op`, after the fence
         now = self._now()
 
         def op(w: Writer) -> dict[str, AppendResult]:
@@ -678,6 +687,10 @@ class SQLiteEngine(GroupEngine):
             except StaleGeneration as exc:
                 w.save_group(group, category, state)  # the group now exists, as in memory
                 raise CommitThenRaise(exc) from None
+            # The member is fenced first: a stale one gets `StaleGeneration` whatever
+            # it tried to append; only a current one learns that its appends are invalid.
+            if invalid is not None:
+                raise invalid
             results = w.append_many(checked) if checked else {}
             w.commit_checkpoint(group, category, partition, position)
             return results

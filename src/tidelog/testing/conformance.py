@@ -899,6 +899,38 @@ class LogSuite(SuiteBase):
             await all_positions(store, partitions=[first], categories=["nothing"], types=None) == []
         )
         assert await all_positions(store, partitions=[first], limit=1) == by_partition[first][:1]
+        # Numbers the store has no partition for match nothing, however big.
+        for missing in (count, 2**31, 2**63, 2**70):
+            assert await all_positions(store, partitions=[missing]) == []
+            assert await store.count_events(partitions=[missing, first]) == len(by_partition[first])
+
+    @pytest.mark.parametrize(
+        "partitions",
+        [
+            pytest.param(0, id="int"),
+            pytest.param("0", id="str"),
+            pytest.param(b"\x00", id="bytes"),
+            pytest.param(["0"], id="str-item"),
+            pytest.param([0.0], id="float-item"),
+            pytest.param([True], id="bool-item"),
+            pytest.param([None], id="none-item"),
+            pytest.param([0, -1], id="negative-item"),
+            pytest.param([[0]], id="unhashable-item"),
+        ],
+    )
+    async def test_invalid_partitions_filter_is_refused(
+        self, store: tidelog.Store, partitions: object
+    ) -> None:
+        """The same `InvalidInput` on every engine, from reads, counts and subscriptions."""
+        await store.append("order-1", [ev()])
+        bad = cast(Any, partitions)
+        with pytest.raises(tidelog.InvalidInput):
+            await collect(store.read_all(partitions=bad))
+        with pytest.raises(tidelog.InvalidInput):
+            await store.count_events(partitions=bad)
+        async with subscribed(store, partitions=bad) as subscription:
+            with pytest.raises(tidelog.InvalidInput):
+                await take(subscription, 1)
 
     async def test_reader_never_finds_an_event_below_what_it_has_seen(
         self, store: tidelog.Store
@@ -1377,6 +1409,76 @@ class GroupsSuite(SuiteBase):
         assert await store.last_position() == 0
         assert await stream_names(store) == []
         assert await store.checkpoints("billing", "order") == {}
+
+    @pytest.mark.parametrize(
+        ("appends", "error"),
+        [
+            pytest.param(
+                lambda: {"invoice 1": tidelog.AppendRequest([ev()])},
+                tidelog.InvalidStreamName,
+                id="invalid-stream-name",
+            ),
+            pytest.param(
+                lambda: {"invoice-1": tidelog.AppendRequest([ev("bad type")])},
+                tidelog.InvalidEvent,
+                id="invalid-event",
+            ),
+            pytest.param(
+                lambda: {"invoice-1": tidelog.AppendRequest([ev()], tidelog.NO_STREAM)},
+                tidelog.WrongExpectedVersion,
+                id="wrong-expected-version",
+            ),
+            pytest.param(
+                lambda: {"invoice-1": tidelog.AppendRequest([ev()], 5)},
+                tidelog.WrongExpectedVersion,
+                id="wrong-exact-version",
+            ),
+        ],
+    )
+    async def test_stale_member_is_fenced_before_its_appends_are_checked(
+        self,
+        store: tidelog.Store,
+        appends: Callable[[], dict[str, tidelog.AppendRequest]],
+        error: type[tidelog.TidelogError],
+    ) -> None:
+        """Fencing comes first: a stale member gets `StaleGeneration`, not the error its
+        appends would get from a current member, and nothing is written."""
+        if not self.supports_transactional_commit:
+            pytest.skip("engine refuses transactional commits (checked elsewhere)")
+        await store.append("invoice-1", [ev()])
+        m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await store.commit("billing", "order", 0, 1, member="m1", generation=m1.generation)
+        m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE)
+        for member, generation in (("m1", m1.generation), ("stranger", m2.generation)):
+            with pytest.raises(tidelog.StaleGeneration) as info:
+                await store.commit(
+                    "billing",
+                    "order",
+                    0,
+                    9,
+                    member=member,
+                    generation=generation,
+                    appends=appends(),
+                )
+            assert (info.value.member, info.value.current) == (member, m2.generation)
+        assert await store.last_position() == 1
+        assert await stream_names(store) == ["invoice-1"]
+        assert await store.checkpoints("billing", "order") == {0: 1}
+        # A current member gets the appends' own error, and nothing is written either.
+        current = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)
+        owned = current.partitions[0]
+        with pytest.raises(error):
+            await store.commit(
+                "billing",
+                "order",
+                owned,
+                9,
+                member="m1",
+                generation=current.generation,
+                appends=appends(),
+            )
+        assert await store.last_position() == 1
+        assert await store.checkpoints("billing", "order") == {0: 1}
 
     async def test_failed_appends_leave_checkpoint_unchanged(self, store: tidelog.Store) -> None:
         if not self.supports_transactional_commit:
