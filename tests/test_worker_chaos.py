@@ -236,6 +236,13 @@ async def run_chaos(url: str, scale: Scale, tmp_path: pathlib.Path) -> None:
                 assert loop.time() < until, "checkpoints stuck"
                 await asyncio.sleep(0.2)
             stopped = workers.live()
+            # A worker restarted late may still be starting (on a loaded machine the
+            # others can finish the work first): SIGTERM before it runs its signal
+            # handlers ends it by the default action, which is not what this checks.
+            for p in stopped:
+                while '"event": "joined"' not in workers.logs[p.pid].read_text():
+                    assert loop.time() < until, f"worker {p.pid} never joined"
+                    await asyncio.sleep(0.2)
             for p in stopped:  # a rolling shutdown
                 p.send_signal(signal.SIGTERM)
                 assert p.wait(timeout=30) == 0
