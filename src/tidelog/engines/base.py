@@ -65,8 +65,10 @@ __all__ = [
     "HeadWatch",
     "LogEngine",
     "LogFilter",
+    "MAX_POSITION",
     "StreamEngine",
     "assign_partitions",
+    "check_checkpoint",
     "check_position",
     "check_read_args",
     "config_from_url",
@@ -283,6 +285,24 @@ def check_read_args(start: object, limit: object, backwards: bool) -> None:
 def check_position(position: object) -> None:
     if isinstance(position, bool) or not isinstance(position, int) or position < 0:
         raise InvalidInput(f"invalid position {position!r}: an int >= 0")
+
+
+MAX_POSITION = 2**63 - 1
+"""The largest position or version an engine can store (SQLite and PostgreSQL keep
+64-bit integers). A read may start beyond it and finds nothing there."""
+
+
+def check_checkpoint(position: object) -> None:
+    """A position to commit as a checkpoint: one an engine can store, 0 to `MAX_POSITION`.
+
+    Checked before anything is written, so every engine refuses the same values.
+    """
+    if (
+        isinstance(position, bool)
+        or not isinstance(position, int)
+        or not 0 <= position <= MAX_POSITION
+    ):
+        raise InvalidInput(f"invalid position {position!r}: an int from 0 to 2**63 - 1")
 
 
 # --------------------------------------------------------------------------- config

@@ -18,7 +18,7 @@ from tidelog.engines.base import (
     GroupEngine,
     GroupState,
     HeadWatch,
-    check_position,
+    check_checkpoint,
     config_from_url,
     prepare_append,
     prepare_append_many,
@@ -276,7 +276,7 @@ class MemoryEngine(GroupEngine):
         appends: Mapping[str, AppendRequest] | None = None,
     ) -> dict[str, AppendResult]:
         self._check_open()
-        check_position(position)
+        check_checkpoint(position)
         state = self._state(group, category)
         state.check(
             group, category, member, generation, partition, self.partition_count, self._now()

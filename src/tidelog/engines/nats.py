@@ -72,6 +72,7 @@ from tidelog.engines._nats_setup import NatsConfig, ensure_meta, ensure_stream, 
 from tidelog.engines.base import (
     GroupEngine,
     HeadWatch,
+    check_checkpoint,
     check_position,
     config_from_url,
     log_filter,
@@ -1133,7 +1134,7 @@ class NatsEngine(GroupEngine):
         appends: Mapping[str, AppendRequest] | None = None,
     ) -> dict[str, AppendResult]:
         self._check_open()
-        check_position(position)
+        check_checkpoint(position)
         validate_group_key(group, category)
 
         async def fence() -> tuple[int, wire.GroupDoc]:

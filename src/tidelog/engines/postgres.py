@@ -61,7 +61,7 @@ from tidelog.engines.base import (
     GroupEngine,
     GroupState,
     HeadWatch,
-    check_position,
+    check_checkpoint,
     config_from_url,
     prepare_append,
     prepare_append_many,
@@ -931,7 +931,7 @@ class PostgresEngine(GroupEngine):
         appends: Mapping[str, AppendRequest] | None = None,
     ) -> dict[str, AppendResult]:
         self._check_open()
-        check_position(position)
+        check_checkpoint(position)
         await self._ensure_group(group, category)
         results: dict[str, AppendResult] = {}
         head = 0

@@ -50,6 +50,10 @@ from tidelog.model import (
 
 __all__ = ["RemoteConfig", "RemoteEngine", "open_engine"]
 
+_MAX_START = 2**62
+"""The largest read start the HTTP API takes. No log gets that far, so a start
+beyond it finds what this one finds: nothing."""
+
 T = TypeVar("T")
 
 
@@ -160,7 +164,7 @@ class RemoteEngine(GroupEngine):
         self._check_open()
         name = prepare_read_stream(stream, from_version, backwards, limit)
         remaining = limit
-        version = from_version
+        version = min(from_version, _MAX_START)
         while True:
             # at least one request, even for limit=0: the server says if the stream is deleted
             page = self.config.page if remaining is None else min(remaining, self.config.page)
@@ -221,7 +225,7 @@ class RemoteEngine(GroupEngine):
             return
         params = _filter_params(filters)
         remaining = limit
-        position = from_position
+        position = min(from_position, _MAX_START)
         while remaining is None or remaining > 0:
             page = self.config.page if remaining is None else min(remaining, self.config.page)
             got = await self._call(
@@ -264,7 +268,8 @@ class RemoteEngine(GroupEngine):
             while True:
                 self._check_open()
                 await self._watch.wait_beyond(0, None)
-        params = _params({**_filter_params(filters), "from_position": max(from_position, 0)})
+        start = min(max(from_position, 0), _MAX_START)
+        params = _params({**_filter_params(filters), "from_position": start})
         last_seen: int | None = None
         decoder = self._decoder(wire.WireEvent)
         while True:

@@ -72,10 +72,11 @@ from tidelog.engines._sqlite_db import SCHEMA_VERSION, migrate, schema_version
 from tidelog.engines._sqlite_writer import Appends, Checked, CommitThenRaise, Request, Writer
 from tidelog.engines.base import (
     DEFAULT_PARTITIONS,
+    MAX_POSITION,
     GroupEngine,
     GroupState,
     HeadWatch,
-    check_position,
+    check_checkpoint,
     config_from_url,
     prepare_append,
     prepare_append_many,
@@ -438,7 +439,8 @@ class SQLiteEngine(GroupEngine):
             "version <= ? ORDER BY version DESC" if backwards else "version >= ? ORDER BY version"
         )
         sql = f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND {order} LIMIT ?"
-        version = from_version if from_version >= 0 else 2**62
+        # SQLite integers are 64-bit: a start beyond any version is the same as its end
+        version = min(from_version, MAX_POSITION) if from_version >= 0 else MAX_POSITION
         remaining = limit
         first_page = True
         page_size = PAGE_SIZE
@@ -532,7 +534,7 @@ class SQLiteEngine(GroupEngine):
             f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where}"
             " ORDER BY position LIMIT ?"
         )
-        position = max(from_position, 1)
+        position = min(max(from_position, 1), MAX_POSITION)  # beyond: finds nothing
         remaining = limit
 
         def page(conn: sqlite3.Connection, args: tuple[Any, ...]) -> list[Any]:
@@ -581,7 +583,7 @@ class SQLiteEngine(GroupEngine):
             return 0
         index, where, params = _log_filter(*filters)
         sql = f"SELECT count(*) FROM events{index} WHERE position >= ?{where}"
-        args = (max(from_position, 1), *params)
+        args = (min(max(from_position, 1), MAX_POSITION), *params)
 
         def count(conn: sqlite3.Connection) -> int:
             value: int = conn.execute(sql, args).fetchone()[0]
@@ -669,7 +671,7 @@ class SQLiteEngine(GroupEngine):
         appends: Mapping[str, AppendRequest] | None = None,
     ) -> dict[str, AppendResult]:
         self._check_open()
-        check_position(position)
+        check_checkpoint(position)
         validate_group_key(group, category)
         checked: Checked | None = None
         invalid: InvalidInput | None = None

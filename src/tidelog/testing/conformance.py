@@ -876,6 +876,17 @@ class LogSuite(SuiteBase):
         assert await store.count_events(0, [], None) == 0
         assert await store.count_events(99) == 0
 
+    async def test_reads_from_beyond_any_position_find_nothing(self, store: tidelog.Store) -> None:
+        """A start past the largest storable position or version (2**63 - 1) is no
+        error (a driver's integer overflow must not leak out): nothing is there."""
+        await store.append("order-1", [ev(), ev()])
+        for start in (2**63 - 1, 2**63, 2**70):
+            assert [e async for e in store.read_all(from_position=start)] == []
+            assert await store.count_events(start) == 0
+            assert [e async for e in store.read_stream("order-1", from_version=start)] == []
+            backwards = store.read_stream("order-1", from_version=start, backwards=True)
+            assert [e.version async for e in backwards] == [1, 0]
+
     async def test_read_all_partition_filter(self, store: tidelog.Store) -> None:
         count = store.partition_count
         assert isinstance(count, int)
@@ -1294,6 +1305,23 @@ class GroupsSuite(SuiteBase):
         assert 0 in current.partitions
         await store.commit("billing", "order", 0, 9, member="m1", generation=current.generation)
         assert await store.checkpoints("billing", "order") == {0: 9}
+
+    async def test_commit_of_an_unstorable_position_is_refused(self, store: tidelog.Store) -> None:
+        m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await store.commit("billing", "order", 0, 2**63 - 1, member="m1", generation=m.generation)
+        for position in (2**63, 2**70, -1):
+            with pytest.raises(tidelog.InvalidInput):
+                await store.commit(
+                    "billing",
+                    "order",
+                    0,
+                    position,
+                    member="m1",
+                    generation=m.generation,
+                    appends={"invoice-1": tidelog.AppendRequest([ev()])},
+                )
+        assert await store.checkpoints("billing", "order") == {0: 2**63 - 1}
+        assert [e async for e in store.read_all()] == []
 
     async def test_commit_by_non_owner_is_fenced(self, store: tidelog.Store) -> None:
         if store.partition_count < 2:
