@@ -267,7 +267,7 @@ class RemoteEngine(GroupEngine):
             # so wait for the close like a local subscription with nothing to yield
             while True:
                 self._check_open()
-                await self._watch.wait_beyond(0, None)
+                await self._watch.wait_beyond(self._watch.head, None)  # until close
         start = min(max(from_position, 0), _MAX_START)
         params = _params({**_filter_params(filters), "from_position": start})
         last_seen: int | None = None

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import inspect
 import pathlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID, uuid4
@@ -1110,22 +1110,11 @@ class LogSuite(SuiteBase):
             async for e in store.subscribe(**empty):
                 received.append(e)
 
-        task = asyncio.create_task(consume())
-        try:
-            # a subscription without that filter gets the events, live ones too
-            async with subscribed(store) as everything:
-                await take(everything, 1)
-                await store.append("order-2", [ev("Created")])
-                await take(everything, 1)
-            await store.close()
-            with pytest.raises(tidelog.StoreClosed):
-                async with asyncio.timeout(WAIT):
-                    await task
-        finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            await store.close()
+        # a subscription without that filter gets the events, live ones too
+        async with _until_store_closed(store, consume), subscribed(store) as everything:
+            await take(everything, 1)
+            await store.append("order-2", [ev("Created")])
+            await take(everything, 1)
         assert received == []
 
     async def test_multiple_subscribers_each_get_everything(self, store: tidelog.Store) -> None:
@@ -1150,20 +1139,29 @@ class LogSuite(SuiteBase):
                 received.append(e)
                 caught_up.set()
 
-        task = asyncio.create_task(consume())
-        try:
-            async with asyncio.timeout(WAIT):
-                await caught_up.wait()
-            await store.close()
-            with pytest.raises(tidelog.StoreClosed):
-                async with asyncio.timeout(WAIT):
-                    await task
-        finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            await store.close()
+        async with _until_store_closed(store, consume), asyncio.timeout(WAIT):
+            await caught_up.wait()
         assert [e.position for e in received] == [1]
+
+
+@contextlib.asynccontextmanager
+async def _until_store_closed(
+    store: tidelog.Store, consume: Callable[[], Coroutine[Any, Any, None]]
+) -> AsyncIterator[None]:
+    """Run `consume` (a subscriber) as a task during the block; then close the
+    store, and the subscription must end with `StoreClosed`."""
+    task = asyncio.create_task(consume())
+    try:
+        yield
+        await store.close()
+        with pytest.raises(tidelog.StoreClosed):
+            async with asyncio.timeout(WAIT):
+                await task
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await store.close()
 
 
 # =========================================================================== layer 3
