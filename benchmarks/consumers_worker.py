@@ -19,9 +19,8 @@ _started: list[bool] = []
 app = App(
     "bench",
     os.environ.get("BENCH_STORE"),
-    options=RunnerOptions(
-        lease=float(os.environ.get("BENCH_LEASE", "3.0")), max_in_flight=4000, page_size=500
-    ),
+    # the default options but the lease: the figure is what users get
+    options=RunnerOptions(lease=float(os.environ.get("BENCH_LEASE", "3.0"))),
 )
 
 

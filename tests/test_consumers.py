@@ -579,3 +579,33 @@ async def test_a_partition_that_caught_up_commits_without_waiting_for_the_interv
     await eventually_async(lambda: store.checkpoints("g", "order"), lambda cps: cps == last)
     assert handled == 60
     await run.stop()
+
+
+async def test_waiting_workers_take_later_events_and_end_at_once_on_stop(
+    store: tidelog.Store,
+) -> None:
+    """A worker that ran out of events waits for the next page instead of ending.
+
+    `stop` ends a waiting worker at once: with an hour of grace, waiting for it
+    would trip `Running.stop`'s 30 s guard.
+    """
+    await fill(store, streams=6, per_stream=2)
+    seen: list[tuple[str, bytes]] = []
+    app = App("t", store, options=replace(FAST, shutdown_timeout=3600.0))
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        seen.append((event.stream, event.data))
+
+    run = Running(app)
+    await eventually(lambda: len(seen) == 12, what="the first events")
+    await asyncio.sleep(0.1)  # every worker has run out of events by now
+    await fill(store, streams=6, per_stream=2)
+    await eventually(lambda: len(seen) == 24, what="the later events")
+    await run.stop()
+    by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
+    for stream, data in seen:
+        by_stream[stream].append(data)
+    assert by_stream == {
+        f"order-{s}": [f"{s}:{v}".encode() for v in (0, 1, 0, 1)] for s in range(6)
+    }

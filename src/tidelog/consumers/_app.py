@@ -93,10 +93,14 @@ class RunnerOptions:
     """Default: a third of the lease."""
     concurrency: int = 64
     """Handler calls running at once in this process, over all partitions."""
-    max_in_flight: int = 1000
+    max_in_flight: int = 2000
     """Events fetched but not yet finished, per group consumer: reading pauses at
-    this bound, so memory stays bounded whatever the backlog."""
-    page_size: int = 256
+    this bound, so memory stays bounded whatever the backlog. Twice `page_size`:
+    the handlers work through one page while the next is read."""
+    page_size: int = 1000
+    """Events per read, at most. A read costs a query and a wake-up of every
+    partition's worker, so a backlog is read in big pages; a consumer that has
+    caught up gets what is there, one event or more, as soon as it is there."""
     commit_interval: float = 0.2
     """Seconds between checkpoint commits of a partition that made progress."""
     commit_every: int = 500

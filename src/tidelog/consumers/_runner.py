@@ -227,6 +227,8 @@ class _PartitionRun:
         self.workers: set[asyncio.Task[None]] = set()
         self.spare = 0
         """Workers not inside a handling: the next ready item needs no new task."""
+        self.idle: asyncio.Future[None] | None = None
+        """Set while a worker waits for items (at most one does; it counts as spare)."""
         self.staff_due = False
         """A `_staff` call is scheduled for when the running worker yields (see `_take`)."""
         self.running = consumer.running
@@ -276,6 +278,9 @@ class _PartitionRun:
     async def stop(self, deadline: float | None) -> None:
         """Stop reading; let queued events finish until `deadline` (None: abandon), commit."""
         self.stopping = True
+        if self.idle is not None:
+            self.idle.set_result(None)  # the waiting worker ends: nothing more comes
+            self.idle = None
         if self.starter is not None:
             await cancel_and_wait(self.starter)
         while deadline is not None and (left := deadline - time.monotonic()) > 0:
@@ -400,7 +405,13 @@ class _PartitionRun:
         workers per partition (one in batch mode); `_Limiter` bounds the
         handler calls over all partitions.
         """
-        if self.spare or not self.ready or len(self.workers) >= self.max_workers:
+        if self.spare:
+            idle = self.idle
+            if idle is not None and self.ready:
+                self.idle = None
+                idle.set_result(None)
+            return
+        if not self.ready or len(self.workers) >= self.max_workers:
             return
         if self.workers and not self.running.free:
             return  # a spare would only queue for a slot
@@ -420,11 +431,26 @@ class _PartitionRun:
         self._staff()  # items it left ready get a worker
 
     async def _work(self) -> None:
+        """Work until nothing is ready; then wait for more, unless another worker already does.
+
+        Waiting rather than ending keeps a task alive between pages: the next
+        page wakes it (`_staff`) instead of starting a task, and a task's start
+        and end cost more than handling a few dozen events.
+        """
         try:
-            if self.by_stream:
-                await self._work_streams()
-            else:
-                await self._work_batches()
+            while not self.stopping:
+                if self.by_stream:
+                    await self._work_streams()
+                else:
+                    await self._work_batches()
+                if self.idle is not None or self.ready or self.stopping:
+                    return  # items left ready are another worker's (see `_take`)
+                self.idle = idle = asyncio.get_running_loop().create_future()
+                try:
+                    await idle
+                finally:
+                    if self.idle is idle:
+                        self.idle = None
         except StaleGeneration:
             return  # fenced while stopping: what is unfinished is redelivered
 
@@ -1104,17 +1130,14 @@ class _GroupConsumer:
             try:
                 if not behind:  # the head bounds the wait below if this read finds nothing
                     head = await store.last_position()
-                events = [
-                    event
-                    async for event in store.read_all(
-                        from_position=start,
-                        categories=categories,
-                        types=self.handler.types,
-                        # every partition: no filter to apply to each event
-                        partitions=None if len(live) == count else tuple(live),
-                        limit=n,
-                    )
-                ]
+                events = await store._read_page(
+                    start,
+                    categories,
+                    self.handler.types,
+                    n,
+                    # every partition: no filter to apply to each event
+                    None if len(live) == count else tuple(live),
+                )
             except StoreUnavailable as exc:
                 emit(logging.WARNING, "read_failed", group=self.handler.group, error=repr(exc))
                 await asyncio.sleep(0.5)

@@ -76,6 +76,7 @@ from tidelog.engines.base import (
     GroupEngine,
     GroupState,
     HeadWatch,
+    LogFilter,
     check_checkpoint,
     config_from_url,
     prepare_append,
@@ -251,6 +252,15 @@ def _log_filter(
         )
         params.extend(sorted(parts))
     return index, where, params
+
+
+def _read_all_query(filters: LogFilter) -> tuple[str, list[Any]]:
+    """`read_all`'s query (parameters: the start, `params`, the row limit)."""
+    index, where, params = _log_filter(*filters)
+    sql = (
+        f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where} ORDER BY position LIMIT ?"
+    )
+    return sql, params
 
 
 # --------------------------------------------------------------------------- engine
@@ -529,11 +539,7 @@ class SQLiteEngine(GroupEngine):
         filters = filters.within(self._partitions)
         if limit == 0 or filters.matches_nothing:
             return
-        index, where, params = _log_filter(*filters)
-        sql = (
-            f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where}"
-            " ORDER BY position LIMIT ?"
-        )
+        sql, params = _read_all_query(filters)
         position = min(max(from_position, 1), MAX_POSITION)  # beyond: finds nothing
         remaining = limit
 
@@ -568,6 +574,28 @@ class SQLiteEngine(GroupEngine):
         finally:
             if pending is not None:
                 pending.cancel()
+
+    async def _read_page(
+        self,
+        from_position: int,
+        categories: Collection[str] | None,
+        types: Collection[str] | None,
+        limit: int,
+        partitions: Collection[int] | None,
+    ) -> list[RecordedEvent]:
+        """One query of up to `limit` rows, decoded at once (the events are all kept)."""
+        self._check_open()
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        filters = filters.within(self._partitions)
+        if limit == 0 or filters.matches_nothing:
+            return []
+        sql, params = _read_all_query(filters)
+        args = (min(max(from_position, 1), MAX_POSITION), *params, limit)
+
+        def page(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, args).fetchall()
+
+        return _decode_rows(await self._read(page))
 
     async def count_events(
         self,

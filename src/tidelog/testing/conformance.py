@@ -859,6 +859,40 @@ class LogSuite(SuiteBase):
         with pytest.raises(tidelog.InvalidInput):
             await all_positions(store, types=cast(Any, "Created"))
 
+    async def test_read_page_is_read_all_as_a_list(self, store: tidelog.Store) -> None:
+        """`_read_page`, the consumer reader's call, returns what `read_all` yields."""
+        await self._populate(store)
+        partition = tidelog.partition_of("order-1", store.partition_count)
+        cases: list[tuple[int, list[str] | None, list[str] | None, int, list[int] | None]] = [
+            (0, None, None, 100, None),
+            (3, None, None, 2, None),
+            (0, ["order"], None, 100, None),
+            (2, ["order", "user"], ["Created", "Renamed"], 100, None),
+            (0, ["order"], None, 100, [partition]),
+            (0, [], None, 100, None),
+            (0, None, None, 0, None),
+            (9, None, None, 100, None),
+            (2**70, None, None, 100, None),
+        ]
+        for start, cats, tys, limit, parts in cases:
+            page = await store._read_page(start, cats, tys, limit, parts)
+            assert isinstance(page, list)
+            assert page == await collect(store.read_all(start, cats, tys, limit, parts)), (
+                start,
+                cats,
+                tys,
+                limit,
+                parts,
+            )
+        for bad in (
+            (-1, None, None, 10, None),
+            (0, None, None, -1, None),
+            (0, cast(Any, "order"), None, 10, None),
+            (0, None, None, 10, [-1]),
+        ):
+            with pytest.raises(tidelog.InvalidInput):
+                await store._read_page(*bad)
+
     async def test_count_events_agrees_with_read_all(self, store: tidelog.Store) -> None:
         events = await self._populate(store)
         assert await store.count_events() == len(events)
