@@ -194,7 +194,8 @@ class Context:
         """The runtime's constructor, once per handler call: sets what `__init__` sets.
 
         It takes the run's scope as is and skips `__init__` (a call less): this
-        runs once per delivered event.
+        runs once per delivered event (`_PartitionRun._work_streams` has it
+        written out: keep the two alike).
         """
         self = _new_object(cls)
         self._scope = scope

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -161,9 +161,7 @@ def register(app: typer.Typer) -> None:
         run(main())
         stats = the_app.stats
         if stats is not None:
-            logging.getLogger("tidelog.consumers").info(
-                "stats", extra={"tidelog": dict(vars(stats))}
-            )
+            logging.getLogger("tidelog.consumers").info("stats", extra={"tidelog": asdict(stats)})
 
     @app.command()
     def groups(

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import random
 import time
 from collections import deque
@@ -76,7 +75,7 @@ def emit(level: int, event: str, **fields: Any) -> None:
         log.log(level, event, extra={"tidelog": fields})
 
 
-@dataclass
+@dataclass(slots=True)
 class Stats:
     """Counters of one run, for tests, benchmarks and `tidelog worker` logs."""
 
@@ -197,7 +196,8 @@ _NOT_THE_EVENTS_FAULT = (asyncio.CancelledError, StaleGeneration, StoreUnavailab
 _KNOWN_STREAMS = 100_000
 """How many streams' partitions a reader remembers (a few MB at most)."""
 
-_position = operator.attrgetter("position")
+_new_context = object.__new__
+"""Makes a `Context` without `__init__`: see `Context._deliver`."""
 
 
 class _PartitionRun:
@@ -207,8 +207,8 @@ class _PartitionRun:
         self.c = consumer
         self.p = partition
         self.claim = claim
-        self.pending: deque[int] = deque()
-        """Positions taken from the reader, in log order, up to the lowest unfinished one."""
+        self.pending: deque[RecordedEvent] = deque()
+        """Events taken from the reader, in log order, from the first unfinished one on."""
         self.done: set[int] = set()
         """Finished positions still in `pending` (finished out of log order)."""
         self.fetched_upto = 0
@@ -347,7 +347,7 @@ class _PartitionRun:
 
     def accept(self, events: list[RecordedEvent]) -> None:
         """Take fetched events in log order (their credits are this run's until each finishes)."""
-        self.pending.extend(map(_position, events))
+        self.pending.extend(events)
         self.fetched_upto = events[-1].position
         self.next_position = self.fetched_upto + 1
         self.ready.extend(events)
@@ -359,13 +359,13 @@ class _PartitionRun:
             self.ready.append(_Settle(stream))
             self._staff()
 
-    def _finished(self, position: int) -> None:
+    def _finished(self, event: RecordedEvent) -> None:
         """An event is done with (handled, parked, held or skipped): its credit goes back."""
         pending = self.pending
-        if pending[0] == position:
+        if pending[0] is event:
             pending.popleft()  # finished in log order, as most are: `done` stays out of it
         else:
-            self.done.add(position)
+            self.done.add(event.position)
         credits = self.credits
         credits.used -= 1  # `credits.give(1)`, inline: this runs once per event
         if credits.waiting:
@@ -520,7 +520,7 @@ class _PartitionRun:
             self.direct,
             c.handler,
         )
-        deliver = Context._deliver
+        new_context = _new_context
         ready, held, waiters = self.ready, self.held, running.waiters
         pending, credits, settle_queued = self.pending, self.credits, self.settle_queued
         slot = False
@@ -539,7 +539,15 @@ class _PartitionRun:
                         # an empty DLQ (the usual case) can neither hold nor skip an event
                         if not dlq.entries or await self._gate(event):
                             events = (event,)
-                            ctx = deliver(scope, c.generation, 1, events)
+                            # `Context._deliver(scope, c.generation, 1, events)`, inline
+                            ctx = new_context(Context)
+                            ctx._scope = scope
+                            ctx.generation = c.generation
+                            ctx.attempt = 1
+                            ctx._source = events
+                            ctx._appends = None
+                            ctx._count = 0
+                            ctx._key = None
                             if not slot:
                                 if running.free:
                                     running.free -= 1
@@ -566,11 +574,10 @@ class _PartitionRun:
                                 stats.handled += 1
                                 stats.events_handled += 1
                         # finished (handled, parked, held or skipped)
-                        position = event.position
-                        if pending[0] == position:
+                        if pending[0] is event:
                             pending.popleft()
                         else:
-                            self.done.add(position)
+                            self.done.add(event.position)
                         credits.used -= 1
                         if credits.waiting:
                             credits.freed.set()
@@ -638,7 +645,7 @@ class _PartitionRun:
                 await self._store_unavailable(exc)
                 continue
             for e in batch:
-                self._finished(e.position)
+                self._finished(e)
 
     # ---------------------------------------------------------------- handling
 
@@ -820,9 +827,9 @@ class _PartitionRun:
 
     def committable(self) -> int:
         pending, done = self.pending, self.done
-        while pending and pending[0] in done:
-            done.discard(pending.popleft())
-        return pending[0] - 1 if pending else self.fetched_upto
+        while pending and pending[0].position in done:
+            done.discard(pending.popleft().position)
+        return pending[0].position - 1 if pending else self.fetched_upto
 
     async def _commit_with(self, appends: dict[str, AppendRequest]) -> None:
         """Commit appends with this partition's checkpoint; fenced, or idempotent without tx."""
