@@ -207,8 +207,13 @@ class _PartitionRun:
         self.c = consumer
         self.p = partition
         self.claim = claim
-        self.pending: deque[RecordedEvent] = deque()
-        """Events taken from the reader, in log order, from the first unfinished one on."""
+        self.pending: deque[int] = deque()
+        """Positions taken from the reader, in log order, from the first unfinished one on.
+
+        Positions, not the events: behind an event that takes long (a handler
+        that waits, retries with backoff), the finished ones pile up here until
+        it finishes, and they must not keep their data alive.
+        """
         self.done: set[int] = set()
         """Finished positions still in `pending` (finished out of log order)."""
         self.fetched_upto = 0
@@ -347,7 +352,7 @@ class _PartitionRun:
 
     def accept(self, events: list[RecordedEvent]) -> None:
         """Take fetched events in log order (their credits are this run's until each finishes)."""
-        self.pending.extend(events)
+        self.pending.extend([e.position for e in events])
         self.fetched_upto = events[-1].position
         self.next_position = self.fetched_upto + 1
         self.ready.extend(events)
@@ -359,13 +364,13 @@ class _PartitionRun:
             self.ready.append(_Settle(stream))
             self._staff()
 
-    def _finished(self, event: RecordedEvent) -> None:
+    def _finished(self, position: int) -> None:
         """An event is done with (handled, parked, held or skipped): its credit goes back."""
         pending = self.pending
-        if pending[0] is event:
+        if pending[0] == position:
             pending.popleft()  # finished in log order, as most are: `done` stays out of it
         else:
-            self.done.add(event.position)
+            self.done.add(position)
         credits = self.credits
         credits.used -= 1  # `credits.give(1)`, inline: this runs once per event
         if credits.waiting:
@@ -574,10 +579,11 @@ class _PartitionRun:
                                 stats.handled += 1
                                 stats.events_handled += 1
                         # finished (handled, parked, held or skipped)
-                        if pending[0] is event:
+                        position = event.position
+                        if pending[0] == position:
                             pending.popleft()
                         else:
-                            self.done.add(event.position)
+                            self.done.add(position)
                         credits.used -= 1
                         if credits.waiting:
                             credits.freed.set()
@@ -645,7 +651,7 @@ class _PartitionRun:
                 await self._store_unavailable(exc)
                 continue
             for e in batch:
-                self._finished(e)
+                self._finished(e.position)
 
     # ---------------------------------------------------------------- handling
 
@@ -827,9 +833,9 @@ class _PartitionRun:
 
     def committable(self) -> int:
         pending, done = self.pending, self.done
-        while pending and pending[0].position in done:
-            done.discard(pending.popleft().position)
-        return pending[0].position - 1 if pending else self.fetched_upto
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
+        return pending[0] - 1 if pending else self.fetched_upto
 
     async def _commit_with(self, appends: dict[str, AppendRequest]) -> None:
         """Commit appends with this partition's checkpoint; fenced, or idempotent without tx."""
