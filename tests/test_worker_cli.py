@@ -11,9 +11,11 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -64,10 +66,29 @@ def worker_env(tmp_path: pathlib.Path) -> dict[str, str]:
     return dict(os.environ, FLAKY_STORE=url, FAIL_FILE=str(fail), URL=url)
 
 
-def start_worker(env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's `/metrics`, as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def start_worker(env: dict[str, str], log: pathlib.Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as err:
         return subprocess.Popen(
-            [TIDELOG, "worker", "flaky_app:app", "--concurrency", "4"],
+            [TIDELOG, "worker", "flaky_app:app", "--concurrency", "4", *args],
             cwd=WORKERS,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -83,7 +104,8 @@ def test_worker_groups_and_dlq_end_to_end(
     asyncio.run(_append(url, {f"order-{i}": [b"ok", b"ok", b"ok"] for i in range(8)}))
     asyncio.run(_append(url, {"order-3": [b"bad", b"ok"]}))
     log = tmp_path / "worker.log"
-    worker = start_worker(worker_env, log)
+    port = free_port()
+    worker = start_worker(worker_env, log, "--metrics-port", str(port))
     try:
         wait_until(lambda: len(cli(url, "dlq", "list", "billing")) == 2, "parked + held in the DLQ")
         parked = cli(url, "dlq", "list", "billing")
@@ -106,6 +128,18 @@ def test_worker_groups_and_dlq_end_to_end(
 
         rows = wait_until(settled, "checkpoints at the head")
         assert {r["partition"] for r in rows} == set(range(4))
+
+        # the worker's own metrics: its Stats, as Prometheus counters
+        metrics = scrape(port)
+        app = '{app="flaky"}'
+        assert metrics[f"tidelog_worker_events_handled_total{app}"] == 24  # 8 streams x 3
+        assert metrics[f"tidelog_worker_parked_total{app}"] == 1
+        assert metrics[f"tidelog_worker_held_total{app}"] == 1
+        assert metrics[f"tidelog_worker_retries_total{app}"] == 1  # max_attempts=2
+        assert metrics[f"tidelog_worker_partitions_started_total{app}"] == 4
+        assert metrics[f"tidelog_worker_commits_total{app}"] >= 4
+        assert metrics[f"tidelog_worker_refused_commits_total{app}"] == 0
+        assert metrics[f'tidelog_build_info{{version="{tidelog.__version__}"}}'] == 1
         assert len({r["owner"] for r in rows}) == 1 and rows[0]["owner"]
         assert all(r["group"] == "billing" and r["category"] == "order" for r in rows)
 
@@ -153,3 +187,27 @@ def test_worker_refuses_a_target_that_is_not_an_app(tmp_path: pathlib.Path) -> N
     )
     assert result.exit_code == 1
     assert "not a tidelog.App" in result.stderr
+
+
+def test_worker_refuses_a_metrics_port_in_use(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(WORKERS))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            cli_app,
+            [
+                "--store",
+                f"sqlite:///{tmp_path}/x.db",
+                "worker",
+                "flaky_app:app",
+                "--metrics-port",
+                str(port),
+            ],
+        )
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "x.db").exists()  # refused before the store was opened

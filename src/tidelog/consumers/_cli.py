@@ -114,6 +114,13 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Seconds to finish in-flight events after SIGTERM/SIGINT."),
         ] = None,
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
+        ] = None,
+        metrics_host: Annotated[
+            str, typer.Option(help="Address the metrics endpoint listens on.")
+        ] = "127.0.0.1",
     ) -> None:
         """Run an app's handlers: join their groups, consume, stop cleanly on SIGTERM/SIGINT.
 
@@ -138,6 +145,16 @@ def register(app: typer.Typer) -> None:
             the_app.options = replace(the_app.options, **changes)
         if the_app.store is None:
             the_app.store = settings(ctx).store
+        if metrics_port is not None:
+            from ._metrics import serve_metrics
+
+            try:
+                serve_metrics(the_app, metrics_host, metrics_port)
+            except OSError as exc:
+                raise typer.BadParameter(
+                    f"cannot listen on {metrics_host}:{metrics_port}: {exc.strerror}",
+                    param_hint="--metrics-port",
+                ) from None
         _tune_gc()
 
         async def main() -> None:

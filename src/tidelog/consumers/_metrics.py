@@ -1,0 +1,73 @@
+"""Prometheus metrics of a worker process: `tidelog worker --metrics-port N`.
+
+The figures are the runtime's `Stats`, read when Prometheus scrapes: the
+consumers only ever add to plain integers, and prometheus-client's HTTP thread
+reads them, so a worker pays nothing per event for being scraped. Lag is not
+here: it is a property of the store, which the server's `/metrics` reports for
+every group, whoever consumes it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+import tidelog
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["COUNTERS", "serve_metrics"]
+
+COUNTERS: dict[str, str] = {
+    "handled": "Successful handler calls (events, or batches)",
+    "events_handled": "Events handled successfully",
+    "retries": "Handler failures that were retried",
+    "parked": "Events parked in the group's DLQ after their last attempt",
+    "held": "Events held in the DLQ behind a parked event of their stream",
+    "skipped_parked": "Redelivered events the DLQ already holds or settled",
+    "commits": "Checkpoint commits",
+    "refused_commits": "Commits the engine refused: this member was fenced",
+    "stale_heartbeats": "Heartbeats refused because the lease was gone",
+    "rejoins": "Times this worker joined its groups again after losing its lease",
+    "partitions_started": "Partitions this worker started consuming",
+    "partitions_revoked": "Partitions this worker gave up (rebalance, lease lost, stop)",
+}
+"""`Stats` fields exported as `tidelog_worker_<field>_total`, with their help text."""
+
+
+class _StatsCollector(Collector):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("tidelog_build", "tidelog build information")
+        info.add_metric([], {"version": tidelog.__version__})
+        yield info
+        stats = self.app.stats  # None until the app runs
+        labels = [self.app.name]
+        for field, text in COUNTERS.items():
+            family = CounterMetricFamily(f"tidelog_worker_{field}", text, labels=["app"])
+            family.add_metric(labels, getattr(stats, field) if stats is not None else 0)
+            yield family
+        peak = GaugeMetricFamily(
+            "tidelog_worker_peak_in_flight",
+            "Most events fetched and not yet finished at once, per group consumer",
+            labels=["app"],
+        )
+        peak.add_metric(labels, stats.peak_in_flight if stats is not None else 0)
+        yield peak
+
+
+def serve_metrics(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve `app`'s metrics at http://host:port/metrics from a daemon thread."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_StatsCollector(app))
+    return start_http_server(port, addr=host, registry=registry)
