@@ -244,6 +244,30 @@ async def test_acl_prefix_confusion_and_global_log(server: tuple[str, tidelog.St
         r = await bob.get("/v1/subscribe")
         _tried("subscribe global without grant")
         assert r.status_code == 403
+        # counts need the categories' read grant too, and a category at all
+        await store.append("order-1", [tidelog.NewEvent(type="X"), tidelog.NewEvent(type="Y")])
+        r = await bob.get("/v1/log/count?category=order")
+        assert (r.status_code, r.json()) == (200, {"count": 2})
+        r = await bob.get("/v1/log/count?category=order&from_position=999")
+        assert r.json() == {"count": 0}
+        for query, status in [
+            ("category=carts", 403),
+            ("category=order&category=carts", 403),
+            ("", 400),
+            ("category=order&partition=-1", 400),
+            ("category=order&from_position=-1", 400),
+            ("category=order&partition=x", 400),
+            ("category=..%2Fx", 403),  # refused before it is validated, as for reads
+        ]:
+            r = await bob.get(f"/v1/log/count?{query}")
+            _tried(f"count {query}")
+            assert r.status_code == status, (query, r.status_code, r.text)
+        async with _client(url) as admin:
+            r = await admin.get("/v1/log/count")
+            _tried("count of the whole log")
+            assert r.status_code == 400, r.text
+            r = await admin.get("/v1/log/count?category=..%2Fx")
+            assert r.json() == {"count": 0}  # no such category, as `/v1/log` reads it
         r = await bob.delete("/v1/streams/order-1")
         _tried("delete without admin")
         assert r.status_code == 403

@@ -214,6 +214,10 @@ class WireHead(msgspec.Struct, kw_only=True):
     position: int
 
 
+class WireCount(msgspec.Struct, kw_only=True):
+    count: int
+
+
 class WireInfo(msgspec.Struct, kw_only=True):
     engine: str
     partition_count: int

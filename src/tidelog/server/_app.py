@@ -335,6 +335,24 @@ async def read_all(
     return wire.WirePage(events=events)
 
 
+@get("/v1/log/count", summary="Count the events of categories (consumer lag)")
+async def count_events(
+    state: State,
+    access: AccessDep,
+    category: FromQuery[list[str]],
+    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+    partition: FromQuery[list[int] | None] = None,
+) -> wire.WireCount:
+    """How many events of these categories (and partitions) are at `from_position` or later.
+
+    Categories are required: a count of the whole log would include system
+    streams that `$all` does not grant, so it is refused rather than filtered.
+    """
+    rt = _runtime(state)
+    _need_categories(access, category, Permission.READ)
+    return wire.WireCount(count=await rt.store.count_events(from_position, category, partition))
+
+
 @get("/v1/log/head", summary="The newest position")
 async def head(state: State, access: AccessDep) -> wire.WireHead:
     return wire.WireHead(position=await _runtime(state).store.last_position())
@@ -660,6 +678,7 @@ ROUTES = [
     purge_stream,
     list_streams,
     read_all,
+    count_events,
     head,
     info,
     subscribe,
