@@ -211,3 +211,13 @@ def test_worker_refuses_a_metrics_port_in_use(
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert not (tmp_path / "x.db").exists()  # refused before the store was opened
+
+
+def test_every_stats_counter_is_exported() -> None:
+    """A counter added to `Stats` gets its metric (the gauge is the one non-counter)."""
+    from dataclasses import fields
+
+    from tidelog.consumers._metrics import COUNTERS
+    from tidelog.consumers._runner import Stats
+
+    assert set(COUNTERS) == {f.name for f in fields(Stats)} - {"peak_in_flight"}

@@ -76,7 +76,6 @@ from tidelog.engines.base import (
     GroupEngine,
     GroupState,
     HeadWatch,
-    LogFilter,
     check_checkpoint,
     config_from_url,
     prepare_append,
@@ -254,13 +253,27 @@ def _log_filter(
     return index, where, params
 
 
-def _read_all_query(filters: LogFilter) -> tuple[str, list[Any]]:
-    """`read_all`'s query (parameters: the start, `params`, the row limit)."""
+def _read_all_plan(
+    from_position: int,
+    categories: Collection[str] | None,
+    types: Collection[str] | None,
+    limit: int | None,
+    partitions: Collection[int] | None,
+    partition_count: int,
+) -> tuple[str, list[Any], int] | None:
+    """A log read's query, its filter parameters and its first position; None: no rows.
+
+    The query's parameters are the first position, `params`, then the row limit.
+    """
+    filters = prepare_read_all(from_position, categories, types, limit, partitions)
+    filters = filters.within(partition_count)
+    if limit == 0 or filters.matches_nothing:
+        return None
     index, where, params = _log_filter(*filters)
     sql = (
         f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where} ORDER BY position LIMIT ?"
     )
-    return sql, params
+    return sql, params, min(max(from_position, 1), MAX_POSITION)  # beyond: finds nothing
 
 
 # --------------------------------------------------------------------------- engine
@@ -535,12 +548,10 @@ class SQLiteEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
-        filters = filters.within(self._partitions)
-        if limit == 0 or filters.matches_nothing:
+        plan = _read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
+        if plan is None:
             return
-        sql, params = _read_all_query(filters)
-        position = min(max(from_position, 1), MAX_POSITION)  # beyond: finds nothing
+        sql, params, position = plan
         remaining = limit
 
         def page(conn: sqlite3.Connection, args: tuple[Any, ...]) -> list[Any]:
@@ -585,12 +596,11 @@ class SQLiteEngine(GroupEngine):
     ) -> list[RecordedEvent]:
         """One query of up to `limit` rows, decoded at once (the events are all kept)."""
         self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
-        filters = filters.within(self._partitions)
-        if limit == 0 or filters.matches_nothing:
+        plan = _read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
+        if plan is None:
             return []
-        sql, params = _read_all_query(filters)
-        args = (min(max(from_position, 1), MAX_POSITION), *params, limit)
+        sql, params, position = plan
+        args = (position, *params, limit)
 
         def page(conn: sqlite3.Connection) -> list[Any]:
             return conn.execute(sql, args).fetchall()
