@@ -12,8 +12,8 @@ import json
 import logging
 import pathlib
 import subprocess
-from collections.abc import Iterator
-from uuid import uuid4
+from collections.abc import Iterator, Sequence
+from uuid import UUID, uuid4
 
 import nats
 import nats.js.errors
@@ -548,6 +548,36 @@ async def test_two_engines_appending_concurrently_lose_and_duplicate_nothing(
     print(f"real expected-version conflicts on shared streams: {real_conflicts[0]}")
 
 
+@pytest.mark.parametrize("same_id", [False, True], ids=["new-event", "same-id"])
+async def test_a_lost_race_rereads_only_the_subject_it_lost_on(same_id: bool) -> None:
+    """Another process wrote the stream this engine has cached: the batch loses the
+    race on that stream's subject, re-reads only it and commits, with no id
+    lookups. Lost on an id stored meanwhile, it looks the ids up and the append is
+    recognised as a retry."""
+    url = store_url()
+    async with tidelog.connect(url) as a, tidelog.connect(url) as b:
+        assert isinstance(b, NatsEngine)
+        await b.append("order-1", [ev()])  # b caches the stream's head
+        event = ev()
+        first = await a.append("order-1", [event])
+        lookups: list[int] = []
+        lookup = b._lookup_ids
+
+        async def counted(ids: Sequence[UUID]) -> dict[UUID, tuple[str, int, int]]:
+            lookups.append(len(ids))
+            return await lookup(ids)
+
+        b._lookup_ids = counted  # type: ignore[method-assign]
+        result = await b.append("order-1", [event if same_id else ev()])
+        if same_id:
+            assert result == first
+            assert lookups == [1]
+        else:
+            assert (result.version, result.position) == (2, 3)
+            assert lookups == []
+        assert await b.last_position() == (2 if same_id else 3)
+
+
 async def test_subscriber_fed_by_its_writer_still_polls_for_other_processes() -> None:
     """Caught up on this engine's own commits, a subscriber still finds other writers'
     events by polling the stream, even when no wake-up for them arrives."""
@@ -573,11 +603,20 @@ async def test_subscriber_fed_by_its_writer_still_polls_for_other_processes() ->
 
 
 async def test_concurrent_transactional_commits_and_appends_share_the_writer() -> None:
-    """Commits of one group replace one document: they go into separate batches, and
-    appends around them still commit; a stale member fails alone."""
+    """Commits of one group and appends around them go into one atomic batch, which
+    writes the group document once; a stale member fails alone."""
     async with tidelog.connect(store_url(partitions=4)) as store:
+        assert isinstance(store, NatsEngine)
         m = await store.join_group("billing", "order", "m1")
         assert m.partitions == (0, 1, 2, 3)
+        batches: list[list[str]] = []
+        publish = store._publish_batch
+
+        async def counted(msgs: Sequence[tuple[str, bytes, dict[str, str]]]) -> int:
+            batches.append([subject for subject, _, _ in msgs])
+            return await publish(msgs)
+
+        store._publish_batch = counted  # type: ignore[method-assign]
 
         async def commit(partition: int) -> dict[str, tidelog.AppendResult]:
             return await store.commit(
@@ -612,6 +651,9 @@ async def test_concurrent_transactional_commits_and_appends_share_the_writer() -
         assert await store.last_position() == 14
         streams = {e.stream async for e in store.read_all()}
         assert "invoice-x" not in streams and len(streams) == 14
+        # one batch: 14 events, their 14 id-index entries, the group once, the head
+        assert len(batches) == 1 and len(batches[0]) == 30
+        assert sum(".groups." in subject for subject in batches[0]) == 1
 
 
 # --------------------------------------------------------------------------- groups as KV entries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -15,7 +16,19 @@ __all__ = ["ApiError", "Conflict", "NotFound", "raise_api", "translated"]
 
 
 class Conflict(Exception):
-    """A compare-and-set lost a race: re-read and try again."""
+    """A compare-and-set lost a race: re-read and try again.
+
+    `last_seq` is the stream sequence the server found on the subject whose
+    check failed (its current last message), when the error named it: looking
+    that message up tells which subject lost the race.
+    """
+
+    def __init__(self, last_seq: int | None = None) -> None:
+        super().__init__(last_seq)
+        self.last_seq = last_seq
+
+
+_LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
 
 
 class ApiError(Exception):
@@ -39,7 +52,8 @@ def translated(what: str) -> Iterator[None]:
         raise
     except ApiError as exc:
         if exc.err_code in wire.WRONG_LAST_SEQUENCE:
-            raise Conflict() from exc
+            found = _LAST_SEQ.search(exc.description)
+            raise Conflict(int(found[1]) if found else None) from exc
         raise StoreUnavailable(f"{what}: JetStream error {exc}") from exc
     except nats.errors.MaxPayloadError as exc:
         raise InvalidEvent(f"{what}: an event is larger than the server's max_payload") from exc

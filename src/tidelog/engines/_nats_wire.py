@@ -151,8 +151,12 @@ class Layout:
         c = "*" if category is None else category
         return f"{self.root}.e.{p}.{c}.*"
 
+    @property
+    def index_prefix(self) -> str:
+        return f"{self.root}.i."
+
     def index_subject(self, event_id: UUID) -> str:
-        return f"{self.root}.i.{event_id.hex}"
+        return f"{self.index_prefix}{event_id.hex}"
 
     @staticmethod
     def group_key(group: str, category: str) -> str:

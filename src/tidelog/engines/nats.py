@@ -15,10 +15,11 @@ message is one JetStream atomic batch (nats-server 2.12+, `allow_atomic`):
 - positions are dense and in commit order: each batch numbers its events from
   the `head` message and replaces it in the same batch (compare-and-set), so
   appends are serialised store-wide;
-- group commit: concurrent appends of one engine are queued and a single
-  writer task publishes them together as one batch with one new `head`, each
-  decided on its own (a conflict fails only its append), so in-process appends
-  never race each other on `head`; only other processes' batches can;
+- group commit: concurrent appends and group commits of one engine are queued
+  and a single writer task publishes them together as one batch with one new
+  `head` and each group document written once, each write decided on its own
+  (a conflict fails only its write), so in-process writes never race each
+  other on a compare-and-set; only other processes' batches can;
 - idempotent retries are found in the index, which is written atomically with
   the events, so a retry is recognised however late it comes (no
   deduplication window);
@@ -48,7 +49,6 @@ import random
 import re
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
     Iterator,
@@ -90,7 +90,6 @@ from tidelog.errors import (
     InvalidInput,
     InvalidURL,
     NotSupported,
-    StaleGeneration,
     StoreClosed,
     StoreUnavailable,
     StreamDeleted,
@@ -127,20 +126,44 @@ _STORE_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Message: TypeAlias = tuple[str, bytes, dict[str, str]]
 """(subject, payload, headers) of one message to publish."""
-GroupStep: TypeAlias = Callable[[], Awaitable[Message | None]]
-"""Reads a group document and returns its replacement (or None), raising if fenced out."""
+GroupChange: TypeAlias = Callable[[wire.GroupDoc], Any]
+"""Changes a group document in place and returns the caller's result; raises (keeping
+what it changed before, such as expired leases) to refuse, say a fenced member."""
 
 
 @dataclass(eq=False)
 class _Pending:
-    """One queued all-or-nothing write and the future its caller awaits."""
+    """One queued all-or-nothing write and the future its caller awaits.
+
+    A write appends to `checked` streams, changes the group document `group`
+    (group, category), or both (a transactional commit).
+    """
 
     checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-    group: GroupStep | None
-    group_key: str | None
+    group: tuple[str, str] | None
+    change: GroupChange | None
     size: int
     deadline: float
-    future: asyncio.Future[dict[str, AppendResult]]
+    future: asyncio.Future[Any]
+
+
+@dataclass(eq=False)
+class _GroupDraft:
+    """A group document as one batch changes it: written once, whatever the number of writes."""
+
+    seq: int
+    """The sequence its replacement must expect (compare-and-set)."""
+    doc: wire.GroupDoc
+    before: bytes | None
+    """The document as read (None: there was none, so any write creates it)."""
+    fence: bool = False
+    """A commit with appends took part: write it even if unchanged, as their fence."""
+
+    def message(self, subject: str) -> Message | None:
+        data = wire.encode_group(self.doc)
+        if not self.fence and data == self.before:
+            return None
+        return subject, data, {wire.EXPECTED_LAST_SUBJECT_SEQ: str(self.seq), wire.ROLLUP: "sub"}
 
 
 @dataclass(eq=False)
@@ -152,23 +175,25 @@ class _Plan:
     event_msgs: list[Message] = field(default_factory=list)
     event_streams: list[tuple[str, int]] = field(default_factory=list)
     group_msgs: list[Message] = field(default_factory=list)
-    outcomes: list[tuple[_Pending, dict[str, AppendResult] | TidelogError]] = field(
-        default_factory=list
-    )
+    outcomes: list[tuple[_Pending, object]] = field(default_factory=list)
+    """Each write's result (append results, or its group change's) or TidelogError."""
     msgs: list[Message] = field(default_factory=list)
     last_event: dict[str, tuple[int, int]] = field(default_factory=dict)
     """stream -> (index in `msgs` of its last event, that event's version)."""
 
     def finish(self, head_subject: str, head_seq: int) -> None:
-        """Lay the batch out: id-index entries, events, group documents, then the new head."""
-        if not self.event_msgs and not self.group_msgs:
-            return
-        head = (
-            head_subject,
-            str(self.last_position).encode(),
-            {wire.EXPECTED_LAST_SUBJECT_SEQ: str(head_seq), wire.ROLLUP: "sub"},
-        )
-        self.msgs = [*self.index_msgs, *self.event_msgs, *self.group_msgs, head]
+        """Lay the batch out: id-index entries, events, group documents, then the new head.
+
+        A batch without events leaves `head` alone: group changes need no position.
+        """
+        self.msgs = [*self.index_msgs, *self.event_msgs, *self.group_msgs]
+        if self.event_msgs:
+            head = (
+                head_subject,
+                str(self.last_position).encode(),
+                {wire.EXPECTED_LAST_SUBJECT_SEQ: str(head_seq), wire.ROLLUP: "sub"},
+            )
+            self.msgs.append(head)
         base = len(self.index_msgs)
         for i, (stream, version) in enumerate(self.event_streams):
             self.last_event[stream] = (base + i, version)
@@ -396,21 +421,29 @@ class NatsEngine(GroupEngine):
 
     # ------------------------------------------------------------------ group commit
     #
-    # Every append in this process that moves `head` (append, append_many, a
-    # commit with appends) goes through one queue. A single writer task takes
-    # what is queued, decides each append against state read once for the
-    # batch, and publishes the survivors as ONE atomic batch with one new
-    # `head`: in-process appends never race each other on `head`, and a
-    # conflict fails only its own append. Races with other processes show up
-    # as a failed compare-and-set and make the writer re-read and retry.
+    # Every write of this process goes through one queue: appends (which move
+    # `head`) and group commits, with or without appends (which change a group
+    # document; joins, heartbeats and leaves do not wait in it). A single
+    # writer task takes what is queued, decides each write against state read
+    # once for the batch, and publishes the survivors as ONE atomic batch,
+    # with one new `head` and each group document written once: in-process
+    # writes never race each other on a compare-and-set, a conflict fails only
+    # its own write, and a worker's many commits share a batch (an atomic
+    # batch costs the server several times a single publish). Races with
+    # other processes show up as a failed compare-and-set and make the writer
+    # re-read and retry.
 
     def _write(
         self,
         checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]],
-        group: GroupStep | None = None,
-        group_key: str | None = None,
-    ) -> asyncio.Future[dict[str, AppendResult]]:
-        """Queue one all-or-nothing write (appends to `checked`, plus a group document)."""
+        group: tuple[str, str] | None = None,
+        change: GroupChange | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one all-or-nothing write: appends to `checked` and/or `change` of a group.
+
+        The future's result is the appends' results, or (without appends) what
+        `change` returned.
+        """
         size = 2 * sum(len(events) for events, _ in checked.values()) + (group is not None)
         if size + 1 > wire.MAX_BATCH_MESSAGES:
             raise NotSupported(
@@ -420,12 +453,12 @@ class NatsEngine(GroupEngine):
                 "(each event takes two: the event and its id-index entry)",
             )
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, AppendResult]] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(
             _Pending(
                 checked=checked,
                 group=group,
-                group_key=group_key,
+                change=change,
                 size=size,
                 deadline=loop.time() + self.config.append_timeout,
                 future=future,
@@ -451,28 +484,19 @@ class NatsEngine(GroupEngine):
                 self._fail(batch, StoreUnavailable(f"append: {type(exc).__name__}: {exc}"))
 
     def _take(self) -> list[_Pending]:
-        """As many queued writes as fit in one atomic batch (the head takes one message).
-
-        Two writes replacing the same group document cannot share a batch (each
-        compares-and-sets it): the later one waits for the next batch.
-        """
+        """As many queued writes as fit in one atomic batch (the head takes one message)."""
         batch: list[_Pending] = []
         rest: collections.deque[_Pending] = collections.deque()
         total = 1
-        keys: set[str] = set()
         while self._queue:
             p = self._queue.popleft()
             if p.future.done():  # the caller was cancelled before its turn
                 continue
-            if total + p.size > wire.MAX_BATCH_MESSAGES or (
-                p.group_key is not None and p.group_key in keys
-            ):
+            if total + p.size > wire.MAX_BATCH_MESSAGES:
                 rest.append(p)
                 continue
             batch.append(p)
             total += p.size
-            if p.group_key is not None:
-                keys.add(p.group_key)
         self._queue = rest
         return batch
 
@@ -486,10 +510,15 @@ class NatsEngine(GroupEngine):
         """Decide and publish `batch`, retrying the whole of it when another process wins.
 
         Level 0 trusts what this process wrote last (cached `head` and stream
-        heads, no id lookups); a lost compare-and-set then re-reads the heads
-        (level 1), and then the id index too (level 2). Every error is decided
-        at level 2, on state read from the stream leader, so a user never sees
-        a conflict that a stale cache made up.
+        heads, no id lookups). A lost compare-and-set names the sequence of the
+        message it lost to, which tells the subject: `head` or a group document
+        (re-read, as always), a stream (its head re-read) or an id (the ids are
+        looked up, level 2). Re-reading only that keeps a retry as cheap as the
+        first try, so a big batch is not starved by other processes' small
+        ones. Lost to something unknown, it re-reads every head (level 1), and
+        then the id index too. Every error is decided at level 2, on state read
+        from the stream leader, so a user never sees a conflict that a stale
+        cache made up.
         """
         loop = asyncio.get_running_loop()
         level = 0
@@ -525,11 +554,17 @@ class NatsEngine(GroupEngine):
             try:
                 with translated("append"):
                     last_seq = await self._publish_batch(plan.msgs)
-            except Conflict:
-                self._forget(batch)
+            except Conflict as exc:
                 conflicts += 1
-                log.debug("append batch lost a compare-and-set race (%d); re-reading", conflicts)
-                level = min(level + 1, 2)
+                lost_on = await self._lost_on(exc)
+                log.debug("write batch lost a compare-and-set race (%d) on %s", conflicts, lost_on)
+                self._log_cache = None
+                streams = {self._layout.stream_subject(s): s for p in batch for s in p.checked}
+                if lost_on in streams:
+                    self._stream_cache.pop(streams[lost_on], None)
+                elif lost_on is None or lost_on.startswith(self._layout.index_prefix):
+                    self._forget(batch)
+                    level = 2 if lost_on else min(level + 1, 2)
                 if conflicts > 1:
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * conflicts)))
                 continue
@@ -542,6 +577,21 @@ class NatsEngine(GroupEngine):
             self._watch.advance(plan.last_position)  # live subscribers take it from `_recent`
             return
 
+    async def _lost_on(self, conflict: Conflict) -> str | None:
+        """The subject whose compare-and-set failed, or None if that cannot be told."""
+        if not conflict.last_seq:  # also a subject purged meanwhile
+            return None
+        try:
+            with translated("append"):
+                resp = await self._api(
+                    f"STREAM.MSG.GET.{self._jstream}", {"seq": conflict.last_seq}
+                )
+        except NotFound:  # rolled up since: `head` or a group document
+            return self._layout.head
+        except TidelogError:
+            return None
+        return wire.parse_api_message(resp["message"]).subject
+
     def _forget(self, batch: Sequence[_Pending]) -> None:
         self._log_cache = None
         for p in batch:
@@ -551,7 +601,8 @@ class NatsEngine(GroupEngine):
     def _remember(self, plan: _Plan, last_seq: int) -> None:
         """Cache the heads this batch left (messages of a batch take consecutive sequences)."""
         n = len(plan.msgs)
-        self._log_cache = (last_seq, plan.last_position)
+        if plan.event_msgs:  # else `head` was not written
+            self._log_cache = (last_seq, plan.last_position)
         if len(self._stream_cache) > STREAM_CACHE:
             self._stream_cache.clear()
         for stream, (index, version) in plan.last_event.items():
@@ -569,41 +620,53 @@ class NatsEngine(GroupEngine):
     async def _plan(self, batch: Sequence[_Pending], level: int) -> _Plan | None:
         """Read the state once and decide every write of `batch` in queue order.
 
-        Returns None when a write fails on state that was not read fresh from
-        the leader with its ids looked up (level < 2): the caller re-plans at level 2.
+        A write's group change comes first (a fenced member is refused before
+        its appends are checked), then its appends; if they fail, the change is
+        undone. Group documents are always read fresh, so their refusals are
+        final. Returns None when an append fails on state that was not read
+        fresh from the leader with its ids looked up (level < 2): the caller
+        re-plans at level 2.
         """
         streams = list(dict.fromkeys(s for p in batch for s in p.checked))
         need = streams if level >= 1 else [s for s in streams if s not in self._stream_cache]
         ids = [e.id for p in batch for events, _ in p.checked.values() for e in events]
+        keys = list(dict.fromkeys(p.group for p in batch if p.group is not None))
 
         async def log_head() -> tuple[int, int]:
             if level == 0 and self._log_cache is not None:
                 return self._log_cache
             return await self._log_head()
 
-        async def group_of(p: _Pending) -> tuple[str, bytes, dict[str, str]] | TidelogError | None:
-            if p.group is None:
-                return None
-            try:
-                return await p.group()
-            except TidelogError as exc:
-                return exc
+        async def draft(key: tuple[str, str]) -> _GroupDraft:
+            seq, doc = await self._group(*key)
+            if doc is None:
+                return _GroupDraft(seq, wire.GroupDoc(), None)
+            return _GroupDraft(seq, doc, wire.encode_group(doc))
 
-        found, (head_seq, position), read, groups = await asyncio.gather(
+        found, (head_seq, position), read, drafts = await asyncio.gather(
             self._lookup_ids(ids) if level >= 2 else _none_found(),
             log_head(),
             asyncio.gather(*(self._head_of(s) for s in need)),
-            asyncio.gather(*(group_of(p) for p in batch)),
+            asyncio.gather(*(draft(k) for k in keys)),
         )
         heads = {s: self._stream_cache[s] for s in streams if s not in need}
         heads.update(zip(need, read, strict=True))
+        groups = dict(zip(keys, drafts, strict=True))
         plan = _Plan(position)
         touched: set[str] = set()
         now = datetime.now(UTC)
-        for p, group_msg in zip(batch, groups, strict=True):
+        for p in batch:
             results: dict[str, AppendResult] = {}
             fresh: list[tuple[str, tuple[NewEvent, ...], int, int]] = []
+            group = None if p.group is None else groups[p.group]
+            undo = None
+            appending = False
             try:
+                changed: object = None
+                if group is not None and p.change is not None:
+                    undo = wire.encode_group(group.doc) if p.checked else None
+                    changed = p.change(group.doc)
+                appending = True
                 for stream, (events, expected) in p.checked.items():
                     stored = {e.id: found[e.id] for e in events if e.id in found}
                     retry = resolve_retry(stream, events, stored)
@@ -615,10 +678,10 @@ class NatsEngine(GroupEngine):
                         raise StreamDeleted(stream)
                     check_expected_version(stream, expected, version)
                     fresh.append((stream, events, seq, -1 if version is None else version))
-                if isinstance(group_msg, TidelogError):
-                    raise group_msg
             except TidelogError as exc:
-                if level < 2 and exc is not group_msg:
+                if group is not None and undo is not None:
+                    group.doc = wire.decode_group(undo)
+                if appending and level < 2:
                     return None
                 plan.outcomes.append((p, exc))
                 continue
@@ -646,9 +709,13 @@ class NatsEngine(GroupEngine):
                     results[stream] = AppendResult(version=version, position=plan.last_position)
                 touched.add(stream)
                 heads[stream] = (seq, results[stream].version, False)
-            if group_msg is not None:
-                plan.group_msgs.append(group_msg)
-            plan.outcomes.append((p, results))
+            if group is not None and p.checked:
+                group.fence = True
+            plan.outcomes.append((p, results if p.change is None or p.checked else changed))
+        for key, group in groups.items():
+            msg = group.message(self._layout.group_subject(*key))
+            if msg is not None:
+                plan.group_msgs.append(msg)
         plan.finish(self._layout.head, head_seq)
         return plan
 
@@ -660,11 +727,13 @@ class NatsEngine(GroupEngine):
     ) -> AppendResult:
         self._check_open()
         name, checked, expected = prepare_append(stream, events, expected_version)
-        return (await self._write({name: (checked, expected)}))[name]
+        results: dict[str, AppendResult] = await self._write({name: (checked, expected)})
+        return results[name]
 
     async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
         self._check_open()
-        return await self._write(prepare_append_many(requests))
+        results: dict[str, AppendResult] = await self._write(prepare_append_many(requests))
+        return results
 
     async def read_stream(
         self,
@@ -1044,39 +1113,34 @@ class NatsEngine(GroupEngine):
             return m.seq, None
         return m.seq, wire.decode_group(m.data)
 
-    def _group_msg(
-        self, group: str, category: str, seq: int, doc: wire.GroupDoc
-    ) -> tuple[str, bytes, dict[str, str]]:
-        return (
-            self._layout.group_subject(group, category),
-            wire.encode_group(doc),
-            {wire.EXPECTED_LAST_SUBJECT_SEQ: str(seq), wire.ROLLUP: "sub"},
-        )
+    async def _update_group(self, group: str, category: str, change: GroupChange) -> Any:
+        """Apply `change` to the group's document with compare-and-set; returns its result.
 
-    async def _update_group(
-        self, group: str, category: str, change: Callable[[wire.GroupDoc], Membership | None]
-    ) -> Membership | None:
-        """Apply `change` to the group's document with compare-and-set.
+        Joins, heartbeats and leaves do not queue behind the writer: when its
+        batches lose races to other processes' appends, a heartbeat waiting
+        for them would cost the member its lease.
 
         As in the memory engine, the document is created by any operation on the
         group and a change made before `change` raises (leases expired) is kept.
         """
         validate_group_key(group, category)
+        subject = self._layout.group_subject(group, category)
         for attempt in range(MAX_ATTEMPTS):
             self._check_open()
             with translated("group"):
                 seq, doc = await self._group(group, category)
                 before = None if doc is None else wire.encode_group(doc)
-                doc = doc or wire.GroupDoc()
+                draft = _GroupDraft(seq, doc or wire.GroupDoc(), before)
                 error: TidelogError | None = None
                 result = None
                 try:
-                    result = change(doc)
+                    result = change(draft.doc)
                 except TidelogError as exc:
                     error = exc
-                if before is None or wire.encode_group(doc) != before:
+                msg = draft.message(subject)
+                if msg is not None:
                     try:
-                        await self._publish_one(*self._group_msg(group, category, seq, doc))
+                        await self._publish_one(*msg)
                     except ApiError as exc:
                         if exc.err_code in wire.WRONG_LAST_SEQUENCE:
                             await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * attempt)))
@@ -1097,8 +1161,7 @@ class NatsEngine(GroupEngine):
             doc.state.join(member, self._now(), lease)
             return doc.state.membership(group, category, member, self.partition_count)
 
-        result = await self._update_group(group, category, change)
-        assert result is not None
+        result: Membership = await self._update_group(group, category, change)
         return result
 
     async def heartbeat(
@@ -1110,8 +1173,7 @@ class NatsEngine(GroupEngine):
             doc.state.heartbeat(group, category, member, self._now(), lease)
             return doc.state.membership(group, category, member, self.partition_count)
 
-        result = await self._update_group(group, category, change)
-        assert result is not None
+        result: Membership = await self._update_group(group, category, change)
         return result
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
@@ -1137,56 +1199,26 @@ class NatsEngine(GroupEngine):
         check_checkpoint(position)
         validate_group_key(group, category)
 
-        async def fence() -> tuple[int, wire.GroupDoc]:
-            """Read the group and refuse a stale member, as the memory engine does."""
-            seq, found = await self._group(group, category)
-            doc = found or wire.GroupDoc()
-            try:
-                doc.state.check(
-                    group,
-                    category,
-                    member,
-                    generation,
-                    partition,
-                    self.partition_count,
-                    self._now(),
-                )
-            except StaleGeneration:
-                if found is None:  # the memory engine creates the group on any operation
-                    with contextlib.suppress(ApiError):
-                        await self._publish_one(*self._group_msg(group, category, seq, doc))
-                raise
-            return seq, doc
+        def fence(doc: wire.GroupDoc) -> dict[str, AppendResult]:
+            """Refuse a stale member, as the memory engine does."""
+            doc.state.check(
+                group, category, member, generation, partition, self.partition_count, self._now()
+            )
+            return {}
 
-        async def group_step() -> tuple[str, bytes, dict[str, str]] | None:
-            seq, doc = await fence()
-            old = doc.checkpoints.get(partition, 0)
-            if not appends and partition in doc.checkpoints and position <= old:
-                return None  # nothing changes; with appends the write still fences them
-            doc.checkpoints[partition] = max(old, position)
-            return self._group_msg(group, category, seq, doc)
+        def change(doc: wire.GroupDoc) -> dict[str, AppendResult]:
+            fence(doc)
+            doc.checkpoints[partition] = max(doc.checkpoints.get(partition, 0), position)
+            return {}
 
-        if not appends:
-            for attempt in range(MAX_ATTEMPTS):
-                self._check_open()
-                with translated("commit"):
-                    msg = await group_step()
-                    if msg is None:
-                        return {}
-                    try:
-                        await self._publish_one(*msg)
-                    except ApiError as exc:
-                        if exc.err_code in wire.WRONG_LAST_SEQUENCE:
-                            await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * attempt)))
-                            continue
-                        raise
-                    return {}
-            raise StoreUnavailable("commit: gave up after too many concurrent writes")
-        # Fencing first (as the memory engine does), then the appends' own validation.
-        with translated("commit"):
-            await fence()
-        key = self._layout.group_subject(group, category)
-        return await self._write(prepare_append_many(appends), group_step, key)
+        try:
+            checked = prepare_append_many(appends) if appends else {}
+        except TidelogError:
+            # Fencing first (as the memory engine does), then the appends' own validation.
+            await self._write({}, (group, category), fence)
+            raise
+        result: dict[str, AppendResult] = await self._write(checked, (group, category), change)
+        return result
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()
