@@ -12,7 +12,7 @@ import os
 import pathlib
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -365,26 +365,30 @@ async def test_lost_listener_reconnects_and_notify_works_again() -> None:
         await subscription.aclose()
 
 
+async def _poison_trigger(schema: str) -> None:
+    """Make the insert of an event of type `Poison` fail, a failure no check foresees."""
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(
+            f"""CREATE FUNCTION "{schema}".poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.type = 'Poison' THEN RAISE EXCEPTION 'poisoned'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER poison BEFORE INSERT ON "{schema}".events
+            FOR EACH ROW EXECUTE FUNCTION "{schema}".poison();"""
+        )
+    finally:
+        await conn.close()
+
+
 async def test_an_unforeseen_write_error_fails_only_its_own_append() -> None:
     """A failure the engine's checks cannot predict (here a trigger) is pinned on its append
     by redoing the batch with a SAVEPOINT per append; the others still commit."""
     store = await _created.open()
     try:
         assert isinstance(store, postgres.PostgresEngine)
-        schema = store.config.schema
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(
-                f"""CREATE FUNCTION "{schema}".poison() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF NEW.type = 'Poison' THEN RAISE EXCEPTION 'poisoned'; END IF;
-                    RETURN NEW;
-                END $$;
-                CREATE TRIGGER poison BEFORE INSERT ON "{schema}".events
-                FOR EACH ROW EXECUTE FUNCTION "{schema}".poison();"""
-            )
-        finally:
-            await conn.close()
+        await _poison_trigger(store.config.schema)
         outcomes = await asyncio.gather(
             *(store.append(f"order-{i}", [ev("Poison" if i == 7 else "Fine")]) for i in range(20)),
             return_exceptions=True,
@@ -395,6 +399,106 @@ async def test_an_unforeseen_write_error_fails_only_its_own_append() -> None:
         events = [e async for e in store.read_all()]
         assert [e.position for e in events] == list(range(1, 20))
         assert "order-7" not in {e.stream for e in events}
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["one-write", "savepoints"])
+async def test_transactional_commits_share_a_group_commit_and_fail_alone(isolate: bool) -> None:
+    """Transactional commits of two groups wait behind a held group commit, then go
+    in one batch. A stale member, a version conflict and (redone with a savepoint
+    each) a failed write fail only their own commit: none of their appends and
+    checkpoints is written. Every other commit's appends are, and its partition's
+    checkpoint moves to the greatest position, never back."""
+    store = await _created.open("partitions=4")
+    try:
+        assert isinstance(store, postgres.PostgresEngine)
+        if isolate:
+            await _poison_trigger(store.config.schema)
+        billing = await store.join_group("billing", "order", "m1", lease=600)
+        audit = await store.join_group("audit", "order", "m1", lease=600)
+        await store.commit("billing", "order", 3, 100, member="m1", generation=billing.generation)
+        commits = 0
+        holding, gate = asyncio.Event(), asyncio.Event()
+
+        async def held_commit() -> None:
+            nonlocal commits
+            commits += 1
+            holding.set()
+            await gate.wait()
+
+        store._before_commit = held_commit
+        held = asyncio.ensure_future(store.append("invoice-taken", [ev()]))
+        await holding.wait()
+
+        def commit(group: str, partition: int, position: int, stream: str, **kw: Any) -> Any:
+            generation = (billing if group == "billing" else audit).generation
+            request = tidelog.AppendRequest(
+                [ev(kw.get("type", "Issued"))], kw.get("expected", tidelog.ANY)
+            )
+            return store.commit(
+                group,
+                "order",
+                partition,
+                position,
+                member="m1",
+                generation=kw.get("generation", generation),
+                appends={stream: request},
+            )
+
+        calls = [commit("billing", i % 4, 10 + i, f"invoice-b{i}") for i in range(20)]
+        calls += [commit("audit", i % 2, 50 - i, f"invoice-a{i}") for i in range(10)]
+        failing = {
+            len(calls): tidelog.StaleGeneration,
+            len(calls) + 1: tidelog.WrongExpectedVersion,
+        }
+        calls.append(commit("billing", 0, 900, "invoice-stale", generation=billing.generation + 1))
+        calls.append(commit("billing", 1, 901, "invoice-taken", expected=tidelog.NO_STREAM))
+        if isolate:
+            failing[len(calls)] = tidelog.StoreUnavailable
+            calls.append(commit("audit", 0, 902, "invoice-poison", type="Poison"))
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        for _ in range(1000):  # each commit creates its group row first
+            if len(store._pending) == len(tasks):
+                break
+            await asyncio.sleep(0.01)
+        assert len(store._pending) == len(tasks)
+        gate.set()
+        assert (await held).position == 1
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+        for i, outcome in enumerate(outcomes):
+            if i in failing:
+                assert isinstance(outcome, failing[i]), (i, outcome)
+            else:
+                assert isinstance(outcome, dict) and len(outcome) == 1, (i, outcome)
+        assert commits == 2  # the held append's transaction, and one for all the commits
+        assert await store.checkpoints("billing", "order") == {0: 26, 1: 27, 2: 28, 3: 100}
+        assert await store.checkpoints("audit", "order") == {0: 50, 1: 49}
+        events = [e async for e in store.read_all()]
+        assert [e.position for e in events] == list(range(1, 32))
+        assert {e.stream for e in events} == {"invoice-taken"} | {
+            f"invoice-{g}{i}" for g, n in (("b", 20), ("a", 10)) for i in range(n)
+        }
+    finally:
+        await store.close()
+
+
+async def test_a_retried_transactional_commit_writes_its_checkpoint_alone() -> None:
+    """A commit whose appends are all retries writes no event, and still its checkpoint."""
+    store = await _created.open()
+    try:
+        member = await store.join_group("g", "order", "m1", lease=600)
+        appends = {"receipt-1": tidelog.AppendRequest([ev("Issued")])}
+        first = await store.commit(
+            "g", "order", 0, 5, member="m1", generation=member.generation, appends=appends
+        )
+        again = await store.commit(
+            "g", "order", 0, 9, member="m1", generation=member.generation, appends=appends
+        )
+        assert again == first
+        assert await store.last_position() == 1
+        assert await store.checkpoints("g", "order") == {0: 9}
     finally:
         await store.close()
 
@@ -617,9 +721,10 @@ async def _committing(store: postgres.PostgresEngine) -> set[int]:
 
 async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dropped() -> None:
     """COMMIT made slow by a deferred trigger, and cancelled while it runs: the group
-    commit's callers get `StoreUnavailable` (not a CancelledError they never asked
-    for), a caller cancelled in `commit` gets its own CancelledError, the connection
-    is dropped rather than reused, and retrying with the same ids is safe."""
+    commit's callers (appends and transactional commits alike) get `StoreUnavailable`
+    (not a CancelledError they never asked for), the connection is dropped rather
+    than reused, a caller cancelled in `commit` gets its own CancelledError (the
+    group commit it joined goes on), and retrying with the same ids is safe."""
     store = await _created.open("pool_max=2&listen=false&sslmode=disable")
     assert isinstance(store, postgres.PostgresEngine)
     schema = store.config.schema
@@ -648,30 +753,50 @@ async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dr
         assert not busy & _pool_pids(store)
         await _until_no_open_transactions(store)  # the dropped session ends on the server
 
-        # A transactional commit is cancelled during COMMIT, in its caller's task.
-        receipt = ev("Issued")
-        appends = {"receipt-1": tidelog.AppendRequest([receipt])}
-        committing = asyncio.ensure_future(
-            store.commit(
-                "g", "order", 0, 1, member="m1", generation=member.generation, appends=appends
+        def commit(
+            position: int, receipt: tidelog.NewEvent
+        ) -> Awaitable[dict[str, tidelog.AppendResult]]:
+            appends = {f"receipt-{position}": tidelog.AppendRequest([receipt])}
+            return store.commit(
+                "g",
+                "order",
+                0,
+                position,
+                member="m1",
+                generation=member.generation,
+                appends=appends,
             )
-        )
+
+        # A transactional commit joins the group commit: so does its outcome.
+        receipt = ev("Issued")
+        committing = asyncio.ensure_future(commit(1, receipt))
         await asyncio.sleep(0.2)
         busy = await _committing(store)
-        assert len(busy) == 1
-        committing.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        assert len(busy) == 1 and store._drainer is not None
+        store._drainer.cancel()
+        with pytest.raises(tidelog.StoreUnavailable):
             await committing
         assert not busy & _pool_pids(store)
         await _until_no_open_transactions(store)
+
+        # A transactional commit is cancelled during COMMIT, in its caller's task.
+        receipt2 = ev("Issued")
+        committing = asyncio.ensure_future(commit(2, receipt2))
+        await asyncio.sleep(0.2)
+        busy = await _committing(store)
+        assert len(busy) == 1 and store._drainer is not None
+        committing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await committing
+        await asyncio.wait([store._drainer])
+        await _until_no_open_transactions(store)
         # Retries with the same ids: each event is stored exactly once.
         assert (await store.append("order-1", [event])).version == 0
-        again = await store.commit(
-            "g", "order", 0, 1, member="m1", generation=member.generation, appends=appends
-        )
-        assert again["receipt-1"].version == 0
+        for position, stored in ((1, receipt), (2, receipt2)):
+            again = await commit(position, stored)
+            assert again[f"receipt-{position}"].version == 0
         events = [e async for e in store.read_all()]
-        assert sorted(e.id for e in events) == sorted([event.id, receipt.id])
-        assert await store.checkpoints("g", "order") == {0: 1}
+        assert sorted(e.id for e in events) == sorted([event.id, receipt.id, receipt2.id])
+        assert await store.checkpoints("g", "order") == {0: 2}
     finally:
         await store.close()

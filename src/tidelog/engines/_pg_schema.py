@@ -216,10 +216,20 @@ class Sql:
             "UNION ALL SELECT 2, NULL, name, version, NULL, deleted "
             f"FROM {s}.streams WHERE name = ANY($2::text[])"
         )
+        # `load`, and the group rows of a batch's transactional commits, locked
+        # (FOR UPDATE, in the order of their keys: ORDER BY comes before the
+        # locking): rows of kind 3, the state (name) of the ($3[a], $4[a]) group.
+        self.load_locking_groups = (
+            f"WITH locked AS (SELECT k.n, g.state::text AS state FROM {s}.groups g "
+            "JOIN unnest($3::text[], $4::text[]) WITH ORDINALITY AS k (grp, category, n) "
+            "ON g.grp = k.grp AND g.category = k.category "
+            "ORDER BY g.grp, g.category FOR UPDATE OF g) "
+            f"{self.load} UNION ALL SELECT 3, NULL, state, n, NULL, NULL FROM locked"
+        )
         self.find_stream = f"SELECT version, deleted FROM {s}.streams WHERE name = $1"
         # The events (positions from $1 on, all recorded at $2), the new stream
         # heads and the NOTIFY of the new head, in one statement (one round trip).
-        self.insert_events = (
+        writes = (
             f"WITH inserted AS (INSERT INTO {s}.events (position, id, stream, version, type, "
             "data, metadata, schema_version, recorded_at, category, partition) "
             "SELECT $1::bigint + n - 1, id, stream, version, type, data, metadata, sv, "
@@ -229,9 +239,23 @@ class Sql:
             "sv, category, partition, n)), "
             f"heads AS (INSERT INTO {s}.streams (name, category, version) "
             "SELECT * FROM unnest($12::text[], $13::text[], $14::bigint[]) "
-            "ON CONFLICT (name) DO UPDATE SET version = excluded.version) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version)"
+        )
+        self.insert_events = f"{writes} SELECT pg_notify($15, $16)"
+        # Checkpoints move forward only: greatest() of the stored and the new position.
+        upsert_checkpoints = (
+            f"INSERT INTO {s}.checkpoints (grp, category, partition, position) "
+            "SELECT * FROM unnest(${0}::text[], ${1}::text[], ${2}::integer[], ${3}::bigint[]) "
+            "ON CONFLICT (grp, category, partition) "
+            "DO UPDATE SET position = greatest(checkpoints.position, excluded.position)"
+        )
+        self.put_checkpoints = upsert_checkpoints.format(1, 2, 3, 4)
+        """Checkpoints ($1 groups, $2 categories, $3 partitions, $4 positions; distinct keys)."""
+        self.insert_events_and_checkpoints = (
+            f"{writes}, checkpointed AS ({upsert_checkpoints.format(17, 18, 19, 20)}) "
             "SELECT pg_notify($15, $16)"
         )
+        """`insert_events` and `put_checkpoints` (from $17 on), in one round trip."""
         self.tombstone = (
             f"INSERT INTO {s}.streams (name, category, version, deleted) "
             "VALUES ($1, $2, NULL, true) ON CONFLICT (name) DO UPDATE SET deleted = true"

@@ -9,13 +9,14 @@ How it keeps the contract:
   commit order and a reader's snapshot always holds a gap-free prefix of the
   log: a reader that has seen position p can never later find an event below
   p. Positions are dense (a rolled-back append leaves no hole).
-- **Group commit.** Concurrent appends of one engine are gathered into one
-  transaction, one lock acquisition and one commit (one WAL flush), in four
-  round trips: BEGIN with the lock, one read of the head and of the ids and
-  streams involved, one statement writing the events, stream heads and NOTIFY,
-  and COMMIT. Each append is checked on its own against that read, so a
-  conflict fails only that append; a write error the checks cannot foresee
-  redoes the batch with a SAVEPOINT per append.
+- **Group commit.** Concurrent appends of one engine (transactional commits
+  too) are gathered into one transaction, one lock acquisition and one commit
+  (one WAL flush), in four round trips: BEGIN with the lock, one read of the
+  head and of the ids, streams and group rows involved, one statement writing
+  the events, stream heads, checkpoints and NOTIFY, and COMMIT. Each append is
+  checked on its own against that read, so a conflict fails only that append;
+  a write error the checks cannot foresee redoes the batch with a SAVEPOINT
+  per append.
 - **Durability.** `synchronous_commit=on` is set on every connection and again
   on every write transaction; an append returns only after its commit.
 - **Live subscriptions.** Commits `pg_notify` the new head on the store's
@@ -23,8 +24,12 @@ How it keeps the contract:
   generic subscription loop also polls every `poll_interval`, so a lost
   listener delays but never stalls a subscriber.
 - **Groups.** One `GroupState` document per (group, category), changed under
-  `SELECT … FOR UPDATE`; checkpoints move forward with `greatest()`, in the same
-  transaction as the handler's appends.
+  `SELECT … FOR UPDATE`; checkpoints move forward with `greatest()`. A commit
+  with appends joins the group commit: the batch locks the group rows of its
+  commits after the append lock (in key order), fences each member before its
+  appends are checked, and writes the checkpoint only with the appends. Group
+  changes and commits without appends lock their group row alone, never the
+  append lock, so no two transactions wait for each other's locks.
 
 Options (query string; every other option goes to asyncpg unchanged):
 `schema` (PostgreSQL schema of the store, default `tidelog`), `partitions`
@@ -41,6 +46,7 @@ import contextlib
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -243,14 +249,39 @@ def _take_outcome(task: asyncio.Future[Any]) -> None:
 _EMPTY_GROUP = msgspec.json.encode(GroupState()).decode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """The group side of a transactional commit: the member to fence and the
+    checkpoint to move, in the transaction that writes the commit's appends."""
+
+    group: str
+    category: str
+    partition: int
+    position: int
+    member: str
+    generation: int
+
+    def fence(self, state: GroupState, partitions: int, now: float) -> None:
+        """Raise `StaleGeneration` unless the member may commit the partition now."""
+        state.check(
+            self.group, self.category, self.member, self.generation, self.partition, partitions, now
+        )
+
+
 class _Pending:
-    """One append (or append_many) waiting for the next group commit."""
+    """One append (or append_many, or transactional commit) waiting for the next group commit."""
 
-    __slots__ = ("checked", "future")
+    __slots__ = ("checked", "future", "step")
 
-    def __init__(self, checked: Checked, future: asyncio.Future[dict[str, AppendResult]]) -> None:
+    def __init__(
+        self,
+        checked: Checked,
+        future: asyncio.Future[dict[str, AppendResult]],
+        step: _Step | None = None,
+    ) -> None:
         self.checked = checked
         self.future = future
+        self.step = step
 
 
 def _settle(batch: list[_Pending], outcomes: list[Outcome]) -> None:
@@ -334,6 +365,31 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(
         exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError
     )
+
+
+class _Fences:
+    """The group states a batch's transactional commits are fenced against (each
+    row locked and decoded once), and the checkpoints of the commits accepted."""
+
+    __slots__ = ("checkpoints", "now", "partitions", "states")
+
+    def __init__(
+        self, states: dict[tuple[str, str], GroupState], partitions: int, now: float
+    ) -> None:
+        self.states = states
+        self.partitions = partitions
+        self.now = now
+        self.checkpoints: dict[tuple[str, str, int], int] = {}
+
+    def check(self, step: _Step) -> None:
+        """Raise `StaleGeneration` unless the step's member may commit its partition now."""
+        state = self.states.get((step.group, step.category))
+        step.fence(GroupState() if state is None else state, self.partitions, self.now)
+
+    def accept(self, step: _Step) -> None:
+        """Move the step's checkpoint (forward only) with the batch's writes."""
+        key = (step.group, step.category, step.partition)
+        self.checkpoints[key] = max(self.checkpoints.get(key, step.position), step.position)
 
 
 class _Overlay:
@@ -477,9 +533,9 @@ class PostgresEngine(GroupEngine):
 
     # ------------------------------------------------------------------ group commit
 
-    async def _submit(self, checked: Checked) -> dict[str, AppendResult]:
+    async def _submit(self, checked: Checked, step: _Step | None = None) -> dict[str, AppendResult]:
         future: asyncio.Future[dict[str, AppendResult]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(checked, future))
+        self._pending.append(_Pending(checked, future, step))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
             self._drainer.add_done_callback(self._drainer_stopped)
@@ -554,32 +610,48 @@ class PostgresEngine(GroupEngine):
         events with one statement. Should that statement fail anyway, the
         transaction is rolled back and the batch redone with each append in
         its own SAVEPOINT, so the failure is pinned on the append that caused it.
+
+        A transactional commit is such an append with a `_Step`: its member is
+        fenced first (a stale one fails before its appends are checked, as on
+        every engine), and its checkpoint is written only if its appends are.
         """
-        units = [p.checked for p in batch]
         try:
-            return await self._run_batch(conn, units, isolate=False)
+            return await self._run_batch(conn, batch, isolate=False)
         except _WriteFailed:
-            return await self._run_batch(conn, units, isolate=True)
+            return await self._run_batch(conn, batch, isolate=True)
 
     async def _run_batch(
-        self, conn: Any, units: list[Checked], isolate: bool
+        self, conn: Any, batch: list[_Pending], isolate: bool
     ) -> tuple[list[Outcome], int]:
         outcomes: list[Outcome] = []
+        # The group rows of the batch's transactional commits are locked after the
+        # append lock, in key order; group changes and commits without appends lock
+        # one group row and never the append lock: no two transactions can each
+        # hold a lock the other waits for.
+        groups = sorted({(p.step.group, p.step.category) for p in batch if p.step is not None})
         async with _transaction(conn, self._sql.begin_append):
+            # (The savepoint path reads the state of each append itself.)
+            units = [] if isolate else [p.checked for p in batch]
+            head, overlay, states = await self._load(conn, units, groups)
+            fences = _Fences(states, self._partitions, self._now())
             if isolate:
-                head = await self._write_each(conn, units, outcomes)
+                head = await self._write_each(conn, batch, fences, outcomes)
             else:
-                head, overlay = await self._load(conn, units)
                 rows = _Rows(head)
-                for unit in units:
+                for p in batch:
                     try:
-                        outcomes.append(self._plan(unit, overlay, rows))
+                        if p.step is not None:
+                            fences.check(p.step)
+                        outcomes.append(self._plan(p.checked, overlay, rows))
                     except TidelogError as exc:
                         outcomes.append(exc)
+                        continue
+                    if p.step is not None:
+                        fences.accept(p.step)
                 try:
-                    await self._insert(conn, rows)
+                    await self._insert(conn, rows, fences.checkpoints)
                 except asyncpg.PostgresError as exc:
-                    if len(units) == 1 or _is_connection_error(exc):
+                    if len(batch) == 1 or _is_connection_error(exc):
                         raise
                     raise _WriteFailed from exc
                 head = rows.head
@@ -587,38 +659,61 @@ class PostgresEngine(GroupEngine):
                 await self._before_commit()
         return outcomes, head
 
-    async def _write_each(self, conn: Any, units: list[Checked], outcomes: list[Outcome]) -> int:
-        """Write the appends one by one, each in a SAVEPOINT; returns the new head."""
+    async def _write_each(
+        self, conn: Any, batch: list[_Pending], fences: _Fences, outcomes: list[Outcome]
+    ) -> int:
+        """Write the appends one by one, each in a SAVEPOINT (a transactional commit's
+        fence and checkpoint too); returns the new head."""
         head = 0
-        for unit in units:
+        for p in batch:
             try:
                 async with _transaction(conn, *_SAVEPOINT):
-                    results, head = await self._write(conn, unit)
+                    if p.step is not None:
+                        fences.check(p.step)
+                    results, head = await self._write(conn, p.checked)
+                    if p.step is not None:
+                        await conn.execute(
+                            self._sql.put_checkpoint,
+                            p.step.group,
+                            p.step.category,
+                            p.step.partition,
+                            p.step.position,
+                        )
             except TidelogError as exc:
                 outcomes.append(exc)
             except asyncpg.PostgresError as exc:
                 if _is_connection_error(exc):
                     raise
-                outcomes.append(translate(exc, next(iter(unit))))
+                outcomes.append(translate(exc, next(iter(p.checked))))
             else:
                 outcomes.append(results)
         return head
 
-    async def _load(self, conn: Any, units: Sequence[Checked]) -> tuple[int, _Overlay]:
-        """The head and the stored state the appends of `units` are checked against."""
+    async def _load(
+        self, conn: Any, units: Sequence[Checked], groups: Sequence[tuple[str, str]] = ()
+    ) -> tuple[int, _Overlay, dict[tuple[str, str], GroupState]]:
+        """The head and the stored state the appends of `units` are checked against,
+        and the states of `groups`, whose rows it locks (`FOR UPDATE`), in one round trip."""
         ids = [e.id for unit in units for events, _ in unit.values() for e in events]
         names = list({name for unit in units for name in unit})
+        args: list[Any] = [ids, names]
+        if groups:
+            args += [[g for g, _ in groups], [c for _, c in groups]]
+        sql = self._sql.load_locking_groups if groups else self._sql.load
         head = 0
         stored: dict[UUID, tuple[str, int, int]] = {}
         states: dict[str, tuple[int | None, bool]] = {}
-        for kind, id_, name, a, b, deleted in await conn.fetch(self._sql.load, ids, names):
+        group_states: dict[tuple[str, str], GroupState] = {}
+        for kind, id_, name, a, b, deleted in await conn.fetch(sql, *args):
             if kind == 1:
                 stored[_uuid(id_)] = (name, a, b)
             elif kind == 2:
                 states[name] = (a, deleted)
+            elif kind == 3:
+                group_states[groups[a - 1]] = msgspec.json.decode(name, type=GroupState)
             else:
                 head = a
-        return head, _Overlay(stored, states)
+        return head, _Overlay(stored, states), group_states
 
     def _plan(self, unit: Checked, overlay: _Overlay, rows: _Rows) -> dict[str, AppendResult]:
         """Check one atomic append and queue its rows; returns its results.
@@ -656,12 +751,24 @@ class PostgresEngine(GroupEngine):
             results[stream] = AppendResult(version=version, position=rows.head)
         return results
 
-    async def _insert(self, conn: Any, rows: _Rows) -> None:
-        """Write the queued events and stream heads, and NOTIFY the new head at commit."""
+    async def _insert(
+        self, conn: Any, rows: _Rows, checkpoints: Mapping[tuple[str, str, int], int]
+    ) -> None:
+        """Write the queued events and stream heads, and NOTIFY the new head at commit;
+        and move the `checkpoints` forward, in the same statement."""
+        points: list[list[Any]] = []
+        if checkpoints:
+            keys = sorted(checkpoints)
+            points = [
+                [group for group, _, _ in keys],
+                [category for _, category, _ in keys],
+                [partition for _, _, partition in keys],
+                [checkpoints[k] for k in keys],
+            ]
         if rows.events:
             names = list(rows.streams)
             await conn.execute(
-                self._sql.insert_events,
+                self._sql.insert_events_and_checkpoints if points else self._sql.insert_events,
                 rows.start + 1,
                 datetime.now(UTC),
                 *zip(*rows.events, strict=True),
@@ -670,14 +777,17 @@ class PostgresEngine(GroupEngine):
                 [rows.streams[n][1] for n in names],
                 self._sql.channel,
                 str(rows.head),
+                *points,
             )
+        elif points:  # every append of the batch's commits was a retry
+            await conn.execute(self._sql.put_checkpoints, *points)
 
     async def _write(self, conn: Any, unit: Checked) -> tuple[dict[str, AppendResult], int]:
         """Check and write one atomic append (under the append lock); returns the new head."""
-        head, overlay = await self._load(conn, [unit])
+        head, overlay, _ = await self._load(conn, [unit])
         rows = _Rows(head)
         results = self._plan(unit, overlay, rows)
-        await self._insert(conn, rows)
+        await self._insert(conn, rows, {})
         return results, rows.head
 
     # ------------------------------------------------------------------ layer 1
@@ -930,27 +1040,38 @@ class PostgresEngine(GroupEngine):
         generation: int,
         appends: Mapping[str, AppendRequest] | None = None,
     ) -> dict[str, AppendResult]:
+        """Move a checkpoint if `member` is current; with appends, write them too, atomically.
+
+        With appends the commit joins the group commit (a consumer makes one per
+        handled event: one transaction each would bound a group's throughput by
+        the commit latency). Without, it is a short transaction of its own on
+        the group row, without the append lock.
+        """
         self._check_open()
         check_checkpoint(position)
         await self._ensure_group(group, category)
-        results: dict[str, AppendResult] = {}
-        head = 0
-        # With appends, the append lock before the group row, always in this order.
-        begin = self._sql.begin_append if appends else self._begin_sync
+        step = _Step(group, category, partition, position, member, generation)
+        if appends:
+            try:
+                checked = prepare_append_many(appends)
+            except InvalidInput:
+                # The member is fenced first: a stale one gets `StaleGeneration` whatever it
+                # tried to append; only a current one learns that its appends are invalid.
+                with pg_errors():
+                    raw = await self._pool.fetchval(self._sql.get_group, group, category)
+                self._fence(step, raw)
+                raise
+            return await self._submit(checked, step)
         with pg_errors():
-            async with self._pool.acquire() as conn, _transaction(conn, begin):
-                raw = await conn.fetchval(self._sql.lock_group, group, category)
-                state = msgspec.json.decode(raw, type=GroupState)
-                state.check(
-                    group, category, member, generation, partition, self._partitions, self._now()
-                )
-                if appends:
-                    results, head = await self._write(conn, prepare_append_many(appends))
-                if position >= 2**63:
-                    raise InvalidInput(f"position {position} is out of range")
+            async with self._pool.acquire() as conn, _transaction(conn, self._begin_sync):
+                self._fence(step, await conn.fetchval(self._sql.lock_group, group, category))
                 await conn.execute(self._sql.put_checkpoint, group, category, partition, position)
-        self._watch.advance(head)
-        return results
+        return {}
+
+    def _fence(self, step: _Step, raw: str | None) -> None:
+        """`_Step.fence` against a stored group state."""
+        state = GroupState() if raw is None else msgspec.json.decode(raw, type=GroupState)
+        step.fence(state, self._partitions, self._now())
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()
