@@ -1540,6 +1540,56 @@ class GroupsSuite(SuiteBase):
         assert await store.last_position() == 1
         assert await store.checkpoints("billing", "order") == {0: 1}
 
+    async def test_concurrent_commits_are_decided_each_on_its_own(
+        self, store: tidelog.Store
+    ) -> None:
+        """Engines may write concurrent commits together (one batch, one transaction):
+        a stale member, a version conflict or a plain checkpoint decide only their own
+        commit, and a refused commit moves no checkpoint."""
+        if not self.supports_transactional_commit:
+            pytest.skip("engine refuses transactional commits (checked elsewhere)")
+        await store.append("invoice-2", [ev()])
+        m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        count = store.partition_count
+        p = [i % count for i in range(4)]
+
+        def commit(
+            partition: int,
+            position: int,
+            appends: dict[str, tidelog.AppendRequest] | None,
+            generation: int = m.generation,
+        ) -> Coroutine[Any, Any, dict[str, tidelog.AppendResult]]:
+            return store.commit(
+                "billing",
+                "order",
+                partition,
+                position,
+                member="m1",
+                generation=generation,
+                appends=appends,
+            )
+
+        outcomes = await asyncio.gather(
+            commit(p[0], 5, {"invoice-1": tidelog.AppendRequest([ev()], tidelog.NO_STREAM)}),
+            commit(p[1], 6, {"invoice-3": tidelog.AppendRequest([ev()], 4)}),
+            commit(p[2], 7, {"invoice-4": tidelog.AppendRequest([ev()])}, m.generation + 1),
+            commit(p[3], 8, None),
+            commit(p[0], 9, {"invoice-5": tidelog.AppendRequest([ev(), ev()])}),
+            return_exceptions=True,
+        )
+        first, conflict, stale, plain, last = outcomes
+        assert isinstance(first, dict) and first["invoice-1"].version == 0
+        assert isinstance(conflict, tidelog.WrongExpectedVersion)
+        assert isinstance(stale, tidelog.StaleGeneration)
+        assert plain == {}
+        assert isinstance(last, dict) and last["invoice-5"].version == 1
+        assert await stream_names(store) == ["invoice-1", "invoice-2", "invoice-5"]
+        assert await store.last_position() == 4
+        expected: dict[int, int] = {}
+        for partition, position in ((p[0], 5), (p[3], 8), (p[0], 9)):
+            expected[partition] = max(expected.get(partition, 0), position)
+        assert await store.checkpoints("billing", "order") == expected
+
     async def test_failed_appends_leave_checkpoint_unchanged(self, store: tidelog.Store) -> None:
         if not self.supports_transactional_commit:
             pytest.skip("engine refuses transactional commits (checked elsewhere)")
