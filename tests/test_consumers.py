@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from typing import Any
 
 import msgspec
 import pytest
@@ -611,3 +612,45 @@ async def test_waiting_workers_take_later_events_and_end_at_once_on_stop(
     assert by_stream == {
         f"order-{s}": [f"{s}:{v}".encode() for v in (0, 1, 0, 1)] for s in range(6)
     }
+
+
+async def test_concurrent_dlq_refreshes_share_one_read_that_sees_every_write() -> None:
+    """Each parked or held event makes its worker refresh the DLQ state; refreshes
+    asked for while one reads share the next read, which begins after they were
+    asked, so it sees whatever their callers wrote before asking."""
+    from tidelog.consumers import _runner
+    from tidelog.consumers._dlq import dlq_stream, parked_entry
+
+    async with tidelog.connect("memory://") as store:
+        app = App("t", store)
+
+        @app.handler("order", group="g")
+        async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None: ...
+
+        runtime = _runner.Runtime(app, None)
+        runtime.store = store
+        consumer = _runner._GroupConsumer(runtime, app.handlers[0])
+        reads = 0
+        real = store.read_stream
+
+        async def slow(*args: Any, **kwargs: Any) -> AsyncIterator[tidelog.RecordedEvent]:
+            nonlocal reads
+            reads += 1
+            await asyncio.sleep(0.01)  # a read over the network
+            async for event in real(*args, **kwargs):
+                yield event
+
+        store.read_stream = slow  # type: ignore[method-assign]
+        await store.append("order-1", [tidelog.NewEvent(type="Placed") for _ in range(2)])
+        events = [e async for e in real("order-1")]
+
+        async def park(event: tidelog.RecordedEvent) -> None:
+            entry = parked_entry("g", event, handler="h", error=ValueError("no"), attempts=1)
+            await store.append(dlq_stream("g"), [entry])
+            await consumer.refresh_dlq()
+
+        first = asyncio.ensure_future(park(events[0]))
+        await asyncio.sleep(0.001)  # its read is under way: the next calls wait for it
+        await asyncio.gather(first, park(events[1]), *(consumer.refresh_dlq() for _ in range(10)))
+        assert reads == 2
+        assert set(consumer.dlq.entries) == {e.id for e in events}

@@ -949,6 +949,9 @@ class _GroupConsumer:
         self.claims = 0
         self.dlq = DlqState(handler.group)
         self._dlq_lock = asyncio.Lock()
+        self._dlq_asked = 0
+        """Calls of `refresh_dlq` so far; `_dlq_read` is how many of them the last read covers."""
+        self._dlq_read = 0
         self._beat = asyncio.Event()
         self._reader_wake = asyncio.Event()
         self._epoch = 0
@@ -987,8 +990,21 @@ class _GroupConsumer:
         return partition in membership.partitions
 
     async def refresh_dlq(self) -> None:
+        """Fold the DLQ entries written since the last read (also those of other members).
+
+        Single flight: a read that began after this call (so after whatever its
+        caller wrote) covers it, and the callers waiting meanwhile share it. Each
+        parked or held event makes its worker refresh; one read per call made a
+        burst of them queue on the lock, each read finding the others' entries.
+        """
+        self._dlq_asked += 1
+        ticket = self._dlq_asked
         async with self._dlq_lock:
+            if self._dlq_read >= ticket:
+                return
+            covered = self._dlq_asked
             await load_state(self.store, self.handler.group, self.dlq)
+            self._dlq_read = covered
 
     def enqueue_settles(self, run: _PartitionRun | None = None) -> None:
         """Hand each stream whose DLQ head awaits a retry or release to its partition's run."""
