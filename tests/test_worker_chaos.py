@@ -7,9 +7,9 @@ checkpoint, one commit per event; the engines write a worker's concurrent
 commits together (SQLite's writer, PostgreSQL's and NATS's group commit).
 About half a minute on SQLite and PostgreSQL; on NATS, where four writing
 processes race for the store's `head` and the group's document, two to three
-minutes (docs/nats.md, Limits). Members are killed with
-SIGKILL (and replaced) and paused with SIGSTOP longer than their lease.
-Afterwards, on every engine:
+minutes (docs/nats.md, Limits). Members are killed with SIGKILL (and
+replaced) and paused with SIGSTOP longer than their lease. Afterwards, on
+every engine:
 
 - every event was handled: each normal event has exactly one effect, written
   through `ctx.append` (exactly-once effects), in stream order (the effect's

@@ -29,6 +29,9 @@ class Conflict(Exception):
 
 
 _LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
+"""JetStream gives the sequence only in the error's description (the error itself is
+told by its code). Worded otherwise, `last_seq` is None and the writer re-reads
+everything, as it would without it: a hint for speed, never for a decision."""
 
 
 class ApiError(Exception):
