@@ -159,6 +159,13 @@ class _GroupDraft:
     fence: bool = False
     """A commit with appends took part: write it even if unchanged, as their fence."""
 
+    @classmethod
+    def of(cls, seq: int, doc: wire.GroupDoc | None) -> _GroupDraft:
+        """The draft of a document as `_group` read it."""
+        if doc is None:
+            return cls(seq, wire.GroupDoc(), None)
+        return cls(seq, doc, wire.encode_group(doc))
+
     def message(self, subject: str) -> Message | None:
         data = wire.encode_group(self.doc)
         if not self.fence and data == self.before:
@@ -638,10 +645,7 @@ class NatsEngine(GroupEngine):
             return await self._log_head()
 
         async def draft(key: tuple[str, str]) -> _GroupDraft:
-            seq, doc = await self._group(*key)
-            if doc is None:
-                return _GroupDraft(seq, wire.GroupDoc(), None)
-            return _GroupDraft(seq, doc, wire.encode_group(doc))
+            return _GroupDraft.of(*await self._group(*key))
 
         found, (head_seq, position), read, drafts = await asyncio.gather(
             self._lookup_ids(ids) if level >= 2 else _none_found(),
@@ -1128,9 +1132,7 @@ class NatsEngine(GroupEngine):
         for attempt in range(MAX_ATTEMPTS):
             self._check_open()
             with translated("group"):
-                seq, doc = await self._group(group, category)
-                before = None if doc is None else wire.encode_group(doc)
-                draft = _GroupDraft(seq, doc or wire.GroupDoc(), before)
+                draft = _GroupDraft.of(*await self._group(group, category))
                 error: TidelogError | None = None
                 result = None
                 try:
