@@ -55,7 +55,7 @@ from typing import Any
 
 import tidelog
 from tidelog import NO_STREAM, NewEvent, Store, category_of, partition_of
-from tidelog.engines.base import DEFAULT_PARTITIONS
+from tidelog.engines.contract import DEFAULT_PARTITIONS
 
 # --------------------------------------------------------------------------- sizes
 
@@ -262,7 +262,7 @@ def _sqlite_connect(path: Path) -> sqlite3.Connection:
     baseline writes to the very same table and indexes the engine writes to.
     """
     try:
-        db = importlib.import_module("tidelog.engines._sqlite_db")
+        db = importlib.import_module("tidelog.engines.sqlite.db")
         db.migrate(path)
     except ImportError:
         pass
@@ -512,7 +512,7 @@ class PostgresBackend(Backend):
 
     async def _baseline_table(self, fresh: bool) -> str:
         if fresh:
-            schema_mod = importlib.import_module("tidelog.engines._pg_schema")
+            schema_mod = importlib.import_module("tidelog.engines.postgres.schema")
             schema = self._fresh("baseline")
             await self.conn.execute(f'CREATE SCHEMA "{schema}"')
             await schema_mod.migrate(self.conn, schema)

@@ -23,10 +23,9 @@ from nats.js.kv import KeyValue
 import tidelog
 from conftest import service_missing
 from natsutil import NatsServer, free_port, nats_server_binary
-from tidelog.engines import _nats_errors as nats_errors
-from tidelog.engines import _nats_wire as wire
-from tidelog.engines._nats_setup import MAX_MSGS_PER_SUBJECT
-from tidelog.engines.nats import NatsEngine
+from tidelog.engines.nats import NatsEngine, wire
+from tidelog.engines.nats import errors as nats_errors
+from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.stateful import ModelSuite
 

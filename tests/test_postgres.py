@@ -22,9 +22,9 @@ import pytest_asyncio
 
 import tidelog
 from _pg_util import PG_DSN, Schemas, new_schema, require_postgres
-from tidelog.engines import postgres
-from tidelog.engines._pg_errors import pg_errors, translate
-from tidelog.engines._pg_schema import (
+from tidelog.engines.postgres import engine as postgres
+from tidelog.engines.postgres.errors import pg_errors, translate
+from tidelog.engines.postgres.schema import (
     LATEST_VERSION,
     MIGRATIONS,
     advisory_keys,

@@ -84,7 +84,7 @@ def test_star_import_gives_exactly_all() -> None:
 
 
 def test_store_is_the_full_engine_contract() -> None:
-    from tidelog.engines.base import GroupEngine
+    from tidelog.engines.contract import GroupEngine
 
     assert tidelog.Store is GroupEngine
 

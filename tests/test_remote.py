@@ -21,7 +21,7 @@ from litestar.response import ServerSentEventMessage
 
 import tidelog
 from _server_util import ADMIN_KEY, config
-from tidelog.engines import _wire as wire
+from tidelog import wire
 from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite

@@ -32,9 +32,9 @@ from tidelog import (
     StreamDeleted,
     WrongExpectedVersion,
 )
-from tidelog.engines import sqlite as sqlite_engine
-from tidelog.engines._sqlite_db import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from tidelog.engines.sqlite import SQLiteEngine
+from tidelog.engines.sqlite import engine as sqlite_engine
+from tidelog.engines.sqlite.db import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.stateful import ModelSuite
 

@@ -19,7 +19,7 @@ from uuid import UUID
 import pytest
 
 import tidelog
-from tidelog.engines import sqlite as sqlite_engine
+from tidelog.engines.sqlite import engine as sqlite_engine
 
 CHILD = pathlib.Path(__file__).with_name("_sqlite_child.py")
 WRITERS = 3

@@ -7,7 +7,7 @@ submodule namespaces and may change.
 from tidelog._connect import DEFAULT_STORE_URL, connect
 from tidelog.codec import EventRegistry, decode, encode, event, upcaster
 from tidelog.consumers import App, Context, HandlerOptions, ParkedEvent, Producer
-from tidelog.engines.base import Engine as Store
+from tidelog.engines.contract import Engine as Store
 from tidelog.errors import (
     AccessDenied,
     AggregateNotFound,

@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidURL
 
 __all__ = ["DEFAULT_STORE_URL", "connect"]

@@ -51,7 +51,7 @@ from uuid import UUID
 import msgspec
 
 from tidelog.codec import DEFAULT_REGISTRY, EventCipher, EventRegistry
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.errors import AggregateNotFound, InvalidEvent, InvalidInput, StreamDeleted
 from tidelog.model import (
     MAX_NAME_LENGTH,

@@ -33,7 +33,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.errors import GroupError, InvalidInput, NotSupported, StreamDeleted
 from tidelog.model import NO_STREAM, AppendRequest, NewEvent, RecordedEvent, StreamInfo
 

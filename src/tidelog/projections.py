@@ -72,7 +72,7 @@ import msgspec
 
 from tidelog.aggregates import applies, collect_handlers
 from tidelog.codec import DEFAULT_REGISTRY, EventCipher, EventRegistry
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidInput, NotSupported, UnknownEventType
 from tidelog.model import NewEvent, RecordedEvent
 
@@ -553,7 +553,7 @@ class _PostgresDriver(_Driver):
     async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run `work(conn)` in one transaction, one at a time; a cancelled caller
         never leaves it half done (it commits or rolls back in the background)."""
-        from tidelog.engines._pg_errors import pg_errors
+        from tidelog.engines.postgres.errors import pg_errors
 
         async def transaction() -> T:
             try:

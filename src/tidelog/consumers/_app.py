@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 import msgspec
 
 from tidelog import codec
-from tidelog.engines.base import GroupEngine
+from tidelog.engines.contract import GroupEngine
 from tidelog.errors import InvalidInput
 from tidelog.model import (
     ANY,

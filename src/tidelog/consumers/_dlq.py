@@ -30,7 +30,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from tidelog.engines.base import GroupEngine
+from tidelog.engines.contract import GroupEngine
 from tidelog.errors import InvalidInput, StreamDeleted
 from tidelog.model import NewEvent, RecordedEvent, validate_stream_name
 

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tidelog.engines.base import MAX_EVENTS_PER_APPEND, GroupEngine, prepare_append
+from tidelog.engines.contract import MAX_EVENTS_PER_APPEND, GroupEngine, prepare_append
 from tidelog.errors import InvalidInput, StoreClosed, TidelogError
 from tidelog.model import ANY, AppendRequest, AppendResult, ExpectedVersion, NewEvent
 

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tidelog.engines.base import GroupEngine
+from tidelog.engines.contract import GroupEngine
 from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import AppendRequest, Membership, NewEvent, RecordedEvent, partition_of
 

@@ -13,13 +13,9 @@ from uuid import UUID
 
 import msgspec
 
-from tidelog.engines.base import (
+from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
-    GroupEngine,
-    GroupState,
-    HeadWatch,
     check_checkpoint,
-    config_from_url,
     prepare_append,
     prepare_append_many,
     prepare_delete,
@@ -30,6 +26,10 @@ from tidelog.engines.base import (
     validate_group_key,
     validate_group_name,
 )
+from tidelog.engines._kit.groups import GroupState
+from tidelog.engines._kit.urls import config_from_url
+from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines.contract import GroupEngine
 from tidelog.errors import InvalidInput, StreamDeleted
 from tidelog.model import (
     ANY,

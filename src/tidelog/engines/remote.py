@@ -22,12 +22,9 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from tidelog.engines import _wire as wire
-from tidelog.engines.base import (
-    GroupEngine,
-    HeadWatch,
+from tidelog import wire
+from tidelog.engines._kit.checks import (
     LogFilter,
-    config_from_url,
     log_filter,
     prepare_append,
     prepare_append_many,
@@ -36,6 +33,9 @@ from tidelog.engines.base import (
     prepare_read_all,
     prepare_read_stream,
 )
+from tidelog.engines._kit.urls import config_from_url
+from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines.contract import GroupEngine
 from tidelog.errors import InvalidInput, StoreClosed, StoreUnavailable
 from tidelog.model import (
     ANY,

@@ -21,7 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from tidelog.codec import DEFAULT_REGISTRY, EventRegistry
-from tidelog.engines.base import Engine, GroupEngine, HeadWatch
+from tidelog.engines.contract import Engine, GroupEngine, HeadWatch
 from tidelog.errors import (
     IncompatibleSchema,
     InvalidInput,

@@ -56,7 +56,7 @@ from typing import Any, Final
 import msgspec
 
 from tidelog.codec import DEFAULT_REGISTRY, SEALED_PREFIX, EventRegistry
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.errors import (
     InvalidEvent,
     InvalidInput,

@@ -1,6 +1,6 @@
 """The HTTP application: the store's API over Litestar, with auth, ACLs and limits.
 
-Request and response bodies are the msgspec types of `tidelog.engines._wire`,
+Request and response bodies are the msgspec types of `tidelog.wire`,
 so the OpenAPI document at `/schema` is generated from the same definitions
 the remote engine decodes. Every error from the store is turned into a 4xx
 (or a 503 when the backend is down) by one exception handler.
@@ -31,9 +31,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import tidelog
-from tidelog import telemetry
-from tidelog.engines import _wire as wire
-from tidelog.engines.base import Engine
+from tidelog import telemetry, wire
+from tidelog.engines.contract import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput, TidelogError
 from tidelog.model import AppendRequest, category_of, validate_stream_name
 from tidelog.security.acl import Access, Permission

@@ -21,7 +21,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 
 import tidelog
-from tidelog.engines import _wire as wire
+from tidelog import wire
 from tidelog.schemas import SCHEMAS_STREAM, SchemaVersion
 from tidelog.security.acl import Permission
 from tidelog.server._app import AccessDep, _runtime

@@ -39,8 +39,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from tidelog import telemetry
-from tidelog.engines import _wire as wire
+from tidelog import telemetry, wire
 from tidelog.errors import InvalidEvent, InvalidInput
 from tidelog.model import (
     AppendRequest,

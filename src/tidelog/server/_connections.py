@@ -25,7 +25,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from tidelog.engines import _wire as wire
+from tidelog import wire
 
 __all__ = ["PRINCIPAL_KEY", "ConnectionLimit", "TooManyConnections"]
 

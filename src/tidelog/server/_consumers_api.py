@@ -19,8 +19,8 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 import tidelog
+from tidelog import wire
 from tidelog.consumers._dlq import dlq_stream, parked_entry
-from tidelog.engines import _wire as wire
 from tidelog.errors import InvalidInput, StaleGeneration
 from tidelog.model import AppendRequest
 from tidelog.security.acl import Permission

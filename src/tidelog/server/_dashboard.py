@@ -33,7 +33,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
 import tidelog
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.security.acl import Permission
 from tidelog.server._app import AccessDep, _runtime
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import tidelog
 from tidelog.consumers._dlq import DlqState, load_state
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 
 __all__ = ["Metrics"]
 

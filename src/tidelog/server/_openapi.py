@@ -22,8 +22,7 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
 )
 
-from tidelog import model
-from tidelog.engines import _wire as wire
+from tidelog import model, wire
 
 __all__ = ["CompleteJsonRenderPlugin", "complete_openapi", "render_plugins"]
 

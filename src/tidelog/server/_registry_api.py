@@ -27,7 +27,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 
-from tidelog.engines import _wire as wire
+from tidelog import wire
 from tidelog.errors import (
     AccessDenied,
     IncompatibleSchema,

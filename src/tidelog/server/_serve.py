@@ -29,7 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidelog._connect import connect
-from tidelog.engines.base import Engine
+from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidInput
 from tidelog.security.acl import Grant, Permission
 from tidelog.security.tokens import hash_api_key, new_api_key

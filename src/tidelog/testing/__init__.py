@@ -13,7 +13,7 @@ For engine authors (including third-party engines)::
         async def open_store(self, tmp_path):
             return await tidelog.connect(...)
 
-`EngineSuite` is the contract of `tidelog.engines.base` as focused tests;
+`EngineSuite` is the contract of `tidelog.engines.contract` as focused tests;
 `ModelSuite` runs random operation sequences against the engine and the
 memory engine and requires identical results. The suites need pytest,
 pytest-asyncio and hypothesis (the `dev` extra); they are imported from their

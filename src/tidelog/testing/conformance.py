@@ -33,7 +33,7 @@ import pytest
 import pytest_asyncio
 
 import tidelog
-from tidelog.engines.base import assign_partitions
+from tidelog.engines._kit.groups import assign_partitions
 
 __all__ = ["EngineSuite", "GroupsSuite", "LogSuite", "StreamsSuite", "SuiteBase"]
 

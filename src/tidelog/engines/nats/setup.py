@@ -13,8 +13,8 @@ from typing import Any, Final, Literal
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from tidelog.engines import _nats_wire as wire
-from tidelog.engines._nats_errors import NotFound, raise_api
+from tidelog.engines.nats import wire
+from tidelog.engines.nats.errors import NotFound, raise_api
 from tidelog.errors import InvalidURL, NotSupported, StoreUnavailable
 
 __all__ = ["DEFAULT_PARTITIONS", "NatsConfig", "ensure_meta", "ensure_stream", "servers_of"]
@@ -88,7 +88,7 @@ async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
     """Create the store's JetStream stream, or check that an existing one is safe.
 
     The stream is `KV_tidelog_<store>`, which makes it the key-value bucket
-    `tidelog_<store>` as well (see `_nats_wire`). A stream of the layout before
+    `tidelog_<store>` as well (see `wire`). A stream of the layout before
     that (`tidelog_<store>`, looked for only when the new one does not exist) is
     refused: tidelog is unreleased and does not migrate it.
     """

@@ -1,7 +1,7 @@
 """The NATS JetStream engine (`nats://host:4222?store=orders&replicas=3`).
 
 One JetStream stream per store holds everything: events, the event-id index,
-tombstones and consumer groups (the subject layout is in `_nats_wire`). The
+tombstones and consumer groups (the subject layout is in `wire`). The
 stream is named `KV_tidelog_<store>`, so it is also the key-value bucket
 `tidelog_<store>`, whose keys are the consumer groups. Every
 write is a compare-and-set on a subject's last sequence
@@ -66,15 +66,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tidelog.engines import _nats_wire as wire
-from tidelog.engines._nats_errors import ApiError, Conflict, NotFound, raise_api, translated
-from tidelog.engines._nats_setup import NatsConfig, ensure_meta, ensure_stream, servers_of
-from tidelog.engines.base import (
-    GroupEngine,
-    HeadWatch,
+from tidelog.engines._kit.checks import (
     check_checkpoint,
     check_position,
-    config_from_url,
     log_filter,
     prepare_append,
     prepare_append_many,
@@ -86,6 +80,12 @@ from tidelog.engines.base import (
     validate_group_key,
     validate_group_name,
 )
+from tidelog.engines._kit.urls import config_from_url
+from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines.contract import GroupEngine
+from tidelog.engines.nats import wire
+from tidelog.engines.nats.errors import ApiError, Conflict, NotFound, raise_api, translated
+from tidelog.engines.nats.setup import NatsConfig, ensure_meta, ensure_stream, servers_of
 from tidelog.errors import (
     InvalidInput,
     InvalidURL,

@@ -9,7 +9,7 @@ from typing import Any
 
 import nats.errors
 
-from tidelog.engines import _nats_wire as wire
+from tidelog.engines.nats import wire
 from tidelog.errors import InvalidEvent, StoreUnavailable, TidelogError
 
 __all__ = ["ApiError", "Conflict", "NotFound", "raise_api", "translated"]

@@ -29,8 +29,9 @@ from uuid import UUID
 
 import msgspec
 
-from tidelog.engines import _sqlite_db as db
-from tidelog.engines.base import GroupState, resolve_retry
+from tidelog.engines._kit.checks import resolve_retry
+from tidelog.engines._kit.groups import GroupState
+from tidelog.engines.sqlite import db
 from tidelog.errors import (
     StoreClosed,
     StoreUnavailable,

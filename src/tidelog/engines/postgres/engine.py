@@ -54,21 +54,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from tidelog.engines._pg_errors import is_driver_error, pg_errors, translate
-from tidelog.engines._pg_schema import (
-    LATEST_VERSION,
-    Sql,
-    current_version,
-    migrate,
-    validate_schema_name,
-)
-from tidelog.engines.base import (
+from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
-    GroupEngine,
-    GroupState,
-    HeadWatch,
     check_checkpoint,
-    config_from_url,
     prepare_append,
     prepare_append_many,
     prepare_delete,
@@ -78,6 +66,18 @@ from tidelog.engines.base import (
     resolve_retry,
     validate_group_key,
     validate_group_name,
+)
+from tidelog.engines._kit.groups import GroupState
+from tidelog.engines._kit.urls import config_from_url
+from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines.contract import GroupEngine
+from tidelog.engines.postgres.errors import is_driver_error, pg_errors, translate
+from tidelog.engines.postgres.schema import (
+    LATEST_VERSION,
+    Sql,
+    current_version,
+    migrate,
+    validate_schema_name,
 )
 from tidelog.errors import (
     InvalidInput,

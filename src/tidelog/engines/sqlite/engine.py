@@ -17,7 +17,7 @@ How it works:
   is isolated, so a conflict (`WrongExpectedVersion`, `StreamDeleted`,
   `DuplicateEventId`, `StaleGeneration`) fails only that request: consecutive
   appends are checked in Python before anything is written and then written
-  with one insert (`_sqlite_writer._AppendRun`); an append the database must
+  with one insert (`writer._AppendRun`); an append the database must
   decide (a conflict that may be a retry, an id already stored) and every
   other operation runs in its own SAVEPOINT. Futures are resolved on their
   loop only after COMMIT returned.
@@ -38,7 +38,7 @@ How it works:
 - **WAL growth**: SQLite's automatic checkpoint (every ~1000 pages) copies
   the WAL back; readers hold a snapshot only for one page, so checkpoints
   can complete, and `journal_size_limit` truncates the file afterwards.
-- **Schema**: versioned migrations in `_sqlite_db.MIGRATIONS`, applied on
+- **Schema**: versioned migrations in `db.MIGRATIONS`, applied on
   open; `migrate(path)` runs them without opening a store (`tidelog
   migrate-schema`). A file from a newer tidelog is refused with `NotSupported`.
 - **fork()**: connections and threads do not survive it; a forked child sees
@@ -67,17 +67,10 @@ from uuid import UUID
 
 import msgspec
 
-from tidelog.engines import _sqlite_db as db
-from tidelog.engines._sqlite_db import SCHEMA_VERSION, migrate, schema_version
-from tidelog.engines._sqlite_writer import Appends, Checked, CommitThenRaise, Request, Writer
-from tidelog.engines.base import (
+from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
     MAX_POSITION,
-    GroupEngine,
-    GroupState,
-    HeadWatch,
     check_checkpoint,
-    config_from_url,
     prepare_append,
     prepare_append_many,
     prepare_delete,
@@ -87,6 +80,13 @@ from tidelog.engines.base import (
     validate_group_key,
     validate_group_name,
 )
+from tidelog.engines._kit.groups import GroupState
+from tidelog.engines._kit.urls import config_from_url
+from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines.contract import GroupEngine
+from tidelog.engines.sqlite import db
+from tidelog.engines.sqlite.db import SCHEMA_VERSION, migrate, schema_version
+from tidelog.engines.sqlite.writer import Appends, Checked, CommitThenRaise, Request, Writer
 from tidelog.errors import (
     InvalidInput,
     InvalidURL,

@@ -44,7 +44,7 @@ from uuid import UUID
 
 import msgspec
 
-from tidelog.engines.base import GroupState
+from tidelog.engines._kit.groups import GroupState
 from tidelog.model import (
     NewEvent,
     RecordedEvent,

@@ -1,0 +1,7 @@
+"""What engine authors share: private to `tidelog.engines`.
+
+- `checks`: input validation, identical on every engine;
+- `groups`: the consumer-group state machine (`GroupState`);
+- `watch`: the live-head notifier (`HeadWatch`);
+- `urls`: engine options from a store URL.
+"""

@@ -1,0 +1,320 @@
+"""The engine contract, layered by capability.
+
+    StreamEngine   streams: append with expected versions, idempotent retries,
+       │           atomic multi-stream appends, read a stream, tombstones
+    LogEngine      the global log: read every stream in commit order by
+       │           position, and subscribe (catch up, then follow live)
+    GroupEngine    consumer groups: membership by lease and heartbeat,
+                   deterministic partition assignment, generations that fence
+                   stale members, checkpoints that only move forward, and
+                   checkpoints committed atomically with the handler's appends
+
+Every engine implements all three layers, or raises `NotSupported` for a
+feature with a documented reason. `tidelog.testing` holds the conformance
+suite that proves an engine keeps this contract.
+
+What engines share lives beside it in `tidelog.engines._kit`, so that each
+rule has one definition: input validation, the group state machine
+(`GroupState`), the live-head notifier (`HeadWatch`) and config-from-URL
+parsing.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Self
+
+from tidelog.engines._kit.checks import (
+    DEFAULT_PARTITIONS,
+    MAX_EVENTS_PER_APPEND,
+    log_filter,
+    prepare_append,
+)
+from tidelog.engines._kit.watch import HeadWatch
+from tidelog.errors import NotSupported, StoreClosed
+from tidelog.model import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    ExpectedVersion,
+    Membership,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+)
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "MAX_EVENTS_PER_APPEND",
+    "Engine",
+    "GroupEngine",
+    "HeadWatch",
+    "LogEngine",
+    "StreamEngine",
+    "prepare_append",
+]
+
+# --------------------------------------------------------------------------- layers
+
+
+class StreamEngine(abc.ABC):
+    """Layer 1: streams.
+
+    Versions are 0-based within a stream; positions are 1-based in the log.
+    """
+
+    name: str = "engine"
+
+    _closed: bool = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append `events` to `stream` atomically if its version satisfies `expected_version`.
+
+        Returns the version and position of the last event written. If every
+        event id is already stored in this stream, nothing is written and the
+        original result (of the last of those events) is returned, even when
+        `expected_version` no longer matches: that is an idempotent retry. A mix
+        of stored and new ids, or ids stored in another stream, raises
+        `DuplicateEventId`. Raises `WrongExpectedVersion`, `StreamDeleted`.
+        Returns only once the events are durable.
+        """
+
+    @abc.abstractmethod
+    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
+        """Append to several streams in one atomic commit: all or nothing."""
+
+    @abc.abstractmethod
+    def read_stream(
+        self,
+        stream: str,
+        from_version: int = 0,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Events of one stream from `from_version` (inclusive), in version order.
+
+        Backwards reads start at `from_version` and go down; there a
+        `from_version` of -1 means "from the end". A stream with no events
+        yields nothing; a deleted one raises `StreamDeleted`.
+        """
+
+    @abc.abstractmethod
+    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
+        """Tombstone a stream: later reads raise `StreamDeleted`, appends are refused.
+
+        Its events stay in the global log, which is immutable.
+        """
+
+    @abc.abstractmethod
+    def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
+        """Every stream (optionally of one category), in name order."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every resource; later calls raise `StoreClosed`. Idempotent."""
+
+    async def purge_stream(self, stream: str) -> None:
+        """Erase every event of a *system* stream (`$...`) from storage, for real.
+
+        Unlike `delete_stream` (a tombstone: the events stay in the log), the
+        events' bytes must be gone from the storage afterwards, including
+        journals, WAL files and free pages; a purged stream reads as empty and
+        may be written again, and its positions become gaps in the global log.
+        Only system streams can be purged: the log of user streams stays
+        immutable. This exists for crypto-shredding
+        (`tidelog.security.encryption` keeps each data subject's key in its own
+        system stream and purges it to forget the subject). Optional: the
+        default raises `NotSupported`. Raises `InvalidInput` for a user stream.
+        """
+        raise NotSupported(self.name, "purge_stream", "this engine cannot erase events")
+
+
+class LogEngine(StreamEngine):
+    """Layer 2: the global log, in commit order.
+
+    A reader that has seen position p never later finds an event below p.
+    """
+
+    poll_interval: float = 0.05
+    """How long a live subscription waits on the head watch before checking again."""
+
+    @abc.abstractmethod
+    def read_all(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        limit: int | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Events of every stream with position >= `from_position`, in position order.
+
+        Filters combine with AND: `categories` (stream categories), `types`
+        (event types) and `partitions` (stream partitions). `limit` caps how many
+        events are yielded.
+        """
+
+    async def _read_page(
+        self,
+        from_position: int,
+        categories: Collection[str] | None,
+        types: Collection[str] | None,
+        limit: int,
+        partitions: Collection[int] | None,
+    ) -> list[RecordedEvent]:
+        """What `read_all` yields with these arguments, as one list: a consumer's read.
+
+        A consumer group's reader takes the log a page at a time. Engines that
+        fetch a page in one go override this to skip the async iterator's step
+        per event, a good share of a delivery when the handler does little.
+        """
+        return [e async for e in self.read_all(from_position, categories, types, limit, partitions)]
+
+    async def count_events(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> int:
+        """How many events `read_all` would yield with these filters (consumer lag).
+
+        The default reads them; engines with an index answer with one query.
+        """
+        count = 0
+        async for _ in self.read_all(from_position, categories, None, None, partitions):
+            count += 1
+        return count
+
+    @abc.abstractmethod
+    async def last_position(self) -> int:
+        """The position of the newest visible event, 0 when the log is empty."""
+
+    @property
+    @abc.abstractmethod
+    def partition_count(self) -> int:
+        """Partitions per category; fixed when the store is created."""
+
+    @abc.abstractmethod
+    def _head_watch(self) -> HeadWatch:
+        """The notifier that wakes live subscriptions."""
+
+    async def subscribe(
+        self,
+        from_position: int = 0,
+        categories: Collection[str] | None = None,
+        types: Collection[str] | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Catch up from `from_position`, then follow live; never ends by itself.
+
+        Each matching event is yielded exactly once and in position order,
+        across the switch from catch-up to live. Raises `StoreClosed` when the
+        store closes.
+        """
+        cats, tys, parts = log_filter(categories, types, partitions)
+        watch = self._head_watch()
+        next_position = max(from_position, 0)
+        while True:
+            self._check_open()
+            head = await self.last_position()
+            async for event in self.read_all(
+                from_position=next_position, categories=cats, types=tys, partitions=parts
+            ):
+                next_position = event.position + 1
+                yield event
+            next_position = max(next_position, head + 1)
+            await watch.wait_beyond(next_position - 1, self.poll_interval)
+
+
+class GroupEngine(LogEngine):
+    """Layer 3: consumer groups and checkpoints.
+
+    A group shares a category's partitions among its live members. Membership
+    is a lease renewed by heartbeats; every change of the set of live members
+    bumps the generation, and only a live member of the current generation
+    that owns a partition may commit it (fencing).
+    """
+
+    @staticmethod
+    def _now() -> float:
+        return time.time()
+
+    @abc.abstractmethod
+    async def join_group(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        """Join (or rejoin) a group; returns the member's partitions and the generation."""
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, group: str, category: str, member: str, lease: float = 10.0
+    ) -> Membership:
+        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin."""
+
+    @abc.abstractmethod
+    async def leave_group(self, group: str, category: str, member: str) -> None:
+        """Leave at once so the member's partitions move without waiting for its lease."""
+
+    @abc.abstractmethod
+    async def commit(
+        self,
+        group: str,
+        category: str,
+        partition: int,
+        position: int,
+        *,
+        member: str,
+        generation: int,
+        appends: Mapping[str, AppendRequest] | None = None,
+    ) -> dict[str, AppendResult]:
+        """Record that the group handled `partition` up to `position` (inclusive).
+
+        Refused with `StaleGeneration` unless `member` is live, in the current
+        `generation`, and owns `partition`. The checkpoint only moves forward: a
+        lower position leaves it unchanged. `appends` (the handler's own writes)
+        are committed in the same transaction as the checkpoint, so effects are
+        exactly-once; engines without transactions raise `NotSupported` for them.
+        """
+
+    @abc.abstractmethod
+    async def checkpoints(self, group: str, category: str) -> dict[int, int]:
+        """The committed position per partition (partitions never committed are absent)."""
+
+    @abc.abstractmethod
+    async def describe_group(self, group: str, category: str) -> Membership | None:
+        """The group's generation and live members (`member` is empty), or None if unknown.
+
+        Unknown: no group operation ever named it and it has no checkpoints
+        (see `list_groups`).
+        """
+
+    @abc.abstractmethod
+    async def list_groups(self) -> list[tuple[str, str]]:
+        """Every (group, category) the store knows, in order.
+
+        A group is known once any group operation named it (join, heartbeat,
+        leave or commit, even a refused one: it may have applied lease
+        expiries) or it has checkpoints; it stays known after its members leave.
+        """
+
+
+Engine = GroupEngine
+"""The full contract; `tidelog.Store` in the public API."""

@@ -1,0 +1,11 @@
+"""The NATS JetStream engine: one stream per store, groups in its key-value bucket.
+
+- `engine`: `NatsEngine`, reads, groups and the contract's write hook;
+- `setup`: the stream and bucket layout, created or checked on open;
+- `wire`: the subjects, headers and documents stored in JetStream;
+- `errors`: JetStream API errors translated into tidelog's, in one place.
+"""
+
+from tidelog.engines.nats.engine import NatsConfig, NatsEngine, open_engine
+
+__all__ = ["NatsConfig", "NatsEngine", "open_engine"]

@@ -1,0 +1,24 @@
+"""The PostgreSQL engine: group commit over asyncpg, commit-order reads.
+
+- `engine`: `PostgresEngine`, reads, groups and the contract's write hook;
+- `schema`: the tables, the SQL and versioned migrations;
+- `errors`: asyncpg errors translated into tidelog's, in one place.
+"""
+
+from tidelog.engines.postgres.engine import (
+    LATEST_VERSION,
+    PostgresConfig,
+    PostgresEngine,
+    migrate_url,
+    open_engine,
+    split_url,
+)
+
+__all__ = [
+    "LATEST_VERSION",
+    "PostgresConfig",
+    "PostgresEngine",
+    "migrate_url",
+    "open_engine",
+    "split_url",
+]
