@@ -446,7 +446,7 @@ async def test_the_writer_wakes_subscribers_before_append_returns() -> None:
     async with tidelog.connect(store_url()) as store:
         assert isinstance(store, NatsEngine)
         result = await store.append("order-1", [ev()])
-        assert store._head_watch().head == result.position
+        assert store.head_watch().head == result.position
         got: list[tidelog.RecordedEvent] = []
 
         async def follow() -> None:

@@ -1139,7 +1139,7 @@ class _GroupConsumer:
         back to its checkpoint, and the others skip what they already have.
         """
         store = self.store
-        watch = store._head_watch()
+        watch = store.head_watch()
         page = self.options.page_size
         categories = (self.handler.category,)
         count = store.partition_count
@@ -1159,7 +1159,7 @@ class _GroupConsumer:
             try:
                 if not behind:  # the head bounds the wait below if this read finds nothing
                     head = await store.last_position()
-                events = await store._read_page(
+                events = await store.read_page(
                     start,
                     categories,
                     self.handler.types,

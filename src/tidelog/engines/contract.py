@@ -24,16 +24,20 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Self
+from dataclasses import dataclass
+from typing import NamedTuple, Self
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
     MAX_EVENTS_PER_APPEND,
+    check_checkpoint,
     log_filter,
     prepare_append,
+    prepare_append_many,
+    validate_group_key,
 )
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.errors import NotSupported, StoreClosed
+from tidelog.errors import InvalidInput, NotSupported, StoreClosed
 from tidelog.model import (
     ANY,
     AppendRequest,
@@ -48,13 +52,61 @@ from tidelog.model import (
 __all__ = [
     "DEFAULT_PARTITIONS",
     "MAX_EVENTS_PER_APPEND",
+    "Checked",
+    "Checkpoint",
     "Engine",
     "GroupEngine",
     "HeadWatch",
     "LogEngine",
     "StreamEngine",
+    "Write",
     "prepare_append",
 ]
+
+
+class Checkpoint(NamedTuple):
+    """A consumer-group checkpoint to commit, with the fence it must pass."""
+
+    group: str
+    category: str
+    partition: int
+    position: int
+    member: str
+    generation: int
+
+
+Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
+"""Appends after their checks: stream name -> (events, expected version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One checked write, the single value an engine's write hook receives.
+
+    - `appends`: the streams to append to, each with its events and expected
+      version, all checked (names, events, versions, no repeated ids); empty
+      for a commit without appends;
+    - `checkpoint`: the checkpoint of a `commit`, or None for an append. The
+      engine fences it (`GroupState.check`) before anything else, in the same
+      transaction that writes it and the appends;
+    - `fence_only`: fence `checkpoint` and write nothing. The contract sends
+      this when a commit's appends failed their checks, so that a stale member
+      learns it is stale before it learns its input was bad.
+
+    Everything in one `Write` is durable together or not at all.
+    """
+
+    appends: Checked
+    checkpoint: Checkpoint | None = None
+    fence_only: bool = False
+
+    @property
+    def weight(self) -> int:
+        """Events to write, plus one for a checkpoint: what batching writers count."""
+        return sum(len(events) for events, _ in self.appends.values()) + (
+            self.checkpoint is not None
+        )
+
 
 # --------------------------------------------------------------------------- layers
 
@@ -79,7 +131,6 @@ class StreamEngine(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @abc.abstractmethod
     async def append(
         self,
         stream: str,
@@ -96,10 +147,26 @@ class StreamEngine(abc.ABC):
         `DuplicateEventId`. Raises `WrongExpectedVersion`, `StreamDeleted`.
         Returns only once the events are durable.
         """
+        self._check_open()
+        name, checked, expected = prepare_append(stream, events, expected_version)
+        return (await self._apply_write(Write({name: (checked, expected)})))[name]
 
-    @abc.abstractmethod
     async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
         """Append to several streams in one atomic commit: all or nothing."""
+        self._check_open()
+        return await self._apply_write(Write(prepare_append_many(requests)))
+
+    # TODO(one-write-path): abstract once every engine implements it
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        """The engine's one write hook: make `write` durable, atomically, or raise.
+
+        `append`, `append_many` and `commit` check the store is open and every
+        argument before they call it, so `write` holds only valid, named values
+        (see `Write`). It returns the result of each stream appended to, and only
+        once the write is durable. A wrapper store (`ValidatingStore`) overrides
+        this hook alone and inherits the front ends.
+        """
+        raise NotImplementedError
 
     @abc.abstractmethod
     def read_stream(
@@ -172,7 +239,7 @@ class LogEngine(StreamEngine):
         events are yielded.
         """
 
-    async def _read_page(
+    async def read_page(
         self,
         from_position: int,
         categories: Collection[str] | None,
@@ -213,7 +280,7 @@ class LogEngine(StreamEngine):
         """Partitions per category; fixed when the store is created."""
 
     @abc.abstractmethod
-    def _head_watch(self) -> HeadWatch:
+    def head_watch(self) -> HeadWatch:
         """The notifier that wakes live subscriptions."""
 
     async def subscribe(
@@ -230,7 +297,7 @@ class LogEngine(StreamEngine):
         store closes.
         """
         cats, tys, parts = log_filter(categories, types, partitions)
-        watch = self._head_watch()
+        watch = self.head_watch()
         next_position = max(from_position, 0)
         while True:
             self._check_open()
@@ -273,7 +340,6 @@ class GroupEngine(LogEngine):
     async def leave_group(self, group: str, category: str, member: str) -> None:
         """Leave at once so the member's partitions move without waiting for its lease."""
 
-    @abc.abstractmethod
     async def commit(
         self,
         group: str,
@@ -292,7 +358,21 @@ class GroupEngine(LogEngine):
         lower position leaves it unchanged. `appends` (the handler's own writes)
         are committed in the same transaction as the checkpoint, so effects are
         exactly-once; engines without transactions raise `NotSupported` for them.
+
+        The member is fenced before its appends are judged: a stale member gets
+        `StaleGeneration` whatever it tried to append, and only a current one
+        learns that its appends are invalid.
         """
+        self._check_open()
+        check_checkpoint(position)
+        validate_group_key(group, category)
+        checkpoint = Checkpoint(group, category, partition, position, member, generation)
+        try:
+            checked = prepare_append_many(appends) if appends else {}
+        except InvalidInput:
+            await self._apply_write(Write({}, checkpoint, fence_only=True))
+            raise
+        return await self._apply_write(Write(checked, checkpoint))
 
     @abc.abstractmethod
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:

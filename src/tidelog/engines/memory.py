@@ -15,9 +15,6 @@ import msgspec
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
-    check_checkpoint,
-    prepare_append,
-    prepare_append_many,
     prepare_delete,
     prepare_purge,
     prepare_read_all,
@@ -29,11 +26,10 @@ from tidelog.engines._kit.checks import (
 from tidelog.engines._kit.groups import GroupState
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.engines.contract import GroupEngine
+from tidelog.engines.contract import GroupEngine, Write
 from tidelog.errors import InvalidInput, StreamDeleted
 from tidelog.model import (
     ANY,
-    AppendRequest,
     AppendResult,
     ExpectedVersion,
     Membership,
@@ -126,19 +122,26 @@ class MemoryEngine(GroupEngine):
         self._watch.advance(len(self._log))
         return results
 
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[NewEvent],
-        expected_version: ExpectedVersion = ANY,
-    ) -> AppendResult:
-        self._check_open()
-        name, checked, expected = prepare_append(stream, events, expected_version)
-        return self._append_many_now({name: (checked, expected)})[name]
-
-    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
-        self._check_open()
-        return self._append_many_now(prepare_append_many(requests))
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        cp = write.checkpoint
+        if cp is not None:
+            state = self._state(cp.group, cp.category)
+            state.check(
+                cp.group,
+                cp.category,
+                cp.member,
+                cp.generation,
+                cp.partition,
+                self.partition_count,
+                self._now(),
+            )
+            if write.fence_only:
+                return {}
+        results = self._append_many_now(write.appends) if write.appends else {}
+        if cp is not None:
+            points = self._checkpoints.setdefault((cp.group, cp.category), {})
+            points[cp.partition] = max(points.get(cp.partition, 0), cp.position)
+        return results
 
     async def read_stream(
         self,
@@ -234,7 +237,7 @@ class MemoryEngine(GroupEngine):
     def partition_count(self) -> int:
         return self.config.partitions
 
-    def _head_watch(self) -> HeadWatch:
+    def head_watch(self) -> HeadWatch:
         return self._watch
 
     # ------------------------------------------------------------------ layer 3
@@ -263,28 +266,6 @@ class MemoryEngine(GroupEngine):
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
         self._state(group, category).leave(member, self._now())
-
-    async def commit(
-        self,
-        group: str,
-        category: str,
-        partition: int,
-        position: int,
-        *,
-        member: str,
-        generation: int,
-        appends: Mapping[str, AppendRequest] | None = None,
-    ) -> dict[str, AppendResult]:
-        self._check_open()
-        check_checkpoint(position)
-        state = self._state(group, category)
-        state.check(
-            group, category, member, generation, partition, self.partition_count, self._now()
-        )
-        results = self._append_many_now(prepare_append_many(appends)) if appends else {}
-        points = self._checkpoints.setdefault((group, category), {})
-        points[partition] = max(points.get(partition, 0), position)
-        return results
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

@@ -270,7 +270,7 @@ class RemoteEngine(GroupEngine):
     def partition_count(self) -> int:
         return self._partitions
 
-    def _head_watch(self) -> HeadWatch:
+    def head_watch(self) -> HeadWatch:
         return self._watch
 
     async def subscribe(

@@ -349,8 +349,8 @@ class ValidatingStore(GroupEngine):
     def partition_count(self) -> int:
         return self.inner.partition_count
 
-    def _head_watch(self) -> HeadWatch:
-        return self.inner._head_watch()
+    def head_watch(self) -> HeadWatch:
+        return self.inner.head_watch()
 
     def subscribe(
         self,

@@ -860,7 +860,7 @@ class LogSuite(SuiteBase):
             await all_positions(store, types=cast(Any, "Created"))
 
     async def test_read_page_is_read_all_as_a_list(self, store: tidelog.Store) -> None:
-        """`_read_page`, the consumer reader's call, returns what `read_all` yields."""
+        """`read_page`, the consumer reader's call, returns what `read_all` yields."""
         await self._populate(store)
         partition = tidelog.partition_of("order-1", store.partition_count)
         cases: list[tuple[int, list[str] | None, list[str] | None, int, list[int] | None]] = [
@@ -875,7 +875,7 @@ class LogSuite(SuiteBase):
             (2**70, None, None, 100, None),
         ]
         for start, cats, tys, limit, parts in cases:
-            page = await store._read_page(start, cats, tys, limit, parts)
+            page = await store.read_page(start, cats, tys, limit, parts)
             assert isinstance(page, list)
             assert page == await collect(store.read_all(start, cats, tys, limit, parts)), (
                 start,
@@ -891,7 +891,7 @@ class LogSuite(SuiteBase):
             (0, None, None, 10, [-1]),
         ):
             with pytest.raises(tidelog.InvalidInput):
-                await store._read_page(*bad)
+                await store.read_page(*bad)
 
     async def test_count_events_agrees_with_read_all(self, store: tidelog.Store) -> None:
         events = await self._populate(store)

@@ -992,7 +992,7 @@ class NatsEngine(GroupEngine):
     def partition_count(self) -> int:
         return self._layout.partitions
 
-    def _head_watch(self) -> HeadWatch:
+    def head_watch(self) -> HeadWatch:
         return self._watch
 
     async def _ensure_watch(self) -> None:

@@ -966,7 +966,7 @@ class PostgresEngine(GroupEngine):
     def partition_count(self) -> int:
         return self._partitions
 
-    def _head_watch(self) -> HeadWatch:
+    def head_watch(self) -> HeadWatch:
         return self._watch
 
     # ------------------------------------------------------------------ layer 3

@@ -586,7 +586,7 @@ class SQLiteEngine(GroupEngine):
             if pending is not None:
                 pending.cancel()
 
-    async def _read_page(
+    async def read_page(
         self,
         from_position: int,
         categories: Collection[str] | None,
@@ -640,7 +640,7 @@ class SQLiteEngine(GroupEngine):
     def partition_count(self) -> int:
         return self._partitions
 
-    def _head_watch(self) -> HeadWatch:
+    def head_watch(self) -> HeadWatch:
         if self._poller is None and not self._closed:
             self._poller = threading.Thread(
                 target=self._poll_changes, name="tidelog-sqlite-poller", daemon=True
