@@ -63,7 +63,7 @@ T = TypeVar("T")
 _COMMAND_MODULES: Final = (
     "tidelog.consumers._cli",
     "tidelog.schemas._cli",
-    "tidelog.projections_cli",
+    "tidelog.projections._cli",
     "tidelog._cli_admin",
     "tidelog.server._cli",
 )
