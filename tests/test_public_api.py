@@ -176,5 +176,5 @@ def test_each_feature_exports_its_everyday_names_as_the_docstring_says() -> None
         module = importlib.import_module(module_name)
         for name in names:
             assert getattr(tidelog, name) is getattr(module, name), (module_name, name)
-        row = next(line for line in doc.splitlines() if f"`{module_name}` |" in line)
+        row = next(line for line in doc.splitlines() if f"| `{module_name}` |" in line)
         assert sorted(re.findall(r"`([A-Za-z_]+)`", row.split("|")[2])) == names, row

@@ -15,14 +15,14 @@ day, and nothing else:
   `tidelog.engines.contract`);
 - each feature's everyday names, the ones an application writes by hand:
 
-  | feature | everyday names | the rest in |
-  |---|---|---|
-  | typed events | `event`, `EventRegistry`, `encode`, `decode`, `upcaster` | `tidelog.codec` |
-  | aggregates | `Aggregate`, `Repository`, `applies` | `tidelog.aggregates` |
-  | projections | `Projection`, `ProjectionRunner`, `handles` | `tidelog.projections` |
-  | consumers | `App`, `Context`, `HandlerOptions`, `ParkedEvent`, `Producer` | `tidelog.consumers` |
-  | schemas | `SchemaRegistry` | `tidelog.schemas` |
-  | encryption | `Personal`, `PersonalData` | `tidelog.security` |
+  | feature, and the rest of its names | everyday names at the top level |
+  |---|---|
+  | `tidelog.codec` | `event`, `EventRegistry`, `encode`, `decode`, `upcaster` |
+  | `tidelog.aggregates` | `Aggregate`, `Repository`, `applies` |
+  | `tidelog.projections` | `Projection`, `ProjectionRunner`, `handles` |
+  | `tidelog.consumers` | `App`, `Context`, `HandlerOptions`, `ParkedEvent`, `Producer` |
+  | `tidelog.schemas` | `SchemaRegistry` |
+  | `tidelog.security` | `Personal`, `PersonalData` |
 
 Tools and optional extras stay in their packages and are never imported by
 `import tidelog`: the server (`tidelog.server`), the conformance suite

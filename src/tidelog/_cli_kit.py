@@ -28,6 +28,7 @@ from tidelog.model import ExpectedVersion, RecordedEvent, StreamState, validate_
 
 __all__ = [
     "Settings",
+    "command_group",
     "emit",
     "event_to_json",
     "import_user_module",
@@ -49,6 +50,13 @@ class Settings:
 
     store: str
     json: bool
+
+
+def command_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
+    """Add the group `tidelog NAME ...` to `app`; run bare, it prints its help."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
 
 
 def settings(ctx: typer.Context) -> Settings:

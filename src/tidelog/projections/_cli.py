@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tidelog._cli_kit import emit, import_user_module, run, settings
+from tidelog._cli_kit import command_group, emit, import_user_module, run, settings
 
 __all__ = ["register"]
 
@@ -45,11 +45,9 @@ def _projections(module_path: str | None) -> list[Any]:
 
 def register(app: typer.Typer) -> None:
     """Add the `projections` command group to the tidelog CLI."""
-    proj_app = typer.Typer(
-        help="Projections (read models): list them, show their lag, rebuild one.",
-        no_args_is_help=True,
+    proj_app = command_group(
+        app, "projections", "Projections (read models): list them, show their lag, rebuild one."
     )
-    app.add_typer(proj_app, name="projections")
 
     @proj_app.command("list")
     def list_(ctx: typer.Context, module: Module = None) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from tidelog._cli_kit import emit, import_user_module, run, settings
+from tidelog._cli_kit import command_group, emit, import_user_module, run, settings
 
 __all__ = ["register"]
 
@@ -37,11 +37,9 @@ def _event_classes(module_path: str) -> list[type[msgspec.Struct]]:
 
 def register(app: typer.Typer) -> None:
     """Add the `schema` command group to the tidelog CLI."""
-    schema_app = typer.Typer(
-        help="The schema registry: list, show, register and check event schemas.",
-        no_args_is_help=True,
+    schema_app = command_group(
+        app, "schema", "The schema registry: list, show, register and check event schemas."
     )
-    app.add_typer(schema_app, name="schema")
 
     @schema_app.command("list")
     def list_(ctx: typer.Context) -> None:
