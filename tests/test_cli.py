@@ -405,6 +405,7 @@ def test_extension_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     for name in (absent, good):
         with cli._command_module(name):
             importlib.import_module(name)
+    assert [m.__name__ for m in cli._COMMAND_MODULES] == [good]  # the absent one is skipped
     cli._register_extensions(target)
     result = CliRunner().invoke(target, ["hello"])
     # An extension's TidelogError goes through the same one-line handler.

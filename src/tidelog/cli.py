@@ -167,6 +167,7 @@ with _command_module("tidelog.server._cli"):
 
 
 def _register_extensions(target: typer.Typer) -> None:
+    """Let every command module add its commands to `target`, in help order."""
     for module in _COMMAND_MODULES:
         module.register(target)
 
