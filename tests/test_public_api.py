@@ -8,7 +8,10 @@ group in `TOP_LEVEL` (the rule of `tidelog/__init__.py`'s docstring).
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
+import subprocess
+import sys
 import types
 
 import tidelog
@@ -133,6 +136,17 @@ EVERYDAY = {
     "tidelog.security": ["Personal", "PersonalData"],
 }
 """Each feature's everyday names, as the table of `tidelog/__init__.py`'s docstring lists them."""
+TOOLS = [
+    "tidelog.cli",
+    "tidelog.copy",
+    "tidelog.server",
+    "tidelog.telemetry",
+    "tidelog.testing",
+    "tidelog.wire",
+]
+"""Public modules that give the top level no name."""
+NOT_IMPORTED = ["tidelog.cli", "tidelog.server", "tidelog.telemetry", "tidelog.testing"]
+"""The tools `import tidelog` leaves alone: they need optional extras or are programs."""
 
 
 def _public_names(module: types.ModuleType) -> list[str]:
@@ -178,3 +192,20 @@ def test_each_feature_exports_its_everyday_names_as_the_docstring_says() -> None
             assert getattr(tidelog, name) is getattr(module, name), (module_name, name)
         row = next(line for line in doc.splitlines() if f"| `{module_name}` |" in line)
         assert sorted(re.findall(r"`([A-Za-z_]+)`", row.split("|")[2])) == names, row
+
+
+def test_every_public_module_is_a_feature_of_the_rule_or_a_tool() -> None:
+    modules = {
+        f"tidelog.{m.name}" for m in pkgutil.iter_modules(tidelog.__path__) if m.name[0] != "_"
+    }
+    assert modules == {"tidelog.model", "tidelog.errors", "tidelog.engines", *EVERYDAY, *TOOLS}
+    for tool in TOOLS:
+        assert f"(`{tool}`)" in (tidelog.__doc__ or ""), tool
+
+
+def test_import_tidelog_leaves_the_tools_alone() -> None:
+    code = f"import sys, tidelog; print([m for m in {NOT_IMPORTED!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -24,10 +24,12 @@ day, and nothing else:
   | `tidelog.schemas` | `SchemaRegistry` |
   | `tidelog.security` | `Personal`, `PersonalData` |
 
-Tools and optional extras stay in their packages and are never imported by
-`import tidelog`: the server (`tidelog.server`), the conformance suite
-(`tidelog.testing`), telemetry (`tidelog.telemetry`), the command line
-(`tidelog.cli`) and the engines themselves (`tidelog.engines`, chosen by URL).
+Tools give the top level no name: the server (`tidelog.server`), the
+conformance suite (`tidelog.testing`), telemetry (`tidelog.telemetry`), the
+command line (`tidelog.cli`), copying a store (`tidelog.copy`) and the HTTP
+wire format (`tidelog.wire`); `import tidelog` imports none of the first four,
+which need optional extras or are programs. The engines (`tidelog.engines`)
+are chosen by URL in `connect`, which imports the one it needs.
 """
 
 from tidelog._connect import DEFAULT_STORE_URL, connect
