@@ -8,7 +8,8 @@
 Run with `await app.run()` or `tidelog worker module:app`. See docs/consumers.md.
 """
 
-from ._app import App, Context, HandlerOptions, RunnerOptions
+from ._app import App
+from ._context import Context
 from ._dlq import (
     DlqState,
     ParkedEvent,
@@ -18,8 +19,9 @@ from ._dlq import (
     list_parked,
     retry_parked,
 )
+from ._options import HandlerOptions, RunnerOptions
 from ._producer import BufferFull, Producer
-from ._runner import Stats
+from ._stats import Stats
 
 __all__ = [
     "App",
