@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from tidelog import codec
 from tidelog.engines.contract import GroupEngine
@@ -216,15 +216,7 @@ class GroupConsumer:
                     emit(logging.WARNING, "join_failed", group=h.group, error=repr(exc))
                     await sleep_unless(stopping, 1.0)
                     continue
-                emit(
-                    logging.INFO,
-                    "joined",
-                    group=h.group,
-                    category=h.category,
-                    member=self.member,
-                    generation=membership.generation,
-                    partitions=list(membership.partitions),
-                )
+                self._emit_membership("joined", membership)
                 await self._apply(membership)
                 await self._heartbeats()
             await self._drop_all(time.monotonic() + self.options.shutdown_timeout)
@@ -235,7 +227,7 @@ class GroupConsumer:
                 await self._drop_all(None)
             with contextlib.suppress(Exception):
                 await self.store.leave_group(h.group, h.category, self.member)
-                emit(logging.INFO, "left", group=h.group, category=h.category, member=self.member)
+                self._emit(logging.INFO, "left")
 
     async def _heartbeats(self) -> None:
         """Heartbeat until stopping; return to rejoin when this member's lease was lost."""
@@ -257,14 +249,8 @@ class GroupConsumer:
             except StaleGeneration as exc:
                 self.stats.stale_heartbeats += 1
                 self.stats.rejoins += 1
-                emit(
-                    logging.WARNING,
-                    "lease_lost",
-                    group=h.group,
-                    category=h.category,
-                    member=self.member,
-                    generation=self.generation,
-                    current=exc.current,
+                self._emit(
+                    logging.WARNING, "lease_lost", generation=self.generation, current=exc.current
                 )
                 # try to commit what finished: a fenced member's commit is refused
                 await self._drop_all(None)
@@ -273,16 +259,21 @@ class GroupConsumer:
                 emit(logging.WARNING, "heartbeat_failed", group=h.group, error=repr(exc))
                 continue
             if membership.generation != self.generation:
-                emit(
-                    logging.INFO,
-                    "rebalanced",
-                    group=h.group,
-                    category=h.category,
-                    member=self.member,
-                    generation=membership.generation,
-                    partitions=list(membership.partitions),
-                )
+                self._emit_membership("rebalanced", membership)
             await self._apply(membership)
+
+    def _emit(self, level: int, event: str, **fields: Any) -> None:
+        """A log line of this member in its group: group, category and member, then `fields`."""
+        h = self.handler
+        emit(level, event, group=h.group, category=h.category, member=self.member, **fields)
+
+    def _emit_membership(self, event: str, membership: Membership) -> None:
+        self._emit(
+            logging.INFO,
+            event,
+            generation=membership.generation,
+            partitions=list(membership.partitions),
+        )
 
     # ---------------------------------------------------------------- reading
 
