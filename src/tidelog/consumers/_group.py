@@ -34,11 +34,12 @@ from tidelog.model import Membership, RecordedEvent, partition_of
 
 from ._checkpoints import Checkpoint, Committer
 from ._context import DeliveryScope
+from ._delivery import Shared
 from ._dlq import DlqState, ParkedStatus, load_state
 from ._flow import Credits, Limiter, cancel_and_wait, first, sleep_unless
 from ._handler import Handler
 from ._options import RunnerOptions
-from ._partition import PartitionRun, Shared
+from ._partition import PartitionRun
 from ._stats import Stats, emit, log
 
 __all__ = ["GroupConsumer", "Process"]

@@ -9,67 +9,42 @@
   task switch; one that waits holds up only its own stream, as a spare worker
   takes the rest (handler calls at once bounded by `concurrency` over all
   partitions, `Limiter`).
-- A failing event is retried with backoff, then parked in `$dlq-<group>` (see
-  `_dlq`), which also records the events held behind it, so the checkpoint can
-  move past a blocked stream without losing anything.
+- What becomes of an event (the DLQ gate, retries with backoff, parking) is
+  its `Delivery`'s (`_delivery`): the run decides which event goes when.
 - What finished moves the partition's `Checkpoint`, which commits it.
 
 A run knows its group consumer only through `Group` (the live membership: the
-generation, the DLQ state, whether the reader caught up) and `Shared` (what
-every run of the consumer shares): the two are all it needs of the rest.
+generation, the DLQ state, whether the reader caught up, and two calls) and
+`Shared` (what every run of the consumer shares): all it needs of the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
-from tidelog.model import AppendRequest, NewEvent, RecordedEvent
+from tidelog.model import RecordedEvent
 
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
-from ._dlq import (
-    DlqState,
-    ParkedStatus,
-    dlq_stream,
-    held_entry,
-    parked_entry,
-    resolved_entry,
-)
-from ._flow import Credits, Limiter, cancel_and_wait
-from ._handler import Handler
-from ._stats import Stats, emit, log
+from ._delivery import NOT_THE_EVENTS_FAULT, Delivery, DeliveryGroup, Shared
+from ._flow import cancel_and_wait
+from ._stats import emit, log
 
-__all__ = ["Group", "PartitionRun", "Shared"]
+__all__ = ["Group", "PartitionRun"]
 
 
-class Group(Protocol):
+class Group(DeliveryGroup, Protocol):
     """What a partition run asks of its group consumer while it runs."""
-
-    @property
-    def generation(self) -> int:
-        """The generation of the current membership: each delivery carries it."""
-        ...
 
     @property
     def caught_up(self) -> bool:
         """The reader's last read found less than it asked for: the log ends about here."""
         ...
-
-    @property
-    def dlq(self) -> DlqState:
-        """The group's DLQ state, as of the last `refresh_dlq`."""
-        ...
-
-    async def refresh_dlq(self) -> None:
-        """Fold the DLQ entries written since the last read (this run's own ones too)."""
 
     async def still_owner(self, partition: int) -> bool:
         """Heartbeat now (while stopping); True if `partition` is still this member's."""
@@ -77,18 +52,6 @@ class Group(Protocol):
 
     def run_started(self, run: PartitionRun) -> None:
         """`run` loaded its checkpoint: hand it its DLQ retries, and read for it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Shared:
-    """What every partition run of one group consumer shares, fixed for the consumer's life."""
-
-    handler: Handler
-    stats: Stats
-    running: Limiter
-    """Handler calls at once, over every partition of the process."""
-    credits: Credits
-    """Events fetched and not finished, over every partition of the group consumer."""
 
 
 class _Settle:
@@ -101,10 +64,6 @@ class _Settle:
 
 
 _Item = RecordedEvent | _Settle
-
-_NOT_THE_EVENTS_FAULT = (asyncio.CancelledError, StaleGeneration, StoreUnavailable, StoreClosed)
-"""Fenced, or the store is down: no attempt is spent; the event is tried again later
-(or redelivered elsewhere)."""
 
 _new_context = object.__new__
 """Makes a `Context` without `__init__`: see `Context._deliver`."""
@@ -143,8 +102,7 @@ class PartitionRun:
         self.staff_due = False
         """A `_staff` call is scheduled for when the running worker yields (see `_take`)."""
         self.max_workers = self.running.limit if self.by_stream else 1
-        self.direct = h.fn if self.by_stream and h.event_class is None else None
-        """The handler itself when it takes the `RecordedEvent` as is (skips `Handler.invoke`)."""
+        self.delivery = Delivery(group, shared, scope, checkpoint)
         self.settle_queued: set[str] = set()
         self.started = asyncio.Event()
         self.starter: asyncio.Task[None] | None = None
@@ -379,7 +337,7 @@ class PartitionRun:
         This loop runs once per event, and with a handler that returns at once a
         call of ours costs a good share of a delivery: so the common path is
         written out here. What it does per event is `_deliver`: the first
-        attempt runs as in `_handle`, a failing one goes on in `_retry`; a
+        attempt runs as in `Delivery.handle`, a failing one goes on in `retry`; a
         finished event is accounted for as in `_finished`. The next item is
         taken as in `_take` when it is first in line and nobody holds its stream.
 
@@ -389,12 +347,13 @@ class PartitionRun:
         handler (the DLQ, a commit, a retry), and when the worker stops.
         """
         group, checkpoint = self.group, self.checkpoint
+        delivery = self.delivery
         running, dlq, stats, scope, direct, h = (
             self.running,
             group.dlq,
             self.stats,
             self.scope,
-            self.direct,
+            delivery.direct,
             self.handler,
         )
         new_context, inline = _new_context, self.inline
@@ -418,7 +377,7 @@ class PartitionRun:
                         # a `_Settle` is in line only while its stream is in `settle_queued`
                         event: RecordedEvent = item  # type: ignore[assignment]
                         # an empty DLQ (the usual case) can neither hold nor skip an event
-                        if not dlq.entries or await self._gate(event):
+                        if not dlq.entries or await delivery.gate(event):
                             events = (event,)
                             # `Context._deliver(scope, group.generation, 1, events)`, inline
                             ctx = new_context(Context)
@@ -444,13 +403,13 @@ class PartitionRun:
                                     running.release()
                                     slot = False
                                     await checkpoint.commit_with(ctx._requests())
-                            except _NOT_THE_EVENTS_FAULT:
+                            except NOT_THE_EVENTS_FAULT:
                                 raise
                             except Exception as exc:
                                 if slot:
                                     running.release()  # each retry takes one
                                     slot = False
-                                await self._retry(event, exc)
+                                await delivery.retry(event, exc)
                             else:
                                 stats.handled += 1
                                 stats.events_handled += 1
@@ -521,7 +480,7 @@ class PartitionRun:
                 ready.popleft()
                 batch.append(item)
             try:
-                await self._process_batch(batch)
+                await self.delivery.batch(batch)
             except StoreUnavailable as exc:
                 ready.extendleft(reversed(batch))
                 await self._store_unavailable(exc)
@@ -534,186 +493,22 @@ class PartitionRun:
     async def _deliver(self, event: RecordedEvent) -> None:
         """One event, the plain way: what `_work_streams` does for it, written out there.
 
-        Past the DLQ (`_gate`), through the handler with its retries
-        (`_handle`), parked if it keeps failing, then finished.
+        Past the DLQ (`Delivery.gate`), through the handler with its retries
+        (`Delivery.handle`), parked if it keeps failing, then finished.
         """
-        if await self._gate(event):
-            error, attempts = await self._handle((event,))
+        delivery = self.delivery
+        if await delivery.gate(event):
+            error, attempts = await delivery.handle((event,))
             if error is not None:
-                await self._park(event, error, attempts, 0)
+                await delivery.park(event, error, attempts, 0)
         self._finished(event.position)
 
-    async def _gate(self, event: RecordedEvent) -> bool:
-        """True if `event` must go to the handler; else it was parked, held or settled."""
-        state = self.group.dlq
-        if not state.entries:
-            return True  # nothing parked in this group: the common case, decided at once
-        stats = self.stats
-        if event.id in state.entries:
-            stats.skipped_parked += 1
-            return False
-        if state.blocked(event.stream, event.position):
-            h = self.handler
-            if h.options.on_park == "block":
-                entry = held_entry(h.group, event, handler=h.name)
-            else:
-                entry = parked_entry(
-                    h.group, event, handler=h.name, error=None, attempts=0, reason="stream_parked"
-                )
-            await self._write_dlq(entry)
-            # counted once written: a count seen by callers is in the DLQ already
-            if h.options.on_park == "block":
-                stats.held += 1
-            else:
-                stats.parked += 1
-            return False
-        return True
-
-    async def _retry(self, event: RecordedEvent, failed: Exception) -> None:
-        """The first attempt at `event` raised `failed`: retry it; park it if it keeps failing."""
-        error, attempts = await self._handle((event,), failed=failed)
-        if error is not None:
-            await self._park(event, error, attempts, 0)
+    async def _settle(self, stream: str) -> None:
+        """Run the DLQ head of `stream` through the handler while it is a retry or held."""
+        self.settle_queued.discard(stream)
+        await self.delivery.settle(stream)
 
     async def _store_unavailable(self, exc: StoreUnavailable) -> None:
         """Writing the DLQ or a handler's effects failed: wait, then the caller tries again."""
         emit(logging.WARNING, "store_unavailable", partition=self.p, error=repr(exc))
         await asyncio.sleep(0.5)
-
-    async def _process_batch(self, batch: Sequence[RecordedEvent]) -> None:
-        todo = [e for e in batch if await self._gate(e)]
-        if not todo:
-            return
-        error, _ = await self._handle(tuple(todo))
-        if error is None:
-            return
-        # isolate the failing events: one at a time, each with its own attempts
-        for event in todo:
-            if not await self._gate(event):
-                continue
-            one_error, attempts = await self._handle((event,))
-            if one_error is not None:
-                await self._park(event, one_error, attempts, 0)
-
-    async def _handle(
-        self,
-        events: tuple[RecordedEvent, ...],
-        extra: dict[str, list[NewEvent]] | None = None,
-        failed: Exception | None = None,
-    ) -> tuple[BaseException | None, int]:
-        """Run the handler with retries; commit its appends. Returns (last error, attempts).
-
-        `failed`: the first attempt already ran, inline in `_work_streams`, and
-        raised this; the retries go on from there.
-        """
-        h = self.handler
-        running = self.running
-        direct = self.direct
-        stats = self.stats
-        scope = self.scope
-        attempt = 0 if failed is None else 1
-        error = failed
-        while True:
-            if error is not None:
-                if attempt >= h.options.max_attempts:
-                    return error, attempt
-                await self._back_off(events, attempt, error)
-            attempt += 1
-            ctx = Context._deliver(scope, self.group.generation, attempt, events)
-            try:
-                if not running.try_acquire():
-                    await running.acquire()
-                try:
-                    if direct is not None:
-                        await direct(events[0], ctx)
-                    else:
-                        await h.invoke(events, ctx, scope.registry)
-                finally:
-                    running.release()
-                if ctx._appends or extra:
-                    requests = ctx._requests()
-                    for stream, evs in (extra or {}).items():
-                        requests[stream] = AppendRequest(events=tuple(evs))
-                    await self.checkpoint.commit_with(requests)
-                stats.handled += 1
-                stats.events_handled += len(events)
-                return None, attempt
-            except _NOT_THE_EVENTS_FAULT:
-                raise
-            except Exception as exc:
-                error = exc
-
-    async def _back_off(
-        self, events: tuple[RecordedEvent, ...], attempt: int, error: Exception
-    ) -> None:
-        """Wait before the next attempt: exponential backoff with jitter."""
-        h = self.handler
-        self.stats.retries += 1
-        delay = h.options.backoff(attempt, random.random())
-        emit(
-            logging.INFO,
-            "retry",
-            group=h.group,
-            handler=h.name,
-            event_id=str(events[0].id),
-            stream=events[0].stream,
-            attempt=attempt,
-            delay=round(delay, 3),
-            error=repr(error)[:500],
-        )
-        await asyncio.sleep(delay)
-
-    async def _park(
-        self, event: RecordedEvent, error: BaseException, attempts: int, round_: int
-    ) -> None:
-        h = self.handler
-        emit(
-            logging.WARNING,
-            "parked",
-            group=h.group,
-            handler=h.name,
-            event_id=str(event.id),
-            stream=event.stream,
-            position=event.position,
-            attempts=attempts,
-            error=repr(error)[:500],
-        )
-        await self._write_dlq(
-            parked_entry(
-                h.group, event, handler=h.name, error=error, attempts=attempts, round_=round_
-            )
-        )
-        self.stats.parked += 1  # once written, as in `_gate`
-
-    async def _write_dlq(self, entry: NewEvent) -> None:
-        await self.checkpoint.commit_with(
-            {dlq_stream(self.handler.group): AppendRequest(events=(entry,))}
-        )
-        await self.group.refresh_dlq()
-
-    async def _settle(self, stream: str) -> None:
-        """Run the DLQ head of `stream` through the handler while it is a retry or held."""
-        group = self.group
-        dlq_name = dlq_stream(self.handler.group)
-        self.settle_queued.discard(stream)
-        while True:
-            await group.refresh_dlq()
-            head = group.dlq.head(stream)
-            if head is None or head.status is ParkedStatus.PARKED:
-                return
-            event = head.event
-            round_ = group.dlq.rounds.get(event.id, 0)
-            resolution = resolved_entry(self.handler.group, event.id, round_)
-            emit(
-                logging.INFO,
-                "dlq_settle",
-                group=self.handler.group,
-                event_id=str(event.id),
-                stream=stream,
-                status=head.status.value,
-            )
-            error, attempts = await self._handle((event,), extra={dlq_name: [resolution]})
-            if error is not None:
-                await self._park(event, error, attempts, round_ + 1)
-            else:
-                await group.refresh_dlq()

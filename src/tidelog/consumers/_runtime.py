@@ -4,7 +4,8 @@ How the pieces fit, top down:
 
     Runtime            this module: opens the store, starts a GroupConsumer per handler
     GroupConsumer      `_group`: membership, heartbeats, rebalances, the reader
-    PartitionRun       `_partition`: one owned partition's workers, retries, parking
+    PartitionRun       `_partition`: one owned partition's workers, in per-stream order
+    Delivery           `_delivery`: an event through the handler: DLQ gate, retries, parking
     Checkpoint         `_checkpoints`: what finished, and the fenced commits recording it
     Credits, Limiter   `_flow`: events fetched, and handler calls running, at once
     Stats, emit        `_stats`: what a run counts and logs
