@@ -6,6 +6,11 @@
     async def on_order(event: tidelog.RecordedEvent, ctx: tidelog.Context) -> None: ...
 
 Run with `await app.run()` or `tidelog worker module:app`. See docs/consumers.md.
+
+One concern per module: `_options`, `_context` and `_handler` are what users
+write against; `_runtime` runs an `App` and maps the rest (group consumer,
+partition run, delivery, checkpoints, flow control); `_dlq` and `_producer`
+stand beside it.
 """
 
 from ._app import App
