@@ -1,8 +1,8 @@
 """The partition run's inlined hot path (`_work_streams`) gives the outcomes of its plain form.
 
 `_work_streams` writes out, for speed, what `PartitionRun._deliver` does per
-event (the DLQ gate, the first attempt of `_handle`, the retries, parking, the
-accounting of a finished event). Here one scripted set of events (successes,
+event (the DLQ gate, the first attempt of `Delivery.handle`, the retries,
+parking, the accounting of a finished event). Here one scripted set of events (successes,
 transient failures, poison events and the events held or parked behind them,
 handlers that wait and handlers that append) runs once through each, and every
 outcome must be the same: the handler calls and their attempts, the counters,
