@@ -327,6 +327,8 @@ async def ingest_cloudevents(
                 detail=f"send {STRUCTURED_CONTENT_TYPE}, {BATCH_CONTENT_TYPE}, "
                 "or binary mode (ce-specversion and the other ce-* headers)",
             )
+    except RecursionError:  # nesting left open is not the depth check's to refuse
+        raise InvalidInput("JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"invalid CloudEvents JSON: {exc}") from None
     if not parsed:

@@ -109,6 +109,8 @@ async def _schema_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
     _depth(raw, limit)
     try:
         body = _REGISTER.decode(raw)
+    except RecursionError:  # nesting left open is not the depth check's to refuse
+        raise _refuse(400, 400, "JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _refuse(400, 400, f"invalid request body: {exc}") from None
     if body.schemaType.upper() != "JSON":
@@ -123,6 +125,8 @@ async def _schema_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
             raise _refuse(422, 42201, str(exc)) from None
         try:
             schema = _JSON.decode(schema)
+        except RecursionError:
+            raise _refuse(422, 42201, "JSON nested too deeply") from None
         except msgspec.DecodeError as exc:
             raise _refuse(422, 42201, f"schema is not valid JSON: {exc}") from None
     if not isinstance(schema, dict):
@@ -279,6 +283,8 @@ async def _set_config(
     _depth(raw, _runtime(state).config.limits.max_json_depth)
     try:
         body = _CONFIG.decode(raw)
+    except RecursionError:
+        raise _refuse(400, 400, "JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _refuse(400, 400, f"invalid request body: {exc}") from None
     try:
