@@ -35,7 +35,7 @@ from _server_util import ADMIN_KEY, config, running
 from tidelog.errors import InvalidInput
 from tidelog.security.tokens import JWTConfig
 from tidelog.server import Limits, Server
-from tidelog.server._app import _check_depth
+from tidelog.server._deps import check_depth as _check_depth
 
 BAD_INPUTS_TRIED: list[str] = []
 
