@@ -24,7 +24,7 @@ from litestar.di import NamedDependency
 from tidelog import wire
 from tidelog.engines.contract import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput
-from tidelog.model import AppendRequest, NewEvent, validate_stream_name
+from tidelog.model import AppendRequest, NewEvent, parse_expected_version, validate_stream_name
 from tidelog.schemas import SchemaRegistry
 from tidelog.security.acl import Access, Permission
 from tidelog.security.tokens import Authenticator, AuthError
@@ -274,7 +274,7 @@ def append_requests(
         need_stream(access, stream, Permission.WRITE)
         events = new_events(rt, body)
         total += len(events)
-        out[stream] = AppendRequest(events, wire.expected_from_wire(body.expected_version))
+        out[stream] = AppendRequest(events, parse_expected_version(body.expected_version))
     if total > rt.config.limits.max_events_per_append:
         raise InvalidEvent(f"at most {rt.config.limits.max_events_per_append} events per request")
     return out

@@ -12,7 +12,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 import tidelog
 from tidelog import telemetry, wire
-from tidelog.model import category_of, validate_stream_name
+from tidelog.model import category_of, parse_expected_version, validate_stream_name
 from tidelog.security.acl import Permission
 from tidelog.server._deps import (
     AccessDep,
@@ -39,7 +39,7 @@ async def append(
     started = time.perf_counter()
     with telemetry.publish_span([category_of(stream)], request.headers, count=len(events)) as tc:
         events = telemetry.with_trace_context(events, tc)  # W3C traceparent into metadata
-        expected = wire.expected_from_wire(data.expected_version)
+        expected = parse_expected_version(data.expected_version)
         result = await rt.store.append(stream, events, expected)
         telemetry.record_append(stream, events, result)
     rt.metrics.appended(category_of(stream), len(events), time.perf_counter() - started)
@@ -99,7 +99,7 @@ async def delete_stream(
     rt = runtime(state)
     validate_stream_name(stream)
     need_stream(access, stream, Permission.ADMIN)
-    await rt.store.delete_stream(stream, wire.expected_from_wire(expected_version))
+    await rt.store.delete_stream(stream, parse_expected_version(expected_version))
 
 
 @post("/v1/streams/{stream:str}/purge", status_code=204, summary="Erase a system stream")
