@@ -44,7 +44,7 @@ async def subscribe(
         from_position = int(last_id) + 1
     _check_subscription_quota(rt, access)
     return ServerSentEvent(
-        _sse_events(rt, access, from_position, category, type, partition),
+        _sse_events(_live(rt, access, from_position, category, type, partition)),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
@@ -104,15 +104,11 @@ def _check_subscription_quota(rt: Runtime, access: Access) -> None:
 
 
 async def _sse_events(
-    rt: Runtime,
-    access: Access,
-    from_position: int,
-    categories: list[str] | None,
-    types: list[str] | None,
-    partitions: list[int] | None,
+    events: AsyncIterator[tidelog.RecordedEvent | None],
 ) -> AsyncIterator[ServerSentEventMessage]:
+    """Events as SSE messages (the id is the position), keep-alives as comments."""
     encoder = msgspec.json.Encoder()
-    async for e in _live(rt, access, from_position, categories, types, partitions):
+    async for e in events:
         if e is None:
             yield ServerSentEventMessage(comment="keep-alive")
         else:
