@@ -158,11 +158,11 @@ def _nesting(raw: bytes) -> bytes:
 
     One `translate` keeps only brackets, quotes and backslashes; without a
     backslash no string holds an escaped quote, so splitting at the quotes cuts
-    the strings out. Else a regex cuts each complete string, and from a string
-    that never ends it keeps the rest of the body as it is (splitting at its
-    quotes then), as a scan that retried that string at every later quote used
-    to: the regex reads each byte once, where that scan read the tail again at
-    each quote, in time growing with the square of the body.
+    the strings out. Else a regex cuts each complete string, and a string that
+    never ends takes the rest of the body with it, kept as it is (then split at
+    its quotes): what the check always did, but read once. It used to retry that
+    string at each later quote, reading the tail again every time, in time
+    growing with the square of the body (4 s for 32 KB).
     """
     skeleton = raw.translate(None, _NOT_SKELETON)
     if b"\\" in skeleton:
@@ -218,7 +218,8 @@ def check_depth(raw: bytes, limit: int) -> None:
     peeled_rounds = 0
     while peeled_rounds < limit:
         if budget < len(nesting):
-            # rounds r..limit peel something iff a pair is `limit - r` tall here
+            # the rounds left all peel iff a pair here is `rest` tall; something
+            # is left after them iff one is taller, or something never matches
             rest = limit - peeled_rounds
             tallest, stray = _height(nesting, rest)
             if tallest > rest or (tallest == rest and stray):
