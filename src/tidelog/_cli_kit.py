@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
-import re
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ import msgspec
 import typer
 
 import tidelog
-from tidelog.errors import InvalidExpectedVersion, InvalidInput
-from tidelog.model import ExpectedVersion, RecordedEvent, StreamState, validate_expected_version
+from tidelog import model
+from tidelog.errors import InvalidInput
+from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_version
 
 __all__ = [
     "Settings",
@@ -85,14 +85,12 @@ def parse_json(text: str, what: str) -> Any:
 
 
 def parse_expected_version(text: str) -> ExpectedVersion:
-    """`any`, `no_stream`, `stream_exists` (or `no-stream`, `stream-exists`) or an int >= 0."""
-    word = text.strip().lower()
-    for state in StreamState:
-        if word.replace("-", "_") == state.value:
-            return state
-    if re.fullmatch(r"-?[0-9]{1,20}", word) is None:  # ASCII digits only, bounded
-        raise InvalidExpectedVersion(text)
-    return validate_expected_version(int(word))
+    """`any`, `no_stream`, `stream_exists` (or `no-stream`, `stream-exists`) or an int >= 0.
+
+    Read by the one parser of `tidelog.model`, and checked against the range at
+    once: the command line reports a bad version before anything else.
+    """
+    return validate_expected_version(model.parse_expected_version(text, dashes=True))
 
 
 def event_to_json(event: RecordedEvent) -> dict[str, Any]:
