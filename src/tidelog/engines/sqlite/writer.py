@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, Generic, TypeVar, cast
 from uuid import UUID
 
@@ -31,6 +31,7 @@ import msgspec
 
 from tidelog.engines._kit.checks import resolve_retry
 from tidelog.engines._kit.groups import GroupState
+from tidelog.engines.contract import Checked
 from tidelog.engines.sqlite import db
 from tidelog.errors import (
     StoreClosed,
@@ -49,7 +50,7 @@ from tidelog.model import (
     partition_of,
 )
 
-__all__ = ["Appends", "Checked", "CommitThenRaise", "Request", "Writer"]
+__all__ = ["Appends", "CommitThenRaise", "Request", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +88,21 @@ class CommitThenRaise(Exception):
         self.error = error
 
 
-Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-"""Validated appends: stream name -> (events, expected version), one atomic request."""
-
-
 class Appends:
-    """An `append` (`single` names its stream) or `append_many` request.
+    """The appends of an `append` or `append_many`: one atomic request.
 
     The writer recognises these to run a whole run of them with a handful of
     statements (see `_AppendRun`) instead of five per request. Called like any
     other operation, it takes the one-request path.
     """
 
-    __slots__ = ("checked", "single")
+    __slots__ = ("checked",)
 
-    def __init__(self, checked: Checked, single: str | None = None) -> None:
+    def __init__(self, checked: Checked) -> None:
         self.checked = checked
-        self.single = single
 
-    def __call__(self, writer: Writer) -> AppendResult | dict[str, AppendResult]:
-        return self.result(writer.append_many(self.checked))
-
-    def result(self, results: dict[str, AppendResult]) -> AppendResult | dict[str, AppendResult]:
-        return results if self.single is None else results[self.single]
+    def __call__(self, writer: Writer) -> dict[str, AppendResult]:
+        return writer.append_many(self.checked)
 
 
 class Request(Generic[T]):
@@ -428,9 +421,7 @@ class Writer:
         self.head = head + len(events)
         return AppendResult(version=last, position=self.head)
 
-    def append_many(
-        self, checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-    ) -> dict[str, AppendResult]:
+    def append_many(self, checked: Checked) -> dict[str, AppendResult]:
         return {s: self.append(s, events, expected) for s, (events, expected) in checked.items()}
 
     def delete_stream(self, stream: str, expected: ExpectedVersion) -> None:
@@ -559,7 +550,7 @@ class _AppendRun:
         for stream, last in changed.items():
             self.streams[stream] = (last, False)
             self.versions[stream] = (category_of(stream), last)
-        self.outcomes[index] = (self.run[index], op.result(results), None)
+        self.outcomes[index] = (self.run[index], results, None)
 
     def _one(self, index: int) -> None:
         """Run one request on the one-request path, then re-read the streams it may change."""
