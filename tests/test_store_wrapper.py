@@ -140,3 +140,36 @@ async def test_a_wrapper_is_closed_when_its_inner_store_is(sqlite_store: tidelog
         await checked.append("order-1", [tidelog.NewEvent(type="Placed")])
     with pytest.raises(tidelog.StoreClosed):
         await checked.append_many({"order-1": tidelog.AppendRequest([tidelog.NewEvent(type="P")])})
+
+
+async def test_validating_store_fences_a_commit_before_judging_its_events(
+    sqlite_store: tidelog.Store,
+) -> None:
+    """As on every engine: a stale member gets `StaleGeneration` whatever it appends; a
+    current one gets the `SchemaViolation`; neither writes anything."""
+    schemas = SchemaRegistry(sqlite_store)
+    await schemas.register(
+        "Placed", {"type": "object", "properties": {"qty": {"type": "integer", "minimum": 1}}}
+    )
+    checked = ValidatingStore(sqlite_store, schemas)
+    bad = {"order-1": tidelog.AppendRequest([tidelog.NewEvent(type="Placed", data=b'{"qty": 0}')])}
+    m1 = await checked.join_group("billing", "order", "m1", lease=60.0)
+    m2 = await checked.join_group("billing", "order", "m2", lease=60.0)
+    with pytest.raises(tidelog.StaleGeneration) as info:
+        await checked.commit(
+            "billing", "order", 0, 1, member="m1", generation=m1.generation, appends=bad
+        )
+    assert info.value.current == m2.generation
+    current = await checked.heartbeat("billing", "order", "m1", lease=60.0)
+    with pytest.raises(tidelog.SchemaViolation):
+        await checked.commit(
+            "billing",
+            "order",
+            current.partitions[0],
+            1,
+            member="m1",
+            generation=current.generation,
+            appends=bad,
+        )
+    assert [s.name async for s in checked.list_streams("order")] == []
+    assert await checked.checkpoints("billing", "order") == {}

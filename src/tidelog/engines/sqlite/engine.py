@@ -59,7 +59,7 @@ import threading
 import urllib.parse
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -307,6 +307,38 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 1
 
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        """One writer request per write, weighted by its events for the batch cap.
+
+        Appends go as `Appends`, so a run of them is checked in Python and
+        written in bulk (`writer._AppendRun`). A commit is one operation in its
+        own savepoint: it fences the member first; a refused one still saves
+        the group (it now exists, as in memory) and fails alone; a fence-only
+        write stops there; a current member's appends and checkpoint are then
+        written together.
+        """
+        cp = write.checkpoint
+        if cp is None:
+            return await self._write(Appends(write.appends), write.weight)
+        now = self._now()
+
+        def op(w: Writer) -> dict[str, AppendResult]:
+            state = w.load_group(cp.group, cp.category)
+            try:
+                state.check(
+                    cp.group, cp.category, cp.member, cp.generation, cp.partition, w.partitions, now
+                )
+            except StaleGeneration as exc:
+                w.save_group(cp.group, cp.category, state)
+                raise CommitThenRaise(exc) from None
+            if write.fence_only:
+                return {}
+            results = w.append_many(write.appends) if write.appends else {}
+            w.commit_checkpoint(cp.group, cp.category, cp.partition, cp.position)
+            return results
+
+        return await self._write(op, write.weight)
+
     async def read_stream(
         self,
         stream: str,
@@ -551,33 +583,6 @@ class SQLiteEngine(GroupEngine):
             w.save_group(group, category, state)
 
         await self._write(op)
-
-    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
-        """Appends go to the writer as `Appends` (bulk-written with their run); a commit
-        is one operation that fences, then writes its appends and its checkpoint."""
-        cp = write.checkpoint
-        if cp is None:
-            return cast(
-                dict[str, AppendResult], await self._write(Appends(write.appends), write.weight)
-            )
-        now = self._now()
-
-        def op(w: Writer) -> dict[str, AppendResult]:
-            state = w.load_group(cp.group, cp.category)
-            try:
-                state.check(
-                    cp.group, cp.category, cp.member, cp.generation, cp.partition, w.partitions, now
-                )
-            except StaleGeneration as exc:
-                w.save_group(cp.group, cp.category, state)  # the group now exists, as in memory
-                raise CommitThenRaise(exc) from None
-            if write.fence_only:
-                return {}
-            results = w.append_many(write.appends) if write.appends else {}
-            w.commit_checkpoint(cp.group, cp.category, cp.partition, cp.position)
-            return results
-
-        return await self._write(op, write.weight)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         def read(conn: sqlite3.Connection) -> dict[int, int]:
