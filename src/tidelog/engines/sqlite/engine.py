@@ -77,7 +77,6 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.sqlite import db
-from tidelog.engines.sqlite.db import SCHEMA_VERSION, migrate, schema_version
 from tidelog.engines.sqlite.reads import (
     COLUMNS,
     DECODE_CHUNK,
@@ -103,17 +102,7 @@ from tidelog.model import (
     StreamInfo,
 )
 
-__all__ = [
-    "CHANGE_POLL_INTERVAL",
-    "PAGE_GROWTH",
-    "PAGE_SIZE",
-    "SCHEMA_VERSION",
-    "SQLiteConfig",
-    "SQLiteEngine",
-    "migrate",
-    "open_engine",
-    "schema_version",
-]
+__all__ = ["CHANGE_POLL_INTERVAL", "SQLiteConfig", "SQLiteEngine", "open_engine"]
 
 log = logging.getLogger(__name__)
 
