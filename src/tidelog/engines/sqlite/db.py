@@ -18,6 +18,9 @@ import time
 from collections.abc import Iterator
 from typing import Final
 
+import msgspec
+
+from tidelog.engines._kit.groups import GroupState
 from tidelog.errors import NotSupported, StoreUnavailable, TidelogError
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "connect",
     "db_errors",
+    "group_state",
     "is_busy",
     "migrate",
     "migrate_connection",
@@ -101,6 +105,12 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
+
+
+def group_state(document: bytes | None) -> GroupState:
+    """A group's `groups.state` column as a `GroupState`; no row is a new, empty group."""
+    return GroupState() if document is None else _GROUP_DECODER.decode(document)
 
 
 # --------------------------------------------------------------------------- errors

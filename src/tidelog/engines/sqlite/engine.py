@@ -72,7 +72,6 @@ from tidelog.engines._kit.checks import (
     validate_group_key,
     validate_group_name,
 )
-from tidelog.engines._kit.groups import GroupState
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
@@ -111,7 +110,6 @@ T = TypeVar("T")
 CHANGE_POLL_INTERVAL: Final = 0.02
 """Seconds between checks for commits made by other processes."""
 _READ_THREADS: Final = 4
-_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
 
 
 class SQLiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -597,7 +595,7 @@ class SQLiteEngine(GroupEngine):
         raw, has_points = await self._read(read)
         if raw is None and not has_points:
             return None
-        state = GroupState() if raw is None else _GROUP_DECODER.decode(raw)
+        state = db.group_state(raw)
         return state.described(group, category, self._partitions, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:

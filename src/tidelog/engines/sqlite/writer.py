@@ -60,7 +60,6 @@ _MAX_BATCH_REQUESTS: Final = 1024
 _MAX_BATCH_EVENTS: Final = 50_000
 _ID_CHUNK: Final = 500
 _EMPTY_JSON: Final = b"{}"
-_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams (name, category, version, deleted) VALUES (?, ?, ?, 0)"
     " ON CONFLICT (name) DO UPDATE SET version = excluded.version"
@@ -448,7 +447,7 @@ class Writer:
         row = self.conn.execute(
             "SELECT state FROM groups WHERE grp = ? AND category = ?", (group, category)
         ).fetchone()
-        return GroupState() if row is None else _GROUP_DECODER.decode(row[0])
+        return db.group_state(None if row is None else row[0])
 
     def save_group(self, group: str, category: str, state: GroupState) -> None:
         self.conn.execute(
