@@ -283,8 +283,9 @@ class ValidatingStore(StoreWrapper):
     """A store that refuses appends whose data breaks the registered schemas.
 
     Wraps any engine: every append (`append`, `append_many`, the appends of a
-    group `commit`) is validated by `registry.validate` first; everything else
-    is passed through. System streams (`$...`) are not validated.
+    group `commit`) is validated by `registry.validate` once the contract has
+    checked the arguments, before the inner engine writes; everything else is
+    passed through (a `StoreWrapper`). System streams (`$...`) are not validated.
     """
 
     def __init__(self, inner: Engine, registry: SchemaRegistry) -> None:
