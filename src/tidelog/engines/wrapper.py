@@ -47,6 +47,7 @@ class StoreWrapper(GroupEngine):
         self.name = inner.name
 
     def _check_open(self) -> None:
+        """The front ends' closed check asks `inner`: closing either closes both."""
         self.inner._check_open()
 
     @property
@@ -61,7 +62,7 @@ class StoreWrapper(GroupEngine):
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
         """Make `write` durable in `inner`: the one write hook, forwarded."""
         inner = self.inner
-        if type(inner)._apply_write is StreamEngine._apply_write:
+        if type(inner)._apply_write is StreamEngine._apply_write:  # TODO(one-write-path)
             return await _through_front_ends(inner, write)
         return await inner._apply_write(write)
 
