@@ -61,7 +61,7 @@ from tidelog.engines._kit.checks import (
 from tidelog.engines._kit.groups import GroupState
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.engines.contract import Checkpoint, GroupEngine, Write
+from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.postgres.errors import pg_errors
 from tidelog.engines.postgres.schema import (
     LATEST_VERSION,
@@ -70,7 +70,7 @@ from tidelog.engines.postgres.schema import (
     migrate,
     validate_schema_name,
 )
-from tidelog.engines.postgres.writer import EMPTY_JSON, GROUP_DECODER, Fences, Writer, transaction
+from tidelog.engines.postgres.writer import EMPTY_JSON, GROUP_DECODER, Writer, transaction
 from tidelog.errors import (
     InvalidURL,
     StoreClosed,
@@ -236,7 +236,6 @@ class PostgresEngine(GroupEngine):
         self._pool = pool
         self._partitions = partitions
         self._sql = Sql(config.schema)
-        self._begin_sync = f"BEGIN; {self._sql.sync_on}"
         self._watch = HeadWatch()
         self._writer = Writer(pool, self._sql, partitions, self._now, self._watch, config.max_batch)
         self._listener: Any = None
@@ -359,20 +358,10 @@ class PostgresEngine(GroupEngine):
         if cp is not None:
             await self._ensure_group(cp.group, cp.category)
             if write.fence_only:
-                with pg_errors():
-                    await self._fence(self._pool, self._sql.get_group, cp)
+                await self._writer.fence(cp)
                 return {}
             if not write.appends:
-                with pg_errors():
-                    async with self._pool.acquire() as conn, transaction(conn, self._begin_sync):
-                        await self._fence(conn, self._sql.lock_group, cp)
-                        await conn.execute(
-                            self._sql.put_checkpoint,
-                            cp.group,
-                            cp.category,
-                            cp.partition,
-                            cp.position,
-                        )
+                await self._writer.checkpoint(cp)
                 return {}
         return await self._writer.submit(write)
 
@@ -598,13 +587,6 @@ class PostgresEngine(GroupEngine):
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
         await self._change_group(group, category, lambda state: state.leave(member, self._now()))
-
-    async def _fence(self, conn: Any, sql: str, cp: Checkpoint) -> None:
-        """Raise `StaleGeneration` unless `cp`'s member may commit its partition, as
-        its group's stored state says (read, or locked, by `sql` on `conn`)."""
-        raw = await conn.fetchval(sql, cp.group, cp.category)
-        states = {} if raw is None else {(cp.group, cp.category): GROUP_DECODER.decode(raw)}
-        Fences(states, self._partitions, self._now()).check(cp)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

@@ -61,6 +61,8 @@ GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
 _MAX_BATCH_EVENTS: Final = 10_000
 """A group commit takes appends until they hold this many events (at least one append)."""
 
+Clock = Callable[[], float]
+"""The engine's clock (`GroupEngine._now`), that leases are judged by."""
 Outcome = dict[str, AppendResult] | TidelogError
 """An append's results, or the error that failed it alone."""
 
@@ -215,20 +217,16 @@ class _WriteFailed(Exception):
 
 
 class Writer:
-    """The group commit of one engine (module docstring).
+    """The writes of one engine (module docstring).
 
     `submit` queues a checked `Write` with appends (a transactional commit's
-    checkpoint too) and returns the future of its results.
+    checkpoint too) for the group commit and returns the awaitable of its
+    results; `checkpoint` and `fence` are a commit without appends, and one
+    whose appends failed their checks.
     """
 
     def __init__(
-        self,
-        pool: Any,
-        sql: Sql,
-        partitions: int,
-        now: Callable[[], float],
-        watch: HeadWatch,
-        max_batch: int,
+        self, pool: Any, sql: Sql, partitions: int, now: Clock, watch: HeadWatch, max_batch: int
     ) -> None:
         self._pool = pool
         self._sql = sql
@@ -241,10 +239,37 @@ class Writer:
         self.before_commit: Callable[[], Awaitable[None]] | None = None
         """Fault injection for tests: awaited inside each append transaction just
         before its commit (with the append lock held); raising rolls it back."""
+        self._begin_checkpoint = f"BEGIN; {sql.sync_on}"
 
     def submit(self, write: Write) -> Awaitable[dict[str, AppendResult]]:
         """Queue `write` for the next group commit; await the result for its outcome."""
         return self.batches.submit(write, write.weight)
+
+    async def checkpoint(self, cp: Checkpoint) -> None:
+        """A commit without appends: a short transaction of its own that locks the
+        group row (never the append lock), fences the member and moves the checkpoint."""
+        with pg_errors():
+            async with self._pool.acquire() as conn, transaction(conn, self._begin_checkpoint):
+                await self._fence(conn, self._sql.lock_group, cp)
+                await self._put_checkpoint(conn, cp)
+
+    async def fence(self, cp: Checkpoint) -> None:
+        """Fence `cp` and write nothing: a commit whose appends failed their checks
+        (a stale member learns it is stale before it learns its input was bad)."""
+        with pg_errors():
+            await self._fence(self._pool, self._sql.get_group, cp)
+
+    async def _fence(self, conn: Any, sql: str, cp: Checkpoint) -> None:
+        """`Fences.check` against the group's stored state, read (or locked) by `sql`."""
+        raw = await conn.fetchval(sql, cp.group, cp.category)
+        states = {} if raw is None else {(cp.group, cp.category): GROUP_DECODER.decode(raw)}
+        Fences(states, self._partitions, self._now()).check(cp)
+
+    async def _put_checkpoint(self, conn: Any, cp: Checkpoint) -> None:
+        """Move one checkpoint forward (never back), in `conn`'s transaction."""
+        await conn.execute(
+            self._sql.put_checkpoint, cp.group, cp.category, cp.partition, cp.position
+        )
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[Commit[Write, dict[str, AppendResult]]]:
@@ -322,13 +347,7 @@ class Writer:
                         fences.check(cp)
                     results, head = await self._write(conn, w.appends)
                     if cp is not None:
-                        await conn.execute(
-                            self._sql.put_checkpoint,
-                            cp.group,
-                            cp.category,
-                            cp.partition,
-                            cp.position,
-                        )
+                        await self._put_checkpoint(conn, cp)
             except TidelogError as exc:
                 outcomes.append(exc)
             except asyncpg.PostgresError as exc:
