@@ -58,8 +58,9 @@ EMPTY_JSON: Final = "{}"
 """Metadata of an event without any, as stored (and as reads recognise it)."""
 GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
 """A stored group row's document."""
-_MAX_BATCH_EVENTS: Final = 10_000
-"""A group commit takes appends until they hold this many events (at least one append)."""
+_MAX_BATCH_WEIGHT: Final = 10_000
+"""A group commit takes writes until their `Write.weight` (events, and one per
+checkpoint) would pass this; at least one write, however heavy."""
 
 Clock = Callable[[], float]
 """The engine's clock (`GroupEngine._now`), that leases are judged by."""
@@ -234,7 +235,7 @@ class Writer:
         self._now = now
         self._watch = watch
         self.batches: GroupCommit[Write, dict[str, AppendResult]] = GroupCommit(
-            self._session, max_items=max_batch, max_weight=_MAX_BATCH_EVENTS
+            self._session, max_items=max_batch, max_weight=_MAX_BATCH_WEIGHT
         )
         self.before_commit: Callable[[], Awaitable[None]] | None = None
         """Fault injection for tests: awaited inside each append transaction just
@@ -301,7 +302,7 @@ class Writer:
         outcomes: list[Outcome] = []
         # The group rows are locked after the append lock, in key order (module docstring).
         groups = sorted(
-            {(w.checkpoint.group, w.checkpoint.category) for w in batch if w.checkpoint}
+            {(cp.group, cp.category) for w in batch if (cp := w.checkpoint) is not None}
         )
         async with transaction(conn, self._sql.begin_append):
             # (The savepoint path reads the state of each write itself.)
