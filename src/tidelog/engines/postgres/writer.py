@@ -231,6 +231,7 @@ class Writer:
     ) -> None:
         self._pool = pool
         self._sql = sql
+        self._begin_checkpoint = f"BEGIN; {sql.sync_on}"
         self._partitions = partitions
         self._now = now
         self._watch = watch
@@ -240,7 +241,6 @@ class Writer:
         self.before_commit: Callable[[], Awaitable[None]] | None = None
         """Fault injection for tests: awaited inside each append transaction just
         before its commit (with the append lock held); raising rolls it back."""
-        self._begin_checkpoint = f"BEGIN; {sql.sync_on}"
 
     def submit(self, write: Write) -> Awaitable[dict[str, AppendResult]]:
         """Queue `write` for the next group commit; await the result for its outcome."""
