@@ -23,15 +23,22 @@ from tidelog.engines.wrapper import StoreWrapper
 from tidelog.schemas import SchemaRegistry, ValidatingStore
 
 CONTRACT_CLASSES = (StreamEngine, LogEngine, GroupEngine, abc.ABC, object)
-FRONT_ENDS = frozenset({"append", "append_many", "commit"})
-"""Written once in the contract; they call the write hook, which wrappers forward."""
+FRONT_ENDS = frozenset(
+    {"append", "append_many", "commit", "read_stream", "read_all", "read_page", "count_events"}
+)
+"""Written once in the contract; each checks its arguments and calls an engine hook,
+which wrappers forward."""
+HOOKS = frozenset(
+    {"_apply_write", "_read_stream", "_read_all", "_read_page", "_count_events", "_check_open"}
+)
+"""The engine hooks behind the front ends, and the closed-store check they ask."""
 
 
 def contract_members() -> set[str]:
     """Every public method and property of the full contract, plus the hooks a wrapper
-    must forward (the write hook, the closed-store check), minus the front ends."""
+    must forward (the engine hooks, the closed-store check), minus the front ends."""
     public = {n for n in dir(GroupEngine) if not n.startswith("_")}
-    return (public | {"_apply_write", "_check_open"}) - FRONT_ENDS - {"name"}
+    return (public | HOOKS) - FRONT_ENDS - {"name"}
 
 
 def answered_by_contract(wrapper: type[Any]) -> list[str]:
@@ -56,7 +63,7 @@ def all_wrappers() -> list[type[StoreWrapper]]:
 
 def test_the_enumeration_covers_the_whole_contract() -> None:
     members = contract_members()
-    for name in ("read_page", "count_events", "head_watch", "last_position", "partition_count"):
+    for name in ("_read_page", "_count_events", "head_watch", "last_position", "partition_count"):
         assert name in members
     for name in ("purge_stream", "close", "subscribe", "checkpoints", "poll_interval"):
         assert name in members
@@ -71,14 +78,14 @@ def test_a_wrapper_written_by_hand_that_misses_methods_is_caught() -> None:
         def __init__(self, inner: tidelog.Store) -> None:
             self.inner = inner
 
-        def read_all(self, *args: Any, **kwargs: Any) -> AsyncIterator[tidelog.RecordedEvent]:
-            return self.inner.read_all(*args, **kwargs)
+        def _read_all(self, *args: Any, **kwargs: Any) -> AsyncIterator[tidelog.RecordedEvent]:
+            return self.inner._read_all(*args, **kwargs)
 
     missed = answered_by_contract(ByHand)
-    assert "read_page" in missed
-    assert "count_events" in missed
+    assert "_read_page" in missed
+    assert "_count_events" in missed
     assert "_apply_write" in missed
-    assert "read_all" not in missed
+    assert "_read_all" not in missed
 
 
 def test_validating_store_is_a_store_wrapper() -> None:
@@ -92,7 +99,7 @@ def test_wrapper_answers_no_contract_method_from_a_default(wrapper: type[StoreWr
 
 @pytest.mark.parametrize("wrapper", all_wrappers(), ids=lambda w: w.__name__)
 def test_wrapper_overrides_no_front_end(wrapper: type[StoreWrapper]) -> None:
-    """`append`, `append_many` and `commit` stay the contract's, so their checks run once."""
+    """The front ends (`append`, `read_all`, ...) stay the contract's, so their checks run once."""
     for name in FRONT_ENDS:
         owner = next(k for k in wrapper.__mro__ if name in vars(k))
         assert owner in CONTRACT_CLASSES, name
@@ -107,8 +114,8 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[tidelog.Store]:
 async def test_validating_store_reads_pages_and_counts_through_the_inner_engine(
     sqlite_store: tidelog.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same answers as the SQLite engine, and from its own queries: with its `read_all`
-    taken away, the contract's defaults (which iterate `read_all`) could not answer."""
+    """Same answers as the SQLite engine, and from its own queries: with its `_read_all`
+    taken away, the contract's defaults (which iterate `_read_all`) could not answer."""
     checked = ValidatingStore(sqlite_store, SchemaRegistry(sqlite_store))
     for i in range(6):
         await checked.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
@@ -122,7 +129,7 @@ async def test_validating_store_reads_pages_and_counts_through_the_inner_engine(
     def no_read_all(*args: Any, **kwargs: Any) -> AsyncIterator[tidelog.RecordedEvent]:
         raise AssertionError("answered from read_all, not the engine's own query")
 
-    monkeypatch.setattr(sqlite_store, "read_all", no_read_all)
+    monkeypatch.setattr(sqlite_store, "_read_all", no_read_all)
     assert await checked.count_events(3, ["order"], None) == expected_count
     assert await checked.count_events() == 12
     assert await checked.read_page(2, ["order", "invoice"], None, 5, None) == expected_page

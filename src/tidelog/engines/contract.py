@@ -31,10 +31,13 @@ import msgspec
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
     MAX_EVENTS_PER_APPEND,
+    LogFilter,
     check_checkpoint,
     log_filter,
     prepare_append,
     prepare_append_many,
+    prepare_read_all,
+    prepare_read_stream,
     validate_group_key,
 )
 from tidelog.engines._kit.watch import HeadWatch
@@ -59,6 +62,7 @@ __all__ = [
     "GroupEngine",
     "HeadWatch",
     "LogEngine",
+    "LogFilter",
     "StreamEngine",
     "Write",
     "prepare_append",
@@ -171,7 +175,6 @@ class StreamEngine(abc.ABC):
         """
         raise NotImplementedError
 
-    @abc.abstractmethod
     def read_stream(
         self,
         stream: str,
@@ -184,7 +187,20 @@ class StreamEngine(abc.ABC):
         Backwards reads start at `from_version` and go down; there a
         `from_version` of -1 means "from the end". A stream with no events
         yields nothing; a deleted one raises `StreamDeleted`.
+
+        The arguments are checked here, when the call is made, and the engine's
+        `_read_stream` does the reading: an iterator that re-yielded the
+        engine's events would cost a step per event on every replay.
         """
+        self._check_open()
+        name = prepare_read_stream(stream, from_version, backwards, limit)
+        return self._read_stream(name, from_version, backwards, limit)
+
+    @abc.abstractmethod
+    def _read_stream(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """The engine's read of one stream; `read_stream` checked the arguments."""
 
     @abc.abstractmethod
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
@@ -226,7 +242,6 @@ class LogEngine(StreamEngine):
     poll_interval: float = 0.05
     """How long a live subscription waits on the head watch before checking again."""
 
-    @abc.abstractmethod
     def read_all(
         self,
         from_position: int = 0,
@@ -239,8 +254,17 @@ class LogEngine(StreamEngine):
 
         Filters combine with AND: `categories` (stream categories), `types`
         (event types) and `partitions` (stream partitions). `limit` caps how many
-        events are yielded.
+        events are yielded. Checked here, read by the engine's `_read_all`.
         """
+        self._check_open()
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        return self._read_all(from_position, filters, limit)
+
+    @abc.abstractmethod
+    def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """The engine's read of the log; `read_all` checked the arguments."""
 
     async def read_page(
         self,
@@ -252,11 +276,19 @@ class LogEngine(StreamEngine):
     ) -> list[RecordedEvent]:
         """What `read_all` yields with these arguments, as one list: a consumer's read.
 
-        A consumer group's reader takes the log a page at a time. Engines that
-        fetch a page in one go override this to skip the async iterator's step
-        per event, a good share of a delivery when the handler does little.
+        A consumer group's reader takes the log a page at a time.
         """
-        return [e async for e in self.read_all(from_position, categories, types, limit, partitions)]
+        self._check_open()
+        filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        return await self._read_page(from_position, filters, limit)
+
+    async def _read_page(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """The engine's page read. Engines that fetch a page in one go override this
+        to skip the async iterator's step per event, a good share of a delivery
+        when the handler does little."""
+        return [e async for e in self._read_all(from_position, filters, limit)]
 
     async def count_events(
         self,
@@ -264,12 +296,16 @@ class LogEngine(StreamEngine):
         categories: Collection[str] | None = None,
         partitions: Collection[int] | None = None,
     ) -> int:
-        """How many events `read_all` would yield with these filters (consumer lag).
+        """How many events `read_all` would yield with these filters (consumer lag)."""
+        self._check_open()
+        filters = prepare_read_all(from_position, categories, None, None, partitions)
+        return await self._count_events(from_position, filters)
 
-        The default reads them; engines with an index answer with one query.
-        """
+    async def _count_events(self, from_position: int, filters: LogFilter) -> int:
+        """The engine's count. The default reads the events; engines with an index
+        answer with one query."""
         count = 0
-        async for _ in self.read_all(from_position, categories, None, None, partitions):
+        async for _ in self._read_all(from_position, filters, None):
             count += 1
         return count
 

@@ -7,7 +7,7 @@ await between a check and a write, so every operation is atomic.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -15,10 +15,9 @@ import msgspec
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
+    LogFilter,
     prepare_delete,
     prepare_purge,
-    prepare_read_all,
-    prepare_read_stream,
     resolve_retry,
     validate_group_key,
     validate_group_name,
@@ -143,15 +142,9 @@ class MemoryEngine(GroupEngine):
             points[cp.partition] = max(points.get(cp.partition, 0), cp.position)
         return results
 
-    async def read_stream(
-        self,
-        stream: str,
-        from_version: int = 0,
-        backwards: bool = False,
-        limit: int | None = None,
+    async def _read_stream(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        prepare_read_stream(stream, from_version, backwards, limit)
         if stream in self._deleted:
             raise StreamDeleted(stream)
         events = self._streams.get(stream, [])
@@ -199,16 +192,9 @@ class MemoryEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 2
 
-    async def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
+    async def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
         if limit == 0 or filters.matches_nothing:
             return
         cats, tys, parts = filters

@@ -28,8 +28,6 @@ from tidelog.engines._kit.checks import (
     log_filter,
     prepare_delete,
     prepare_purge,
-    prepare_read_all,
-    prepare_read_stream,
 )
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
@@ -76,12 +74,15 @@ class RemoteEngine(GroupEngine):
     ) -> None:
         self.config = config
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Plain http never uses the TLS settings: skip building a verifying
+        # context (loading the CA bundle costs about 90 ms per store).
+        tls = _ssl_context(verify, cert) if base_url.startswith("https:") else False
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers=headers,
             timeout=httpx.Timeout(config.timeout),
             transport=httpx.AsyncHTTPTransport(
-                verify=_ssl_context(verify, cert),
+                verify=tls,
                 # no Nagle: a request's head and body must not wait for a delayed ACK
                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             ),
@@ -165,15 +166,9 @@ class RemoteEngine(GroupEngine):
         many = wire.WireAppendMany(streams=_wire_appends(write.appends))
         return (await self._call("POST", "/v1/append-many", wire.WireResults, body=many)).results
 
-    async def read_stream(
-        self,
-        stream: str,
-        from_version: int = 0,
-        backwards: bool = False,
-        limit: int | None = None,
+    async def _read_stream(
+        self, name: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        name = prepare_read_stream(stream, from_version, backwards, limit)
         remaining = limit
         version = min(from_version, _MAX_START)
         while True:
@@ -222,16 +217,9 @@ class RemoteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 2
 
-    async def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
+    async def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
         if limit == 0 or filters.matches_nothing:
             return
         params = _filter_params(filters)
@@ -253,24 +241,17 @@ class RemoteEngine(GroupEngine):
                 remaining -= len(got.events)
             position = got.events[-1].position + 1
 
-    async def count_events(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> int:
+    async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """The server counts per category (`GET /v1/log/count`); the whole log is read.
 
         The server refuses to count the whole log (it would include system
         streams a reader of `$all` may not see), so that count reads, as the
         default does.
         """
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, None, None, partitions)
         if filters.matches_nothing:
             return 0
         if filters.categories is None:
-            return await super().count_events(from_position, categories, partitions)
+            return await super()._count_events(from_position, filters)
         params = {**_filter_params(filters), "from_position": min(from_position, _MAX_START)}
         return (await self._call("GET", "/v1/log/count", wire.WireCount, params=params)).count
 

@@ -7,10 +7,13 @@ speed: the contract's defaults of `read_page` and `count_events` are correct
 but slow (the lag of a consumer group counted by reading every event), so a
 wrapper that fell back to them would silently undo the engine's indexes.
 
-So this base forwards every method of the contract to `inner`; the write hook
-`_apply_write` too, so `append`, `append_many` and `commit` keep the one front
-end of the contract (argument checks, fence-first commits) and reach the
-inner engine's hook. A subclass overrides `_apply_write` (and what it truly
+So this base forwards every method of the contract to `inner`. Where the
+contract has a front end and an engine hook (`append`, `append_many` and
+`commit` over `_apply_write`; `read_stream`, `read_all`, `read_page` and
+`count_events` over `_read_stream`, `_read_all`, `_read_page` and
+`_count_events`), it forwards the hook, so the wrapper keeps the contract's one
+front end (argument checks, fence-first commits) and reaches the inner
+engine's own work. A subclass overrides `_apply_write` (and what it truly
 changes), never the front ends. `tests/test_store_wrapper.py` enumerates the
 contract and fails if a wrapper answers any method from a base-class default,
 so a method added to the contract later cannot be missed here.
@@ -20,7 +23,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
 
-from tidelog.engines.contract import Engine, GroupEngine, HeadWatch, StreamEngine, Write
+from tidelog.engines.contract import (
+    Engine,
+    GroupEngine,
+    HeadWatch,
+    LogFilter,
+    StreamEngine,
+    Write,
+)
 from tidelog.errors import InvalidInput
 from tidelog.model import (
     ANY,
@@ -68,10 +78,10 @@ class StoreWrapper(GroupEngine):
 
     # ------------------------------------------------------------------ layer 1
 
-    def read_stream(
-        self, stream: str, from_version: int = 0, backwards: bool = False, limit: int | None = None
+    def _read_stream(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read_stream(stream, from_version, backwards, limit)
+        return self.inner._read_stream(stream, from_version, backwards, limit)
 
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
         await self.inner.delete_stream(stream, expected_version)
@@ -87,33 +97,18 @@ class StoreWrapper(GroupEngine):
 
     # ------------------------------------------------------------------ layer 2
 
-    def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
+    def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read_all(from_position, categories, types, limit, partitions)
+        return self.inner._read_all(from_position, filters, limit)
 
-    async def read_page(
-        self,
-        from_position: int,
-        categories: Collection[str] | None,
-        types: Collection[str] | None,
-        limit: int,
-        partitions: Collection[int] | None,
+    async def _read_page(
+        self, from_position: int, filters: LogFilter, limit: int
     ) -> list[RecordedEvent]:
-        return await self.inner.read_page(from_position, categories, types, limit, partitions)
+        return await self.inner._read_page(from_position, filters, limit)
 
-    async def count_events(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> int:
-        return await self.inner.count_events(from_position, categories, partitions)
+    async def _count_events(self, from_position: int, filters: LogFilter) -> int:
+        return await self.inner._count_events(from_position, filters)
 
     async def last_position(self) -> int:
         return await self.inner.last_position()

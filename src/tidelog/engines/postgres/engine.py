@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -51,10 +51,9 @@ import msgspec
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
+    LogFilter,
     prepare_delete,
     prepare_purge,
-    prepare_read_all,
-    prepare_read_stream,
     validate_group_key,
     validate_group_name,
 )
@@ -365,15 +364,9 @@ class PostgresEngine(GroupEngine):
                 return {}
         return await self._writer.submit(write)
 
-    async def read_stream(
-        self,
-        stream: str,
-        from_version: int = 0,
-        backwards: bool = False,
-        limit: int | None = None,
+    async def _read_stream(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        prepare_read_stream(stream, from_version, backwards, limit)
         with pg_errors(stream):
             row = await self._pool.fetchrow(self._sql.find_stream, stream)
         if row is not None and row[1]:
@@ -440,16 +433,9 @@ class PostgresEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 2
 
-    async def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
+    async def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
         filters = filters.within(self._partitions)
         if limit == 0 or filters.matches_nothing:
             return
@@ -494,15 +480,8 @@ class PostgresEngine(GroupEngine):
             rows: list[Any] = await self._pool.fetch(sql, *args)
         return rows
 
-    async def count_events(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> int:
+    async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """One indexed count instead of reading the events (consumer lag)."""
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, None, None, partitions)
         filters = filters.within(self._partitions)
         if filters.matches_nothing:
             return 0

@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -66,9 +66,9 @@ import msgspec
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
     MAX_POSITION,
+    LogFilter,
     prepare_delete,
     prepare_purge,
-    prepare_read_stream,
     validate_group_key,
     validate_group_name,
 )
@@ -326,15 +326,9 @@ class SQLiteEngine(GroupEngine):
 
         return await self._write(op, write.weight)
 
-    async def read_stream(
-        self,
-        stream: str,
-        from_version: int = 0,
-        backwards: bool = False,
-        limit: int | None = None,
+    async def _read_stream(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        name = prepare_read_stream(stream, from_version, backwards, limit)
         order = (
             "version <= ? ORDER BY version DESC" if backwards else "version >= ? ORDER BY version"
         )
@@ -357,11 +351,11 @@ class SQLiteEngine(GroupEngine):
             ) -> list[RecordedEvent]:
                 if check:
                     row = conn.execute(
-                        "SELECT deleted FROM streams WHERE name = ?", (name,)
+                        "SELECT deleted FROM streams WHERE name = ?", (stream,)
                     ).fetchone()
                     if row is not None and row[0]:
-                        raise StreamDeleted(name)
-                return decode_rows(conn.execute(sql, (name, version, size)).fetchall())
+                        raise StreamDeleted(stream)
+                return decode_rows(conn.execute(sql, (stream, version, size)).fetchall())
 
             events = await self._read(page)
             first_page = False
@@ -416,16 +410,10 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 2
 
-    async def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
+    async def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        plan = read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
+        plan = read_all_plan(from_position, filters, limit, self._partitions)
         if plan is None:
             return
         sql, params, position = plan
@@ -463,17 +451,11 @@ class SQLiteEngine(GroupEngine):
             if pending is not None:
                 pending.cancel()
 
-    async def read_page(
-        self,
-        from_position: int,
-        categories: Collection[str] | None,
-        types: Collection[str] | None,
-        limit: int,
-        partitions: Collection[int] | None,
+    async def _read_page(
+        self, from_position: int, filters: LogFilter, limit: int
     ) -> list[RecordedEvent]:
         """One query of up to `limit` rows, decoded at once (the events are all kept)."""
-        self._check_open()
-        plan = read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
+        plan = read_all_plan(from_position, filters, limit, self._partitions)
         if plan is None:
             return []
         sql, params, position = plan
@@ -484,15 +466,9 @@ class SQLiteEngine(GroupEngine):
 
         return decode_rows(await self._read(page))
 
-    async def count_events(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> int:
+    async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """One `count(*)` over the same index `read_all` would walk."""
-        self._check_open()
-        plan = count_plan(from_position, categories, partitions, self._partitions)
+        plan = count_plan(from_position, filters, self._partitions)
         if plan is None:
             return 0
         sql, args = plan

@@ -7,14 +7,14 @@ its reader threads (`SQLiteEngine._read`) and turns the rows into events with
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
 import msgspec
 
-from tidelog.engines._kit.checks import MAX_POSITION, prepare_read_all
+from tidelog.engines._kit.checks import MAX_POSITION, LogFilter
 from tidelog.model import RecordedEvent, decode_metadata
 
 __all__ = [
@@ -126,18 +126,12 @@ def _first_position(from_position: int) -> int:
 
 
 def read_all_plan(
-    from_position: int,
-    categories: Collection[str] | None,
-    types: Collection[str] | None,
-    limit: int | None,
-    partitions: Collection[int] | None,
-    partition_count: int,
+    from_position: int, filters: LogFilter, limit: int | None, partition_count: int
 ) -> tuple[str, list[Any], int] | None:
     """A log read's query, its filter parameters and its first position; None: no rows.
 
     The query's parameters are the first position, `params`, then the row limit.
     """
-    filters = prepare_read_all(from_position, categories, types, limit, partitions)
     filters = filters.within(partition_count)
     if limit == 0 or filters.matches_nothing:
         return None
@@ -149,14 +143,10 @@ def read_all_plan(
 
 
 def count_plan(
-    from_position: int,
-    categories: Collection[str] | None,
-    partitions: Collection[int] | None,
-    partition_count: int,
+    from_position: int, filters: LogFilter, partition_count: int
 ) -> tuple[str, tuple[Any, ...]] | None:
     """`count_events`' query and its parameters: one `count(*)` over the index a read
     would walk; None: nothing can match."""
-    filters = prepare_read_all(from_position, categories, None, None, partitions)
     filters = filters.within(partition_count)
     if filters.matches_nothing:
         return None
