@@ -3,5 +3,6 @@
 - `checks`: input validation, identical on every engine;
 - `groups`: the consumer-group state machine (`GroupState`);
 - `watch`: the live-head notifier (`HeadWatch`);
-- `urls`: engine options from a store URL.
+- `urls`: engine options from a store URL;
+- `batching`: the asyncio group-commit queue (`GroupCommit`).
 """

@@ -1,9 +1,10 @@
 """The NATS engine's writer: group commit on one store's JetStream stream.
 
-Every write of an engine goes through one queue: appends (which move `head`)
-and group commits, with or without appends (which change a group document;
-joins, heartbeats and leaves do not wait in it, see `NatsEngine`). A single
-writer task takes what is queued, decides each write against state read
+Every write of an engine goes through one queue (the kit's `GroupCommit`):
+appends (which move `head`) and group commits, with or without appends (which
+change a group document; joins, heartbeats and leaves do not wait in it, see
+`NatsEngine`). Its single writer task takes what is queued, as many writes as
+fit in one atomic batch; this writer decides each write against state read
 once for the batch, and publishes the survivors as ONE atomic batch, with
 one new `head` and each group document written once: in-process writes
 never race each other on a compare-and-set, a conflict fails only its own
@@ -34,6 +35,7 @@ from uuid import UUID, uuid4
 
 from nats.aio.client import Client as NatsClient
 
+from tidelog.engines._kit.batching import GroupCommit, unknown_outcome
 from tidelog.engines._kit.checks import resolve_retry
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checkpoint, Write
@@ -76,14 +78,27 @@ def too_big(engine: str, messages: int) -> NotSupported:
 
 @dataclass(eq=False)
 class _Pending:
-    """One queued all-or-nothing write and the future its caller awaits."""
+    """One queued all-or-nothing write, and its outcome once its batch decided it."""
 
     write: Write
-    size: int
-    """Messages it adds to a batch: two per event (the event, its id-index entry),
-    one for its group document."""
     deadline: float
-    future: asyncio.Future[Results]
+    """When its caller stops waiting behind other processes' writers (`append_timeout`)."""
+    outcome: Results | TidelogError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def settle(self, outcome: Results | TidelogError) -> None:
+        """Decide the write, unless it is decided already."""
+        if self.outcome is None:
+            self.outcome = outcome
+
+    def decided(self) -> Results | TidelogError:
+        """Its outcome: every write of a batch has one once the batch is done with."""
+        if self.outcome is None:
+            raise AssertionError("a write of the batch was left undecided")
+        return self.outcome
 
     @property
     def group(self) -> tuple[str, str] | None:
@@ -151,12 +166,7 @@ class _Plan:
 
     def resolve(self) -> None:
         for p, outcome in self.outcomes:
-            if p.future.done():
-                continue
-            if isinstance(outcome, TidelogError):
-                p.future.set_exception(outcome)
-            else:
-                p.future.set_result(outcome)
+            p.settle(outcome)
 
 
 async def _none_found() -> dict[UUID, tuple[str, int, int]]:
@@ -187,8 +197,12 @@ class Writer:
         self._watch = watch
         self._clock = clock
         self._closed = False
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._task: asyncio.Task[None] | None = None
+        self._batches: GroupCommit[_Pending, Results] = GroupCommit(
+            lambda: contextlib.nullcontext(self._commit),
+            max_items=wire.MAX_BATCH_MESSAGES,
+            max_weight=wire.MAX_BATCH_MESSAGES - 1,  # the new `head` takes one message
+            failure=self._failure,
+        )
         self._log_cache: tuple[int, int] | None = None
         """(sequence, position) of the head this process wrote last."""
         self._stream_cache: dict[str, tuple[int, int | None, bool]] = {}
@@ -276,72 +290,49 @@ class Writer:
     # ------------------------------------------------------------------ the queue
 
     def submit(self, write: Write) -> asyncio.Future[Results]:
-        """Queue one all-or-nothing write; the future's result is its appends' results."""
+        """Queue one all-or-nothing write; the future's result is its appends' results.
+
+        Its weight is the messages it adds to a batch: two per event (the event,
+        its id-index entry) and one for its group document.
+        """
         events = sum(len(events) for events, _ in write.appends.values())
         size = 2 * events + (write.checkpoint is not None)
         if size + 1 > wire.MAX_BATCH_MESSAGES:
             raise too_big("nats", size + 1)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Results] = loop.create_future()
-        deadline = loop.time() + self._config.append_timeout
-        self._queue.append(_Pending(write, size, deadline, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        return future
+        deadline = asyncio.get_running_loop().time() + self._config.append_timeout
+        return self._batches.submit(_Pending(write, deadline), size)
 
     async def close(self) -> None:
-        """Fail what is queued with `StoreClosed`; let the batch in flight finish, within bounds."""
+        """Fail what is queued with `StoreClosed`; let the batch in flight finish, within bounds.
+
+        Its outcome is then known; past the request timeout the writer is
+        cancelled and its callers get `StoreClosed`.
+        """
         self._closed = True
-        queued = list(self._queue)
-        self._queue.clear()
-        self._fail(queued, StoreClosed())
-        if self._task is not None and not self._task.done():
-            # Let the batch in flight finish (its outcome is then known), within bounds.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), self._config.timeout)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def _drain(self) -> None:
-        """The writer task: commit batches until the queue is empty."""
-        while self._queue:
-            batch = self._take()
-            if not batch:
-                continue
-            try:
-                await self._commit_batch(batch)
-            except asyncio.CancelledError:
-                self._fail(batch, StoreClosed())
-                raise
-            except Exception as exc:  # never let the writer die with callers waiting
-                log.exception("nats writer: unexpected error")
-                self._fail(batch, StoreUnavailable(f"append: {type(exc).__name__}: {exc}"))
-
-    def _take(self) -> list[_Pending]:
-        """As many queued writes as fit in one atomic batch (the head takes one message)."""
-        batch: list[_Pending] = []
-        rest: collections.deque[_Pending] = collections.deque()
-        total = 1
-        while self._queue:
-            p = self._queue.popleft()
-            if p.future.done():  # the caller was cancelled before its turn
-                continue
-            if total + p.size > wire.MAX_BATCH_MESSAGES:
-                rest.append(p)
-                continue
-            batch.append(p)
-            total += p.size
-        self._queue = rest
-        return batch
+        self._batches.fail_waiting(StoreClosed())
+        await self._batches.close(grace=self._config.timeout)
 
     @staticmethod
-    def _fail(batch: Sequence[_Pending], exc: BaseException) -> None:
+    def _failure(exc: BaseException) -> Exception:
+        """What the callers of a batch get when deciding it raised instead of settling them."""
+        if isinstance(exc, asyncio.CancelledError):  # close() stopped waiting for it
+            return StoreClosed()
+        if not isinstance(exc, Exception):
+            return unknown_outcome(exc)
+        log.error("nats writer: unexpected error", exc_info=exc)  # never a silent failure
+        return StoreUnavailable(f"append: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _fail(batch: Sequence[_Pending], exc: TidelogError) -> None:
         for p in batch:
-            if not p.future.done():
-                p.future.set_exception(exc)
+            p.settle(exc)
 
     # ------------------------------------------------------------------ one batch
+
+    async def _commit(self, batch: list[_Pending]) -> list[Results | Exception]:
+        """The kit's batch commit: each write's results, or the error that failed it alone."""
+        await self._commit_batch(batch)
+        return [p.decided() for p in batch]
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         """Decide and publish `batch`, retrying the whole of it when another process wins.
@@ -363,14 +354,14 @@ class Writer:
         while True:
             now = loop.time()
             for p in batch:
-                if now > p.deadline and not p.future.done():
-                    p.future.set_exception(
+                if now > p.deadline:
+                    p.settle(
                         StoreUnavailable(
                             "append: gave up waiting behind concurrent writers of other "
                             "processes (outcome unknown: retry with the same event ids)"
                         )
                     )
-            batch = [p for p in batch if not p.future.done()]
+            batch = [p for p in batch if not p.done]
             if not batch:
                 return
             if self._closed:
@@ -413,7 +404,11 @@ class Writer:
                 return
             self._remember(plan, last_seq)
             plan.resolve()
-            self._watch.advance(plan.last_position)  # live subscribers take it from `_recent`
+            # Live subscribers take the batch from `_recent`. Wake them once the callers
+            # are settled (`GroupCommit` settles them when this returns), as before the
+            # kit: the callback runs before any caller resumes, so an append that returned
+            # has moved the head, and its caller runs before the subscribers it woke.
+            loop.call_soon(self._watch.advance, plan.last_position)
             return
 
     async def _lost_on(self, conflict: Conflict) -> str | None:
