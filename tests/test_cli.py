@@ -8,6 +8,7 @@ a subprocess.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import subprocess
@@ -399,16 +400,21 @@ def test_extension_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def _root() -> None:
         """A second command so Typer keeps a group."""
 
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", (absent, good))
+    # `import NAME` under the guard `tidelog.cli` puts around each command module.
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", [])
+    for name in (absent, good):
+        with cli._command_module(name):
+            importlib.import_module(name)
+    assert [m.__name__ for m in cli._COMMAND_MODULES] == [good]  # the absent one is skipped
     cli._register_extensions(target)
     result = CliRunner().invoke(target, ["hello"])
     # An extension's TidelogError goes through the same one-line handler.
     assert result.exit_code == 1 and "NotSupported" in result.stderr
     assert "Traceback" not in result.output
 
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", (broken,))
-    with pytest.raises(ModuleNotFoundError) as caught:
-        cli._register_extensions(typer.Typer(cls=cli._Group))
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", [])
+    with pytest.raises(ModuleNotFoundError) as caught, cli._command_module(broken):
+        importlib.import_module(broken)
     assert caught.value.name == f"no_such_dependency_{tag}"
 
 

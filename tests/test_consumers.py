@@ -618,7 +618,7 @@ async def test_concurrent_dlq_refreshes_share_one_read_that_sees_every_write() -
     """Each parked or held event makes its worker refresh the DLQ state; refreshes
     asked for while one reads share the next read, which begins after they were
     asked, so it sees whatever their callers wrote before asking."""
-    from tidelog.consumers import _runner
+    from tidelog.consumers import _group, _runtime
     from tidelog.consumers._dlq import dlq_stream, parked_entry
 
     async with tidelog.connect("memory://") as store:
@@ -627,9 +627,9 @@ async def test_concurrent_dlq_refreshes_share_one_read_that_sees_every_write() -
         @app.handler("order", group="g")
         async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None: ...
 
-        runtime = _runner.Runtime(app, None)
+        runtime = _runtime.Runtime(app, None)
         runtime.store = store
-        consumer = _runner._GroupConsumer(runtime, app.handlers[0])
+        consumer = _group.GroupConsumer(runtime, app.handlers[0])
         reads = 0
         real = store.read_stream
 

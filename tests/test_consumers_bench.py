@@ -1,4 +1,4 @@
-"""Smoke test of the consumer benchmark workloads (`benchmarks/consumers.py`) at tiny sizes.
+"""Smoke test of the consumer workloads (`benchmarks/workloads/consumers.py`) at tiny sizes.
 
 Asserts the shape of the results, never a speed.
 """

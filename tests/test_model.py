@@ -20,6 +20,7 @@ from tidelog.model import (
     MAX_NAME_LENGTH,
     check_expected_version,
     new_event_id,
+    parse_expected_version,
     validate_event,
     validate_expected_version,
     validate_stream_name,
@@ -128,6 +129,47 @@ def test_valid_expected_versions(value: tidelog.ExpectedVersion) -> None:
 def test_invalid_expected_versions(value: object) -> None:
     with pytest.raises(tidelog.InvalidExpectedVersion):
         validate_expected_version(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("any", tidelog.ANY),
+        (" No_Stream ", tidelog.NO_STREAM),
+        ("STREAM_EXISTS", tidelog.STREAM_EXISTS),
+        (tidelog.NO_STREAM, tidelog.NO_STREAM),
+        (7, 7),
+        ("0", 0),
+        ("007", 7),
+        (str(2**62 - 1), 2**62 - 1),
+        (-1, -1),  # an int is read as it is: its range is validate_expected_version's
+    ],
+)
+def test_parse_expected_version_reads_each_spelling(
+    value: object, expected: tidelog.ExpectedVersion
+) -> None:
+    assert parse_expected_version(value) == expected
+    assert parse_expected_version(value, dashes=True) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("no-stream", "stream-exists", "-1", "+1", "1_0", "1e3", "1.5", "²", "١٢", "9" * 20),
+        *("", "x", True, None, 1.5, [], {}),
+    ],
+)
+def test_parse_expected_version_refuses_the_rest(value: object) -> None:
+    with pytest.raises(tidelog.InvalidExpectedVersion):
+        parse_expected_version(value)
+
+
+def test_only_the_command_line_reads_dashes() -> None:
+    assert parse_expected_version("No-Stream", dashes=True) is tidelog.NO_STREAM
+    assert parse_expected_version("stream-exists", dashes=True) is tidelog.STREAM_EXISTS
+    for value in ("-1", "1-", "a-ny"):
+        with pytest.raises(tidelog.InvalidExpectedVersion):
+            parse_expected_version(value, dashes=True)
 
 
 def test_check_expected_version() -> None:

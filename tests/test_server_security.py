@@ -11,8 +11,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import socket
 import ssl
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -33,7 +35,7 @@ from _server_util import ADMIN_KEY, config, running
 from tidelog.errors import InvalidInput
 from tidelog.security.tokens import JWTConfig
 from tidelog.server import Limits, Server
-from tidelog.server._app import _check_depth
+from tidelog.server._deps import check_depth as _check_depth
 
 BAD_INPUTS_TRIED: list[str] = []
 
@@ -566,3 +568,201 @@ def test_the_depth_check_agrees_with_the_parsed_depth(
             _check_depth(raw, limit)
     else:
         _check_depth(raw, limit)
+
+
+# --------------------------------------------------------------------------- one-request freeze
+#
+# The depth check runs on the event loop before the grant check, so its cost is
+# what any authenticated principal can make every client wait. It used to cut
+# strings with a regex retried at every quote after an unterminated string:
+# 4 s at 32 KB, hours at the 4 MiB body limit. These bodies are the worst we
+# know for each part of the check, each just under the body limit.
+
+_PEELING_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_PEELING_NOT_SKELETON = bytes(b for b in range(256) if b not in b'[]{}"\\')
+
+
+def _peeling_refuses(raw: bytes, limit: int) -> bool:
+    """The check as it was (quadratic on some bodies): the reference for its decisions."""
+    skeleton = raw.translate(None, _PEELING_NOT_SKELETON)
+    if b"\\" in skeleton:
+        skeleton = _PEELING_STRING.sub(b"", raw).translate(None, _PEELING_NOT_SKELETON)
+    nesting = b"".join(skeleton.split(b'"')[::2]).translate(bytes.maketrans(b"[{]}", b"(())"))
+    if len(nesting) <= limit:
+        return False
+    for _ in range(limit):
+        peeled = nesting.replace(b"()", b"")
+        if len(peeled) == len(nesting):
+            return False
+        nesting = peeled
+    return bool(nesting)
+
+
+_SKELETON_TOKENS = st.sampled_from(
+    [b"[", b"]", b"{", b"}", b"[[[[", b"]]]]", b'"', b"\\", b'\\"', b"a", b","]
+)
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(
+    parts=st.lists(_SKELETON_TOKENS, max_size=60),
+    limit=st.integers(min_value=-1, max_value=8),
+)
+def test_the_linear_depth_check_decides_as_peeling_did(parts: list[bytes], limit: int) -> None:
+    """Valid JSON or not, unterminated strings, stray backslashes and unbalanced
+    brackets included: the same bodies are refused, with the same error."""
+    raw = b"".join(parts)
+    if _peeling_refuses(raw, limit):
+        with pytest.raises(InvalidInput, match=f"JSON nested deeper than {limit} levels"):
+            _check_depth(raw, limit)
+    else:
+        _check_depth(raw, limit)
+
+
+@pytest.mark.parametrize(
+    ("raw", "limit", "refused"),
+    [
+        # few rounds of peeling shrink these, so the one-pass measure decides
+        (b"[" * 60 + b"[" * 5 + b"]" * 5, 4, True),
+        (b"[" * 60 + b"[" * 4 + b"]" * 4, 4, True),  # as tall as the limit, and unbalanced
+        (b"[" * 4 + b"]" * 4 + b"\\" * 60, 4, True),  # a stray backslash is never matched
+        (b"[" * 60 + b"[" * 3 + b"]" * 3, 4, False),
+        (b"[" * 34 + b"]" * 34, 33, True),
+        (b"[" * 33 + b"]" * 33, 33, False),
+        (b"]" * 60 + b"[" * 4 + b"\\" + b"]" * 4, 2, False),  # the backslash parts them
+    ],
+)
+def test_the_depth_check_measures_what_peeling_leaves(
+    raw: bytes, limit: int, refused: bool
+) -> None:
+    assert _peeling_refuses(raw, limit) is refused
+    if refused:
+        with pytest.raises(InvalidInput):
+            _check_depth(raw, limit)
+    else:
+        _check_depth(raw, limit)
+
+
+_SERVE = """
+import asyncio, sys
+import tidelog
+from tidelog.security.acl import parse_grant
+from tidelog.security.tokens import hash_api_key
+from tidelog.server import Server, ServerConfig
+
+async def main():
+    keys = {hash_api_key("k-admin"): "admin", hash_api_key("k-nobody"): "nobody"}
+    config = ServerConfig(port=0, api_keys=keys, grants=(parse_grant("admin=admin:*"),))
+    server = Server(config, await tidelog.connect("memory://"))
+    await server.start()
+    print(server.port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop()
+
+asyncio.run(main())
+"""
+
+_BODY = Limits().max_body_bytes - 1024
+_ONE_REQUEST = 20.0
+"""Seconds any one of these requests may take on a loaded machine (about 0.5 s idle)."""
+_LIVEZ = 10.0
+"""Seconds `/livez` may wait meanwhile (the quadratic check made it wait for hours)."""
+
+
+def _fill(head: bytes, unit: bytes, tail: bytes = b"") -> bytes:
+    return head + unit * ((_BODY - len(head) - len(tail)) // len(unit)) + tail
+
+
+_APPEND, _CLOUDEVENTS, _SCHEMAS = (
+    "/v1/streams/order-1/events",
+    "/v1/cloudevents",
+    "/subjects/X/versions",
+)
+_EVENT_DATA = b'{"events": [{"type": "X", "data": "'
+
+_WORST_BODIES: list[tuple[str, str, bytes]] = [
+    ('unterminated string of \\"', _APPEND, _fill(_EVENT_DATA, b'\\"')),
+    ("unterminated string of \\\\", _APPEND, _fill(_EVENT_DATA, b"\\\\")),
+    ("backslashes and quotes", _APPEND, _fill(b'"', b'\\"\\\\"')),
+    ("deep nesting, never closed", _APPEND, _fill(b"", b"[")),
+    ("deep nesting, closed", _APPEND, b"[" * (_BODY // 2) + b"]" * (_BODY // 2)),
+    ("towers one level too deep", _APPEND, _fill(b"", b"[" * 33 + b"]" * 33)),
+    ("unclosed brackets, then a tower", _APPEND, _fill(b"", b"[", b"[" * 40 + b"]" * 40)),
+    ("stray backslashes between towers", _APPEND, _fill(b"[" * 40 + b"]" * 40, b"[\\]")),
+    ("many small strings", _APPEND, _fill(b"[", b'"",', b'""]')),
+    ("many escaped strings", _APPEND, _fill(b"[", b'"\\"",', b'""]')),
+    ("a long run of backslashes", _APPEND, _fill(b'["', b"\\\\", b'"]')),
+    (
+        "a huge number",
+        _APPEND,
+        _fill(b'{"events": [{"type": "X", "metadata": {"n": ', b"9", b"}}]}"),
+    ),
+    ("CloudEvent, unterminated string", _CLOUDEVENTS, _fill(b'{"data": "', b'\\"')),
+    ("CloudEvent, deep nesting never closed", _CLOUDEVENTS, _fill(b'{"data": ', b"[")),
+    (
+        "schema, unterminated inside its string",
+        _SCHEMAS,
+        _fill(b'{"schema": "\\"', b'\\\\\\"', b'"}'),
+    ),
+    ("schema, deep nesting never closed", _SCHEMAS, _fill(b'{"schema": {"a": ', b"[")),
+]
+"""(label, path, body). The event API and CloudEvents are sent by "nobody", who is
+authenticated and holds no grant at all; the registry checks grants before bodies."""
+
+
+async def _poll_livez(url: str, latencies: list[float], stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=_LIVEZ * 3) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            r = await client.get("/livez")
+            latencies.append(time.monotonic() - started)
+            assert r.status_code == 200
+            await asyncio.sleep(0.05)
+
+
+async def test_no_body_freezes_the_server() -> None:
+    """The worst bodies at the limit are answered in linear time while `/livez` keeps answering.
+
+    The server runs in its own process: a check that holds the interpreter for
+    hours would freeze a server in this one, and the test with it.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    latencies: list[float] = []
+    stop = asyncio.Event()
+    poller: asyncio.Task[None] | None = None
+    try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 60))
+        url = f"http://127.0.0.1:{port}"
+        poller = asyncio.create_task(_poll_livez(url, latencies, stop))
+        async with httpx.AsyncClient(base_url=url, timeout=_ONE_REQUEST) as client:
+            for label, path, body in _WORST_BODIES:
+                assert len(body) <= Limits().max_body_bytes, label
+                key = "k-admin" if path == _SCHEMAS else "k-nobody"
+                json_type = "cloudevents+json" if path == _CLOUDEVENTS else "json"
+                r = await client.post(
+                    path,
+                    content=body,
+                    headers={
+                        "Authorization": f"Bearer {key}",
+                        "Content-Type": f"application/{json_type}",
+                    },
+                )
+                _tried(f"at the body limit: {label}")
+                assert 400 <= r.status_code < 500 and r.status_code != 413, (label, r.text[:200])
+        stop.set()
+        await poller
+        assert latencies, "the poller never got an answer"
+        assert max(latencies) < _LIVEZ, max(latencies)
+    finally:
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

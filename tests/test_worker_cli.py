@@ -218,6 +218,6 @@ def test_every_stats_counter_is_exported() -> None:
     from dataclasses import fields
 
     from tidelog.consumers._metrics import COUNTERS
-    from tidelog.consumers._runner import Stats
+    from tidelog.consumers._stats import Stats
 
     assert set(COUNTERS) == {f.name for f in fields(Stats)} - {"peak_in_flight"}

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from tidelog._cli_kit import emit, run, settings
+
 __all__ = ["migrate_schema", "register"]
 
 
@@ -33,18 +35,16 @@ async def migrate_schema(url: str) -> dict[str, Any]:
         return {"store": _redact(url), "schema_version": version, "applied": applied}
     if scheme == "sqlite":
         from tidelog.engines import sqlite
+        from tidelog.engines.sqlite.engine import _path_from_url
 
-        path_of = getattr(sqlite, "_path_from_url", None)
-        migrate = getattr(sqlite, "migrate", None)
-        if path_of is not None and migrate is not None:
-            path = path_of(url)
-            before = sqlite.schema_version(path) if _exists(path) else 0
-            after = int(migrate(path))
-            return {
-                "store": url,
-                "schema_version": after,
-                "applied": list(range(before + 1, after + 1)),
-            }
+        path = _path_from_url(url)
+        before = sqlite.schema_version(path) if _exists(path) else 0
+        after = int(sqlite.migrate(path))
+        return {
+            "store": url,
+            "schema_version": after,
+            "applied": list(range(before + 1, after + 1)),
+        }
     async with tidelog.connect(url):
         return {"store": _redact(url), "schema_version": None, "applied": []}
 
@@ -81,7 +81,6 @@ def register(app: typer.Typer) -> None:
         Run it again after an interruption: it resumes where it stopped.
         """
         import tidelog
-        from tidelog.cli import emit, run, settings
         from tidelog.copy import CopyReport, copy_store
 
         as_json = settings(ctx).json
@@ -146,7 +145,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Create or upgrade the store's schema (opening a store also does this)."""
-        from tidelog.cli import emit, run, settings
 
         url = store or settings(ctx).store
         result = run(migrate_schema(url))

@@ -43,6 +43,7 @@ __all__ = [
     "StreamState",
     "category_of",
     "check_expected_version",
+    "parse_expected_version",
     "partition_of",
     "validate_event",
     "validate_expected_version",
@@ -111,6 +112,40 @@ def partition_of(stream: str, partitions: int) -> int:
     Stable across processes, machines and Python versions, unlike `hash()`.
     """
     return zlib.crc32(stream.encode("ascii")) % partitions
+
+
+_VERSION_DIGITS: Final = re.compile(r"[0-9]{1,19}")  # every version below 2**62 fits
+
+
+def parse_expected_version(value: object, *, dashes: bool = False) -> ExpectedVersion:
+    """An expected version read from outside: JSON, a query parameter, a command line.
+
+    The one reader of its spellings, shared by the HTTP API (and so the remote
+    client, which reads the server's errors with it) and the CLI: a
+    `StreamState`; an int; or text, trimmed and in any case, that is `any`,
+    `no_stream`, `stream_exists` or at most 19 ASCII digits (signs, `_`,
+    exponents and other scripts' digits are refused, and `int()` stays cheap).
+    `dashes` also reads `no-stream` and `stream-exists`, the command line's
+    spelling; the wire keeps its underscores.
+
+    The range is `validate_expected_version`'s to check, at the point the
+    caller's order of checks wants it: an engine checks every append it is
+    given, and a transactional commit fences its member before its appends.
+    """
+    if isinstance(value, StreamState):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if dashes:
+            word = word.replace("-", "_")
+        for state in StreamState:
+            if word == state.value:
+                return state
+        if _VERSION_DIGITS.fullmatch(word):
+            return int(word)
+    raise InvalidExpectedVersion(value)
 
 
 def validate_expected_version(value: object) -> ExpectedVersion:

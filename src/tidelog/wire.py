@@ -26,6 +26,7 @@ from tidelog.model import (
     StreamInfo,
     StreamState,
     new_event_id,
+    parse_expected_version,
 )
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "WireNewEvent",
     "embeds_as_json",
     "error_to_wire",
-    "expected_from_wire",
     "expected_to_wire",
     "raise_wire_error",
 ]
@@ -263,20 +263,6 @@ def expected_to_wire(expected: ExpectedVersion) -> int | str:
     return expected.value if isinstance(expected, StreamState) else expected
 
 
-def expected_from_wire(value: object) -> ExpectedVersion:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        for state in StreamState:
-            if lowered == state.value:
-                return state
-        if lowered.isdigit() and len(lowered) < 19:
-            return int(lowered)
-        raise errors.InvalidExpectedVersion(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise errors.InvalidExpectedVersion(value)
-    return value
-
-
 # status codes: client mistakes are 4xx; only an unavailable backend is a 5xx
 _ERRORS: Final[dict[type[errors.TidelogError], tuple[str, int]]] = {
     errors.WrongExpectedVersion: ("wrong_expected_version", 409),
@@ -334,7 +320,7 @@ def raise_wire_error(wire: WireError, status: int) -> None:
     if code == "wrong_expected_version":
         expected: object = wire.expected
         if isinstance(expected, str):
-            expected = expected_from_wire(expected)
+            expected = parse_expected_version(expected)
         raise errors.WrongExpectedVersion(wire.stream or "", expected, wire.actual)
     if code == "duplicate_event_id":
         raise errors.DuplicateEventId(wire.stream or "", wire.event_ids or [])

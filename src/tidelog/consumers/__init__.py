@@ -6,9 +6,15 @@
     async def on_order(event: tidelog.RecordedEvent, ctx: tidelog.Context) -> None: ...
 
 Run with `await app.run()` or `tidelog worker module:app`. See docs/consumers.md.
+
+One concern per module: `_options`, `_context` and `_handler` are what users
+write against; `_runtime` runs an `App` and maps the rest (group consumer,
+partition run, delivery, checkpoints, flow control); `_dlq` and `_producer`
+stand beside it.
 """
 
-from ._app import App, Context, HandlerOptions, RunnerOptions
+from ._app import App
+from ._context import Context
 from ._dlq import (
     DlqState,
     ParkedEvent,
@@ -18,8 +24,9 @@ from ._dlq import (
     list_parked,
     retry_parked,
 )
+from ._options import HandlerOptions, RunnerOptions
 from ._producer import BufferFull, Producer
-from ._runner import Stats
+from ._stats import Stats
 
 __all__ = [
     "App",

@@ -96,7 +96,7 @@ def _uuid(text: str) -> UUID:
 
 
 def register(app: typer.Typer) -> None:
-    from tidelog.cli import emit, run, settings
+    from tidelog._cli_kit import emit, run, settings
 
     @app.command()
     def worker(
@@ -247,7 +247,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dlq, name="dlq")
 
     def _parked_json(p: Any) -> dict[str, Any]:
-        from tidelog.cli import event_to_json
+        from tidelog._cli_kit import event_to_json
 
         return {
             "group": p.group,

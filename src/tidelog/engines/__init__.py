@@ -5,6 +5,8 @@
 - `_kit`: what engine authors share (checks, group state, head watch, URL
   options), private to this package;
 - `memory`: the reference engine; `remote`: a client of the tidelog server;
+- `wrapper`: `StoreWrapper`, the base of a store that wraps another one
+  (`tidelog.schemas.ValidatingStore`): it forwards the whole contract;
 - `sqlite/`, `postgres/`, `nats/`: one package per server-backed engine, each
   with its `engine` module and its own schema, wire and error modules.
 

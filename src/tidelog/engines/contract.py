@@ -24,8 +24,9 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Self
+
+import msgspec
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
@@ -79,8 +80,7 @@ Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
 """Appends after their checks: stream name -> (events, expected version)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(msgspec.Struct, frozen=True):
     """One checked write, the single value an engine's write hook receives.
 
     - `appends`: the streams to append to, each with its events and expected
@@ -93,7 +93,9 @@ class Write:
       this when a commit's appends failed their checks, so that a stale member
       learns it is stale before it learns its input was bad.
 
-    Everything in one `Write` is durable together or not at all.
+    Everything in one `Write` is durable together or not at all. A frozen
+    msgspec Struct: one is made per append, and it is built several times faster
+    than a frozen dataclass (a few percent of a small append).
     """
 
     appends: Checked
@@ -103,9 +105,10 @@ class Write:
     @property
     def weight(self) -> int:
         """Events to write, plus one for a checkpoint: what batching writers count."""
-        return sum(len(events) for events, _ in self.appends.values()) + (
-            self.checkpoint is not None
-        )
+        count = 0 if self.checkpoint is None else 1
+        for events, _ in self.appends.values():
+            count += len(events)
+        return count
 
 
 # --------------------------------------------------------------------------- layers

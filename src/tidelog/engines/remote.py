@@ -26,8 +26,6 @@ from tidelog import wire
 from tidelog.engines._kit.checks import (
     LogFilter,
     log_filter,
-    prepare_append,
-    prepare_append_many,
     prepare_delete,
     prepare_purge,
     prepare_read_all,
@@ -35,11 +33,10 @@ from tidelog.engines._kit.checks import (
 )
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.engines.contract import GroupEngine
-from tidelog.errors import InvalidInput, StoreClosed, StoreUnavailable
+from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
+from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import (
     ANY,
-    AppendRequest,
     AppendResult,
     ExpectedVersion,
     Membership,
@@ -138,21 +135,35 @@ class RemoteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 1
 
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[NewEvent],
-        expected_version: ExpectedVersion = ANY,
-    ) -> AppendResult:
-        name, checked, expected = prepare_append(stream, events, expected_version)
-        body = _wire_append(checked, expected)
-        return await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=body)
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        """One HTTP request per write: the route that says what the write is.
 
-    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
-        checked = prepare_append_many(requests)
-        body = wire.WireAppendMany(streams={s: _wire_append(e, x) for s, (e, x) in checked.items()})
-        out = await self._call("POST", "/v1/append-many", wire.WireResults, body=body)
-        return out.results
+        An append to one stream goes to `POST /v1/streams/{s}/events`, to
+        several to `POST /v1/append-many`, and a checkpoint with its appends to
+        the group's commit route; the server's store decides each in one
+        transaction. A `fence_only` write is judged here (see `_fence`).
+        """
+        cp = write.checkpoint
+        if cp is not None:
+            if write.fence_only:
+                await self._fence(cp)
+                return {}
+            body = wire.WireCommit(
+                partition=cp.partition,
+                position=cp.position,
+                member=cp.member,
+                generation=cp.generation,
+                appends=_wire_appends(write.appends) if write.appends else None,
+            )
+            path = f"{self._group_path(cp.group, cp.category)}/commit"
+            return (await self._call("POST", path, wire.WireResults, body=body)).results
+        if len(write.appends) == 1:
+            [(name, (events, expected))] = write.appends.items()
+            one = _wire_append(events, expected)
+            result = await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=one)
+            return {name: result}
+        many = wire.WireAppendMany(streams=_wire_appends(write.appends))
+        return (await self._call("POST", "/v1/append-many", wire.WireResults, body=many)).results
 
     async def read_stream(
         self,
@@ -344,26 +355,21 @@ class RemoteEngine(GroupEngine):
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
         await self._call("DELETE", path, None)
 
-    async def commit(
-        self,
-        group: str,
-        category: str,
-        partition: int,
-        position: int,
-        *,
-        member: str,
-        generation: int,
-        appends: Mapping[str, AppendRequest] | None = None,
-    ) -> dict[str, AppendResult]:
-        body = wire.WireCommit(
-            partition=partition,
-            position=position,
-            member=member,
-            generation=generation,
-            appends=_commit_appends(appends) if appends else None,
-        )
-        path = f"{self._group_path(group, category)}/commit"
-        return (await self._call("POST", path, wire.WireResults, body=body)).results
+    async def _fence(self, cp: Checkpoint) -> None:
+        """Raise `StaleGeneration` unless `cp.member` may commit `cp.partition`: a
+        commit whose appends failed their checks, fenced without writing anything.
+
+        The server has no route that only fences, and its commit route would
+        write the checkpoint; so the client judges the group as the server
+        describes it (lapsed leases expired, as `GroupState.check` counts them),
+        the way the server's own fetch route fences a remote member. Unlike a
+        refused commit, this does not make an unknown group known.
+        """
+        described = await self.describe_group(cp.group, cp.category)
+        current = 0 if described is None else described.generation
+        owned = () if described is None else _partitions_of(described, cp.member)
+        if owned is None or cp.generation != current or cp.partition not in owned:
+            raise StaleGeneration(cp.group, cp.category, cp.member, cp.generation, current)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         got = await self._call("GET", self._group_path(group, category), wire.WireGroup)
@@ -409,31 +415,12 @@ def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
     return httpx.QueryParams(out)
 
 
-def _commit_appends(appends: Mapping[str, AppendRequest]) -> dict[str, wire.WireAppend]:
-    """A transactional commit's appends for the wire.
-
-    Appends that fail validation are still sent when they can be encoded: the
-    server's store fences the member before it checks them, as every engine
-    does, so a stale member learns that it is stale first. What cannot even be
-    encoded fails here with the validation error.
-    """
-    try:
-        checked = prepare_append_many(appends)
-    except InvalidInput as invalid:
-        try:
-            return {
-                _str(stream): _wire_append(request.events, request.expected_version)
-                for stream, request in appends.items()
-            }
-        except Exception:
-            raise invalid from None
-    return {s: _wire_append(e, x) for s, (e, x) in checked.items()}
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(value)
-    return value
+def _partitions_of(membership: Membership, member: str) -> tuple[int, ...] | None:
+    """The partitions `member` owns in `membership`; None if it is not a live member."""
+    for m in membership.members:
+        if m.member == member:
+            return m.partitions
+    return None
 
 
 def _wire_append(events: Sequence[NewEvent], expected: ExpectedVersion) -> wire.WireAppend:
@@ -441,6 +428,10 @@ def _wire_append(events: Sequence[NewEvent], expected: ExpectedVersion) -> wire.
         events=[wire.WireNewEvent.from_new_event(e) for e in events],
         expected_version=wire.expected_to_wire(expected),
     )
+
+
+def _wire_appends(appends: Checked) -> dict[str, wire.WireAppend]:
+    return {s: _wire_append(events, expected) for s, (events, expected) in appends.items()}
 
 
 _error_decoder = msgspec.json.Decoder(wire.WireError)

@@ -8,12 +8,12 @@ change, or a registered version whose schema was edited in place).
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Annotated, Any
 
 import msgspec
 import typer
+
+from tidelog._cli_kit import command_group, emit, import_user_module, run, settings
 
 __all__ = ["register"]
 
@@ -21,12 +21,7 @@ __all__ = ["register"]
 def _event_classes(module_path: str) -> list[type[msgspec.Struct]]:
     from tidelog.errors import InvalidInput
 
-    if "." not in sys.path and "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_path)
-    except ImportError as exc:
-        raise InvalidInput(f"cannot import {module_path!r}: {exc}") from None
+    module = import_user_module(module_path)
     found = [
         obj
         for obj in vars(module).values()
@@ -42,16 +37,13 @@ def _event_classes(module_path: str) -> list[type[msgspec.Struct]]:
 
 def register(app: typer.Typer) -> None:
     """Add the `schema` command group to the tidelog CLI."""
-    schema_app = typer.Typer(
-        help="The schema registry: list, show, register and check event schemas.",
-        no_args_is_help=True,
+    schema_app = command_group(
+        app, "schema", "The schema registry: list, show, register and check event schemas."
     )
-    app.add_typer(schema_app, name="schema")
 
     @schema_app.command("list")
     def list_(ctx: typer.Context) -> None:
         """Every subject with its versions and compatibility mode."""
-        from tidelog.cli import emit, run, settings
 
         async def body() -> list[dict[str, Any]]:
             import tidelog
@@ -90,7 +82,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Print a subject's JSON Schema (the latest version unless --version)."""
-        from tidelog.cli import emit, run, settings
 
         async def body() -> Any:
             import tidelog
@@ -112,7 +103,6 @@ def register(app: typer.Typer) -> None:
         module: Annotated[str, typer.Argument(help="Python module with @tidelog.event classes.")],
     ) -> None:
         """Register the schema of every event class of MODULE (refused if incompatible)."""
-        from tidelog.cli import emit, run, settings
 
         classes = _event_classes(module)
 
@@ -140,7 +130,6 @@ def register(app: typer.Typer) -> None:
         module: Annotated[str, typer.Argument(help="Python module with @tidelog.event classes.")],
     ) -> None:
         """Check the event classes of MODULE against the registry; exit 1 if any is refused."""
-        from tidelog.cli import emit, run, settings
 
         classes = _event_classes(module)
 

@@ -15,13 +15,14 @@ as in Confluent's registry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
 
 from tidelog.codec import DEFAULT_REGISTRY, EventRegistry
-from tidelog.engines.contract import Engine, GroupEngine, HeadWatch
+from tidelog.engines.contract import Engine, Write
+from tidelog.engines.wrapper import StoreWrapper
 from tidelog.errors import (
     IncompatibleSchema,
     InvalidInput,
@@ -32,13 +33,10 @@ from tidelog.errors import (
 from tidelog.model import (
     ANY,
     NO_STREAM,
-    AppendRequest,
     AppendResult,
     ExpectedVersion,
-    Membership,
     NewEvent,
     RecordedEvent,
-    StreamInfo,
 )
 from tidelog.schemas.compatibility import Compatibility, compatibility_problems, schema_problem
 from tidelog.schemas.validation import first_error
@@ -281,129 +279,33 @@ class SchemaRegistry:
             raise SchemaViolation(subject, version, *error)
 
 
-class ValidatingStore(GroupEngine):
+class ValidatingStore(StoreWrapper):
     """A store that refuses appends whose data breaks the registered schemas.
 
     Wraps any engine: every append (`append`, `append_many`, the appends of a
-    group `commit`) is validated by `registry.validate` first; everything else
-    is passed through. System streams (`$...`) are not validated.
+    group `commit`) is validated by `registry.validate` once the contract has
+    checked the arguments, before the inner engine writes; everything else is
+    passed through (a `StoreWrapper`). System streams (`$...`) are not validated.
     """
 
     def __init__(self, inner: Engine, registry: SchemaRegistry) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.registry = registry
-        self.name = inner.name
 
-    async def _validate(self, stream: str, events: Sequence[NewEvent]) -> None:
-        if stream.startswith("$"):
-            return
-        for event in events:
-            if isinstance(event, NewEvent):
-                await self.registry.validate(event)
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        """Validate the events of `write`, then hand it to the inner store.
 
-    async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion = ANY
-    ) -> AppendResult:
-        if isinstance(stream, str) and isinstance(events, Sequence):
-            await self._validate(stream, events)
-        return await self.inner.append(stream, events, expected_version)
-
-    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
-        if isinstance(requests, Mapping):
-            for stream, request in requests.items():
-                if isinstance(request, AppendRequest):
-                    await self._validate(stream, request.events)
-        return await self.inner.append_many(requests)
-
-    def read_stream(
-        self, stream: str, from_version: int = 0, backwards: bool = False, limit: int | None = None
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read_stream(stream, from_version, backwards, limit)
-
-    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
-        await self.inner.delete_stream(stream, expected_version)
-
-    async def purge_stream(self, stream: str) -> None:
-        await self.inner.purge_stream(stream)
-
-    def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
-        return self.inner.list_streams(category)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read_all(from_position, categories, types, limit, partitions)
-
-    async def last_position(self) -> int:
-        return await self.inner.last_position()
-
-    @property
-    def partition_count(self) -> int:
-        return self.inner.partition_count
-
-    def head_watch(self) -> HeadWatch:
-        return self.inner.head_watch()
-
-    def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.subscribe(from_position, categories, types, partitions)
-
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
-    ) -> Membership:
-        return await self.inner.join_group(group, category, member, lease)
-
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
-    ) -> Membership:
-        return await self.inner.heartbeat(group, category, member, lease)
-
-    async def leave_group(self, group: str, category: str, member: str) -> None:
-        await self.inner.leave_group(group, category, member)
-
-    async def commit(
-        self,
-        group: str,
-        category: str,
-        partition: int,
-        position: int,
-        *,
-        member: str,
-        generation: int,
-        appends: Mapping[str, AppendRequest] | None = None,
-    ) -> dict[str, AppendResult]:
-        if isinstance(appends, Mapping):
-            for stream, request in appends.items():
-                if isinstance(request, AppendRequest):
-                    await self._validate(stream, request.events)
-        return await self.inner.commit(
-            group,
-            category,
-            partition,
-            position,
-            member=member,
-            generation=generation,
-            appends=appends,
-        )
-
-    async def checkpoints(self, group: str, category: str) -> dict[int, int]:
-        return await self.inner.checkpoints(group, category)
-
-    async def describe_group(self, group: str, category: str) -> Membership | None:
-        return await self.inner.describe_group(group, category)
-
-    async def list_groups(self) -> list[tuple[str, str]]:
-        return await self.inner.list_groups()
+        The contract has checked the arguments already; a commit's member is
+        fenced before its events are judged, as on every engine, so a stale
+        member gets `StaleGeneration` rather than a `SchemaViolation`.
+        """
+        try:
+            for stream, (events, _) in write.appends.items():
+                if not stream.startswith("$"):
+                    for event in events:
+                        await self.registry.validate(event)
+        except InvalidInput:
+            if write.checkpoint is not None:
+                await super()._apply_write(Write({}, write.checkpoint, fence_only=True))
+            raise
+        return await super()._apply_write(write)

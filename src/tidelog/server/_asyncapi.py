@@ -24,8 +24,7 @@ import tidelog
 from tidelog import wire
 from tidelog.schemas import SCHEMAS_STREAM, SchemaVersion
 from tidelog.security.acl import Permission
-from tidelog.server._app import AccessDep, _runtime
-from tidelog.server._registry_api import registry_of
+from tidelog.server._deps import AccessDep, registry_of, runtime
 
 __all__ = ["ROUTES", "asyncapi_document"]
 
@@ -164,7 +163,7 @@ async def asyncapi(
     request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> dict[str, Any]:
     """Categories the caller may read; event types if it may read the registry."""
-    rt = _runtime(state)
+    rt = runtime(state)
     categories = sorted(
         {
             s.category

@@ -51,13 +51,7 @@ from tidelog.model import (
     validate_stream_name,
 )
 from tidelog.security.acl import Permission
-from tidelog.server._app import (
-    AccessDep,
-    _check_depth,
-    _need_stream,
-    _page_limit,
-    _runtime,
-)
+from tidelog.server._deps import AccessDep, check_depth, need_stream, page_limit, runtime
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -295,7 +289,7 @@ async def ingest_cloudevents(
     stream: FromQuery[str | None] = None,
 ) -> CloudEventsAccepted:
     """Append CloudEvents 1.0 to their streams, atomically (one `append_many`)."""
-    rt = _runtime(state)
+    rt = runtime(state)
     limits = rt.config.limits
     content_type = request.headers.get("content-type")
     media = _media(content_type)
@@ -303,10 +297,10 @@ async def ingest_cloudevents(
     parsed: list[_Parsed]
     try:
         if media == STRUCTURED_CONTENT_TYPE:
-            _check_depth(body, limits.max_json_depth)
+            check_depth(body, limits.max_json_depth)
             parsed = [_from_structured(_STRUCTURED.decode(body), stream, limits.max_event_bytes)]
         elif media == BATCH_CONTENT_TYPE:
-            _check_depth(body, limits.max_json_depth)
+            check_depth(body, limits.max_json_depth)
             batch = _BATCH.decode(body)
             if len(batch) > limits.max_events_per_append:
                 raise InvalidEvent(f"at most {limits.max_events_per_append} CloudEvents per batch")
@@ -327,13 +321,15 @@ async def ingest_cloudevents(
                 detail=f"send {STRUCTURED_CONTENT_TYPE}, {BATCH_CONTENT_TYPE}, "
                 "or binary mode (ce-specversion and the other ce-* headers)",
             )
+    except RecursionError:  # nesting left open is not the depth check's to refuse
+        raise InvalidInput("JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"invalid CloudEvents JSON: {exc}") from None
     if not parsed:
         return CloudEventsAccepted(results={}, ids=[])
     by_stream: dict[str, list[NewEvent]] = defaultdict(list)
     for p in parsed:
-        _need_stream(access, p.stream, Permission.WRITE)
+        need_stream(access, p.stream, Permission.WRITE)
         by_stream[p.stream].append(p.event)
     started = time.perf_counter()
     count = len(parsed)
@@ -430,12 +426,12 @@ async def read_cloudevents(
     from_version: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
     limit: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
 ) -> Response[bytes]:
-    rt = _runtime(state)
+    rt = runtime(state)
     validate_stream_name(stream)
-    _need_stream(access, stream, Permission.READ)
+    need_stream(access, stream, Permission.READ)
     events = [
         to_cloudevent(e)
-        async for e in rt.store.read_stream(stream, from_version, limit=_page_limit(rt, limit))
+        async for e in rt.store.read_stream(stream, from_version, limit=page_limit(rt, limit))
     ]
     rt.metrics.read(len(events))
     return Response(_ENCODER.encode(events), media_type=BATCH_CONTENT_TYPE)

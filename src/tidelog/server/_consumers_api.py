@@ -1,6 +1,6 @@
 """Consumer-group operations for remote consumers: fetch, ack and nack.
 
-Join, heartbeat, leave and commit are in `_app.py`. A remote member fetches
+Join, heartbeat, leave and commit are in `_groups_api`. A remote member fetches
 the events of the partitions it owns after their checkpoints (or after the
 position it has already taken), acks by committing a partition's position,
 and nacks an event it gives up on: the event is parked in `$dlq-<group>` and
@@ -24,7 +24,7 @@ from tidelog.consumers._dlq import dlq_stream, parked_entry
 from tidelog.errors import InvalidInput, StaleGeneration
 from tidelog.model import AppendRequest
 from tidelog.security.acl import Permission
-from tidelog.server._app import AccessDep, _body, _need_categories, _need_stream, _runtime
+from tidelog.server._deps import AccessDep, decode_body, need_categories, need_stream, runtime
 
 __all__ = ["ROUTES"]
 
@@ -70,8 +70,8 @@ async def fetch(
     limit: Annotated[int, QueryParameter(name="max", ge=1, le=MAX_FETCH)] = 100,
 ) -> wire.WirePage:
     """Events of the member's partitions after max(checkpoint, `after`), in position order."""
-    _need_categories(access, [category], Permission.READ)
-    store = _runtime(state).store
+    need_categories(access, [category], Permission.READ)
+    store = runtime(state).store
     partitions = await _owned(store, group, category, member, generation)
     points = await store.checkpoints(group, category)
 
@@ -82,7 +82,7 @@ async def fetch(
     pages = [await one(p) for p in partitions]
     merged = heapq.merge(*pages, key=lambda e: e.position)
     taken = [e for _, e in zip(range(limit), merged, strict=False)]
-    metrics = _runtime(state).metrics
+    metrics = runtime(state).metrics
     for p in partitions:
         positions = [
             e.position for e in taken if tidelog.partition_of(e.stream, store.partition_count) == p
@@ -101,10 +101,10 @@ async def nack(
     access: AccessDep,
 ) -> wire.WireResults:
     """Park the event at `position` in `$dlq-<group>` and commit its partition past it."""
-    data = await _body(request, WireNack)
-    _need_categories(access, [category], Permission.READ)
-    _need_stream(access, dlq_stream(group), Permission.WRITE)
-    store = _runtime(state).store
+    data = await decode_body(request, WireNack)
+    need_categories(access, [category], Permission.READ)
+    need_stream(access, dlq_stream(group), Permission.WRITE)
+    store = runtime(state).store
     events = [e async for e in store.read_all(data.position, [category], None, 1)]
     if not events or events[0].position != data.position:
         raise InvalidInput(f"no event of {category!r} at position {data.position}")

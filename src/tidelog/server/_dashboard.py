@@ -35,9 +35,9 @@ from litestar.params import FromPath
 import tidelog
 from tidelog.engines.contract import Engine
 from tidelog.security.acl import Permission
-from tidelog.server._app import AccessDep, _runtime
+from tidelog.server._deps import AccessDep, runtime
 
-__all__ = ["DASHBOARD_ROUTES", "CSP", "Stats"]
+__all__ = ["CSP", "ROUTES", "Stats"]
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -123,7 +123,7 @@ async def dashboard_asset(name: FromPath[str]) -> Response[bytes]:
 
 @get("/v1/stats", summary="Counts per category, the head, and groups with lag (the dashboard's)")
 async def stats(state: State, access: AccessDep) -> Stats:
-    rt = _runtime(state)
+    rt = runtime(state)
     store = rt.store
     head = await store.last_position()
     per_category: dict[str, CategoryStats] = {}
@@ -187,4 +187,4 @@ async def _group_stats(
     )
 
 
-DASHBOARD_ROUTES = [dashboard_page, dashboard_asset, stats]
+ROUTES = [dashboard_page, dashboard_asset, stats]

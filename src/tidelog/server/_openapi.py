@@ -23,6 +23,12 @@ from litestar.openapi.plugins import (
 )
 
 from tidelog import model, wire
+from tidelog.server._cloudevents import (
+    BATCH_CONTENT_TYPE,
+    CLOUDEVENT_SCHEMA,
+    STRUCTURED_CONTENT_TYPE,
+)
+from tidelog.server._registry_api import CONTENT_TYPE, ConfigBody, RegisterSchema
 
 __all__ = ["CompleteJsonRenderPlugin", "complete_openapi", "render_plugins"]
 
@@ -44,25 +50,22 @@ _EVENT_TYPE: Final = {
 
 def _bodies() -> dict[tuple[str, str], dict[str, Any]]:
     """(path, method) -> media type -> a msgspec type or a ready JSON Schema."""
-    from tidelog.server import _cloudevents as ce
-    from tidelog.server import _registry_api as reg
-
-    registry_types = (reg.CONTENT_TYPE, _JSON)
+    registry_types = (CONTENT_TYPE, _JSON)
     return {
         ("/v1/streams/{stream}/events", "post"): {_JSON: wire.WireAppend},
         ("/v1/append-many", "post"): {_JSON: wire.WireAppendMany},
         ("/v1/groups/{group}/{category}/commit", "post"): {_JSON: wire.WireCommit},
         ("/v1/cloudevents", "post"): {
-            ce.STRUCTURED_CONTENT_TYPE: ce.CLOUDEVENT_SCHEMA,
-            ce.BATCH_CONTENT_TYPE: {"type": "array", "items": ce.CLOUDEVENT_SCHEMA},
+            STRUCTURED_CONTENT_TYPE: CLOUDEVENT_SCHEMA,
+            BATCH_CONTENT_TYPE: {"type": "array", "items": CLOUDEVENT_SCHEMA},
             "*/*": {"description": "binary mode: the data, with ce-* headers"},
         },
-        ("/subjects/{subject}/versions", "post"): dict.fromkeys(registry_types, reg.RegisterSchema),
+        ("/subjects/{subject}/versions", "post"): dict.fromkeys(registry_types, RegisterSchema),
         ("/compatibility/subjects/{subject}/versions/{version}", "post"): dict.fromkeys(
-            registry_types, reg.RegisterSchema
+            registry_types, RegisterSchema
         ),
-        ("/config", "put"): dict.fromkeys(registry_types, reg.ConfigBody),
-        ("/config/{subject}", "put"): dict.fromkeys(registry_types, reg.ConfigBody),
+        ("/config", "put"): dict.fromkeys(registry_types, ConfigBody),
+        ("/config/{subject}", "put"): dict.fromkeys(registry_types, ConfigBody),
     }
 
 

@@ -17,7 +17,6 @@ incompatible schema, 42201 invalid schema or subject, 42202 invalid version,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Final
 
@@ -40,16 +39,14 @@ from tidelog.model import NewEvent, validate_event
 from tidelog.schemas import SCHEMAS_STREAM, Compatibility, SchemaRegistry, compatibility_problems
 from tidelog.schemas.compatibility import schema_problem
 from tidelog.security.acl import Access, Permission
-from tidelog.server._app import AccessDep, _check_depth, _runtime
+from tidelog.server._deps import AccessDep, check_depth, registry_of, runtime
 
-__all__ = ["CONTENT_TYPE", "ROUTES", "registry_of"]
+__all__ = ["CONTENT_TYPE", "ROUTES", "ConfigBody", "RegisterSchema"]
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
 _ENCODER: Final = msgspec.json.Encoder()
-_LOCK_KEY: Final = "schema_registry_lock"
-_REGISTRY_KEY: Final = "schema_registry"
 
 
 class RegisterSchema(msgspec.Struct, kw_only=True):
@@ -74,17 +71,6 @@ def _refuse(status: int, error_code: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message, extra={"error_code": error_code})
 
 
-def registry_of(state: State) -> tuple[SchemaRegistry, asyncio.Lock]:
-    """The app's one registry (reading `$schemas` of its store) and the lock serializing it."""
-    registry: SchemaRegistry | None = state.get(_REGISTRY_KEY)
-    if registry is None:
-        registry = SchemaRegistry(_runtime(state).store)
-        state[_REGISTRY_KEY] = registry
-        state[_LOCK_KEY] = asyncio.Lock()
-    lock: asyncio.Lock = state[_LOCK_KEY]
-    return registry, lock
-
-
 def _need(access: Access, perm: Permission) -> None:
     if not access.can_stream(SCHEMAS_STREAM, perm):
         raise AccessDenied(
@@ -105,10 +91,12 @@ def _check_subject(subject: str) -> None:
 
 async def _schema_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
     raw = await request.body()
-    limit = _runtime(request.app.state).config.limits.max_json_depth
+    limit = runtime(request.app.state).config.limits.max_json_depth
     _depth(raw, limit)
     try:
         body = _REGISTER.decode(raw)
+    except RecursionError:  # nesting left open is not the depth check's to refuse
+        raise _refuse(400, 400, "JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _refuse(400, 400, f"invalid request body: {exc}") from None
     if body.schemaType.upper() != "JSON":
@@ -118,11 +106,13 @@ async def _schema_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
     schema: Any = body.schema
     if isinstance(schema, str):
         try:
-            _check_depth(schema.encode(), limit)
+            check_depth(schema.encode(), limit)
         except InvalidInput as exc:
             raise _refuse(422, 42201, str(exc)) from None
         try:
             schema = _JSON.decode(schema)
+        except RecursionError:
+            raise _refuse(422, 42201, "JSON nested too deeply") from None
         except msgspec.DecodeError as exc:
             raise _refuse(422, 42201, f"schema is not valid JSON: {exc}") from None
     if not isinstance(schema, dict):
@@ -134,7 +124,7 @@ async def _schema_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 def _depth(raw: bytes, limit: int) -> None:
     try:
-        _check_depth(raw, limit)
+        check_depth(raw, limit)
     except InvalidInput as exc:
         raise _refuse(400, 400, str(exc)) from None
 
@@ -276,9 +266,11 @@ async def _set_config(
     request: Request[Any, Any, Any], state: State, subject: str | None
 ) -> Response[bytes]:
     raw = await request.body()
-    _depth(raw, _runtime(state).config.limits.max_json_depth)
+    _depth(raw, runtime(state).config.limits.max_json_depth)
     try:
         body = _CONFIG.decode(raw)
+    except RecursionError:
+        raise _refuse(400, 400, "JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _refuse(400, 400, f"invalid request body: {exc}") from None
     try:

@@ -34,12 +34,22 @@ The rules, which every engine using it keeps:
   ("outcome unknown; retrying with the same event ids is safe"), never a
   `CancelledError` they did not ask for. Writes still queued get
   `StoreUnavailable` ("not written").
-- **Close.** `close()` waits until every write queued so far is committed;
-  being cancelled itself does not cancel the commit in flight. With a
-  `grace` period, a writer still busy after it is cancelled (the rule above).
+- **Close.** `close()` waits until every write queued so far is settled;
+  being cancelled itself does not cancel the commit in flight. Given a
+  `grace` period, it cancels a writer still busy when that runs out (the rule
+  above). An engine that refuses what is still queued at close calls
+  `fail_waiting(error)` first.
 
 An engine keeps its own front: it checks the write and computes its weight,
-calls `submit`, and awaits the future it gets.
+calls `submit`, and awaits the future it gets::
+
+    self._queue = GroupCommit(
+        lambda: contextlib.nullcontext(self._commit_batch),  # or a pooled connection
+        max_items=500,
+        max_weight=10_000,
+    )
+    ...
+    result = await self._queue.submit(write, weight)
 """
 
 from __future__ import annotations

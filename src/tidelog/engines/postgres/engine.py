@@ -11,12 +11,8 @@ How it keeps the contract:
   p. Positions are dense (a rolled-back append leaves no hole).
 - **Group commit.** Concurrent appends of one engine (transactional commits
   too) are gathered into one transaction, one lock acquisition and one commit
-  (one WAL flush), in four round trips: BEGIN with the lock, one read of the
-  head and of the ids, streams and group rows involved, one statement writing
-  the events, stream heads, checkpoints and NOTIFY, and COMMIT. Each append is
-  checked on its own against that read, so a conflict fails only that append;
-  a write error the checks cannot foresee redoes the batch with a SAVEPOINT
-  per append.
+  (one WAL flush): see `writer.py`. Each append is checked on its own, so a
+  conflict fails only that append.
 - **Durability.** `synchronous_commit=on` is set on every connection and again
   on every write transaction; an append returns only after its commit.
 - **Live subscriptions.** Commits `pg_notify` the new head on the store's
@@ -45,8 +41,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -56,22 +51,18 @@ import msgspec
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
-    check_checkpoint,
-    prepare_append,
-    prepare_append_many,
     prepare_delete,
     prepare_purge,
     prepare_read_all,
     prepare_read_stream,
-    resolve_retry,
     validate_group_key,
     validate_group_name,
 )
 from tidelog.engines._kit.groups import GroupState
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.engines.contract import GroupEngine
-from tidelog.engines.postgres.errors import is_driver_error, pg_errors, translate
+from tidelog.engines.contract import GroupEngine, Write
+from tidelog.engines.postgres.errors import pg_errors
 from tidelog.engines.postgres.schema import (
     LATEST_VERSION,
     Sql,
@@ -79,28 +70,23 @@ from tidelog.engines.postgres.schema import (
     migrate,
     validate_schema_name,
 )
+from tidelog.engines.postgres.writer import EMPTY_JSON, GROUP_DECODER, Writer, transaction
 from tidelog.errors import (
-    InvalidInput,
     InvalidURL,
     StoreClosed,
-    StoreUnavailable,
     StreamDeleted,
     TidelogError,
 )
 from tidelog.model import (
     ANY,
-    AppendRequest,
     AppendResult,
     ExpectedVersion,
     Membership,
-    NewEvent,
     RecordedEvent,
     StreamInfo,
     category_of,
     check_expected_version,
     decode_metadata,
-    encode_metadata,
-    partition_of,
 )
 
 __all__ = [
@@ -129,10 +115,7 @@ _DECODE_CHUNK = 256
 UUIDs of a chunk (GC-tracked too) are then usually freed before a collection
 sees them, instead of a page's worth being alive at once."""
 _UUID_LIST = list[UUID]
-_EMPTY_JSON = "{}"
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MAX_BATCH_EVENTS = 10_000
-"""A group commit takes appends until they hold this many events (at least one append)."""
 _SERVER_SETTINGS = {
     "synchronous_commit": "on",
     "application_name": "tidelog",
@@ -140,10 +123,6 @@ _SERVER_SETTINGS = {
     # lock; the server ends such a session instead of stalling every writer.
     "idle_in_transaction_session_timeout": "60000",
 }
-
-Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-Outcome = dict[str, AppendResult] | TidelogError
-"""An append's results, or the error that failed it alone."""
 
 
 class PostgresConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -189,11 +168,6 @@ def split_url(url: str) -> tuple[str, PostgresConfig]:
     return dsn, config
 
 
-def _uuid(value: UUID) -> UUID:
-    # asyncpg returns its own UUID subclass; hand out the standard type.
-    return value if type(value) is UUID else UUID(bytes=value.bytes)
-
-
 class _Timestamps(dict[bytes, datetime]):
     """Datetimes of timestamptz values in PostgreSQL's binary form (microseconds
     since 2000-01-01 UTC), each decoded once: the events of a commit share one."""
@@ -224,7 +198,7 @@ def _events(rows: Sequence[Any]) -> list[RecordedEvent]:
             position=position,
             type=type_,
             data=data,
-            metadata={} if meta == _EMPTY_JSON else decode_metadata(meta),
+            metadata={} if meta == EMPTY_JSON else decode_metadata(meta),
             recorded_at=times[at],
             schema_version=sv,
         )
@@ -249,183 +223,6 @@ def _take_outcome(task: asyncio.Future[Any]) -> None:
 _EMPTY_GROUP = msgspec.json.encode(GroupState()).decode()
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """The group side of a transactional commit: the member to fence and the
-    checkpoint to move, in the transaction that writes the commit's appends."""
-
-    group: str
-    category: str
-    partition: int
-    position: int
-    member: str
-    generation: int
-
-    def fence(self, state: GroupState, partitions: int, now: float) -> None:
-        """Raise `StaleGeneration` unless the member may commit the partition now."""
-        state.check(
-            self.group, self.category, self.member, self.generation, self.partition, partitions, now
-        )
-
-
-class _Pending:
-    """One append (or append_many, or transactional commit) waiting for the next group commit."""
-
-    __slots__ = ("checked", "future", "step")
-
-    def __init__(
-        self,
-        checked: Checked,
-        future: asyncio.Future[dict[str, AppendResult]],
-        step: _Step | None = None,
-    ) -> None:
-        self.checked = checked
-        self.future = future
-        self.step = step
-
-
-def _settle(batch: list[_Pending], outcomes: list[Outcome]) -> None:
-    for p, outcome in zip(batch, outcomes, strict=True):
-        if p.future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            p.future.set_exception(outcome)
-        else:
-            p.future.set_result(outcome)
-
-
-class _WriteFailed(Exception):
-    """A batch's write statement failed: redo the batch with a savepoint per append."""
-
-
-_SAVEPOINT = (
-    "SAVEPOINT tidelog_append",
-    "RELEASE SAVEPOINT tidelog_append",
-    "ROLLBACK TO SAVEPOINT tidelog_append",
-)
-
-
-@contextlib.asynccontextmanager
-async def _transaction(
-    conn: Any, begin: str, end: str = "COMMIT", undo: str = "ROLLBACK"
-) -> AsyncIterator[None]:
-    """A transaction (or savepoint) of plain statements: unlike asyncpg's
-    `conn.transaction()`, which sends BEGIN alone, `begin` carries the first
-    statements too, in the same round trip.
-
-    Safe against cancellation. The exception that ended the block propagates,
-    never one of the rollback (unless the rollback itself was cancelled: a
-    cancellation is not swallowed). A connection whose state is unknown (a
-    statement was interrupted by a cancellation or a timeout, the connection
-    broke, or `undo` or `end` failed) is terminated, not rolled back and reused:
-    the server rolls back what its session left open, and the pool connects
-    anew. After a failed `end` the outcome is unknown: callers report it as
-    `StoreUnavailable` (or the caller's own cancellation).
-    """
-    try:
-        await conn.execute(begin)
-        yield
-    except BaseException as exc:
-        if not _answered(exc):
-            _terminate(conn)
-            raise
-        try:
-            await conn.execute(undo)
-        except BaseException as undo_failed:
-            _terminate(conn)
-            if not isinstance(undo_failed, Exception):
-                raise  # cancelled (or interrupted) while rolling back
-        raise
-    try:
-        await conn.execute(end)
-    except BaseException as exc:
-        if not _answered(exc):
-            _terminate(conn)
-        raise
-
-
-def _answered(exc: BaseException) -> bool:
-    """Whether the connection is known to be idle after `exc`: an error the server
-    answered, or one raised in Python between statements. Not so after a
-    cancellation or a timeout (a statement may still run), a lost connection, or
-    another driver error."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return not _is_connection_error(exc)
-    return isinstance(exc, Exception) and not is_driver_error(exc)
-
-
-def _terminate(conn: Any) -> None:
-    """Close a pooled connection at once, without a word to the server; the pool
-    replaces it. A connection terminated before is released already: nothing to do."""
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(
-        exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError
-    )
-
-
-class _Fences:
-    """The group states a batch's transactional commits are fenced against (each
-    row locked and decoded once), and the checkpoints of the commits accepted."""
-
-    __slots__ = ("checkpoints", "now", "partitions", "states")
-
-    def __init__(
-        self, states: dict[tuple[str, str], GroupState], partitions: int, now: float
-    ) -> None:
-        self.states = states
-        self.partitions = partitions
-        self.now = now
-        self.checkpoints: dict[tuple[str, str, int], int] = {}
-
-    def check(self, step: _Step) -> None:
-        """Raise `StaleGeneration` unless the step's member may commit its partition now."""
-        state = self.states.get((step.group, step.category))
-        step.fence(GroupState() if state is None else state, self.partitions, self.now)
-
-    def accept(self, step: _Step) -> None:
-        """Move the step's checkpoint (forward only) with the batch's writes."""
-        key = (step.group, step.category, step.partition)
-        self.checkpoints[key] = max(self.checkpoints.get(key, step.position), step.position)
-
-
-class _Overlay:
-    """Stored ids and stream heads, updated as a batch's appends are accepted."""
-
-    __slots__ = ("states", "stored")
-
-    def __init__(
-        self,
-        stored: dict[UUID, tuple[str, int, int]],
-        states: dict[str, tuple[int | None, bool]],
-    ) -> None:
-        self.stored = stored
-        self.states = states
-
-
-class _Rows:
-    """The events to insert (positions from `start` + 1 on), and the new head of each stream."""
-
-    __slots__ = ("events", "head", "start", "streams")
-
-    def __init__(self, head: int) -> None:
-        self.start = self.head = head
-        self.events: list[tuple[Any, ...]] = []
-        self.streams: dict[str, tuple[str, int]] = {}
-
-    def add(self, e: NewEvent, stream: str, version: int, category: str, partition: int) -> int:
-        """Queue one event; returns its position."""
-        meta = encode_metadata(e.metadata).decode() if e.metadata else _EMPTY_JSON
-        self.events.append(
-            (e.id, stream, version, e.type, e.data, meta, e.schema_version, category, partition)
-        )
-        self.head += 1
-        return self.head
-
-
 class PostgresEngine(GroupEngine):
     name = "postgres"
 
@@ -439,15 +236,10 @@ class PostgresEngine(GroupEngine):
         self._pool = pool
         self._partitions = partitions
         self._sql = Sql(config.schema)
-        self._begin_sync = f"BEGIN; {self._sql.sync_on}"
         self._watch = HeadWatch()
-        self._pending: list[_Pending] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._writer = Writer(pool, self._sql, partitions, self._now, self._watch, config.max_batch)
         self._listener: Any = None
         self._relistener: asyncio.Future[None] | None = None
-        self._before_commit: Callable[[], Awaitable[None]] | None = None
-        """Fault injection for tests: awaited inside each append transaction just
-        before its commit (with the append lock held); raising rolls it back."""
 
     @property
     def dsn(self) -> str:
@@ -458,6 +250,28 @@ class PostgresEngine(GroupEngine):
         (`config.schema`). It holds the password if the URL did: do not log it.
         """
         return self._dsn
+
+    # The tests reach into the group commit through these.
+
+    @property
+    def _before_commit(self) -> Callable[[], Awaitable[None]] | None:
+        """Fault injection (`Writer.before_commit`): awaited in each group commit's
+        transaction just before COMMIT, with the append lock held."""
+        return self._writer.before_commit
+
+    @_before_commit.setter
+    def _before_commit(self, hook: Callable[[], Awaitable[None]] | None) -> None:
+        self._writer.before_commit = hook
+
+    @property
+    def _drainer(self) -> asyncio.Task[None] | None:
+        """The group commit's writer task."""
+        return self._writer.batches.task
+
+    @property
+    def _pending(self) -> Sized:
+        """The writes waiting for the next group commit."""
+        return self._writer.batches
 
     # ------------------------------------------------------------------ setup
 
@@ -512,10 +326,8 @@ class PostgresEngine(GroupEngine):
         if self._closed:
             return
         self._closed = True
-        if self._drainer is not None:
-            # Appends accepted before close complete. `wait`, unlike awaiting the
-            # task, does not cancel it if close is cancelled, nor raise its error.
-            await asyncio.wait([self._drainer])
+        # Appends accepted before close complete; a cancelled close leaves them be.
+        await self._writer.batches.close()
         self._watch.close()
         if self._relistener is not None:
             self._relistener.cancel()
@@ -531,280 +343,27 @@ class PostgresEngine(GroupEngine):
         except Exception:  # a dead server or a stuck query: drop the connections
             self._pool.terminate()
 
-    # ------------------------------------------------------------------ group commit
-
-    async def _submit(self, checked: Checked, step: _Step | None = None) -> dict[str, AppendResult]:
-        future: asyncio.Future[dict[str, AppendResult]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(checked, future, step))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-            self._drainer.add_done_callback(self._drainer_stopped)
-        return await future
-
-    async def _drain(self) -> None:
-        """Commit the waiting appends, a batch per transaction, until none is left.
-
-        One connection serves consecutive batches: its callers are settled before
-        the next batch is taken, and a turn of the loop lets them append again,
-        so a steady load needs no acquire and no release (a reset round trip)
-        per batch.
-        """
-        while batch := self._take_batch():
-            try:
-                with pg_errors():
-                    async with self._pool.acquire() as conn:
-                        while batch:
-                            outcomes, head = await self._commit_batch(conn, batch)
-                            _settle(batch, outcomes)
-                            self._watch.advance(head)
-                            await asyncio.sleep(0)
-                            batch = self._take_batch()
-            except BaseException as exc:
-                error = translate(exc) if is_driver_error(exc) else exc
-                if not isinstance(error, Exception):
-                    # Cancelled (or interrupted) mid-batch: its appends may or may not
-                    # be committed. Their callers were not cancelled: tell them so.
-                    error = StoreUnavailable(
-                        f"the outcome of the append is unknown: the store's writer was "
-                        f"interrupted ({type(exc).__name__}); retrying it is safe"
-                    )
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
-                if not isinstance(exc, Exception):
-                    raise
-
-    def _drainer_stopped(self, task: asyncio.Task[None]) -> None:
-        """When the writer task is cancelled (say, as the event loop shuts down; even
-        before it ran), fail the appends it left waiting: no one would commit them."""
-        if not task.cancelled() and task.exception() is None:
-            return
-        pending, self._pending = self._pending, []
-        for p in pending:
-            if not p.future.done():
-                p.future.set_exception(
-                    StoreUnavailable("the append was not written: the store's writer was stopped")
-                )
-
-    def _take_batch(self) -> list[_Pending]:
-        """The next appends to commit together; [] when none is waiting."""
-        while self._pending:
-            taken = events = 0
-            for p in self._pending[: self.config.max_batch]:
-                events += sum(len(evs) for evs, _ in p.checked.values())
-                if taken and events > _MAX_BATCH_EVENTS:
-                    break
-                taken += 1
-            batch = [p for p in self._pending[:taken] if not p.future.done()]
-            del self._pending[:taken]
-            if batch:
-                return batch
-        return []
-
-    async def _commit_batch(self, conn: Any, batch: list[_Pending]) -> tuple[list[Outcome], int]:
-        """Commit many appends in one transaction; returns each one's outcome and the head.
-
-        The fast path checks every append in Python against state read once
-        for the whole batch (under the append lock nothing else changes it),
-        so a conflict fails only its own append, and writes all the accepted
-        events with one statement. Should that statement fail anyway, the
-        transaction is rolled back and the batch redone with each append in
-        its own SAVEPOINT, so the failure is pinned on the append that caused it.
-
-        A transactional commit is such an append with a `_Step`: its member is
-        fenced first (a stale one fails before its appends are checked, as on
-        every engine), and its checkpoint is written only if its appends are.
-        """
-        try:
-            return await self._run_batch(conn, batch, isolate=False)
-        except _WriteFailed:
-            return await self._run_batch(conn, batch, isolate=True)
-
-    async def _run_batch(
-        self, conn: Any, batch: list[_Pending], isolate: bool
-    ) -> tuple[list[Outcome], int]:
-        outcomes: list[Outcome] = []
-        # The group rows of the batch's transactional commits are locked after the
-        # append lock, in key order; group changes and commits without appends lock
-        # one group row and never the append lock: no two transactions can each
-        # hold a lock the other waits for.
-        groups = sorted({(p.step.group, p.step.category) for p in batch if p.step is not None})
-        async with _transaction(conn, self._sql.begin_append):
-            # (The savepoint path reads the state of each append itself.)
-            units = [] if isolate else [p.checked for p in batch]
-            head, overlay, states = await self._load(conn, units, groups)
-            fences = _Fences(states, self._partitions, self._now())
-            if isolate:
-                head = await self._write_each(conn, batch, fences, outcomes)
-            else:
-                rows = _Rows(head)
-                for p in batch:
-                    try:
-                        if p.step is not None:
-                            fences.check(p.step)
-                        outcomes.append(self._plan(p.checked, overlay, rows))
-                    except TidelogError as exc:
-                        outcomes.append(exc)
-                        continue
-                    if p.step is not None:
-                        fences.accept(p.step)
-                try:
-                    await self._insert(conn, rows, fences.checkpoints)
-                except asyncpg.PostgresError as exc:
-                    if len(batch) == 1 or _is_connection_error(exc):
-                        raise
-                    raise _WriteFailed from exc
-                head = rows.head
-            if self._before_commit is not None:
-                await self._before_commit()
-        return outcomes, head
-
-    async def _write_each(
-        self, conn: Any, batch: list[_Pending], fences: _Fences, outcomes: list[Outcome]
-    ) -> int:
-        """Write the appends one by one, each in a SAVEPOINT (a transactional commit's
-        fence and checkpoint too); returns the new head."""
-        head = 0
-        for p in batch:
-            try:
-                async with _transaction(conn, *_SAVEPOINT):
-                    if p.step is not None:
-                        fences.check(p.step)
-                    results, head = await self._write(conn, p.checked)
-                    if p.step is not None:
-                        await conn.execute(
-                            self._sql.put_checkpoint,
-                            p.step.group,
-                            p.step.category,
-                            p.step.partition,
-                            p.step.position,
-                        )
-            except TidelogError as exc:
-                outcomes.append(exc)
-            except asyncpg.PostgresError as exc:
-                if _is_connection_error(exc):
-                    raise
-                outcomes.append(translate(exc, next(iter(p.checked))))
-            else:
-                outcomes.append(results)
-        return head
-
-    async def _load(
-        self, conn: Any, units: Sequence[Checked], groups: Sequence[tuple[str, str]] = ()
-    ) -> tuple[int, _Overlay, dict[tuple[str, str], GroupState]]:
-        """The head and the stored state the appends of `units` are checked against,
-        and the states of `groups`, whose rows it locks (`FOR UPDATE`), in one round trip."""
-        ids = [e.id for unit in units for events, _ in unit.values() for e in events]
-        names = list({name for unit in units for name in unit})
-        args: list[Any] = [ids, names]
-        if groups:
-            args += [[g for g, _ in groups], [c for _, c in groups]]
-        sql = self._sql.load_locking_groups if groups else self._sql.load
-        head = 0
-        stored: dict[UUID, tuple[str, int, int]] = {}
-        states: dict[str, tuple[int | None, bool]] = {}
-        group_states: dict[tuple[str, str], GroupState] = {}
-        for kind, id_, name, a, b, deleted in await conn.fetch(sql, *args):
-            if kind == 1:
-                stored[_uuid(id_)] = (name, a, b)
-            elif kind == 2:
-                states[name] = (a, deleted)
-            elif kind == 3:
-                group_states[groups[a - 1]] = msgspec.json.decode(name, type=GroupState)
-            else:
-                head = a
-        return head, _Overlay(stored, states), group_states
-
-    def _plan(self, unit: Checked, overlay: _Overlay, rows: _Rows) -> dict[str, AppendResult]:
-        """Check one atomic append and queue its rows; returns its results.
-
-        Same order of checks as the memory engine: for each stream, an
-        idempotent retry first, then the tombstone, then the expected version.
-        Nothing is queued or changed unless every stream of the append passes.
-        """
-        results: dict[str, AppendResult] = {}
-        fresh: list[tuple[str, tuple[NewEvent, ...], int | None]] = []
-        for stream, (events, expected) in unit.items():
-            retry = resolve_retry(
-                stream,
-                events,
-                {e.id: overlay.stored[e.id] for e in events if e.id in overlay.stored},
-            )
-            if retry is not None:
-                results[stream] = retry
-                continue
-            version, deleted = overlay.states.get(stream, (None, False))
-            if deleted:
-                raise StreamDeleted(stream)
-            check_expected_version(stream, expected, version)
-            fresh.append((stream, events, version))
-        for stream, events, last in fresh:
-            category = category_of(stream)
-            partition = partition_of(stream, self._partitions)
-            version = -1 if last is None else last
-            for e in events:
-                version += 1
-                position = rows.add(e, stream, version, category, partition)
-                overlay.stored[e.id] = (stream, version, position)
-            overlay.states[stream] = (version, False)
-            rows.streams[stream] = (category, version)
-            results[stream] = AppendResult(version=version, position=rows.head)
-        return results
-
-    async def _insert(
-        self, conn: Any, rows: _Rows, checkpoints: Mapping[tuple[str, str, int], int]
-    ) -> None:
-        """Write the queued events and stream heads, and NOTIFY the new head at commit;
-        and move the `checkpoints` forward, in the same statement."""
-        points: list[list[Any]] = []
-        if checkpoints:
-            keys = sorted(checkpoints)
-            points = [
-                [group for group, _, _ in keys],
-                [category for _, category, _ in keys],
-                [partition for _, _, partition in keys],
-                [checkpoints[k] for k in keys],
-            ]
-        if rows.events:
-            names = list(rows.streams)
-            await conn.execute(
-                self._sql.insert_events_and_checkpoints if points else self._sql.insert_events,
-                rows.start + 1,
-                datetime.now(UTC),
-                *zip(*rows.events, strict=True),
-                names,
-                [rows.streams[n][0] for n in names],
-                [rows.streams[n][1] for n in names],
-                self._sql.channel,
-                str(rows.head),
-                *points,
-            )
-        elif points:  # every append of the batch's commits was a retry
-            await conn.execute(self._sql.put_checkpoints, *points)
-
-    async def _write(self, conn: Any, unit: Checked) -> tuple[dict[str, AppendResult], int]:
-        """Check and write one atomic append (under the append lock); returns the new head."""
-        head, overlay, _ = await self._load(conn, [unit])
-        rows = _Rows(head)
-        results = self._plan(unit, overlay, rows)
-        await self._insert(conn, rows, {})
-        return results, rows.head
-
     # ------------------------------------------------------------------ layer 1
 
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[NewEvent],
-        expected_version: ExpectedVersion = ANY,
-    ) -> AppendResult:
-        self._check_open()
-        name, checked, expected = prepare_append(stream, events, expected_version)
-        return (await self._submit({name: (checked, expected)}))[name]
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        """Appends, and transactional commits, join the group commit (`Writer`).
 
-    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
-        self._check_open()
-        return await self._submit(prepare_append_many(requests))
+        A consumer makes a commit per handled event: one transaction each would
+        bound a group's throughput by the commit latency. A commit without
+        appends is a short transaction of its own on the group row, without the
+        append lock. Every commit creates its group's row first (a refused one
+        too: `list_groups` knows it).
+        """
+        cp = write.checkpoint
+        if cp is not None:
+            await self._ensure_group(cp.group, cp.category)
+            if write.fence_only:
+                await self._writer.fence(cp)
+                return {}
+            if not write.appends:
+                await self._writer.checkpoint(cp)
+                return {}
+        return await self._writer.submit(write)
 
     async def read_stream(
         self,
@@ -841,7 +400,7 @@ class PostgresEngine(GroupEngine):
         self._check_open()
         name, expected = prepare_delete(stream, expected_version)
         with pg_errors(name):
-            async with self._pool.acquire() as conn, _transaction(conn, self._sql.begin_append):
+            async with self._pool.acquire() as conn, transaction(conn, self._sql.begin_append):
                 row = await conn.fetchrow(self._sql.find_stream, name)
                 if row is not None and row[1]:
                     raise StreamDeleted(name)
@@ -860,7 +419,7 @@ class PostgresEngine(GroupEngine):
         name = prepare_purge(stream)
         with pg_errors(name):
             async with self._pool.acquire() as conn:
-                async with _transaction(conn, self._sql.begin_append):
+                async with transaction(conn, self._sql.begin_append):
                     head = await conn.fetchval(self._sql.head)
                     await conn.execute(self._sql.set_high_water, str(head))
                     await conn.execute(self._sql.purge_events, name)
@@ -988,9 +547,9 @@ class PostgresEngine(GroupEngine):
         await self._ensure_group(group, category)
         failure: TidelogError | None = None
         with pg_errors():
-            async with self._pool.acquire() as conn, _transaction(conn, "BEGIN"):
+            async with self._pool.acquire() as conn, transaction(conn, "BEGIN"):
                 raw = await conn.fetchval(self._sql.lock_group, group, category)
-                state = msgspec.json.decode(raw, type=GroupState)
+                state = GROUP_DECODER.decode(raw)
                 try:
                     result = change(state)
                 except TidelogError as exc:
@@ -1029,50 +588,6 @@ class PostgresEngine(GroupEngine):
         self._check_open()
         await self._change_group(group, category, lambda state: state.leave(member, self._now()))
 
-    async def commit(
-        self,
-        group: str,
-        category: str,
-        partition: int,
-        position: int,
-        *,
-        member: str,
-        generation: int,
-        appends: Mapping[str, AppendRequest] | None = None,
-    ) -> dict[str, AppendResult]:
-        """Move a checkpoint if `member` is current; with appends, write them too, atomically.
-
-        With appends the commit joins the group commit (a consumer makes one per
-        handled event: one transaction each would bound a group's throughput by
-        the commit latency). Without, it is a short transaction of its own on
-        the group row, without the append lock.
-        """
-        self._check_open()
-        check_checkpoint(position)
-        await self._ensure_group(group, category)
-        step = _Step(group, category, partition, position, member, generation)
-        if appends:
-            try:
-                checked = prepare_append_many(appends)
-            except InvalidInput:
-                # The member is fenced first: a stale one gets `StaleGeneration` whatever it
-                # tried to append; only a current one learns that its appends are invalid.
-                with pg_errors():
-                    raw = await self._pool.fetchval(self._sql.get_group, group, category)
-                self._fence(step, raw)
-                raise
-            return await self._submit(checked, step)
-        with pg_errors():
-            async with self._pool.acquire() as conn, _transaction(conn, self._begin_sync):
-                self._fence(step, await conn.fetchval(self._sql.lock_group, group, category))
-                await conn.execute(self._sql.put_checkpoint, group, category, partition, position)
-        return {}
-
-    def _fence(self, step: _Step, raw: str | None) -> None:
-        """`_Step.fence` against a stored group state."""
-        state = GroupState() if raw is None else msgspec.json.decode(raw, type=GroupState)
-        step.fence(state, self._partitions, self._now())
-
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()
         with pg_errors():
@@ -1087,7 +602,7 @@ class PostgresEngine(GroupEngine):
                 self._sql.has_checkpoints, group, category
             ):
                 return None
-        state = GroupState() if raw is None else msgspec.json.decode(raw, type=GroupState)
+        state = GroupState() if raw is None else GROUP_DECODER.decode(raw)
         return state.described(group, category, self._partitions, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:
@@ -1100,7 +615,7 @@ class PostgresEngine(GroupEngine):
 async def _keep_session(_conn: Any) -> None:
     """The pool's reset of a released connection: nothing beyond asyncpg's own rollback
     of an open transaction (after waiting for a cancelled statement; it terminates
-    the connection if that fails). The engine does not rely on it: `_transaction`
+    the connection if that fails). The engine does not rely on it: `transaction`
     ends every transaction or terminates the connection.
 
     The engine leaves no session state on its pooled connections (its settings

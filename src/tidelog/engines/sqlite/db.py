@@ -14,9 +14,13 @@ import contextlib
 import os
 import pathlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Final
 
+import msgspec
+
+from tidelog.engines._kit.groups import GroupState
 from tidelog.errors import NotSupported, StoreUnavailable, TidelogError
 
 __all__ = [
@@ -24,11 +28,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "connect",
     "db_errors",
+    "group_state",
     "is_busy",
     "migrate",
     "migrate_connection",
+    "prepare_file",
     "schema_version",
     "translate",
+    "truncate_wal",
 ]
 
 MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
@@ -98,6 +105,12 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
+
+
+def group_state(document: bytes | None) -> GroupState:
+    """A group's `groups.state` column as a `GroupState`; no row is a new, empty group."""
+    return GroupState() if document is None else _GROUP_DECODER.decode(document)
 
 
 # --------------------------------------------------------------------------- errors
@@ -231,3 +244,54 @@ def schema_version(path: str | os.PathLike[str]) -> int:
             return version
         finally:
             conn.close()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def prepare_file(path: str, busy_timeout: float, partitions: int) -> int:
+    """Create or migrate the store file; return its partition count.
+
+    A new file stores `partitions`; an existing one keeps (and returns) the
+    count it was created with, which the caller compares with what it asked for.
+    Runs under the write lock, so two processes creating the file at once agree.
+    """
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with db_errors():
+        conn = connect(path, busy_timeout=busy_timeout)
+        try:
+            migrate_connection(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+                if row is None:
+                    stored = partitions
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('partitions', ?)", (str(stored),)
+                    )
+                else:
+                    stored = int(row[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+    return stored
+
+
+def truncate_wal(path: str, busy_timeout: float) -> None:
+    """Checkpoint every WAL frame into the database and truncate the WAL to zero bytes.
+
+    Readers that are in the middle of a read hold old frames; wait them out (up
+    to `busy_timeout`) rather than leave the frames on disk.
+    """
+    deadline = time.monotonic() + busy_timeout
+    with contextlib.closing(connect(path, busy_timeout=busy_timeout)) as conn:
+        while True:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("could not truncate the WAL: readers kept it busy")
+            time.sleep(0.01)

@@ -54,110 +54,62 @@ import contextlib
 import functools
 import logging
 import os
-import pathlib
 import sqlite3
 import threading
-import time
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, TypeVar, cast
-from uuid import UUID
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
     MAX_POSITION,
-    check_checkpoint,
-    prepare_append,
-    prepare_append_many,
     prepare_delete,
     prepare_purge,
-    prepare_read_all,
     prepare_read_stream,
     validate_group_key,
     validate_group_name,
 )
-from tidelog.engines._kit.groups import GroupState
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.engines.contract import GroupEngine
+from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.sqlite import db
-from tidelog.engines.sqlite.db import SCHEMA_VERSION, migrate, schema_version
-from tidelog.engines.sqlite.writer import Appends, Checked, CommitThenRaise, Request, Writer
+from tidelog.engines.sqlite.reads import (
+    COLUMNS,
+    DECODE_CHUNK,
+    PAGE_GROWTH,
+    PAGE_SIZE,
+    count_plan,
+    decode_rows,
+    read_all_plan,
+)
+from tidelog.engines.sqlite.writer import Appends, CommitThenRaise, Request, Writer
 from tidelog.errors import (
-    InvalidInput,
     InvalidURL,
     StaleGeneration,
     StoreClosed,
-    StoreUnavailable,
     StreamDeleted,
 )
 from tidelog.model import (
     ANY,
-    AppendRequest,
     AppendResult,
     ExpectedVersion,
     Membership,
-    NewEvent,
     RecordedEvent,
     StreamInfo,
-    decode_metadata,
 )
 
-__all__ = [
-    "CHANGE_POLL_INTERVAL",
-    "PAGE_GROWTH",
-    "PAGE_SIZE",
-    "SCHEMA_VERSION",
-    "SQLiteConfig",
-    "SQLiteEngine",
-    "migrate",
-    "open_engine",
-    "schema_version",
-]
+__all__ = ["CHANGE_POLL_INTERVAL", "SQLiteConfig", "SQLiteEngine", "open_engine"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PAGE_SIZE: Final = 1000
-"""Rows of the first read query; later pages double up to `PAGE_GROWTH` times this.
-
-A long read then costs few thread hand-offs (each costs a GIL switch and a
-wake-up), while a short one still answers quickly.
-"""
-PAGE_GROWTH: Final = 2
 CHANGE_POLL_INTERVAL: Final = 0.02
 """Seconds between checks for commits made by other processes."""
-_MAX_BATCH_REQUESTS: Final = 1024
-_MAX_BATCH_EVENTS: Final = 50_000
 _READ_THREADS: Final = 4
-_ID_CHUNK: Final = 500
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_DECODE_CHUNK: Final = 256
-"""Rows `read_all` turns into events at a time, on the event loop as the caller consumes.
-
-Below the cyclic GC's first threshold (700 allocations): the UUIDs of a chunk
-(GC-tracked objects) are usually consumed and freed before a collection sees
-them, whereas decoding a whole page kept thousands alive, which the collector
-then promoted and traversed again and again.
-"""
-_UUID_LIST: Final = list[UUID]
-_to_uuids: Final = msgspec.convert
-_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
-_COLUMNS: Final = (
-    "position, id, stream, version, type, data, nullif(metadata, x'7b7d'), recorded_at,"
-    " schema_version"
-)
-"""The columns `_decode_rows` takes. Empty metadata (the writer stores `{}`) arrives as
-NULL: no bytes object to create and compare in the common case."""
-_INSERT: Final = (
-    "INSERT INTO events (position, id, stream, version, type, data, metadata, recorded_at,"
-    " schema_version, category, partition) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-)
 
 
 class SQLiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -184,96 +136,6 @@ def _path_from_url(url: str) -> str:
     if len(path) < 2 or path.endswith("/"):
         raise InvalidURL(url, "no database file path")
     return path[1:]
-
-
-def _decode_rows(rows: Sequence[Any]) -> list[RecordedEvent]:
-    """Rows of `_COLUMNS` to events; data stays bytes, empty metadata (NULL) skips the decoder.
-
-    The ids of all the rows are converted in one msgspec call: `UUID(bytes=...)`
-    per row would cost more than everything else here together.
-    """
-    out: list[RecordedEvent] = []
-    append = out.append
-    last_us = -1
-    last_at = _EPOCH
-    ids = _to_uuids([row[1] for row in rows], _UUID_LIST)
-    for (position, _, stream, version, type_, data, meta, us, sv), id_ in zip(
-        rows, ids, strict=True
-    ):
-        if us != last_us:
-            last_us = us
-            last_at = _EPOCH + timedelta(microseconds=us)
-        append(
-            RecordedEvent(
-                id=id_,
-                stream=stream,
-                version=version,
-                position=position,
-                type=type_,
-                data=data,
-                metadata={} if meta is None else decode_metadata(meta),
-                recorded_at=last_at,
-                schema_version=sv,
-            )
-        )
-    return out
-
-
-def _log_filter(
-    cats: frozenset[str] | None, tys: frozenset[str] | None, parts: frozenset[int] | None
-) -> tuple[str, str, list[Any]]:
-    """The index hint, the WHERE terms after `position >= ?`, and their parameters."""
-    index = ""
-    where = ""
-    params: list[Any] = []
-    if cats is not None:
-        if len(cats) == 1:
-            # One category: walk its index in position order; one partition of
-            # it (a consumer group's partition run): walk just that partition.
-            if parts is not None and len(parts) == 1:
-                index = " INDEXED BY events_category_partition_position"
-            else:
-                index = " INDEXED BY events_category_position"
-            where += " AND category = ?"
-        else:
-            # Several: scan the log in position order (sorting merged index
-            # ranges would cost the whole range for every page).
-            where += f" AND +category IN ({','.join('?' * len(cats))})"
-        params.extend(sorted(cats))
-    if tys is not None:
-        where += f" AND type IN ({','.join('?' * len(tys))})"
-        params.extend(sorted(tys))
-    if parts is not None:
-        where += (
-            " AND partition = ?"
-            if len(parts) == 1
-            else f" AND partition IN ({','.join('?' * len(parts))})"
-        )
-        params.extend(sorted(parts))
-    return index, where, params
-
-
-def _read_all_plan(
-    from_position: int,
-    categories: Collection[str] | None,
-    types: Collection[str] | None,
-    limit: int | None,
-    partitions: Collection[int] | None,
-    partition_count: int,
-) -> tuple[str, list[Any], int] | None:
-    """A log read's query, its filter parameters and its first position; None: no rows.
-
-    The query's parameters are the first position, `params`, then the row limit.
-    """
-    filters = prepare_read_all(from_position, categories, types, limit, partitions)
-    filters = filters.within(partition_count)
-    if limit == 0 or filters.matches_nothing:
-        return None
-    index, where, params = _log_filter(*filters)
-    sql = (
-        f"SELECT {_COLUMNS} FROM events{index} WHERE position >= ?{where} ORDER BY position LIMIT ?"
-    )
-    return sql, params, min(max(from_position, 1), MAX_POSITION)  # beyond: finds nothing
 
 
 # --------------------------------------------------------------------------- engine
@@ -432,22 +294,37 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 1
 
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[NewEvent],
-        expected_version: ExpectedVersion = ANY,
-    ) -> AppendResult:
-        self._check_open()
-        name, checked, expected = prepare_append(stream, events, expected_version)
-        op = Appends({name: (checked, expected)}, name)
-        return cast(AppendResult, await self._write(op, len(checked)))
+    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
+        """One writer request per write, weighted by its events for the batch cap.
 
-    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
-        self._check_open()
-        checked = prepare_append_many(requests)
-        weight = sum(len(events) for events, _ in checked.values())
-        return cast(dict[str, AppendResult], await self._write(Appends(checked), weight))
+        Appends go as `Appends`, so a run of them is checked in Python and
+        written in bulk (`writer._AppendRun`). A commit is one operation in its
+        own savepoint: it fences the member first; a refused one still saves
+        the group (it now exists, as in memory) and fails alone; a fence-only
+        write stops there; a current member's appends and checkpoint are then
+        written together.
+        """
+        cp = write.checkpoint
+        if cp is None:
+            return await self._write(Appends(write.appends), write.weight)
+        now = self._now()
+
+        def op(w: Writer) -> dict[str, AppendResult]:
+            state = w.load_group(cp.group, cp.category)
+            try:
+                state.check(
+                    cp.group, cp.category, cp.member, cp.generation, cp.partition, w.partitions, now
+                )
+            except StaleGeneration as exc:
+                w.save_group(cp.group, cp.category, state)
+                raise CommitThenRaise(exc) from None
+            if write.fence_only:
+                return {}
+            results = w.append_many(write.appends) if write.appends else {}
+            w.commit_checkpoint(cp.group, cp.category, cp.partition, cp.position)
+            return results
+
+        return await self._write(op, write.weight)
 
     async def read_stream(
         self,
@@ -461,7 +338,7 @@ class SQLiteEngine(GroupEngine):
         order = (
             "version <= ? ORDER BY version DESC" if backwards else "version >= ? ORDER BY version"
         )
-        sql = f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND {order} LIMIT ?"
+        sql = f"SELECT {COLUMNS} FROM events WHERE stream = ? AND {order} LIMIT ?"
         # SQLite integers are 64-bit: a start beyond any version is the same as its end
         version = min(from_version, MAX_POSITION) if from_version >= 0 else MAX_POSITION
         remaining = limit
@@ -484,7 +361,7 @@ class SQLiteEngine(GroupEngine):
                     ).fetchone()
                     if row is not None and row[0]:
                         raise StreamDeleted(name)
-                return _decode_rows(conn.execute(sql, (name, version, size)).fetchall())
+                return decode_rows(conn.execute(sql, (name, version, size)).fetchall())
 
             events = await self._read(page)
             first_page = False
@@ -513,7 +390,7 @@ class SQLiteEngine(GroupEngine):
         self._check_open()
         name = prepare_purge(stream)
         await self._write(lambda w: w.purge_stream(name))
-        await asyncio.to_thread(_truncate_wal, self.config.path, self.config.busy_timeout)
+        await asyncio.to_thread(db.truncate_wal, self.config.path, self.config.busy_timeout)
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
@@ -548,7 +425,7 @@ class SQLiteEngine(GroupEngine):
         partitions: Collection[int] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        plan = _read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
+        plan = read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
         if plan is None:
             return
         sql, params, position = plan
@@ -558,9 +435,9 @@ class SQLiteEngine(GroupEngine):
             return conn.execute(sql, args).fetchall()
 
         # The next page is fetched while the caller consumes this one. The
-        # reader thread only fetches: rows become events here, `_DECODE_CHUNK`
+        # reader thread only fetches: rows become events here, `DECODE_CHUNK`
         # at a time as the caller consumes them, so few events are alive at
-        # once (see `_DECODE_CHUNK`) and they are made and freed by one thread.
+        # once (see `DECODE_CHUNK`) and they are made and freed by one thread.
         page_size = PAGE_SIZE
         size = page_size if remaining is None else min(page_size, remaining)
         pending: asyncio.Future[list[Any]] | None = self._submit_read(
@@ -577,8 +454,8 @@ class SQLiteEngine(GroupEngine):
                     size = page_size if remaining is None else min(page_size, remaining)
                     args = (rows[-1][0] + 1, *params, size)
                     pending = self._submit_read(functools.partial(page, args=args))
-                for start in range(0, len(rows), _DECODE_CHUNK):
-                    for event in _decode_rows(rows[start : start + _DECODE_CHUNK]):
+                for start in range(0, len(rows), DECODE_CHUNK):
+                    for event in decode_rows(rows[start : start + DECODE_CHUNK]):
                         yield event
                         if self._closed:
                             raise StoreClosed()
@@ -596,7 +473,7 @@ class SQLiteEngine(GroupEngine):
     ) -> list[RecordedEvent]:
         """One query of up to `limit` rows, decoded at once (the events are all kept)."""
         self._check_open()
-        plan = _read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
+        plan = read_all_plan(from_position, categories, types, limit, partitions, self._partitions)
         if plan is None:
             return []
         sql, params, position = plan
@@ -605,7 +482,7 @@ class SQLiteEngine(GroupEngine):
         def page(conn: sqlite3.Connection) -> list[Any]:
             return conn.execute(sql, args).fetchall()
 
-        return _decode_rows(await self._read(page))
+        return decode_rows(await self._read(page))
 
     async def count_events(
         self,
@@ -615,13 +492,10 @@ class SQLiteEngine(GroupEngine):
     ) -> int:
         """One `count(*)` over the same index `read_all` would walk."""
         self._check_open()
-        filters = prepare_read_all(from_position, categories, None, None, partitions)
-        filters = filters.within(self._partitions)
-        if filters.matches_nothing:
+        plan = count_plan(from_position, categories, partitions, self._partitions)
+        if plan is None:
             return 0
-        index, where, params = _log_filter(*filters)
-        sql = f"SELECT count(*) FROM events{index} WHERE position >= ?{where}"
-        args = (min(max(from_position, 1), MAX_POSITION), *params)
+        sql, args = plan
 
         def count(conn: sqlite3.Connection) -> int:
             value: int = conn.execute(sql, args).fetchone()[0]
@@ -697,47 +571,6 @@ class SQLiteEngine(GroupEngine):
 
         await self._write(op)
 
-    async def commit(
-        self,
-        group: str,
-        category: str,
-        partition: int,
-        position: int,
-        *,
-        member: str,
-        generation: int,
-        appends: Mapping[str, AppendRequest] | None = None,
-    ) -> dict[str, AppendResult]:
-        self._check_open()
-        check_checkpoint(position)
-        validate_group_key(group, category)
-        checked: Checked | None = None
-        invalid: InvalidInput | None = None
-        if appends:
-            try:
-                checked = prepare_append_many(appends)
-            except InvalidInput as exc:
-                invalid = exc  # raised in `op`, after the fence
-        now = self._now()
-
-        def op(w: Writer) -> dict[str, AppendResult]:
-            state = w.load_group(group, category)
-            try:
-                state.check(group, category, member, generation, partition, w.partitions, now)
-            except StaleGeneration as exc:
-                w.save_group(group, category, state)  # the group now exists, as in memory
-                raise CommitThenRaise(exc) from None
-            # The member is fenced first: a stale one gets `StaleGeneration` whatever
-            # it tried to append; only a current one learns that its appends are invalid.
-            if invalid is not None:
-                raise invalid
-            results = w.append_many(checked) if checked else {}
-            w.commit_checkpoint(group, category, partition, position)
-            return results
-
-        weight = 1 + (sum(len(e) for e, _ in checked.values()) if checked else 0)
-        return await self._write(op, weight)
-
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         def read(conn: sqlite3.Connection) -> dict[int, int]:
             rows = conn.execute(
@@ -762,7 +595,7 @@ class SQLiteEngine(GroupEngine):
         raw, has_points = await self._read(read)
         if raw is None and not has_points:
             return None
-        state = GroupState() if raw is None else _GROUP_DECODER.decode(raw)
+        state = db.group_state(raw)
         return state.described(group, category, self._partitions, self._now())
 
     async def list_groups(self) -> list[tuple[str, str]]:
@@ -779,36 +612,6 @@ class SQLiteEngine(GroupEngine):
 # --------------------------------------------------------------------------- opening
 
 
-def _prepare_file(config: SQLiteConfig, url: str) -> int:
-    """Create or migrate the file and settle its partition count; return the count."""
-    pathlib.Path(config.path).parent.mkdir(parents=True, exist_ok=True)
-    with db.db_errors():
-        conn = db.connect(config.path, busy_timeout=config.busy_timeout)
-        try:
-            db.migrate_connection(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
-                if row is None:
-                    stored = config.partitions or DEFAULT_PARTITIONS
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('partitions', ?)", (str(stored),)
-                    )
-                else:
-                    stored = int(row[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.close()
-    if config.partitions is not None and config.partitions != stored:
-        raise InvalidURL(
-            url, f"the store was created with partitions={stored}; the count cannot change"
-        )
-    return stored
-
-
 async def open_engine(url: str) -> SQLiteEngine:
     """Open (creating or migrating) the store at `sqlite:///path.db`."""
     config = config_from_url(SQLiteConfig, url, path=_path_from_url(url))
@@ -816,7 +619,17 @@ async def open_engine(url: str) -> SQLiteEngine:
         raise InvalidURL(url, "partitions must be >= 1")
     if not config.busy_timeout > 0:
         raise InvalidURL(url, "busy_timeout must be > 0 seconds")
-    partitions = await asyncio.get_running_loop().run_in_executor(None, _prepare_file, config, url)
+    partitions = await asyncio.get_running_loop().run_in_executor(
+        None,
+        db.prepare_file,
+        config.path,
+        config.busy_timeout,
+        config.partitions or DEFAULT_PARTITIONS,
+    )
+    if config.partitions is not None and config.partitions != partitions:
+        raise InvalidURL(
+            url, f"the store was created with partitions={partitions}; the count cannot change"
+        )
     engine = SQLiteEngine(config, partitions)
     # Open two reader connections now (a read and its prefetch), so that the
     # first reads do not pay for threads and connections.
@@ -826,20 +639,3 @@ async def open_engine(url: str) -> SQLiteEngine:
         await engine.close()
         raise
     return engine
-
-
-def _truncate_wal(path: str, busy_timeout: float) -> None:
-    """Checkpoint every WAL frame into the database and truncate the WAL to zero bytes.
-
-    Readers that are in the middle of a read hold old frames; wait them out (up
-    to `busy_timeout`) rather than leave the frames on disk.
-    """
-    deadline = time.monotonic() + busy_timeout
-    with contextlib.closing(db.connect(path, busy_timeout=busy_timeout)) as conn:
-        while True:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return
-            if time.monotonic() > deadline:
-                raise StoreUnavailable("could not truncate the WAL: readers kept it busy")
-            time.sleep(0.01)

@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, Generic, TypeVar, cast
 from uuid import UUID
 
@@ -31,6 +31,7 @@ import msgspec
 
 from tidelog.engines._kit.checks import resolve_retry
 from tidelog.engines._kit.groups import GroupState
+from tidelog.engines.contract import Checked
 from tidelog.engines.sqlite import db
 from tidelog.errors import (
     StoreClosed,
@@ -49,7 +50,7 @@ from tidelog.model import (
     partition_of,
 )
 
-__all__ = ["Appends", "Checked", "CommitThenRaise", "Request", "Writer"]
+__all__ = ["Appends", "CommitThenRaise", "Request", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ _MAX_BATCH_REQUESTS: Final = 1024
 _MAX_BATCH_EVENTS: Final = 50_000
 _ID_CHUNK: Final = 500
 _EMPTY_JSON: Final = b"{}"
-_GROUP_DECODER: Final = msgspec.json.Decoder(GroupState)
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams (name, category, version, deleted) VALUES (?, ?, ?, 0)"
     " ON CONFLICT (name) DO UPDATE SET version = excluded.version"
@@ -87,29 +87,21 @@ class CommitThenRaise(Exception):
         self.error = error
 
 
-Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-"""Validated appends: stream name -> (events, expected version), one atomic request."""
-
-
 class Appends:
-    """An `append` (`single` names its stream) or `append_many` request.
+    """The appends of an `append` or `append_many`: one atomic request.
 
     The writer recognises these to run a whole run of them with a handful of
     statements (see `_AppendRun`) instead of five per request. Called like any
     other operation, it takes the one-request path.
     """
 
-    __slots__ = ("checked", "single")
+    __slots__ = ("checked",)
 
-    def __init__(self, checked: Checked, single: str | None = None) -> None:
+    def __init__(self, checked: Checked) -> None:
         self.checked = checked
-        self.single = single
 
-    def __call__(self, writer: Writer) -> AppendResult | dict[str, AppendResult]:
-        return self.result(writer.append_many(self.checked))
-
-    def result(self, results: dict[str, AppendResult]) -> AppendResult | dict[str, AppendResult]:
-        return results if self.single is None else results[self.single]
+    def __call__(self, writer: Writer) -> dict[str, AppendResult]:
+        return writer.append_many(self.checked)
 
 
 class Request(Generic[T]):
@@ -428,9 +420,7 @@ class Writer:
         self.head = head + len(events)
         return AppendResult(version=last, position=self.head)
 
-    def append_many(
-        self, checked: Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-    ) -> dict[str, AppendResult]:
+    def append_many(self, checked: Checked) -> dict[str, AppendResult]:
         return {s: self.append(s, events, expected) for s, (events, expected) in checked.items()}
 
     def delete_stream(self, stream: str, expected: ExpectedVersion) -> None:
@@ -457,7 +447,7 @@ class Writer:
         row = self.conn.execute(
             "SELECT state FROM groups WHERE grp = ? AND category = ?", (group, category)
         ).fetchone()
-        return GroupState() if row is None else _GROUP_DECODER.decode(row[0])
+        return db.group_state(None if row is None else row[0])
 
     def save_group(self, group: str, category: str, state: GroupState) -> None:
         self.conn.execute(
@@ -559,7 +549,7 @@ class _AppendRun:
         for stream, last in changed.items():
             self.streams[stream] = (last, False)
             self.versions[stream] = (category_of(stream), last)
-        self.outcomes[index] = (self.run[index], op.result(results), None)
+        self.outcomes[index] = (self.run[index], results, None)
 
     def _one(self, index: int) -> None:
         """Run one request on the one-request path, then re-read the streams it may change."""

@@ -1,6 +1,6 @@
 """Benchmark workload `aggregate_load`: load a 10,000-event aggregate, with and without snapshots.
 
-Registered in `benchmarks/run.py` (`WORKLOADS`). Two aggregates of the same
+Registered in `WORKLOADS` (`benchmarks/workloads/__init__.py`). Two aggregates of the same
 class shape get the same 10,000 events, saved through a `Repository` in
 commands of 64 events (so the snapshotting one writes a snapshot every 128
 events, as an application would). `value` is the median time to

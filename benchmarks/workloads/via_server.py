@@ -1,6 +1,6 @@
 """Benchmark workloads `http_append` and `http_subscribe`: the store through the server.
 
-Registered in `benchmarks/run.py`. The server runs as a separate process
+Registered in `benchmarks/workloads/__init__.py`. The server runs as a separate process
 (`python -m tidelog serve`, as users run it) in front of the engine under
 test; the client is the remote engine (`tidelog.connect("http://…")`).
 Baseline: the same workload on the engine in-process, in the same run.

@@ -9,11 +9,11 @@ Non-SQLite projections keep their checkpoints in the store (`StreamCheckpoints`)
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Annotated, Any
 
 import typer
+
+from tidelog._cli_kit import command_group, emit, import_user_module, run, settings
 
 __all__ = ["register"]
 
@@ -29,12 +29,7 @@ def _projections(module_path: str | None) -> list[Any]:
 
     if not module_path:
         raise InvalidInput("give --module (or TIDELOG_PROJECTIONS): where the projections are")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_path)
-    except ImportError as exc:
-        raise InvalidInput(f"cannot import {module_path!r}: {exc}") from None
+    module = import_user_module(module_path)
     found = [
         obj()
         for obj in vars(module).values()
@@ -50,16 +45,13 @@ def _projections(module_path: str | None) -> list[Any]:
 
 def register(app: typer.Typer) -> None:
     """Add the `projections` command group to the tidelog CLI."""
-    proj_app = typer.Typer(
-        help="Projections (read models): list them, show their lag, rebuild one.",
-        no_args_is_help=True,
+    proj_app = command_group(
+        app, "projections", "Projections (read models): list them, show their lag, rebuild one."
     )
-    app.add_typer(proj_app, name="projections")
 
     @proj_app.command("list")
     def list_(ctx: typer.Context, module: Module = None) -> None:
         """The projections of MODULE and the event types each handles."""
-        from tidelog.cli import emit, settings
         from tidelog.codec import DEFAULT_REGISTRY
         from tidelog.projections import PostgresProjection, SQLiteProjection
 
@@ -79,7 +71,6 @@ def register(app: typer.Typer) -> None:
     @proj_app.command()
     def status(ctx: typer.Context, module: Module = None) -> None:
         """Checkpoint, log head and lag (in positions) of every projection."""
-        from tidelog.cli import emit, run, settings
 
         projections = _projections(module)
 
@@ -107,8 +98,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rebuild NAME from position 0 into a fresh read model, then swap it in."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        from tidelog.cli import emit, run, settings
 
         projections = _projections(module)
 

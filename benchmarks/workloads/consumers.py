@@ -1,6 +1,6 @@
 """Benchmark workloads of consumer groups: `group_throughput` and `end_to_end_latency`.
 
-Registered in `benchmarks/run.py` (`WORKLOADS`).
+Registered in `WORKLOADS` (`benchmarks/workloads/__init__.py`).
 
 `group_throughput`: N events (`sizes.replay_events`, at most 100,000) in 1,000
 streams of one category are handled by a group of 1, 2 and 4 `tidelog worker`

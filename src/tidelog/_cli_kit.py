@@ -1,0 +1,134 @@
+"""What every command module of the CLI shares: the global options, running, output.
+
+A command module (`_cli_store`, `consumers/_cli`, `schemas/_cli`, ...) imports
+these helpers from here, never from `tidelog.cli`: `tidelog.cli` imports the
+command modules to assemble the application, so a command module that
+imported it back would close an import circle. `tidelog.cli` re-exports the
+names of `__all__` for code outside the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Final, TypeVar
+
+import msgspec
+import typer
+
+import tidelog
+from tidelog import model
+from tidelog.errors import InvalidInput
+from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_version
+
+__all__ = [
+    "Settings",
+    "command_group",
+    "emit",
+    "event_to_json",
+    "import_user_module",
+    "parse_expected_version",
+    "parse_json",
+    "run",
+    "settings",
+]
+
+T = TypeVar("T")
+
+json_encoder: Final = msgspec.json.Encoder()
+_json_decoder: Final = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global options, available to every command as `settings(ctx)`."""
+
+    store: str
+    json: bool
+
+
+def command_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
+    """Add the group `tidelog NAME ...` to `app`; run bare, it prints its help."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+def settings(ctx: typer.Context) -> Settings:
+    """The global options of this invocation."""
+    obj = ctx.find_object(Settings)
+    return obj if obj is not None else Settings(store=tidelog.DEFAULT_STORE_URL, json=False)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's async body."""
+    return asyncio.run(coro)
+
+
+def emit(value: Any) -> None:
+    """Print one JSON line (any msgspec-encodable value)."""
+    typer.echo(json_encoder.encode(value).decode())
+
+
+def parse_json(text: str, what: str) -> Any:
+    """Decode JSON given on the command line; malformed input raises `InvalidInput`."""
+    try:
+        # surrogateescape: undecodable bytes in argv become a JSON error, not a crash.
+        return _json_decoder.decode(text.encode("utf-8", "surrogateescape"))
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def parse_expected_version(text: str) -> ExpectedVersion:
+    """`any`, `no_stream`, `stream_exists` (or `no-stream`, `stream-exists`) or an int >= 0.
+
+    Read by the one parser of `tidelog.model`, and checked against the range at
+    once: the command line reports a bad version before anything else.
+    """
+    return validate_expected_version(model.parse_expected_version(text, dashes=True))
+
+
+def event_to_json(event: RecordedEvent) -> dict[str, Any]:
+    """An event as a JSON object: `data` is the JSON value when the data is JSON,
+    else null with the bytes in `data_base64` (the same shape as the HTTP API)."""
+    data: Any = msgspec.Raw(b"null")
+    data_base64 = None
+    try:
+        _json_decoder.decode(event.data)
+        # Raw newlines in valid JSON are whitespace between tokens: one event per line.
+        data = msgspec.Raw(event.data.replace(b"\n", b" ").replace(b"\r", b" "))
+    except msgspec.DecodeError:
+        data_base64 = base64.b64encode(event.data).decode("ascii")
+    out: dict[str, Any] = {
+        "id": str(event.id),
+        "stream": event.stream,
+        "version": event.version,
+        "position": event.position,
+        "type": event.type,
+        "data": data,
+        "metadata": event.metadata,
+        "recorded_at": event.recorded_at.isoformat(),
+        "schema_version": event.schema_version,
+    }
+    if data_base64 is not None:
+        out["data_base64"] = data_base64
+    return out
+
+
+def import_user_module(module_path: str) -> ModuleType:
+    """Import the user's module named by `--module` (the current directory is importable).
+
+    A module that cannot be imported is the user's input error (`InvalidInput`),
+    reported in one line like every other.
+    """
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(module_path)
+    except ImportError as exc:
+        raise InvalidInput(f"cannot import {module_path!r}: {exc}") from None

@@ -1,0 +1,252 @@
+"""Checkpoints: which fetched events of a partition finished, and the commits that record it.
+
+The checkpoint of a partition is the position just below its lowest unfinished
+event. It is committed every `commit_every` finished events, and otherwise at
+most once per `commit_interval` (sooner when the partition caught up), never
+per event: a commit is a durable write. After a crash everything above it is
+redelivered, so delivery is at-least-once.
+
+A handler's appends ride on a commit (`Checkpoint.commit_with`): atomically
+with the checkpoint and fenced by the generation. A commit refused with
+`StaleGeneration` (this member was fenced: its lease ran out or the group
+rebalanced) is never retried blindly: the group consumer heartbeats first, and
+the commit is retried only with the new generation.
+
+Two classes: `Committer` is the group consumer's side of every commit (who
+commits, under which generation; shared by its partitions), `Checkpoint` one
+partition's positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Protocol
+
+from tidelog.engines.contract import GroupEngine
+from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StoreUnavailable
+from tidelog.model import AppendRequest, RecordedEvent
+
+from ._options import RunnerOptions
+from ._stats import Stats, emit
+
+__all__ = ["Checkpoint", "Committer", "Fence"]
+
+
+class Fence(Protocol):
+    """What a commit needs of its group's membership: the generation that fences it."""
+
+    @property
+    def generation(self) -> int:
+        """The generation of this member's current membership."""
+        ...
+
+    def request_heartbeat(self) -> None:
+        """Heartbeat soon: a commit was refused, the membership may have changed."""
+
+    async def await_membership(self, generation: int) -> None:
+        """Wait until a heartbeat brought a membership newer than `generation`."""
+
+
+class Committer:
+    """The group consumer's side of every commit: who commits, fenced by which generation.
+
+    Shared by the consumer's partitions, so an engine that refuses transactional
+    commits (`NotSupported`) is found out once for all of them.
+    """
+
+    def __init__(
+        self,
+        store: GroupEngine,
+        group: str,
+        category: str,
+        member: str,
+        stats: Stats,
+        fence: Fence,
+    ) -> None:
+        self.store = store
+        self.group = group
+        self.category = category
+        self.member = member
+        self.stats = stats
+        self.fence = fence
+        self.no_transactions = False
+        """The engine refused a commit with appends: appends go alone (their ids are
+        deterministic, so a redelivery writes nothing twice)."""
+
+    async def commit(
+        self,
+        partition: int,
+        position: int,
+        generation: int,
+        appends: Mapping[str, AppendRequest] | None = None,
+    ) -> None:
+        """Commit `partition` up to `position` (with `appends`) as member of `generation`."""
+        await self.store.commit(
+            self.group,
+            self.category,
+            partition,
+            position,
+            member=self.member,
+            generation=generation,
+            appends=appends,
+        )
+        self.stats.commits += 1
+
+    def refused(self, exc: StaleGeneration, partition: int, position: int) -> None:
+        self.stats.refused_commits += 1
+        emit(
+            logging.WARNING,
+            "commit_refused",
+            group=exc.group,
+            category=exc.category,
+            member=exc.member,
+            partition=partition,
+            position=position,
+            generation=exc.generation,
+            current=exc.current,
+        )
+
+
+class Checkpoint:
+    """One partition's progress: the positions taken and finished, and when to commit them.
+
+    The partition run's hot path (`PartitionRun._work_streams`) updates
+    `pending`, `done`, `since_commit` and `progress` itself, as `finish` does.
+    """
+
+    def __init__(self, committer: Committer, partition: int, options: RunnerOptions) -> None:
+        self.committer = committer
+        self.p = partition
+        self.commit_every = options.commit_every
+        self.commit_interval = options.commit_interval
+        self.pending: deque[int] = deque()
+        """Positions taken from the reader, in log order, from the first unfinished one on.
+
+        Positions, not the events: behind an event that takes long (a handler
+        that waits, retries with backoff), the finished ones pile up here until
+        it finishes, and they must not keep their data alive.
+        """
+        self.done: set[int] = set()
+        """Finished positions still in `pending` (finished out of log order)."""
+        self.fetched_upto = 0
+        self.committed = 0
+        self.since_commit = 0
+        self.quiet_commit_at = -float("inf")
+        """When a commit last came from the clock or from catching up (not from `commit_every`)."""
+        self.catch_up_due = False
+        self.progress = asyncio.Event()
+        """Set when a commit is due before the next tick of `run`."""
+
+    def start(self, position: int) -> None:
+        """Begin at the committed checkpoint `position`."""
+        self.committed = self.fetched_upto = position
+
+    def taken(self, events: list[RecordedEvent]) -> None:
+        """`events` (in log order) were taken from the reader: each is unfinished now."""
+        self.pending.extend([e.position for e in events])
+        self.fetched_upto = events[-1].position
+
+    @property
+    def outstanding(self) -> int:
+        """Events taken and not finished."""
+        return len(self.pending) - len(self.done)
+
+    def finish(self, position: int, caught_up: bool) -> None:
+        """An event is done with; `caught_up`: the reader found nothing more to read."""
+        pending = self.pending
+        if pending[0] == position:
+            pending.popleft()  # finished in log order, as most are: `done` stays out of it
+        else:
+            self.done.add(position)
+        self.since_commit += 1
+        if self.since_commit >= self.commit_every:
+            self.progress.set()
+        elif caught_up and not self.outstanding:
+            self.on_caught_up()
+
+    def on_caught_up(self) -> None:
+        """Nothing in flight and the reader found nothing more: commit now, not at the next tick.
+
+        A consumer that caught up then shows no lag and redelivers nothing after
+        a restart. It shares `commit_interval` with the clock-driven commits
+        (`run`), so a trickle of events still costs at most one commit per
+        interval.
+        """
+        if (
+            self.fetched_upto > self.committed
+            and time.monotonic() - self.quiet_commit_at >= self.commit_interval
+        ):
+            self.catch_up_due = True
+            self.progress.set()
+
+    def committable(self) -> int:
+        pending, done = self.pending, self.done
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
+        return pending[0] - 1 if pending else self.fetched_upto
+
+    async def commit_with(self, appends: dict[str, AppendRequest]) -> None:
+        """Commit appends with this partition's checkpoint; fenced, or idempotent without tx."""
+        committer = self.committer
+        fence = committer.fence
+        while True:
+            if committer.no_transactions:
+                await committer.store.append_many(appends)
+                return
+            generation = fence.generation
+            position = max(self.committable(), 0)
+            try:
+                await committer.commit(self.p, position, generation, appends)
+                self.committed = max(self.committed, position)
+                return
+            except NotSupported:
+                committer.no_transactions = True
+            except StaleGeneration as exc:
+                committer.refused(exc, self.p, position)
+                await fence.await_membership(generation)
+
+    async def commit(self, final: bool = False) -> bool:
+        """Commit the partition's progress; False if the engine refused (fenced)."""
+        position = self.committable()
+        if position <= self.committed:
+            return True
+        committer = self.committer
+        counted = self.since_commit  # events finishing during the commit count for the next
+        try:
+            await committer.commit(self.p, position, committer.fence.generation)
+            self.committed = position
+            self.since_commit -= counted
+        except StaleGeneration as exc:
+            committer.refused(exc, self.p, position)
+            if not final:
+                committer.fence.request_heartbeat()
+            return False
+        except (StoreUnavailable, StoreClosed) as exc:
+            emit(logging.WARNING, "commit_failed", partition=self.p, error=repr(exc))
+        return True
+
+    async def run(self) -> None:
+        """Commit every `commit_every` finished events; else once per `commit_interval` at most.
+
+        The latter happen `commit_interval` after the previous commit, or as soon
+        as the partition caught up (`on_caught_up`) if the previous one of them
+        is that long ago.
+        """
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), self.commit_interval)
+            self.progress.clear()
+            self.catch_up_due = False
+            quiet = self.since_commit < self.commit_every
+            before = self.committed
+            await self.commit()
+            if quiet and self.committed != before:
+                self.quiet_commit_at = time.monotonic()
+            if self.since_commit < self.commit_every and not self.catch_up_due:
+                # set by events that finished during the commit: not due yet
+                self.progress.clear()

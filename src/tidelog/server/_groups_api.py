@@ -1,0 +1,109 @@
+"""Consumer groups: join, heartbeat, leave, commit (with appends), describe, list.
+
+Fetch and nack, for remote consumers, are in `_consumers_api`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, delete, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+
+import tidelog
+from tidelog import wire
+from tidelog.errors import InvalidInput
+from tidelog.security.acl import Permission
+from tidelog.server._deps import AccessDep, append_requests, decode_body, need_categories, runtime
+
+__all__ = ["ROUTES"]
+
+
+@post("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=200)
+async def join_group(
+    group: FromPath[str],
+    category: FromPath[str],
+    member: FromPath[str],
+    data: JSONBody[wire.WireJoin],
+    state: State,
+    access: AccessDep,
+) -> tidelog.Membership:
+    need_categories(access, [category], Permission.READ)
+    return await runtime(state).store.join_group(group, category, member, _lease(data.lease))
+
+
+@post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)
+async def heartbeat(
+    group: FromPath[str],
+    category: FromPath[str],
+    member: FromPath[str],
+    data: JSONBody[wire.WireJoin],
+    state: State,
+    access: AccessDep,
+) -> tidelog.Membership:
+    need_categories(access, [category], Permission.READ)
+    return await runtime(state).store.heartbeat(group, category, member, _lease(data.lease))
+
+
+@delete("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=204)
+async def leave_group(
+    group: FromPath[str],
+    category: FromPath[str],
+    member: FromPath[str],
+    state: State,
+    access: AccessDep,
+) -> None:
+    need_categories(access, [category], Permission.READ)
+    await runtime(state).store.leave_group(group, category, member)
+
+
+@post("/v1/groups/{group:str}/{category:str}/commit", status_code=200)
+async def commit(
+    group: FromPath[str],
+    category: FromPath[str],
+    request: Request[Any, Any, Any],
+    state: State,
+    access: AccessDep,
+) -> wire.WireResults:
+    rt = runtime(state)
+    data = await decode_body(request, wire.WireCommit)
+    need_categories(access, [category], Permission.READ)
+    appends = append_requests(rt, access, data.appends, names=False) if data.appends else None
+    results = await rt.store.commit(
+        group,
+        category,
+        data.partition,
+        data.position,
+        member=data.member,
+        generation=data.generation,
+        appends=appends,
+    )
+    return wire.WireResults(results=results)
+
+
+@get("/v1/groups/{group:str}/{category:str}")
+async def describe_group(
+    group: FromPath[str], category: FromPath[str], state: State, access: AccessDep
+) -> wire.WireGroup:
+    need_categories(access, [category], Permission.READ)
+    rt = runtime(state)
+    return wire.WireGroup(
+        membership=await rt.store.describe_group(group, category),
+        checkpoints=await rt.store.checkpoints(group, category),
+    )
+
+
+@get("/v1/groups")
+async def list_groups(state: State, access: AccessDep) -> wire.WireGroups:
+    groups = await runtime(state).store.list_groups()
+    return wire.WireGroups(groups=[g for g in groups if access.can_category(g[1], Permission.READ)])
+
+
+def _lease(lease: float) -> float:
+    if not 0.05 <= lease <= 3600:
+        raise InvalidInput("lease must be between 0.05 and 3600 seconds")
+    return lease
+
+
+ROUTES = [join_group, heartbeat, leave_group, commit, describe_group, list_groups]
