@@ -43,13 +43,7 @@ from tidelog.engines.nats import wire
 from tidelog.engines.nats.errors import Conflict, NotFound, raise_api, translated
 from tidelog.engines.nats.reads import Reader
 from tidelog.engines.nats.setup import NatsConfig
-from tidelog.errors import (
-    NotSupported,
-    StoreClosed,
-    StoreUnavailable,
-    StreamDeleted,
-    TidelogError,
-)
+from tidelog.errors import NotSupported, StoreClosed, StoreUnavailable, StreamDeleted, TidelogError
 from tidelog.model import AppendResult, NewEvent, RecordedEvent, check_expected_version
 
 __all__ = ["GroupDraft", "Message", "Writer", "too_big"]
