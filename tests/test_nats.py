@@ -560,13 +560,13 @@ async def test_a_lost_race_rereads_only_the_subject_it_lost_on(same_id: bool) ->
         event = ev()
         first = await a.append("order-1", [event])
         lookups: list[int] = []
-        lookup = b._lookup_ids
+        lookup = b._writer.lookup_ids
 
         async def counted(ids: Sequence[UUID]) -> dict[UUID, tuple[str, int, int]]:
             lookups.append(len(ids))
             return await lookup(ids)
 
-        b._lookup_ids = counted  # type: ignore[method-assign]
+        b._writer.lookup_ids = counted  # type: ignore[method-assign]
         result = await b.append("order-1", [event if same_id else ev()])
         if same_id:
             assert result == first
@@ -609,13 +609,13 @@ async def test_concurrent_transactional_commits_and_appends_share_the_writer() -
         m = await store.join_group("billing", "order", "m1")
         assert m.partitions == (0, 1, 2, 3)
         batches: list[list[str]] = []
-        publish = store._publish_batch
+        publish = store._writer.publish_batch
 
         async def counted(msgs: Sequence[tuple[str, bytes, dict[str, str]]]) -> int:
             batches.append([subject for subject, _, _ in msgs])
             return await publish(msgs)
 
-        store._publish_batch = counted  # type: ignore[method-assign]
+        store._writer.publish_batch = counted  # type: ignore[method-assign]
 
         async def commit(partition: int) -> dict[str, tidelog.AppendResult]:
             return await store.commit(
