@@ -163,7 +163,7 @@ class StreamEngine(abc.ABC):
         self._check_open()
         return await self._apply_write(Write(prepare_append_many(requests)))
 
-    # TODO(one-write-path): abstract once every engine implements it
+    @abc.abstractmethod
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
         """The engine's one write hook: make `write` durable, atomically, or raise.
 
@@ -173,7 +173,6 @@ class StreamEngine(abc.ABC):
         once the write is durable. A wrapper store (`ValidatingStore`) overrides
         this hook alone and inherits the front ends.
         """
-        raise NotImplementedError
 
     def read_stream(
         self,

@@ -28,13 +28,10 @@ from tidelog.engines.contract import (
     GroupEngine,
     HeadWatch,
     LogFilter,
-    StreamEngine,
     Write,
 )
-from tidelog.errors import InvalidInput
 from tidelog.model import (
     ANY,
-    AppendRequest,
     AppendResult,
     ExpectedVersion,
     Membership,
@@ -71,10 +68,7 @@ class StoreWrapper(GroupEngine):
 
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
         """Make `write` durable in `inner`: the one write hook, forwarded."""
-        inner = self.inner
-        if type(inner)._apply_write is StreamEngine._apply_write:  # TODO(one-write-path)
-            return await _through_front_ends(inner, write)
-        return await inner._apply_write(write)
+        return await self.inner._apply_write(write)
 
     # ------------------------------------------------------------------ layer 1
 
@@ -152,38 +146,3 @@ class StoreWrapper(GroupEngine):
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return await self.inner.list_groups()
-
-
-# TODO(one-write-path): delete once `_apply_write` is abstract (every engine has it)
-async def _through_front_ends(inner: Engine, write: Write) -> dict[str, AppendResult]:
-    """`write` through the front ends of an engine that still overrides them.
-
-    A fence-only commit is sent with an append every engine refuses (no
-    events): its commit fences the member before it judges the appends, so a
-    stale member gets `StaleGeneration` and a current one writes nothing.
-    """
-    requests = {
-        s: AppendRequest(events, expected) for s, (events, expected) in write.appends.items()
-    }
-    cp = write.checkpoint
-    if cp is None:
-        if len(requests) == 1:
-            [(stream, request)] = requests.items()
-            return {stream: await inner.append(stream, request.events, request.expected_version)}
-        return await inner.append_many(requests)
-    if write.fence_only:
-        requests = {f"{cp.category}-fence": AppendRequest(())}
-    try:
-        return await inner.commit(
-            cp.group,
-            cp.category,
-            cp.partition,
-            cp.position,
-            member=cp.member,
-            generation=cp.generation,
-            appends=requests or None,
-        )
-    except InvalidInput:
-        if write.fence_only:
-            return {}
-        raise

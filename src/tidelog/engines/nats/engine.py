@@ -55,12 +55,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tidelog.engines._kit.checks import (
+    LogFilter,
     check_position,
     log_filter,
     prepare_delete,
     prepare_purge,
-    prepare_read_all,
-    prepare_read_stream,
     validate_group_key,
     validate_group_name,
 )
@@ -142,15 +141,9 @@ class NatsEngine(GroupEngine):
         """
         return await self._writer.submit(write)
 
-    async def read_stream(
-        self,
-        stream: str,
-        from_version: int = 0,
-        backwards: bool = False,
-        limit: int | None = None,
+    async def _read_stream(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        prepare_read_stream(stream, from_version, backwards, limit)
         with translated("read_stream"):
             last_seq, last_version, deleted = await self._reader.head_of(stream)
         if deleted:
@@ -279,16 +272,9 @@ class NatsEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 2
 
-    async def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
+    async def _read_all(
+        self, from_position: int, filters: LogFilter, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
         if limit == 0 or filters.matches_nothing:
             return
         count = 0
