@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 from tidelog.codec import EventRegistry
 from tidelog.schemas import SchemaRegistry
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 from tidelog.server._cloudevents import CLOUDEVENTS_NAMESPACE, cloudevent_id
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
-from conftest import service_missing
+from support.server import ADMIN_KEY, config, running
+from support.services import service_missing
 
 CHROMIUM = os.environ.get("TIDELOG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

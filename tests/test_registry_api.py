@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 from tidelog.schemas import Compatibility, SchemaRegistry, compatibility_problems
 from tidelog.schemas.compatibility import schema_problem
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 from tidelog.errors import InvalidInput
 from tidelog.security.tokens import JWTConfig
 from tidelog.server import Limits, Server

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 from tidelog import telemetry
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

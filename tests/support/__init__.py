@@ -1,0 +1,13 @@
+"""What the tests share, as plain modules (pytest puts `tests/` on `sys.path`).
+
+- `services`: skip, or fail under `TIDELOG_REQUIRE_SERVICES=1`, when an outside
+  service is missing;
+- `server`: tidelog servers on loopback (one per test, or shared by a module);
+- `postgres`: the test database, a schema per store;
+- `nats`: private nats-server processes and clusters;
+- `consumers`: the engines the consumer tests run on, waiting helpers;
+- `sqlite_child.py`, `workers/`: run in child processes by path (crash and
+  multi-process tests, `tidelog worker`), never imported by the tests.
+
+Fixtures built on these live in `tests/conftest.py`.
+"""
