@@ -21,7 +21,7 @@ Fixtures here:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +33,8 @@ from support.services import service_missing
 
 if TYPE_CHECKING:
     from support.nats import NatsServer
-    from support.server import SharedServers
+    from support.server import Serve, SharedServers
     from tidelog.server import Server
-
-Serve = Callable[..., Awaitable[tuple["Server", tidelog.Store]]]
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

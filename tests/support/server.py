@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,6 +28,9 @@ from tidelog.server import Server, ServerConfig
 ADMIN_KEY = "admin-key-for-tests"
 
 T = TypeVar("T")
+
+Serve = Callable[..., Awaitable[tuple[Server, tidelog.Store]]]
+"""The `serve` fixture (conftest): `await serve(keys=..., grants=..., **config)`."""
 
 
 def config(
