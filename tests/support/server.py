@@ -102,7 +102,7 @@ class SharedServers:
         self._fresh_state: dict[Server, frozenset[str]] = {}
         """The app state's keys right after start-up; the rest is per store."""
         self.started = 0
-        """Servers started so far (a test of the sharing reads it)."""
+        """Servers started so far (`tests/test_support.py` checks the sharing with it)."""
 
     def __enter__(self) -> SharedServers:
         self._thread.start()
@@ -174,11 +174,17 @@ class SharedServers:
             self._idle.append(server)
 
     async def _shutdown(self) -> None:
+        """Stop the servers, close stores a test left open, end what still runs on the loop."""
         for server in self._servers:
             await server.stop()
         for backing in self._lent.values():
             await backing.close()
         self._lent.clear()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 class _LentRemote(RemoteEngine):
