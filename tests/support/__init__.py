@@ -6,8 +6,9 @@
 - `postgres`: the test database, a schema per store;
 - `nats`: private nats-server processes and clusters;
 - `consumers`: the engines the consumer tests run on, waiting helpers;
-- `sqlite_child.py`, `workers/`: run in child processes by path (crash and
-  multi-process tests, `tidelog worker`), never imported by the tests.
+- `sqlite_child.py`, `workers/`: found by path, not imported as `support.*`:
+  the child process of the SQLite crash and multi-process tests, and the apps
+  `tidelog worker` runs (from `workers/` as its working directory).
 
 Fixtures built on these live in `tests/conftest.py`.
 """
