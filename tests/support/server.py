@@ -5,7 +5,7 @@ at one server's behaviour (its config, limits, metrics, shutdown). `SharedServer
 keeps servers running for a whole module and lends each to one store at a time,
 for tests where the server is only the way to a store (the remote engine's
 conformance suite opens several hundred stores; building the app and starting
-uvicorn for each cost most of the quick test run).
+uvicorn for each was nearly half of the quick test run).
 """
 
 from __future__ import annotations
@@ -156,7 +156,12 @@ class SharedServers:
         return server
 
     def _serve(self, server: Server, store: tidelog.Store) -> None:
-        """Put `store` behind the running `server`'s app, as if the app were new."""
+        """Put `store` behind the running `server`'s app, as if the app were new.
+
+        This reaches into the server (`Server._app`, the state's `runtime` with
+        its `store` and `subscriptions`): tests own both sides, and should those
+        move, this fails loudly (AttributeError) instead of serving a wrong store.
+        """
         state = server._app.state
         for key in set(state.keys()) - self._fresh_state[server]:
             del state[key]
