@@ -10,7 +10,9 @@ Edges are every `import` and `from ... import` anywhere in a module (at module
 level and inside functions: a deferred import is still a dependency, and
 deferring is the usual way a cycle is hidden), relative imports resolved, and
 `from package import name` pointing at the submodule when `name` is one.
-Imports under `if TYPE_CHECKING:` never run and are left out.
+Imports under `if TYPE_CHECKING:` never run and are left out; imports by a
+name computed at run time (`importlib.import_module`, as the lazy
+`tidelog.server` package does) cannot be seen from the source.
 """
 
 from __future__ import annotations
