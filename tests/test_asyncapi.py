@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -10,7 +9,7 @@ import msgspec
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, Serve
 from tidelog.codec import EventRegistry
 from tidelog.schemas import SchemaRegistry
 
@@ -34,15 +33,14 @@ class UserRegistered(msgspec.Struct):
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
-    cfg = config(keys={"k-orders": "orders"}, grants=("orders=read:category:order",))
-    async with running(cfg) as (srv, store):
-        registry = SchemaRegistry(store)
-        await registry.register_event(OrderPlaced, registry=EVENTS)
-        await registry.register_event(UserRegistered, registry=EVENTS)
-        for stream in ("order-1", "order-2", "user-7", "payment-3"):
-            await store.append(stream, [tidelog.NewEvent(type="Seen")])
-        yield f"http://127.0.0.1:{srv.port}", store
+async def server(serve: Serve) -> tuple[str, tidelog.Store]:
+    srv, store = await serve(keys={"k-orders": "orders"}, grants=("orders=read:category:order",))
+    registry = SchemaRegistry(store)
+    await registry.register_event(OrderPlaced, registry=EVENTS)
+    await registry.register_event(UserRegistered, registry=EVENTS)
+    for stream in ("order-1", "order-2", "user-7", "payment-3"):
+        await store.append(stream, [tidelog.NewEvent(type="Seen")])
+    return f"http://127.0.0.1:{srv.port}", store
 
 
 def _refs(node: Any) -> list[str]:

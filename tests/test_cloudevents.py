@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, Serve
 from tidelog.server._cloudevents import CLOUDEVENTS_NAMESPACE, cloudevent_id
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}
@@ -30,13 +29,12 @@ def report_count() -> Any:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
-    cfg = config(
+async def server(serve: Serve) -> tuple[str, tidelog.Store]:
+    srv, store = await serve(
         keys={"k-writer": "writer", "k-reader": "reader"},
         grants=("writer=write:category:order", "reader=read:category:order"),
     )
-    async with running(cfg) as (srv, store):
-        yield f"http://127.0.0.1:{srv.port}", store
+    return f"http://127.0.0.1:{srv.port}", store
 
 
 def _client(url: str, key: str = ADMIN_KEY) -> httpx.AsyncClient:

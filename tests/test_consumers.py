@@ -6,7 +6,7 @@ import asyncio
 import pathlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 import tidelog
-from _consumer_util import STORE_KINDS, eventually, nats_store_url, open_store, private_nats
-from natsutil import NatsServer
+from support.consumers import STORE_KINDS, eventually, nats_store_url, open_store
+from support.nats import NatsServer
 from tidelog import codec
 from tidelog.consumers import (
     App,
@@ -31,11 +31,6 @@ from tidelog.consumers import (
 FAST = RunnerOptions(lease=3.0, commit_interval=0.05, dlq_poll_interval=0.05)
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "consumers.md"
 QUICK_RETRY = HandlerOptions(max_attempts=3, backoff_initial=0.001, backoff_max=0.005)
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    yield from private_nats(tmp_path_factory)
 
 
 @pytest.fixture(params=[*STORE_KINDS, pytest.param("nats", marks=pytest.mark.nats)])

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import tidelog
-from _pg_util import PG_DSN, new_schema, require_postgres
+from support.postgres import PG_DSN, new_schema, require_postgres
 from tidelog.cli import app
 from tidelog.copy import copy_store
 from tidelog.model import AppendRequest, NewEvent, RecordedEvent

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
-from conftest import service_missing
+from support.server import ADMIN_KEY, Serve, config, running
+from support.services import service_missing
 
 CHROMIUM = os.environ.get("TIDELOG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,12 +33,11 @@ STATIC = Path(tidelog.__file__).parent / "server" / "static"
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
-    cfg = config(keys={"reader-key": "reader"}, grants=("reader=read:category:order",))
-    async with (
-        running(cfg) as (server, store),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client,
-    ):
+async def api(serve: Serve) -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
+    server, store = await serve(
+        keys={"reader-key": "reader"}, grants=("reader=read:category:order",)
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
         yield client, store
 
 

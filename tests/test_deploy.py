@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 
 yaml = pytest.importorskip("yaml")
 

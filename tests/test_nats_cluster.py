@@ -28,8 +28,8 @@ import nats
 import pytest
 
 import tidelog
-from conftest import service_missing
-from natsutil import NatsServer, nats_server_binary, start_cluster
+from support.nats import NatsServer, nats_server_binary, start_cluster
+from support.services import service_missing
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 import tidelog
-from _pg_util import PG_DSN, Schemas, new_schema, require_postgres
+from support.postgres import PG_DSN, Schemas, new_schema, require_postgres
 from tidelog.engines.postgres import engine as postgres
 from tidelog.engines.postgres.errors import pg_errors, translate
 from tidelog.engines.postgres.schema import (

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pytest
 
 import tidelog
-from conftest import service_missing
+from support.services import service_missing
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ import asyncpg
 import pytest
 
 import tidelog
-from _pg_util import PG_DSN, Schemas, schemas
+from support.postgres import PG_DSN, Schemas, schemas
 from tidelog.engines.postgres import PostgresEngine
 
 pytestmark = pytest.mark.postgres

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import pathlib
-from collections.abc import AsyncIterator
 
 import pytest
 
 import tidelog
-from _consumer_util import STORE_KINDS, open_store
 from tidelog.consumers import BufferFull, Producer
 
 
-@pytest.fixture(params=STORE_KINDS)
-async def store(
-    request: pytest.FixtureRequest, tmp_path: pathlib.Path
-) -> AsyncIterator[tidelog.Store]:
-    async with open_store(request.param, tmp_path) as s:
-        yield s
+@pytest.fixture
+def store(partitioned_store: tidelog.Store) -> tidelog.Store:
+    return partitioned_store
 
 
 async def test_each_send_gets_its_own_result_and_order_holds(store: tidelog.Store) -> None:

@@ -313,7 +313,7 @@ class PgTotals(PostgresProjection):
 @pytest.fixture
 async def pg_store() -> AsyncIterator[tuple[tidelog.Store, str]]:
     """A PostgreSQL store in a schema of its own, and its URL."""
-    from _pg_util import Schemas, require_postgres
+    from support.postgres import Schemas, require_postgres
 
     await require_postgres()
     schemas = Schemas()

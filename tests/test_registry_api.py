@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, Serve
 from tidelog.schemas import Compatibility, SchemaRegistry, compatibility_problems
 from tidelog.schemas.compatibility import schema_problem
 
@@ -34,8 +33,8 @@ BAD = {**V1, "properties": {"order_id": {"type": "integer"}, "total": {"type": "
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
-    cfg = config(
+async def server(serve: Serve) -> tuple[str, tidelog.Store]:
+    srv, store = await serve(
         keys={"k-schemas": "schemas", "k-reader": "reader", "k-app": "app"},
         grants=(
             "schemas=write:stream:$schemas",
@@ -44,8 +43,7 @@ async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
             "app=read:category:order",
         ),
     )
-    async with running(cfg) as (srv, store):
-        yield f"http://127.0.0.1:{srv.port}", store
+    return f"http://127.0.0.1:{srv.port}", store
 
 
 def _client(url: str, key: str = ADMIN_KEY) -> httpx.AsyncClient:

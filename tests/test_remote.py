@@ -1,7 +1,10 @@
 """The remote engine passes the whole conformance suite through a live server.
 
-Each store is a real uvicorn server on a free loopback port in front of a fresh
-engine, reached over HTTP by `RemoteEngine`; closing the store stops both.
+Each store is a fresh engine behind a real uvicorn server on a free loopback
+port, reached over HTTP by `RemoteEngine`. The servers are shared by the module
+(`shared_servers`, see `support.server.SharedServers`): a store borrows one for
+its lifetime, and closing the store closes the engine behind it and gives the
+server back. Starting a server per store made this module most of the quick run.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from uuid import uuid4
 import httpx
 import hypothesis.strategies as st
 import msgspec
+import pytest
 from hypothesis import given, settings
 from litestar.response import ServerSentEventMessage
 
 import tidelog
-from _server_util import ADMIN_KEY, config
+from support.server import ADMIN_KEY, SharedServers, config
 from tidelog import wire
 from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
@@ -52,21 +56,33 @@ async def _served(backing_url: str) -> tidelog.Store:
     return remote
 
 
-class TestRemoteEngine(EngineSuite):
+class _OnSharedServers:
+    """The suites' stores are served by the module's shared servers."""
+
+    servers: SharedServers
+
+    @pytest.fixture(autouse=True)
+    def _servers(self, shared_servers: SharedServers) -> None:
+        self.servers = shared_servers
+
+
+class TestRemoteEngine(_OnSharedServers, EngineSuite):
     """In front of the memory engine; a small page size exercises paging."""
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
-        return await _served("memory://")
+        return await self.servers.open("memory://", RemoteConfig(page=7))
 
 
-class TestRemoteOverSQLite(EngineSuite):
+class TestRemoteOverSQLite(_OnSharedServers, EngineSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
-        return await _served(f"sqlite:///{tmp_path}/{uuid4().hex}.db")
+        return await self.servers.open(
+            f"sqlite:///{tmp_path}/{uuid4().hex}.db", RemoteConfig(page=7)
+        )
 
 
-class TestRemoteModel(ModelSuite):
+class TestRemoteModel(_OnSharedServers, ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
-        return await _served("memory://?partitions=4")
+        return await self.servers.open("memory://?partitions=4", RemoteConfig(page=7))
 
 
 # --------------------------------------------------------------------------- event data

@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, config, running
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MAX_EXAMPLES = 20

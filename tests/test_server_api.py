@@ -16,18 +16,16 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, Serve, config, running
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
-    async with (
-        running(config()) as (server, store),
-        httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{server.port}",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as client,
-    ):
+async def api(serve: Serve) -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
+    server, store = await serve()
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.port}",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    ) as client:
         yield client, store
 
 

@@ -17,7 +17,6 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, Serve, config, running
 from tidelog.errors import InvalidInput
 from tidelog.security.tokens import JWTConfig
 from tidelog.server import Limits, Server
@@ -51,8 +50,8 @@ def report_count() -> Any:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
-    cfg = config(
+async def server(serve: Serve) -> tuple[str, tidelog.Store]:
+    srv, store = await serve(
         keys={"k-alice": "alice", "k-bob": "bob"},
         grants=(
             "alice=write:stream:orders",
@@ -61,8 +60,7 @@ async def server() -> AsyncIterator[tuple[str, tidelog.Store]]:
             "bob=read:category:order",
         ),
     )
-    async with running(cfg) as (srv, store):
-        yield f"http://127.0.0.1:{srv.port}", store
+    return f"http://127.0.0.1:{srv.port}", store
 
 
 def _client(url: str, key: str = ADMIN_KEY) -> httpx.AsyncClient:

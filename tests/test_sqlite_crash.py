@@ -1,6 +1,6 @@
 """Kill a writing process with SIGKILL at random moments; nothing acknowledged is lost.
 
-A child (`tests/_sqlite_child.py crash`) appends to a few streams with expected
+A child (`tests/support/sqlite_child.py crash`) appends to a few streams with expected
 versions, several appends at once so that group commit is exercised, and
 records every acknowledged append in a file. It is killed at a random moment,
 over and over. After each kill the file must contain every acknowledged event
@@ -30,7 +30,7 @@ import pytest
 
 import tidelog
 
-CHILD = pathlib.Path(__file__).with_name("_sqlite_child.py")
+CHILD = pathlib.Path(__file__).parent / "support" / "sqlite_child.py"
 ROUNDS = 16
 STREAMS = ("order-a", "order-b", "order-c", "order-d")
 

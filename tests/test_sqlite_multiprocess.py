@@ -21,7 +21,7 @@ import pytest
 import tidelog
 from tidelog.engines.sqlite import engine as sqlite_engine
 
-CHILD = pathlib.Path(__file__).with_name("_sqlite_child.py")
+CHILD = pathlib.Path(__file__).parent / "support" / "sqlite_child.py"
 WRITERS = 3
 APPENDS_EACH = 60
 

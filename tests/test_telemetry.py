@@ -18,21 +18,19 @@ import httpx
 import pytest
 
 import tidelog
-from _server_util import ADMIN_KEY, config, running
+from support.server import ADMIN_KEY, Serve
 from tidelog import telemetry
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
-    async with (
-        running(config()) as (server, store),
-        httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{server.port}",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as client,
-    ):
+async def api(serve: Serve) -> AsyncIterator[tuple[httpx.AsyncClient, tidelog.Store]]:
+    server, store = await serve()
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.port}",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    ) as client:
         yield client, store
 
 

@@ -33,20 +33,18 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 import tidelog
-from _consumer_util import nats_store_url, private_nats, url_for
-from natsutil import NatsServer
+from support.consumers import nats_store_url, url_for
 from tidelog.consumers import ParkedStatus, Producer, list_parked
 
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).parent
-WORKERS = ROOT / "_workers"
+WORKERS = ROOT / "support" / "workers"
 TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
 
 LEASE = 1.5
@@ -82,11 +80,6 @@ MULTI_PROCESS_KINDS = [
         for url in os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    yield from private_nats(tmp_path_factory)
 
 
 class Workers:
@@ -167,7 +160,7 @@ async def test_three_workers_survive_kill_and_pause(
 ) -> None:
     schemas = None
     if kind == "postgres":
-        from _pg_util import Schemas, require_postgres
+        from support.postgres import Schemas, require_postgres
 
         await require_postgres()
         schemas = Schemas()

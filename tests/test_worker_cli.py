@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import tidelog
 from tidelog.cli import app as cli_app
 
-WORKERS = pathlib.Path(__file__).parent / "_workers"
+WORKERS = pathlib.Path(__file__).parent / "support" / "workers"
 TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
 
 

@@ -10,7 +10,7 @@ import asyncpg
 import pytest_asyncio
 
 import tidelog
-from conftest import service_missing
+from support.services import service_missing
 
 PG_DSN = os.environ.get("TIDELOG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

