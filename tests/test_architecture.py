@@ -21,49 +21,14 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "tidelog"
-
-KNOWN_CYCLES: tuple[frozenset[str], ...] = (
-    frozenset({"tidelog.consumers._app", "tidelog.consumers._runner"}),
-    frozenset(
-        {
-            "tidelog.server._app",
-            "tidelog.server._asyncapi",
-            "tidelog.server._cloudevents",
-            "tidelog.server._consumers_api",
-            "tidelog.server._dashboard",
-            "tidelog.server._openapi",
-            "tidelog.server._registry_api",
-        }
-    ),
-)
-"""Cycles of today that the one-write-path redesign (issue 13) is removing.
-
-THIS MUST BECOME EMPTY: delete an entry as soon as its cycle is gone, never add
-one. A cycle is tolerated only while its modules are all inside one entry (a
-cycle that shrinks passes; one that grows or appears elsewhere fails).
-"""
 
 MAX_LINES = 800
 """A module longer than this does more than one thing (the issue's bar)."""
 
 LONG_MODULES_ALLOWED = frozenset({"tidelog.testing.conformance"})
 """Exempt for good: the conformance suite is one long list of contract tests."""
-
-KNOWN_LONG_MODULES = frozenset(
-    {
-        "tidelog.consumers._runner",
-        "tidelog.engines.nats.engine",
-        "tidelog.engines.postgres.engine",
-        "tidelog.engines.sqlite.engine",
-        "tidelog.projections",
-    }
-)
-"""Modules over `MAX_LINES` today that the redesign splits. MUST BECOME EMPTY, like
-`KNOWN_CYCLES`: delete an entry once its module is split, never add one."""
 
 
 def _modules() -> dict[str, Path]:
@@ -243,20 +208,8 @@ def test_relative_and_deferred_imports_are_edges() -> None:
     assert [a.name for n in nodes if isinstance(n, ast.Import) for a in n.names] == ["tidelog.wire"]
 
 
-def _known_cycle(component: frozenset[str]) -> bool:
-    return any(component <= known for known in KNOWN_CYCLES)
-
-
 def test_no_import_cycles() -> None:
-    unexpected = [c for c in CYCLES if not _known_cycle(c)]
-    assert not unexpected, "import cycles:\n" + "\n".join(_describe(GRAPH, c) for c in unexpected)
-
-
-@pytest.mark.xfail(bool(KNOWN_CYCLES), reason="KNOWN_CYCLES must become empty", strict=False)
-def test_known_cycles_are_gone() -> None:
-    """An expected failure while a listed cycle remains; an XPASS says: empty the list."""
-    remaining = [c for c in CYCLES if _known_cycle(c)]
-    assert not remaining, "\n".join(_describe(GRAPH, c) for c in remaining)
+    assert not CYCLES, "import cycles:\n" + "\n".join(_describe(GRAPH, c) for c in CYCLES)
 
 
 def _too_long() -> dict[str, int]:
@@ -268,13 +221,5 @@ def _too_long() -> dict[str, int]:
 
 
 def test_no_module_is_over_800_lines() -> None:
-    unexpected = {name: n for name, n in _too_long().items() if name not in KNOWN_LONG_MODULES}
-    assert not unexpected, f"modules over {MAX_LINES} lines, split them by concern: {unexpected}"
-
-
-@pytest.mark.xfail(
-    bool(KNOWN_LONG_MODULES), reason="KNOWN_LONG_MODULES must become empty", strict=False
-)
-def test_known_long_modules_are_split() -> None:
-    remaining = {name: n for name, n in _too_long().items() if name in KNOWN_LONG_MODULES}
-    assert not remaining, f"still over {MAX_LINES} lines: {remaining}"
+    too_long = _too_long()
+    assert not too_long, f"modules over {MAX_LINES} lines, split them by concern: {too_long}"
