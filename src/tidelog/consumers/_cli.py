@@ -326,14 +326,14 @@ def register(app: typer.Typer) -> None:
 
     def settle_command(action: str, help: str) -> None:
         """Add `tidelog dlq ACTION GROUP EVENT_ID`: retry and drop differ only in the call."""
-        from ._dlq import drop_parked, retry_parked
-
-        fn = retry_parked if action == "retry" else drop_parked
 
         @dlq.command(action, help=help)
         def settle(ctx: typer.Context, group: _Group, event_id: _EventId) -> None:
             from tidelog._connect import connect
 
+            from ._dlq import drop_parked, retry_parked
+
+            fn = retry_parked if action == "retry" else drop_parked
             target = _uuid(event_id)
 
             async def body() -> Any:
