@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tidelog._cli_kit import emit, run, settings
+from tidelog._cli_kit import emit, run, say, settings
 
 __all__ = ["migrate_schema", "register"]
 
@@ -148,12 +148,11 @@ def register(app: typer.Typer) -> None:
 
         url = store or settings(ctx).store
         result = run(migrate_schema(url))
-        if settings(ctx).json:
-            emit(result)
-        else:
-            applied = ", ".join(str(v) for v in result["applied"]) or "none"
-            version = result["schema_version"]
-            typer.echo(
-                f"{result['store']}: schema version {version if version is not None else 'n/a'}"
-                f" (applied now: {applied})"
-            )
+        applied = ", ".join(str(v) for v in result["applied"]) or "none"
+        version = result["schema_version"]
+        say(
+            ctx,
+            result,
+            f"{result['store']}: schema version {version if version is not None else 'n/a'}"
+            f" (applied now: {applied})",
+        )

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import importlib
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final, TypeVar
@@ -30,11 +30,13 @@ __all__ = [
     "Settings",
     "command_group",
     "emit",
+    "emit_rows",
     "event_to_json",
     "import_user_module",
     "parse_expected_version",
     "parse_json",
     "run",
+    "say",
     "settings",
 ]
 
@@ -73,6 +75,31 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def emit(value: Any) -> None:
     """Print one JSON line (any msgspec-encodable value)."""
     typer.echo(json_encoder.encode(value).decode())
+
+
+def say(ctx: typer.Context, value: Any, text: str) -> None:
+    """Answer with `value` as one JSON line under `--json`, else with `text`.
+
+    Every command answers a script and a person alike: the choice between the
+    two forms is made here, once, from the global option.
+    """
+    if settings(ctx).json:
+        emit(value)
+    else:
+        typer.echo(text)
+
+
+def emit_rows(ctx: typer.Context, rows: Iterable[Any]) -> bool:
+    """Under `--json`, print each row as one JSON line and return True: the command is done.
+
+    Without `--json` it prints nothing and returns False, leaving the caller to
+    draw its table (or sentence) for a person.
+    """
+    if not settings(ctx).json:
+        return False
+    for row in rows:
+        emit(row)
+    return True
 
 
 def parse_json(text: str, what: str) -> Any:

@@ -25,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tidelog.engines.contract import GroupEngine
@@ -52,31 +53,24 @@ class Fence(Protocol):
         """Wait until a heartbeat brought a membership newer than `generation`."""
 
 
+@dataclass(eq=False)
 class Committer:
     """The group consumer's side of every commit: who commits, fenced by which generation.
 
     Shared by the consumer's partitions, so an engine that refuses transactional
-    commits (`NotSupported`) is found out once for all of them.
+    commits (`NotSupported`) is found out once for all of them. Compared by
+    identity (`eq=False`), as one consumer's committer is one object.
     """
 
-    def __init__(
-        self,
-        store: GroupEngine,
-        group: str,
-        category: str,
-        member: str,
-        stats: Stats,
-        fence: Fence,
-    ) -> None:
-        self.store = store
-        self.group = group
-        self.category = category
-        self.member = member
-        self.stats = stats
-        self.fence = fence
-        self.no_transactions = False
-        """The engine refused a commit with appends: appends go alone (their ids are
-        deterministic, so a redelivery writes nothing twice)."""
+    store: GroupEngine
+    group: str
+    category: str
+    member: str
+    stats: Stats
+    fence: Fence
+    no_transactions: bool = field(default=False, init=False)
+    """The engine refused a commit with appends: appends go alone (their ids are
+    deterministic, so a redelivery writes nothing twice)."""
 
     async def commit(
         self,

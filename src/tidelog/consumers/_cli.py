@@ -25,6 +25,9 @@ from tidelog.errors import InvalidInput
 
 __all__ = ["JsonLogFormatter", "load_app", "register"]
 
+_Group = Annotated[str, typer.Argument(help="The consumer group.")]
+_EventId = Annotated[str, typer.Argument(help="The parked event's id.")]
+
 
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, event and the event's fields."""
@@ -96,7 +99,7 @@ def _uuid(text: str) -> UUID:
 
 
 def register(app: typer.Typer) -> None:
-    from tidelog._cli_kit import emit, run, settings
+    from tidelog._cli_kit import command_group, emit, emit_rows, run, say, settings
 
     @app.command()
     def worker(
@@ -221,9 +224,7 @@ def register(app: typer.Typer) -> None:
             return rows
 
         rows = run(body())
-        if settings(ctx).json:
-            for row in rows:
-                emit(row)
+        if emit_rows(ctx, rows):
             return
         from rich.console import Console
         from rich.table import Table
@@ -241,15 +242,13 @@ def register(app: typer.Typer) -> None:
             )
         Console(soft_wrap=True).print(table)
 
-    dlq = typer.Typer(
-        help="Parked events of a consumer group ($dlq-<group>).", no_args_is_help=True
-    )
-    app.add_typer(dlq, name="dlq")
+    dlq = command_group(app, "dlq", "Parked events of a consumer group ($dlq-<group>).")
 
-    def _parked_json(p: Any) -> dict[str, Any]:
+    def _parked_json(p: Any, *, with_event: bool = True) -> dict[str, Any]:
+        """A parked event as JSON; the listing leaves out the event itself (`with_event`)."""
         from tidelog._cli_kit import event_to_json
 
-        return {
+        row = {
             "group": p.group,
             "event_id": str(p.event.id),
             "stream": p.event.stream,
@@ -263,13 +262,15 @@ def register(app: typer.Typer) -> None:
             "error_type": p.error_type,
             "error": p.error,
             "parked_at": p.parked_at.isoformat(),
-            "event": event_to_json(p.event),
         }
+        if with_event:
+            row["event"] = event_to_json(p.event)
+        return row
 
     @dlq.command("list")
     def dlq_list(
         ctx: typer.Context,
-        group: Annotated[str, typer.Argument(help="The consumer group.")],
+        group: _Group,
         all_: Annotated[
             bool, typer.Option("--all", help="Include resolved and dropped events.")
         ] = False,
@@ -284,11 +285,7 @@ def register(app: typer.Typer) -> None:
                 return await list_parked(store, group, include_settled=all_)
 
         parked = run(body())
-        if settings(ctx).json:
-            for p in parked:
-                row = _parked_json(p)
-                row.pop("event")
-                emit(row)
+        if emit_rows(ctx, (_parked_json(p, with_event=False) for p in parked)):
             return
         from rich.console import Console
         from rich.table import Table
@@ -308,8 +305,8 @@ def register(app: typer.Typer) -> None:
     @dlq.command("show")
     def dlq_show(
         ctx: typer.Context,
-        group: Annotated[str, typer.Argument(help="The consumer group.")],
-        event_id: Annotated[str, typer.Argument(help="The parked event's id.")],
+        group: _Group,
+        event_id: _EventId,
     ) -> None:
         """One parked event: the original event, its error, attempts and handler."""
         from tidelog._connect import connect
@@ -327,38 +324,30 @@ def register(app: typer.Typer) -> None:
 
         emit(_parked_json(run(body())))
 
-    def _settle(ctx: typer.Context, group: str, event_id: str, action: str) -> None:
-        from tidelog._connect import connect
+    def settle_command(action: str, help: str) -> None:
+        """Add `tidelog dlq ACTION GROUP EVENT_ID`: retry and drop differ only in the call."""
 
-        from ._dlq import drop_parked, retry_parked
+        @dlq.command(action, help=help)
+        def settle(ctx: typer.Context, group: _Group, event_id: _EventId) -> None:
+            from tidelog._connect import connect
 
-        fn = retry_parked if action == "retry" else drop_parked
-        target = _uuid(event_id)
+            from ._dlq import drop_parked, retry_parked
 
-        async def body() -> Any:
-            async with connect(settings(ctx).store) as store:
-                return await fn(store, group, target)
+            fn = retry_parked if action == "retry" else drop_parked
+            target = _uuid(event_id)
 
-        parked = run(body())
-        if settings(ctx).json:
-            emit({"event_id": event_id, "action": action, "stream": parked.event.stream})
-        else:
-            typer.echo(f"{action} requested for {event_id} ({parked.event.stream})")
+            async def body() -> Any:
+                async with connect(settings(ctx).store) as store:
+                    return await fn(store, group, target)
 
-    @dlq.command("retry")
-    def dlq_retry(
-        ctx: typer.Context,
-        group: Annotated[str, typer.Argument(help="The consumer group.")],
-        event_id: Annotated[str, typer.Argument(help="The parked event's id.")],
-    ) -> None:
-        """Run a parked event through its handler again (by the partition's owner)."""
-        _settle(ctx, group, event_id, "retry")
+            parked = run(body())
+            say(
+                ctx,
+                {"event_id": event_id, "action": action, "stream": parked.event.stream},
+                f"{action} requested for {event_id} ({parked.event.stream})",
+            )
 
-    @dlq.command("drop")
-    def dlq_drop(
-        ctx: typer.Context,
-        group: Annotated[str, typer.Argument(help="The consumer group.")],
-        event_id: Annotated[str, typer.Argument(help="The parked event's id.")],
-    ) -> None:
-        """Give up on a parked event; events held behind it are released."""
-        _settle(ctx, group, event_id, "drop")
+    settle_command(
+        "retry", "Run a parked event through its handler again (by the partition's owner)."
+    )
+    settle_command("drop", "Give up on a parked event; events held behind it are released.")

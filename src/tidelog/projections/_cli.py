@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tidelog._cli_kit import command_group, emit, import_user_module, run, settings
+from tidelog._cli_kit import command_group, import_user_module, run, say, settings
 
 __all__ = ["register"]
 
@@ -63,10 +63,11 @@ def register(app: typer.Typer) -> None:
                 kind = "postgres-transaction"
             else:
                 kind = "checkpoint-store"
-            if settings(ctx).json:
-                emit({"name": p.name, "kind": kind, "handles": types})
-            else:
-                typer.echo(f"{p.name}  [{kind}]  handles {', '.join(types) or '-'}")
+            say(
+                ctx,
+                {"name": p.name, "kind": kind, "handles": types},
+                f"{p.name}  [{kind}]  handles {', '.join(types) or '-'}",
+            )
 
     @proj_app.command()
     def status(ctx: typer.Context, module: Module = None) -> None:
@@ -85,10 +86,7 @@ def register(app: typer.Typer) -> None:
                 return await runner.status()
 
         for s in run(body()):
-            if settings(ctx).json:
-                emit(s)
-            else:
-                typer.echo(f"{s.name}  position {s.position}  head {s.head}  lag {s.lag}")
+            say(ctx, s, f"{s.name}  position {s.position}  head {s.head}  lag {s.lag}")
 
     @proj_app.command()
     def rebuild(
@@ -124,7 +122,4 @@ def register(app: typer.Typer) -> None:
                     return await runner.rebuild(name, progress=progress)
 
         position = run(body())
-        if settings(ctx).json:
-            emit({"name": name, "position": position})
-        else:
-            typer.echo(f"rebuilt {name} up to position {position}")
+        say(ctx, {"name": name, "position": position}, f"rebuilt {name} up to position {position}")

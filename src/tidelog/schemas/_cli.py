@@ -13,7 +13,15 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from tidelog._cli_kit import command_group, emit, import_user_module, run, settings
+from tidelog._cli_kit import (
+    command_group,
+    emit,
+    emit_rows,
+    import_user_module,
+    run,
+    say,
+    settings,
+)
 
 __all__ = ["register"]
 
@@ -63,9 +71,7 @@ def register(app: typer.Typer) -> None:
                 return rows
 
         rows = run(body())
-        if settings(ctx).json:
-            for row in rows:
-                emit(row)
+        if emit_rows(ctx, rows):
             return
         if not rows:
             typer.echo("no schemas registered")
@@ -119,10 +125,11 @@ def register(app: typer.Typer) -> None:
             return out
 
         for sv in run(body()):
-            if settings(ctx).json:
-                emit({"subject": sv.subject, "version": sv.version, "id": sv.id})
-            else:
-                typer.echo(f"{sv.subject} v{sv.version} (id {sv.id})")
+            say(
+                ctx,
+                {"subject": sv.subject, "version": sv.version, "id": sv.id},
+                f"{sv.subject} v{sv.version} (id {sv.id})",
+            )
 
     @schema_app.command()
     def check(
