@@ -191,7 +191,7 @@ async def _streams(store: Engine) -> dict[str, StreamInfo]:
     return {s.name: s async for s in store.list_streams()}
 
 
-async def copy_store(
+async def copy_store(  # noqa: PLR0912 (one pass: copy, resume, verify and report, each option a branch)
     src: Engine,
     dst: Engine,
     *,

@@ -98,7 +98,7 @@ def _uuid(text: str) -> UUID:
         raise InvalidInput(f"not an event id (UUID): {text!r}") from None
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are nested functions; each is short)
     from tidelog._cli_kit import command_group, emit, emit_rows, run, say, settings
 
     @app.command()

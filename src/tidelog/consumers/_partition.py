@@ -331,7 +331,7 @@ class PartitionRun:
             backlog.append(item)
         return None
 
-    async def _work_streams(self) -> None:
+    async def _work_streams(self) -> None:  # noqa: PLR0912, PLR0915 (the per-event hot path, inlined; test_consumers_hot_path pins it to _deliver)
         """Handle items until none is left for this worker; per stream one worker at a time.
 
         This loop runs once per event, and with a handler that returns at once a

@@ -43,7 +43,7 @@ def _event_classes(module_path: str) -> list[type[msgspec.Struct]]:
     return sorted(found, key=lambda c: c.__tidelog_event__)  # type: ignore[attr-defined]
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are nested functions; each is short)
     """Add the `schema` command group to the tidelog CLI."""
     schema_app = command_group(
         app, "schema", "The schema registry: list, show, register and check event schemas."

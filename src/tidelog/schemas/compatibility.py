@@ -192,7 +192,7 @@ class _Checker:
             for i, r in enumerate(rp):
                 self.check(r, wseq[i] if i < len(wseq) else writer.get("items", {}), f"{path}[{i}]")
 
-    def _check_object(self, reader: Schema, writer: Schema, path: str) -> None:
+    def _check_object(self, reader: Schema, writer: Schema, path: str) -> None:  # noqa: PLR0912 (one branch per JSON Schema object keyword)
         rprops: Mapping[str, Any] = reader.get("properties") or {}
         wprops: Mapping[str, Any] = writer.get("properties") or {}
         if not rprops and not wprops and "additionalProperties" not in reader:
@@ -314,7 +314,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def schema_problem(schema: Any, path: str = "$") -> str | None:
+def schema_problem(schema: Any, path: str = "$") -> str | None:  # noqa: PLR0912 (one branch per JSON Schema keyword checked)
     """Why `schema` is not a well-formed JSON Schema (for the keywords tidelog reasons
     about), or None.
 

@@ -50,7 +50,7 @@ class _Validator:
                 return True
         return schema
 
-    def check(self, schema: Any, value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    def check(self, schema: Any, value: Any, path: str, depth: int) -> tuple[str, str] | None:  # noqa: PLR0912 (one branch per JSON Schema keyword validated)
         schema = self._resolve(schema)
         if schema is True or depth > _MAX_DEPTH:
             return None

@@ -193,7 +193,7 @@ def _build(
     return _Parsed(stream=stream, event=event)
 
 
-def _from_structured(
+def _from_structured(  # noqa: PLR0912 (one branch per CloudEvents attribute rule)
     fields: dict[str, msgspec.Raw], stream_param: str | None, max_event_bytes: int
 ) -> _Parsed:
     """One CloudEvent in the JSON event format (structured mode, or a batch member)."""

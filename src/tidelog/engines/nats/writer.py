@@ -328,7 +328,7 @@ class Writer:
         await self._commit_batch(batch)
         return [p.decided() for p in batch]
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    async def _commit_batch(self, batch: list[_Pending]) -> None:  # noqa: PLR0912 (the retry levels of one compare-and-set round, read in order)
         """Decide and publish `batch`, retrying the whole of it when another process wins.
 
         Level 0 trusts what this process wrote last (cached `head` and stream
@@ -462,7 +462,7 @@ class Writer:
         if not fence_only:
             doc.checkpoints[cp.partition] = max(doc.checkpoints.get(cp.partition, 0), cp.position)
 
-    async def _plan(self, batch: Sequence[_Pending], level: int) -> _Plan | None:
+    async def _plan(self, batch: Sequence[_Pending], level: int) -> _Plan | None:  # noqa: PLR0912, PLR0915 (decides a batch's writes in queue order in one read of the state)
         """Read the state once and decide every write of `batch` in queue order.
 
         A write's group change comes first (a fenced member is refused before
