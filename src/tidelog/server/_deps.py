@@ -31,6 +31,7 @@ from tidelog.security.tokens import Authenticator, AuthError
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
 from tidelog.server._metrics import Metrics
+from tidelog.server._readiness import Readiness
 
 __all__ = [
     "AccessDep",
@@ -64,6 +65,7 @@ class Runtime:
     metrics: Metrics
     subscriptions: Counter[str] = field(default_factory=Counter)
     connections: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 def runtime(state: State) -> Runtime:

@@ -29,6 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidelog._connect import connect
+from tidelog._files import make_private_dirs
 from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidInput
 from tidelog.security.acl import Grant, Permission
@@ -100,7 +101,7 @@ def prepare_config(config: ServerConfig, announce: Callable[[str], None]) -> Ser
     else:
         key = new_api_key()
         digest = hash_api_key(key)
-        key_file.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(key_file.parent)
         key_file.write_text(digest + "\n")
         key_file.chmod(0o600)
         announce(f"admin key (shown once, keep it): {key}")
