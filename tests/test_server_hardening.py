@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -25,7 +27,7 @@ import pytest
 import tidelog
 from support.server import ADMIN_KEY, Serve
 from tidelog.engines.sqlite.db import create_private
-from tidelog.server import ServerConfig
+from tidelog.server import Limits, ServerConfig
 from tidelog.server._serve import prepare_config
 
 CASES_TRIED: list[str] = []
@@ -177,3 +179,111 @@ async def test_readyz_reflects_a_full_disk(serve: Serve, tmp_path: Path) -> None
                 assert streams == ["order-1"]
         finally:
             await store.close()
+
+
+# --------------------------------------------------------------------------- slow clients
+
+
+def _closed_within(sock: socket.socket, seconds: float, dribble: bytes = b"") -> bytes:
+    """Wait up to `seconds` for the server to close `sock`, sending `dribble` a byte
+    every 0.2 s meanwhile; return what the server sent. Fails if it stays open."""
+    sock.setblocking(False)
+    received = b""
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([sock], [], [], 0.2)
+        if ready:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+            continue
+        if sent < len(dribble):
+            try:
+                sock.send(dribble[sent : sent + 1])
+            except OSError:  # reset or broken pipe: closed
+                return received
+            sent += 1
+    raise AssertionError(f"still open after {seconds} s (sent {sent} bytes)")
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+
+
+async def _livez_works(port: int) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        assert (await client.get("/livez")).status_code == 200
+
+
+async def test_silent_and_dribbling_connections_are_closed(serve: Serve) -> None:
+    """No request head within `header_timeout`: 408 and closed, whether the client
+    says nothing or dribbles its head a byte at a time; a body that does not end
+    within `body_timeout` is cut off too. Normal clients are served throughout."""
+    limits = Limits(header_timeout=1.0, body_timeout=1.5)
+    srv, _ = await serve(limits=limits)
+    port = srv.port
+    CASES_TRIED.append("silent connection")
+    with _connect(port) as silent:
+        answer = await asyncio.to_thread(_closed_within, silent, 15)
+        assert answer.startswith(b"HTTP/1.1 408")
+    CASES_TRIED.append("head dribbled a byte at a time")
+    head = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 500 + b"\r\n\r\n"
+    with _connect(port) as dribbling:
+        task = asyncio.create_task(asyncio.to_thread(_closed_within, dribbling, 15, head))
+        await _livez_works(port)
+        answer = await task
+        assert answer.startswith(b"HTTP/1.1 408")
+    CASES_TRIED.append("body dribbled a byte at a time")
+    body_head = (
+        f"POST /v1/streams/order-1/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    ).encode()
+    with _connect(port) as slow_body:
+        slow_body.sendall(body_head)
+        task = asyncio.create_task(asyncio.to_thread(_closed_within, slow_body, 15, b" " * 1000))
+        await _livez_works(port)
+        answer = await task
+        assert not answer.startswith(b"HTTP/1.1 2")
+    CASES_TRIED.append("idle after a response, then a dribble")
+    with _connect(port) as kept:
+        kept.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.to_thread(_closed_within, kept, 15, b"\r\n" * 100 + head)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert b"HTTP/1.1 408" in answer
+    assert srv.guard is not None
+    assert srv.guard.open_from("127.0.0.1") == 0
+    await _livez_works(port)
+
+
+async def test_connections_per_address_are_capped(serve: Serve) -> None:
+    """One address holds at most `max_connections_per_address` connections: one more
+    is answered 429 and closed; other addresses, and the address once it closes
+    one, are served."""
+    CASES_TRIED.append("connections beyond the per-address cap")
+    srv, _ = await serve(limits=Limits(max_connections_per_address=3, header_timeout=60))
+    port = srv.port
+    held = [_connect(port) for _ in range(3)]
+    try:
+        with _connect(port) as extra:
+            answer = await asyncio.to_thread(_closed_within, extra, 15)
+        assert answer.startswith(b"HTTP/1.1 429")
+        assert b"too_many_connections" in answer
+        # another client address is not affected
+        with _connect(port, source="127.0.0.2") as other:
+            other.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.to_thread(_closed_within, other, 15)).startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        deadline = time.monotonic() + 15
+        while srv.guard is not None and srv.guard.open_from("127.0.0.1") > 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await _livez_works(port)
+    finally:
+        for sock in held:
+            sock.close()

@@ -28,6 +28,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_subscriptions_per_principal: int = 64
     max_connections_per_principal: int = 256
     """In-flight requests + open SSE streams + WebSockets at once, per principal (429 over)."""
+    max_connections_per_address: int = 256
+    """Open connections per client IP address, before authentication (429 and closed over);
+    0: no cap (behind a reverse proxy, where every client has the proxy's address)."""
+    header_timeout: float = 10.0
+    """Seconds from a new connection, or a request's first byte, to its complete head (408)."""
+    body_timeout: float = 60.0
+    """Seconds from a request's head to the end of its body (the connection is closed)."""
     max_json_depth: int = 32
     send_timeout: float = 10.0
     """A subscriber that does not take an event within this many seconds is dropped."""

@@ -36,6 +36,7 @@ from tidelog.security.acl import Grant, Permission
 from tidelog.security.tokens import hash_api_key, new_api_key
 from tidelog.server._app import create_app
 from tidelog.server._config import ServerConfig
+from tidelog.server._guard import ConnectionGuard
 
 __all__ = ["Server", "client_principal", "prepare_config"]
 
@@ -129,6 +130,8 @@ class Server:
         self._uvicorn: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._app: Any = None
+        self.guard: ConnectionGuard | None = None
+        """The per-address connection count and request deadlines (see `_guard`)."""
         self.port: int = config.port
 
     def open_connections(self, principal: str) -> int:
@@ -139,6 +142,12 @@ class Server:
 
     def _uvicorn_config(self, app: Any, sock: socket.socket | None) -> uvicorn.Config:
         c = self.config
+        guard = ConnectionGuard(
+            c.limits.max_connections_per_address,
+            c.limits.header_timeout,
+            c.limits.body_timeout,
+        )
+        self.guard = guard
         kwargs: dict[str, Any] = {
             "log_level": "warning",
             # uvicorn's loggers propagate to whatever the process configured
@@ -148,7 +157,7 @@ class Server:
             "lifespan": "on",
             "access_log": False,
             "timeout_keep_alive": 15,
-            "http": HttpToolsProtocol,
+            "http": guard.protocol(HttpToolsProtocol),
             "ws": "wsproto",
         }
         if c.tls_cert and c.tls_key:
@@ -157,7 +166,7 @@ class Server:
                 kwargs.update(
                     ssl_ca_certs=c.tls_client_ca,
                     ssl_cert_reqs=ssl.CERT_REQUIRED,
-                    http=_PeerCertProtocol,
+                    http=guard.protocol(_PeerCertProtocol),
                 )
         if sock is None:
             kwargs.update(host=c.host, port=c.port)
