@@ -287,3 +287,67 @@ async def test_connections_per_address_are_capped(serve: Serve) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+# --------------------------------------------------------------------------- groups and /metrics
+
+
+async def test_groups_per_principal_are_capped(serve: Serve) -> None:
+    """A principal with read on a category creates at most `max_groups_per_principal`
+    groups (429 beyond); joining an existing group is free, others are unaffected."""
+    CASES_TRIED.append("consumer groups beyond the per-principal cap")
+    srv, _ = await serve(
+        keys={"k-bob": "bob"},
+        grants=("bob=read:category:order",),
+        limits=Limits(max_groups_per_principal=3),
+    )
+    base = f"http://127.0.0.1:{srv.port}"
+    bob = {"authorization": "Bearer k-bob"}
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+        async def join(group: str, headers: dict[str, str]) -> int:
+            r = await client.post(
+                f"/v1/groups/{group}/order/members/m1", json={"lease": 30}, headers=headers
+            )
+            return r.status_code
+
+        assert [await join(f"g{i}", bob) for i in range(3)] == [200, 200, 200]
+        assert await join("g3", bob) == 429
+        assert await join("g0", bob) == 200  # an existing group: no new one
+        assert await join("other", admin) == 200  # another principal's quota
+        assert await join("other", bob) == 200  # joining it creates nothing
+        groups = (await client.get("/v1/groups", headers=admin)).json()["groups"]
+        assert sorted(g for g, _ in groups) == ["g0", "g1", "g2", "other"]
+
+
+async def test_a_scrape_does_not_compute_lag(serve: Serve) -> None:
+    """/metrics answers from the cache even while computing lag is stuck (the
+    background refresh), so its cost does not grow with the number of groups."""
+    CASES_TRIED.append("/metrics made expensive by many groups")
+    store = await tidelog.connect("memory://")
+    try:
+        await store.append("order-1", [tidelog.NewEvent(type="X")])
+        for i in range(50):
+            await store.join_group(f"g{i}", "order", "m1")
+        stuck = asyncio.Event()
+        count_events = store.count_events
+
+        async def blocked(*args: Any, **kwargs: Any) -> int:
+            await stuck.wait()
+            return await count_events(*args, **kwargs)
+
+        store.count_events = blocked  # type: ignore[method-assign]
+        srv, _ = await serve(store=store)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}", timeout=10) as c:
+            for _ in range(3):
+                r = await c.get("/metrics")  # would hang if a scrape computed lag
+                assert r.status_code == 200
+            assert "tidelog_consumer_lag_events{" not in r.text
+            stuck.set()
+            deadline = time.monotonic() + 30
+            while 'group="g49"' not in (await c.get("/metrics")).text:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+    finally:
+        await store.close()

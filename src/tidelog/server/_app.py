@@ -38,6 +38,7 @@ from tidelog.server._connections import ConnectionLimit
 from tidelog.server._consumers_api import ROUTES as CONSUMERS_ROUTES
 from tidelog.server._dashboard import ROUTES as DASHBOARD_ROUTES
 from tidelog.server._deps import Runtime, principal, provide_access, runtime
+from tidelog.server._group_quota import GroupQuota
 from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
 from tidelog.server._live_api import ROUTES as LIVE_ROUTES
 from tidelog.server._log_api import ROUTES as LOG_ROUTES
@@ -114,6 +115,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         auth=Authenticator(config.api_keys, config.jwt),
         metrics=Metrics(),
         connections=ConnectionLimit(config.limits.max_connections_per_principal),
+        group_quota=GroupQuota(config.limits.max_groups_per_principal),
     )
 
     def authenticate(scope: Scope) -> str:
@@ -124,6 +126,8 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
     async def on_startup() -> None:
         # the store is looked up per tick: tests lend a running app to other stores
         background.append(asyncio.create_task(rt.readiness.run(lambda: rt.store)))
+        refresh = rt.metrics.run_refresh(lambda: rt.store, config.limits.metrics_refresh_interval)
+        background.append(asyncio.create_task(refresh))
 
     async def on_shutdown() -> None:
         for task in background:

@@ -36,6 +36,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     body_timeout: float = 60.0
     """Seconds from a request's head to the end of its body (the connection is closed)."""
     max_json_depth: int = 32
+    max_groups_per_principal: int = 100
+    """Consumer groups one principal may create through this server (429 beyond)."""
+    metrics_refresh_interval: float = 15.0
+    """Seconds between background refreshes of consumer lag for /metrics (sooner after a
+    scrape, but at most a fifth of the time): a scrape never computes it."""
     send_timeout: float = 10.0
     """A subscriber that does not take an event within this many seconds is dropped."""
     keepalive_interval: float = 15.0

@@ -34,7 +34,7 @@ async def readyz(state: State) -> Response[dict[str, str]]:
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
 async def metrics(state: State) -> Response[bytes]:
     rt = runtime(state)
-    await rt.metrics.refresh_lag(rt.store)
+    rt.metrics.scraped()  # lag is computed in the background (Metrics.run_refresh)
     return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
