@@ -351,3 +351,24 @@ async def test_a_scrape_does_not_compute_lag(serve: Serve) -> None:
                 await asyncio.sleep(0.2)
     finally:
         await store.close()
+
+
+async def test_a_websocket_holds_its_address_slot_until_it_closes(serve: Serve) -> None:
+    """The WebSocket protocol takes over the connection at the upgrade: the slot of
+    its address is given back when the WebSocket ends, not leaked, not dropped early."""
+    CASES_TRIED.append("websocket address slot")
+    srv, _ = await serve(limits=Limits(header_timeout=0.5))
+    assert srv.guard is not None
+    with _connect(srv.port) as ws:
+        ws.sendall(
+            b"GET /v1/ws/subscribe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert (await asyncio.to_thread(ws.recv, 4096)).startswith(b"HTTP/1.1 101")
+        await asyncio.sleep(1.0)  # past header_timeout: the head deadline no longer applies
+        assert srv.guard.open_from("127.0.0.1") == 1
+    deadline = time.monotonic() + 15
+    while srv.guard.open_from("127.0.0.1"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
