@@ -7,8 +7,10 @@ live tail, and watch a group's lag show up and fall when its checkpoint moves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -106,8 +108,10 @@ async def test_parked_events_are_counted_from_the_dlq_stream(
     await store.append(dlq_stream("billing"), [entry])
     stats = (await client.get("/v1/stats", headers=_auth())).json()
     assert stats["groups"][0]["parked"] == 1
-    text = (await client.get("/metrics")).text
-    assert 'tidelog_parked_events{group="billing"} 1.0' in text
+    deadline = time.monotonic() + 30  # refreshed in the background, soon after a scrape
+    while 'tidelog_parked_events{group="billing"} 1.0' not in (await client.get("/metrics")).text:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
 
 
 async def test_page_and_assets_carry_a_strict_csp(

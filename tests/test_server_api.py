@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -166,6 +167,15 @@ async def test_groups_over_http(api: tuple[httpx.AsyncClient, tidelog.Store]) ->
     assert described["checkpoints"] == {"0": 4}
 
 
+async def _scrape_until(client: httpx.AsyncClient, line: str) -> str:
+    """Scrape /metrics until `line` shows up (a bounded wait); return the last text."""
+    deadline = time.monotonic() + 30
+    while line not in (text := (await client.get("/metrics")).text):
+        assert time.monotonic() < deadline, f"{line!r} not in /metrics"
+        await asyncio.sleep(0.2)
+    return text
+
+
 async def test_health_and_metrics(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
     client, store = api
     await client.post("/v1/streams/order-1/events", json={"events": [{"type": "X"}]})
@@ -174,10 +184,10 @@ async def test_health_and_metrics(api: tuple[httpx.AsyncClient, tidelog.Store]) 
     await store.commit("billing", "order", home, 0, member="m1", generation=member.generation)
     assert (await client.get("/livez")).status_code == 200
     assert (await client.get("/readyz")).json() == {"status": "ok"}
-    text = (await client.get("/metrics")).text
-    assert 'tidelog_appended_events_total{category="order"} 1.0' in text
     lag = f'tidelog_consumer_lag_events{{category="order",group="billing",partition="{home}"}}'
-    assert f"{lag} 1.0" in text
+    # lag is refreshed in the background, soon after a scrape asks for it
+    text = await _scrape_until(client, f"{lag} 1.0")
+    assert 'tidelog_appended_events_total{category="order"} 1.0' in text
     other = (home + 1) % store.partition_count
     assert f'partition="{other}"}} 0.0' in text  # lag counts only that partition's events
     assert "tidelog_http_requests_total" in text

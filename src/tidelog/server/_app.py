@@ -29,7 +29,7 @@ from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, S
 import tidelog
 from tidelog import wire
 from tidelog.engines.contract import Engine
-from tidelog.errors import TidelogError
+from tidelog.errors import StoreUnavailable, TidelogError
 from tidelog.security.tokens import Authenticator
 from tidelog.server._asyncapi import ROUTES as ASYNCAPI_ROUTES
 from tidelog.server._cloudevents import ROUTES as CLOUDEVENTS_ROUTES
@@ -37,7 +37,8 @@ from tidelog.server._config import ServerConfig
 from tidelog.server._connections import ConnectionLimit
 from tidelog.server._consumers_api import ROUTES as CONSUMERS_ROUTES
 from tidelog.server._dashboard import ROUTES as DASHBOARD_ROUTES
-from tidelog.server._deps import Runtime, principal, provide_access
+from tidelog.server._deps import Runtime, principal, provide_access, runtime
+from tidelog.server._group_quota import GroupQuota
 from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
 from tidelog.server._live_api import ROUTES as LIVE_ROUTES
 from tidelog.server._log_api import ROUTES as LOG_ROUTES
@@ -66,7 +67,14 @@ ROUTES: list[ControllerRouterHandler] = [
 """Every route, in the order of the OpenAPI document's paths."""
 
 
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, StoreUnavailable) and request.method not in _READ_METHODS:
+        # a write the store refused (full disk, I/O error): /readyz says 503 until a
+        # probe write succeeds (see _readiness)
+        runtime(request.app.state).readiness.write_failed(exc)
     if isinstance(exc, TidelogError):
         body, status = wire.error_to_wire(exc)
     elif isinstance(exc, HTTPException):
@@ -101,18 +109,31 @@ def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
     """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
-    runtime = Runtime(
+    rt = Runtime(
         store=store,
         config=config,
         auth=Authenticator(config.api_keys, config.jwt),
         metrics=Metrics(),
         connections=ConnectionLimit(config.limits.max_connections_per_principal),
+        group_quota=GroupQuota(config.limits.max_groups_per_principal),
     )
 
     def authenticate(scope: Scope) -> str:
-        return principal(ASGIConnection(scope), runtime)
+        return principal(ASGIConnection(scope), rt)
+
+    background: list[asyncio.Task[None]] = []
+
+    async def on_startup() -> None:
+        # the store is looked up per tick: tests lend a running app to other stores
+        background.append(asyncio.create_task(rt.readiness.run(lambda: rt.store)))
+        refresh = rt.metrics.run_refresh(lambda: rt.store, config.limits.metrics_refresh_interval)
+        background.append(asyncio.create_task(refresh))
 
     async def on_shutdown() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        background.clear()
         if close_store:
             await store.close()
 
@@ -121,18 +142,19 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         dependencies={"access": Provide(provide_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
-        state=State({"runtime": runtime}),
+        state=State({"runtime": rt}),
         openapi_config=OpenAPIConfig(
             title="tidelog",
             version=tidelog.__version__,
             path="/schema",
             render_plugins=render_plugins(),  # the JSON completed with hand-decoded bodies
         ),
+        on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         middleware=[
-            runtime.metrics.middleware,
+            rt.metrics.middleware,
             _send_timeout(config.limits.send_timeout),
-            runtime.connections.middleware(authenticate),
+            rt.connections.middleware(authenticate),
         ],
         debug=False,
         logging_config=None,  # the embedding process configures logging, not the app

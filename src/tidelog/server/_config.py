@@ -28,7 +28,19 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_subscriptions_per_principal: int = 64
     max_connections_per_principal: int = 256
     """In-flight requests + open SSE streams + WebSockets at once, per principal (429 over)."""
+    max_connections_per_address: int = 256
+    """Open connections per client IP address, before authentication (429 and closed over);
+    0: no cap (behind a reverse proxy, where every client has the proxy's address)."""
+    header_timeout: float = 10.0
+    """Seconds from a new connection, or a request's first byte, to its complete head (408)."""
+    body_timeout: float = 60.0
+    """Seconds from a request's head to the end of its body (the connection is closed)."""
     max_json_depth: int = 32
+    max_groups_per_principal: int = 100
+    """Consumer groups one principal may create through this server (429 beyond)."""
+    metrics_refresh_interval: float = 15.0
+    """Seconds between background refreshes of consumer lag for /metrics (sooner after a
+    scrape, but at most a fifth of the time): a scrape never computes it."""
     send_timeout: float = 10.0
     """A subscriber that does not take an event within this many seconds is dropped."""
     keepalive_interval: float = 15.0

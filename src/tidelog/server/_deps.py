@@ -30,7 +30,9 @@ from tidelog.security.acl import Access, Permission
 from tidelog.security.tokens import Authenticator, AuthError
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
+from tidelog.server._group_quota import GroupQuota
 from tidelog.server._metrics import Metrics
+from tidelog.server._readiness import Readiness
 
 __all__ = [
     "AccessDep",
@@ -64,6 +66,8 @@ class Runtime:
     metrics: Metrics
     subscriptions: Counter[str] = field(default_factory=Counter)
     connections: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
+    readiness: Readiness = field(default_factory=Readiness)
+    group_quota: GroupQuota = field(default_factory=lambda: GroupQuota(0))
 
 
 def runtime(state: State) -> Runtime:

@@ -30,7 +30,9 @@ async def join_group(
     access: AccessDep,
 ) -> tidelog.Membership:
     need_categories(access, [category], Permission.READ)
-    return await runtime(state).store.join_group(group, category, member, _lease(data.lease))
+    rt = runtime(state)
+    await rt.group_quota.claim(rt.store, access.principal, group, category)
+    return await rt.store.join_group(group, category, member, _lease(data.lease))
 
 
 @post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)

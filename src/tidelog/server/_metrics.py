@@ -8,6 +8,10 @@ never stream ids, so cardinality stays bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -19,6 +23,13 @@ from tidelog.consumers._dlq import DlqState, load_state
 from tidelog.engines.contract import Engine
 
 __all__ = ["Metrics"]
+
+log = logging.getLogger(__name__)
+
+_MIN_REFRESH_GAP = 1.0
+_REFRESH_DUTY = 4.0
+"""After a refresh that took d seconds, the next starts no sooner than 4 d later: however
+many groups there are, computing their lag takes at most a fifth of the time."""
 
 _DLQ_CATEGORY = "$dlq"
 """The category of the `$dlq-<group>` streams where consumer groups park events."""
@@ -68,6 +79,8 @@ class Metrics:
         )
         self._dlq: dict[str, DlqState] = {}
         self._dlq_lock = asyncio.Lock()
+        self._stale = asyncio.Event()
+        """Set by a scrape: refresh the store-derived gauges soon (see `run_refresh`)."""
 
     def appended(self, category: str, count: int, seconds: float) -> None:
         self.appends.labels(category).inc(count)
@@ -91,8 +104,9 @@ class Metrics:
         """Lag per (group, category, partition): the events of that category and
         partition after the group's checkpoint, as Kafka counts a partition's lag.
 
-        Computed on each scrape with `count_events` (one indexed count per
-        partition on the SQL engines) instead of by a background task.
+        One `count_events` per group and partition (an indexed count on the SQL
+        engines): its cost grows with the number of groups, so it runs in the
+        background (`run_refresh`), never in a scrape.
         """
         head = await store.last_position()
         self.head.set(head)
@@ -124,6 +138,32 @@ class Metrics:
                 self._dlq[group] = await load_state(store, group, state)
                 counts[group] = sum(p.status.open for p in state.entries.values())
             return counts
+
+    def scraped(self) -> None:
+        """A scrape was served from the cache: have the background refresh run soon."""
+        self._stale.set()
+
+    async def run_refresh(self, store: Callable[[], Engine], interval: float) -> None:
+        """Refresh lag, head and parked counts every `interval` seconds, or sooner after a
+        scrape, but never more than a fifth of the time (`_REFRESH_DUTY`).
+
+        A scrape renders what the last refresh found, so its cost does not depend
+        on the number of groups (500 groups made each scrape compute 8,000 counts
+        on the request path); the values are at most one refresh old.
+        """
+        while True:
+            started = time.monotonic()
+            try:
+                await self.refresh_lag(store())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store may be down; the next round retries
+                log.warning("metrics refresh failed: %s", exc)
+            took = time.monotonic() - started
+            await asyncio.sleep(max(_MIN_REFRESH_GAP, _REFRESH_DUTY * took))
+            self._stale.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stale.wait(), max(0.0, interval - _MIN_REFRESH_GAP))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

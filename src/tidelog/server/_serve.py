@@ -29,12 +29,14 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidelog._connect import connect
+from tidelog._files import make_private_dirs
 from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidInput
 from tidelog.security.acl import Grant, Permission
 from tidelog.security.tokens import hash_api_key, new_api_key
 from tidelog.server._app import create_app
 from tidelog.server._config import ServerConfig
+from tidelog.server._guard import ConnectionGuard
 
 __all__ = ["Server", "client_principal", "prepare_config"]
 
@@ -100,7 +102,7 @@ def prepare_config(config: ServerConfig, announce: Callable[[str], None]) -> Ser
     else:
         key = new_api_key()
         digest = hash_api_key(key)
-        key_file.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(key_file.parent)
         key_file.write_text(digest + "\n")
         key_file.chmod(0o600)
         announce(f"admin key (shown once, keep it): {key}")
@@ -128,6 +130,8 @@ class Server:
         self._uvicorn: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._app: Any = None
+        self.guard: ConnectionGuard | None = None
+        """The per-address connection count and request deadlines (see `_guard`)."""
         self.port: int = config.port
 
     def open_connections(self, principal: str) -> int:
@@ -138,6 +142,12 @@ class Server:
 
     def _uvicorn_config(self, app: Any, sock: socket.socket | None) -> uvicorn.Config:
         c = self.config
+        guard = ConnectionGuard(
+            c.limits.max_connections_per_address,
+            c.limits.header_timeout,
+            c.limits.body_timeout,
+        )
+        self.guard = guard
         kwargs: dict[str, Any] = {
             "log_level": "warning",
             # uvicorn's loggers propagate to whatever the process configured
@@ -147,7 +157,7 @@ class Server:
             "lifespan": "on",
             "access_log": False,
             "timeout_keep_alive": 15,
-            "http": HttpToolsProtocol,
+            "http": guard.protocol(HttpToolsProtocol),
             "ws": "wsproto",
         }
         if c.tls_cert and c.tls_key:
@@ -156,7 +166,7 @@ class Server:
                 kwargs.update(
                     ssl_ca_certs=c.tls_client_ca,
                     ssl_cert_reqs=ssl.CERT_REQUIRED,
-                    http=_PeerCertProtocol,
+                    http=guard.protocol(_PeerCertProtocol),
                 )
         if sock is None:
             kwargs.update(host=c.host, port=c.port)

@@ -20,6 +20,7 @@ from typing import Final
 
 import msgspec
 
+from tidelog._files import make_private_dirs
 from tidelog.engines._kit.groups import GroupState
 from tidelog.errors import NotSupported, StoreUnavailable, TidelogError
 
@@ -29,6 +30,7 @@ __all__ = [
     "connect",
     "db_errors",
     "group_state",
+    "create_private",
     "is_busy",
     "migrate",
     "migrate_connection",
@@ -226,7 +228,7 @@ def migrate(path: str | os.PathLike[str], target: int = SCHEMA_VERSION) -> int:
     write lock). Opening a store migrates too; this is for `tidelog
     migrate-schema` and for tests that build an older schema (`target`).
     """
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    create_private(path)
     with db_errors():
         conn = connect(path)
         try:
@@ -249,6 +251,22 @@ def schema_version(path: str | os.PathLike[str]) -> int:
 # --------------------------------------------------------------------------- files
 
 
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Create the database file 0600 (and its directory 0700) unless it exists.
+
+    SQLite would create it with 0644 under a 022 umask; an empty file is a
+    valid empty database, so creating it first fixes the mode. SQLite gives the
+    -wal, -shm and -journal files the mode of the database file, so they
+    follow. An existing file keeps its mode.
+    """
+    make_private_dirs(pathlib.Path(path).parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def prepare_file(path: str, busy_timeout: float, partitions: int) -> int:
     """Create or migrate the store file; return its partition count.
 
@@ -256,7 +274,7 @@ def prepare_file(path: str, busy_timeout: float, partitions: int) -> int:
     count it was created with, which the caller compares with what it asked for.
     Runs under the write lock, so two processes creating the file at once agree.
     """
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    create_private(path)
     with db_errors():
         conn = connect(path, busy_timeout=busy_timeout)
         try:
