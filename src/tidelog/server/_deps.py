@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -62,7 +61,8 @@ class Runtime:
     config: ServerConfig
     auth: Authenticator
     metrics: Metrics
-    subscriptions: Counter[str] = field(default_factory=Counter)
+    subscriptions: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
+    """Open live subscriptions (SSE and WebSocket) per principal."""
     connections: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
 
 
