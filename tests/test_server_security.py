@@ -154,6 +154,52 @@ async def test_bad_bodies_and_expected_versions(server: tuple[str, tidelog.Store
             await _assert_4xx_and_unchanged(store, r, f"delete expected {value}")
 
 
+_BAD_UTF8_DATA = [  # each inside a JSON `data` value, which is kept as raw bytes
+    ("lone continuation byte in a string", b'"\x80"'),
+    ("invalid start byte in a string", b'"\xff\xfe"'),
+    ("truncated sequence in a string", b'"caf\xc3"'),
+    ("surrogate encoded in UTF-8", b'"\xed\xa0\x80"'),
+    ("overlong encoding of /", b'"\xc0\xaf"'),
+    ("invalid UTF-8 in an object key", b'{"\xff": 1}'),
+]
+
+
+async def test_invalid_utf8_in_json_data_is_refused(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    structured = {"Content-Type": "application/cloudevents+json"}
+    batch = {"Content-Type": "application/cloudevents-batch+json"}
+    ce = b'{"specversion": "1.0", "id": "1", "source": "urn:t", "type": "X", "data": '
+    ingest = "/v1/cloudevents?stream=order-1"
+    async with _client(url) as client:
+        for label, data in _BAD_UTF8_DATA:
+            event = b'{"type": "X", "data": ' + data + b"}"
+            for route, path, body, headers in [
+                ("append", "/v1/streams/order-1/events", b'{"events": [' + event + b"]}", {}),
+                (
+                    "append-many",
+                    "/v1/append-many",
+                    b'{"streams": {"order-1": {"events": [' + event + b"]}}}",
+                    {},
+                ),
+                ("CloudEvent", ingest, ce + data + b"}", structured),
+                ("CloudEvents batch", ingest, b"[" + ce + data + b"}]", batch),
+            ]:
+                r = await client.post(
+                    path, content=body, headers={"Content-Type": "application/json", **headers}
+                )
+                await _assert_4xx_and_unchanged(store, r, f"{route}: {label}")
+                assert r.status_code == 400, (route, label, r.text)
+        # valid UTF-8 beyond ASCII is kept byte for byte, spacing inside the value too
+        data = '{"name":  "Zoë ⛵ 🐳", "k": ["ä"]}'.encode()
+        r = await client.post(
+            "/v1/streams/order-1/events",
+            content=b'{"events": [{"type": "X", "data": ' + data + b"}]}",
+        )
+        assert r.status_code == 200, r.text
+    stored = [e async for e in store.read_stream("order-1")]
+    assert [e.data for e in stored] == [data]
+
+
 async def test_oversized_body_and_too_many_events(server: tuple[str, tidelog.Store]) -> None:
     url, store = server
     async with _client(url) as client:
@@ -829,6 +875,7 @@ _WORST_BODIES: list[tuple[str, str, bytes]] = [
         _APPEND,
         _fill(b'{"events": [{"type": "X", "metadata": {"n": ', b"9", b"}}]}"),
     ),
+    ("non-ASCII, one bad byte at the end", _APPEND, _fill(_EVENT_DATA, "é".encode(), b'\xff"}]}')),
     ("CloudEvent, unterminated string", _CLOUDEVENTS, _fill(b'{"data": "', b'\\"')),
     ("CloudEvent, deep nesting never closed", _CLOUDEVENTS, _fill(b'{"data": ', b"[")),
     (
