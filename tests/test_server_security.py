@@ -485,6 +485,36 @@ async def test_stalled_subscribers_give_their_slots_back(serve: Serve, kind: str
             sock.close()
 
 
+async def test_subscriptions_give_their_slots_back_on_hang_up(serve: Serve) -> None:
+    """A client that hangs up, from SSE or a WebSocket, frees its slot at once."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    srv, _ = await serve(keys={"k-alice": "alice"}, grants=("alice=read:category:order",))
+    url = f"http://127.0.0.1:{srv.port}"
+    ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(_client(url, "k-alice"))
+        for _ in range(2):
+            r = await stack.enter_async_context(
+                client.stream("GET", "/v1/subscribe?category=order")
+            )
+            assert r.status_code == 200
+        for bearer in ({"Authorization": "Bearer k-alice"}, None):
+            ws = await stack.enter_async_context(ws_connect(ws_url, additional_headers=bearer))
+            if bearer is None:
+                await ws.send(json.dumps({"token": "k-alice"}))
+        for _ in range(500):  # the WebSockets subscribe after their handshakes
+            if srv.open_subscriptions("alice") == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.open_subscriptions("alice") == 4
+    for _ in range(500):  # hang-ups arrive asynchronously
+        if srv.open_subscriptions("alice") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert srv.open_subscriptions("alice") == 0
+
+
 async def test_a_burst_of_subscriptions_never_exceeds_the_quota(serve: Serve) -> None:
     from websockets.asyncio.client import connect as ws_connect
     from websockets.exceptions import ConnectionClosed

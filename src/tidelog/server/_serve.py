@@ -130,6 +130,12 @@ class Server:
         self._app: Any = None
         self.port: int = config.port
 
+    def open_subscriptions(self, principal: str) -> int:
+        """Live subscriptions `principal` holds now (`Limits.max_subscriptions_per_principal`)."""
+        if self._app is None:
+            return 0
+        return int(self._app.state.runtime.subscriptions.open_for(principal))
+
     def open_connections(self, principal: str) -> int:
         """Connections `principal` holds now (see `Limits.max_connections_per_principal`)."""
         if self._app is None:
