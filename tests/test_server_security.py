@@ -515,6 +515,28 @@ async def test_subscriptions_give_their_slots_back_on_hang_up(serve: Serve) -> N
     assert srv.open_subscriptions("alice") == 0
 
 
+async def test_stopping_the_server_ends_its_subscriptions(serve: Serve) -> None:
+    """A stop ends open SSE streams and WebSockets (it used to wait for them forever)."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    srv, _ = await serve(keys={"k-alice": "alice"}, grants=("alice=read:category:order",))
+    ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+    async with (
+        _client(f"http://127.0.0.1:{srv.port}", "k-alice") as client,
+        client.stream("GET", "/v1/subscribe?category=order") as r,
+        ws_connect(ws_url, additional_headers={"Authorization": "Bearer k-alice"}) as ws,
+    ):
+        for _ in range(500):
+            if srv.open_subscriptions("alice") == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert r.status_code == 200
+        await asyncio.wait_for(srv.stop(), 60)  # a bounded wait, not a timing
+        assert srv.open_subscriptions("alice") == 0
+        assert await _ws_close_code(ws) == 1001
+        assert [line async for line in r.aiter_lines() if line.startswith("data:")] == []
+
+
 async def test_a_burst_of_subscriptions_never_exceeds_the_quota(serve: Serve) -> None:
     from websockets.asyncio.client import connect as ws_connect
     from websockets.exceptions import ConnectionClosed

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -66,6 +66,15 @@ class Runtime:
     subscriptions: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
     """Open live subscriptions (SSE and WebSocket) per principal."""
     connections: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
+    live: set[Callable[[], None]] = field(default_factory=set)
+    """How to end each open live subscription (`end_live`)."""
+    stopping: bool = False
+
+    def end_live(self) -> None:
+        """End every live subscription and refuse new ones: the server is stopping."""
+        self.stopping = True
+        for end in list(self.live):
+            end()
 
 
 def runtime(state: State) -> Runtime:

@@ -71,6 +71,8 @@ class _Feed:
         types: list[str] | None,
         partitions: list[int] | None,
     ) -> None:
+        if rt.stopping:
+            raise HTTPException(status_code=503, detail="the server is stopping")
         if not rt.subscriptions.acquire(access.principal):
             raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
         self._rt = rt
@@ -82,12 +84,21 @@ class _Feed:
             maxsize=256
         )
         rt.metrics.subscriptions.inc()
+        self._end = self.end
+        rt.live.add(self._end)
+
+    def end(self) -> None:
+        """Close, and wake the events so they end too (the server is stopping)."""
+        self.close()
+        with contextlib.suppress(asyncio.QueueFull):  # full: the next get sees it closed
+            self._queue.put_nowait(None)
 
     def close(self) -> None:
         """Give the slot back and cancel the pump; the first call does it, the others nothing."""
         if self._closed:
             return
         self._closed = True
+        self._rt.live.discard(self._end)
         self._rt.subscriptions.release(self._access.principal)
         self._rt.metrics.subscriptions.dec()
         if self._task is not None:
@@ -123,9 +134,11 @@ class _Feed:
                         self._queue.get(), self._rt.config.limits.keepalive_interval
                     )
                 except TimeoutError:
+                    if self._closed:
+                        return
                     yield None
                     continue
-                if isinstance(item, BaseException) or item is None:
+                if self._closed or isinstance(item, BaseException) or item is None:
                     return
                 self._rt.metrics.read(1)
                 yield item
@@ -261,6 +274,8 @@ async def ws_subscribe(
             need_categories(access, category, Permission.READ)
             feed = _Feed(rt, access, from_position, category, type, partition)
             await _ws_stream(socket, rt, feed)
+            with contextlib.suppress(Exception):  # the feed ended (a stop), or the client left
+                await socket.close(code=1001, reason="the server is stopping")
     except (AccessDenied, TidelogError, HTTPException, ValueError, TimeoutError) as exc:
         reason = str(exc)[:120]
         with contextlib.suppress(Exception):

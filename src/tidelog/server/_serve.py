@@ -194,7 +194,14 @@ class Server:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        """End the live subscriptions, then let uvicorn finish the other requests.
+
+        uvicorn waits for every response to end before it stops, and a live
+        subscription never ends by itself: without this, one open SSE stream or
+        WebSocket would keep the server from stopping at all.
+        """
         if self._uvicorn is not None and self._task is not None:
+            self._app.state.runtime.end_live()
             self._uvicorn.should_exit = True
             await self._task
             self._uvicorn = None
