@@ -154,6 +154,52 @@ async def test_bad_bodies_and_expected_versions(server: tuple[str, tidelog.Store
             await _assert_4xx_and_unchanged(store, r, f"delete expected {value}")
 
 
+_BAD_UTF8_DATA = [  # each inside a JSON `data` value, which is kept as raw bytes
+    ("lone continuation byte in a string", b'"\x80"'),
+    ("invalid start byte in a string", b'"\xff\xfe"'),
+    ("truncated sequence in a string", b'"caf\xc3"'),
+    ("surrogate encoded in UTF-8", b'"\xed\xa0\x80"'),
+    ("overlong encoding of /", b'"\xc0\xaf"'),
+    ("invalid UTF-8 in an object key", b'{"\xff": 1}'),
+]
+
+
+async def test_invalid_utf8_in_json_data_is_refused(server: tuple[str, tidelog.Store]) -> None:
+    url, store = server
+    structured = {"Content-Type": "application/cloudevents+json"}
+    batch = {"Content-Type": "application/cloudevents-batch+json"}
+    ce = b'{"specversion": "1.0", "id": "1", "source": "urn:t", "type": "X", "data": '
+    ingest = "/v1/cloudevents?stream=order-1"
+    async with _client(url) as client:
+        for label, data in _BAD_UTF8_DATA:
+            event = b'{"type": "X", "data": ' + data + b"}"
+            for route, path, body, headers in [
+                ("append", "/v1/streams/order-1/events", b'{"events": [' + event + b"]}", {}),
+                (
+                    "append-many",
+                    "/v1/append-many",
+                    b'{"streams": {"order-1": {"events": [' + event + b"]}}}",
+                    {},
+                ),
+                ("CloudEvent", ingest, ce + data + b"}", structured),
+                ("CloudEvents batch", ingest, b"[" + ce + data + b"}]", batch),
+            ]:
+                r = await client.post(
+                    path, content=body, headers={"Content-Type": "application/json", **headers}
+                )
+                await _assert_4xx_and_unchanged(store, r, f"{route}: {label}")
+                assert r.status_code == 400, (route, label, r.text)
+        # valid UTF-8 beyond ASCII is kept byte for byte, spacing inside the value too
+        data = '{"name":  "Zoë ⛵ 🐳", "k": ["ä"]}'.encode()
+        r = await client.post(
+            "/v1/streams/order-1/events",
+            content=b'{"events": [{"type": "X", "data": ' + data + b"}]}",
+        )
+        assert r.status_code == 200, r.text
+    stored = [e async for e in store.read_stream("order-1")]
+    assert [e.data for e in stored] == [data]
+
+
 async def test_oversized_body_and_too_many_events(server: tuple[str, tidelog.Store]) -> None:
     url, store = server
     async with _client(url) as client:
@@ -369,6 +415,192 @@ async def _ws_close_code(ws: Any) -> int | None:
     with pytest.raises(ConnectionClosed) as closed:
         await asyncio.wait_for(ws.recv(), 5)
     return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+# --------------------------------------------------------------------------- subscription slots
+#
+# A subscription holds a slot of its principal's quota from the moment it is
+# accepted until its response ends, however it ends. Stalled readers used to
+# keep theirs until the garbage collector found their generators (150 s and
+# more at 429), and a burst could pass the check before any slot was counted.
+
+_SLOTS = 4
+
+
+def _stalled_reader(port: int, request: bytes) -> socket.socket:
+    """A client that sends `request` and never reads: the server's sends end up blocked."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def _ws_upgrade(path: str, key: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ).encode()
+
+
+async def _subscribes(url: str, key: str) -> bool:
+    """Whether a new SSE subscription of `key`'s principal is accepted now."""
+    async with (
+        _client(url, key) as client,
+        client.stream("GET", "/v1/subscribe?category=order") as r,
+    ):
+        assert r.status_code in (200, 429), r.status_code
+        return r.status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["sse", "websocket"])
+async def test_stalled_subscribers_give_their_slots_back(serve: Serve, kind: str) -> None:
+    srv, store = await serve(
+        keys={"k-alice": "alice"},
+        grants=("alice=read:category:order",),
+        limits=Limits(max_subscriptions_per_principal=_SLOTS, send_timeout=0.5),
+    )
+    big = b'"' + b"x" * 500_000 + b'"'
+    for _ in range(4):  # 8 MB of events: more than the socket buffers take
+        await store.append("order-1", [tidelog.NewEvent(type="X", data=big) for _ in range(4)])
+    url = f"http://127.0.0.1:{srv.port}"
+    path = "/v1/subscribe?category=order" if kind == "sse" else "/v1/ws/subscribe?category=order"
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k-alice\r\n\r\n".encode()
+        if kind == "sse"
+        else _ws_upgrade(path, "k-alice")
+    )
+    stalled = [await asyncio.to_thread(_stalled_reader, srv.port, request) for _ in range(_SLOTS)]
+    try:
+        _tried(f"{_SLOTS} stalled {kind} subscribers, then a new subscription")
+        for _ in range(600):  # a bounded wait: each is dropped after its send timeout
+            if await _subscribes(url, "k-alice"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the stalled subscribers' slots were never given back")
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+async def test_subscriptions_give_their_slots_back_on_hang_up(serve: Serve) -> None:
+    """A client that hangs up, from SSE or a WebSocket, frees its slot at once."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    srv, _ = await serve(keys={"k-alice": "alice"}, grants=("alice=read:category:order",))
+    url = f"http://127.0.0.1:{srv.port}"
+    ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(_client(url, "k-alice"))
+        for _ in range(2):
+            r = await stack.enter_async_context(
+                client.stream("GET", "/v1/subscribe?category=order")
+            )
+            assert r.status_code == 200
+        for bearer in ({"Authorization": "Bearer k-alice"}, None):
+            ws = await stack.enter_async_context(ws_connect(ws_url, additional_headers=bearer))
+            if bearer is None:
+                await ws.send(json.dumps({"token": "k-alice"}))
+        for _ in range(500):  # the WebSockets subscribe after their handshakes
+            if srv.open_subscriptions("alice") == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.open_subscriptions("alice") == 4
+    for _ in range(500):  # hang-ups arrive asynchronously
+        if srv.open_subscriptions("alice") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert srv.open_subscriptions("alice") == 0
+
+
+async def test_stopping_the_server_ends_its_subscriptions(serve: Serve) -> None:
+    """A stop ends open SSE streams and WebSockets (it used to wait for them forever)."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    srv, _ = await serve(keys={"k-alice": "alice"}, grants=("alice=read:category:order",))
+    ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+    async with (
+        _client(f"http://127.0.0.1:{srv.port}", "k-alice") as client,
+        client.stream("GET", "/v1/subscribe?category=order") as r,
+        ws_connect(ws_url, additional_headers={"Authorization": "Bearer k-alice"}) as ws,
+    ):
+        for _ in range(500):
+            if srv.open_subscriptions("alice") == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert r.status_code == 200
+        await asyncio.wait_for(srv.stop(), 60)  # a bounded wait, not a timing
+        assert srv.open_subscriptions("alice") == 0
+        assert await _ws_close_code(ws) == 1001
+        assert [line async for line in r.aiter_lines() if line.startswith("data:")] == []
+
+
+async def test_a_burst_of_subscriptions_never_exceeds_the_quota(serve: Serve) -> None:
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+
+    srv, _ = await serve(
+        keys={"k-alice": "alice"},
+        grants=("alice=read:category:order",),
+        limits=Limits(max_subscriptions_per_principal=_SLOTS, keepalive_interval=0.2),
+    )
+    url = f"http://127.0.0.1:{srv.port}"
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(_client(url, "k-alice"))
+
+        async def sse() -> bool:
+            r = await stack.enter_async_context(
+                client.stream("GET", "/v1/subscribe?category=order")
+            )
+            return r.status_code == 200
+
+        accepted = sum(await asyncio.gather(*(sse() for _ in range(20))))
+        _tried("a burst of 20 SSE subscriptions over a quota of 4")
+        assert accepted == _SLOTS
+    ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+
+    async def websocket() -> bool:
+        async with ws_connect(ws_url, additional_headers={"Authorization": "Bearer k-alice"}) as ws:
+            try:
+                await asyncio.wait_for(ws.recv(), 10)  # a keep-alive, when accepted
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1008
+                return False
+            await asyncio.sleep(1)  # hold the slot while the rest of the burst arrives
+            return True
+
+    accepted = sum(await asyncio.gather(*(websocket() for _ in range(20))))
+    _tried("a burst of 20 WebSocket subscriptions over a quota of 4")
+    assert accepted == _SLOTS
+
+
+async def test_a_websocket_first_message_must_be_a_token_object(serve: Serve) -> None:
+    from websockets.asyncio.client import connect as ws_connect
+
+    srv, _ = await serve(keys={"k-alice": "alice"}, grants=("alice=read:category:order",))
+    ws_url = f"ws://127.0.0.1:{srv.port}/v1/ws/subscribe?category=order"
+    for label, first in [
+        ("an array", '["k-alice"]'),
+        ("a string", '"k-alice"'),
+        ("a number", "7"),
+        ("null", "null"),
+        ("a token that is not a string", '{"token": ["k-alice"]}'),
+        ("not JSON", "{token: k-alice}"),
+        ("deep nesting", "[" * 10000),
+        ("over 16 KB", json.dumps({"token": "k-alice", "pad": "x" * 20000})),
+        ("bytes", b'{"token": "k-alice"}'),
+    ]:
+        async with ws_connect(ws_url) as ws:
+            await ws.send(first)
+            _tried(f"WebSocket first message: {label}")
+            assert await _ws_close_code(ws) == 1008, label
+            assert ws.close_reason, label
+    async with ws_connect(ws_url) as ws:  # the object it expects is accepted
+        await ws.send(json.dumps({"token": "k-alice"}))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.5)
 
 
 def _rsa_pem() -> tuple[Any, bytes]:
@@ -695,6 +927,7 @@ _WORST_BODIES: list[tuple[str, str, bytes]] = [
         _APPEND,
         _fill(b'{"events": [{"type": "X", "metadata": {"n": ', b"9", b"}}]}"),
     ),
+    ("non-ASCII, one bad byte at the end", _APPEND, _fill(_EVENT_DATA, "é".encode(), b'\xff"}]}')),
     ("CloudEvent, unterminated string", _CLOUDEVENTS, _fill(b'{"data": "', b'\\"')),
     ("CloudEvent, deep nesting never closed", _CLOUDEVENTS, _fill(b'{"data": ', b"[")),
     (

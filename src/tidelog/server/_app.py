@@ -114,6 +114,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         config=config,
         auth=Authenticator(config.api_keys, config.jwt),
         metrics=Metrics(),
+        subscriptions=ConnectionLimit(config.limits.max_subscriptions_per_principal),
         connections=ConnectionLimit(config.limits.max_connections_per_principal),
         group_quota=GroupQuota(config.limits.max_groups_per_principal),
     )

@@ -51,7 +51,14 @@ from tidelog.model import (
     validate_stream_name,
 )
 from tidelog.security.acl import Permission
-from tidelog.server._deps import AccessDep, check_depth, need_stream, page_limit, runtime
+from tidelog.server._deps import (
+    AccessDep,
+    check_depth,
+    check_utf8,
+    need_stream,
+    page_limit,
+    runtime,
+)
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -297,9 +304,11 @@ async def ingest_cloudevents(
     parsed: list[_Parsed]
     try:
         if media == STRUCTURED_CONTENT_TYPE:
+            check_utf8(body)
             check_depth(body, limits.max_json_depth)
             parsed = [_from_structured(_STRUCTURED.decode(body), stream, limits.max_event_bytes)]
         elif media == BATCH_CONTENT_TYPE:
+            check_utf8(body)
             check_depth(body, limits.max_json_depth)
             batch = _BATCH.decode(body)
             if len(batch) > limits.max_events_per_append:

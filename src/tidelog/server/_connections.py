@@ -11,6 +11,9 @@ own authentication answers it with a 401.
 The one exception is a WebSocket that authenticates with its first message
 (browsers cannot set headers): its principal is only known inside the route,
 which takes a slot from the same counter with `hold`.
+
+The same counter (`ConnectionLimit`, another instance) bounds live
+subscriptions per principal; the live routes take and give back its slots.
 """
 
 from __future__ import annotations
@@ -52,11 +55,19 @@ class ConnectionLimit:
         return self._open[principal]
 
     def acquire(self, principal: str) -> bool:
-        """Take a slot if one is free; every True must be paired with `release`."""
+        """Take a slot if one is free; every True must be paired with `release`.
+
+        The check and the count are one step with no await between them, so
+        concurrent requests cannot all pass the check before any is counted.
+        """
         if self._open[principal] >= self.limit:
             return False
         self._open[principal] += 1
         return True
+
+    def clear(self) -> None:
+        """Forget every slot (tests that lend one server to store after store)."""
+        self._open.clear()
 
     def release(self, principal: str) -> None:
         self._open[principal] -= 1

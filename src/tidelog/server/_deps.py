@@ -9,9 +9,9 @@ leaves. Checks that refuse a request raise `tidelog` errors (or
 from __future__ import annotations
 
 import asyncio
+import codecs
 import re
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -39,6 +39,7 @@ __all__ = [
     "Runtime",
     "append_requests",
     "check_depth",
+    "check_utf8",
     "decode_body",
     "need_categories",
     "need_stream",
@@ -64,10 +65,20 @@ class Runtime:
     config: ServerConfig
     auth: Authenticator
     metrics: Metrics
-    subscriptions: Counter[str] = field(default_factory=Counter)
+    subscriptions: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
+    """Open live subscriptions (SSE and WebSocket) per principal."""
     connections: ConnectionLimit = field(default_factory=lambda: ConnectionLimit(0))
     readiness: Readiness = field(default_factory=Readiness)
     group_quota: GroupQuota = field(default_factory=lambda: GroupQuota(0))
+    live: set[Callable[[], None]] = field(default_factory=set)
+    """How to end each open live subscription (`end_live`)."""
+    stopping: bool = False
+
+    def end_live(self) -> None:
+        """End every live subscription and refuse new ones: the server is stopping."""
+        self.stopping = True
+        for end in list(self.live):
+            end()
 
 
 def runtime(state: State) -> Runtime:
@@ -142,6 +153,7 @@ async def decode_body(request: Request[Any, Any, Any], kind: type[T]) -> T:
     if decoder is None:
         decoder = _BODY_DECODERS[kind] = msgspec.json.Decoder(kind)
     raw = await request.body()
+    check_utf8(raw)
     check_depth(raw, runtime(request.app.state).config.limits.max_json_depth)
     try:
         return cast(T, decoder.decode(raw))
@@ -149,6 +161,30 @@ async def decode_body(request: Request[Any, Any, Any], kind: type[T]) -> T:
         raise InvalidInput("JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"invalid request body: {exc}") from None
+
+
+_UTF8_PIECE = 1 << 16
+
+
+def check_utf8(raw: bytes) -> None:
+    """Refuse a JSON body that is not UTF-8, in time linear in it and in bounded memory.
+
+    The decoder checks the strings it decodes but not the bytes of a value kept
+    as `msgspec.Raw` (event `data`): those would be stored as sent, then read
+    back as `data_base64`, though JSON text is UTF-8 (RFC 8259). An ASCII body
+    (one C pass) is valid as is; any other is decoded piece by piece and the
+    text dropped.
+    """
+    if raw.isascii():
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(raw)
+    try:
+        for start in range(0, len(raw), _UTF8_PIECE):
+            decoder.decode(view[start : start + _UTF8_PIECE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"invalid request body: not UTF-8 ({exc.reason})") from None
 
 
 _STRING_OR_TAIL = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|("[\s\S]*)', re.DOTALL)

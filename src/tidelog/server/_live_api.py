@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Request, WebSocket, get, websocket
@@ -13,6 +13,8 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
 
 import tidelog
 from tidelog import wire
@@ -42,65 +44,135 @@ async def subscribe(
         if not last_id.isdigit() or len(last_id) > 18:
             raise InvalidInput("Last-Event-ID must be a position")
         from_position = int(last_id) + 1
-    _check_subscription_quota(rt, access)
-    return ServerSentEvent(
-        _sse_events(_live(rt, access, from_position, category, type, partition)),
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    feed = _Feed(rt, access, from_position, category, type, partition)
+    return _FeedResponse(feed)
 
 
-async def _live(
-    rt: Runtime,
-    access: Access,
-    from_position: int,
-    categories: list[str] | None,
-    types: list[str] | None,
-    partitions: list[int] | None,
-) -> AsyncIterator[tidelog.RecordedEvent | None]:
-    """Events the principal may read, live; None every keep-alive interval of silence.
+class _Feed:
+    """One live subscription: its slot in the principal's quota and the task pumping the store.
 
-    A bounded queue sits between the store's subscription and the client, so a
-    slow client pauses the subscription instead of growing memory; the send
-    timeout (see `_send_timeout`) drops a client that stops reading.
+    The slot is taken when the feed is made, in the same step as the quota
+    check (no await between them), so a burst of requests cannot all pass the
+    check before any is counted. `close` gives the slot back and cancels the
+    pump; it is synchronous and idempotent, so the response calls it in a
+    `finally` on every way it ends (the last event, a hang-up, a send timeout,
+    a shutdown's cancellation). A generator's `finally` would not do: Litestar
+    wraps the events in iterators of its own and does not close them when a
+    send fails, so that `finally` ran only when the garbage collector found the
+    generator, minutes later, with the slot held all along.
     """
-    queue: asyncio.Queue[tidelog.RecordedEvent | BaseException | None] = asyncio.Queue(maxsize=256)
 
-    async def pump() -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        access: Access,
+        from_position: int,
+        categories: list[str] | None,
+        types: list[str] | None,
+        partitions: list[int] | None,
+    ) -> None:
+        if rt.stopping:
+            raise HTTPException(status_code=503, detail="the server is stopping")
+        if not rt.subscriptions.acquire(access.principal):
+            raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
+        self._rt = rt
+        self._access = access
+        self._args = (from_position, categories, types, partitions)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._queue: asyncio.Queue[tidelog.RecordedEvent | BaseException | None] = asyncio.Queue(
+            maxsize=256
+        )
+        rt.metrics.subscriptions.inc()
+        self._end = self.end
+        rt.live.add(self._end)
+
+    def end(self) -> None:
+        """Close, and wake the events so they end too (the server is stopping)."""
+        self.close()
+        with contextlib.suppress(asyncio.QueueFull):  # full: the next get sees it closed
+            self._queue.put_nowait(None)
+
+    def close(self) -> None:
+        """Give the slot back and cancel the pump; the first call does it, the others nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._rt.live.discard(self._end)
+        self._rt.subscriptions.release(self._access.principal)
+        self._rt.metrics.subscriptions.dec()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _pump(self) -> None:
+        access = self._access
         try:
-            async for e in rt.store.subscribe(from_position, categories, types, partitions):
+            async for e in self._rt.store.subscribe(*self._args):
                 if access.can_stream(e.stream, Permission.READ):
-                    await queue.put(e)
+                    await self._queue.put(e)
         except BaseException as exc:
             with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(exc)
+                self._queue.put_nowait(exc)
             raise
 
-    task = asyncio.create_task(pump())
-    principal = access.principal
-    rt.subscriptions[principal] += 1
-    rt.metrics.subscriptions.inc()
-    try:
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), rt.config.limits.keepalive_interval)
-            except TimeoutError:
-                yield None
-                continue
-            if isinstance(item, BaseException) or item is None:
-                return
-            rt.metrics.read(1)
-            yield item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TidelogError):
-            await task
-        rt.subscriptions[principal] -= 1
-        rt.metrics.subscriptions.dec()
+    async def events(self) -> AsyncIterator[tidelog.RecordedEvent | None]:
+        """Events the principal may read, live; None every keep-alive interval of silence.
+
+        A bounded queue sits between the store's subscription and the client, so
+        a slow client pauses the subscription instead of growing memory; the send
+        timeout drops a client that stops reading.
+        """
+        if self._closed:
+            return
+        self._task = asyncio.create_task(self._pump())
+        # its error reaches the client through the queue; nobody awaits the task itself
+        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(
+                        self._queue.get(), self._rt.config.limits.keepalive_interval
+                    )
+                except TimeoutError:
+                    if self._closed:
+                        return
+                    yield None
+                    continue
+                if self._closed or isinstance(item, BaseException) or item is None:
+                    return
+                self._rt.metrics.read(1)
+                yield item
+        finally:
+            self.close()
 
 
-def _check_subscription_quota(rt: Runtime, access: Access) -> None:
-    if rt.subscriptions[access.principal] >= rt.config.limits.max_subscriptions_per_principal:
-        raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
+class _FeedResponse(ServerSentEvent):
+    """The feed's events as Server-Sent Events; the feed is closed when the response ends."""
+
+    def __init__(self, feed: _Feed) -> None:
+        super().__init__(
+            _sse_events(feed.events()),
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+        self._feed = feed
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        inner = super().to_asgi_response(*args, **kwargs)
+        return cast(ASGIResponse, _Closing(inner, self._feed))
+
+
+class _Closing:
+    """An ASGI response that closes its feed however the response ends."""
+
+    def __init__(self, inner: ASGIResponse, feed: _Feed) -> None:
+        self._inner = inner
+        self._feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._inner(scope, receive, send)
+        finally:
+            self._feed.close()
 
 
 async def _sse_events(
@@ -119,16 +191,12 @@ async def _sse_events(
             )
 
 
-async def _ws_stream(
-    socket: WebSocket[Any, Any, Any],
-    rt: Runtime,
-    events: AsyncIterator[tidelog.RecordedEvent | None],
-) -> None:
+async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed) -> None:
     """Send events until the client goes away; a reader task notices the disconnect."""
     encoder = msgspec.json.Encoder()
 
     async def send_all() -> None:
-        async for e in events:
+        async for e in feed.events():
             text = (
                 '{"keepalive":true}'
                 if e is None
@@ -148,11 +216,35 @@ async def _ws_stream(
         for task in done:
             task.result()
     finally:
+        feed.close()  # first: the awaits below may be cut short by a shutdown
         for task in (sender, reader):
             task.cancel()
         await asyncio.gather(sender, reader, return_exceptions=True)
-        if isinstance(events, AsyncGenerator):
-            await events.aclose()
+
+
+_FIRST_MESSAGE = 'send {"token": "..."} first'
+
+
+def _token_of(first: str | None) -> str:
+    """The token of a first message, which must be a JSON object with a string `token`.
+
+    Anything else (an array, a string, a number, invalid or truncated JSON, a
+    binary frame) is the client's mistake: an `AuthError`, closed with 1008.
+    """
+    if not first or len(first) > _MAX_FIRST_MESSAGE:
+        raise AuthError(_FIRST_MESSAGE)
+    try:
+        message = msgspec.json.decode(first)
+    except (msgspec.DecodeError, RecursionError):
+        raise AuthError(f"the first message is not JSON: {_FIRST_MESSAGE}") from None
+    token = message.get("token") if isinstance(message, dict) else None
+    if not isinstance(token, str):
+        raise AuthError(_FIRST_MESSAGE)
+    return token
+
+
+_MAX_FIRST_MESSAGE = 16384
+"""Characters; a token is far shorter (the header limit bounds the other way in)."""
 
 
 @websocket("/v1/ws/subscribe")
@@ -175,18 +267,15 @@ async def ws_subscribe(
             try:
                 principal = principal_of(socket, rt)  # the middleware counted this one
             except AuthError:
-                first = await asyncio.wait_for(socket.receive_text(), 5.0)
-                token = msgspec.json.decode(first[:16384]).get("token") if first else None
-                if not isinstance(token, str):
-                    raise AuthError('send {"token": "..."} first') from None
-                principal = rt.auth.authenticate(token)
+                first = await asyncio.wait_for(socket.receive_data("text"), 5.0)
+                principal = rt.auth.authenticate(_token_of(first))
                 slot.enter_context(rt.connections.hold(principal))
             access = Access(principal, rt.config.grants)
             need_categories(access, category, Permission.READ)
-            _check_subscription_quota(rt, access)
-            await _ws_stream(
-                socket, rt, _live(rt, access, from_position, category, type, partition)
-            )
+            feed = _Feed(rt, access, from_position, category, type, partition)
+            await _ws_stream(socket, rt, feed)
+            with contextlib.suppress(Exception):  # the feed ended (a stop), or the client left
+                await socket.close(code=1001, reason="the server is stopping")
     except (AccessDenied, TidelogError, HTTPException, ValueError, TimeoutError) as exc:
         reason = str(exc)[:120]
         with contextlib.suppress(Exception):

@@ -134,6 +134,12 @@ class Server:
         """The per-address connection count and request deadlines (see `_guard`)."""
         self.port: int = config.port
 
+    def open_subscriptions(self, principal: str) -> int:
+        """Live subscriptions `principal` holds now (`Limits.max_subscriptions_per_principal`)."""
+        if self._app is None:
+            return 0
+        return int(self._app.state.runtime.subscriptions.open_for(principal))
+
     def open_connections(self, principal: str) -> int:
         """Connections `principal` holds now (see `Limits.max_connections_per_principal`)."""
         if self._app is None:
@@ -198,7 +204,14 @@ class Server:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        """End the live subscriptions, then let uvicorn finish the other requests.
+
+        uvicorn waits for every response to end before it stops, and a live
+        subscription never ends by itself: without this, one open SSE stream or
+        WebSocket would keep the server from stopping at all.
+        """
         if self._uvicorn is not None and self._task is not None:
+            self._app.state.runtime.end_live()
             self._uvicorn.should_exit = True
             await self._task
             self._uvicorn = None
