@@ -94,8 +94,9 @@ class Write(msgspec.Struct, frozen=True):
       engine fences it (`GroupState.check`) before anything else, in the same
       transaction that writes it and the appends;
     - `fence_only`: fence `checkpoint` and write nothing. The contract sends
-      this when a commit's appends failed their checks, so that a stale member
-      learns it is stale before it learns its input was bad.
+      this when a commit's appends failed their checks or its position is beyond
+      the head of the log, so that a stale member learns it is stale before it
+      learns its input was bad.
 
     Everything in one `Write` is durable together or not at all. A frozen
     msgspec Struct: one is made per append, and it is built several times faster
