@@ -598,6 +598,8 @@ async def test_concurrent_transactional_commits_and_appends_share_the_writer() -
     writes the group document once; a stale member fails alone."""
     async with tidelog.connect(store_url(partitions=4)) as store:
         assert isinstance(store, NatsEngine)
+        # The positions committed below: a checkpoint beyond the head is refused.
+        await store.append("seed-1", [ev() for _ in range(13)])
         m = await store.join_group("billing", "order", "m1")
         assert m.partitions == (0, 1, 2, 3)
         batches: list[list[str]] = []
@@ -626,7 +628,7 @@ async def test_concurrent_transactional_commits_and_appends_share_the_writer() -
                     "billing",
                     "order",
                     0,
-                    99,
+                    13,
                     member="m1",
                     generation=m.generation + 1,
                     appends={"invoice-x": tidelog.AppendRequest([ev()])},
@@ -639,9 +641,9 @@ async def test_concurrent_transactional_commits_and_appends_share_the_writer() -
         )
         assert all(set(r) == {f"invoice-{p}"} for p, r in enumerate(outcomes[:4]))
         assert await store.checkpoints("billing", "order") == {0: 10, 1: 11, 2: 12, 3: 13}
-        assert await store.last_position() == 14
+        assert await store.last_position() == 13 + 14
         streams = {e.stream async for e in store.read_all()}
-        assert "invoice-x" not in streams and len(streams) == 14
+        assert "invoice-x" not in streams and len(streams) == 1 + 14
         # one batch: 14 events, their 14 id-index entries, the group once, the head
         assert len(batches) == 1 and len(batches[0]) == 30
         assert sum(".groups." in subject for subject in batches[0]) == 1
@@ -660,6 +662,7 @@ async def test_group_documents_are_keys_of_the_stores_kv_bucket() -> None:
     a write on a stale revision: the engine's writes are KV compare-and-sets."""
     store_name = f"t{uuid4().hex[:16]}"
     async with tidelog.connect(f"{_Server.url}?store={store_name}&partitions=2") as store:
+        await store.append("order-1", [ev() for _ in range(7)])  # the positions committed
         m = await store.join_group("billing", "order", "m1")
         await store.commit(
             "billing",
@@ -696,6 +699,7 @@ async def test_group_documents_are_keys_of_the_stores_kv_bucket() -> None:
 async def test_a_group_key_removed_with_kv_tools_reads_as_no_group(removal: str) -> None:
     store_name = f"t{uuid4().hex[:16]}"
     async with tidelog.connect(f"{_Server.url}?store={store_name}&partitions=2") as store:
+        await store.append("order-1", [ev() for _ in range(9)])  # the positions committed
         m = await store.join_group("billing", "order", "m1")
         await store.commit("billing", "order", 0, 5, member="m1", generation=m.generation)
         await store.join_group("audit", "order", "a1")

@@ -403,6 +403,10 @@ async def test_an_unforeseen_write_error_fails_only_its_own_append() -> None:
         await store.close()
 
 
+SEEDED = 902
+"""Events written before the commits below, so that every position they commit is in the log."""
+
+
 @pytest.mark.parametrize("isolate", [False, True], ids=["one-write", "savepoints"])
 async def test_transactional_commits_share_a_group_commit_and_fail_alone(isolate: bool) -> None:
     """Transactional commits of two groups wait behind a held group commit, then go
@@ -415,6 +419,9 @@ async def test_transactional_commits_share_a_group_commit_and_fail_alone(isolate
         assert isinstance(store, postgres.PostgresEngine)
         if isolate:
             await _poison_trigger(store.config.schema)
+        # Events to commit up to: a checkpoint beyond the head is refused (issue #18).
+        seeded = await store.append("seed-1", [ev() for _ in range(SEEDED)])
+        assert seeded.position == SEEDED
         billing = await store.join_group("billing", "order", "m1", lease=600)
         audit = await store.join_group("audit", "order", "m1", lease=600)
         await store.commit("billing", "order", 3, 100, member="m1", generation=billing.generation)
@@ -464,7 +471,7 @@ async def test_transactional_commits_share_a_group_commit_and_fail_alone(isolate
             await asyncio.sleep(0.01)
         assert len(store._pending) == len(tasks)
         gate.set()
-        assert (await held).position == 1
+        assert (await held).position == SEEDED + 1
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
         for i, outcome in enumerate(outcomes):
@@ -475,8 +482,8 @@ async def test_transactional_commits_share_a_group_commit_and_fail_alone(isolate
         assert commits == 2  # the held append's transaction, and one for all the commits
         assert await store.checkpoints("billing", "order") == {0: 26, 1: 27, 2: 28, 3: 100}
         assert await store.checkpoints("audit", "order") == {0: 50, 1: 49}
-        events = [e async for e in store.read_all()]
-        assert [e.position for e in events] == list(range(1, 32))
+        events = [e async for e in store.read_all(SEEDED + 1)]
+        assert [e.position for e in events] == list(range(SEEDED + 1, SEEDED + 32))
         assert {e.stream for e in events} == {"invoice-taken"} | {
             f"invoice-{g}{i}" for g, n in (("b", 20), ("a", 10)) for i in range(n)
         }
@@ -488,6 +495,7 @@ async def test_a_retried_transactional_commit_writes_its_checkpoint_alone() -> N
     """A commit whose appends are all retries writes no event, and still its checkpoint."""
     store = await _created.open()
     try:
+        await store.append("order-1", [ev() for _ in range(9)])  # positions to commit
         member = await store.join_group("g", "order", "m1", lease=600)
         appends = {"receipt-1": tidelog.AppendRequest([ev("Issued")])}
         first = await store.commit(
@@ -497,7 +505,7 @@ async def test_a_retried_transactional_commit_writes_its_checkpoint_alone() -> N
             "g", "order", 0, 9, member="m1", generation=member.generation, appends=appends
         )
         assert again == first
-        assert await store.last_position() == 1
+        assert await store.last_position() == 10
         assert await store.checkpoints("g", "order") == {0: 9}
     finally:
         await store.close()
@@ -627,7 +635,7 @@ async def test_cancelled_writes_leave_no_transaction_open_and_lose_or_repeat_not
                         "g",
                         "order",
                         partition,
-                        i + 1,
+                        min(i + 1, store.head_watch().head),  # never beyond the head
                         member="m1",
                         generation=member.generation,
                         appends={stream: tidelog.AppendRequest([event])},
@@ -680,10 +688,11 @@ async def test_cancelled_writes_leave_no_transaction_open_and_lose_or_repeat_not
         # The store still works: appends, group changes and commits, promptly.
         async with asyncio.timeout(10):
             member = await store.heartbeat("g", "order", "m1", lease=600)
+            head = await store.last_position()
             await store.commit(
-                "g", "order", partition, 10_000, member="m1", generation=member.generation
+                "g", "order", partition, head, member="m1", generation=member.generation
             )
-            assert (await store.checkpoints("g", "order"))[partition] == 10_000
+            assert (await store.checkpoints("g", "order"))[partition] == head
             # What had an unknown outcome is retried with the same ids: stored once.
             retried = await asyncio.gather(*(store.append(s, [e]) for s, e in unknown.values()))
             for (stream, event), result in zip(unknown.values(), retried, strict=True):

@@ -150,6 +150,8 @@ async def test_sse_ids_are_positions_and_last_event_id_resumes_exactly(
 
 async def test_groups_over_http(api: tuple[httpx.AsyncClient, tidelog.Store]) -> None:
     client, _ = api
+    events = {"events": [{"type": "X"} for _ in range(5)]}
+    assert (await client.post("/v1/streams/order-1/events", json=events)).status_code == 200
     joined = await client.post("/v1/groups/billing/order/members/m1", json={"lease": 5})
     assert joined.status_code == 200
     generation = joined.json()["generation"]
@@ -163,6 +165,11 @@ async def test_groups_over_http(api: tuple[httpx.AsyncClient, tidelog.Store]) ->
         json={"partition": 0, "position": 5, "member": "m1", "generation": generation + 1},
     )
     assert stale.status_code == 409 and stale.json()["code"] == "stale_generation"
+    beyond = await client.post(
+        "/v1/groups/billing/order/commit",
+        json={"partition": 0, "position": 6, "member": "m1", "generation": generation},
+    )
+    assert beyond.status_code == 400 and beyond.json()["code"] == "invalid_input"
     described = (await client.get("/v1/groups/billing/order")).json()
     assert described["checkpoints"] == {"0": 4}
 

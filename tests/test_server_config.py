@@ -32,6 +32,7 @@ def test_the_documented_example_loads_and_flags_win(tmp_path: Path) -> None:
     assert [(g.principal, g.permission, g.resource) for g in cfg.grants] == [
         ("billing", Permission.READ, "category:order"),
         ("billing", Permission.WRITE, "prefix:invoice-"),
+        ("billing", Permission.READ, "group:billing"),
     ]
     assert cfg.limits.max_subscriptions_per_principal == 16
 

@@ -997,3 +997,140 @@ async def test_no_body_freezes_the_server() -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def _group_state(store: tidelog.Store, group: str) -> tuple[Any, ...]:
+    """What a takeover would change: generation, members and their partitions, checkpoints."""
+    described = await store.describe_group(group, "order")
+    assert described is not None
+    members = [(m.member, m.partitions) for m in described.members]
+    return described.generation, members, await store.checkpoints(group, "order")
+
+
+async def test_read_on_a_category_does_not_take_over_its_groups(serve: Serve) -> None:
+    """Issue #18 item 2: `read category:order` used to let a principal join another
+    team's group, evict its member and commit 10**12 (the group then skipped every
+    event). A group is a resource of its own: each step is a 403, the group is
+    unchanged, and a principal with a grant on its own group does all of it."""
+    srv, store = await serve(
+        keys={"k-billing": "billing", "k-mallory": "mallory", "k-audit": "audit", "k-eve": "eve"},
+        grants=(
+            "billing=read:category:order",
+            "billing=read:group:billing",
+            "billing=write:category:$dlq",
+            "mallory=read:category:order",
+            "mallory=write:category:$dlq",
+            "audit=read:category:order",
+            "audit=read:group-prefix:audit-",
+            "eve=read:group:billing",  # a group grant alone does not open the category
+        ),
+    )
+    url = f"http://127.0.0.1:{srv.port}"
+    await store.append("order-1", [tidelog.NewEvent(type="X") for _ in range(5)])
+    head = await store.last_position()
+    async with (
+        _client(url, "k-billing") as billing,
+        _client(url, "k-mallory") as mallory,
+        _client(url, "k-audit") as audit,
+        _client(url, "k-eve") as eve,
+    ):
+        joined = await billing.post("/v1/groups/billing/order/members/b1", json={"lease": 60})
+        assert joined.status_code == 200, joined.text
+        gen = joined.json()["generation"]
+        ok = await billing.post(
+            "/v1/groups/billing/order/commit",
+            json={"partition": 0, "position": 3, "member": "b1", "generation": gen},
+        )
+        assert ok.status_code == 200, ok.text
+        before = await _group_state(store, "billing")
+
+        group = "/v1/groups/billing/order"
+        attacks: list[tuple[str, httpx.AsyncClient, str, str, Any]] = [
+            ("join", mallory, "POST", f"{group}/members/m1", {"lease": 60}),
+            ("heartbeat", mallory, "POST", f"{group}/members/b1/heartbeat", {"lease": 60}),
+            ("leave another member", mallory, "DELETE", f"{group}/members/b1", None),
+            (
+                "commit 10**12",
+                mallory,
+                "POST",
+                f"{group}/commit",
+                {"partition": 0, "position": 10**12, "member": "b1", "generation": gen},
+            ),
+            ("fetch", mallory, "GET", f"{group}/fetch?member=b1&generation={gen}", None),
+            (
+                "nack",
+                mallory,
+                "POST",
+                f"{group}/nack",
+                {"member": "b1", "generation": gen, "position": 4},
+            ),
+            ("group grant without the category", eve, "POST", f"{group}/members/e1", {}),
+            ("a grant on other groups", audit, "POST", f"{group}/members/a1", {}),
+            (
+                "a prefix that is not the group",
+                audit,
+                "POST",
+                "/v1/groups/auditx/order/members/a1",
+                {},
+            ),
+        ]
+        for label, client, method, path, body in attacks:
+            r = await client.request(method, path, json=body)
+            _tried(f"group takeover: {label}")
+            assert r.status_code == 403, (label, r.status_code, r.text)
+            assert r.json()["code"] == "forbidden", label
+            assert await _group_state(store, "billing") == before, label
+        assert await store.last_position() == head
+        assert await store.describe_group("auditx", "order") is None
+
+        # The owner of a grant on its own groups does all of it; a checkpoint beyond
+        # the head is refused there too (400), and one at the head is fine.
+        mine = "/v1/groups/audit-1/order"
+        joined = await audit.post(f"{mine}/members/a1", json={"lease": 60})
+        assert joined.status_code == 200, joined.text
+        gen = joined.json()["generation"]
+        r = await audit.post(f"{mine}/members/a1/heartbeat", json={"lease": 60})
+        assert r.status_code == 200, r.text
+        r = await audit.get(f"{mine}/fetch?member=a1&generation={gen}")
+        assert r.status_code == 200 and len(r.json()["events"]) == 5, r.text
+        commit = {"partition": 0, "member": "a1", "generation": gen}
+        r = await audit.post(f"{mine}/commit", json={**commit, "position": 10**12})
+        _tried("group takeover: commit beyond the head of an own group")
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_input"), r.text
+        r = await audit.post(f"{mine}/commit", json={**commit, "position": head})
+        assert r.status_code == 200, r.text
+        assert await store.checkpoints("audit-1", "order") == {0: head}
+        r = await audit.delete(f"{mine}/members/a1")
+        assert r.status_code == 204, r.text
+        # and the admin's `*` covers every group
+        async with _client(url) as admin:
+            r = await admin.post(f"{group}/members/root", json={"lease": 60})
+            assert r.status_code == 200, r.text
+
+
+def test_group_grants_are_parsed_like_stream_grants() -> None:
+    """`group:NAME` is validated as a name; `group-prefix:` must end at a delimiter,
+    so no grant on `team` can cover `teamx`; group grants never cover streams."""
+    from tidelog.security.acl import Access, Permission, parse_grant
+
+    for bad in (
+        "p=read:group:bad name",
+        "p=read:group:",
+        "p=read:group-prefix:team",
+        "p=read:groups:x",
+    ):
+        _tried(f"grant {bad}")
+        with pytest.raises(InvalidInput):
+            parse_grant(bad)
+    access = Access(
+        "p", [parse_grant("p=read:group:billing"), parse_grant("p=read:group-prefix:team-")]
+    )
+    assert access.can_group("billing", Permission.READ)
+    assert access.can_group("team-a", Permission.READ)
+    for other in ("billing-x", "BILLING", "teamx", "team"):
+        assert not access.can_group(other, Permission.READ), other
+    assert not access.can_group("billing", Permission.WRITE)
+    assert not access.can_stream("billing", Permission.READ)
+    assert not access.can_category("billing", Permission.READ)
+    assert not Access("q", [parse_grant("q=read:$all")]).can_group("billing", Permission.READ)
+    assert Access("a", [parse_grant("a=admin:*")]).can_group("billing", Permission.READ)

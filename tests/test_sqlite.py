@@ -225,7 +225,7 @@ async def test_failed_commit_appends_roll_back_with_the_checkpoint(tmp_path: pat
                 "g",
                 "order",
                 0,
-                5,
+                1,
                 member="m1",
                 generation=m.generation,
                 appends={

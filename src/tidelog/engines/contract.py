@@ -94,8 +94,9 @@ class Write(msgspec.Struct, frozen=True):
       engine fences it (`GroupState.check`) before anything else, in the same
       transaction that writes it and the appends;
     - `fence_only`: fence `checkpoint` and write nothing. The contract sends
-      this when a commit's appends failed their checks, so that a stale member
-      learns it is stale before it learns its input was bad.
+      this when a commit's appends failed their checks or its position is beyond
+      the head of the log, so that a stale member learns it is stale before it
+      learns its input was bad.
 
     Everything in one `Write` is durable together or not at all. A frozen
     msgspec Struct: one is made per append, and it is built several times faster
@@ -396,10 +397,12 @@ class GroupEngine(LogEngine):
         lower position leaves it unchanged. `appends` (the handler's own writes)
         are committed in the same transaction as the checkpoint, so effects are
         exactly-once; engines without transactions raise `NotSupported` for them.
+        A position beyond the head of the log is refused with `InvalidInput`: a
+        checkpoint there would make the group skip every event written up to it.
 
-        The member is fenced before its appends are judged: a stale member gets
-        `StaleGeneration` whatever it tried to append, and only a current one
-        learns that its appends are invalid.
+        The member is fenced before its input is judged: a stale member gets
+        `StaleGeneration` whatever position or appends it sent, and only a current
+        one learns that its position or appends are invalid.
         """
         self._check_open()
         check_checkpoint(position)
@@ -407,10 +410,26 @@ class GroupEngine(LogEngine):
         checkpoint = Checkpoint(group, category, partition, position, member, generation)
         try:
             checked = prepare_append_many(appends) if appends else {}
+            if await self._beyond_head(position):
+                raise InvalidInput(
+                    f"checkpoint {position} is beyond the head of the log: "
+                    "commit only positions that were read"
+                )
         except InvalidInput:
             await self._apply_write(Write({}, checkpoint, fence_only=True))
             raise
         return await self._apply_write(Write(checked, checkpoint))
+
+    async def _beyond_head(self, position: int) -> bool:
+        """Whether `position` is past the newest event of the log, checked before the write.
+
+        The head watch never runs ahead of the real head, so a position at or
+        below it needs no query (a consumer commits what it read, which the
+        watch has usually seen); only a position beyond it costs a
+        `last_position`. Positions only grow, so a position found within the
+        head stays within it when the checkpoint is written.
+        """
+        return position > self.head_watch().head and position > await self.last_position()
 
     @abc.abstractmethod
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:

@@ -336,6 +336,12 @@ class RemoteEngine(GroupEngine):
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
         await self._call("DELETE", path, None)
 
+    async def _beyond_head(self, position: int) -> bool:
+        """Never judged here: the server's store refuses a checkpoint beyond the head
+        itself, after fencing the member, so asking the head first would only add a
+        round trip to a commit."""
+        return False
+
     async def _fence(self, cp: Checkpoint) -> None:
         """Raise `StaleGeneration` unless `cp.member` may commit `cp.partition`: a
         commit whose appends failed their checks, fenced without writing anything.

@@ -1,4 +1,4 @@
-"""Access control: which principal may read, write or administer which streams.
+"""Access control: which principal may read, write or administer which streams and groups.
 
 A grant names a principal, a permission and a resource:
 
@@ -9,7 +9,18 @@ A grant names a principal, a permission and a resource:
                   `orders-1` but nothing can make a grant on `orders` cover
                   `orders_secret` or `orderslist`;
 - `$all`          the global log (reading every category at once);
-- `*`             every stream, system streams included (for admins).
+- `group:NAME`    exactly that consumer group (on any category);
+- `group-prefix:NAME-`  every consumer group starting with NAME, which must
+                  end at a delimiter, as for `prefix:`;
+- `*`             every stream, system streams included, and every group
+                  (for admins).
+
+Consumer groups are a resource of their own, as in Kafka's group ACLs: a
+group has no owner in the store, so without a grant on it anyone who may read
+its category could join it, evict its members and move its checkpoints.
+Membership, commits, fetches and nacks of group G need `read` on G besides
+`read` on the category; stream, category, prefix and `$all` grants never cover
+a group, and group grants never cover a stream.
 
 System streams (`$…`) are covered only by grants that name them (`stream:$…`,
 `category:$dlq`, `prefix:$dlq-`) or by `*`. `admin` implies `write` and
@@ -31,6 +42,7 @@ from tidelog.model import category_of, validate_stream_name
 __all__ = ["Access", "Grant", "Permission", "parse_grant"]
 
 _DELIMITERS = ("-", ":", "@")
+_KINDS = ("stream", "category", "prefix", "group", "group-prefix")
 
 
 class Permission(enum.Enum):
@@ -71,17 +83,28 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
             return True
         return kind == "category" and name == category
 
+    def covers_group(self, group: str) -> bool:
+        """Whether this grant covers consumer group `group` (only group grants and `*` do)."""
+        kind, _, name = self.resource.partition(":")
+        if self.resource == "*":
+            return True
+        if kind == "group":
+            return group == name
+        if kind == "group-prefix":
+            return group.startswith(name)
+        return False
+
 
 def _check_resource(resource: str) -> None:
     if resource in ("*", "$all"):
         return
     kind, sep, name = resource.partition(":")
-    if not sep or kind not in ("stream", "category", "prefix"):
+    if not sep or kind not in _KINDS:
         raise InvalidInput(
             f"invalid grant resource {resource!r}: use stream:NAME, category:NAME, "
-            "prefix:NAME-, $all or *"
+            "prefix:NAME-, group:NAME, group-prefix:NAME-, $all or *"
         )
-    if kind == "prefix":
+    if kind in ("prefix", "group-prefix"):
         if not name.endswith(_DELIMITERS):
             raise InvalidInput(
                 f"invalid prefix grant {resource!r}: a prefix must end at a delimiter (- : @)"
@@ -119,6 +142,9 @@ class Access:
 
     def can_category(self, category: str, wanted: Permission) -> bool:
         return any(g.covers_category(category) for g in self._has(wanted))
+
+    def can_group(self, group: str, wanted: Permission) -> bool:
+        return any(g.covers_group(group) for g in self._has(wanted))
 
     def can_all(self, wanted: Permission) -> bool:
         """The global log: needs `$all` (or `*`)."""

@@ -5,7 +5,8 @@ the events of the partitions it owns after their checkpoints (or after the
 position it has already taken), acks by committing a partition's position,
 and nacks an event it gives up on: the event is parked in `$dlq-<group>` and
 the checkpoint moves past it in one transaction, exactly as a local worker
-parks after `max_attempts`. Every operation is fenced by the generation.
+parks after `max_attempts`. Every operation is fenced by the generation, and
+needs read on the group as well as on its category (`need_group`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tidelog.consumers._dlq import dlq_stream, parked_entry
 from tidelog.errors import InvalidInput, StaleGeneration
 from tidelog.model import AppendRequest
 from tidelog.security.acl import Permission
-from tidelog.server._deps import AccessDep, decode_body, need_categories, need_stream, runtime
+from tidelog.server._deps import AccessDep, decode_body, need_group, need_stream, runtime
 
 __all__ = ["ROUTES"]
 
@@ -70,7 +71,7 @@ async def fetch(
     limit: Annotated[int, QueryParameter(name="max", ge=1, le=MAX_FETCH)] = 100,
 ) -> wire.WirePage:
     """Events of the member's partitions after max(checkpoint, `after`), in position order."""
-    need_categories(access, [category], Permission.READ)
+    need_group(access, group, category)
     store = runtime(state).store
     partitions = await _owned(store, group, category, member, generation)
     points = await store.checkpoints(group, category)
@@ -101,9 +102,9 @@ async def nack(
     access: AccessDep,
 ) -> wire.WireResults:
     """Park the event at `position` in `$dlq-<group>` and commit its partition past it."""
-    data = await decode_body(request, WireNack)
-    need_categories(access, [category], Permission.READ)
+    need_group(access, group, category)
     need_stream(access, dlq_stream(group), Permission.WRITE)
+    data = await decode_body(request, WireNack)
     store = runtime(state).store
     events = [e async for e in store.read_all(data.position, [category], None, 1)]
     if not events or events[0].position != data.position:

@@ -42,6 +42,7 @@ __all__ = [
     "check_utf8",
     "decode_body",
     "need_categories",
+    "need_group",
     "need_stream",
     "new_events",
     "page_limit",
@@ -122,6 +123,18 @@ def need_stream(access: Access, stream: str, perm: Permission) -> None:
     """Refuse (403) unless the caller holds `perm` on `stream`."""
     if not access.can_stream(stream, perm):
         raise AccessDenied(f"{access.principal!r} lacks {perm.value} on stream {stream!r}")
+
+
+def need_group(access: Access, group: str, category: str) -> None:
+    """Refuse (403) unless the caller may read `category` and holds read on `group`.
+
+    Groups have no owner in the store: without its own grant, anyone who may
+    read a category could join another team's group on it, evict its members
+    and move its checkpoints (issue #18). Checked before the body is used.
+    """
+    need_categories(access, [category], Permission.READ)
+    if not access.can_group(group, Permission.READ):
+        raise AccessDenied(f"{access.principal!r} lacks read on group {group!r}")
 
 
 def need_categories(access: Access, categories: Sequence[str] | None, perm: Permission) -> None:

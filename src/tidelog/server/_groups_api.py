@@ -1,6 +1,9 @@
 """Consumer groups: join, heartbeat, leave, commit (with appends), describe, list.
 
-Fetch and nack, for remote consumers, are in `_consumers_api`.
+Fetch and nack, for remote consumers, are in `_consumers_api`. Membership and
+commits change a group, so they need a grant on the group itself besides read
+on its category (`need_group`); describing and listing only look, and need read
+on the category.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import tidelog
 from tidelog import wire
 from tidelog.errors import InvalidInput
 from tidelog.security.acl import Permission
-from tidelog.server._deps import AccessDep, append_requests, decode_body, need_categories, runtime
+from tidelog.server._deps import (
+    AccessDep,
+    append_requests,
+    decode_body,
+    need_categories,
+    need_group,
+    runtime,
+)
 
 __all__ = ["ROUTES"]
 
@@ -29,7 +39,7 @@ async def join_group(
     state: State,
     access: AccessDep,
 ) -> tidelog.Membership:
-    need_categories(access, [category], Permission.READ)
+    need_group(access, group, category)
     rt = runtime(state)
     await rt.group_quota.claim(rt.store, access.principal, group, category)
     return await rt.store.join_group(group, category, member, _lease(data.lease))
@@ -44,7 +54,7 @@ async def heartbeat(
     state: State,
     access: AccessDep,
 ) -> tidelog.Membership:
-    need_categories(access, [category], Permission.READ)
+    need_group(access, group, category)
     return await runtime(state).store.heartbeat(group, category, member, _lease(data.lease))
 
 
@@ -56,7 +66,7 @@ async def leave_group(
     state: State,
     access: AccessDep,
 ) -> None:
-    need_categories(access, [category], Permission.READ)
+    need_group(access, group, category)
     await runtime(state).store.leave_group(group, category, member)
 
 
@@ -68,9 +78,9 @@ async def commit(
     state: State,
     access: AccessDep,
 ) -> wire.WireResults:
+    need_group(access, group, category)
     rt = runtime(state)
     data = await decode_body(request, wire.WireCommit)
-    need_categories(access, [category], Permission.READ)
     appends = append_requests(rt, access, data.appends, names=False) if data.appends else None
     results = await rt.store.commit(
         group,

@@ -1324,6 +1324,7 @@ class GroupsSuite(SuiteBase):
     # ------------------------------------------------------------- fencing
 
     async def test_commit_with_stale_generation_is_fenced(self, store: tidelog.Store) -> None:
+        await store.append("order-1", [ev() for _ in range(9)])
         m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.commit("billing", "order", 0, 5, member="m1", generation=m1.generation)
         m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE)
@@ -1340,8 +1341,8 @@ class GroupsSuite(SuiteBase):
 
     async def test_commit_of_an_unstorable_position_is_refused(self, store: tidelog.Store) -> None:
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 2**63 - 1, member="m1", generation=m.generation)
-        for position in (2**63, 2**70, -1):
+        await store.commit("billing", "order", 0, 0, member="m1", generation=m.generation)
+        for position in (2**63 - 1, 2**63, 2**70, -1):
             with pytest.raises(tidelog.InvalidInput):
                 await store.commit(
                     "billing",
@@ -1352,8 +1353,42 @@ class GroupsSuite(SuiteBase):
                     generation=m.generation,
                     appends={"invoice-1": tidelog.AppendRequest([ev()])},
                 )
-        assert await store.checkpoints("billing", "order") == {0: 2**63 - 1}
+        assert await store.checkpoints("billing", "order") == {0: 0}
         assert [e async for e in store.read_all()] == []
+
+    async def test_commit_beyond_the_head_is_refused(self, store: tidelog.Store) -> None:
+        """A checkpoint past the newest event would make the group skip every event
+        written up to it (issue #18): refused with `InvalidInput` before anything is
+        written. The member is fenced first: a stale one learns `StaleGeneration`."""
+        await store.append("order-1", [ev() for _ in range(5)])
+        m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await store.commit("billing", "order", 0, 0, member="m1", generation=m.generation)
+        await store.commit("billing", "order", 0, 2, member="m1", generation=m.generation)
+        appends = {"invoice-1": tidelog.AppendRequest([ev()])}
+        for position, with_appends in ((6, None), (999, None), (10_000, appends), (10**12, None)):
+            if with_appends and not self.supports_transactional_commit:
+                continue
+            with pytest.raises(tidelog.InvalidInput):
+                await store.commit(
+                    "billing",
+                    "order",
+                    0,
+                    position,
+                    member="m1",
+                    generation=m.generation,
+                    appends=with_appends,
+                )
+        assert await store.checkpoints("billing", "order") == {0: 2}
+        assert await store.last_position() == 5
+        assert await stream_names(store) == ["order-1"]
+        # The head itself is fine.
+        await store.commit("billing", "order", 0, 5, member="m1", generation=m.generation)
+        assert await store.checkpoints("billing", "order") == {0: 5}
+        # A stale member beyond the head is told it is stale, not that its position is bad.
+        await store.leave_group("billing", "order", "m1")
+        with pytest.raises(tidelog.StaleGeneration):
+            await store.commit("billing", "order", 0, 999, member="m1", generation=m.generation)
+        assert await store.checkpoints("billing", "order") == {0: 5}
 
     async def test_commit_by_non_owner_is_fenced(self, store: tidelog.Store) -> None:
         if store.partition_count < 2:
@@ -1390,6 +1425,7 @@ class GroupsSuite(SuiteBase):
     # ------------------------------------------------------------- checkpoints
 
     async def test_commit_only_moves_forward(self, store: tidelog.Store) -> None:
+        await store.append("order-1", [ev() for _ in range(7)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         assert await store.checkpoints("billing", "order") == {}
         for position, expected in ((5, 5), (3, 5), (5, 5), (7, 7), (0, 7)):
@@ -1405,6 +1441,7 @@ class GroupsSuite(SuiteBase):
         self, store: tidelog.Store
     ) -> None:
         count = store.partition_count
+        await store.append("order-1", [ev() for _ in range(10)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.commit("billing", "order", 0, 10, member="m1", generation=m.generation)
         last = count - 1
@@ -1532,7 +1569,7 @@ class GroupsSuite(SuiteBase):
                 "billing",
                 "order",
                 owned,
-                9,
+                1,
                 member="m1",
                 generation=current.generation,
                 appends=appends(),
@@ -1548,7 +1585,7 @@ class GroupsSuite(SuiteBase):
         commit, and a refused commit moves no checkpoint."""
         if not self.supports_transactional_commit:
             pytest.skip("engine refuses transactional commits (checked elsewhere)")
-        await store.append("invoice-2", [ev()])
+        await store.append("invoice-2", [ev() for _ in range(9)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         count = store.partition_count
         p = [i % count for i in range(4)]
@@ -1584,7 +1621,7 @@ class GroupsSuite(SuiteBase):
         assert plain == {}
         assert isinstance(last, dict) and last["invoice-5"].version == 1
         assert await stream_names(store) == ["invoice-1", "invoice-2", "invoice-5"]
-        assert await store.last_position() == 4
+        assert await store.last_position() == 12
         expected: dict[int, int] = {}
         for partition, position in ((p[0], 5), (p[3], 8), (p[0], 9)):
             expected[partition] = max(expected.get(partition, 0), position)
@@ -1593,6 +1630,7 @@ class GroupsSuite(SuiteBase):
     async def test_failed_appends_leave_checkpoint_unchanged(self, store: tidelog.Store) -> None:
         if not self.supports_transactional_commit:
             pytest.skip("engine refuses transactional commits (checked elsewhere)")
+        await store.append("order-1", [ev() for _ in range(8)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.commit("billing", "order", 0, 3, member="m1", generation=m.generation)
         await store.append("invoice-1", [ev()])
@@ -1623,7 +1661,7 @@ class GroupsSuite(SuiteBase):
                         "invoice-1": tidelog.AppendRequest([ev()], tidelog.NO_STREAM),
                     },
                 )
-            assert await stream_names(store) == ["invoice-1"]
+            assert await stream_names(store) == ["invoice-1", "order-1"]
             assert await store.checkpoints("billing", "order") == {0: 3}
         with pytest.raises(tidelog.InvalidEvent):
             await store.commit(
@@ -1636,7 +1674,7 @@ class GroupsSuite(SuiteBase):
                 appends={"invoice-1": tidelog.AppendRequest([ev("bad type")])},
             )
         assert await store.checkpoints("billing", "order") == {0: 3}
-        assert await store.last_position() == 1
+        assert await store.last_position() == 9
 
     # ------------------------------------------------------------- describe / list
 
@@ -1668,7 +1706,7 @@ class GroupsSuite(SuiteBase):
         await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.join_group("audit", "order", "m1", lease=LONG_LEASE)
         m = await store.join_group("billing", "invoice", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "invoice", 0, 1, member="m1", generation=m.generation)
+        await store.commit("billing", "invoice", 0, 0, member="m1", generation=m.generation)
         await store.leave_group("billing", "invoice", "m1")
         assert await store.list_groups() == [
             ("audit", "order"),
