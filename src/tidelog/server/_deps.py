@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -33,6 +33,7 @@ from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
 from tidelog.server._metrics import Metrics
 
 __all__ = [
+    "DERIVED_ID_VERSION",
     "AccessDep",
     "Runtime",
     "append_requests",
@@ -247,6 +248,11 @@ def page_limit(rt: Runtime, limit: int | None) -> int:
     return min(limit, cap)
 
 
+#: The UUID version of the event ids the server derives (CloudEvents ids, see
+#: `_cloudevents.cloudevent_id`); clients may not choose ids of this version.
+DERIVED_ID_VERSION: Final = 8
+
+
 def new_events(rt: Runtime, body: wire.WireAppend) -> list[NewEvent]:
     """The events of one stream's append, within the server's count and size limits."""
     limits = rt.config.limits
@@ -256,6 +262,13 @@ def new_events(rt: Runtime, body: wire.WireAppend) -> list[NewEvent]:
     for e in events:
         if len(e.data) > limits.max_event_bytes:
             raise InvalidEvent(f"event data larger than {limits.max_event_bytes} bytes")
+        if e.id.version == DERIVED_ID_VERSION:
+            # the server derives these for CloudEvents from the caller's principal;
+            # a client choosing one could occupy another producer's next id
+            raise InvalidEvent(
+                f"event id {e.id}: UUIDs of version {DERIVED_ID_VERSION} are reserved "
+                "for ids the server derives (CloudEvents); use another version"
+            )
     return events
 
 
