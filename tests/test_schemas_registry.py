@@ -198,6 +198,7 @@ EVIL_PATTERNS = [
     r"^(a+)+$",  # nested quantifiers: exponential backtracking
     r"(a|aa)*$",  # overlapping alternatives under a quantifier
     r"(x+x+)+y",
+    r"(a?){20}a{20}",  # the classic: 2**20 ways to split the a's
     r"(a)\1",  # backreference
     r"(?=a)a",  # lookaround
     "a" * 1001,  # over the length cap

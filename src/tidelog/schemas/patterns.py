@@ -4,17 +4,19 @@ A schema's `pattern` runs on the write path against every event's data, and
 the schema is written by a tenant. Python's `re` backtracks, so a pattern
 like `^(a+)+$` takes exponential time on `aaaa…!`, and `a*a*b` polynomial
 time: one event could freeze the server. No linear-time engine is a
-dependency here (google-re2 is not installable on every target), so the cost
-is bounded in two steps:
+dependency here (google-re2 is not in this project's package index), so the
+cost is bounded in two steps:
 
 1. At registration (`pattern_problem`), a pattern is refused if it does not
    compile, is longer than `MAX_PATTERN_LENGTH`, or uses a construct whose
    backtracking is not bounded by a polynomial of fixed degree: backreferences,
    lookarounds, conditionals, a variable repeat inside a repeat (`(a+)+`,
    `(a?)*`), or an alternation inside a repeat whose branches do not start with
-   distinct literal characters (`(a|aa)*`). What remains backtracks at most
-   `n` ways per variable unbounded repeat (one more for an unanchored search)
-   and a fixed number of ways per bounded repeat or alternation.
+   distinct literal characters (`(a|aa)*`), more than `_MAX_UNBOUNDED`
+   unbounded quantifiers, or more than `_STEP_BUDGET` ways to match a value's
+   bounded parts (`(a?){20}a{20}`, alternatives in sequence). What remains
+   backtracks at most `n` ways per unbounded quantifier (one more for an
+   unanchored search) times that fixed number of ways.
 2. At validation (`pattern_error`), that bound gives the longest string the
    pattern may be applied to within `_STEP_BUDGET`; a longer string fails
    validation with a reason saying so, instead of running.
@@ -46,6 +48,8 @@ _REFUSED: Final = {
     "ASSERT": "lookarounds",
     "ASSERT_NOT": "lookarounds",
 }
+# each unbounded quantifier multiplies the cost by the value's length
+_MAX_UNBOUNDED: Final = 8
 _REPEATS: Final = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
 
 
@@ -55,7 +59,11 @@ class _Unsafe(Exception):
 
 @dataclass(frozen=True)
 class _Cost:
-    """How a pattern may backtrack: `n ** unbounded * fixed` steps per start."""
+    """How a pattern may backtrack: `n ** unbounded * fixed` steps per start.
+
+    `fixed` is the product of the alternatives and bounded repeats' choices
+    times the longest text the pattern's bounded parts can walk over.
+    """
 
     compiled: re.Pattern[str]
     unbounded: int
@@ -104,11 +112,12 @@ def _analyse(pattern: str) -> _Cost | str:
         return f"invalid regular expression {pattern[:60]!r}: {exc}"
     counter = [0, 1]
     try:
-        _walk(tree, inside_repeat=False, counter=counter)
+        counter[1] = _walk(tree, inside_repeat=False, counter=counter)
     except _Unsafe as exc:
         return f"pattern {pattern[:60]!r} may backtrack without bound: {exc} are not allowed"
+    counter[1] *= _width(tree)
     if counter[1] > _STEP_BUDGET:
-        return f"pattern {pattern[:60]!r} has too many optional parts and alternatives"
+        return f"pattern {pattern[:60]!r} has too many repeats, optional parts and alternatives"
     anchored = (
         bool(tree.data)
         and str(tree.data[0][0]) == "AT"
@@ -121,10 +130,13 @@ def _analyse(pattern: str) -> _Cost | str:
     return _Cost(compiled, unbounded=counter[0], fixed=counter[1], anchored=anchored)
 
 
-def _walk(items: Any, *, inside_repeat: bool, counter: list[int]) -> None:
-    """Refuse unbounded constructs; count unbounded repeats and fixed choices."""
+def _walk(items: Any, *, inside_repeat: bool, counter: list[int], times: int = 1) -> int:
+    """Refuse unbounded constructs; count unbounded repeats (each copy of a fixed
+    repeat's body counts) and return the number of ways `items` can match."""
+    ways = 1
     for op, arg in items:
         name = str(op)
+        inner = 1
         if name in _REFUSED:
             raise _Unsafe(_REFUSED[name])
         if name in _REPEATS:
@@ -133,21 +145,55 @@ def _walk(items: Any, *, inside_repeat: bool, counter: list[int]) -> None:
             if variable and inside_repeat:
                 raise _Unsafe("nested quantifiers")
             if high is _parser.MAXREPEAT:
-                counter[0] += 1
+                counter[0] += times
+                inner = _walk(body, inside_repeat=True, counter=counter, times=times)
             elif variable:
-                counter[1] = min(counter[1] * (high - low + 1), _STEP_BUDGET + 1)
-            _walk(body, inside_repeat=inside_repeat or variable, counter=counter)
+                inner = (high - low + 1) * _walk(
+                    body, inside_repeat=True, counter=counter, times=times * high
+                ) ** min(high, 64)
+            else:  # a fixed count: `high` copies of the body, one after another
+                inner = _walk(
+                    body, inside_repeat=inside_repeat, counter=counter, times=times * high
+                )
+                inner = inner ** min(high, 64)
         elif name == "BRANCH":
             branches = arg[1]
             if inside_repeat and not _distinct_starts(branches):
                 raise _Unsafe("alternatives inside a quantifier that start alike")
-            counter[1] = min(counter[1] * len(branches), _STEP_BUDGET + 1)
-            for branch in branches:
-                _walk(branch, inside_repeat=inside_repeat, counter=counter)
+            inner = sum(
+                _walk(b, inside_repeat=inside_repeat, counter=counter, times=times)
+                for b in branches
+            )
         elif name == "SUBPATTERN":
-            _walk(arg[-1], inside_repeat=inside_repeat, counter=counter)
+            inner = _walk(arg[-1], inside_repeat=inside_repeat, counter=counter, times=times)
         elif name == "ATOMIC_GROUP":
-            _walk(arg, inside_repeat=inside_repeat, counter=counter)
+            inner = _walk(arg, inside_repeat=inside_repeat, counter=counter, times=times)
+        ways = min(ways * inner, _STEP_BUDGET + 1)
+        if counter[0] > _MAX_UNBOUNDED:
+            raise _Unsafe(f"more than {_MAX_UNBOUNDED} unbounded quantifiers")
+    return ways
+
+
+def _width(items: Any) -> int:
+    """The most characters the bounded parts walk over (an unbounded repeat counts once)."""
+    total = 0
+    for op, arg in items:
+        name = str(op)
+        if name in _REPEATS:
+            _low, high, body = arg
+            times = 1 if high is _parser.MAXREPEAT else high
+            total += times * _width(body)
+        elif name == "BRANCH":
+            total += max(_width(b) for b in arg[1])
+        elif name == "SUBPATTERN":
+            total += _width(arg[-1])
+        elif name == "ATOMIC_GROUP":
+            total += _width(arg)
+        else:
+            total += 1
+        if total > _STEP_BUDGET:
+            return _STEP_BUDGET + 1
+    return max(total, 1)
 
 
 def _distinct_starts(branches: list[Any]) -> bool:
