@@ -31,8 +31,13 @@ def report_count() -> Any:
 @pytest.fixture
 async def server(serve: Serve) -> tuple[str, tidelog.Store]:
     srv, store = await serve(
-        keys={"k-writer": "writer", "k-reader": "reader"},
-        grants=("writer=write:category:order", "reader=read:category:order"),
+        keys={"k-writer": "writer", "k-reader": "reader", "k-billing": "billing"},
+        grants=(
+            "writer=write:category:order",
+            "reader=read:category:order",
+            "billing=write:category:invoice",
+            "billing=read:category:invoice",
+        ),
     )
     return f"http://127.0.0.1:{srv.port}", store
 
@@ -68,13 +73,16 @@ async def test_structured_mode_maps_attributes_and_keeps_json_data_byte_exact(
     async with _client(url) as client:
         r = await client.post("/v1/cloudevents", content=body, headers=STRUCTURED)
     assert r.status_code == 200, r.text
-    expected_id = uuid.uuid5(CLOUDEVENTS_NAMESPACE, "8:urn:shop:A-1")
+    # uuid5 over the principal ("admin", the test key's), source and id, stamped version 8
+    hashed = uuid.uuid5(CLOUDEVENTS_NAMESPACE, "5:admin:8:urn:shop:A-1").int
+    expected_id = uuid.UUID(int=(hashed & ~(0xF << 76)) | (8 << 76))
+    assert expected_id.version == 8
     assert r.json() == {
         "results": {"order-7": {"version": 0, "position": 1}},
         "ids": [str(expected_id)],
     }
     [event] = [e async for e in store.read_stream("order-7")]
-    assert event.id == expected_id == cloudevent_id("urn:shop", "A-1")
+    assert event.id == expected_id == cloudevent_id("admin", "urn:shop", "A-1")
     assert event.type == "OrderPlaced"
     assert event.data == b'{"total" :  10, "items": [ 1,2 ]}'
     assert event.metadata == {
@@ -249,6 +257,61 @@ async def test_access_control_applies_to_cloudevents(
     assert no_read.status_code == 403
     assert read.status_code == 200 and len(read.json()) == 1
     assert await store.last_position() == 1
+
+
+async def test_cloudevent_ids_cannot_be_squatted_or_probed_across_principals(
+    server: tuple[str, tidelog.Store],
+) -> None:
+    """Issue #18 item 5: ids are unique store-wide, so with ids derived from
+    `source` + `id` alone a principal allowed to write only `order-*` could
+    pre-write billing's next CloudEvent (billing's ingest then fails with 409)
+    and probe billing's streams (409 versus 200). Ids are per principal now."""
+    url, store = server
+    invoice = _ce(source="urn:billing", id="INV-2001", subject="invoice-2001")
+    async with _client(url, "k-writer") as squatter, _client(url, "k-billing") as billing:
+        # the squatter pre-writes billing's (source, id) into its own stream
+        squat = await squatter.post(
+            "/v1/cloudevents", json={**invoice, "subject": "order-666"}, headers=STRUCTURED
+        )
+        assert squat.status_code == 200, squat.text
+        # ... and cannot store billing's derived id through the /v1 API either
+        billing_id = cloudevent_id("billing", "urn:billing", "INV-2001")
+        forged = await squatter.post(
+            "/v1/streams/order-667/events",
+            json={"events": [{"type": "X", "id": str(billing_id)}]},
+        )
+        assert forged.status_code == 400 and "reserved" in forged.text
+        # an admin may (copying a store onto a server keeps its ids)
+        async with _client(url) as admin:
+            copied = await admin.post(
+                "/v1/streams/order-669/events",
+                json={"events": [{"type": "X", "id": str(cloudevent_id("x", "y", "z"))}]},
+            )
+        assert copied.status_code == 200, copied.text
+        # the real producer's ingest succeeds, and its retry is idempotent
+        real = await billing.post("/v1/cloudevents", json=invoice, headers=STRUCTURED)
+        retry = await billing.post("/v1/cloudevents", json=invoice, headers=STRUCTURED)
+        assert real.status_code == retry.status_code == 200, real.text
+        assert real.json() == retry.json() and real.json()["ids"] == [str(billing_id)]
+        # probing: INV-2002 exists in billing's stream, INV-NEVER nowhere; the
+        # squatter gets the same answer for both (each lands in its own id space)
+        second = {**invoice, "id": "INV-2002"}
+        assert (await billing.post("/v1/cloudevents", json=second, headers=STRUCTURED)).is_success
+        answers = [
+            await squatter.post(
+                "/v1/cloudevents",
+                json={**invoice, "id": i, "subject": "order-668"},
+                headers=STRUCTURED,
+            )
+            for i in ("INV-2002", "INV-NEVER")
+        ]
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert [e.id async for e in store.read_stream("invoice-2001")] == [
+        billing_id,
+        cloudevent_id("billing", "urn:billing", "INV-2002"),
+    ]
+    assert [e.metadata["source"] async for e in store.read_stream("order-666")] == ["urn:billing"]
+    assert [e async for e in store.read_stream("order-667")] == []
 
 
 def _structured(event: Any) -> tuple[dict[str, str], bytes]:

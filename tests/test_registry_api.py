@@ -238,6 +238,11 @@ MALFORMED: list[dict[str, Any]] = [
     {"pattern": {}},
     {"uniqueItems": "yes"},
     {"$defs": {"A": {"type": 4}}},
+    # issue #18 item 11: regexes that do not compile or backtrack without bound
+    {"type": "string", "pattern": "(("},
+    {"type": "string", "pattern": "^(a+)+$"},
+    {"patternProperties": {"((": {"type": "string"}}},
+    {"properties": {"a": {"type": "string", "pattern": "(a)\\1"}}},
 ]
 
 

@@ -191,3 +191,73 @@ async def test_malformed_schema_is_refused_before_any_check(store: tidelog.Store
         with pytest.raises(tidelog.InvalidInput, match="malformed JSON Schema"):
             await registry.register("Thing", bad)
     assert await registry.versions("Thing") == [1]
+
+
+EVIL_PATTERNS = [
+    "((",  # does not compile: re.error at validation, once
+    r"^(a+)+$",  # nested quantifiers: exponential backtracking
+    r"(a|aa)*$",  # overlapping alternatives under a quantifier
+    r"(x+x+)+y",
+    r"(a?){20}a{20}",  # the classic: 2**20 ways to split the a's
+    r"(a)\1",  # backreference
+    r"(?=a)a",  # lookaround
+    "a" * 1001,  # over the length cap
+]
+
+
+@pytest.mark.parametrize("pattern", EVIL_PATTERNS)
+async def test_invalid_or_unbounded_patterns_are_refused_at_registration(
+    store: tidelog.Store, pattern: str
+) -> None:
+    """Issue #18 item 11: a tenant's `pattern` runs on every write, so one that
+    does not compile or can backtrack without bound is refused up front."""
+    registry = SchemaRegistry(store)
+    for schema in (
+        {"type": "string", "pattern": pattern},
+        {"type": "object", "properties": {"a": {"type": "string", "pattern": pattern}}},
+        {"type": "object", "patternProperties": {pattern: {"type": "string"}}},
+    ):
+        with pytest.raises(tidelog.InvalidInput, match="malformed JSON Schema"):
+            await registry.register("Thing", schema)
+    assert await registry.versions("Thing") == []
+
+
+async def test_patterns_match_and_cost_stays_bounded(store: tidelog.Store) -> None:
+    registry = SchemaRegistry(store)
+    await registry.register(
+        "Code",
+        {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "pattern": r"^[A-Z]{3}-\d+$"},
+                "tag": {"type": "string", "pattern": r"[a-z]+-[0-9]+$"},
+            },
+        },
+    )
+    checked = ValidatingStore(store, registry)
+    await checked.append("c-1", [tidelog.NewEvent(type="Code", data=b'{"code": "ABC-12"}')])
+    with pytest.raises(tidelog.SchemaViolation, match="must match") as info:
+        await checked.append("c-1", [tidelog.NewEvent(type="Code", data=b'{"code": "abc-12"}')])
+    assert info.value.path == "$.code"
+    # a long value against a pattern whose backtracking grows with its length
+    # is refused by its length, without running the regex
+    long_tag = ("a" * 50_000 + "!").encode()
+    with pytest.raises(tidelog.SchemaViolation, match="too long") as info:
+        await checked.append(
+            "c-1", [tidelog.NewEvent(type="Code", data=b'{"tag": "' + long_tag + b'"}')]
+        )
+    assert info.value.path == "$.tag"
+    # an anchored single quantifier is linear: long values are still checked
+    long_code = b"ABC-" + b"1" * 100_000
+    await checked.append(
+        "c-1", [tidelog.NewEvent(type="Code", data=b'{"code": "' + long_code + b'"}')]
+    )
+
+
+def test_a_stored_schema_with_a_bad_pattern_is_a_violation_not_a_crash() -> None:
+    """A schema registered before the check existed still validates cleanly."""
+    from tidelog.schemas.validation import first_error
+
+    for pattern in ("((", r"^(a+)+$"):
+        err = first_error({"type": "string", "pattern": pattern}, "a" * 40 + "!")
+        assert err is not None and err[0] == "$" and "refused" in err[1]

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from tidelog._cli_kit import emit, run, say, settings
+from tidelog._redact import redact_url
 
 __all__ = ["migrate_schema", "register"]
 
@@ -32,7 +33,7 @@ async def migrate_schema(url: str) -> dict[str, Any]:
         from tidelog.engines import postgres
 
         version, applied = await postgres.migrate_url(url)
-        return {"store": _redact(url), "schema_version": version, "applied": applied}
+        return {"store": redact_url(url), "schema_version": version, "applied": applied}
     if scheme == "sqlite":
         from tidelog.engines import sqlite
         from tidelog.engines.sqlite.engine import _path_from_url
@@ -46,22 +47,13 @@ async def migrate_schema(url: str) -> dict[str, Any]:
             "applied": list(range(before + 1, after + 1)),
         }
     async with tidelog.connect(url):
-        return {"store": _redact(url), "schema_version": None, "applied": []}
+        return {"store": redact_url(url), "schema_version": None, "applied": []}
 
 
 def _exists(path: str) -> bool:
     import pathlib
 
     return pathlib.Path(path).exists()
-
-
-def _redact(url: str) -> str:
-    """The URL without a password, for output."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def register(app: typer.Typer) -> None:

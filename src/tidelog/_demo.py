@@ -30,6 +30,7 @@ from uuid import UUID, uuid5
 import msgspec
 
 import tidelog
+from tidelog._redact import redact_url
 from tidelog.errors import WrongExpectedVersion
 from tidelog.model import NO_STREAM, ExpectedVersion, NewEvent
 
@@ -259,7 +260,7 @@ async def run_demo(
     async with tidelog.connect(store_url) as store:
         if await store.last_position() != 0:
             raise tidelog.InvalidInput(
-                f"the demo needs an empty store and {store_url} has events; "
+                f"the demo needs an empty store and {redact_url(store_url)} has events; "
                 "leave out --store to use a fresh file"
             )
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
+from tidelog._redact import redact_url
+
 __all__ = [
     "AggregateNotFound",
     "AccessDenied",
@@ -145,9 +147,10 @@ class InvalidURL(InvalidInput):
     """A store URL that names no known engine or has malformed options."""
 
     def __init__(self, url: str, reason: str) -> None:
-        self.url = url
+        # masked here, once, so no engine's error can print a password or token back
+        self.url = redact_url(url)
         self.reason = reason
-        super().__init__(f"invalid store URL {url!r}: {reason}")
+        super().__init__(f"invalid store URL {self.url!r}: {reason}")
 
 
 class WrongExpectedVersion(TidelogError):

@@ -32,7 +32,7 @@ from tidelog.engines._kit.checks import (
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
-from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
+from tidelog.errors import InvalidURL, StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import (
     ANY,
     AppendResult,
@@ -485,6 +485,10 @@ async def open_engine(
     """Open `http(s)://host:port`; `token` is a bearer token, `verify` a CA file or context,
     `cert` a (certificate, key) pair for mutual TLS."""
     parts = urllib.parse.urlsplit(url)
+    if "token" in urllib.parse.parse_qs(parts.query, keep_blank_values=True):
+        # URLs end up in logs and banners: the key belongs in an option (the
+        # error shows the URL masked, see `tidelog.errors.InvalidURL`)
+        raise InvalidURL(url, "give the bearer token as connect(url, token=...), not in the URL")
     base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     engine = RemoteEngine(
         base, config_from_url(RemoteConfig, url), token=token, verify=verify, cert=cert

@@ -39,6 +39,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from tidelog.schemas.patterns import pattern_problem
+
 __all__ = ["Compatibility", "compatibility_problems", "reader_problems", "schema_problem"]
 
 
@@ -350,6 +352,11 @@ def schema_problem(schema: Any, path: str = "$") -> str | None:  # noqa: PLR0912
     for key in _STRINGS:
         if key in schema and not isinstance(schema[key], str):
             return f"{path}.{key}: must be a string"
+    if isinstance(schema.get("pattern"), str) and (bad := pattern_problem(schema["pattern"])):
+        return f"{path}.pattern: {bad}"
+    for regex in schema.get("patternProperties") or {}:
+        if bad := pattern_problem(regex):
+            return f"{path}.patternProperties: {bad}"
     if "uniqueItems" in schema and not isinstance(schema["uniqueItems"], bool):
         return f"{path}.uniqueItems: must be a boolean"
     required = schema.get("required", [])

@@ -4,9 +4,9 @@ A small validator for the keywords that `msgspec.json.schema` emits and that
 hand-written event schemas commonly use: `type`, `enum`, `const`, `anyOf`,
 `oneOf`, `allOf`, `$ref` (to `#/...`), `properties`, `required`,
 `additionalProperties`, `items`, `prefixItems`, numeric and length bounds,
-`pattern`, `uniqueItems`. Unknown keywords (`format`, `title`, `default`,
-...) are annotations and accept everything, as JSON Schema says for
-`format`.
+`pattern` (its cost bounded, see `patterns`), `uniqueItems`. Unknown
+keywords (`format`, `title`, `default`, ...) are annotations and accept
+everything, as JSON Schema says for `format`.
 
 Values sealed by `tidelog.security.encryption` (strings starting with
 `SEALED_PREFIX`) are accepted wherever a personal field may be: the store
@@ -15,11 +15,11 @@ never sees their plaintext, so it cannot check it; the writer's own class did.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from tidelog.codec import SEALED_PREFIX
+from tidelog.schemas.patterns import pattern_error
 
 __all__ = ["first_error"]
 
@@ -159,8 +159,8 @@ def _check_string(schema: Mapping[str, Any], value: str, path: str) -> tuple[str
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         return path, f"must be at most {schema['maxLength']} characters"
     pattern = schema.get("pattern")
-    if isinstance(pattern, str) and re.search(pattern, value) is None:
-        return path, f"must match {pattern!r}"
+    if isinstance(pattern, str) and (reason := pattern_error(pattern, value)):
+        return path, reason
     return None
 
 

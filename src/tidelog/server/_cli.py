@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tidelog._redact import redact_url
+
 __all__ = ["register"]
 
 
@@ -60,7 +62,7 @@ def serve(
         server = Server(cfg)
         await server.start()
         console.print(
-            f"tidelog serving {cfg.store_url} at {scheme}://{cfg.host}:{server.port}/ "
+            f"tidelog serving {redact_url(cfg.store_url)} at {scheme}://{cfg.host}:{server.port}/ "
             f"(dashboard), API {scheme}://{cfg.host}:{server.port}/v1, "
             f"OpenAPI {scheme}://{cfg.host}:{server.port}/schema",
             highlight=False,

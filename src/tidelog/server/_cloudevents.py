@@ -5,10 +5,16 @@ Mapping (see docs/http-api.md):
 - the target stream is the `?stream=` query parameter, else the CloudEvent's
   `subject` (a valid, non-system stream name);
 - the tidelog event `type` is the CloudEvent `type` (validated as any event type);
-- the tidelog event id is `uuid5(CLOUDEVENTS_NAMESPACE, f"{len(source)}:{source}:{id}")`:
-  `source` + `id` is the CloudEvent's identity, so re-sending a CloudEvent is
-  an idempotent retry (the original result, nothing written), and the same
-  identity sent to another stream is refused as a duplicate;
+- the tidelog event id is derived from the caller's principal, `source` and
+  `id` (`cloudevent_id`): re-sending a CloudEvent is an idempotent retry (the
+  original result, nothing written), and the same identity sent by the same
+  principal to another stream is refused as a duplicate. The principal is part
+  of it because ids are unique store-wide: with `source` + `id` alone, a
+  principal allowed to write only its own streams could store another
+  producer's next CloudEvent first (its ingest then fails with 409) or probe
+  whether an id exists in a stream it cannot read (409 versus 200). The ids
+  are UUIDs of version 8, which the `/v1` append API refuses from clients, so
+  only this ingest, on behalf of the authenticated principal, makes them;
 - `id`, `source`, `subject`, `time`, `datacontenttype`, `dataschema` and every
   extension (`correlationid`, `causationid`, `traceparent`, `tracestate`, ...)
   are kept in the event's metadata under their CloudEvents names, so the event
@@ -52,6 +58,7 @@ from tidelog.model import (
 )
 from tidelog.security.acl import Permission
 from tidelog.server._deps import (
+    DERIVED_ID_VERSION,
     AccessDep,
     check_depth,
     check_utf8,
@@ -106,12 +113,18 @@ _BATCH: Final = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
 _DATETIME: Final = msgspec.json.Decoder(datetime)
 
 
-def cloudevent_id(source: str, event_id: str) -> uuid.UUID:
-    """The tidelog event id of the CloudEvent (`source`, `id`): deterministic, so retries dedupe.
+def cloudevent_id(principal: str, source: str, event_id: str) -> uuid.UUID:
+    """The tidelog event id of the CloudEvent (`source`, `id`) sent by `principal`.
 
-    The length prefix keeps ("a", "bc") and ("ab", "c") apart.
+    Deterministic, so a producer's retries dedupe; scoped to the principal, so
+    no other principal can occupy or probe it (see the module docstring). The
+    length prefixes keep ("a", "bc") and ("ab", "c") apart. The uuid5 hash is
+    stamped as version 8 (RFC 9562's custom UUIDs): clients may not choose
+    such ids (`_deps.new_events`), so the id space is the server's alone.
     """
-    return uuid.uuid5(CLOUDEVENTS_NAMESPACE, f"{len(source)}:{source}:{event_id}")
+    name = f"{len(principal)}:{principal}:{len(source)}:{source}:{event_id}"
+    hashed = uuid.uuid5(CLOUDEVENTS_NAMESPACE, name).int
+    return uuid.UUID(int=(hashed & ~(0xF << 76)) | (DERIVED_ID_VERSION << 76))
 
 
 def _is_json_media(media: str | None) -> bool:
@@ -159,6 +172,7 @@ def _check_name(name: str) -> None:
 
 
 def _build(
+    principal: str,
     attrs: dict[str, str | int | bool],
     data: bytes,
     stream_param: str | None,
@@ -195,13 +209,15 @@ def _build(
     source, ce_id, ce_type = str(attrs["source"]), str(attrs["id"]), str(attrs["type"])
     metadata: dict[str, Any] = {k: v for k, v in attrs.items() if k not in ("specversion", "type")}
     event = validate_event(
-        NewEvent(type=ce_type, data=data, metadata=metadata, id=cloudevent_id(source, ce_id))
+        NewEvent(
+            type=ce_type, data=data, metadata=metadata, id=cloudevent_id(principal, source, ce_id)
+        )
     )
     return _Parsed(stream=stream, event=event)
 
 
 def _from_structured(  # noqa: PLR0912 (one branch per CloudEvents attribute rule)
-    fields: dict[str, msgspec.Raw], stream_param: str | None, max_event_bytes: int
+    principal: str, fields: dict[str, msgspec.Raw], stream_param: str | None, max_event_bytes: int
 ) -> _Parsed:
     """One CloudEvent in the JSON event format (structured mode, or a batch member)."""
     attrs: dict[str, str | int | bool] = {}
@@ -242,10 +258,11 @@ def _from_structured(  # noqa: PLR0912 (one branch per CloudEvents attribute rul
                     "string (or use data_base64)"
                 )
             data = value.encode("utf-8")
-    return _build(attrs, data, stream_param, max_event_bytes)
+    return _build(principal, attrs, data, stream_param, max_event_bytes)
 
 
 def _from_binary(
+    principal: str,
     headers: list[tuple[str, str]],
     content_type: str | None,
     body: bytes,
@@ -271,7 +288,7 @@ def _from_binary(
         attrs[name] = _attribute(name, decoded)
     if content_type:
         attrs["datacontenttype"] = content_type
-    return _build(attrs, body, stream_param, max_event_bytes)
+    return _build(principal, attrs, body, stream_param, max_event_bytes)
 
 
 class CloudEventsAccepted(msgspec.Struct, kw_only=True):
@@ -301,22 +318,26 @@ async def ingest_cloudevents(
     content_type = request.headers.get("content-type")
     media = _media(content_type)
     body = await request.body()
+    who = access.principal
     parsed: list[_Parsed]
     try:
         if media == STRUCTURED_CONTENT_TYPE:
             check_utf8(body)
             check_depth(body, limits.max_json_depth)
-            parsed = [_from_structured(_STRUCTURED.decode(body), stream, limits.max_event_bytes)]
+            parsed = [
+                _from_structured(who, _STRUCTURED.decode(body), stream, limits.max_event_bytes)
+            ]
         elif media == BATCH_CONTENT_TYPE:
             check_utf8(body)
             check_depth(body, limits.max_json_depth)
             batch = _BATCH.decode(body)
             if len(batch) > limits.max_events_per_append:
                 raise InvalidEvent(f"at most {limits.max_events_per_append} CloudEvents per batch")
-            parsed = [_from_structured(f, stream, limits.max_event_bytes) for f in batch]
+            parsed = [_from_structured(who, f, stream, limits.max_event_bytes) for f in batch]
         elif "ce-specversion" in request.headers:
             parsed = [
                 _from_binary(
+                    who,
                     list(request.headers.items()),
                     content_type,
                     body,

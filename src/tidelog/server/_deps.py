@@ -13,7 +13,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -35,6 +35,7 @@ from tidelog.server._metrics import Metrics
 from tidelog.server._readiness import Readiness
 
 __all__ = [
+    "DERIVED_ID_VERSION",
     "AccessDep",
     "Runtime",
     "append_requests",
@@ -300,8 +301,17 @@ def page_limit(rt: Runtime, limit: int | None) -> int:
     return min(limit, cap)
 
 
-def new_events(rt: Runtime, body: wire.WireAppend) -> list[NewEvent]:
-    """The events of one stream's append, within the server's count and size limits."""
+#: The UUID version of the event ids the server derives (CloudEvents ids, see
+#: `_cloudevents.cloudevent_id`); clients may not choose ids of this version.
+DERIVED_ID_VERSION: Final = 8
+
+
+def new_events(rt: Runtime, access: Access, body: wire.WireAppend) -> list[NewEvent]:
+    """The events of one stream's append, within the server's count and size limits.
+
+    Ids of `DERIVED_ID_VERSION` are the server's (CloudEvents ingest); only an
+    admin may give one, so that copying a store onto a server keeps its ids.
+    """
     limits = rt.config.limits
     if len(body.events) > limits.max_events_per_append:
         raise InvalidEvent(f"at most {limits.max_events_per_append} events per append")
@@ -309,6 +319,13 @@ def new_events(rt: Runtime, body: wire.WireAppend) -> list[NewEvent]:
     for e in events:
         if len(e.data) > limits.max_event_bytes:
             raise InvalidEvent(f"event data larger than {limits.max_event_bytes} bytes")
+        if e.id.version == DERIVED_ID_VERSION and not access.is_admin:
+            # the server derives these for CloudEvents from the caller's principal;
+            # a client choosing one could occupy another producer's next id
+            raise InvalidEvent(
+                f"event id {e.id}: UUIDs of version {DERIVED_ID_VERSION} are reserved "
+                "for ids the server derives (CloudEvents); use another version"
+            )
     return events
 
 
@@ -326,7 +343,7 @@ def append_requests(
         if names:
             validate_stream_name(stream)
         need_stream(access, stream, Permission.WRITE)
-        events = new_events(rt, body)
+        events = new_events(rt, access, body)
         total += len(events)
         out[stream] = AppendRequest(events, parse_expected_version(body.expected_version))
     if total > rt.config.limits.max_events_per_append:

@@ -35,7 +35,7 @@ async def append(
     data = await decode_body(request, wire.WireAppend)
     validate_stream_name(stream)
     need_stream(access, stream, Permission.WRITE)
-    events = new_events(rt, data)
+    events = new_events(rt, access, data)
     started = time.perf_counter()
     with telemetry.publish_span([category_of(stream)], request.headers, count=len(events)) as tc:
         events = telemetry.with_trace_context(events, tc)  # W3C traceparent into metadata
