@@ -293,12 +293,14 @@ async def test_connections_per_address_are_capped(serve: Serve) -> None:
 
 
 async def test_groups_per_principal_are_capped(serve: Serve) -> None:
-    """A principal with read on a category creates at most `max_groups_per_principal`
-    groups (429 beyond); joining an existing group is free, others are unaffected."""
+    """A principal with read on a category and its groups creates at most
+    `max_groups_per_principal` groups (429 beyond); joining an existing group is
+    free, others are unaffected."""
     CASES_TRIED.append("consumer groups beyond the per-principal cap")
+    groups = ("g0", "g1", "g2", "g3", "other")
     srv, _ = await serve(
         keys={"k-bob": "bob"},
-        grants=("bob=read:category:order",),
+        grants=("bob=read:category:order", *(f"bob=read:group:{g}" for g in groups)),
         limits=Limits(max_groups_per_principal=3),
     )
     base = f"http://127.0.0.1:{srv.port}"
