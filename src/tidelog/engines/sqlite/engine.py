@@ -490,6 +490,12 @@ class SQLiteEngine(GroupEngine):
     def partition_count(self) -> int:
         return self._partitions
 
+    async def _beyond_head(self, position: int) -> bool:
+        # The watch is advanced by this process's own writes too, so it is read
+        # without `head_watch()`, which would start the poller thread for a
+        # process that only commits.
+        return position > self._watch.head and position > await self.last_position()
+
     def head_watch(self) -> HeadWatch:
         if self._poller is None and not self._closed:
             self._poller = threading.Thread(
