@@ -130,7 +130,7 @@ def stored_schema(schema: Any, schema_type: str = "JSON") -> Any:
         raise InvalidInput("a JSON Schema is a JSON object or a boolean")
     stored = dict(schema) if isinstance(schema, Mapping) else schema
     if problem := schema_problem(stored):
-        raise InvalidInput(f"malformed JSON Schema: {problem}")
+        raise InvalidInput(f"invalid JSON Schema: {problem}")
     return stored
 
 
@@ -371,17 +371,15 @@ class SchemaRegistry:
         schema_type: str = "JSON",
         *,
         against: int | None = None,
-        every: bool = False,
     ) -> list[str]:
         """Why `schema` could not be registered as the next version (empty: it could).
 
-        `against` checks it against that live version alone; `every` against
-        every live version, whatever the mode's transitivity (Confluent's
-        "check against all versions").
+        `against` checks it against that live version alone, in the subject's
+        mode (Confluent's check against one version).
         """
         stored = stored_schema(schema, schema_type)
         await self.refresh()
-        return self._problems(subject, stored, schema_type, against=against, every=every)
+        return self._problems(subject, stored, schema_type, against=against)
 
     def _problems(
         self,
@@ -390,14 +388,11 @@ class SchemaRegistry:
         schema_type: str,
         *,
         against: int | None = None,
-        every: bool = False,
     ) -> list[str]:
         versions = self._live(subject)
         chosen = [against] if against is not None else sorted(versions)
         previous = [versions[v] for v in chosen if v in versions]
         mode = self._mode(subject)
-        if every and mode is not Compatibility.NONE and not mode.transitive:
-            mode = Compatibility(f"{mode.value}_TRANSITIVE")
         other = sorted({sv.schema_type for sv in previous} - {schema_type})
         if other and mode is not Compatibility.NONE:
             return [f"schema type {schema_type} differs from the registered {', '.join(other)}"]
