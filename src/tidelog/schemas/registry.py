@@ -541,8 +541,15 @@ class ValidatingStore(StoreWrapper):
         The contract has checked the arguments already; a commit's member is
         fenced before its events are judged, as on every engine, so a stale
         member gets `StaleGeneration` rather than a `SchemaViolation`.
+
+        The registry reads what is new in `$schemas` once per write (usually
+        nothing: one short read), so a version deleted by any process stops
+        validating at once; registrations alone would only be noticed when an
+        unknown version shows up.
         """
         try:
+            if any(not stream.startswith("$") for stream in write.appends):
+                await self.registry.refresh()
             for stream, (events, _) in write.appends.items():
                 if not stream.startswith("$"):
                     for event in events:
