@@ -541,3 +541,25 @@ async def test_put_config_takes_compatibility_level_and_raw_schema_route(url: st
             "/subjects/hint-value/versions", json={"schema": json.dumps(ORDER_AVRO)}
         )
         assert hinted.status_code == 422 and "AVRO" in hinted.json()["message"]
+
+
+async def test_asyncapi_document_carries_avro_and_boolean_subjects(url: str) -> None:
+    """The AsyncAPI document reads registered schemas: Avro ones keep their format."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as client:
+        for subject, body in (
+            ("payments-value", {"schema": json.dumps(ORDER_AVRO), "schemaType": "AVRO"}),
+            ("Anything", {"schema": "true"}),
+            ("Nothing", {"schema": "false"}),
+        ):
+            r = await client.post(f"/subjects/{subject}/versions", json=body)
+            assert r.status_code == 200, r.text
+        doc = await client.get("/asyncapi.json")
+        assert doc.status_code == 200, doc.text
+        messages = doc.json()["components"]["messages"]
+        assert messages["payments-value"]["payload"] == {
+            "schemaFormat": "application/vnd.apache.avro;version=1.9.0",
+            "schema": ORDER_AVRO,
+        }
+        assert doc.json()["components"]["schemas"]["Nothing"] is False
+        assert "Anything" in messages
