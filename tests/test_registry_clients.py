@@ -324,6 +324,9 @@ def deletes(c: Clients) -> None:
     assert client.delete_subject("pay-value") == [1]
     assert "pay-value" not in client.get_subjects()
     assert "pay-value" in client.get_subjects(deleted=True)
+    assert client.get_subjects(deleted_only=True) == ["pay-value"]
+    assert client.get_subjects(subject_prefix="pay", deleted=True) == ["pay-value"]
+    assert client.get_subjects(subject_prefix="nothing", deleted=True) == []
     assert error_code(lambda: client.get_versions("pay-value")) == 40401
     assert error_code(lambda: client.delete_subject("pay-value")) == 40404
     assert client.delete_subject("pay-value", permanent=True) == [1]

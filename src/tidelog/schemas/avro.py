@@ -26,6 +26,7 @@ from typing import Any
 
 import avro.compatibility
 import avro.errors
+import avro.io
 import avro.schema
 
 from tidelog.errors import InvalidInput
@@ -45,9 +46,73 @@ def _parse(value: Any) -> avro.schema.Schema:
         raise InvalidInput(f"invalid Avro schema: {exc}") from None
 
 
+def _datum(schema: avro.schema.Schema, value: Any) -> Any:
+    """A field default (JSON) as the Python datum `avro.io.validate` expects.
+
+    JSON writes `bytes` and `fixed` defaults as strings of code points 0-255.
+    """
+    if isinstance(schema, (avro.schema.BytesDecimalSchema, avro.schema.FixedSchema)) or (
+        schema.type == "bytes"
+    ):
+        try:
+            return value.encode("latin-1") if isinstance(value, str) else value
+        except UnicodeEncodeError:
+            return value
+    if isinstance(schema, avro.schema.ArraySchema) and isinstance(value, list):
+        return [_datum(schema.items, v) for v in value]
+    if isinstance(schema, avro.schema.MapSchema) and isinstance(value, dict):
+        return {k: _datum(schema.values, v) for k, v in value.items()}
+    if isinstance(schema, avro.schema.RecordSchema) and isinstance(value, dict):
+        fields = {f.name: f for f in schema.fields}
+        return {k: _datum(fields[k].type, v) if k in fields else v for k, v in value.items()}
+    return value
+
+
+def _default_problem(schema: avro.schema.Schema, seen: set[str]) -> str | None:
+    """The first field whose default does not match its type, or None.
+
+    The parser keeps such defaults; Confluent's registry refuses them (a reader
+    would fail on the first record lacking the field). A union's default
+    matches its first branch, as the specification says.
+    """
+    if isinstance(schema, avro.schema.NamedSchema):
+        if schema.fullname in seen:
+            return None
+        seen.add(schema.fullname)
+    if isinstance(schema, avro.schema.RecordSchema):
+        for field in schema.fields:
+            if field.has_default:
+                target = field.type
+                if isinstance(target, avro.schema.UnionSchema):
+                    target = target.schemas[0]
+                if not avro.io.validate(target, _datum(target, field.default)):
+                    return f"the default of field {field.name!r} is not a {target.type}"
+            if problem := _default_problem(field.type, seen):
+                return problem
+    elif isinstance(schema, avro.schema.UnionSchema):
+        for branch in schema.schemas:
+            if problem := _default_problem(branch, seen):
+                return problem
+    elif isinstance(schema, avro.schema.ArraySchema):
+        return _default_problem(schema.items, seen)
+    elif isinstance(schema, avro.schema.MapSchema):
+        return _default_problem(schema.values, seen)
+    return None
+
+
 def parse_avro(value: Any) -> Any:
-    """The stored form of the Avro schema `value` (a decoded JSON value), or `InvalidInput`."""
-    stored: Any = _parse(value).to_json()
+    """The stored form of the Avro schema `value` (a decoded JSON value), or `InvalidInput`.
+
+    Defaults are checked against their fields' types too (`_default_problem`).
+    """
+    parsed = _parse(value)
+    try:
+        problem = _default_problem(parsed, set())
+    except RecursionError:
+        raise InvalidInput("invalid Avro schema: nested too deeply") from None
+    if problem:
+        raise InvalidInput(f"invalid Avro schema: {problem}")
+    stored: Any = parsed.to_json()
     # `to_json` returns ordered dicts and lists; plain JSON values are stored
     return json.loads(json.dumps(stored))
 

@@ -190,10 +190,18 @@ async def lookup_schema(
 async def list_subjects(
     request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
+    """`?deleted=true` adds soft-deleted subjects, `?deletedOnly=true` lists only
+    them; `?subjectPrefix=` keeps those starting with it."""
     need(access, Permission.READ)
+    only_deleted = _flag(request, "deletedOnly") or _flag(request, "deleted_only")
+    prefix = str(request.query_params.get("subjectPrefix", ""))
     registry, lock = registry_of(state)
     async with lock:
-        return reply(await registry.subjects(deleted=_flag(request, "deleted")))
+        subjects = await registry.subjects(deleted=only_deleted or _flag(request, "deleted"))
+        if only_deleted:
+            live = set(await registry.subjects())
+            subjects = [s for s in subjects if s not in live]
+    return reply([s for s in subjects if s.startswith(prefix)])
 
 
 @get("/subjects/{subject:str}/versions", summary="List a subject's versions (Confluent API)")
