@@ -68,6 +68,17 @@ def _datum(schema: avro.schema.Schema, value: Any) -> Any:
     return value
 
 
+def _field_default_problem(field: avro.schema.Field) -> str | None:
+    if not field.has_default:
+        return None
+    target = field.type
+    if isinstance(target, avro.schema.UnionSchema):
+        target = target.schemas[0]
+    if avro.io.validate(target, _datum(target, field.default)):
+        return None
+    return f"the default of field {field.name!r} is not a {target.type}"
+
+
 def _default_problem(schema: avro.schema.Schema, seen: set[str]) -> str | None:
     """The first field whose default does not match its type, or None.
 
@@ -81,13 +92,7 @@ def _default_problem(schema: avro.schema.Schema, seen: set[str]) -> str | None:
         seen.add(schema.fullname)
     if isinstance(schema, avro.schema.RecordSchema):
         for field in schema.fields:
-            if field.has_default:
-                target = field.type
-                if isinstance(target, avro.schema.UnionSchema):
-                    target = target.schemas[0]
-                if not avro.io.validate(target, _datum(target, field.default)):
-                    return f"the default of field {field.name!r} is not a {target.type}"
-            if problem := _default_problem(field.type, seen):
+            if problem := _field_default_problem(field) or _default_problem(field.type, seen):
                 return problem
     elif isinstance(schema, avro.schema.UnionSchema):
         for branch in schema.schemas:
