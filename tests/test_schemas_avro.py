@@ -51,6 +51,13 @@ TABLE = [
     ),
     ("rename the record", record(A), record(A, name="S"), False, False),
     ("rename a field", record(A), record({"name": "z", "type": "int"}), False, False),
+    (
+        "rename with aliases",
+        record(A),
+        record({"name": "z", "type": "int", "aliases": ["a"]}, name="S", aliases=["R"]),
+        True,
+        False,
+    ),
 ]
 
 
