@@ -7,10 +7,13 @@ reads that stream into memory (`refresh`) and appends to it with an exact
 expected version, so two processes registering at once cannot both win: the
 loser re-reads and re-checks.
 
-Subjects are event type names (`OrderPlaced`); a subject's versions are the
-event's schema versions (`@tidelog.event("OrderPlaced", version=2)` is
-version 2 of subject `OrderPlaced`). Each registration also gets a global id,
-as in Confluent's registry.
+Subjects named like event types (`OrderPlaced`) hold those events' JSON
+Schemas; a subject's versions are the event's schema versions
+(`@tidelog.event("OrderPlaced", version=2)` is version 2 of subject
+`OrderPlaced`). Other subjects (`orders-value`, Confluent's `<topic>-value`)
+are the registry's alone, for Confluent's clients, and may hold Avro schemas
+(`schema_type="AVRO"`). Each distinct schema gets one global id, as in
+Confluent's registry; deletes are Confluent's too (soft, then permanent).
 """
 
 from __future__ import annotations
