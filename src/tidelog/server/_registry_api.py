@@ -33,7 +33,7 @@ from litestar.params import FromPath
 from tidelog.errors import InvalidInput
 from tidelog.schemas import Compatibility, SchemaRegistry, SchemaVersion
 from tidelog.schemas.registry import SCHEMA_TYPES, stored_schema
-from tidelog.security.acl import Permission
+from tidelog.security.acl import Access, Permission
 from tidelog.server._deps import AccessDep, registry_of, runtime
 from tidelog.server._registry_wire import (
     CONTENT_TYPE,
@@ -218,6 +218,19 @@ async def list_versions(
     return reply(versions)
 
 
+async def _read_version(
+    subject: str, version: str, request: Request[Any, Any, Any], state: State, access: Access
+) -> SchemaVersion:
+    """The version a GET names (`?deleted=true`: soft-deleted ones too)."""
+    need(access, Permission.READ)
+    wanted = _version(version)
+    registry, lock = registry_of(state)
+    async with lock:
+        return await _lookup(
+            registry, subject_of(request, subject), wanted, deleted=_flag(request, "deleted")
+        )
+
+
 @get(
     "/subjects/{subject:str}/versions/{version:str}",
     summary="A subject's schema at a version or 'latest' (Confluent API)",
@@ -229,13 +242,7 @@ async def get_version(
     state: State,
     access: AccessDep,
 ) -> Response[bytes]:
-    need(access, Permission.READ)
-    subject = subject_of(request, subject)
-    wanted = _version(version)
-    registry, lock = registry_of(state)
-    async with lock:
-        sv = await _lookup(registry, subject, wanted, deleted=_flag(request, "deleted"))
-    return reply(_described(sv))
+    return reply(_described(await _read_version(subject, version, request, state, access)))
 
 
 @get(
@@ -249,13 +256,7 @@ async def get_version_schema(
     state: State,
     access: AccessDep,
 ) -> Response[bytes]:
-    need(access, Permission.READ)
-    subject = subject_of(request, subject)
-    wanted = _version(version)
-    registry, lock = registry_of(state)
-    async with lock:
-        sv = await _lookup(registry, subject, wanted, deleted=_flag(request, "deleted"))
-    return reply(sv.schema)
+    return reply((await _read_version(subject, version, request, state, access)).schema)
 
 
 @delete(
