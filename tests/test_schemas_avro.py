@@ -170,3 +170,18 @@ def test_defaults_of_every_kind_that_match_their_type_are_accepted() -> None:
     # the union's default must match its first branch
     with pytest.raises(tidelog.InvalidInput, match="default"):
         parse_avro(record({"name": "u", "type": ["null", "string"], "default": "x"}))
+
+
+async def test_a_permanent_delete_forgets_only_soft_deleted_versions(
+    contract_store: tidelog.Store,
+) -> None:
+    registry = SchemaRegistry(contract_store)
+    await registry.register("s-value", record(A), schema_type="AVRO")
+    await registry.register("s-value", record(A, B_DEFAULT), schema_type="AVRO")
+    assert await registry.delete("s-value", permanent=True) == []  # nothing soft-deleted yet
+    assert await registry.delete("s-value", 1) == [1]
+    assert await registry.delete("s-value", 1) == []  # already
+    # the subject at once: only version 1 is soft-deleted, so only it is forgotten
+    assert await registry.delete("s-value", permanent=True) == [1]
+    assert await registry.versions("s-value", deleted=True) == [2]
+    assert (await SchemaRegistry(contract_store).get("s-value")).version == 2

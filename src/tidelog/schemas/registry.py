@@ -235,12 +235,15 @@ class SchemaRegistry:
     def _apply_delete(self, deleted: _Deleted) -> None:
         versions = self._versions.get(deleted.subject, {})
         chosen = list(versions) if deleted.version is None else [deleted.version]
+        gone = self._deleted.get(deleted.subject, set())
         for v in chosen:
             if v not in versions:
                 continue
             if not deleted.permanent:
                 self._deleted.setdefault(deleted.subject, set()).add(v)
                 continue
+            if v not in gone:  # only a soft-deleted version is forgotten, even when
+                continue  # the event names the whole subject (a version may be live)
             sv = versions.pop(v)
             self._deleted.get(deleted.subject, set()).discard(v)
             uses = self._by_id.get(sv.id, {})
