@@ -18,7 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import (
+    ConfigCompatibilityLevel,
+    Schema,
+    SchemaRegistryClient,
+    ServerConfig,
+)
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
@@ -290,9 +295,20 @@ def json_modes(c: Clients) -> None:
     assert not client.test_compatibility_all_versions(
         "events-value", Schema(json.dumps(narrowed), "JSON")
     )
+    # set_config sends `compatibilityLevel` (set_compatibility sends `compatibility`)
+    level = ServerConfig(compatibility_level=ConfigCompatibilityLevel.NONE)
+    client.set_config("events-value", level)
+    assert client.get_config("events-value").compatibility_level == ConfigCompatibilityLevel.NONE
+    assert client.test_compatibility_all_versions(
+        "events-value", Schema(json.dumps(narrowed), "JSON")
+    )
     # the boolean schemas
     assert client.register_schema("anything-value", Schema("true", "JSON")) > 0
     assert client.get_latest_version("anything-value").schema.schema_str == "true"
+    refused = client.register_schema("nothing-value", Schema("false", "JSON"))
+    assert client.lookup_schema("nothing-value", Schema("false", "JSON")).schema_id == refused
+    # `true` accepts everything, so it reads what `false` (which admits nothing) wrote
+    assert client.test_compatibility("nothing-value", Schema("true", "JSON"))
     client.set_compatibility(level="BACKWARD")
 
 
