@@ -582,3 +582,22 @@ async def test_asyncapi_document_carries_avro_and_boolean_subjects(url: str) -> 
         }
         assert doc.json()["components"]["schemas"]["Nothing"] is False
         assert "Anything" in messages
+
+
+async def test_openapi_documents_the_bodies_of_the_new_registry_routes(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    for path in ("/subjects/{subject}", "/compatibility/subjects/{subject}/versions"):
+        content = paths[path]["post"]["requestBody"]["content"]
+        assert content["application/vnd.schemaregistry.v1+json"]["schema"] == {
+            "$ref": "#/components/schemas/RegisterSchema"
+        }, path
+    for path, method in (
+        ("/subjects/{subject}", "delete"),
+        ("/subjects/{subject}/versions/{version}", "delete"),
+        ("/config/{subject}", "delete"),
+        ("/schemas/ids/{schema_id}/versions", "get"),
+        ("/subjects/{subject}/versions/{version}/schema", "get"),
+        ("/schemas/types", "get"),
+    ):
+        assert method in paths[path], (path, method)
