@@ -30,6 +30,7 @@ __all__ = ["ROUTES", "asyncapi_document"]
 
 _KEY_RE: Final = re.compile(r"[^A-Za-z0-9._\-]")
 _ENVELOPE: Final = wire.WireEvent.__name__
+_AVRO_FORMAT: Final = "application/vnd.apache.avro;version=1.9.0"
 
 
 def _key(name: str) -> str:
@@ -57,7 +58,7 @@ def _schemas_of(sv: SchemaVersion) -> dict[str, Any]:
     """The components for one registered schema: itself under its subject's key, and its $defs."""
     key = _key(sv.subject)
     out = {key: _rewrite(sv.schema, key)}
-    defs = sv.schema.get("$defs")
+    defs = sv.schema.get("$defs") if isinstance(sv.schema, dict) else None  # or true/false
     if isinstance(defs, dict):
         for name, definition in defs.items():
             out[f"{key}.{_key(name)}"] = _rewrite(definition, key)
@@ -76,6 +77,15 @@ def asyncapi_document(
     messages: dict[str, Any] = {}
     for sv in schemas:
         key = _key(sv.subject)
+        if sv.schema_type == "AVRO":  # a registry-only subject: its Avro schema as it is
+            messages[key] = {
+                "name": sv.subject,
+                "title": sv.subject,
+                "summary": f"{sv.subject} v{sv.version} (schema id {sv.id}), Avro",
+                "contentType": "application/vnd.apache.avro+binary",
+                "payload": {"schemaFormat": _AVRO_FORMAT, "schema": sv.schema},
+            }
+            continue
         components_schemas.update(_schemas_of(sv))
         messages[key] = {
             "name": sv.subject,

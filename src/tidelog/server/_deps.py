@@ -27,7 +27,7 @@ from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput
 from tidelog.model import AppendRequest, NewEvent, parse_expected_version, validate_stream_name
 from tidelog.schemas import SchemaRegistry
 from tidelog.security.acl import Access, Permission
-from tidelog.security.tokens import Authenticator, AuthError
+from tidelog.security.tokens import Authenticator, AuthError, token_of_header
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
 from tidelog.server._group_quota import GroupQuota
@@ -39,6 +39,7 @@ __all__ = [
     "AccessDep",
     "Runtime",
     "append_requests",
+    "auth_challenge",
     "check_depth",
     "check_utf8",
     "decode_body",
@@ -90,7 +91,10 @@ def runtime(state: State) -> Runtime:
 
 
 def principal(connection: ASGIConnection[Any, Any, Any, Any], rt: Runtime) -> str:
-    """The caller: the verified client certificate's principal, or the bearer token's.
+    """The caller: the verified client certificate's principal, or the token's.
+
+    The token comes as `Bearer <token>` or as HTTP Basic's password
+    (`token_of_header`), so clients that only speak Basic work unchanged.
 
     The connection-limit middleware authenticates first and leaves the result in
     the scope; it is reused rather than checking a token twice.
@@ -105,13 +109,22 @@ def principal(connection: ASGIConnection[Any, Any, Any, Any], rt: Runtime) -> st
         who = tls["client_principal"]
     header = connection.headers.get("authorization")
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            raise AuthError("use 'Authorization: Bearer <token>'")
-        who = rt.auth.authenticate(token.strip())
+        who = rt.auth.authenticate(token_of_header(header).strip())
     if not who:
         raise AuthError("authentication required")
     return who
+
+
+def auth_challenge(header: str | None) -> str:
+    """The `WWW-Authenticate` value of a 401 (RFC 9110 requires one).
+
+    A request that sent Basic credentials is challenged for Basic, so Basic
+    clients know what to send; any other for Bearer only, so a browser's
+    `fetch` from the dashboard never pops up a Basic login dialog.
+    """
+    if header is not None and header.strip().lower().startswith("basic"):
+        return 'Basic realm="tidelog", charset="UTF-8"'
+    return 'Bearer realm="tidelog"'
 
 
 async def provide_access(request: Request[Any, Any, Any], state: State) -> Access:

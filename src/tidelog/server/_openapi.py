@@ -61,6 +61,10 @@ def _bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "*/*": {"description": "binary mode: the data, with ce-* headers"},
         },
         ("/subjects/{subject}/versions", "post"): dict.fromkeys(registry_types, RegisterSchema),
+        ("/subjects/{subject}", "post"): dict.fromkeys(registry_types, RegisterSchema),
+        ("/compatibility/subjects/{subject}/versions", "post"): dict.fromkeys(
+            registry_types, RegisterSchema
+        ),
         ("/compatibility/subjects/{subject}/versions/{version}", "post"): dict.fromkeys(
             registry_types, RegisterSchema
         ),
