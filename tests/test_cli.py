@@ -505,3 +505,83 @@ def test_base_install_without_extras_runs_the_demo(tmp_path: Path) -> None:
     done = _run([str(script)], cwd=tmp_path, env={**os.environ, "TIDELOG_STORE": "unused://"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "matches what was written" in done.stdout
+
+
+# --------------------------------------------------------------------------- a secured server (#14)
+
+SECRET = "s3cret-key-of-the-cli-test"
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """The CLI in a thread: the server under test runs on this test's event loop."""
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+
+
+async def test_cli_passes_a_token_to_a_secured_server(serve: Any, tmp_path: Path) -> None:
+    server, store = await serve(
+        keys={SECRET: "ops"}, grants=("ops=read:*", "ops=write:category:order")
+    )
+    await store.append("order-1", [tidelog.NewEvent(type="Placed", data=b"{}")])
+    base = f"http://127.0.0.1:{server.port}"
+    # without a token: refused, in one line
+    refused = await _cli("--store", base, "streams")
+    assert "AccessDenied" in one_line_error(refused)
+    # --token, TIDELOG_TOKEN, --token-file and TIDELOG_TOKEN_FILE all reach the server
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET + "\n", encoding="utf-8")
+    for args, env in [
+        (["--token", SECRET], None),
+        ([], {"TIDELOG_TOKEN": SECRET}),
+        (["--token-file", str(token_file)], None),
+        ([], {"TIDELOG_TOKEN_FILE": str(token_file)}),
+        # typed beats the environment
+        (["--token", SECRET], {"TIDELOG_TOKEN_FILE": str(tmp_path / "absent")}),
+    ]:
+        listed = await _cli("--store", base, *args, "--json", "streams", env=env)
+        assert listed.exit_code == 0, (args, env, listed.stderr)
+        assert [s["name"] for s in json_lines(listed)] == ["order-1"]
+    appended = await _cli("--store", base, "--token", SECRET, "append", "order-1", "-t", "Paid")
+    assert appended.exit_code == 0, appended.stderr
+    assert await store.last_position() == 2
+
+
+async def test_the_library_takes_a_token_file_or_the_environment(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = await serve(keys={SECRET: "ops"}, grants=("ops=read:*",))
+    base = f"http://127.0.0.1:{server.port}"
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{SECRET}\n", encoding="utf-8")
+    async with tidelog.connect(base, token_file=str(token_file)) as remote:
+        assert [s async for s in remote.list_streams()] == []
+    monkeypatch.setenv("TIDELOG_TOKEN", SECRET)
+    async with tidelog.connect(base) as remote:
+        assert await remote.last_position() == 0
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["url", "wrong-token", "token-with-newline", "empty-file", "missing-file", "help"],
+)
+async def test_no_message_shows_the_credential(serve: Any, tmp_path: Path, how: str) -> None:
+    server, _ = await serve(keys={SECRET: "ops"}, grants=("ops=read:*",))
+    base = f"http://127.0.0.1:{server.port}"
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    args, env = {
+        "url": ([f"--store={base}/?token={SECRET}", "streams"], None),
+        "wrong-token": ([f"--store={base}", "streams"], {"TIDELOG_TOKEN": SECRET + "x"}),
+        "token-with-newline": ([f"--store={base}", "--token", SECRET + "\nX: y", "streams"], None),
+        "empty-file": ([f"--store={base}", "--token-file", str(empty), "streams"], None),
+        "missing-file": ([f"--store={base}", "--token-file", str(tmp_path / "no"), "streams"], None),
+        "help": (["--help"], {"TIDELOG_TOKEN": SECRET}),
+    }[how]
+    result = await _cli(*args, env=env)
+    assert SECRET not in result.output
+    if how != "help":
+        message = one_line_error(result)
+        assert ("AccessDenied" if how == "wrong-token" else "InvalidInput") in message or (
+            "InvalidURL" in message
+        )
+    else:
+        assert "TIDELOG_TOKEN" in result.stdout and "--token-file" in result.stdout

@@ -13,18 +13,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tidelog._cli_kit import emit, run, say, settings
+from tidelog._cli_kit import connect_options, emit, open_store, run, say, settings
 from tidelog._redact import redact_url
 
 __all__ = ["migrate_schema", "register"]
 
 
-async def migrate_schema(url: str) -> dict[str, Any]:
+async def migrate_schema(url: str, **options: Any) -> dict[str, Any]:
     """Create or upgrade the store's schema explicitly; returns what happened.
 
     PostgreSQL runs its versioned migrations; SQLite runs its own
     (`tidelog.engines.sqlite.migrate`); other engines have no schema to
-    migrate and are opened once to check they are reachable.
+    migrate and are opened once (with `options`: a remote store's token) to
+    check they are reachable.
     """
     import tidelog
 
@@ -46,7 +47,7 @@ async def migrate_schema(url: str) -> dict[str, Any]:
             "schema_version": after,
             "applied": list(range(before + 1, after + 1)),
         }
-    async with tidelog.connect(url):
+    async with tidelog.connect(url, **options):
         return {"store": redact_url(url), "schema_version": None, "applied": []}
 
 
@@ -72,14 +73,16 @@ def register(app: typer.Typer) -> None:
 
         Run it again after an interruption: it resumes where it stopped.
         """
-        import tidelog
         from tidelog.copy import CopyReport, copy_store
 
         as_json = settings(ctx).json
         err = Console(stderr=True, highlight=False)
 
         async def body() -> CopyReport:
-            async with tidelog.connect(source) as src, tidelog.connect(destination) as dst:
+            async with (
+                open_store(ctx, url=source, reads_only=True) as src,
+                open_store(ctx, url=destination) as dst,
+            ):
                 with Progress(
                     TextColumn("copy"),
                     BarColumn(),
@@ -139,7 +142,7 @@ def register(app: typer.Typer) -> None:
         """Create or upgrade the store's schema (opening a store also does this)."""
 
         url = store or settings(ctx).store
-        result = run(migrate_schema(url))
+        result = run(migrate_schema(url, **connect_options(ctx, url)))
         applied = ", ".join(str(v) for v in result["applied"]) or "none"
         version = result["schema_version"]
         say(

@@ -14,7 +14,7 @@ import base64
 import importlib
 import sys
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Final, TypeVar
 
@@ -29,10 +29,12 @@ from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_vers
 __all__ = [
     "Settings",
     "command_group",
+    "connect_options",
     "emit",
     "emit_rows",
     "event_to_json",
     "import_user_module",
+    "open_store",
     "parse_expected_version",
     "parse_json",
     "run",
@@ -52,6 +54,31 @@ class Settings:
 
     store: str
     json: bool
+    token: str | None = field(default=None, repr=False)
+    """The bearer token for an http(s) store (`--token`, `TIDELOG_TOKEN`); never shown."""
+    token_file: str | None = None
+    """A file holding the bearer token (`--token-file`, `TIDELOG_TOKEN_FILE`)."""
+
+
+def open_store(ctx: typer.Context, *, reads_only: bool = False, url: str | None = None) -> Any:
+    """`tidelog.connect` for a command: the global `--store` (or `url`) with its credentials.
+
+    `reads_only=True` is for commands that only read (`read`, `streams`,
+    `groups`, ...): they refuse a SQLite file that does not exist rather than
+    create one and show it empty, which is what a mistyped path or a run from
+    another directory would otherwise do. The token goes only to an http(s)
+    store, the one engine that takes it.
+    """
+    target = url if url is not None else settings(ctx).store
+    return tidelog.connect(target, must_exist=reads_only, **connect_options(ctx, target))
+
+
+def connect_options(ctx: typer.Context, url: str) -> dict[str, Any]:
+    """The `tidelog.connect` options the global options give the store at `url`."""
+    opts = settings(ctx)
+    if isinstance(url, str) and url.lower().startswith(("http:", "https:")):
+        return {"token": opts.token, "token_file": opts.token_file}
+    return {}
 
 
 def command_group(app: typer.Typer, name: str, help: str) -> typer.Typer:

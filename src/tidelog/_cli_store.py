@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 from uuid import UUID
 
 import msgspec
@@ -22,10 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-import tidelog
 from tidelog._cli_kit import (
+    connect_options,
     emit,
     event_to_json,
+    open_store,
     parse_expected_version,
     parse_json,
     run,
@@ -46,10 +47,6 @@ def register(app: typer.Typer) -> None:
 
 def _console(err: bool = False) -> Console:
     return Console(stderr=err, soft_wrap=True, highlight=False)
-
-
-def _open(ctx: typer.Context) -> Any:
-    return tidelog.connect(settings(ctx).store)
 
 
 # Event data is anyone's input: never let it move the cursor or recolour the terminal.
@@ -128,7 +125,7 @@ def append(
             raise InvalidEvent(f"--id {event_id!r} is not a UUID") from None
 
     async def body() -> AppendResult:
-        async with _open(ctx) as store:
+        async with open_store(ctx) as store:
             result: AppendResult = await store.append(stream, [event], expected)
             return result
 
@@ -152,7 +149,7 @@ def read(
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             async for event in store.read_stream(
                 stream, from_version=start, backwards=backwards, limit=limit
             ):
@@ -178,7 +175,7 @@ def log(
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             async for event in store.read_all(
                 from_position=from_position, categories=category, types=type_, limit=limit
             ):
@@ -205,7 +202,7 @@ def tail(
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             start = from_position
             if start is None:
                 start = await store.last_position() + 1
@@ -242,7 +239,7 @@ def streams(
     opts = settings(ctx)
 
     async def body() -> list[StreamInfo]:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             return [info async for info in store.list_streams(category=category)]
 
     found = run(body())
@@ -306,7 +303,9 @@ def demo(
         progress.advance(tasks[phase], n)
 
     try:
-        report = run(run_demo(url, events, on_progress=on_progress))
+        report = run(
+            run_demo(url, events, on_progress=on_progress, options=connect_options(ctx, url))
+        )
     finally:
         if progress.live.is_started:
             progress.stop()

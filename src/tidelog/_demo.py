@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from uuid import UUID, uuid5
@@ -245,11 +245,13 @@ async def run_demo(
     *,
     writers: int = 32,
     on_progress: Callable[[str, int], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> DemoReport:
     """Write the workload with `writers` concurrent writers, then replay the whole log.
 
     `on_progress(phase, n)` is called with phase "append" or "replay" and the
-    number of events just done.
+    number of events just done; `options` go to `tidelog.connect` (a remote
+    store's token).
     """
     registrations, orders, expected = plan_workload(events)
     progress = on_progress or (lambda phase, n: None)
@@ -257,7 +259,7 @@ async def run_demo(
     conflicts = 0
     appends = 0
 
-    async with tidelog.connect(store_url) as store:
+    async with tidelog.connect(store_url, **(options or {})) as store:
         if await store.last_position() != 0:
             raise tidelog.InvalidInput(
                 f"the demo needs an empty store and {redact_url(store_url)} has events; "

@@ -98,6 +98,15 @@ app = typer.Typer(
 )
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the option `name` was typed on the command line (not from the environment).
+
+    Compared by name: Typer may carry its own copy of Click's `ParameterSource`.
+    """
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def _print_version(value: bool | None) -> None:
     if value:
         typer.echo(f"tidelog {tidelog.__version__}")
@@ -119,6 +128,25 @@ def _global_options(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print JSON lines instead of tables.")
     ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="TIDELOG_TOKEN",
+            show_envvar=True,
+            help="Bearer token (API key or JWT) for an http(s):// store. Prefer --token-file "
+            "or the environment: an option shows in the process list.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file",
+            envvar="TIDELOG_TOKEN_FILE",
+            show_envvar=True,
+            help="File whose first line is the bearer token (a mounted secret, for scripts).",
+        ),
+    ] = None,
     version: Annotated[
         bool | None,
         typer.Option(
@@ -126,7 +154,18 @@ def _global_options(
         ),
     ] = None,
 ) -> None:
-    ctx.obj = Settings(store=store, json=json_output)
+    if token is not None and token_file is not None:
+        # one typed, one from the environment: the one typed wins; both typed is a mistake
+        typed = {name for name in ("token", "token_file") if _typed(ctx, name)}
+        if typed == {"token"}:
+            token_file = None
+        elif typed == {"token_file"}:
+            token = None
+        else:
+            raise typer.BadParameter(
+                "give a token or a token file, not both", param_hint="--token/--token-file"
+            )
+    ctx.obj = Settings(store=store, json=json_output, token=token, token_file=token_file)
 
 
 # --------------------------------------------------------------------------- command modules

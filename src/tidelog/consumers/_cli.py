@@ -99,7 +99,16 @@ def _uuid(text: str) -> UUID:
 
 
 def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are nested functions; each is short)
-    from tidelog._cli_kit import command_group, emit, emit_rows, run, say, settings
+    from tidelog._cli_kit import (
+        command_group,
+        connect_options,
+        emit,
+        emit_rows,
+        open_store,
+        run,
+        say,
+        settings,
+    )
 
     @app.command()
     def worker(
@@ -176,6 +185,16 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
+            store = the_app.store
+            if isinstance(store, str) and connect_options(ctx, store):
+                # a server's URL: open it here with the global --token/--token-file
+                async with open_store(ctx, url=store) as opened:
+                    the_app.store = opened
+                    try:
+                        await the_app.run()
+                    finally:
+                        the_app.store = store
+                return
             await the_app.run()
 
         run(main())
@@ -189,11 +208,10 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
     ) -> None:
         """Consumer groups: members, partition owners, checkpoints and lag per partition."""
-        from tidelog._connect import connect
 
         async def body() -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            async with connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 for g, category in await store.list_groups():
                     if group is not None and g != group:
                         continue
@@ -276,12 +294,10 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         ] = False,
     ) -> None:
         """Parked and held events, oldest first."""
-        from tidelog._connect import connect
-
         from ._dlq import list_parked
 
         async def body() -> list[Any]:
-            async with connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 return await list_parked(store, group, include_settled=all_)
 
         parked = run(body())
@@ -309,14 +325,12 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         event_id: _EventId,
     ) -> None:
         """One parked event: the original event, its error, attempts and handler."""
-        from tidelog._connect import connect
-
         from ._dlq import list_parked
 
         wanted = _uuid(event_id)
 
         async def body() -> Any:
-            async with connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 for p in await list_parked(store, group, include_settled=True):
                     if p.event.id == wanted:
                         return p
@@ -329,15 +343,13 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
 
         @dlq.command(action, help=help)
         def settle(ctx: typer.Context, group: _Group, event_id: _EventId) -> None:
-            from tidelog._connect import connect
-
             from ._dlq import drop_parked, retry_parked
 
             fn = retry_parked if action == "retry" else drop_parked
             target = _uuid(event_id)
 
             async def body() -> Any:
-                async with connect(settings(ctx).store) as store:
+                async with open_store(ctx) as store:
                     return await fn(store, group, target)
 
             parked = run(body())
