@@ -573,7 +573,10 @@ async def test_no_message_shows_the_credential(serve: Any, tmp_path: Path, how: 
         "wrong-token": ([f"--store={base}", "streams"], {"TIDELOG_TOKEN": SECRET + "x"}),
         "token-with-newline": ([f"--store={base}", "--token", SECRET + "\nX: y", "streams"], None),
         "empty-file": ([f"--store={base}", "--token-file", str(empty), "streams"], None),
-        "missing-file": ([f"--store={base}", "--token-file", str(tmp_path / "no"), "streams"], None),
+        "missing-file": (
+            [f"--store={base}", "--token-file", str(tmp_path / "no"), "streams"],
+            None,
+        ),
         "help": (["--help"], {"TIDELOG_TOKEN": SECRET}),
     }[how]
     result = await _cli(*args, env=env)
