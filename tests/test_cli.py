@@ -317,6 +317,7 @@ def test_demo_refuses_a_store_with_events(url: str) -> None:
     ],
 )
 def test_bad_input_is_one_line_on_stderr(url: str, args: list[str], fragment: str) -> None:
+    ok(url, "migrate-schema")  # the store exists: commands that read refuse a missing one
     assert fragment in one_line_error(invoke(url, *args))
     # Bad input changes nothing.
     assert ok(url, "--json", "log").stdout == ""
@@ -588,3 +589,101 @@ async def test_no_message_shows_the_credential(serve: Any, tmp_path: Path, how: 
         )
     else:
         assert "TIDELOG_TOKEN" in result.stdout and "--token-file" in result.stdout
+
+
+# --------------------------------------------------------------------------- missing stores (#14)
+
+_PROJECTION_MODULE = """
+from tidelog.projections import SQLiteProjection
+
+class MissingStoreTotals(SQLiteProjection):
+    name = "missing_store_totals"
+    tables = {}
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["read", "order-1"],
+        ["log"],
+        ["tail", "--count", "1"],
+        ["streams"],
+        ["groups"],
+        ["dlq", "list", "billing"],
+        ["dlq", "show", "billing", str(uuid4())],
+        ["schema", "list"],
+        ["schema", "show", "OrderPlaced"],
+        ["projections", "status", "--module", "tlx_missing_store_projections"],
+        ["copy", "{missing}", "sqlite:///{tmp}/copy.db"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_commands_that_read_refuse_a_store_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    (tmp_path / "tlx_missing_store_projections.py").write_text(_PROJECTION_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # relative paths resolve here
+    missing = "sqlite:///no/such/dir/typo.db"
+    args = [a.format(missing=missing, tmp=tmp_path) for a in args]
+    message = one_line_error(invoke(missing, *args))
+    assert "InvalidURL" in message and "no store at" in message
+    assert str(work / "no" / "such" / "dir" / "typo.db") in message  # the absolute path
+    assert list(work.iterdir()) == []  # no directory, no file
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_the_default_store_from_another_directory_is_refused_by_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDELOG_STORE", raising=False)
+    result = CliRunner().invoke(app, ["streams"])
+    assert str(tmp_path / "tidelog-data" / "tidelog.db") in one_line_error(result)
+    # writing creates the store as before, and then reading finds it
+    assert CliRunner().invoke(app, ["append", "order-1", "-t", "X"]).exit_code == 0
+    assert "1 streams" in CliRunner().invoke(app, ["streams"]).stdout
+
+
+def test_the_library_creates_unless_told_the_store_must_exist(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/lib.db"
+
+    async def main() -> None:
+        with pytest.raises(tidelog.InvalidURL, match="no store at"):
+            await tidelog.connect(url, must_exist=True)
+        assert not (tmp_path / "lib.db").exists()
+        async with tidelog.connect(url) as store:  # creates it, as always
+            await store.append("order-1", [tidelog.NewEvent(type="X")])
+        async with tidelog.connect(url, must_exist=True) as store:
+            assert await store.last_position() == 1
+        async with tidelog.connect("memory://", must_exist=True) as store:
+            assert await store.last_position() == 0  # only files are made by mistake
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("same", ["{url}", "sqlite:///{rel}", "sqlite:///{link}"])
+def test_copy_refuses_the_source_as_destination(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: str
+) -> None:
+    append(url, "order-1", "OrderPlaced")
+    (tmp_path / "link.db").symlink_to(tmp_path / "cli.db")
+    monkeypatch.chdir(tmp_path)
+    destination = same.format(url=url, rel="cli.db", link=tmp_path / "link.db")
+    message = one_line_error(invoke(url, "copy", url, destination))
+    assert "the destination is the source" in message
+    assert len(json_lines(ok(url, "--json", "log"))) == 1
+
+
+def test_demo_names_the_absolute_path_of_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--events", "100", "--store", "sqlite:///d.db"])
+    assert result.exit_code == 0, result.stderr
+    absolute = f"sqlite:///{tmp_path}/d.db"
+    assert absolute in result.stderr  # the first line, before the progress
+    assert f"explore it: tidelog --store {absolute} read" in " ".join(result.stdout.split())

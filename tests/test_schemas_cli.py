@@ -58,6 +58,8 @@ class OrderPlaced(msgspec.Struct):
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[CliRunner, list[str], Path]:
     monkeypatch.syspath_prepend(str(tmp_path))
     store = ["--store", f"sqlite:///{tmp_path}/cli.db"]
+    # the store exists: `schema list` and `show` refuse a missing one
+    assert CliRunner().invoke(app, [*store, "migrate-schema"]).exit_code == 0
     return CliRunner(), store, tmp_path
 
 

@@ -6,6 +6,7 @@ inside the commands, so `tidelog --help` works without the optional extras.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from typing import Annotated, Any
 
@@ -14,7 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from tidelog._cli_kit import connect_options, emit, open_store, run, say, settings
+from tidelog._connect import resolved_url
 from tidelog._redact import redact_url
+from tidelog.errors import InvalidInput
 
 __all__ = ["migrate_schema", "register"]
 
@@ -51,6 +54,27 @@ async def migrate_schema(url: str, **options: Any) -> dict[str, Any]:
         return {"store": redact_url(url), "schema_version": None, "applied": []}
 
 
+def _same_store(source: str, destination: str) -> bool:
+    """Whether two store URLs name one store (`memory://` is a new store each time).
+
+    SQLite paths are compared as files (relative, absolute, through a link);
+    other URLs by their text, which is what names a database or a server.
+    """
+    if not (isinstance(source, str) and isinstance(destination, str)):
+        return False
+    schemes = {urllib.parse.urlsplit(u).scheme.lower() for u in (source, destination)}
+    if schemes == {"sqlite"}:
+        from tidelog.engines.sqlite.engine import _path_from_url
+
+        a, b = _path_from_url(source), _path_from_url(destination)
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return os.path.abspath(a) == os.path.abspath(b)
+    if "memory" in schemes:
+        return False
+    return source.rstrip("/") == destination.rstrip("/")
+
+
 def _exists(path: str) -> bool:
     import pathlib
 
@@ -74,6 +98,11 @@ def register(app: typer.Typer) -> None:
         Run it again after an interruption: it resumes where it stopped.
         """
         from tidelog.copy import CopyReport, copy_store
+
+        if _same_store(source, destination):
+            raise InvalidInput(
+                f"the destination is the source ({resolved_url(source)}): copy into another store"
+            )
 
         as_json = settings(ctx).json
         err = Console(stderr=True, highlight=False)

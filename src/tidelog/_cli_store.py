@@ -32,7 +32,7 @@ from tidelog._cli_kit import (
     run,
     settings,
 )
-from tidelog._redact import redact_url
+from tidelog._connect import resolved_url
 from tidelog.errors import InvalidEvent
 from tidelog.model import AppendResult, NewEvent, RecordedEvent, StreamInfo
 
@@ -296,7 +296,7 @@ def demo(
         # Shown from the first append on, so that a refused store gives only the error line.
         if not progress.live.is_started:
             if not as_json:
-                err.print(f"tidelog demo: {events:,} events into {redact_url(url)}")
+                err.print(f"tidelog demo: {events:,} events into {resolved_url(url)}")
             progress.start()
         if phase == "replay" and not progress.tasks[tasks["replay"]].started:
             progress.start_task(tasks["replay"])

@@ -30,6 +30,7 @@ from uuid import UUID, uuid5
 import msgspec
 
 import tidelog
+from tidelog._connect import resolved_url
 from tidelog._redact import redact_url
 from tidelog.errors import WrongExpectedVersion
 from tidelog.model import NO_STREAM, ExpectedVersion, NewEvent
@@ -320,7 +321,7 @@ async def run_demo(
 
     status = dict(sorted(Counter(model.status.values()).items()))
     return DemoReport(
-        store=store_url,
+        store=resolved_url(store_url),
         engine=engine,
         events=expected.events,
         appends=appends,
