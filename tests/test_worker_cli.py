@@ -221,3 +221,48 @@ def test_every_stats_counter_is_exported() -> None:
     from tidelog.consumers._stats import Stats
 
     assert set(COUNTERS) == {f.name for f in fields(Stats)} - {"peak_in_flight"}
+
+
+@pytest.mark.parametrize(
+    ("target", "source", "expected"),
+    [
+        ("nosuchmodule_tlx:app", None, "cannot import 'nosuchmodule_tlx': ModuleNotFoundError"),
+        (
+            "tlx_raises:app",
+            "raise RuntimeError('the config is missing\\nsecond line')\n",
+            "cannot import 'tlx_raises': RuntimeError: the config is missing",
+        ),
+        (
+            "tlx_needs:app",
+            "import tlx_no_such_dependency\n",
+            "cannot import 'tlx_needs': ModuleNotFoundError: No module named "
+            "'tlx_no_such_dependency'",
+        ),
+        ("tlx_syntax:app", "def (:\n", "cannot import 'tlx_syntax': SyntaxError"),
+        (
+            "tlx_factory:make",
+            "def make():\n    raise ValueError('no store configured')\n",
+            "tlx_factory:make() raised ValueError: no store configured",
+        ),
+    ],
+    ids=["missing", "raises", "missing-dependency", "syntax-error", "factory-raises"],
+)
+def test_worker_reports_a_broken_target_in_one_line(
+    tmp_path: pathlib.Path, target: str, source: str | None, expected: str
+) -> None:
+    if source is not None:
+        (tmp_path / f"{target.partition(':')[0]}.py").write_text(source, encoding="utf-8")
+    done = subprocess.run(
+        [TIDELOG, "--store", f"sqlite:///{tmp_path}/x.db", "worker", target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: InvalidInput: ") and expected in line, line
+    assert not (tmp_path / "x.db").exists()

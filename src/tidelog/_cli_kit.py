@@ -34,6 +34,7 @@ __all__ = [
     "emit_rows",
     "event_to_json",
     "import_user_module",
+    "one_line",
     "open_store",
     "parse_expected_version",
     "parse_json",
@@ -175,14 +176,22 @@ def event_to_json(event: RecordedEvent) -> dict[str, Any]:
 
 
 def import_user_module(module_path: str) -> ModuleType:
-    """Import the user's module named by `--module` (the current directory is importable).
+    """Import the user's module `module_path` (the current directory is importable).
 
-    A module that cannot be imported is the user's input error (`InvalidInput`),
-    reported in one line like every other.
+    A module that cannot be found, or that raises while it is imported, is the
+    user's input error (`InvalidInput`), reported in one line like every other:
+    the module's name and the exception's type and first line. A traceback
+    through importlib's frames tells a user less than that line.
     """
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, "")
     try:
         return importlib.import_module(module_path)
-    except ImportError as exc:
-        raise InvalidInput(f"cannot import {module_path!r}: {exc}") from None
+    except Exception as exc:
+        raise InvalidInput(f"cannot import {module_path!r}: {one_line(exc)}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as `Type: first line of its message`, for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import json
 import logging
 import os
@@ -57,14 +56,19 @@ def load_app(spec: str) -> Any:
         raise InvalidInput(f"expected module:app, got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    from tidelog._cli_kit import import_user_module, one_line
+
+    module = import_user_module(module_name)
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
         if target is None:
             raise InvalidInput(f"{module_name!r} has no attribute {attr!r}")
     if callable(target) and not isinstance(target, App):
-        target = target()
+        try:
+            target = target()  # an app factory
+        except Exception as exc:
+            raise InvalidInput(f"{spec}() raised {one_line(exc)}") from None
     if not isinstance(target, App):
         raise InvalidInput(f"{spec} is not a tidelog.App")
     return target
