@@ -102,6 +102,22 @@ def _uuid(text: str) -> UUID:
         raise InvalidInput(f"not an event id (UUID): {text!r}") from None
 
 
+def _printable(text: str) -> str:
+    """`text` on one line, without control characters (errors are anyone's text)."""
+    return "".join(c if c.isprintable() else " " for c in " ".join(text.split()))
+
+
+async def _known_group(store: Any, group: str) -> None:
+    """Raise `InvalidInput` unless `group` is a consumer group of `store`.
+
+    An empty listing of a mistyped group would read as "nothing parked".
+    """
+    known = sorted({g for g, _ in await store.list_groups()})
+    if group not in known:
+        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        raise InvalidInput(f"unknown consumer group {group!r} (groups: {listed or 'none yet'})")
+
+
 def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are nested functions; each is short)
     from tidelog._cli_kit import (
         command_group,
@@ -302,25 +318,26 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
 
         async def body() -> list[Any]:
             async with open_store(ctx, reads_only=True) as store:
-                return await list_parked(store, group, include_settled=all_)
+                parked = await list_parked(store, group, include_settled=all_)
+                if not parked:
+                    await _known_group(store, group)
+                return parked
 
         parked = run(body())
         if emit_rows(ctx, (_parked_json(p, with_event=False) for p in parked)):
             return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("event id", "stream", "version", "status", "attempts", "error")
+        # Not a table: a table squeezed into a narrow terminal cuts the event ids,
+        # which `dlq show/retry/drop` need whole. Each event is a line that starts
+        # with its whole id, then its error, indented.
+        if not parked:
+            typer.echo(f"nothing parked in group {group}")
         for p in parked:
-            table.add_row(
-                str(p.event.id),
-                p.event.stream,
-                str(p.event.version),
-                p.status.value,
-                str(p.attempts),
-                (p.error or "")[:80],
+            typer.echo(
+                f"{p.event.id}  {p.status.value:<8} {_printable(p.event.stream)}@{p.event.version}"
+                f"  {_printable(p.event.type)}  attempts {p.attempts}"
             )
-        Console(soft_wrap=True).print(table)
+            if p.error:
+                typer.echo(f"    {_printable(p.error)}")
 
     @dlq.command("show")
     def dlq_show(
