@@ -329,7 +329,7 @@ def test_json_mode_errors_are_one_json_line(url: str) -> None:
     [line] = result.stderr.splitlines()
     error = msgspec.json.decode(line)
     assert error["error"] == "WrongExpectedVersion"
-    assert "actual None" in error["message"]
+    assert "expected 3, actual no_stream" in error["message"]
 
 
 def test_version(url: str) -> None:
@@ -687,3 +687,32 @@ def test_demo_names_the_absolute_path_of_its_store(
     absolute = f"sqlite:///{tmp_path}/d.db"
     assert absolute in result.stderr  # the first line, before the progress
     assert f"explore it: tidelog --store {absolute} read" in " ".join(result.stdout.split())
+
+
+# --------------------------------------------------------------------------- words (#14 item 9)
+
+
+def test_messages_use_the_words_of_the_command_line(url: str) -> None:
+    append(url, "order-1", "OrderPlaced")
+    conflict = one_line_error(invoke(url, "append", "order-1", "-t", "X", "-e", "no-stream"))
+    assert "expected no_stream, actual 0" in conflict and "StreamState" not in conflict
+    bad = one_line_error(invoke(url, "append", "order-1", "-t", "X", "-e", "latest"))
+    assert "use any, no_stream, stream_exists or an integer >= 0" in bad
+    assert "NO_STREAM" not in bad
+
+
+def test_python_messages_use_python_names(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with tidelog.connect(f"sqlite:///{tmp_path}/p.db") as store:
+            await store.append("order-1", [tidelog.NewEvent(type="X")])
+            with pytest.raises(tidelog.WrongExpectedVersion) as caught:
+                await store.append("order-1", [tidelog.NewEvent(type="X")], tidelog.NO_STREAM)
+            assert "expected NO_STREAM, actual 0" in str(caught.value)
+            with pytest.raises(tidelog.WrongExpectedVersion) as caught:
+                await store.append("order-2", [tidelog.NewEvent(type="X")], 4)
+            assert "expected 4, actual None" in str(caught.value)
+            with pytest.raises(tidelog.InvalidExpectedVersion) as bad:
+                await store.append("order-1", [tidelog.NewEvent(type="X")], -2)
+            assert "use ANY, NO_STREAM, STREAM_EXISTS or an int >= 0" in str(bad.value)
+
+    asyncio.run(main())

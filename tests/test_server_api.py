@@ -421,3 +421,37 @@ async def test_a_remote_member_commits_the_partition_a_fetch_names(serve: Serve)
             expected[e["partition"]] = max(expected.get(e["partition"], 0), e["position"])
         points = await remote.checkpoints("billing", "order")
         assert {p: points.get(p) for p in expected} == expected
+
+
+async def test_errors_use_the_words_of_the_http_api(
+    api: tuple[httpx.AsyncClient, tidelog.Store], serve: Serve
+) -> None:
+    """`no_stream` as the API takes it, never `StreamState.NO_STREAM`; an invalid name's
+    explanation in `reason`, not in `field` (#14 item 9). The remote engine raises them
+    in Python's words again."""
+    client, store = api
+    await store.append("order-1", [tidelog.NewEvent(type="X")])
+    one = {"events": [{"type": "X", "data": {}}]}
+    r = await client.post(
+        "/v1/streams/order-1/events", json={**one, "expected_version": "no_stream"}
+    )
+    assert r.status_code == 409
+    body = r.json()
+    assert "expected no_stream, actual 0" in body["message"]
+    assert (body["expected"], body["actual"]) == ("no_stream", 0)
+    r = await client.post("/v1/streams/order-1/events", json={**one, "expected_version": "latest"})
+    assert r.status_code == 400
+    assert '"any", "no_stream", "stream_exists" or an integer >= 0' in r.json()["message"]
+    assert "NO_STREAM" not in r.text and "StreamState" not in r.text
+    r = await client.post("/v1/streams/$bad name/events", json=one)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == "invalid_stream_name" and "field" not in body
+    assert body["reason"] and body["reason"] in body["message"]
+
+    server, _ = await serve(store=store)
+    async with tidelog.connect(f"http://127.0.0.1:{server.port}", token=ADMIN_KEY) as remote:
+        with pytest.raises(tidelog.WrongExpectedVersion) as caught:
+            await remote.append("order-1", [tidelog.NewEvent(type="X")], tidelog.NO_STREAM)
+        assert "expected NO_STREAM, actual 0" in str(caught.value)
+        assert caught.value.expected is tidelog.NO_STREAM

@@ -67,7 +67,7 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except TidelogError as exc:
-            _fail(ctx, type(exc).__name__, str(exc))
+            _fail(ctx, type(exc).__name__, exc.message_for("cli"))
         except (msgspec.DecodeError, json.JSONDecodeError) as exc:
             _fail(ctx, "InvalidInput", f"invalid JSON: {exc}")
         except BrokenPipeError:

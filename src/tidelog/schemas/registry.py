@@ -142,10 +142,15 @@ class SchemaRegistry:
     def _get(self, subject: str, version: int | None) -> SchemaVersion:
         versions = self._versions.get(subject)
         if not versions:
-            raise UnknownEventType(subject)
+            raise UnknownEventType(subject, f"no schema registered for subject {subject!r}")
         chosen = versions.get(max(versions) if version is None else version)
         if chosen is None:
-            raise UnknownEventType(f"{subject} v{version}")
+            raise UnknownEventType(
+                f"{subject} v{version}",
+                f"subject {subject!r} has no version {version} (versions: "
+                + ", ".join(str(v) for v in sorted(versions))
+                + ")",
+            )
         return chosen
 
     async def get_by_id(self, schema_id: int) -> SchemaVersion:
@@ -154,7 +159,7 @@ class SchemaRegistry:
             for sv in versions.values():
                 if sv.id == schema_id:
                     return sv
-        raise UnknownEventType(f"schema id {schema_id}")
+        raise UnknownEventType(f"schema id {schema_id}", f"no schema has id {schema_id}")
 
     # ------------------------------------------------------------------ compatibility
 
