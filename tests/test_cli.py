@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -716,3 +717,84 @@ def test_python_messages_use_python_names(tmp_path: Path) -> None:
             assert "use ANY, NO_STREAM, STREAM_EXISTS or an int >= 0" in str(bad.value)
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ first hour (#14 item 10)
+
+
+def test_demo_in_memory_does_not_suggest_reading_it_later() -> None:
+    result = CliRunner().invoke(app, ["demo", "--events", "100", "--store", "memory://"])
+    assert result.exit_code == 0, result.stderr
+    words = " ".join(result.stdout.split())
+    assert "--store memory://" not in words
+    assert "the store was in memory and is gone" in words
+
+
+def test_append_reads_data_from_stdin_or_a_file(url: str, tmp_path: Path) -> None:
+    piped = CliRunner().invoke(
+        app, ["--store", url, "append", "order-1", "-t", "A", "--data", "-"], input='{"n": 1}\n'
+    )
+    assert piped.exit_code == 0, piped.stderr
+    (tmp_path / "event.json").write_text('{"n": 2, "name": "caf\u00e9"}\n', encoding="utf-8")
+    append(url, "order-1", "B", "--data", f"@{tmp_path / 'event.json'}")
+    events = json_lines(ok(url, "--json", "read", "order-1"))
+    assert [e["data"] for e in events] == [{"n": 1}, {"n": 2, "name": "caf\u00e9"}]
+    missing = one_line_error(invoke(url, "append", "order-1", "-t", "C", "-d", "@/no/such.json"))
+    assert "cannot read --data file '/no/such.json'" in missing
+    bad = CliRunner().invoke(
+        app, ["--store", url, "append", "order-1", "-t", "C", "-d", "-"], input="{nope"
+    )
+    assert "not valid JSON" in one_line_error(bad)
+    assert len(json_lines(ok(url, "--json", "read", "order-1"))) == 2
+
+
+def test_json_after_the_command(filled: str) -> None:
+    after = json_lines(ok(filled, "read", "order-1", "--json", "--limit", "2"))
+    assert [e["version"] for e in after] == [0, 1]
+    assert json_lines(ok(filled, "streams", "--json")) == json_lines(
+        ok(filled, "--json", "streams")
+    )
+    failed = invoke(filled, "append", "order-1", "-t", "X", "-e", "0", "--json")
+    assert failed.exit_code == 1
+    assert msgspec.json.decode(failed.stderr)["error"] == "WrongExpectedVersion"
+    # after `--`, `--json` is an argument like any other
+    assert "InvalidStreamName" in one_line_error(invoke(filled, "read", "--", "--json"))
+
+
+@pytest.mark.parametrize("command", [[], ["read"], ["dlq", "list"], ["tail"]])
+def test_help_shows_flags_without_a_value(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert "--help" in result.stdout
+
+
+def test_serve_banner_keeps_paths_and_urls_whole_at_80_columns(tmp_path: Path) -> None:
+    deep = tmp_path / "a-rather-long-directory-name" / "and-another-one-below-it"
+    deep.mkdir(parents=True)
+    store = deep / "served.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "serve", "--port", "0", "--store", f"sqlite:///{store}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "COLUMNS": "80", "TERM": "xterm"},
+    ) as proc:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                while not any("authenticate with" in line for line in lines):
+                    line = pool.submit(proc.stderr.readline).result(timeout=60)
+                    assert line, f"server exited: {lines}"
+                    lines.append(line)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    [serving] = [line for line in lines if line.startswith("tidelog serving")]
+    assert f"sqlite:///{store} at http://127.0.0.1:" in serving  # whole, on one line
+    [api] = [line for line in lines if "API http" in line]
+    assert re.search(r"API http://127\.0\.0\.1:\d+/v1, OpenAPI http://127\.0\.0\.1:\d+/schema", api)
+    assert any(len(line.rstrip("\n")) > 80 for line in lines)  # not cut at the edge

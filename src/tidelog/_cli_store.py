@@ -33,7 +33,7 @@ from tidelog._cli_kit import (
     settings,
 )
 from tidelog._connect import resolved_url
-from tidelog.errors import InvalidEvent
+from tidelog.errors import InvalidEvent, InvalidInput
 from tidelog.model import AppendResult, NewEvent, RecordedEvent, StreamInfo
 
 __all__ = ["register"]
@@ -86,6 +86,23 @@ class _Printer:
             self.console.print(_event_line(event))
 
 
+def _data_text(data: str) -> str:
+    """The JSON text `--data` names: itself, stdin (`-`) or a file (`@path`), like curl.
+
+    No JSON text starts with `@`, so the prefix cannot hide a value.
+    """
+    if data == "-":
+        return sys.stdin.read()
+    if data.startswith("@"):
+        path = data[1:]
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --data file {path!r}: {exc.strerror}") from None
+    return data
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -93,7 +110,14 @@ def append(
     ctx: typer.Context,
     stream: Annotated[str, typer.Argument(help="Stream name, e.g. order-42.")],
     type_: Annotated[str, typer.Option("--type", "-t", help="Event type.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Event data as JSON.")] = "{}",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Event data as JSON; '-' reads it from stdin, '@FILE' from a file.",
+        ),
+    ] = "{}",
     expected_version: Annotated[
         str,
         typer.Option(
@@ -113,11 +137,14 @@ def append(
 ) -> None:
     """Append one event to a stream and print the result as JSON."""
     expected = parse_expected_version(expected_version)
-    parse_json(data, "--data")
+    text = _data_text(data)
+    parse_json(text, "--data")
     meta = {} if metadata is None else parse_json(metadata, "--metadata")
     if not isinstance(meta, dict):
         raise InvalidEvent("--metadata must be a JSON object")
-    event = NewEvent(type=type_, data=data.strip().encode(), metadata=meta)
+    event = NewEvent(
+        type=type_, data=text.strip().encode("utf-8", "surrogateescape"), metadata=meta
+    )
     if event_id is not None:
         try:
             event = msgspec.structs.replace(event, id=UUID(event_id))
@@ -371,9 +398,11 @@ def demo(
             out.print(Text("  " + line))
         if len(report.sample_history) > 8:
             out.print(Text(f"  ... {len(report.sample_history) - 8} more", style="dim"))
-        out.print(
-            Text(f"\nexplore it: tidelog --store {report.store} read {report.sample_stream}"),
-            style="dim",
-        )
+        if report.engine == "memory":
+            # gone with this process: no later command can read it
+            hint = "the store was in memory and is gone; keep one with --store sqlite:///demo.db"
+        else:
+            hint = f"explore it: tidelog --store {report.store} read {report.sample_stream}"
+        out.print(Text("\n" + hint), style="dim")
     if not report.matches:
         raise typer.Exit(1)

@@ -61,7 +61,27 @@ __all__ = [
 
 
 class _Group(typer.core.TyperGroup):
-    """The one place where errors become a one-line message and an exit code."""
+    """The one place where errors become a one-line message and an exit code.
+
+    It also shapes the command line as most CLIs do: `--json` works after the
+    command too (`tidelog read order-1 --json`), and flags show no value type
+    in help.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_flags(self)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _quiet(params)  # Typer adds the completion flags after __init__
+        return params
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _global_json_first(args)
+        result: list[str] = super().parse_args(ctx, args)
+        return result
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -76,6 +96,43 @@ class _Group(typer.core.TyperGroup):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(141) from None
+
+
+def _global_json_first(args: list[str]) -> list[str]:
+    """`args` with every `--json` (up to a `--`) moved to the front, where the global
+    option is parsed: scripts and people put it after the command as often as before."""
+    end = args.index("--") if "--" in args else len(args)
+    head = args[:end]
+    if "--json" not in head:
+        return args
+    return ["--json", *(a for a in head if a != "--json"), *args[end:]]
+
+
+def _quiet_flags(command: Any) -> None:
+    """Show flags without a value type in help, in `command` and every subcommand.
+
+    A flag takes no value, but Typer's help writes `--json <bool>`, which
+    reads as if it took one. An empty metavar leaves the column blank; the
+    help option, made on demand, is treated when it is made.
+    """
+    _quiet(command.params)
+    make_help_option = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flags(sub)
+
+
+def _quiet(params: list[Any]) -> None:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 def _fail(ctx: Any, kind: str, message: str) -> None:
