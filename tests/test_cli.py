@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -798,3 +799,75 @@ def test_serve_banner_keeps_paths_and_urls_whole_at_80_columns(tmp_path: Path) -
     [api] = [line for line in lines if "API http" in line]
     assert re.search(r"API http://127\.0\.0\.1:\d+/v1, OpenAPI http://127\.0\.0\.1:\d+/schema", api)
     assert any(len(line.rstrip("\n")) > 80 for line in lines)  # not cut at the edge
+
+
+# ---------------------------------------------------------------------- status (#14 item 15)
+
+
+async def _group_with_lag_and_parked(url: str) -> None:
+    from tidelog.consumers._dlq import dlq_stream, parked_entry
+
+    async with tidelog.connect(url) as store:
+        m = await store.join_group("billing", "order", "m1", lease=3600)
+        for i in range(3):
+            await store.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
+        [first] = [e async for e in store.read_all(limit=1)]
+        p = tidelog.partition_of(first.stream, store.partition_count)
+        await store.commit(
+            "billing", "order", p, first.position, member="m1", generation=m.generation
+        )
+        entry = parked_entry("billing", first, handler="h", error=RuntimeError("no"), attempts=2)
+        await store.append(dlq_stream("billing"), [entry])
+
+
+def test_status_reports_engine_head_lag_and_parked(url: str) -> None:
+    asyncio.run(_group_with_lag_and_parked(url))
+    [report] = json_lines(ok(url, "--json", "status"))
+    assert report["engine"] == "sqlite" and report["healthy"] is True
+    assert report["head"] == 4  # three events and the DLQ entry
+    assert report["groups"] == [
+        {"group": "billing", "category": "order", "members": 1, "lag": 2, "parked": 1}
+    ]
+    assert report["store"].endswith("/cli.db") and report["problems"] == []
+    human = ok(url, "status").stdout
+    assert "healthy" in human and "billing" in human and "sqlite" in human
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [(["--max-parked", "0"], "1 parked events"), (["--max-lag", "1"], "lags 2 events")],
+)
+def test_status_exits_non_zero_past_a_threshold(url: str, limits: list[str], problem: str) -> None:
+    asyncio.run(_group_with_lag_and_parked(url))
+    result = invoke(url, "status", *limits)
+    assert result.exit_code == 1
+    assert "UNHEALTHY" in result.stdout and "billing" in result.stdout  # the report still shows
+    [line] = result.stderr.splitlines()
+    assert line.startswith("unhealthy: group 'billing'") and problem in line
+    assert invoke(url, "status", "--max-lag", "2", "--max-parked", "1").exit_code == 0
+
+
+def test_status_of_a_missing_or_unreachable_store_is_one_error(tmp_path: Path) -> None:
+    assert "no store at" in one_line_error(invoke(f"sqlite:///{tmp_path}/none.db", "status"))
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert "StoreUnavailable" in one_line_error(invoke(f"http://127.0.0.1:{port}", "status"))
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        message = one_line_error(invoke(url, "status", "--timeout", "0.5"))
+    assert "StoreUnavailable" in message and "gave no answer within 0.5 s" in message
+
+
+async def test_status_of_a_server(serve: Any) -> None:
+    server, store = await serve(keys={SECRET: "ops"}, grants=("ops=admin:*",))
+    await store.append("order-1", [tidelog.NewEvent(type="Placed")])
+    base = f"http://127.0.0.1:{server.port}"
+    result = await _cli("--store", base, "--json", "status", env={"TIDELOG_TOKEN": SECRET})
+    assert result.exit_code == 0, result.stderr
+    [report] = json_lines(result)
+    assert report["engine"] == "remote (memory behind the server)"
+    assert (report["head"], report["healthy"]) == (1, True)
+    assert "AccessDenied" in one_line_error(await _cli("--store", base, "status"))

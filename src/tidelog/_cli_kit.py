@@ -38,6 +38,7 @@ __all__ = [
     "open_store",
     "parse_expected_version",
     "parse_json",
+    "partition_lags",
     "run",
     "say",
     "settings",
@@ -128,6 +129,20 @@ def emit_rows(ctx: typer.Context, rows: Iterable[Any]) -> bool:
     for row in rows:
         emit(row)
     return True
+
+
+async def partition_lags(store: Any, group: str, category: str) -> dict[int, tuple[int, int]]:
+    """(checkpoint, lag) per partition of a group on a category, as Kafka counts lag:
+    the events of that category and partition after the group's checkpoint.
+
+    What `groups` shows per partition and `status` sums per group.
+    """
+    points = await store.checkpoints(group, category)
+    out = {}
+    for p in range(store.partition_count):
+        cp = points.get(p, 0)
+        out[p] = (cp, await store.count_events(cp + 1, [category], [p]))
+    return out
 
 
 def parse_json(text: str, what: str) -> Any:

@@ -125,6 +125,7 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         emit,
         emit_rows,
         open_store,
+        partition_lags,
         run,
         say,
         settings,
@@ -236,7 +237,7 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
                     if group is not None and g != group:
                         continue
                     desc = await store.describe_group(g, category)
-                    points = await store.checkpoints(g, category)
+                    lags = await partition_lags(store, g, category)
                     owners = {}
                     members = []
                     if desc is not None:
@@ -244,9 +245,7 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
                             members.append(m.member)
                             for p in m.partitions:
                                 owners[p] = m.member
-                    for p in range(store.partition_count):
-                        cp = points.get(p, 0)
-                        lag = await store.count_events(cp + 1, [category], [p])
+                    for p, (cp, lag) in lags.items():
                         rows.append(
                             {
                                 "group": g,

@@ -95,6 +95,8 @@ class RemoteEngine(GroupEngine):
             ),
         )
         self._partitions = 0
+        self.server_engine = ""
+        """The engine behind the server (`/v1/info`), known once started."""
         self._watch = HeadWatch()
         self._decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
         self._encoder = msgspec.json.Encoder()
@@ -102,6 +104,7 @@ class RemoteEngine(GroupEngine):
     async def _start(self) -> None:
         info = await self._call("GET", "/v1/info", wire.WireInfo)
         self._partitions = info.partition_count
+        self.server_engine = info.engine
 
     # ------------------------------------------------------------------ transport
 
