@@ -680,6 +680,14 @@ def test_copy_refuses_the_source_as_destination(
     assert len(json_lines(ok(url, "--json", "log"))) == 1
 
 
+def test_migrate_schema_names_the_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    [result] = json_lines(ok("sqlite:///rel.db", "--json", "migrate-schema"))
+    assert result["store"] == f"sqlite:///{tmp_path}/rel.db"
+
+
 def test_demo_names_the_absolute_path_of_its_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,7 +46,7 @@ async def migrate_schema(url: str, **options: Any) -> dict[str, Any]:
         before = sqlite.schema_version(path) if _exists(path) else 0
         after = int(sqlite.migrate(path))
         return {
-            "store": url,
+            "store": resolved_url(url),
             "schema_version": after,
             "applied": list(range(before + 1, after + 1)),
         }
