@@ -183,7 +183,10 @@ def _global_options(
         ),
     ] = tidelog.DEFAULT_STORE_URL,
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print JSON lines instead of tables.")
+        bool,
+        typer.Option(
+            "--json", help="Print JSON lines instead of tables (before or after the command)."
+        ),
     ] = False,
     token: Annotated[
         str | None,
