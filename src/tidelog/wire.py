@@ -257,6 +257,9 @@ class WireError(msgspec.Struct, kw_only=True, omit_defaults=True):
     event_ids: list[UUID] | None = None
     feature: str | None = None
     field: str | None = None
+    """The request field that is wrong, when the error knows it."""
+    reason: str | None = None
+    """Why a name was refused (`invalid_stream_name`)."""
 
 
 def expected_to_wire(expected: ExpectedVersion) -> int | str:
@@ -291,7 +294,7 @@ def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
         code, status = "error", 400
     if isinstance(exc, errors.AccessDenied):
         code, status = ("unauthorized" if exc.status == 401 else "forbidden"), exc.status
-    wire = WireError(code=code, message=str(exc))
+    wire = WireError(code=code, message=exc.message_for("http"))
     if isinstance(exc, errors.WrongExpectedVersion):
         wire.stream = exc.stream
         wire.expected = (
@@ -310,7 +313,7 @@ def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
     elif isinstance(exc, errors.NotSupported):
         wire.feature = exc.feature
     elif isinstance(exc, errors.InvalidStreamName):
-        wire.stream, wire.field = str(exc.name)[:250], exc.reason
+        wire.stream, wire.reason = str(exc.name)[:250], exc.reason
     return wire, status
 
 
@@ -335,7 +338,7 @@ def raise_wire_error(wire: WireError, status: int) -> None:
             wire.current,
         )
     if code == "invalid_stream_name":
-        raise errors.InvalidStreamName(wire.stream, wire.field or wire.message)
+        raise errors.InvalidStreamName(wire.stream, wire.reason or wire.field or wire.message)
     if code == "invalid_expected_version":
         raise errors.InvalidExpectedVersion(wire.expected)
     if code == "invalid_event":

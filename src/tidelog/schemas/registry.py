@@ -291,10 +291,15 @@ class SchemaRegistry:
     def _get(self, subject: str, version: int | None, *, deleted: bool = False) -> SchemaVersion:
         versions = self._live(subject, deleted=deleted)
         if not versions:
-            raise UnknownEventType(subject)
+            raise UnknownEventType(subject, f"no schema registered for subject {subject!r}")
         chosen = versions.get(max(versions) if version is None else version)
         if chosen is None:
-            raise UnknownEventType(f"{subject} v{version}")
+            raise UnknownEventType(
+                f"{subject} v{version}",
+                f"subject {subject!r} has no version {version} (versions: "
+                + ", ".join(str(v) for v in sorted(versions))
+                + ")",
+            )
         return chosen
 
     async def get_by_id(self, schema_id: int) -> SchemaVersion:
@@ -302,7 +307,7 @@ class SchemaRegistry:
         await self.refresh()
         uses = self._by_id.get(schema_id)
         if not uses:
-            raise UnknownEventType(f"schema id {schema_id}")
+            raise UnknownEventType(f"schema id {schema_id}", f"no schema has id {schema_id}")
         return next(iter(uses.values()))
 
     async def uses_of(self, schema_id: int, *, deleted: bool = False) -> list[SchemaVersion]:

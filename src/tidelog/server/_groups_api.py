@@ -35,14 +35,14 @@ async def join_group(
     group: FromPath[str],
     category: FromPath[str],
     member: FromPath[str],
-    data: JSONBody[wire.WireJoin],
     state: State,
     access: AccessDep,
+    data: JSONBody[wire.WireJoin | None] = None,
 ) -> tidelog.Membership:
     need_group(access, group, category)
     rt = runtime(state)
     await rt.group_quota.claim(rt.store, access.principal, group, category)
-    return await rt.store.join_group(group, category, member, _lease(data.lease))
+    return await rt.store.join_group(group, category, member, _lease((data or _DEFAULT_JOIN).lease))
 
 
 @post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)
@@ -50,12 +50,14 @@ async def heartbeat(
     group: FromPath[str],
     category: FromPath[str],
     member: FromPath[str],
-    data: JSONBody[wire.WireJoin],
     state: State,
     access: AccessDep,
+    data: JSONBody[wire.WireJoin | None] = None,
 ) -> tidelog.Membership:
     need_group(access, group, category)
-    return await runtime(state).store.heartbeat(group, category, member, _lease(data.lease))
+    return await runtime(state).store.heartbeat(
+        group, category, member, _lease((data or _DEFAULT_JOIN).lease)
+    )
 
 
 @delete("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=204)
@@ -110,6 +112,10 @@ async def describe_group(
 async def list_groups(state: State, access: AccessDep) -> wire.WireGroups:
     groups = await runtime(state).store.list_groups()
     return wire.WireGroups(groups=[g for g in groups if access.can_category(g[1], Permission.READ)])
+
+
+_DEFAULT_JOIN = wire.WireJoin()
+"""A join or heartbeat without a body: every field of `WireJoin` has a default."""
 
 
 def _lease(lease: float) -> float:
