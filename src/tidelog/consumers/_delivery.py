@@ -11,6 +11,8 @@
 - A fenced member or an unreachable store is not the event's fault: no
   attempt is spent, the worker waits and tries again (or the event is
   redelivered elsewhere).
+- Each handler call runs in a `process <category>` span (`tidelog.telemetry`)
+  in the trace the event was published in, when tracing is on.
 - A retry requested with `tidelog dlq retry`, or an event held behind one
   that was resolved, is run again from the DLQ (`settle`).
 
@@ -29,6 +31,7 @@ from typing import Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import AppendRequest, NewEvent, RecordedEvent
+from tidelog.telemetry import process_span
 
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
@@ -180,10 +183,12 @@ class Delivery:
                 if not running.try_acquire():
                     await running.acquire()
                 try:
-                    if direct is not None:
-                        await direct(events[0], ctx)
-                    else:
-                        await h.invoke(events, ctx, scope.registry)
+                    # in the trace of the event's producer (one event) or linked to each
+                    with process_span(events, h.group):
+                        if direct is not None:
+                            await direct(events[0], ctx)
+                        else:
+                            await h.invoke(events, ctx, scope.registry)
                 finally:
                     running.release()
                 if ctx._appends or extra:

@@ -28,6 +28,7 @@ from typing import ClassVar, Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import RecordedEvent
+from tidelog.telemetry import tracing
 
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
@@ -356,7 +357,9 @@ class PartitionRun:
             delivery.direct,
             self.handler,
         )
-        new_context, inline = _new_context, self.inline
+        # traced: every event the plain way, whose `Delivery.handle` opens the process span
+        # (decided per run of work: a provider set meanwhile counts from the next one)
+        new_context, inline = _new_context, self.inline and not tracing()
         ready, held, waiters = self.ready, self.held, running.waiters
         credits, settle_queued = self.credits, self.settle_queued
         pending, done, progress = checkpoint.pending, checkpoint.done, checkpoint.progress
