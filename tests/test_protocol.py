@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 
 import tidelog
@@ -52,3 +53,75 @@ async def test_websocket_without_credentials_is_told_what_it_missed(serve: Serve
             await asyncio.wait_for(ws.recv(), 60)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert closed.value.rcvd.reason == 'no credentials within 5 s: send {"token": "..."} first'
+
+
+async def test_error_answers_validate_against_the_openapi_document(serve: Serve) -> None:
+    """Real refusals, each checked by schemathesis against the schema the document gives
+    for its status code (it was Litestar's `{status_code, detail, extra}`, which no route
+    sends)."""
+    import schemathesis
+
+    from tidelog.server import Limits
+
+    server, store = await serve(
+        keys={"reader-key": "reader"},
+        grants=("reader=read:category:order",),
+        limits=Limits(max_body_bytes=4096),
+    )
+    await store.append("order-1", [tidelog.NewEvent(type="A")])
+    await store.append("order-gone", [tidelog.NewEvent(type="A")])
+    await store.delete_stream("order-gone")
+    base = f"http://127.0.0.1:{server.port}"
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base) as client:
+        doc = (await client.get("/schema/openapi.json", headers=admin)).json()
+        one = {"events": [{"type": "A"}]}
+        calls = [
+            ("/v1/streams/{stream}/events", "POST", "/v1/streams/bad name!/events", one, admin),
+            ("/v1/streams/{stream}/events", "POST", "/v1/streams/order-1/events", one, {}),
+            (
+                "/v1/streams/{stream}/events",
+                "POST",
+                "/v1/streams/order-1/events",
+                one,
+                {"Authorization": "Bearer reader-key"},
+            ),
+            (
+                "/v1/streams/{stream}/events",
+                "POST",
+                "/v1/streams/order-1/events",
+                {**one, "expected_version": 7},
+                admin,
+            ),
+            (
+                "/v1/streams/{stream}/events",
+                "POST",
+                "/v1/streams/order-1/events",
+                {"events": [{"type": "A", "data_base64": "x" * 8000}]},
+                admin,
+            ),
+            ("/v1/streams/{stream}/events", "GET", "/v1/streams/order-gone/events", None, admin),
+            ("/v1/log", "GET", "/v1/log?from_position=minus-one", None, admin),
+            ("/v1/cloudevents", "POST", "/v1/cloudevents", "plain text", admin),
+            ("/subjects/{subject}/versions", "GET", "/subjects/Nothing/versions", None, admin),
+        ]
+        answers = []
+        for template, method, url, body, headers in calls:
+            if isinstance(body, str):
+                r = await client.request(method, url, content=body, headers=headers)
+            else:
+                r = await client.request(method, url, json=body, headers=headers)
+            answers.append((template, method, r))
+    statuses = sorted(r.status_code for _, _, r in answers)
+    seen = [
+        (call[2], r.status_code, r.text) for call, (_, _, r) in zip(calls, answers, strict=True)
+    ]
+    assert statuses == [400, 400, 401, 403, 404, 409, 410, 413, 415], seen
+    schema = schemathesis.openapi.from_dict(doc)
+    for template, method, r in answers:
+        operation = schema[template][method]
+        documented = operation.responses.find_by_status_code(r.status_code)
+        assert documented is not None, f"{method} {template}: {r.status_code} undocumented"
+        operation.validate_response(r)  # raises with the mismatch
+    # nothing in the document describes Litestar's own error shape any more
+    assert '"status_code"' not in json.dumps(doc["paths"])
