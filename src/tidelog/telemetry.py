@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
+import importlib.metadata
 import json
 import logging
 import sys
@@ -217,10 +219,19 @@ def configure_logging(
 # --------------------------------------------------------------------------- tracing
 
 
-def _tracer() -> Any:
-    import tidelog
+@functools.cache
+def _version() -> str | None:
+    """tidelog's version for the tracer's instrumentation scope, from the installed
+    distribution: importing `tidelog` here would close an import cycle (the package
+    imports the consumer runtime, which traces through this module)."""
+    try:
+        return importlib.metadata.version("tidelog")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-    return _otel_trace.get_tracer("tidelog", tidelog.__version__)
+
+def _tracer() -> Any:
+    return _otel_trace.get_tracer("tidelog", _version())
 
 
 def tracing() -> bool:

@@ -31,7 +31,6 @@ from typing import Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import AppendRequest, NewEvent, RecordedEvent
-from tidelog.telemetry import process_span
 
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
@@ -101,6 +100,12 @@ class Delivery:
         self.checkpoint = checkpoint
         self.direct = h.fn if h.options.batch is None and h.event_class is None else None
         """The handler itself when it takes the `RecordedEvent` as is (skips `Handler.invoke`)."""
+        # imported when a consumer runs, not with `import tidelog` (which leaves the
+        # tools, and OpenTelemetry, unloaded: tests/test_public_api.py)
+        from tidelog.telemetry import process_span
+
+        self.process_span = process_span
+        """`tidelog.telemetry.process_span`: each handler call runs in one."""
 
     async def gate(self, event: RecordedEvent) -> bool:
         """True if `event` must go to the handler; else it was parked, held or settled."""
@@ -170,6 +175,7 @@ class Delivery:
         direct = self.direct
         stats = self.stats
         scope = self.scope
+        process_span = self.process_span
         attempt = 0 if failed is None else 1
         error = failed
         while True:

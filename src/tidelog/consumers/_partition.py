@@ -28,7 +28,6 @@ from typing import ClassVar, Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import RecordedEvent
-from tidelog.telemetry import tracing
 
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
@@ -358,7 +357,10 @@ class PartitionRun:
             self.handler,
         )
         # traced: every event the plain way, whose `Delivery.handle` opens the process span
-        # (decided per run of work: a provider set meanwhile counts from the next one)
+        # (decided per run of work: a provider set meanwhile counts from the next one).
+        # Imported here, not with `import tidelog`, like `Delivery.process_span`.
+        from tidelog.telemetry import tracing
+
         new_context, inline = _new_context, self.inline and not tracing()
         ready, held, waiters = self.ready, self.held, running.waiters
         credits, settle_queued = self.credits, self.settle_queued
