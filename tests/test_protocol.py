@@ -1,16 +1,19 @@
 """Protocol points of issue #15, each driven by the real client: the WebSocket
-refusal of a bad header credential, the API docs served without the internet,
-and the OpenAPI document's error schema against real error answers."""
+refusal of a bad header credential (`websockets`), the OpenAPI document's error
+schema against real error answers (schemathesis), and the API docs pages served
+without the internet (httpx, and Chromium with every other origin blocked)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
 
 import tidelog
+from support.browser import chromium
 from support.server import ADMIN_KEY, Serve
 
 
@@ -125,3 +128,64 @@ async def test_error_answers_validate_against_the_openapi_document(serve: Serve)
         operation.validate_response(r)  # raises with the mismatch
     # nothing in the document describes Litestar's own error shape any more
     assert '"status_code"' not in json.dumps(doc["paths"])
+
+
+# ---------------------------------------------------------------- the API docs pages
+
+DOCS_PAGES = ("/schema", "/schema/swagger")
+_ASSET_TYPES = ("text/javascript", "application/javascript", "text/css", "image/png")
+
+
+async def test_the_docs_pages_load_every_asset_from_the_server_itself(serve: Serve) -> None:
+    """No CDN, no Google fonts: every script, style and icon is same-origin and answers."""
+    server, _ = await serve()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        for page in DOCS_PAGES:
+            r = await client.get(page)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            urls = re.findall(r"""(?:src|href)=["']([^"']+)""", r.text)
+            assert len(urls) >= 2, (page, urls)
+            for url in urls:
+                assert url.startswith("/") and not url.startswith("//"), (page, url)
+                asset = await client.get(url)
+                assert asset.status_code == 200, (page, url)
+                assert asset.headers["content-type"].startswith(_ASSET_TYPES), (url, asset.headers)
+                assert len(asset.content) > 500, url
+        # only the package's folder is served
+        for bad in ("/schema/assets/../../../etc/passwd", "/schema/assets/%2e%2e/%2e%2e/x.py"):
+            outside = await client.get(bad)
+            assert outside.status_code in (400, 404), (bad, outside.status_code)
+
+
+async def test_the_docs_pages_render_in_chromium_with_the_internet_cut_off(serve: Serve) -> None:
+    """Redoc and Swagger UI draw the API in a browser that may reach only this server."""
+    from playwright.async_api import Route, expect
+
+    server, _ = await serve()
+    origin = f"http://127.0.0.1:{server.port}"
+    blocked: list[str] = []
+
+    async def only_this_server(route: Route) -> None:
+        if route.request.url.startswith(origin + "/"):
+            await route.continue_()
+        else:
+            blocked.append(route.request.url)
+            await route.abort("internetdisconnected")
+
+    async with chromium() as browser:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.route("**/*", only_this_server)
+
+        await page.goto(f"{origin}/schema")  # Redoc
+        await expect(page.locator("h1").first).to_contain_text("tidelog", timeout=60_000)
+        await expect(page.get_by_text("Append to a stream").first).to_be_attached()
+
+        await page.goto(f"{origin}/schema/swagger")
+        await expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+            "tidelog", timeout=60_000
+        )
+        await expect(page.locator(".opblock").first).to_be_visible()
+    assert blocked == []
+    assert errors == []

@@ -18,16 +18,21 @@ the body it really has (`_document_errors`).
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-from litestar import Request
+from litestar import Request, Router
+from litestar.datastructures import CacheControlHeader
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
     OpenAPIRenderPlugin,
     RedocRenderPlugin,
     SwaggerRenderPlugin,
 )
+from litestar.static_files import create_static_files_router
 
 from tidelog import model, wire
 from tidelog.server._cloudevents import (
@@ -37,7 +42,15 @@ from tidelog.server._cloudevents import (
 )
 from tidelog.server._registry_api import CONTENT_TYPE, ConfigBody, RegisterSchema
 
-__all__ = ["CompleteJsonRenderPlugin", "complete_openapi", "render_plugins"]
+__all__ = [
+    "ASSETS_PATH",
+    "CompleteJsonRenderPlugin",
+    "asset_routes",
+    "complete_openapi",
+    "render_plugins",
+]
+
+log = logging.getLogger(__name__)
 
 _DONE: Final = "x-tidelog-completed"
 _REF: Final = "#/components/schemas/{name}"
@@ -210,21 +223,103 @@ class CompleteJsonRenderPlugin(JsonRenderPlugin):
         return super().render(request, complete_openapi(openapi_schema))
 
 
+ASSETS_PATH: Final = "/schema/assets"
+"""Where the server serves the UIs' JavaScript and CSS (see `_assets_directory`)."""
+
+_SIDECAR: Final = "drf_spectacular_sidecar"
+
+
+def _assets_directory() -> Path | None:
+    """The folder of Redoc's and Swagger UI's built files, from the `drf-spectacular-sidecar`
+    package; None if it is not installed.
+
+    The pages at /schema used to load their JavaScript from public CDNs, so
+    they were blank on a machine without the internet (most servers behind a
+    firewall). The files come from a maintained package instead of a copy in
+    this repository: it ships the official distribution builds of both UIs
+    (`redoc/bundles/redoc.standalone.js`, `swagger-ui-dist/`) and follows
+    their releases. Its own code is a Django app, which is never imported here:
+    the folder is found with `find_spec`, which does not run the package.
+    """
+    spec = importlib.util.find_spec(_SIDECAR)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static" / _SIDECAR
+    return folder if (folder / "redoc").is_dir() and (folder / "swagger-ui-dist").is_dir() else None
+
+
+_SAME_ORIGIN_ONLY: Final = (
+    b'<meta http-equiv="Content-Security-Policy" content="default-src \'self\'; '
+    b"script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+    b"connect-src 'self'\">"
+)
+"""The docs pages may load nothing from elsewhere. Redoc's bundle shows its maker's logo
+from a CDN (and hides it when that fails): this keeps the browser from even asking, so
+the pages send no request off the server. Inline script and style are the pages' own
+(the document is embedded in them)."""
+
+
+def _same_origin_only(page: bytes) -> bytes:
+    return page.replace(b"<head>", b"<head>" + _SAME_ORIGIN_ONLY, 1)
+
+
 class _CompleteRedoc(RedocRenderPlugin):
     """Redoc embeds the document in its page: complete it first."""
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, complete_openapi(openapi_schema))
+        return _same_origin_only(super().render(request, complete_openapi(openapi_schema)))
 
 
 class _CompleteSwagger(SwaggerRenderPlugin):
     """Swagger UI embeds the document in its page too."""
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, complete_openapi(openapi_schema))
+        return _same_origin_only(super().render(request, complete_openapi(openapi_schema)))
 
 
 def render_plugins() -> list[OpenAPIRenderPlugin]:
     """What `/schema` serves: Redoc at the root (Litestar's default), Swagger UI at
-    `/schema/swagger`, and the completed document at `/schema/openapi.json`."""
-    return [_CompleteRedoc(), _CompleteSwagger(), CompleteJsonRenderPlugin()]
+    `/schema/swagger`, and the completed document at `/schema/openapi.json`.
+
+    The UIs load their scripts, styles and icon from this server (`ASSETS_PATH`),
+    never from a CDN (nor Google's fonts): they work behind a firewall. Without
+    the assets package only the JSON document is served, with a warning.
+    """
+    if _assets_directory() is None:
+        log.warning(
+            "the API docs pages are off: the package drf-spectacular-sidecar is missing "
+            "(pip install 'tidelog[server]'); /schema/openapi.json is still served"
+        )
+        return [CompleteJsonRenderPlugin()]
+    redoc, swagger = f"{ASSETS_PATH}/redoc/bundles", f"{ASSETS_PATH}/swagger-ui-dist"
+    favicon = f"<link rel='icon' type='image/png' href='{swagger}/favicon-32x32.png'>"
+    return [
+        _CompleteRedoc(js_url=f"{redoc}/redoc.standalone.js", google_fonts=False, favicon=favicon),
+        _CompleteSwagger(
+            js_url=f"{swagger}/swagger-ui-bundle.js",
+            css_url=f"{swagger}/swagger-ui.css",
+            standalone_preset_js_url=f"{swagger}/swagger-ui-standalone-preset.js",
+            favicon=favicon,
+        ),
+        CompleteJsonRenderPlugin(),
+    ]
+
+
+def asset_routes() -> list[Router]:
+    """The route serving the UIs' files at `ASSETS_PATH` (none without the package).
+
+    Public like the pages that load them: they are the UIs' published builds.
+    """
+    folder = _assets_directory()
+    if folder is None:
+        return []
+    return [
+        create_static_files_router(
+            path=ASSETS_PATH,
+            directories=[folder],
+            name="api-docs-assets",
+            cache_control=CacheControlHeader(max_age=3600, public=True),
+            include_in_schema=False,
+        )
+    ]
