@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 import tidelog
@@ -189,3 +191,42 @@ async def test_the_docs_pages_render_in_chromium_with_the_internet_cut_off(serve
         await expect(page.locator(".opblock").first).to_be_visible()
     assert blocked == []
     assert errors == []
+
+
+# ---------------------------------------------------------------- docs/http-api.md
+
+HTTP_API_DOC = Path(__file__).resolve().parents[1] / "docs" / "http-api.md"
+UNLISTED = {
+    "/schema/{}": "Litestar's fallback for the docs pages, not a route of its own",
+    "/schema/oauth2-redirect.html": "Swagger UI's OAuth2 helper page (no OAuth2 here)",
+}
+
+
+def _shape(path: str) -> str:
+    """A path with its parameters unnamed: `/v1/streams/{stream:str}` -> `/v1/streams/{}`."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+async def test_http_api_doc_lists_every_route_and_client_option(serve: Serve) -> None:
+    """The doc is checked against the running app, so a new route or option cannot
+    be left out of it."""
+    from litestar.routes import HTTPRoute, WebSocketRoute
+
+    from tidelog.engines.remote import RemoteConfig
+
+    server, _ = await serve()
+    doc = _shape(HTTP_API_DOC.read_text())
+    missing = []
+    for route in server._app.routes:
+        path = _shape(route.path)
+        if path in UNLISTED:
+            continue
+        methods = ["GET"] if isinstance(route, WebSocketRoute) else []
+        if isinstance(route, HTTPRoute):
+            methods = sorted(route.methods - {"OPTIONS", "HEAD"})
+        listed = (re.escape(f"{m} {path}") + r"(?![\w/{])" for m in methods)  # whole paths
+        if not any(re.search(pattern, doc) for pattern in listed) and f"`{path}`" not in doc:
+            missing.append(f"{methods} {route.path}")
+    assert missing == []
+    for field in msgspec.structs.fields(RemoteConfig):
+        assert f"| `{field.name}` | {field.default:g} |" in doc, field.name
