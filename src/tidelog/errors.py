@@ -116,14 +116,26 @@ class DuplicateEventId(InvalidEvent):
     stored in another stream.
     """
 
-    def __init__(self, stream: str, event_ids: Sequence[UUID]) -> None:
+    def __init__(
+        self, stream: str, event_ids: Sequence[UUID], *, in_other_stream: bool = False
+    ) -> None:
         self.stream = stream
         self.event_ids = tuple(event_ids)
+        self.in_other_stream = in_other_stream
+        """Some of the ids are stored in another stream than `stream` (which one is not
+        said: the caller may have no right to read it)."""
         ids = ", ".join(str(i) for i in self.event_ids[:5])
-        super().__init__(
-            f"append to {stream!r} mixes new events with already stored ids ({ids}); "
-            "an idempotent retry must repeat exactly the same events"
-        )
+        if in_other_stream:
+            message = (
+                f"event id {ids} is already stored in another stream, so it cannot be "
+                f"appended to {stream!r}: an event id is stored once, in one stream"
+            )
+        else:
+            message = (
+                f"append to {stream!r} mixes new events with already stored ids ({ids}); "
+                "an idempotent retry must repeat exactly the same events"
+            )
+        super().__init__(message)
 
 
 class UnknownEventType(InvalidEvent):

@@ -260,6 +260,8 @@ class WireError(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The request field that is wrong, when the error knows it."""
     reason: str | None = None
     """Why a name was refused (`invalid_stream_name`)."""
+    in_other_stream: bool | None = None
+    """`duplicate_event_id`: an id is stored in another stream (not a retry gone wrong)."""
 
 
 def expected_to_wire(expected: ExpectedVersion) -> int | str:
@@ -305,6 +307,7 @@ def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
         wire.actual = exc.actual
     elif isinstance(exc, errors.DuplicateEventId):
         wire.stream, wire.event_ids = exc.stream, list(exc.event_ids)
+        wire.in_other_stream = exc.in_other_stream or None
     elif isinstance(exc, errors.StreamDeleted):
         wire.stream = exc.stream
     elif isinstance(exc, errors.StaleGeneration):
@@ -326,7 +329,9 @@ def raise_wire_error(wire: WireError, status: int) -> None:
             expected = parse_expected_version(expected)
         raise errors.WrongExpectedVersion(wire.stream or "", expected, wire.actual)
     if code == "duplicate_event_id":
-        raise errors.DuplicateEventId(wire.stream or "", wire.event_ids or [])
+        raise errors.DuplicateEventId(
+            wire.stream or "", wire.event_ids or [], in_other_stream=bool(wire.in_other_stream)
+        )
     if code == "stream_deleted":
         raise errors.StreamDeleted(wire.stream or "")
     if code == "stale_generation":

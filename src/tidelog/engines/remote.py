@@ -5,7 +5,10 @@ subscriptions are Server-Sent Events that resume from the last position seen
 (`Last-Event-ID`) after a dropped connection, so a subscriber neither loses
 nor repeats an event. Transport errors become `StoreUnavailable` and server
 errors become the same exception types a local engine raises, both in
-`_call`, the one place that talks HTTP.
+`_call`, the one place that talks HTTP. Every request carries the caller's
+trace context (`tidelog.telemetry.trace_headers`: W3C `traceparent` and
+`tracestate`), so the server's `publish` span of an append made inside an
+application span belongs to that span's trace.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from tidelog.model import (
     RecordedEvent,
     StreamInfo,
 )
+from tidelog.telemetry import trace_headers
 
 __all__ = ["RemoteConfig", "RemoteEngine", "open_engine", "resolve_token"]
 
@@ -125,13 +129,13 @@ class RemoteEngine(GroupEngine):
     ) -> T:
         self._check_open()
         content = None if body is None else self._encoder.encode(body)
+        # the caller's trace goes with the request: the server's spans continue it
+        headers = trace_headers()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         try:
             response = await self._client.request(
-                method,
-                path,
-                content=content,
-                params=_params(params),
-                headers={"Content-Type": "application/json"} if content is not None else None,
+                method, path, content=content, params=_params(params), headers=headers or None
             )
         except httpx.HTTPError as exc:
             raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
@@ -297,7 +301,7 @@ class RemoteEngine(GroupEngine):
         decoder = self._decoder(wire.WireEvent)
         while True:
             self._check_open()
-            headers = {"Accept": "text/event-stream"}
+            headers = {**trace_headers(), "Accept": "text/event-stream"}
             if last_seen is not None:
                 headers["Last-Event-ID"] = str(last_seen)
             try:

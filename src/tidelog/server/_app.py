@@ -43,7 +43,7 @@ from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
 from tidelog.server._live_api import ROUTES as LIVE_ROUTES
 from tidelog.server._log_api import ROUTES as LOG_ROUTES
 from tidelog.server._metrics import Metrics
-from tidelog.server._openapi import render_plugins
+from tidelog.server._openapi import asset_routes, render_plugins
 from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
 from tidelog.server._registry_wire import confluent_error, is_registry_path, keep_encoded_slashes
@@ -146,7 +146,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             await store.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *asset_routes()],  # the API docs' scripts, served here
         dependencies={"access": Provide(provide_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,

@@ -371,6 +371,8 @@ async def ingest_cloudevents(
             for s, events in by_stream.items()
         }
         results = await rt.store.append_many(requests)
+        # the stream and position on the span, as the other append routes put them
+        telemetry.record_append_many({s: r.events for s, r in requests.items()}, results)
     elapsed = time.perf_counter() - started
     for s, events in by_stream.items():
         rt.metrics.appended(category_of(s), len(events), elapsed)
