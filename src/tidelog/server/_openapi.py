@@ -299,7 +299,7 @@ def render_plugins() -> list[OpenAPIRenderPlugin]:
     if _assets_directory() is None:
         log.warning(
             "the API docs pages are off: the package drf-spectacular-sidecar is missing "
-            "(pip install 'tidelog[server]'); /schema/openapi.json is still served"
+            "(pip install 'tidelog[server,apidocs]'); /schema/openapi.json is still served"
         )
         return [CompleteJsonRenderPlugin()]
     redoc, swagger = f"{ASSETS_PATH}/redoc/bundles", f"{ASSETS_PATH}/swagger-ui-dist"
