@@ -84,8 +84,11 @@ def test_the_facade_has_every_public_name_of_the_async_contract() -> None:
         contract = inspect.getattr_static(tidelog.Store, name)
         facade = inspect.getattr_static(tidelog.sync.SyncStore, name)
         if callable(contract):
-            assert inspect.signature(facade) == inspect.signature(contract), name
+            # the same arguments and defaults; only the return type may differ
+            arguments = inspect.signature(facade).parameters
+            assert arguments == inspect.signature(contract).parameters, name
             assert not inspect.iscoroutinefunction(facade), name
+    assert "SyncIterator" in str(inspect.signature(tidelog.sync.SyncStore.subscribe))
 
 
 def test_plain_values_and_plain_iterators(store: tidelog.sync.SyncStore) -> None:
@@ -136,6 +139,28 @@ def test_one_loop_in_one_thread_per_store_stopped_by_close(tmp_path: pathlib.Pat
         first.read_all()
     second.close()
     assert len(_loop_threads()) == before
+
+
+def test_a_store_dropped_unclosed_warns_and_stops_its_thread() -> None:
+    before = set(_loop_threads())
+    store = tidelog.sync.connect("memory://")
+    store.append("order-1", [ev()])
+    (thread,) = set(_loop_threads()) - before
+    with pytest.warns(ResourceWarning, match="not closed"):
+        del store
+        gc.collect()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+
+def test_an_iterator_keeps_its_store_open(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path}/kept.db"
+    with tidelog.sync.connect(url) as store:
+        store.append("order-1", [ev(), ev()])
+    events = tidelog.sync.connect(url).read_all()  # the store is not named anywhere else
+    gc.collect()
+    assert [e.position for e in events] == [1, 2]
+    events._owner.close()
 
 
 def test_a_store_that_cannot_open_raises_and_leaves_no_thread() -> None:

@@ -47,7 +47,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import threading
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -106,14 +109,17 @@ class _Portal:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a finaliser may run while it is held
         self.closed = False
         self._thread = threading.Thread(target=self._serve, name="tidelog-sync", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
 
     def submit(self, what: str, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         """Schedule `coro` on the loop; refuses (and closes `coro`) when the call cannot run."""
@@ -148,19 +154,30 @@ class _Portal:
         return self.call(what, body())
 
     def close(self, shutdown: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `shutdown` on the loop, end every task and iterator left, stop the thread."""
+        """Run `shutdown` on the loop, end every task and iterator left, stop the thread.
+
+        A second caller (another thread) returns once the first has finished.
+        """
         if threading.get_ident() == self._thread.ident:
             raise ReentrantCall("close()")
+        with self._lock:
+            first, self.closed = not self.closed, True
+        if first:
+            try:
+                asyncio.run_coroutine_threadsafe(self._finish(shutdown), self.loop).result()
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+
+    def abandon(self, shutdown: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Close without waiting: for a store that was dropped unclosed (a finaliser)."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-        try:
-            asyncio.run_coroutine_threadsafe(self._finish(shutdown), self.loop).result()
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-            self.loop.close()
+        with contextlib.suppress(RuntimeError):  # the loop is gone already (interpreter exit)
+            future = asyncio.run_coroutine_threadsafe(self._finish(shutdown), self.loop)
+            future.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.loop.stop))
 
     async def _finish(self, shutdown: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
@@ -183,7 +200,10 @@ class SyncIterator(Iterator[_T]):
     that wait is cancelled and its loop ends.
     """
 
-    def __init__(self, portal: _Portal, source: AsyncIterator[_T], what: str) -> None:
+    def __init__(
+        self, portal: _Portal, source: AsyncIterator[_T], what: str, owner: object = None
+    ) -> None:
+        self._owner = owner  # the store: kept alive while one of its iterators is
         self._portal = portal
         self._source = source
         self._what = what
@@ -242,15 +262,32 @@ class SyncIterator(Iterator[_T]):
         self.close()
 
     def __del__(self) -> None:
-        # Dropped unfinished: close on the loop without waiting (a finaliser must not block).
+        # Dropped unfinished: close on the loop without waiting. A finaliser may run
+        # anywhere, even inside this thread's own call to the loop, so it takes no
+        # lock and makes no coroutine here (one the loop never ran would warn).
         if not self._done and not self._portal.closed:
-            with contextlib.suppress(Exception):
-                self._portal.submit(f"finalising {self._what}", self._close())
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to do
+                self._portal.loop.call_soon_threadsafe(self._close_soon)
+
+    def _close_soon(self) -> None:
+        self._portal.loop.create_task(self._close())
 
 
-def _named_like(wrapper: Callable[..., Any], method: Callable[..., Any]) -> None:
-    """Give `wrapper` the async method's name, docstring and signature (for `help()`)."""
+def _named_like(
+    wrapper: Callable[..., Any], method: Callable[..., Any], *, iterating: bool = False
+) -> None:
+    """Give `wrapper` the async method's name, docstring and signature (for `help()`).
+
+    The signature is the contract's, arguments and defaults alike; only an
+    iterator's return type reads `SyncIterator` where the contract has
+    `AsyncIterator`.
+    """
     functools.update_wrapper(wrapper, method)
+    signature = inspect.signature(method)
+    if iterating:
+        returns = str(signature.return_annotation).replace("AsyncIterator", "SyncIterator")
+        signature = signature.replace(return_annotation=returns)
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
 
 
 def _blocking(
@@ -283,9 +320,9 @@ def _iterating(
         source: AsyncIterator[_T] = self._portal.run(
             f"{name}()", lambda: getattr(self._async, name)(*args, **kwargs)
         )
-        return SyncIterator(self._portal, source, f"{name}()")
+        return SyncIterator(self._portal, source, f"{name}()", self)
 
-    _named_like(call, method)
+    _named_like(call, method, iterating=True)
     return call
 
 
@@ -300,6 +337,7 @@ class SyncStore:
     def __init__(self, store: Engine, portal: _Portal) -> None:
         self._async = store
         self._portal = portal
+        weakref.finalize(self, _abandoned, portal, store)
 
     @property
     def async_store(self) -> Engine:
@@ -373,6 +411,18 @@ def connect(url: str = DEFAULT_STORE_URL, **options: Any) -> SyncStore:
         portal.close(_nothing)
         raise
     return SyncStore(store, portal)
+
+
+def _abandoned(portal: _Portal, store: Engine) -> None:
+    """A store dropped without `close()`: say so, as an unclosed file does, and close it."""
+    if portal.closed:
+        return
+    warnings.warn(
+        f"a tidelog.sync store ({store.name}) was not closed: close it, or use `with`",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    portal.abandon(store.close)
 
 
 async def _open(url: str, options: dict[str, Any]) -> Engine:
