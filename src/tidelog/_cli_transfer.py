@@ -176,16 +176,15 @@ def export(
 # --------------------------------------------------------------------------- import
 
 
-class _Line(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A line of the `jsonl` format; `version`, `position`, `recorded_at` are ignored."""
+class _Line(wire.WireNewEvent, kw_only=True, forbid_unknown_fields=True):
+    """A line of the `jsonl` format: the HTTP wire's new event, with its stream and an id.
+
+    `version`, `position` and `recorded_at` (what export writes besides) are
+    read and ignored.
+    """
 
     stream: str
-    type: str
-    id: UUID
-    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
-    data_base64: str | None = None
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    schema_version: int = 1
+    id: UUID  # required here: without it a re-run could not be idempotent
     version: Any = None
     position: Any = None
     recorded_at: Any = None
@@ -198,16 +197,7 @@ Parser = Callable[[bytes], tuple[str, NewEvent]]
 
 def _parse_jsonl(raw: bytes) -> tuple[str, NewEvent]:
     line = _LINE.decode(raw)
-    stream = validate_stream_name(line.stream)
-    event = wire.WireNewEvent(
-        type=line.type,
-        data=line.data,
-        data_base64=line.data_base64,
-        metadata=line.metadata,
-        id=line.id,
-        schema_version=line.schema_version,
-    ).to_new_event()
-    return stream, validate_event(event)
+    return validate_stream_name(line.stream), validate_event(line.to_new_event())
 
 
 def _cloudevents_parser(principal: str) -> Parser:
