@@ -203,9 +203,26 @@ def test_a_conflicting_id_is_named_and_its_batch_not_written(tmp_path: Path) -> 
     assert [e.type for e in run(_events(target))] == ["Mine", "Placed", "Binary", "Empty"]
 
 
-def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    error = failed(invoke(url_in(tmp_path), "import", str(tmp_path / "nope.jsonl")))
-    assert "no such file" in error
+def test_files_that_cannot_be_opened_and_bad_stores_are_clear_errors(tmp_path: Path) -> None:
+    url = url_in(tmp_path)
+    error = failed(invoke(url, "import", str(tmp_path / "nope.jsonl")))
+    assert "cannot open" in error and "nope.jsonl" in error
+    error = failed(invoke(url, "import", str(tmp_path)))
+    assert "cannot open" in error
+    error = failed(invoke(url, "export", "-o", str(tmp_path / "no" / "dir.jsonl")))
+    assert "cannot open" in error
+    failed(invoke("nosuch://x", "export", "-o", str(tmp_path / "never.jsonl")))
+    assert not (tmp_path / "never.jsonl").exists()  # no empty file left behind
+
+
+def test_json_nested_too_deeply_is_a_bad_line(tmp_path: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    line = b'{"stream": "a-1", "type": "X", "id": "%s", "metadata": {"a": %s}}' % (
+        str(uuid4()).encode(),
+        deep,
+    )
+    error = failed(invoke(url_in(tmp_path), "import", "-", input=line))
+    assert "line 1: InvalidInput: JSON nested too deeply" in error
 
 
 # --------------------------------------------------------------------------- cloudevents

@@ -32,6 +32,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,7 +62,7 @@ from tidelog._cloudevent_map import (
 )
 from tidelog.copy import LogBatch, OrderedAppender
 from tidelog.engines.contract import Engine
-from tidelog.errors import DuplicateEventId, InvalidEvent, StreamDeleted, TidelogError
+from tidelog.errors import DuplicateEventId, InvalidInput, StreamDeleted, TidelogError
 from tidelog.model import (
     AppendRequest,
     AppendResult,
@@ -146,9 +148,11 @@ def export(
     """Write the log's events as JSON lines, one event each, in commit order."""
     url = settings(ctx).store
 
-    async def body(out: IO[bytes]) -> int:
+    async def body() -> int:
         count = 0
-        async with tidelog.connect(url) as store:
+        async with tidelog.connect(url) as store, contextlib.AsyncExitStack() as stack:
+            # the file is made once the store is open: a bad --store leaves no empty file
+            out = sys.stdout.buffer if output is None else stack.enter_context(_open(output, "wb"))
             end = await store.last_position()  # what is written meanwhile is left for later
             events = store.read_all(from_position=from_position, categories=category)
             async with contextlib.aclosing(events):  # type: ignore[type-var]
@@ -158,14 +162,12 @@ def export(
                     out.write(export_line(event, format))
                     out.write(b"\n")
                     count += 1
+            out.flush()
         return count
 
+    count = run(body())
     if output is None:
-        count = run(body(sys.stdout.buffer))
-        sys.stdout.buffer.flush()
         return
-    with output.open("wb") as out:
-        count = run(body(out))
     say(
         ctx,
         {"events": count, "output": str(output)},
@@ -303,6 +305,15 @@ def _line_of(pending: dict[str, list[Entry]], exc: TidelogError) -> int:
     return min(entries[0][0] for entries in pending.values() if entries)
 
 
+def _open(path: Path, mode: str) -> IO[bytes]:
+    """Open a file named on the command line; a path that cannot be opened is bad input."""
+    try:
+        opened: IO[bytes] = path.open(mode)
+    except OSError as exc:
+        raise InvalidInput(f"cannot open {str(path)!r}: {exc.strerror or exc}") from None
+    return opened
+
+
 def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, raw in enumerate(source, 1):
         if raw.strip():  # blank lines (a trailing one, say) are no events
@@ -334,11 +345,9 @@ def import_events(
         source: IO[bytes] = sys.stdin.buffer
         total = None
     else:
-        path = Path(file)
-        if not path.is_file():
-            raise InvalidEvent(f"no such file: {file}")
-        source = path.open("rb")
-        total = path.stat().st_size
+        source = _open(Path(file), "rb")
+        info = os.fstat(source.fileno())
+        total = info.st_size if stat.S_ISREG(info.st_mode) else None  # a pipe has no size
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("importing"),
@@ -361,6 +370,9 @@ def import_events(
                     stream, event = parse(raw)
                 except (TidelogError, msgspec.DecodeError) as exc:
                     raise ImportRefused(number, exc, importer.appended) from None
+                except RecursionError:  # msgspec's own depth limit
+                    too_deep = InvalidInput("JSON nested too deeply")
+                    raise ImportRefused(number, too_deep, importer.appended) from None
                 await importer.add(number, stream, event)
                 if number % 256 == 0:
                     progress.update(task, completed=done, events=importer.events)
