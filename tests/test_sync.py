@@ -163,6 +163,29 @@ def test_an_iterator_keeps_its_store_open(tmp_path: pathlib.Path) -> None:
     events._owner.close()
 
 
+def test_a_thread_that_reuses_the_closed_loop_threads_id_is_not_taken_for_it() -> None:
+    """Thread ids are reused once a thread ends (glibc hands the next thread its
+    stack): a call from such a thread is an ordinary call on a closed store."""
+    before = set(_loop_threads())
+    store = tidelog.sync.connect("memory://")
+    (loop_thread,) = set(_loop_threads()) - before
+    old_id = loop_thread.ident
+    store.close()
+    seen: list[tuple[int, BaseException | None]] = []
+
+    def call() -> None:
+        try:
+            store.last_position()
+        except BaseException as exc:
+            seen.append((threading.get_ident(), exc))
+
+    for _ in range(20):
+        thread = _started(call)
+        thread.join(WAIT)
+    assert all(isinstance(exc, tidelog.StoreClosed) for _, exc in seen), seen
+    assert old_id in {ident for ident, _ in seen}, "no thread reused the id: nothing tested"
+
+
 def test_a_store_that_cannot_open_raises_and_leaves_no_thread() -> None:
     before = len(_loop_threads())
     with pytest.raises(tidelog.InvalidURL):

@@ -123,7 +123,7 @@ class _Portal:
 
     def submit(self, what: str, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         """Schedule `coro` on the loop; refuses (and closes `coro`) when the call cannot run."""
-        if threading.get_ident() == self._thread.ident:
+        if threading.current_thread() is self._thread:  # not ident: idents are reused
             coro.close()
             raise ReentrantCall(what)
         with self._lock:  # close() sets `closed` under it: nothing lands on a stopped loop
@@ -158,7 +158,7 @@ class _Portal:
 
         A second caller (another thread) returns once the first has finished.
         """
-        if threading.get_ident() == self._thread.ident:
+        if threading.current_thread() is self._thread:  # not ident: idents are reused
             raise ReentrantCall("close()")
         with self._lock:
             first, self.closed = not self.closed, True
@@ -247,10 +247,9 @@ class SyncIterator(Iterator[_T]):
 
     async def _close(self) -> None:
         self._done = True
-        if self._task is not None:
+        if self._task is not None:  # another thread waits in next(): end its wait
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await asyncio.wait([self._task])  # its outcome is that thread's to see
         aclose = getattr(self._source, "aclose", None)
         if aclose is not None:
             await aclose()
