@@ -13,7 +13,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -22,6 +22,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from tidelog import wire
+from tidelog._cloudevent_map import DERIVED_ID_VERSION
 from tidelog.engines.contract import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput
 from tidelog.model import AppendRequest, NewEvent, parse_expected_version, validate_stream_name
@@ -312,11 +313,6 @@ def page_limit(rt: Runtime, limit: int | None) -> int:
     if limit < 0:
         raise InvalidInput("limit must be >= 0")
     return min(limit, cap)
-
-
-#: The UUID version of the event ids the server derives (CloudEvents ids, see
-#: `_cloudevents.cloudevent_id`); clients may not choose ids of this version.
-DERIVED_ID_VERSION: Final = 8
 
 
 def new_events(rt: Runtime, access: Access, body: wire.WireAppend) -> list[NewEvent]:
