@@ -209,6 +209,10 @@ def test_files_that_cannot_be_opened_and_bad_stores_are_clear_errors(tmp_path: P
     assert "cannot open" in error and "nope.jsonl" in error
     error = failed(invoke(url, "import", str(tmp_path)))
     assert "cannot open" in error
+    error = failed(invoke(url, "export", "-o", str(tmp_path / "none.jsonl")))
+    assert "this command only reads" in error  # export is a read: no store is made
+    assert not (tmp_path / "none.jsonl").exists()  # and no empty file left behind
+    invoke(url, "append", "order-1", "--type", "Placed", "--data", "{}")
     error = failed(invoke(url, "export", "-o", str(tmp_path / "no" / "dir.jsonl")))
     assert "cannot open" in error
     failed(invoke("nosuch://x", "export", "-o", str(tmp_path / "never.jsonl")))
