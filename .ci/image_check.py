@@ -70,9 +70,7 @@ def rootfs_bytes(image: str) -> int:
         sh("buildah", "rm", ctr)
 
 
-def http(
-    method: str, url: str, key: str | None = None, body: Any = None
-) -> tuple[int, Any]:
+def http(method: str, url: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     if key:
