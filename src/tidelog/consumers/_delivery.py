@@ -11,6 +11,9 @@
 - A fenced member or an unreachable store is not the event's fault: no
   attempt is spent, the worker waits and tries again (or the event is
   redelivered elsewhere).
+- Nor is a dead dependency: failures of many distinct streams in a row open
+  the handler's circuit breaker (`_breaker`), which pauses its calls; the
+  failures it puts down to the dependency spend no attempt and park nothing.
 - A retry requested with `tidelog dlq retry`, or an event held behind one
   that was resolved, is run again from the DLQ (`settle`).
 
@@ -24,12 +27,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import AppendRequest, NewEvent, RecordedEvent
 
+from ._breaker import Breaker
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
 from ._dlq import (
@@ -78,6 +82,11 @@ class Shared:
     """Handler calls at once, over every partition of the process."""
     credits: Credits
     """Events fetched and not finished, over every partition of the group consumer."""
+    breaker: Breaker = field(init=False)
+    """The handler's circuit breaker, shared by its partitions (one dependency, one state)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "breaker", Breaker(self.handler, self.stats))
 
 
 class Delivery:
@@ -94,6 +103,7 @@ class Delivery:
         self.handler = h = shared.handler
         self.stats = shared.stats
         self.running = shared.running
+        self.breaker = shared.breaker
         self.scope = scope
         self.checkpoint = checkpoint
         self.direct = h.fn if h.options.batch is None and h.event_class is None else None
@@ -151,7 +161,7 @@ class Delivery:
             if one_error is not None:
                 await self.park(event, one_error, attempts, 0)
 
-    async def handle(
+    async def handle(  # noqa: PLR0912, PLR0915 (attempts, breaker, commit: one loop, in order)
         self,
         events: tuple[RecordedEvent, ...],
         extra: dict[str, list[NewEvent]] | None = None,
@@ -167,13 +177,22 @@ class Delivery:
         direct = self.direct
         stats = self.stats
         scope = self.scope
+        breaker = self.breaker
         attempt = 0 if failed is None else 1
         error = failed
+        if failed is not None and breaker.failed(events[0].stream, failed, fresh=True, probe=False):
+            attempt, error = 0, None  # the dependency's fault: no attempt spent
+        probed = False
         while True:
             if error is not None:
                 if attempt >= h.options.max_attempts:
                     return error, attempt
                 await self._back_off(events, attempt, error)
+            probe = fresh_probe = False
+            if not breaker.closed:  # paused: wait, or go as the probe
+                fresh_probe = attempt == 0 and not probed
+                probe = await breaker.admit(fresh=fresh_probe)
+                probed = probed or probe
             attempt += 1
             ctx = Context._deliver(scope, self.group.generation, attempt, events)
             try:
@@ -193,11 +212,17 @@ class Delivery:
                     await self.checkpoint.commit_with(requests)
                 stats.handled += 1
                 stats.events_handled += len(events)
+                breaker.succeeded()
                 return None, attempt
             except NOT_THE_EVENTS_FAULT:
                 raise
             except Exception as exc:
-                error = exc
+                fresh = fresh_probe if probe else attempt == 1
+                if breaker.failed(events[0].stream, exc, fresh=fresh, probe=probe):
+                    attempt -= 1  # the dependency's fault: this attempt is not spent
+                    error = None
+                else:
+                    error = exc
 
     async def _back_off(
         self, events: tuple[RecordedEvent, ...], attempt: int, error: Exception

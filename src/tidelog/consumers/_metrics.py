@@ -44,8 +44,12 @@ COUNTERS: dict[str, str] = {
     "rejoins": "Times this worker joined its groups again after losing its lease",
     "partitions_started": "Partitions this worker started consuming",
     "partitions_revoked": "Partitions this worker gave up (rebalance, lease lost, stop)",
+    "breaker_opens": "Times a handler's circuit breaker opened: failures of many streams in a row",
+    "breaker_probes": "Calls let through a paused handler to test its dependency",
 }
-"""`Stats` fields exported as `tidelog_worker_<field>_total`, with their help text."""
+"""`Stats` fields exported as `tidelog_worker_<field>_total`, with their help text.
+
+The gauges (`peak_in_flight`, `paused_handlers`) are exported as they are."""
 
 
 class _StatsCollector(Collector):
@@ -69,6 +73,13 @@ class _StatsCollector(Collector):
         )
         peak.add_metric(labels, stats.peak_in_flight if stats is not None else 0)
         yield peak
+        paused = GaugeMetricFamily(
+            "tidelog_worker_paused_handlers",
+            "Handlers paused by their circuit breaker (their dependency is down)",
+            labels=["app"],
+        )
+        paused.add_metric(labels, stats.paused_handlers if stats is not None else 0)
+        yield paused
 
 
 class _Server(ThreadingMixIn, WSGIServer):
