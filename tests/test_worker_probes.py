@@ -28,9 +28,10 @@ import pytest
 import pytest_asyncio
 
 import tidelog
+from support.consumers import eventually
 from support.postgres import PG_DSN, Schemas, require_postgres
 from support.tcp_proxy import TcpProxy
-from tidelog.consumers import App
+from tidelog.consumers import App, Context, RunnerOptions
 from tidelog.consumers._health import Health
 from tidelog.consumers._metrics import serve_metrics
 
@@ -199,3 +200,54 @@ def test_liveness_fails_when_the_loop_stops_ticking() -> None:
     assert not live and why.startswith("event loop blocked for")
     health.tick()
     assert health.live()[0]
+
+
+async def test_a_fenced_member_is_not_ready_until_it_has_rejoined() -> None:
+    """The group consumer's hooks, in a real run: a heartbeat refused as stale (the lease
+    was lost) makes it unready; it is ready again once it has joined anew."""
+    from tidelog.errors import StaleGeneration
+
+    async with tidelog.connect("memory://?partitions=4") as store:
+        app = App("probe", store, options=RunnerOptions(lease=3.0, heartbeat_interval=0.02))
+
+        @app.handler("order", group="billing")
+        async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+            pass
+
+        real_heartbeat, real_join = store.heartbeat, store.join_group
+        fence = asyncio.Event()
+        rejoin = asyncio.Event()
+        joins = 0
+
+        async def heartbeat(*args: Any, **kwargs: Any) -> Any:
+            if fence.is_set():
+                fence.clear()
+                raise StaleGeneration("billing", "order", "m", 1, 2)
+            return await real_heartbeat(*args, **kwargs)
+
+        async def join_group(*args: Any, **kwargs: Any) -> Any:
+            nonlocal joins
+            joins += 1
+            if joins > 1:
+                await rejoin.wait()  # held, so the test sees the fenced state
+            return await real_join(*args, **kwargs)
+
+        store.heartbeat = heartbeat  # type: ignore[method-assign]
+        store.join_group = join_group  # type: ignore[method-assign]
+        task = asyncio.create_task(app.run())
+        try:
+            await eventually(lambda: app.health is not None and app.health.ready()[0], what="ready")
+            fence.set()
+            await eventually(
+                lambda: app.health is not None and not app.health.ready()[0], what="fenced"
+            )
+            assert app.health is not None
+            assert app.health.ready()[1] == {"billing/order": "fenced: lease lost, rejoining"}
+            rejoin.set()
+            await eventually(lambda: app.health is not None and app.health.ready()[0], what="back")
+            assert app.stats is not None and app.stats.rejoins == 1
+        finally:
+            app.request_stop()
+            await task
+        assert app.health is not None
+        assert app.health.ready()[1]["process"] == "stopping"
