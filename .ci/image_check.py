@@ -28,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +171,7 @@ class Run:
         return rc
 
     def remove(self) -> None:
+        """Stop what still runs; remove the working container and the log (`fail` printed it)."""
         if self.proc.poll() is None:
             # killing buildah alone would leave the image's process running
             for pid in self.descendants():
@@ -178,6 +180,7 @@ class Run:
             self.proc.kill()
             self.proc.wait()
         subprocess.run(["buildah", "rm", self.ctr], capture_output=True, check=False)
+        self.log.unlink(missing_ok=True)
 
 
 def uid_of(pid: int) -> int:
@@ -256,6 +259,7 @@ def server_role(image: str, config: dict[str, Any]) -> None:
         print(f"  server: appended and read {stream} with the printed key; SIGTERM -> exit 0")
     finally:
         run.remove()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 async def _store(url: str, action: str, count: int = 0) -> int:
