@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from support.services import service_missing
 from tidelog.server._config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -33,8 +34,8 @@ KUBERNETES_VERSION = "1.30"
 
 def kubectl() -> str:
     found = shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl is not installed (.ci/run installs it)")
+    if found is None:  # skipped on a developer's machine; CI installs it, and fails without
+        service_missing("kubectl is not installed (.ci/run installs it)")
     return found
 
 
