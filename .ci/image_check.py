@@ -10,7 +10,8 @@ what a `docker run` of the image would run.
    address and a free port): waits for /livez, takes the admin key it printed
    at first start, appends an event over HTTP and reads it back, checks the
    process runs as the image's non-root user and its data landed on the
-   volume, stops it with SIGTERM and requires exit status 0.
+   volume, runs the image's HEALTHCHECK (passes; fails once stopped), stops
+   it with SIGTERM and requires exit status 0.
 2. Worker (`worker ci_app:app --metrics-port N`) against PostgreSQL: events
    appended on the host are handled inside the image (their results read
    back), /livez and /readyz answer on the metrics port, SIGTERM, exit 0.
@@ -207,6 +208,19 @@ def check_config(info: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def healthcheck(ctr: str, config: dict[str, Any], port: int) -> int:
+    """Run the image's HEALTHCHECK command in `ctr` (as Docker would); its exit status."""
+    kind, *command = config["Healthcheck"]["Test"]
+    argv = ["/bin/sh", "-c", command[0]] if kind == "CMD-SHELL" else command
+    run = ["buildah", "run", "--isolation", "chroot", "--network", "host"]
+    done = subprocess.run(
+        [*run, "--env", f"TIDELOG_PORT={port}", ctr, "--", *argv],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode
+
+
 def server_role(image: str, config: dict[str, Any]) -> None:
     data = Path(tempfile.mkdtemp(prefix="tidelog-image-data-"))
     os.chown(data, UID, UID)
@@ -248,15 +262,19 @@ def server_role(image: str, config: dict[str, Any]) -> None:
         status, _ = http("GET", f"{base}/readyz")
         if status != 200:
             fail(f"/readyz: {status}", run.log)
+        if healthcheck(run.ctr, config, port) != 0:
+            fail("the image's HEALTHCHECK fails on a running server", run.log)
         rc = run.stop("serve")
         if rc != 0:
             fail(f"the server exited with {rc} after SIGTERM", run.log)
+        if healthcheck(run.ctr, config, port) == 0:
+            fail("the image's HEALTHCHECK passes with the server stopped")
         if "Traceback" in run.text():
             fail("the server logged a traceback", run.log)
         db = data / "tidelog.db"
         if not db.exists() or db.stat().st_uid != UID:
             fail("the store is not on the volume, owned by the image's user")
-        print(f"  server: appended and read {stream} with the printed key; SIGTERM -> exit 0")
+        print(f"  server: appended, read {stream} with the printed key; HEALTHCHECK; SIGTERM -> 0")
     finally:
         run.remove()
         shutil.rmtree(data, ignore_errors=True)
