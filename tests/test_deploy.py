@@ -59,6 +59,10 @@ def test_rules_parse_and_are_complete() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        # a runbook: what it means, what to do, and a command that shows more (#19)
+        runbook = rule["annotations"]["runbook"]
+        assert "Meaning:" in runbook and "Do:" in runbook and "More:" in runbook, rule["alert"]
+        assert re.search(r"`(tidelog|kubectl|curl) [^`]+`", runbook), rule["alert"]
 
 
 def test_dashboard_has_a_fixed_uid_and_a_datasource_variable() -> None:
@@ -101,10 +105,22 @@ async def _exposed_metrics() -> set[str]:
         )
         text = (await client.get("/metrics")).text
     names: set[str] = set()
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(text + _worker_metrics()):
         names.add(family.name)
         names.update(sample.name for sample in family.samples)
     return names
+
+
+def _worker_metrics() -> str:
+    """What a worker's --metrics-port serves (job "tidelog-worker" in the rules)."""
+    import prometheus_client
+
+    from tidelog.consumers import App
+    from tidelog.consumers._metrics import _StatsCollector
+
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(_StatsCollector(App("probe", "memory://")))
+    return prometheus_client.generate_latest(registry).decode()
 
 
 async def test_every_metric_in_rules_and_dashboard_is_exposed() -> None:

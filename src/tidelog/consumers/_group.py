@@ -38,6 +38,7 @@ from ._delivery import Shared
 from ._dlq import DlqState, ParkedStatus, load_state
 from ._flow import Credits, Limiter, cancel_and_wait, first, sleep_unless
 from ._handler import Handler
+from ._health import Health
 from ._options import RunnerOptions
 from ._partition import PartitionRun
 from ._stats import Stats, emit, log
@@ -65,6 +66,8 @@ class Process(Protocol):
     def running(self) -> Limiter: ...
     @property
     def stopping(self) -> asyncio.Event: ...
+    @property
+    def health(self) -> Health: ...
 
 
 class GroupConsumer:
@@ -78,6 +81,7 @@ class GroupConsumer:
         self.options = process.options
         self.registry = process.registry
         self.stats = process.stats
+        self.health = process.health.consumer(handler.group, handler.category)
         self.credits = Credits(self.options.max_in_flight, self.stats)
         self.shared = Shared(handler, self.stats, process.running, self.credits)
         self.committer = Committer(
@@ -214,14 +218,17 @@ class GroupConsumer:
                     )
                     await self.refresh_dlq()
                 except StoreUnavailable as exc:
+                    self.health.on_store_error(exc)
                     emit(logging.WARNING, "join_failed", group=h.group, error=repr(exc))
                     await sleep_unless(stopping, 1.0)
                     continue
                 self._emit_membership("joined", membership)
                 await self._apply(membership)
+                self.health.on_joined()
                 await self._heartbeats()
             await self._drop_all(time.monotonic() + self.options.shutdown_timeout)
         finally:
+            self.health.on_left()
             await cancel_and_wait(reader)
             await cancel_and_wait(follower)
             with contextlib.suppress(BaseException):
@@ -248,6 +255,7 @@ class GroupConsumer:
                     h.group, h.category, self.member, self.options.lease
                 )
             except StaleGeneration as exc:
+                self.health.on_fenced()
                 self.stats.stale_heartbeats += 1
                 self.stats.rejoins += 1
                 self._emit(
@@ -257,8 +265,10 @@ class GroupConsumer:
                 await self._drop_all(None)
                 return
             except StoreUnavailable as exc:
+                self.health.on_store_error(exc)
                 emit(logging.WARNING, "heartbeat_failed", group=h.group, error=repr(exc))
                 continue
+            self.health.on_store_ok()
             if membership.generation != self.generation:
                 self._emit_membership("rebalanced", membership)
             await self._apply(membership)
@@ -319,7 +329,9 @@ class GroupConsumer:
                     # every partition: no filter to apply to each event
                     None if len(live) == count else tuple(live),
                 )
+                self.health.on_store_ok()
             except StoreUnavailable as exc:
+                self.health.on_store_error(exc)
                 emit(logging.WARNING, "read_failed", group=self.handler.group, error=repr(exc))
                 await asyncio.sleep(0.5)
             except StoreClosed:

@@ -364,19 +364,21 @@ class PartitionRun:
         new_context, inline = _new_context, self.inline and not tracing()
         ready, held, waiters = self.ready, self.held, running.waiters
         credits, settle_queued = self.credits, self.settle_queued
+        breaker = delivery.breaker
         pending, done, progress = checkpoint.pending, checkpoint.done, checkpoint.progress
         commit_every = checkpoint.commit_every
         slot = False
         item = self._take()
         try:
             while item is not None:
-                if slot and (waiters or settle_queued or dlq.entries):
+                if slot and (waiters or settle_queued or dlq.entries or not breaker.closed):
                     running.release()
                     slot = False
                 try:
                     if settle_queued and type(item) is _Settle:
                         await self._settle(item.stream)
-                    elif not inline:  # a slot is kept only by the inline path: none is
+                    elif not inline or not breaker.closed:  # paused: `handle` waits
+                        # a slot is kept only by the inline path: none is held here
                         await self._deliver(item)  # type: ignore[arg-type]
                     else:
                         # a `_Settle` is in line only while its stream is in `settle_queued`
@@ -418,6 +420,8 @@ class PartitionRun:
                             else:
                                 stats.handled += 1
                                 stats.events_handled += 1
+                                if breaker.streams or not breaker.closed:
+                                    breaker.succeeded()
                         # finished (handled, parked, held or skipped): `_finished`, inline
                         position = event.position
                         if pending[0] == position:

@@ -3,6 +3,12 @@
 Names follow Prometheus conventions: the `tidelog_` prefix, base units,
 counters ending in `_total`. Labels are categories, groups and partitions,
 never stream ids, so cardinality stays bounded.
+
+Beside the lag, the server exports a ready-made scaling signal per group and
+category, `tidelog_group_desired_members` (`desired_members`), so that an
+autoscaler (KEDA's Prometheus trigger, or an HPA on an external metric; see
+deploy/kubernetes) needs no hand-written PromQL and no knowledge of the
+handler's speed: the server measures it from how fast the checkpoints move.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,8 +29,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 import tidelog
 from tidelog.consumers._dlq import DlqState, load_state
 from tidelog.engines.contract import Engine
+from tidelog.server._config import Scaling
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "desired_members"]
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +41,46 @@ _REFRESH_DUTY = 4.0
 many groups there are, computing their lag takes at most a fifth of the time."""
 
 _DLQ_CATEGORY = "$dlq"
+
+
+def desired_members(
+    lag: int, per_member_rate: float | None, members: int, partitions: int, drain_seconds: float
+) -> int:
+    """The members a group needs to drain `lag` events within `drain_seconds`.
+
+    Each member handles `per_member_rate` events per second (as measured), so
+    `ceil(lag / (per_member_rate * drain_seconds))` of them drain it in time;
+    never more than `partitions` (a member without a partition does nothing)
+    and at least one while there is lag. No lag: 0 (an autoscaler keeps its
+    minimum). No measured rate (nothing was consumed in the window: no member,
+    or a stalled one): the members there are, at least one - a stalled
+    handler is not helped by more of it, and a first member gives the rate.
+    """
+    if lag <= 0:
+        return 0
+    if per_member_rate is None or per_member_rate <= 0:
+        return min(partitions, max(members, 1))
+    return min(partitions, max(1, math.ceil(lag / (per_member_rate * drain_seconds))))
+
+
+class _Sample(NamedTuple):
+    """A group's checkpoints and member count at one refresh (monotonic seconds)."""
+
+    at: float
+    checkpoints: dict[int, int]
+    members: int
+
+
 """The category of the `$dlq-<group>` streams where consumer groups park events."""
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(
+        self, scaling: Scaling | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.scaling = scaling or Scaling()
+        self.clock = clock
+        """Monotonic seconds, for the consumption rate (a test drives it)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Info("tidelog_build", "tidelog build information", registry=r).info(
@@ -77,6 +121,24 @@ class Metrics:
             ["group"],
             registry=r,
         )
+        self.desired = Gauge(
+            "tidelog_group_desired_members",
+            "Members needed to drain the group's lag within the target drain time at the "
+            "measured per-member rate, at most the partition count (scale workers on this)",
+            ["group", "category"],
+            registry=r,
+        )
+        self.consumed_rate = Gauge(
+            "tidelog_group_consumed_events_per_second",
+            "Events per second the group's checkpoints passed over the rate window",
+            ["group", "category"],
+            registry=r,
+        )
+        self.members = Gauge(
+            "tidelog_group_members", "Live members of the group", ["group", "category"], registry=r
+        )
+        self._samples: dict[tuple[str, str], deque[_Sample]] = {}
+        """Per group: the refreshes within the rate window, and the newest one before it."""
         self._dlq: dict[str, DlqState] = {}
         self._dlq_lock = asyncio.Lock()
         self._stale = asyncio.Event()
@@ -111,16 +173,73 @@ class Metrics:
         head = await store.last_position()
         self.head.set(head)
         self.lag.clear()
+        for gauge in (self.desired, self.consumed_rate, self.members):
+            gauge.clear()
+        samples: dict[tuple[str, str], deque[_Sample]] = {}
         for group, category in await store.list_groups():
             points = await store.checkpoints(group, category)
+            lags: dict[int, int] = {}
             for partition in range(store.partition_count):
                 lag = await store.count_events(
                     points.get(partition, 0) + 1, [category], [partition]
                 )
+                lags[partition] = lag
                 self.lag.labels(group, category, str(partition)).set(lag)
+            key = (group, category)
+            samples[key] = self._samples.get(key) or deque()
+            await self._scaling_signal(store, key, points, lags, samples[key])
+        self._samples = samples  # groups gone since are forgotten
         self.parked.clear()
         for group, count in (await self.parked_by_group(store)).items():
             self.parked.labels(group).set(count)
+
+    async def _scaling_signal(
+        self,
+        store: Engine,
+        key: tuple[str, str],
+        points: dict[int, int],
+        lags: dict[int, int],
+        samples: deque[_Sample],
+    ) -> None:
+        """`tidelog_group_desired_members` of one group, from its lag and measured rate.
+
+        The rate is what the checkpoints passed since the oldest sample kept
+        (about `rate_window_seconds` ago): per partition, the events after the
+        old checkpoint less those after the new one, counted now. Divided by
+        the members (their mean over the window), it is a member's rate.
+        """
+        group, category = key
+        desc = await store.describe_group(group, category)
+        members = 0 if desc is None else len(desc.members)
+        now = self.clock()
+        samples.append(_Sample(now, dict(points), members))
+        window = self.scaling.rate_window_seconds
+        while len(samples) > 2 and now - samples[1].at >= window:
+            samples.popleft()  # keep the newest sample at least a window old
+        oldest = samples[0]
+        elapsed = now - oldest.at
+        rate: float | None = None
+        if elapsed > 0:
+            consumed = 0
+            for partition, position in points.items():
+                before = oldest.checkpoints.get(partition, 0)
+                if position > before:
+                    after_before = await store.count_events(before + 1, [category], [partition])
+                    consumed += after_before - lags.get(partition, 0)
+            mean_members = sum(s.members for s in samples) / len(samples)
+            self.consumed_rate.labels(group, category).set(consumed / elapsed)
+            if consumed > 0 and mean_members > 0:
+                rate = consumed / elapsed / mean_members
+        self.members.labels(group, category).set(members)
+        self.desired.labels(group, category).set(
+            desired_members(
+                sum(lags.values()),
+                rate,
+                members,
+                store.partition_count,
+                self.scaling.drain_seconds,
+            )
+        )
 
     async def parked_by_group(self, store: Engine) -> dict[str, int]:
         """Open parked events per group, from every `$dlq-<group>` stream.
