@@ -264,6 +264,8 @@ def server_role(image: str, config: dict[str, Any]) -> None:
             fail(f"/readyz: {status}", run.log)
         # the API docs work offline in the image: the document, both pages and their assets
         status, document = http("GET", f"{base}/schema/openapi.json")
+        if isinstance(document, str) and status == 200:  # served as application/vnd.oai…+json
+            document = json.loads(document)
         if status != 200 or "/v1/streams/{stream}/events" not in document.get("paths", {}):
             fail(f"/schema/openapi.json: HTTP {status}", run.log)
         for page, asset in (
