@@ -2,8 +2,8 @@
 
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
-`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`), each
-a leaf over the shared dependencies of `_deps`. Request and response bodies
+`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`,
+`_admin_api`), each a leaf over the shared dependencies of `_deps`. Request and response bodies
 are the msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema`
 is generated from the same definitions the remote engine decodes. Every error
 from the store is turned into a 4xx (or a 503 when the backend is down) by one
@@ -13,6 +13,7 @@ exception handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,9 @@ import tidelog
 from tidelog import wire
 from tidelog.engines.contract import Engine
 from tidelog.errors import StoreUnavailable, TidelogError
+from tidelog.security.keystore import StoreCredentials
 from tidelog.security.tokens import Authenticator
+from tidelog.server._admin_api import ROUTES as ADMIN_ROUTES
 from tidelog.server._asyncapi import ROUTES as ASYNCAPI_ROUTES
 from tidelog.server._cloudevents import ROUTES as CLOUDEVENTS_ROUTES
 from tidelog.server._config import ServerConfig
@@ -64,6 +67,7 @@ ROUTES: list[ControllerRouterHandler] = [
     *CONSUMERS_ROUTES,
     *REGISTRY_ROUTES,
     *ASYNCAPI_ROUTES,
+    *ADMIN_ROUTES,
 ]
 """Every route, in the order of the OpenAPI document's paths."""
 
@@ -116,10 +120,12 @@ def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
     """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
+    credentials = StoreCredentials()
     rt = Runtime(
         store=store,
         config=config,
-        auth=Authenticator(config.api_keys, config.jwt),
+        credentials=credentials,
+        auth=Authenticator(config.api_keys, config.jwt, more_keys=lambda: credentials.keys),
         metrics=Metrics(),
         subscriptions=ConnectionLimit(config.limits.max_subscriptions_per_principal),
         connections=ConnectionLimit(config.limits.max_connections_per_principal),
@@ -136,6 +142,10 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         background.append(asyncio.create_task(rt.readiness.run(lambda: rt.store)))
         refresh = rt.metrics.run_refresh(lambda: rt.store, config.limits.metrics_refresh_interval)
         background.append(asyncio.create_task(refresh))
+        # the store's keys and grants before the first request, then kept fresh
+        with contextlib.suppress(Exception):  # a store down now: `run` retries and logs
+            await credentials.refresh(rt.store)
+        background.append(asyncio.create_task(credentials.run(lambda: rt.store)))
 
     async def on_shutdown() -> None:
         for task in background:

@@ -270,7 +270,7 @@ async def ws_subscribe(
                 first = await asyncio.wait_for(socket.receive_data("text"), 5.0)
                 principal = rt.auth.authenticate(_token_of(first))
                 slot.enter_context(rt.connections.hold(principal))
-            access = Access(principal, rt.config.grants)
+            access = Access(principal, rt.grants)
             need_categories(access, category, Permission.READ)
             feed = _Feed(rt, access, from_position, category, type, partition)
             await _ws_stream(socket, rt, feed)
