@@ -22,6 +22,10 @@ from tidelog._cli_kit import command_group, emit_rows, open_store, run, say
 
 __all__ = ["register"]
 
+_Grant = Annotated[
+    str, typer.Argument(help="PRINCIPAL=PERMISSION:RESOURCE, as in the config file.")
+]
+
 _BY = "cli"
 """Who a change made directly on the store is recorded as (a server records the principal)."""
 
@@ -144,18 +148,14 @@ def register(app: typer.Typer) -> None:
         done = run(_revoke(ctx, key_id))
         say(ctx, done, f"revoked key {done['key_id']} ({done['principal']})")
 
-    grant_arg = Annotated[
-        str, typer.Argument(help="PRINCIPAL=PERMISSION:RESOURCE, as in the config file.")
-    ]
-
     @grants.command("add")
-    def grants_add(ctx: typer.Context, grant: grant_arg) -> None:
+    def grants_add(ctx: typer.Context, grant: _Grant) -> None:
         """Add a grant, e.g. `billing=read:category:order`."""
         done = run(_change_grant(ctx, grant, add=True))
         say(ctx, done, f"added grant {done['grant']}")
 
     @grants.command("remove")
-    def grants_remove(ctx: typer.Context, grant: grant_arg) -> None:
+    def grants_remove(ctx: typer.Context, grant: _Grant) -> None:
         """Remove a grant added with `grants add` (the config file's are changed there)."""
         done = run(_change_grant(ctx, grant, add=False))
         say(ctx, done, f"removed grant {done['grant']}")

@@ -41,7 +41,7 @@ class GrantChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 async def list_keys(
     state: State,
     access: AccessDep,
-    revoked: Annotated[bool, QueryParameter(query="all")] = False,
+    revoked: Annotated[bool, QueryParameter(name="all")] = False,
 ) -> dict[str, Any]:
     need_admin(access)
     creds = await keystore.load(runtime(state).store)
