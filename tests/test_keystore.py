@@ -59,9 +59,9 @@ def _serve_process(store_url: str, tmp_path: Path) -> Any:
         '[[grants]]\nprincipal = "admin"\npermission = "admin"\nresource = "*"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
+    command = [sys.executable, "-m", "tidelog", "serve", "--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tidelog", "serve", "--port", "0", "--store", store_url]
-        + ["--config", str(cfg)],
+        [*command, "--store", store_url, "--config", str(cfg)],
         cwd=tmp_path,
         env={**env, "COLUMNS": "200"},
         stdout=subprocess.DEVNULL,
