@@ -3,9 +3,10 @@
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
 `_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`,
-`_admin_api`), each a leaf over the shared dependencies of `_deps`. Request and response bodies
-are the msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema`
-is generated from the same definitions the remote engine decodes. Every error
+`_admin_api`, `_dlq_api`), each a leaf over the shared dependencies of
+`_deps`. Request and response bodies are the msgspec types of `tidelog.wire`,
+so the OpenAPI document at `/schema` is generated from the same definitions
+the remote engine decodes. Every error
 from the store is turned into a 4xx (or a 503 when the backend is down) by one
 exception handler.
 """
@@ -39,8 +40,10 @@ from tidelog.server._cloudevents import ROUTES as CLOUDEVENTS_ROUTES
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import ConnectionLimit
 from tidelog.server._consumers_api import ROUTES as CONSUMERS_ROUTES
+from tidelog.server._dashboard import HISTORY_KEY, History
 from tidelog.server._dashboard import ROUTES as DASHBOARD_ROUTES
 from tidelog.server._deps import Runtime, auth_challenge, principal, provide_access, runtime
+from tidelog.server._dlq_api import ROUTES as DLQ_ROUTES
 from tidelog.server._group_quota import GroupQuota
 from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
 from tidelog.server._live_api import ROUTES as LIVE_ROUTES
@@ -68,6 +71,7 @@ ROUTES: list[ControllerRouterHandler] = [
     *REGISTRY_ROUTES,
     *ASYNCAPI_ROUTES,
     *ADMIN_ROUTES,
+    *DLQ_ROUTES,
 ]
 """Every route, in the order of the OpenAPI document's paths."""
 
@@ -136,6 +140,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         return principal(ASGIConnection(scope), rt)
 
     background: list[asyncio.Task[None]] = []
+    history = History()
 
     async def on_startup() -> None:
         # the store is looked up per tick: tests lend a running app to other stores
@@ -146,6 +151,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         with contextlib.suppress(Exception):  # a store down now: `run` retries and logs
             await credentials.refresh(rt.store)
         background.append(asyncio.create_task(credentials.run(lambda: rt.store)))
+        background.append(asyncio.create_task(history.run(lambda: rt.store)))
 
     async def on_shutdown() -> None:
         for task in background:
@@ -160,7 +166,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         dependencies={"access": Provide(provide_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
-        state=State({"runtime": rt}),
+        state=State({"runtime": rt, HISTORY_KEY: history}),
         openapi_config=OpenAPIConfig(
             title="tidelog",
             version=tidelog.__version__,
