@@ -66,6 +66,7 @@ _SECURITY_HEADERS = {
 _ASSETS: dict[str, str] = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 """The only files served under /ui/: a fixed list, so no path from a request reaches the disk."""
 
@@ -206,6 +207,13 @@ async def dashboard_asset(name: FromPath[str]) -> Response[bytes]:
     return Response(_static(name), media_type=media_type, headers=_SECURITY_HEADERS)
 
 
+@get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response[bytes]:
+    """The page links `/ui/favicon.svg`; browsers and tools that ask here get the same icon
+    (every current browser draws an SVG favicon), not a 404 in their console."""
+    return Response(_static("favicon.svg"), media_type="image/svg+xml", headers=_SECURITY_HEADERS)
+
+
 @get("/v1/stats", summary="Counts per category, the head, and groups with lag (the dashboard's)")
 async def stats(state: State, access: AccessDep, history: FromQuery[bool] = False) -> Stats:
     rt = runtime(state)
@@ -279,4 +287,4 @@ async def _group_stats(
     )
 
 
-ROUTES = [dashboard_page, dashboard_asset, stats]
+ROUTES = [dashboard_page, dashboard_asset, favicon, stats]
