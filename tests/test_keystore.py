@@ -341,3 +341,21 @@ async def test_cli_on_the_store_directly_then_through_a_server(
     assert key not in caplog.text and app_key not in caplog.text
     bad = await _acli("--store", url, "keys", "revoke", "nope")
     assert bad.exit_code == 1 and "no key with id 'nope'" in bad.stderr
+
+
+async def test_the_fold_on_every_engine(contract_store: tidelog.Store) -> None:
+    """The keystore is built on the contract (append and read a stream): the same on each."""
+    store = contract_store
+    creds = keystore.StoreCredentials()
+    await creds.refresh(store)
+    assert (creds.keys, creds.grants) == ({}, ())
+    key, stored = await keystore.create_key(store, "ops", by="test", admin=True)
+    await creds.refresh(store)
+    assert creds.keys == {hash_api_key(key): "ops"} and stored.digest == hash_api_key(key)
+    assert [keystore.format_grant(g) for g in creds.grants] == ["ops=admin:*"]
+    await keystore.revoke_key(store, stored.key_id, by="test")
+    await keystore.remove_grant(store, "ops=admin:*", by="test")
+    await creds.refresh(store)
+    assert (creds.keys, creds.grants) == ({}, ())
+    [revoked] = (await keystore.load(store)).key_list(include_revoked=True)
+    assert (revoked.key_id, revoked.revoked_by) == (stored.key_id, "test")
