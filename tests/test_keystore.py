@@ -286,7 +286,10 @@ async def test_cli_on_the_store_directly_then_through_a_server(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = f"sqlite:///{tmp_path}/cli.db"
-    # directly on the store: its owner needs no token
+    # listing a store that does not exist is refused, not shown empty
+    missing = await _acli("--store", url, "keys", "list")
+    assert missing.exit_code == 1 and "no store at" in missing.stderr, missing.stderr
+    # directly on the store (as `append`, a change creates it): its owner needs no token
     made = _ok(await _acli("--store", url, "keys", "create", "--principal", "ops", "--admin"))
     key = made.stdout.split("keep it): ", 1)[1].split()[0]
     assert key.startswith("tl_") and made.stdout.count(key) == 1
