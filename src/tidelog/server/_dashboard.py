@@ -134,6 +134,9 @@ class Stats(msgspec.Struct, kw_only=True):
     """Whether the caller may manage parked events (the page shows their panel)."""
     history: list[Sample] | None = None
     """With `?history=true`: the server's samples of the last hour, oldest first."""
+    time: float = 0.0
+    """The server's clock (seconds since the epoch): the page places the history's samples
+    by it, so a browser whose clock is off still draws them at the right distance."""
 
 
 HISTORY_SECONDS: Final = 3600.0
@@ -247,6 +250,7 @@ async def stats(state: State, access: AccessDep, history: FromQuery[bool] = Fals
         principal=access.principal,
         admin=access.is_admin,
         history=samples.visible(access) if history and samples is not None else None,
+        time=time.time(),
     )
 
 

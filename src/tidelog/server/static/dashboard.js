@@ -156,7 +156,7 @@ async function refresh() {
   if (!running) return;
   try {
     const stats = await api(historyLoaded ? "/v1/stats" : "/v1/stats?history=true");
-    if (!historyLoaded && stats.history) seedHistory(stats.history);
+    if (!historyLoaded && stats.history) seedHistory(stats.history, Date.now() / 1000 - stats.time);
     historyLoaded = true;
     render(stats);
   } catch (e) {
@@ -168,9 +168,11 @@ async function refresh() {
 
 // The server's samples of the last hour ([time, head, [[group, category, lag], ...]]):
 // throughput from the movement of the head between samples, lag as it was.
-function seedHistory(samples) {
+// `skew` moves the server's times onto this browser's clock.
+function seedHistory(samples, skew) {
   let prev = null;
-  for (const [t, head, lags] of samples) {
+  for (const [serverTime, head, lags] of samples) {
+    const t = serverTime + skew;
     if (prev !== null && t > prev.t) {
       rateSeries.push({ t, v: Math.max(0, head - prev.head) / (t - prev.t) });
     }
