@@ -362,3 +362,28 @@ async def test_the_fold_on_every_engine(contract_store: tidelog.Store) -> None:
     assert (creds.keys, creds.grants) == ({}, ())
     [revoked] = (await keystore.load(store)).key_list(include_revoked=True)
     assert (revoked.key_id, revoked.revoked_by) == (stored.key_id, "test")
+
+
+async def test_a_store_that_fails_keeps_the_last_keys_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = await tidelog.connect("memory://")
+    key, _ = await keystore.create_key(store, "ops", by="test")
+    creds = keystore.StoreCredentials()
+    await creds.refresh(store)
+    await store.close()  # every read fails from now on
+    task = asyncio.create_task(creds.run(lambda: store, interval=0.01))
+    try:
+        await _until(lambda: _is_logged(caplog, "keys and grants failed"), "failure logged")
+        for _ in range(20):  # more rounds, each failing again
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert caplog.text.count("keys and grants failed") == 1
+    assert creds.keys == {hash_api_key(key): "ops"}  # nobody is locked out by an outage
+
+
+async def _is_logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text

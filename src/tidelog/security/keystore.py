@@ -335,5 +335,8 @@ class StoreCredentials:
                 if not self._failing:
                     log.warning("reading the store's keys and grants failed: %s", exc)
                 self._failing = True
+                # a closed store's watch returns at once: wait the interval, do not spin
+                await asyncio.sleep(interval)
+                continue
             await watch.wait_beyond(seen, interval)
             await asyncio.sleep(_MIN_GAP)
