@@ -387,3 +387,40 @@ async def test_a_store_that_fails_keeps_the_last_keys_and_logs_once(
 
 async def _is_logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return text in caplog.text
+
+
+async def test_a_revoke_or_a_removed_grant_ends_open_live_subscriptions(serve: Any) -> None:
+    """A live subscription is authorized once, when it opens: a revoke must reach it too.
+    The server ends it; the client's reconnect is checked again and refused."""
+    server, store = await serve()
+    await store.append("order-1", [tidelog.NewEvent(type="Placed", data=b"{}")])
+    key, stored = await keystore.create_key(store, "watcher", by="test")
+    await keystore.add_grant(store, "watcher=read:category:order", by="test")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
+
+        async def follow(change: Callable[[], Any]) -> None:
+            """Open a subscription, see the first event, `change` the credentials, see it end."""
+            headers = {**_auth(key), "Accept": "text/event-stream"}
+            deadline = time.monotonic() + WAIT
+            while True:  # until the server has read the key and the grant
+                async with c.stream("GET", "/v1/subscribe?category=order", headers=headers) as r:
+                    if r.status_code == 200:
+                        seen = b""
+                        async with asyncio.timeout(WAIT):
+                            async for chunk in r.aiter_bytes():
+                                seen += chunk
+                                if b"Placed" in seen and not changed:
+                                    changed.append(await change())
+                        assert b"Placed" in seen  # and then the stream ended: the loop is done
+                        return
+                assert time.monotonic() < deadline, r.status_code
+                await asyncio.sleep(0.1)
+
+        changed: list[Any] = []
+        await follow(lambda: keystore.remove_grant(store, "watcher=read:category:order", by="t"))
+        r = await c.get("/v1/subscribe?category=order", headers=_auth(key))
+        assert r.status_code == 403  # reopened: checked again, without the grant
+        await keystore.add_grant(store, "watcher=read:category:order", by="test")
+        changed.clear()
+        await follow(lambda: keystore.revoke_key(store, stored.key_id, by="test"))
+        assert (await c.get("/v1/subscribe?category=order", headers=_auth(key))).status_code == 401

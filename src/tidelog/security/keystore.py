@@ -301,20 +301,28 @@ class StoreCredentials:
     state without a lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_narrowed: Callable[[], None] | None = None) -> None:
+        """`on_narrowed` is called when a refresh finds a key revoked or a grant removed:
+        the server ends its open live subscriptions with it, which were authorized once,
+        at their start, so that a revoke reaches them too (clients reopen them, and are
+        checked again)."""
         self.keys: dict[str, str] = {}
         self.grants: tuple[Grant, ...] = ()
         self._state = Credentials()
         self._store: LogEngine | None = None
         self._failing = False
+        self._on_narrowed = on_narrowed
 
     async def refresh(self, store: LogEngine) -> None:
         """Read what is new; a different store than last time starts from nothing."""
         if store is not self._store:
             self._state, self._store = Credentials(), store
         state = await load(store, self._state)
-        self.keys = state.active_keys()
-        self.grants = tuple(state.grants)
+        keys, grants = state.active_keys(), tuple(state.grants)
+        narrowed = not (self.keys.keys() <= keys.keys() and set(self.grants) <= set(grants))
+        self.keys, self.grants = keys, grants
+        if narrowed and self._on_narrowed is not None:
+            self._on_narrowed()
 
     async def run(self, store: Callable[[], LogEngine], interval: float = REFRESH_INTERVAL) -> None:
         """Refresh whenever the head moves, and at least every `interval` seconds.

@@ -124,17 +124,18 @@ def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False) -> Litestar:
     """The ASGI app serving `store`. The caller owns the store unless `close_store`."""
-    credentials = StoreCredentials()
     rt = Runtime(
         store=store,
         config=config,
-        credentials=credentials,
-        auth=Authenticator(config.api_keys, config.jwt, more_keys=lambda: credentials.keys),
+        auth=Authenticator(config.api_keys, config.jwt, more_keys=lambda: rt.credentials.keys),
         metrics=Metrics(),
         subscriptions=ConnectionLimit(config.limits.max_subscriptions_per_principal),
         connections=ConnectionLimit(config.limits.max_connections_per_principal),
         group_quota=GroupQuota(config.limits.max_groups_per_principal),
     )
+
+    # a revoke or a removed grant ends the open live subscriptions (see `StoreCredentials`)
+    credentials = rt.credentials = StoreCredentials(on_narrowed=rt.end_subscriptions)
 
     def authenticate(scope: Scope) -> str:
         return principal(ASGIConnection(scope), rt)

@@ -89,6 +89,11 @@ class Runtime:
     def end_live(self) -> None:
         """End every live subscription and refuse new ones: the server is stopping."""
         self.stopping = True
+        self.end_subscriptions()
+
+    def end_subscriptions(self) -> None:
+        """End every live subscription; clients reopen them with their credentials checked
+        again (a key was revoked or a grant removed: `StoreCredentials.on_narrowed`)."""
         for end in list(self.live):
             end()
 
