@@ -362,6 +362,12 @@ async def test_the_fold_on_every_engine(contract_store: tidelog.Store) -> None:
     assert (creds.keys, creds.grants) == ({}, ())
     [revoked] = (await keystore.load(store)).key_list(include_revoked=True)
     assert (revoked.key_id, revoked.revoked_by) == (stored.key_id, "test")
+    # an admin key for a principal that is an admin already: one grant, and the key
+    await keystore.add_grant(store, "ops=admin:*", by="test")
+    again, _ = await keystore.create_key(store, "ops", by="test", admin=True)
+    await creds.refresh(store)
+    assert creds.keys == {hash_api_key(again): "ops"}
+    assert [keystore.format_grant(g) for g in creds.grants] == ["ops=admin:*"]
 
 
 async def test_a_store_that_fails_keeps_the_last_keys_and_logs_once(

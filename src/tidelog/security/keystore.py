@@ -38,7 +38,7 @@ import msgspec
 
 from tidelog.engines.contract import LogEngine
 from tidelog.errors import InvalidInput, StreamDeleted
-from tidelog.model import NewEvent, RecordedEvent
+from tidelog.model import AppendRequest, NewEvent, RecordedEvent
 from tidelog.security.acl import GRANTS_STREAM, KEYS_STREAM, Grant, parse_grant
 from tidelog.security.tokens import hash_api_key, new_api_key
 
@@ -230,7 +230,9 @@ async def create_key(
     """A new key for `principal`: (the key, shown this once; what the store keeps).
 
     `admin=True` also adds the grant `principal=admin:*` (grants belong to
-    principals, as in the config file).
+    principals, as in the config file), unless the store has it already; the
+    key and the grant are written in one atomic append, so a failure leaves
+    neither (and no key is ever made that its caller did not see).
     """
     check_principal(principal)
     key = new_api_key()
@@ -241,9 +243,12 @@ async def create_key(
         prefix=key[:PREFIX_LENGTH],
         by=by,
     )
-    await store.append(KEYS_STREAM, [NewEvent(type=KEY_CREATED, data=_ENC.encode(data))])
-    if admin:
-        await add_grant(store, f"{principal}=admin:*", by=by)
+    writes = {KEYS_STREAM: AppendRequest([NewEvent(type=KEY_CREATED, data=_ENC.encode(data))])}
+    grant = parse_grant(f"{principal}=admin:*")
+    if admin and grant not in (await load(store)).grants:
+        entry = _GrantData(grant=format_grant(grant), by=by)
+        writes[GRANTS_STREAM] = AppendRequest([NewEvent(type=GRANT_ADDED, data=_ENC.encode(entry))])
+    await store.append_many(writes)
     state = await load(store)
     return key, state.keys[data.key_id]
 
