@@ -148,6 +148,22 @@ class RemoteEngine(GroupEngine):
         except msgspec.DecodeError as exc:
             raise StoreUnavailable(f"malformed answer from the server: {exc}") from exc
 
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A server route outside the store contract (the admin routes of keys, grants and
+        parked events), with this engine's credentials, TLS and error mapping: the CLI's
+        way to them, so it never builds a second HTTP client."""
+        answer: dict[str, Any] = await self._call(
+            method, path, dict[str, Any], body=body, params=params
+        )
+        return answer
+
     # ------------------------------------------------------------------ layer 1
 
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:

@@ -27,7 +27,8 @@ from tidelog.engines.contract import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput
 from tidelog.model import AppendRequest, NewEvent, parse_expected_version, validate_stream_name
 from tidelog.schemas import SchemaRegistry
-from tidelog.security.acl import Access, Permission
+from tidelog.security.acl import Access, Grant, Permission
+from tidelog.security.keystore import StoreCredentials
 from tidelog.security.tokens import Authenticator, AuthError, token_of_header
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
@@ -45,6 +46,7 @@ __all__ = [
     "check_utf8",
     "decode_body",
     "need_categories",
+    "need_admin",
     "need_group",
     "need_stream",
     "new_events",
@@ -77,10 +79,22 @@ class Runtime:
     live: set[Callable[[], None]] = field(default_factory=set)
     """How to end each open live subscription (`end_live`)."""
     stopping: bool = False
+    credentials: StoreCredentials = field(default_factory=StoreCredentials)
+    """The keys and grants an admin added at runtime, read from the store (`keystore`)."""
+
+    @property
+    def grants(self) -> tuple[Grant, ...]:
+        """The config file's grants, then the store's."""
+        return self.config.grants + self.credentials.grants
 
     def end_live(self) -> None:
         """End every live subscription and refuse new ones: the server is stopping."""
         self.stopping = True
+        self.end_subscriptions()
+
+    def end_subscriptions(self) -> None:
+        """End every live subscription; clients reopen them with their credentials checked
+        again (a key was revoked or a grant removed: `StoreCredentials.on_narrowed`)."""
         for end in list(self.live):
             end()
 
@@ -131,13 +145,19 @@ def auth_challenge(header: str | None) -> str:
 async def provide_access(request: Request[Any, Any, Any], state: State) -> Access:
     """The `access` dependency: who calls, with the grants that decide what they may do."""
     rt = runtime(state)
-    return Access(principal(request, rt), rt.config.grants)
+    return Access(principal(request, rt), rt.grants)
 
 
 def need_stream(access: Access, stream: str, perm: Permission) -> None:
     """Refuse (403) unless the caller holds `perm` on `stream`."""
     if not access.can_stream(stream, perm):
         raise AccessDenied(f"{access.principal!r} lacks {perm.value} on stream {stream!r}")
+
+
+def need_admin(access: Access) -> None:
+    """Refuse (403) unless the caller is an admin (`admin` on `*`): keys, grants, parked events."""
+    if not access.is_admin:
+        raise AccessDenied(f"{access.principal!r} is not an admin (admin on *)")
 
 
 def need_group(access: Access, group: str, category: str) -> None:

@@ -247,16 +247,25 @@ class Metrics:
         Each DLQ's fold is kept between calls and only new entries are read, so a
         scrape costs one stream listing plus what was parked since the last one.
         """
+        states = await self.dlq_states(store)
+        return {
+            group: sum(p.status.open for p in state.entries.values())
+            for group, state in states.items()
+        }
+
+    async def dlq_states(self, store: Engine) -> dict[str, DlqState]:
+        """The fold of every group's `$dlq-<group>`, brought up to date (kept between calls:
+        only what was parked or settled since is read). The dashboard counts parked and
+        held events apart from it."""
         async with self._dlq_lock:
-            counts: dict[str, int] = {}
+            states: dict[str, DlqState] = {}
             async for info in store.list_streams(_DLQ_CATEGORY):
                 group = info.name[len(_DLQ_CATEGORY) + 1 :]
                 if not group or info.deleted:
                     continue
                 state = self._dlq.get(group) or DlqState(group)
-                self._dlq[group] = await load_state(store, group, state)
-                counts[group] = sum(p.status.open for p in state.entries.values())
-            return counts
+                self._dlq[group] = states[group] = await load_state(store, group, state)
+            return states
 
     def scraped(self) -> None:
         """A scrape was served from the cache: have the background refresh run soon."""
