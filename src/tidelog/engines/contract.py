@@ -22,9 +22,15 @@ parsing.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import NamedTuple, Self
+from typing import Final, Literal, NamedTuple, Self
 
 import msgspec
 
@@ -40,8 +46,26 @@ from tidelog.engines._kit.checks import (
     prepare_read_stream,
     validate_group_key,
 )
+from tidelog.engines._kit.retention import (
+    RETENTION_STREAM,
+    RULE_TYPE,
+    SCAVENGER_GROUP,
+    RetentionCache,
+    RetentionPolicy,
+    RetentionRule,
+    RetentionView,
+    ScavengeReport,
+    static_floor,
+)
+from tidelog.engines._kit.scavenger import scavenge_store, visible
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.errors import InvalidInput, NotSupported, StoreClosed
+from tidelog.errors import (
+    InvalidInput,
+    NotSupported,
+    StoreClosed,
+    StreamDeleted,
+    TidelogError,
+)
 from tidelog.model import (
     ANY,
     AppendRequest,
@@ -51,6 +75,8 @@ from tidelog.model import (
     NewEvent,
     RecordedEvent,
     StreamInfo,
+    category_of,
+    validate_stream_name,
 )
 
 __all__ = [
@@ -67,6 +93,18 @@ __all__ = [
     "Write",
     "prepare_append",
 ]
+
+
+log = logging.getLogger(__name__)
+
+_NO_FILTER: Final = LogFilter(None, None, None)
+_NEVER: Final = 2**62
+"""A position no log reaches: waiting beyond it is waiting for the timeout or a close."""
+
+
+async def _aiter(events: list[RecordedEvent]) -> AsyncIterator[RecordedEvent]:
+    for e in events:
+        yield e
 
 
 class Checkpoint(NamedTuple):
@@ -194,7 +232,20 @@ class StreamEngine(abc.ABC):
         """
         self._check_open()
         name = prepare_read_stream(stream, from_version, backwards, limit)
-        return self._read_stream(name, from_version, backwards, limit)
+        if self._retention_idle():
+            return self._read_stream(name, from_version, backwards, limit)
+        return self._read_stream_retained(name, from_version, backwards, limit)
+
+    def _retention_idle(self) -> bool:
+        """True when reads may skip retention (no rule is set): the reads' fast path.
+        A store without retention (this layer alone) always is."""
+        return True
+
+    def _read_stream_retained(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """`read_stream` under the retention rules (`GroupEngine` applies them)."""
+        return self._read_stream(stream, from_version, backwards, limit)
 
     @abc.abstractmethod
     def _read_stream(
@@ -258,6 +309,14 @@ class LogEngine(StreamEngine):
         """
         self._check_open()
         filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if self._retention_idle():
+            return self._read_all(from_position, filters, limit)
+        return self._read_all_retained(from_position, filters, limit)
+
+    def _read_all_retained(
+        self, from_position: int, filters: LogFilter, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """`read_all` under the retention rules (`GroupEngine` applies them)."""
         return self._read_all(from_position, filters, limit)
 
     @abc.abstractmethod
@@ -280,6 +339,14 @@ class LogEngine(StreamEngine):
         """
         self._check_open()
         filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if self._retention_idle():
+            return await self._read_page(from_position, filters, limit)
+        return await self._read_page_retained(from_position, filters, limit)
+
+    async def _read_page_retained(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """`read_page` under the retention rules (`GroupEngine` applies them)."""
         return await self._read_page(from_position, filters, limit)
 
     async def _read_page(
@@ -299,7 +366,12 @@ class LogEngine(StreamEngine):
         """How many events `read_all` would yield with these filters (consumer lag)."""
         self._check_open()
         filters = prepare_read_all(from_position, categories, None, None, partitions)
-        return await self._count_events(from_position, filters)
+        if self._retention_idle():
+            return await self._count_events(from_position, filters)
+        count = 0
+        async for _ in self._read_all_retained(from_position, filters, None):
+            count += 1
+        return count
 
     async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """The engine's count. The default reads the events; engines with an index
@@ -312,6 +384,18 @@ class LogEngine(StreamEngine):
     @abc.abstractmethod
     async def last_position(self) -> int:
         """The position of the newest visible event, 0 when the log is empty."""
+
+    async def first_position(self) -> int:
+        """The low-water mark: the position of the oldest event still stored.
+
+        Retention's scavenger deletes the oldest events; positions below this one
+        are gone for good and never reused. An empty log answers
+        `last_position() + 1`, where the next event will be.
+        """
+        self._check_open()
+        async for event in self._read_all(0, _NO_FILTER, 1):
+            return event.position
+        return await self.last_position() + 1
 
     @property
     @abc.abstractmethod
@@ -451,6 +535,225 @@ class GroupEngine(LogEngine):
         leave or commit, even a refused one: it may have applied lease
         expiries) or it has checkpoints; it stays known after its members leave.
         """
+
+    # ------------------------------------------------------------------ retention
+    # Rules live in `$retention` (see `tidelog.engines._kit.retention`); the read
+    # front ends above apply them, the scavenger deletes what they hide. An
+    # engine gives one hook, `_delete_before`; the rest is written here.
+
+    applies_retention: bool = True
+    """False for a client of a server (`remote`): the server applies the rules."""
+    scavenge_interval: float = 10.0
+    """Seconds between two rounds of the background scavenger."""
+    scavenge_batch: int = 1000
+    """Events examined (and at most deleted) per stream per step of a scavenge."""
+    _retention: RetentionCache | None = None
+    _scavenger: asyncio.Task[None] | None = None
+    _scavenge_lock: asyncio.Lock | None = None
+    _scavenger_member: str = ""
+
+    @property
+    def retention_stats(self) -> dict[str, int]:
+        """Counters of this process's scavenges: `deleted`, `lost`, `runs` (for metrics)."""
+        stats: dict[str, int] | None = self.__dict__.get("_retention_stats")
+        if stats is None:
+            stats = self.__dict__["_retention_stats"] = {"deleted": 0, "lost": 0, "runs": 0}
+        return stats
+
+    def _retention_idle(self) -> bool:
+        cache = self._retention
+        return not self.applies_retention or (cache is not None and cache.idle())
+
+    async def _retention_view(self, force: bool = False) -> RetentionView | None:
+        """The rules now, or None if there are none; re-read when stale (or `force`)."""
+        cache = self._retention
+        if cache is None:
+            cache = self._retention = RetentionCache()
+        if force or cache.stale():
+            cache.checked_at = time.monotonic()  # concurrent readers use what is cached
+            try:
+                events = [
+                    e
+                    async for e in self._read_stream(
+                        RETENTION_STREAM, cache.version + 1, False, None
+                    )
+                ]
+            except StreamDeleted:
+                events = []
+            if events:
+                cache.version = events[-1].version
+            groups: dict[tuple[str, str], dict[int, int]] = {}
+            if cache.rules or any(e.type == RULE_TYPE for e in events):
+                for key in await self.list_groups():
+                    if key[0] != SCAVENGER_GROUP:
+                        groups[key] = await self.checkpoints(*key)
+                self._start_scavenger()
+            cache.update(events, groups, self.partition_count)
+        if not cache.rules:
+            return None
+        return RetentionView(cache, self._now(), self.partition_count)
+
+    async def _stream_head(self, stream: str) -> int | None:
+        """The last version of `stream` (None: no events, or tombstoned)."""
+        try:
+            async for e in self._read_stream(stream, -1, True, 1):
+                return e.version
+        except StreamDeleted:
+            pass
+        return None
+
+    async def _read_stream_retained(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        view = await self._retention_view()
+        policy = None if view is None else view.policy(stream)
+        if view is None or policy is None or limit == 0:
+            async for e in self._read_stream(stream, from_version, backwards, limit):
+                yield e
+            return
+        head = await self._stream_head(stream) if policy.needs_head else None
+        if not backwards:  # skip what the version-based conditions hide, unread
+            from_version = max(from_version, static_floor(policy, head))
+        raw = self._read_stream(stream, from_version, backwards, None)
+        async for e in visible(view, raw, limit, self._stream_head):
+            yield e
+
+    async def _read_all_retained(
+        self, from_position: int, filters: LogFilter, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        view = await self._retention_view()
+        raw = self._read_all(from_position, filters, None if view else limit)
+        if view is None:
+            async for e in raw:
+                yield e
+            return
+        async for e in visible(view, raw, limit, self._stream_head):
+            yield e
+
+    async def _read_page_retained(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """Pages of the engine until `limit` events are kept or the log ends."""
+        view = await self._retention_view()
+        page = await self._read_page(from_position, filters, limit)
+        if view is None:
+            return page
+        out: list[RecordedEvent] = []
+        while True:
+            out += [
+                e async for e in visible(view, _aiter(page), limit - len(out), self._stream_head)
+            ]
+            if len(out) >= limit or len(page) < limit or not page:
+                return out
+            page = await self._read_page(page[-1].position + 1, filters, limit)
+
+    async def set_retention(
+        self,
+        policy: RetentionPolicy | None,
+        *,
+        stream: str | None = None,
+        category: str | None = None,
+    ) -> RetentionRule:
+        """Set (or with None, clear) the policy of one stream, one category, or the store.
+
+        Reads honour it at once in this process, and in every other one within
+        `REFRESH_INTERVAL`; the scavenger deletes what it hides later. The rule
+        is an event of `$retention`, so `tidelog copy` carries it.
+        """
+        self._check_open()
+        if stream is not None and category is not None:
+            raise InvalidInput("name a stream or a category, not both")
+        kind: Literal["stream", "category", "store"] = (
+            "stream" if stream is not None else "category" if category is not None else "store"
+        )
+        rule = RetentionRule(kind=kind, name=stream or category or "", policy=policy)
+        data = msgspec.json.encode(rule)
+        await self.append(RETENTION_STREAM, [NewEvent(type=RULE_TYPE, data=data)])
+        if self._retention is None:
+            await self._retention_view(force=True)
+        assert self._retention is not None
+        self._retention.apply(rule)
+        self._start_scavenger()
+        return rule
+
+    async def retention(self, stream: str | None = None) -> list[RetentionRule]:
+        """Every rule set, in scope order; with `stream`, the one rule that applies to it."""
+        self._check_open()
+        await self._retention_view(force=True)
+        assert self._retention is not None
+        rules = self._retention.rules
+        if stream is None:
+            return [rules[k] for k in sorted(rules)]
+        name = validate_stream_name(stream)
+        keys = [("stream", name), ("category", category_of(name))]
+        if not name.startswith("$"):
+            keys.append(("store", ""))
+        for key in keys:
+            if key in rules:
+                return [rules[key]]
+        return []
+
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """The engine's retention hook: delete the events of `stream` below `version`.
+
+        Physically, and durably before returning; the stream's version, its
+        tombstone and the positions of the log stay as they were (a position is
+        never reused). Returns how many events went. Engines that cannot delete
+        raise `NotSupported` with the reason.
+        """
+        raise NotSupported(self.name, "retention", "this engine cannot delete events")
+
+    async def scavenge(self, *, release: bool = True) -> ScavengeReport:
+        """Delete, for good, the events the retention rules hide; returns what it did.
+
+        One scavenger at a time per store, across processes: the caller must
+        hold the lease (partition 0 of the group `$scavenger` on `$retention`),
+        else nothing happens (`ran` False). `release` leaves the group after.
+        """
+        self._check_open()
+        if self._scavenge_lock is None:
+            self._scavenge_lock = asyncio.Lock()
+        async with self._scavenge_lock:
+            if not self._scavenger_member:
+                self._scavenger_member = (
+                    f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                )
+            member = self._scavenger_member
+            lease = max(3 * self.scavenge_interval, 30.0)
+            held = await self.join_group(SCAVENGER_GROUP, RETENTION_STREAM, member, lease=lease)
+            try:
+                if 0 not in held.partitions:
+                    return ScavengeReport(ran=False)
+                report = await scavenge_store(self)
+            finally:
+                if release:
+                    await self.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, member)
+            stats = self.retention_stats
+            stats["runs"] += 1
+            stats["deleted"] += report.deleted
+            stats["lost"] += report.lost
+            return report
+
+    def _start_scavenger(self) -> None:
+        """Start the background scavenger of this process (once; it ends with the store)."""
+        if self._scavenger is None and self.applies_retention and not self._closed:
+            with contextlib.suppress(RuntimeError):  # no running loop
+                self._scavenger = asyncio.get_running_loop().create_task(self._scavenge_forever())
+
+    async def _scavenge_forever(self) -> None:
+        watch = self.head_watch()
+        while not self._closed:
+            await watch.wait_beyond(_NEVER, self.scavenge_interval)  # wakes at close
+            if self._closed:
+                return
+            try:
+                await self.scavenge(release=False)
+            except StoreClosed:
+                return
+            except (TidelogError, OSError) as exc:
+                log.warning(
+                    "tidelog scavenger: %s (retrying in %.0f s)", exc, self.scavenge_interval
+                )
 
 
 Engine = GroupEngine
