@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -612,7 +611,8 @@ class GroupEngine(LogEngine):
                 yield e
             return
         head = await self._stream_head(stream) if policy.needs_head else None
-        if not backwards:  # skip what the version-based conditions hide, unread
+        unprotected = policy.even_if_unconsumed or category_of(stream) not in view.cache.grouped
+        if not backwards and unprotected:  # skip what the version-based conditions hide
             from_version = max(from_version, static_floor(policy, head))
         raw = self._read_stream(stream, from_version, backwards, None)
         async for e in visible(view, raw, limit, self._stream_head):
@@ -669,8 +669,7 @@ class GroupEngine(LogEngine):
         rule = RetentionRule(kind=kind, name=stream or category or "", policy=policy)
         data = msgspec.json.encode(rule)
         await self.append(RETENTION_STREAM, [NewEvent(type=RULE_TYPE, data=data)])
-        if self._retention is None:
-            await self._retention_view(force=True)
+        await self._retention_view(force=True)  # the rule, and the groups it protects
         assert self._retention is not None
         self._retention.apply(rule)
         self._start_scavenger()
@@ -715,9 +714,7 @@ class GroupEngine(LogEngine):
             self._scavenge_lock = asyncio.Lock()
         async with self._scavenge_lock:
             if not self._scavenger_member:
-                self._scavenger_member = (
-                    f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                )
+                self._scavenger_member = f"scavenger-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             member = self._scavenger_member
             lease = max(3 * self.scavenge_interval, 30.0)
             held = await self.join_group(SCAVENGER_GROUP, RETENTION_STREAM, member, lease=lease)
