@@ -36,6 +36,8 @@ from tidelog.engines.sqlite import SQLiteEngine
 from tidelog.engines.sqlite import engine as sqlite_engine
 from tidelog.engines.sqlite.db import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from tidelog.testing.conformance import EngineSuite
+from tidelog.retention import RetentionPolicy
+from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -46,6 +48,36 @@ def _url(path: pathlib.Path, query: str = "") -> str:
 class TestSQLiteEngine(EngineSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+class TestSQLiteRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+async def test_retention_gives_the_space_back(tmp_path: pathlib.Path) -> None:
+    """A new file has incremental auto-vacuum: the scavenger's deletes shrink it."""
+    path = tmp_path / "queue.db"
+    async with await _open(path) as store:
+        payload = os.urandom(4000)
+        for i in range(40):
+            await store.append(f"job-{i}", [NewEvent(type="Job", data=payload) for _ in range(10)])
+        await db_truncate(path)
+        full = path.stat().st_size
+        await store.set_retention(RetentionPolicy(max_count=1), category="job")
+        report = await store.scavenge()
+        assert report.deleted == 40 * 9
+        await db_truncate(path)
+        assert path.stat().st_size < full / 3
+        assert [e.version async for e in store.read_stream("job-7")] == [9]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+
+
+async def db_truncate(path: pathlib.Path) -> None:
+    from tidelog.engines.sqlite.db import truncate_wal
+
+    await asyncio.to_thread(truncate_wal, str(path), 5.0)
 
 
 class TestSQLiteModel(ModelSuite):

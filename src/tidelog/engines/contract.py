@@ -739,8 +739,13 @@ class GroupEngine(LogEngine):
 
     async def _scavenge_forever(self) -> None:
         watch = self.head_watch()
+        loop = asyncio.get_running_loop()
         while not self._closed:
-            await watch.wait_beyond(_NEVER, self.scavenge_interval)  # wakes at close
+            # The head watch wakes on every commit and at close: sleep the interval
+            # out on it, so that a closed store's scavenger ends at once.
+            deadline = loop.time() + self.scavenge_interval
+            while not self._closed and (left := deadline - loop.time()) > 0:
+                await watch.wait_beyond(_NEVER, left)
             if self._closed:
                 return
             try:

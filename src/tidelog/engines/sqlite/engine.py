@@ -85,7 +85,7 @@ from tidelog.engines.sqlite.reads import (
     decode_rows,
     read_all_plan,
 )
-from tidelog.engines.sqlite.writer import Appends, CommitThenRaise, Request, Writer
+from tidelog.engines.sqlite.writer import HEAD_SQL, Appends, CommitThenRaise, Request, Writer
 from tidelog.errors import (
     InvalidURL,
     StaleGeneration,
@@ -386,6 +386,17 @@ class SQLiteEngine(GroupEngine):
         await self._write(lambda w: w.purge_stream(name))
         await asyncio.to_thread(db.truncate_wal, self.config.path, self.config.busy_timeout)
 
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Retention's hook: one writer request (bounded: the scavenger asks a batch at a
+        time), then the freed pages go back to the file system."""
+        self._check_open()
+        count = await self._write(lambda w: w.delete_before(stream, version))
+        if count:
+            await asyncio.to_thread(
+                db.incremental_vacuum, self.config.path, self.config.busy_timeout
+            )
+        return count
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         where = "" if category is None else " AND category = ?"
@@ -480,8 +491,11 @@ class SQLiteEngine(GroupEngine):
         return await self._read(count)
 
     async def last_position(self) -> int:
+        """The newest position given out: retention may have deleted the newest events,
+        whose positions stay taken (the high-water mark)."""
+
         def head(conn: sqlite3.Connection) -> int:
-            value: int = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+            value: int = conn.execute(HEAD_SQL).fetchone()[0]
             return value
 
         return await self._read(head)

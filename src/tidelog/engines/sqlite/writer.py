@@ -50,7 +50,7 @@ from tidelog.model import (
     partition_of,
 )
 
-__all__ = ["Appends", "CommitThenRaise", "Request", "Writer"]
+__all__ = ["HEAD_SQL", "Appends", "CommitThenRaise", "Request", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
             future.set_result(result)
 
 
-_HEAD_SQL: Final = (
+HEAD_SQL: Final = (
     "SELECT max((SELECT coalesce(max(position), 0) FROM events),"
     " (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'high_water'))"
 )
@@ -292,7 +292,7 @@ class Writer:
     ) -> tuple[list[tuple[Request[Any], Any, BaseException | None]], int | None]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        start: int = conn.execute(_HEAD_SQL).fetchone()[0]
+        start: int = conn.execute(HEAD_SQL).fetchone()[0]
         self.head = start
         outcomes: list[tuple[Request[Any], Any, BaseException | None]] = []
         i = 0
@@ -435,13 +435,34 @@ class Writer:
         )
 
     def purge_stream(self, stream: str) -> None:
+        self.set_high_water()
+        self.conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
+        self.conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
+
+    def delete_before(self, stream: str, version: int) -> int:
+        """Retention: delete the events of `stream` below `version`; how many went.
+
+        The head is recorded as the high-water mark first (the newest events may
+        go), so their positions are never handed out again. Unlike a purge this
+        need not zero the freed bytes: `secure_delete` is off for it, and the
+        freed pages go back to the file system in `db.incremental_vacuum`.
+        """
+        self.set_high_water()
+        self.conn.execute("PRAGMA secure_delete = OFF")
+        try:
+            cursor = self.conn.execute(
+                "DELETE FROM events WHERE stream = ? AND version < ?", (stream, version)
+            )
+        finally:
+            self.conn.execute("PRAGMA secure_delete = ON")
+        return cursor.rowcount
+
+    def set_high_water(self) -> None:
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('high_water', ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(self.head),),
         )
-        self.conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
-        self.conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
 
     def load_group(self, group: str, category: str) -> GroupState:
         row = self.conn.execute(
