@@ -151,7 +151,9 @@ class RetentionSuite(SuiteBase):
         self.shift_clock(store, 0)
         again = await store.append("order-1", [ev()], expected_version=2)
         assert (again.version, again.position > head) == (3, True)
-        assert await stream_versions(store, "order-1") == [3]
+        # (The clock went back: an event hidden but not deleted shows again.)
+        kept = [2, 3] if self.keeps_last_event else [3]
+        assert await stream_versions(store, "order-1") == kept
         # The oldest event kept is now the rule itself (an event of $retention).
         first = await store.first_position()
         assert first == head if self.keeps_last_event else first > head
