@@ -29,6 +29,7 @@ from tidelog import wire
 from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -71,6 +72,16 @@ class TestRemoteEngine(_OnSharedServers, EngineSuite):
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await self.servers.open("memory://", RemoteConfig(page=7))
+
+
+class TestRemoteRetention(_OnSharedServers, RetentionSuite):
+    """The rules through the admin routes; the server's store applies them."""
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await self.servers.open("memory://", RemoteConfig(page=7))
+
+    def shift_clock(self, store: tidelog.Store, seconds: float) -> None:
+        super().shift_clock(self.servers._lent[store.server], seconds)  # type: ignore[attr-defined]
 
 
 class TestRemoteOverSQLite(_OnSharedServers, EngineSuite):

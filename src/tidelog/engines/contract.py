@@ -29,7 +29,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Final, Literal, NamedTuple, Self
+from typing import Final, NamedTuple, Self
 
 import msgspec
 
@@ -54,6 +54,7 @@ from tidelog.engines._kit.retention import (
     RetentionRule,
     RetentionView,
     ScavengeReport,
+    make_rule,
     static_floor,
 )
 from tidelog.engines._kit.scavenger import scavenge_store, visible
@@ -661,12 +662,7 @@ class GroupEngine(LogEngine):
         is an event of `$retention`, so `tidelog copy` carries it.
         """
         self._check_open()
-        if stream is not None and category is not None:
-            raise InvalidInput("name a stream or a category, not both")
-        kind: Literal["stream", "category", "store"] = (
-            "stream" if stream is not None else "category" if category is not None else "store"
-        )
-        rule = RetentionRule(kind=kind, name=stream or category or "", policy=policy)
+        rule = make_rule(policy, stream, category)
         data = msgspec.json.encode(rule)
         await self.append(RETENTION_STREAM, [NewEvent(type=RULE_TYPE, data=data)])
         await self._retention_view(force=True)  # the rule, and the groups it protects

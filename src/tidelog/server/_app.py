@@ -2,8 +2,8 @@
 
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
-`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`), each
-a leaf over the shared dependencies of `_deps`. Request and response bodies
+`_cloudevents`, `_registry_api`, `_retention_api`, `_asyncapi`, `_dashboard`,
+`_ops_api`), each a leaf over the shared dependencies of `_deps`. Request and response bodies
 are the msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema`
 is generated from the same definitions the remote engine decodes. Every error
 from the store is turned into a 4xx (or a 503 when the backend is down) by one
@@ -46,6 +46,7 @@ from tidelog.server._metrics import Metrics
 from tidelog.server._openapi import render_plugins
 from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
+from tidelog.server._retention_api import ROUTES as RETENTION_ROUTES
 from tidelog.server._streams_api import ROUTES as STREAMS_ROUTES
 
 __all__ = ["create_app"]
@@ -62,6 +63,7 @@ ROUTES: list[ControllerRouterHandler] = [
     *CLOUDEVENTS_ROUTES,
     *CONSUMERS_ROUTES,
     *REGISTRY_ROUTES,
+    *RETENTION_ROUTES,
     *ASYNCAPI_ROUTES,
 ]
 """Every route, in the order of the OpenAPI document's paths."""

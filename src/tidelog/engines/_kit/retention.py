@@ -46,7 +46,9 @@ __all__ = [
     "RetentionRule",
     "RetentionView",
     "ScavengeReport",
+    "RetentionRules",
     "fold_rules",
+    "make_rule",
     "static_floor",
 ]
 
@@ -179,6 +181,25 @@ def static_floor(policy: RetentionPolicy, head: int | None) -> int:
 
 
 _RULE_DECODER: Final = msgspec.json.Decoder(RetentionRule)
+
+
+def make_rule(
+    policy: RetentionPolicy | None, stream: str | None, category: str | None
+) -> RetentionRule:
+    """The rule `set_retention(policy, stream=..., category=...)` means (checked)."""
+    if stream is not None and category is not None:
+        raise InvalidInput("name a stream or a category, not both")
+    if stream is not None:
+        return RetentionRule(kind="stream", name=stream, policy=policy)
+    if category is not None:
+        return RetentionRule(kind="category", name=category, policy=policy)
+    return RetentionRule(kind="store", policy=policy)
+
+
+class RetentionRules(msgspec.Struct, frozen=True, kw_only=True):
+    """The rules, as the HTTP API sends them."""
+
+    rules: list[RetentionRule]
 
 
 class ScavengeReport(msgspec.Struct, frozen=True, kw_only=True):

@@ -429,11 +429,13 @@ class PostgresEngine(GroupEngine):
         """
         self._check_open()
         with pg_errors(stream):
-            async with self._pool.acquire() as conn:
-                async with transaction(conn, self._sql.begin_delete):
-                    head = await conn.fetchval(self._sql.head)
-                    await conn.execute(self._sql.raise_high_water, str(head))
-                    status: str = await conn.execute(self._sql.delete_before, stream, version)
+            async with (
+                self._pool.acquire() as conn,
+                transaction(conn, self._sql.begin_delete),
+            ):
+                head = await conn.fetchval(self._sql.head)
+                await conn.execute(self._sql.raise_high_water, str(head))
+                status: str = await conn.execute(self._sql.delete_before, stream, version)
         return int(status.rsplit(" ", 1)[-1])
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
