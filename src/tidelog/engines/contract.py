@@ -57,7 +57,7 @@ from tidelog.engines._kit.retention import (
     make_rule,
     static_floor,
 )
-from tidelog.engines._kit.scavenger import scavenge_store, visible
+from tidelog.engines._kit.scavenger import Lease, scavenge_store, visible
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import (
     InvalidInput,
@@ -702,25 +702,28 @@ class GroupEngine(LogEngine):
         """Delete, for good, the events the retention rules hide; returns what it did.
 
         One scavenger at a time per store, across processes: the caller must
-        hold the lease (partition 0 of the group `$scavenger` on `$retention`),
-        else nothing happens (`ran` False). `release` leaves the group after.
+        hold the lease (`Lease`: partition 0 of the group `$scavenger` on
+        `$retention`), else nothing happens (`ran` False); a scavenger that loses
+        it midway stops. `release` leaves the group after.
         """
         self._check_open()
         if self._scavenge_lock is None:
             self._scavenge_lock = asyncio.Lock()
         async with self._scavenge_lock:
             if not self._scavenger_member:
-                self._scavenger_member = f"scavenger-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            member = self._scavenger_member
-            lease = max(3 * self.scavenge_interval, 30.0)
-            held = await self.join_group(SCAVENGER_GROUP, RETENTION_STREAM, member, lease=lease)
+                # Names sort in joining order, and the first name owns the lease:
+                # a process that joins later never takes it from a live holder.
+                self._scavenger_member = (
+                    f"scavenger-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                )
+            lease = Lease(self, self._scavenger_member, max(3 * self.scavenge_interval, 30.0))
             try:
-                if 0 not in held.partitions:
+                if not await lease.take():
                     return ScavengeReport(ran=False)
-                report = await scavenge_store(self)
+                report = await scavenge_store(self, lease)
             finally:
                 if release:
-                    await self.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, member)
+                    await lease.release()
             stats = self.retention_stats
             stats["runs"] += 1
             stats["deleted"] += report.deleted

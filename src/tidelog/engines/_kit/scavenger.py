@@ -15,6 +15,8 @@ a metric by the server) and a `RetentionLostEvents` event in `$system`.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -22,18 +24,20 @@ import msgspec
 
 from tidelog.engines._kit.retention import (
     LOST_EVENTS_TYPE,
+    RETENTION_STREAM,
+    SCAVENGER_GROUP,
     SYSTEM_STREAM,
     RetentionPolicy,
     RetentionView,
     ScavengeReport,
 )
-from tidelog.errors import StreamDeleted
+from tidelog.errors import StaleGeneration, StreamDeleted
 from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, partition_of
 
 if TYPE_CHECKING:
     from tidelog.engines.contract import GroupEngine
 
-__all__ = ["LostEvents", "scavenge_store", "visible"]
+__all__ = ["Lease", "LeaseLost", "LostEvents", "scavenge_store", "visible"]
 
 log = logging.getLogger("tidelog.retention")
 
@@ -48,6 +52,51 @@ class LostEvents(msgspec.Struct, frozen=True, kw_only=True):
     first_position: int
     last_position: int
     checkpoint: int
+
+
+class LeaseLost(Exception):
+    """The scavenger's lease went to another process: stop scavenging."""
+
+
+class Lease:
+    """The scavenger's lease: partition 0 of the group `$scavenger` on `$retention`.
+
+    Kept in the store by the consumer-group machinery, so it works across
+    processes on every engine. Member names sort in joining order (see
+    `GroupEngine.scavenge`), so the oldest live member holds it; it renews it
+    (a heartbeat) between batches and stops if it was lost meanwhile, so two
+    scavengers never run at once for longer than one batch.
+    """
+
+    def __init__(self, store: GroupEngine, member: str, seconds: float) -> None:
+        self.store = store
+        self.member = member
+        self.seconds = seconds
+        self._renewed = -math.inf
+
+    async def take(self) -> bool:
+        held = await self.store.join_group(
+            SCAVENGER_GROUP, RETENTION_STREAM, self.member, lease=self.seconds
+        )
+        self._renewed = time.monotonic()
+        return 0 in held.partitions
+
+    async def check(self) -> None:
+        """Renew the lease if a third of it passed; raise `LeaseLost` if it is gone."""
+        if time.monotonic() - self._renewed < self.seconds / 3:
+            return
+        try:
+            held = await self.store.heartbeat(
+                SCAVENGER_GROUP, RETENTION_STREAM, self.member, lease=self.seconds
+            )
+        except StaleGeneration:
+            raise LeaseLost() from None
+        if 0 not in held.partitions:
+            raise LeaseLost()
+        self._renewed = time.monotonic()
+
+    async def release(self) -> None:
+        await self.store.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, self.member)
 
 
 async def visible(
@@ -146,7 +195,11 @@ async def _lost(store: GroupEngine, view: RetentionView, doomed: list[RecordedEv
 
 
 async def _scavenge_stream(
-    store: GroupEngine, view: RetentionView, policy: RetentionPolicy, info: StreamInfo
+    store: GroupEngine,
+    view: RetentionView,
+    policy: RetentionPolicy,
+    info: StreamInfo,
+    lease: Lease,
 ) -> tuple[int, int]:
     """Delete the hidden prefix of one stream, a batch at a time: (deleted, lost)."""
     deleted = lost = 0
@@ -166,6 +219,7 @@ async def _scavenge_stream(
             doomed.append(e)
         if not doomed:
             return deleted, lost
+        await lease.check()
         unconsumed = [e for e in doomed if not view.consumed(e)]
         if unconsumed:
             lost += await _lost(store, view, unconsumed)
@@ -175,23 +229,27 @@ async def _scavenge_stream(
         start = doomed[-1].version + 1
 
 
-async def scavenge_store(store: GroupEngine) -> ScavengeReport:
+async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     """One pass over the streams the rules cover, deleting what they hide.
 
     The rules and the groups' checkpoints are read afresh first, so a rule
     relaxed or a checkpoint moved in another process is honoured. The caller
-    holds the scavenger lease.
+    took `lease`; it is renewed (or found lost, which ends the pass) between
+    batches.
     """
     view = await store._retention_view(force=True)
     if view is None:
         return ScavengeReport()
     deleted = lost = streams = 0
-    async for info in _streams(store, view):
-        policy = view.policy(info.name)
-        if policy is None or info.deleted or info.version is None:
-            continue
-        streams += 1
-        d, n = await _scavenge_stream(store, view, policy, info)
-        deleted += d
-        lost += n
+    try:
+        async for info in _streams(store, view):
+            policy = view.policy(info.name)
+            if policy is None or info.deleted or info.version is None:
+                continue
+            streams += 1
+            d, n = await _scavenge_stream(store, view, policy, info, lease)
+            deleted += d
+            lost += n
+    except LeaseLost:
+        log.warning("tidelog scavenger: the lease went to another process; stopping")
     return ScavengeReport(deleted=deleted, streams=streams, lost=lost)
