@@ -21,6 +21,7 @@ day, and nothing else:
   | `tidelog.aggregates` | `Aggregate`, `Repository`, `applies` |
   | `tidelog.projections` | `Projection`, `ProjectionRunner`, `handles` |
   | `tidelog.consumers` | `App`, `Context`, `HandlerOptions`, `ParkedEvent`, `Producer` |
+  | `tidelog.retention` | `RetentionPolicy` |
   | `tidelog.schemas` | `SchemaRegistry` |
   | `tidelog.security` | `Personal`, `PersonalData` |
 
@@ -75,6 +76,7 @@ from tidelog.model import (
     partition_of,
 )
 from tidelog.projections import Projection, ProjectionRunner, handles
+from tidelog.retention import RetentionPolicy
 from tidelog.schemas import SchemaRegistry
 from tidelog.security import Personal, PersonalData
 
@@ -114,6 +116,7 @@ __all__ = [
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",
+    "RetentionPolicy",
     "STREAM_EXISTS",
     "SchemaRegistry",
     "SchemaViolation",
