@@ -35,8 +35,8 @@ from tidelog import (
 from tidelog.engines.sqlite import SQLiteEngine
 from tidelog.engines.sqlite import engine as sqlite_engine
 from tidelog.engines.sqlite.db import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
-from tidelog.testing.conformance import EngineSuite
 from tidelog.retention import RetentionPolicy
+from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.stateful import ModelSuite
 
