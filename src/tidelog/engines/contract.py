@@ -545,6 +545,9 @@ class GroupEngine(LogEngine):
     """False for a client of a server (`remote`): the server applies the rules."""
     scavenge_interval: float = 10.0
     """Seconds between two rounds of the background scavenger."""
+    scavenge_lease: float = 30.0
+    """Seconds the scavenger's lease lasts unless renewed: how long a crashed
+    scavenger keeps the others waiting."""
     scavenge_batch: int = 1000
     """Events examined (and at most deleted) per stream per step of a scavenge."""
     _retention: RetentionCache | None = None
@@ -716,7 +719,8 @@ class GroupEngine(LogEngine):
                 self._scavenger_member = (
                     f"scavenger-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 )
-            lease = Lease(self, self._scavenger_member, max(3 * self.scavenge_interval, 30.0))
+            seconds = max(self.scavenge_lease, 3 * self.scavenge_interval)
+            lease = Lease(self, self._scavenger_member, seconds)
             try:
                 if not await lease.take():
                     return ScavengeReport(ran=False)

@@ -167,6 +167,10 @@ class StoreWrapper(GroupEngine):
         return self.inner.scavenge_interval
 
     @property
+    def scavenge_lease(self) -> float:  # type: ignore[override]
+        return self.inner.scavenge_lease
+
+    @property
     def scavenge_batch(self) -> int:  # type: ignore[override]
         return self.inner.scavenge_batch
 
