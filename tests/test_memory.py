@@ -7,6 +7,7 @@ import pathlib
 import tidelog
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -28,5 +29,10 @@ class TestMemoryEngineOnePartition(EngineSuite):
 
 
 class TestMemoryRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")
+
+
+class TestMemoryRetentionModel(RetentionModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect("memory://")

@@ -33,6 +33,7 @@ from tidelog.engines.postgres.schema import (
 )
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.postgres
@@ -58,6 +59,13 @@ class TestPostgresEngine(EngineSuite):
 class TestPostgresRetention(RetentionSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await _created.open("pool_max=4")
+
+
+class TestPostgresRetentionModel(RetentionModelSuite):
+    max_examples = 10
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=2")
 
 
 class TestPostgresModel(ModelSuite):

@@ -30,6 +30,7 @@ from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -82,6 +83,13 @@ class TestRemoteRetention(_OnSharedServers, RetentionSuite):
 
     def shift_clock(self, store: tidelog.Store, seconds: float) -> None:
         super().shift_clock(self.servers._lent[store.server], seconds)  # type: ignore[attr-defined]
+
+
+class TestRemoteRetentionModel(_OnSharedServers, RetentionModelSuite):
+    max_examples = 10
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await self.servers.open("memory://", RemoteConfig(page=7))
 
 
 class TestRemoteOverSQLite(_OnSharedServers, EngineSuite):

@@ -38,6 +38,7 @@ from tidelog.engines.sqlite.db import MIGRATIONS, SCHEMA_VERSION, migrate, schem
 from tidelog.retention import RetentionPolicy
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -78,6 +79,11 @@ async def db_truncate(path: pathlib.Path) -> None:
     from tidelog.engines.sqlite.db import truncate_wal
 
     await asyncio.to_thread(truncate_wal, str(path), 5.0)
+
+
+class TestSQLiteRetentionModel(RetentionModelSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
 
 
 class TestSQLiteModel(ModelSuite):
