@@ -701,6 +701,18 @@ class GroupEngine(LogEngine):
         """
         raise NotSupported(self.name, "retention", "this engine cannot delete events")
 
+    async def _delete_many(self, cuts: Mapping[str, int]) -> int:
+        """`_delete_before` for several streams (stream -> version); how many events went.
+
+        The scavenger deletes a few dozen streams' prefixes at a time; engines
+        that can do it in one transaction override this, the rest inherit one
+        `_delete_before` per stream.
+        """
+        deleted = 0
+        for stream, version in cuts.items():
+            deleted += await self._delete_before(stream, version)
+        return deleted
+
     async def scavenge(self, *, release: bool = True) -> ScavengeReport:
         """Delete, for good, the events the retention rules hide; returns what it did.
 

@@ -90,7 +90,7 @@ def _machine(suite: RetentionModelSuite, tmp_path: pathlib.Path) -> type[RuleBas
             """stream -> the lowest version still stored."""
             self.log: list[tuple[str, int]] = []
             """(stream, version) of the user streams' events, in position order."""
-            self.rules: dict[tuple[str, str], RetentionPolicy] = {}
+            self.policies: dict[tuple[str, str], RetentionPolicy] = {}
 
         def _run(self, awaitable: Awaitable[Any]) -> Any:
             async def bounded() -> Any:
@@ -112,8 +112,8 @@ def _machine(suite: RetentionModelSuite, tmp_path: pathlib.Path) -> type[RuleBas
         def policy(self, stream: str) -> RetentionPolicy | None:
             category = stream.split("-", 1)[0]
             for scope in (("stream", stream), ("category", category), ("store", "")):
-                if scope in self.rules:
-                    return self.rules[scope]
+                if scope in self.policies:
+                    return self.policies[scope]
             return None
 
         def rule_floor(self, stream: str) -> int:
@@ -150,14 +150,14 @@ def _machine(suite: RetentionModelSuite, tmp_path: pathlib.Path) -> type[RuleBas
             kind, name = scope
             where = {kind: name} if kind != "store" else {}
             self._run(self.store.set_retention(policy, **where))
-            self.rules[scope] = policy
+            self.policies[scope] = policy
 
         @rule(stream=st.sampled_from(("account-7", "order-2")), before=st.integers(0, 8))
         def truncate(self, stream: str, before: int) -> None:
             assert self.store is not None
             policy = RetentionPolicy(truncate_before=before)
             self._run(self.store.set_retention(policy, stream=stream))
-            self.rules[("stream", stream)] = policy
+            self.policies[("stream", stream)] = policy
 
         @rule(scope=st.sampled_from(SCOPES))
         def clear(self, scope: tuple[str, str]) -> None:
@@ -165,7 +165,7 @@ def _machine(suite: RetentionModelSuite, tmp_path: pathlib.Path) -> type[RuleBas
             kind, name = scope
             where = {kind: name} if kind != "store" else {}
             self._run(self.store.set_retention(None, **where))
-            self.rules.pop(scope, None)
+            self.policies.pop(scope, None)
 
         @rule()
         def scavenge(self) -> None:

@@ -14,6 +14,7 @@ a metric by the server) and a `RetentionLostEvents` event in `$system`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -194,39 +195,72 @@ async def _lost(store: GroupEngine, view: RetentionView, doomed: list[RecordedEv
     return total
 
 
-async def _scavenge_stream(
+_CHUNK = 32
+"""Streams decided together: their pages are read at once and their deletes are
+one `_delete_many` (one transaction on SQL engines)."""
+_FIRST_PAGE = 32
+"""The first page read of each stream. Most of a stream is usually kept, and
+reading a page only to find its first event kept costs the decoding of the
+page: pages start small and double while they are hidden whole, up to
+`scavenge_batch`."""
+
+
+async def _hidden_prefix(
     store: GroupEngine,
     view: RetentionView,
     policy: RetentionPolicy,
     info: StreamInfo,
+    start: int,
+    size: int,
+) -> tuple[list[RecordedEvent], bool]:
+    """The hidden prefix of one page (`size` events) of a stream from version `start`,
+    and whether the whole page was hidden (the prefix may go on)."""
+    try:
+        page = [e async for e in store._read_stream(info.name, start, False, size)]
+    except StreamDeleted:
+        return [], False
+    doomed: list[RecordedEvent] = []
+    for e in page:
+        if not view.hidden(policy, e, info.version):
+            break
+        doomed.append(e)
+    return doomed, len(doomed) == len(page) == size
+
+
+async def _scavenge_chunk(
+    store: GroupEngine,
+    view: RetentionView,
+    todo: list[tuple[StreamInfo, RetentionPolicy]],
     lease: Lease,
 ) -> tuple[int, int]:
-    """Delete the hidden prefix of one stream, a batch at a time: (deleted, lost)."""
+    """Delete the hidden prefix of some streams, a page of each at a time: (deleted, lost)."""
     deleted = lost = 0
-    head = info.version
-    start = 0
-    while True:
-        try:
-            page = [
-                e async for e in store._read_stream(info.name, start, False, store.scavenge_batch)
-            ]
-        except StreamDeleted:
-            return deleted, lost
-        doomed: list[RecordedEvent] = []
-        for e in page:
-            if not view.hidden(policy, e, head):
-                break
-            doomed.append(e)
-        if not doomed:
-            return deleted, lost
+    starts = dict.fromkeys((info.name for info, _ in todo), 0)
+    size = min(_FIRST_PAGE, store.scavenge_batch)
+    while todo:
+        pages = await asyncio.gather(
+            *(
+                _hidden_prefix(store, view, policy, info, starts[info.name], size)
+                for info, policy in todo
+            )
+        )
+        size = min(size * 2, store.scavenge_batch)
         await lease.check()
-        unconsumed = [e for e in doomed if not view.consumed(e)]
-        if unconsumed:
-            lost += await _lost(store, view, unconsumed)
-        deleted += await store._delete_before(info.name, doomed[-1].version + 1)
-        if len(doomed) < len(page) or len(page) < store.scavenge_batch:
-            return deleted, lost
-        start = doomed[-1].version + 1
+        cuts: dict[str, int] = {}
+        more = []
+        for (info, policy), (doomed, whole) in zip(todo, pages, strict=True):
+            if not doomed:
+                continue
+            unconsumed = [e for e in doomed if not view.consumed(e)]
+            if unconsumed:
+                lost += await _lost(store, view, unconsumed)
+            cuts[info.name] = starts[info.name] = doomed[-1].version + 1
+            if whole:
+                more.append((info, policy))
+        if cuts:
+            deleted += await store._delete_many(cuts)
+        todo = more
+    return deleted, lost
 
 
 async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
@@ -241,15 +275,20 @@ async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     if view is None:
         return ScavengeReport()
     deleted = lost = streams = 0
+    todo: list[tuple[StreamInfo, RetentionPolicy]] = []
     try:
         async for info in _streams(store, view):
             policy = view.policy(info.name)
             if policy is None or info.deleted or info.version is None:
                 continue
             streams += 1
-            d, n = await _scavenge_stream(store, view, policy, info, lease)
-            deleted += d
-            lost += n
+            todo.append((info, policy))
+            if len(todo) == _CHUNK:
+                d, n = await _scavenge_chunk(store, view, todo, lease)
+                deleted, lost, todo = deleted + d, lost + n, []
+        if todo:
+            d, n = await _scavenge_chunk(store, view, todo, lease)
+            deleted, lost = deleted + d, lost + n
     except LeaseLost:
         log.warning("tidelog scavenger: the lease went to another process; stopping")
     return ScavengeReport(deleted=deleted, streams=streams, lost=lost)

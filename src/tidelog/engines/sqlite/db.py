@@ -30,7 +30,6 @@ __all__ = [
     "connect",
     "db_errors",
     "group_state",
-    "incremental_vacuum",
     "create_private",
     "is_busy",
     "migrate",
@@ -199,7 +198,7 @@ def migrate_connection(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -
     """
     if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
         # A new file: freed pages go back to the file system on demand
-        # (retention's scavenger runs `incremental_vacuum`). Only an empty file
+        # (retention's deletes run `incremental_vacuum`). Only an empty file
         # can take this; an older store needs one `VACUUM` (docs/retention.md).
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -302,18 +301,6 @@ def prepare_file(path: str, busy_timeout: float, partitions: int) -> int:
         finally:
             conn.close()
     return stored
-
-
-def incremental_vacuum(path: str, busy_timeout: float) -> None:
-    """Give the file's free pages back to the file system (a file with `auto_vacuum`
-    INCREMENTAL; elsewhere a no-op, the pages are reused by later writes).
-
-    On a connection of its own: the pragma must run outside the writer's batch
-    transaction, and `executescript` runs it to the end (a plain `execute`
-    steps it once, freeing one page).
-    """
-    with db_errors(), contextlib.closing(connect(path, busy_timeout=busy_timeout)) as conn:
-        conn.executescript("PRAGMA incremental_vacuum;")
 
 
 def truncate_wal(path: str, busy_timeout: float) -> None:

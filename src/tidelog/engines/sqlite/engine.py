@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -388,14 +388,13 @@ class SQLiteEngine(GroupEngine):
 
     async def _delete_before(self, stream: str, version: int) -> int:
         """Retention's hook: one writer request (bounded: the scavenger asks a batch at a
-        time), then the freed pages go back to the file system."""
+        time) that deletes and gives the freed pages back (`Writer.delete_before`)."""
+        return await self._delete_many({stream: version})
+
+    async def _delete_many(self, cuts: Mapping[str, int]) -> int:
+        """Every stream's delete in one writer request: one transaction, one sync."""
         self._check_open()
-        count = await self._write(lambda w: w.delete_before(stream, version))
-        if count:
-            await asyncio.to_thread(
-                db.incremental_vacuum, self.config.path, self.config.busy_timeout
-            )
-        return count
+        return await self._write(lambda w: w.delete_before(cuts))
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()

@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar, cast
 from uuid import UUID
 
@@ -59,6 +59,10 @@ T = TypeVar("T")
 _MAX_BATCH_REQUESTS: Final = 1024
 _MAX_BATCH_EVENTS: Final = 50_000
 _ID_CHUNK: Final = 500
+_INCREMENTAL: Final = 2
+"""`PRAGMA auto_vacuum` of a file that gives freed pages back on demand."""
+_MAX_VACUUM_PAGES: Final = 50_000
+"""Pages one retention delete gives back at most (the rest go with the next one)."""
 _EMPTY_JSON: Final = b"{}"
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams (name, category, version, deleted) VALUES (?, ?, ?, 0)"
@@ -439,23 +443,32 @@ class Writer:
         self.conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
         self.conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
 
-    def delete_before(self, stream: str, version: int) -> int:
-        """Retention: delete the events of `stream` below `version`; how many went.
+    def delete_before(self, cuts: Mapping[str, int]) -> int:
+        """Retention: delete the events of each stream below its version; how many went.
 
         The head is recorded as the high-water mark first (the newest events may
         go), so their positions are never handed out again. Unlike a purge this
-        need not zero the freed bytes: `secure_delete` is off for it, and the
-        freed pages go back to the file system in `db.incremental_vacuum`.
+        need not zero the freed bytes (`secure_delete` is off for it). The freed
+        pages then go back to the file system in the same transaction (a file
+        with `auto_vacuum=INCREMENTAL`; elsewhere there are none to give and
+        later writes reuse them): `PRAGMA incremental_vacuum` frees one page per
+        step, and sqlite3's `execute` takes one step, so it runs once per page.
         """
         self.set_high_water()
         self.conn.execute("PRAGMA secure_delete = OFF")
+        count = 0
         try:
-            cursor = self.conn.execute(
-                "DELETE FROM events WHERE stream = ? AND version < ?", (stream, version)
-            )
+            for stream, version in cuts.items():
+                count += self.conn.execute(
+                    "DELETE FROM events WHERE stream = ? AND version < ?", (stream, version)
+                ).rowcount
         finally:
             self.conn.execute("PRAGMA secure_delete = ON")
-        return cursor.rowcount
+        if count and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            free: int = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            for _ in range(min(free, _MAX_VACUUM_PAGES)):
+                self.conn.execute("PRAGMA incremental_vacuum(1)")
+        return count
 
     def set_high_water(self) -> None:
         self.conn.execute(
