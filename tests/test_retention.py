@@ -167,3 +167,22 @@ async def test_http_routes_need_admin(serve: Any) -> None:
         assert scavenged.json()["ran"] is True
         first = await http.get("/v1/log/first", headers=auth("reader-key"))
         assert first.json() == {"position": 1}
+
+
+async def test_metrics_show_the_low_water_mark_and_lost_events(serve: Any) -> None:
+    server, store = await serve()
+    await store.join_group("billing", "order", "m1", lease=60)
+    await store.append("order-1", [ev() for _ in range(3)])
+    policy = RetentionPolicy(max_count=1, even_if_unconsumed=True)
+    await store.set_retention(policy, category="order")
+    report = await store.scavenge()
+    assert report.lost == 2
+    lost = [e async for e in store.read_stream("$system")]
+    assert [e.type for e in lost] == ["RetentionLostEvents"]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+        wanted = 'tidelog_retention_lost_events{category="order",group="billing"} 2.0'
+        async with asyncio.timeout(WAIT):
+            while wanted not in (text := (await http.get("/metrics")).text):
+                await store.head_watch().wait_beyond(2**62, 0.05)
+        assert "tidelog_log_first_position 3.0" in text
+        assert "tidelog_retention_deleted_events 2.0" in text

@@ -557,7 +557,8 @@ class GroupEngine(LogEngine):
 
     @property
     def retention_stats(self) -> dict[str, int]:
-        """Counters of this process's scavenges: `deleted`, `lost`, `runs` (for metrics)."""
+        """Counters of this process's scavenges, for metrics: `deleted`, `lost`, `runs`,
+        and `lost:<group>/<category>`, the events each group lost."""
         stats: dict[str, int] | None = self.__dict__.get("_retention_stats")
         if stats is None:
             stats = self.__dict__["_retention_stats"] = {"deleted": 0, "lost": 0, "runs": 0}

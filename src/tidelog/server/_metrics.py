@@ -77,6 +77,23 @@ class Metrics:
             ["group"],
             registry=r,
         )
+        self.first = Gauge(
+            "tidelog_log_first_position",
+            "The low-water mark: the oldest position still stored (retention deletes below it)",
+            registry=r,
+        )
+        self.scavenged = Gauge(
+            "tidelog_retention_deleted_events",
+            "Events this server's scavenger deleted since it started",
+            registry=r,
+        )
+        self.lost = Gauge(
+            "tidelog_retention_lost_events",
+            "Events the scavenger deleted before a consumer group had read them"
+            " (hard_max_age or even_if_unconsumed; each is named in $system)",
+            ["group", "category"],
+            registry=r,
+        )
         self._dlq: dict[str, DlqState] = {}
         self._dlq_lock = asyncio.Lock()
         self._stale = asyncio.Event()
@@ -110,6 +127,13 @@ class Metrics:
         """
         head = await store.last_position()
         self.head.set(head)
+        self.first.set(await store.first_position())
+        stats = store.retention_stats
+        self.scavenged.set(stats.get("deleted", 0))
+        for key, count in stats.items():
+            if key.startswith("lost:"):
+                group, _, category = key[len("lost:") :].partition("/")
+                self.lost.labels(group, category).set(count)
         self.lag.clear()
         for group, category in await store.list_groups():
             points = await store.checkpoints(group, category)

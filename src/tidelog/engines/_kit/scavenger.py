@@ -192,6 +192,8 @@ async def _lost(store: GroupEngine, view: RetentionView, doomed: list[RecordedEv
         )
         event = NewEvent(type=LOST_EVENTS_TYPE, data=msgspec.json.encode(lost))
         await store.append(SYSTEM_STREAM, [event])
+        key = f"lost:{group}/{category}"
+        store.retention_stats[key] = store.retention_stats.get(key, 0) + lost.count
     return total
 
 
