@@ -61,15 +61,16 @@ async def test_retention_gives_the_space_back(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "queue.db"
     async with await _open(path) as store:
         payload = os.urandom(4000)
-        for i in range(40):
+        for i in range(200):  # 8 MB: more free pages than appends would soon reuse
             await store.append(f"job-{i}", [NewEvent(type="Job", data=payload) for _ in range(10)])
         await db_truncate(path)
         full = path.stat().st_size
         await store.set_retention(RetentionPolicy(max_count=1), category="job")
         report = await store.scavenge()
-        assert report.deleted == 40 * 9
+        assert report.deleted == 200 * 9
         await db_truncate(path)
-        assert path.stat().st_size < full / 3
+        # Given back but a slack (4 MiB, or a quarter of the file) kept for appends.
+        assert path.stat().st_size < full / 2
         assert [e.version async for e in store.read_stream("job-7")] == [9]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL

@@ -62,6 +62,7 @@ _ID_CHUNK: Final = 500
 _INCREMENTAL: Final = 2
 """`PRAGMA auto_vacuum` of a file that gives freed pages back on demand."""
 _MAX_VACUUM_PAGES: Final = 50_000
+_VACUUM_SLACK_PAGES: Final = 1024
 """Pages one retention delete gives back at most (the rest go with the next one)."""
 _EMPTY_JSON: Final = b"{}"
 _UPSERT_STREAM: Final = (
@@ -448,11 +449,11 @@ class Writer:
 
         The head is recorded as the high-water mark first (the newest events may
         go), so their positions are never handed out again. Unlike a purge this
-        need not zero the freed bytes (`secure_delete` is off for it). The freed
-        pages then go back to the file system in the same transaction (a file
-        with `auto_vacuum=INCREMENTAL`; elsewhere there are none to give and
-        later writes reuse them): `PRAGMA incremental_vacuum` frees one page per
-        step, and sqlite3's `execute` takes one step, so it runs once per page.
+        need not zero the freed bytes (`secure_delete` is off for it). When
+        the free pages are more than later appends will soon reuse, they go back
+        to the file system in the same transaction (a file with
+        `auto_vacuum=INCREMENTAL`): `PRAGMA incremental_vacuum` frees one page
+        per step, and sqlite3's `execute` takes one step, so it runs per page.
         """
         self.set_high_water()
         self.conn.execute("PRAGMA secure_delete = OFF")
@@ -466,8 +467,13 @@ class Writer:
             self.conn.execute("PRAGMA secure_delete = ON")
         if count and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
             free: int = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
-            for _ in range(min(free, _MAX_VACUUM_PAGES)):
-                self.conn.execute("PRAGMA incremental_vacuum(1)")
+            pages: int = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            # Free pages are what the next appends write into: give back only a
+            # surplus (a quarter of the file, at least 4 MiB at 4 KiB pages), so a
+            # steady queue reuses its pages instead of moving them around.
+            if free > max(_VACUUM_SLACK_PAGES, pages // 4):
+                for _ in range(min(free, _MAX_VACUUM_PAGES)):
+                    self.conn.execute("PRAGMA incremental_vacuum(1)")
         return count
 
     def set_high_water(self) -> None:
