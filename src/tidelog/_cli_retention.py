@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final
 
+import msgspec
 import typer
 
 import tidelog
@@ -39,10 +40,10 @@ def _describe(policy: RetentionPolicy | None) -> str:
     if policy is None:
         return "cleared"
     fields: dict[str, Any] = {}
-    for name in RetentionPolicy.__struct_fields__:
-        value = getattr(policy, name)
-        if value not in (None, False):
-            fields[name] = value
+    for field in msgspec.structs.fields(RetentionPolicy):
+        value = getattr(policy, field.name)
+        if value != field.default:
+            fields[field.name] = value
     return ", ".join(f"{k}={v}" if v is not True else k for k, v in fields.items())
 
 
@@ -85,6 +86,17 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--hard-max-age", help="Past this age, delete even if unconsumed."),
         ] = None,
+        scavenge_deleted: Annotated[
+            bool,
+            typer.Option("--scavenge-deleted", help="Delete the events of tombstoned streams."),
+        ] = False,
+        forget_tombstones: Annotated[
+            bool,
+            typer.Option(
+                "--forget-tombstones",
+                help="With --scavenge-deleted: then forget the stream (its name is free again).",
+            ),
+        ] = False,
     ) -> None:
         """Set the retention rule of a stream, a category or (neither) the store."""
         policy = RetentionPolicy(
@@ -94,6 +106,8 @@ def register(app: typer.Typer) -> None:
             keep_latest=keep_latest,
             even_if_unconsumed=even_if_unconsumed,
             hard_max_age=None if hard_max_age is None else parse_duration(hard_max_age),
+            scavenge_deleted=scavenge_deleted,
+            keep_tombstone=not forget_tombstones,
         )
 
         async def body() -> RetentionRule:

@@ -597,14 +597,14 @@ class GroupEngine(LogEngine):
             return None
         return RetentionView(cache, self._now(), self.partition_count)
 
-    async def _stream_head(self, stream: str) -> int | None:
-        """The last version of `stream` (None: no events, or tombstoned)."""
+    async def _stream_state(self, stream: str) -> tuple[int | None, bool]:
+        """(last version or None, tombstoned) of `stream`, as retention decides with it."""
         try:
             async for e in self._read_stream(stream, -1, True, 1):
-                return e.version
+                return e.version, False
         except StreamDeleted:
-            pass
-        return None
+            return None, True
+        return None, False
 
     async def _read_stream_retained(
         self, stream: str, from_version: int, backwards: bool, limit: int | None
@@ -615,12 +615,12 @@ class GroupEngine(LogEngine):
             async for e in self._read_stream(stream, from_version, backwards, limit):
                 yield e
             return
-        head = await self._stream_head(stream) if policy.needs_head else None
+        head = (await self._stream_state(stream))[0] if policy.needs_head else None
         unprotected = policy.even_if_unconsumed or category_of(stream) not in view.cache.grouped
         if not backwards and unprotected:  # skip what the version-based conditions hide
             from_version = max(from_version, static_floor(policy, head))
         raw = self._read_stream(stream, from_version, backwards, None)
-        async for e in visible(view, raw, limit, self._stream_head):
+        async for e in visible(view, raw, limit, self._stream_state):
             yield e
 
     async def _read_all_retained(
@@ -632,7 +632,7 @@ class GroupEngine(LogEngine):
             async for e in raw:
                 yield e
             return
-        async for e in visible(view, raw, limit, self._stream_head):
+        async for e in visible(view, raw, limit, self._stream_state):
             yield e
 
     async def _read_page_retained(
@@ -646,7 +646,7 @@ class GroupEngine(LogEngine):
         out: list[RecordedEvent] = []
         while True:
             out += [
-                e async for e in visible(view, _aiter(page), limit - len(out), self._stream_head)
+                e async for e in visible(view, _aiter(page), limit - len(out), self._stream_state)
             ]
             if len(out) >= limit or len(page) < limit or not page:
                 return out
@@ -701,6 +701,20 @@ class GroupEngine(LogEngine):
         raise `NotSupported` with the reason.
         """
         raise NotSupported(self.name, "retention", "this engine cannot delete events")
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        """Retention's hook for tombstoned streams: their stored events from
+        `from_version`, at most `limit` (reads refuse them with `StreamDeleted`).
+        Engines without it raise `NotSupported`: their tombstoned streams are
+        not scavenged."""
+        raise NotSupported(self.name, "scavenging deleted streams")
+
+    async def _forget_stream(self, stream: str) -> None:
+        """Retention's hook for `keep_tombstone=False`: drop a tombstoned stream whose
+        events are all gone, so that its name can be used again (from version 0)."""
+        raise NotSupported(self.name, "forgetting deleted streams")
 
     async def _delete_many(self, cuts: Mapping[str, int]) -> int:
         """`_delete_before` for several streams (stream -> version); how many events went.

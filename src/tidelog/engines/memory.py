@@ -195,6 +195,20 @@ class MemoryEngine(GroupEngine):
             self._dropped[stream] = self._dropped.get(stream, 0) + count
         return count
 
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        events = self._streams.get(stream, [])
+        return events[max(from_version - self._dropped.get(stream, 0), 0) :][:limit]
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        if stream in self._deleted and not self._streams.get(stream):
+            self._deleted.discard(stream)
+            self._streams.pop(stream, None)
+            self._dropped.pop(stream, None)
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         names = set(self._streams) | self._deleted

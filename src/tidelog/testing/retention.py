@@ -244,6 +244,43 @@ class RetentionSuite(SuiteBase):
         await store.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, "0other")
         assert (await store.scavenge()).deleted == 2
 
+    async def test_tombstoned_streams_are_scavenged_keeping_the_tombstone(
+        self, store: tidelog.Store
+    ) -> None:
+        await self._fill(store, "order-1", 3)
+        await self._fill(store, "order-2", 2)
+        await store.delete_stream("order-1")
+        kept = await all_positions(store, categories=["order"])
+        await store.set_retention(RetentionPolicy(scavenge_deleted=True), category="order")
+        hidden = await collect(store.read_all(categories=["order"]))
+        assert [e.stream for e in hidden] == ["order-2", "order-2"]  # hidden at once
+        assert (await store.scavenge()).deleted == 3
+        await store.set_retention(None, category="order")
+        assert await all_positions(store, categories=["order"]) == kept[3:]
+        with pytest.raises(tidelog.StreamDeleted):
+            await store.append("order-1", [ev()])
+        infos = [i async for i in store.list_streams("order")]
+        assert [(i.name, i.deleted) for i in infos] == [("order-1", True), ("order-2", False)]
+
+    async def test_tombstoned_streams_can_be_forgotten(self, store: tidelog.Store) -> None:
+        await self._fill(store, "order-1", 3)
+        await store.delete_stream("order-1")
+        policy = RetentionPolicy(scavenge_deleted=True, keep_tombstone=False)
+        await store.set_retention(policy, category="order")
+        assert (await store.scavenge()).deleted == 3
+        assert [i.name async for i in store.list_streams("order")] == []
+        again = await store.append("order-1", [ev()], tidelog.NO_STREAM)
+        assert again.version == 0
+        assert await stream_versions(store, "order-1") == [0]
+
+    async def test_a_tombstoned_stream_waits_for_its_consumers(self, store: tidelog.Store) -> None:
+        await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await self._fill(store, "order-1", 2)
+        await store.delete_stream("order-1")
+        await store.set_retention(RetentionPolicy(scavenge_deleted=True), category="order")
+        assert len(await all_positions(store, categories=["order"])) == 2  # unconsumed
+        assert (await store.scavenge()).deleted == 0
+
     async def test_rules_are_values_of_the_public_type(self, store: tidelog.Store) -> None:
         rule = await store.set_retention(RetentionPolicy(max_age=5), category="order")
         assert rule == RetentionRule(

@@ -82,7 +82,12 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     - `even_if_unconsumed`: delete even events a consumer group of the
       category has not checkpointed past. By default such events are kept;
     - `hard_max_age`: seconds past which an event goes even if unconsumed; the
-      group that lost it is reported (warning log, counter, `$system` event).
+      group that lost it is reported (warning log, counter, `$system` event);
+    - `scavenge_deleted`: every event of a tombstoned stream (`delete_stream`)
+      is past the policy;
+    - `keep_tombstone`: with `scavenge_deleted`, False forgets a tombstoned
+      stream once its events are gone: the name may be used again, from
+      version 0 (positions are still never reused).
     """
 
     max_age: float | None = None
@@ -91,6 +96,8 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     keep_latest: bool = False
     even_if_unconsumed: bool = False
     hard_max_age: float | None = None
+    scavenge_deleted: bool = False
+    keep_tombstone: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_age", "hard_max_age"):
@@ -105,6 +112,8 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
                 raise InvalidInput(f"{name} must be an int >= {int(name == 'max_count')}")
         if self.is_empty:
             raise InvalidInput("a retention policy needs at least one condition")
+        if not self.keep_tombstone and not self.scavenge_deleted:
+            raise InvalidInput("keep_tombstone=False only goes with scavenge_deleted=True")
 
     @property
     def is_empty(self) -> bool:
@@ -114,12 +123,14 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
             and self.truncate_before is None
             and not self.keep_latest
             and self.hard_max_age is None
+            and not self.scavenge_deleted
         )
 
     @property
     def needs_head(self) -> bool:
-        """Whether deciding needs the stream's last version (count-based conditions)."""
-        return self.max_count is not None or self.keep_latest
+        """Whether deciding needs the stream's state: its last version (count-based
+        conditions) or its tombstone (`scavenge_deleted`)."""
+        return self.max_count is not None or self.keep_latest or self.scavenge_deleted
 
 
 Kind = Literal["stream", "category", "store"]
@@ -311,8 +322,13 @@ class RetentionView:
     def policy(self, stream: str) -> RetentionPolicy | None:
         return self.cache.policy(stream)
 
-    def past(self, policy: RetentionPolicy, event: RecordedEvent, head: int | None) -> bool:
-        """Whether `event` is past `policy`, consumers aside."""
+    def past(
+        self, policy: RetentionPolicy, event: RecordedEvent, head: int | None, deleted: bool = False
+    ) -> bool:
+        """Whether `event` is past `policy`, consumers aside (`deleted`: its stream is
+        tombstoned)."""
+        if deleted and policy.scavenge_deleted:
+            return True
         version = event.version
         if policy.truncate_before is not None and version < policy.truncate_before:
             return True
@@ -337,9 +353,11 @@ class RetentionView:
         floor = self.cache.floors.get((category, partition_of(event.stream, self.partitions)), 0)
         return event.position <= floor
 
-    def hidden(self, policy: RetentionPolicy, event: RecordedEvent, head: int | None) -> bool:
+    def hidden(
+        self, policy: RetentionPolicy, event: RecordedEvent, head: int | None, deleted: bool = False
+    ) -> bool:
         if self.hard(policy, event):
             return True
-        if not self.past(policy, event, head):
+        if not self.past(policy, event, head, deleted):
             return False
         return policy.even_if_unconsumed or self.consumed(event)

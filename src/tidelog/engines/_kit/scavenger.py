@@ -15,6 +15,7 @@ a metric by the server) and a `RetentionLostEvents` event in `$system`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from tidelog.engines._kit.retention import (
     RetentionView,
     ScavengeReport,
 )
-from tidelog.errors import StaleGeneration, StreamDeleted
+from tidelog.errors import NotSupported, StaleGeneration, StreamDeleted
 from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, partition_of
 
 if TYPE_CHECKING:
@@ -104,14 +105,15 @@ async def visible(
     view: RetentionView,
     events: AsyncIterator[RecordedEvent],
     limit: int | None,
-    head_of: Callable[[str], Awaitable[int | None]],
+    state_of: Callable[[str], Awaitable[tuple[int | None, bool]]],
 ) -> AsyncIterator[RecordedEvent]:
     """The events of `events` the rules keep, up to `limit` of them.
 
-    `head_of(stream)` gives a stream's last version, asked once per stream per
-    read and only for policies that count (`max_count`, `keep_latest`).
+    `state_of(stream)` gives a stream's last version and tombstone, asked once
+    per stream per read and only for policies that need them (`max_count`,
+    `keep_latest`, `scavenge_deleted`).
     """
-    heads: dict[str, int | None] = {}
+    states: dict[str, tuple[int | None, bool]] = {}
     count = 0
     try:
         if limit == 0:
@@ -119,12 +121,12 @@ async def visible(
         async for e in events:
             policy = view.policy(e.stream)
             if policy is not None:
-                head = None
+                head, deleted = None, False
                 if policy.needs_head:
-                    if e.stream not in heads:
-                        heads[e.stream] = await head_of(e.stream)
-                    head = heads[e.stream]
-                if view.hidden(policy, e, head):
+                    if e.stream not in states:
+                        states[e.stream] = await state_of(e.stream)
+                    head, deleted = states[e.stream]
+                if view.hidden(policy, e, head, deleted):
                     continue
             yield e
             count += 1
@@ -218,12 +220,15 @@ async def _hidden_prefix(
     """The hidden prefix of one page (`size` events) of a stream from version `start`,
     and whether the whole page was hidden (the prefix may go on)."""
     try:
-        page = [e async for e in store._read_stream(info.name, start, False, size)]
-    except StreamDeleted:
+        if info.deleted:
+            page = await store._read_deleted(info.name, start, size)
+        else:
+            page = [e async for e in store._read_stream(info.name, start, False, size)]
+    except (StreamDeleted, NotSupported):  # deleted meanwhile; an engine that cannot
         return [], False
     doomed: list[RecordedEvent] = []
     for e in page:
-        if not view.hidden(policy, e, info.version):
+        if not view.hidden(policy, e, info.version, info.deleted):
             break
         doomed.append(e)
     return doomed, len(doomed) == len(page) == size
@@ -237,6 +242,7 @@ async def _scavenge_chunk(
 ) -> tuple[int, int]:
     """Delete the hidden prefix of some streams, a page of each at a time: (deleted, lost)."""
     deleted = lost = 0
+    forget = [info.name for info, policy in todo if info.deleted and not policy.keep_tombstone]
     starts = dict.fromkeys((info.name for info, _ in todo), 0)
     size = min(_FIRST_PAGE, store.scavenge_batch)
     while todo:
@@ -262,6 +268,10 @@ async def _scavenge_chunk(
         if cuts:
             deleted += await store._delete_many(cuts)
         todo = more
+    for name in forget:  # every event gone: drop the tombstone too
+        with contextlib.suppress(NotSupported):
+            if not await store._read_deleted(name, 0, 1):
+                await store._forget_stream(name)
     return deleted, lost
 
 
@@ -281,7 +291,9 @@ async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     try:
         async for info in _streams(store, view):
             policy = view.policy(info.name)
-            if policy is None or info.deleted or info.version is None:
+            if policy is None or (info.deleted and not policy.scavenge_deleted):
+                continue
+            if info.version is None and not info.deleted:
                 continue
             streams += 1
             todo.append((info, policy))

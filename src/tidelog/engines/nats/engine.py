@@ -252,9 +252,10 @@ class NatsEngine(GroupEngine):
         subject = self._layout.stream_subject(stream)
         with translated("retention"):
             last_seq, last_version, deleted = await self._reader.head_of(stream)
-            if deleted or last_version is None:
+            if last_version is None:
                 return 0
-            version = min(version, last_version)
+            if not deleted:  # a tombstone is the last message: it keeps the version
+                version = min(version, last_version)
             ids = []
             keep_seq = last_seq
             async for m in self._reader.scan(1, subject, until=last_seq):
@@ -272,6 +273,30 @@ class NatsEngine(GroupEngine):
             for event_id in ids:
                 await self._reader.api(purge, {"filter": self._layout.index_subject(event_id)})
         return len(ids)
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        subject = self._layout.stream_subject(stream)
+        out: list[RecordedEvent] = []
+        with translated("retention"):
+            last_seq, _, _ = await self._reader.head_of(stream)
+            async for e in self._versions(stream, subject, from_version, last_seq):
+                out.append(e)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def _forget_stream(self, stream: str) -> None:
+        """Purge the stream's subject, tombstone included, if no event is left on it."""
+        self._check_open()
+        if await self._read_deleted(stream, 0, 1):
+            return
+        self._writer.forget_stream(stream)
+        with translated("retention"):
+            purge = f"STREAM.PURGE.{self._layout.jstream}"
+            await self._reader.api(purge, {"filter": self._layout.stream_subject(stream)})
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()

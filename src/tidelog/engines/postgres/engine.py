@@ -438,6 +438,21 @@ class PostgresEngine(GroupEngine):
                 status: str = await conn.execute(self._sql.delete_before, stream, version)
         return int(status.rsplit(" ", 1)[-1])
 
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        with pg_errors(stream):
+            rows = await self._pool.fetch(
+                self._sql.read_stream_forward, stream, from_version, limit
+            )
+        return _events(rows)
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        with pg_errors(stream):
+            await self._pool.execute(self._sql.forget_stream, stream)
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         after = ""

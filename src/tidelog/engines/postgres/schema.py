@@ -206,6 +206,10 @@ class Sql:
         )
         self.delete_before = f"DELETE FROM {s}.events WHERE stream = $1 AND version < $2"
         self.begin_delete = "BEGIN; SET LOCAL synchronous_commit = on"
+        self.forget_stream = (
+            f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
+        )
         self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
         self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"
         self.vacuum_events = f"VACUUM {s}.events"

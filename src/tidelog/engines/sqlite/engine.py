@@ -391,6 +391,23 @@ class SQLiteEngine(GroupEngine):
         time) that deletes and gives the freed pages back (`Writer.delete_before`)."""
         return await self._delete_many({stream: version})
 
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        sql = (
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version >= ?"
+            " ORDER BY version LIMIT ?"
+        )
+
+        def page(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, (stream, from_version, limit)).fetchall()
+
+        return decode_rows(await self._read(page))
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        await self._write(lambda w: w.forget_stream(stream))
+
     async def _delete_many(self, cuts: Mapping[str, int]) -> int:
         """Every stream's delete in one writer request: one transaction, one sync."""
         self._check_open()

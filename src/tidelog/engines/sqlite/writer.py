@@ -476,6 +476,14 @@ class Writer:
                     self.conn.execute("PRAGMA incremental_vacuum(1)")
         return count
 
+    def forget_stream(self, stream: str) -> None:
+        """Retention (`keep_tombstone=False`): drop a tombstoned stream with no event left."""
+        self.conn.execute(
+            "DELETE FROM streams WHERE name = ? AND deleted = 1"
+            " AND NOT EXISTS (SELECT 1 FROM events WHERE stream = ?)",
+            (stream, stream),
+        )
+
     def set_high_water(self) -> None:
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('high_water', ?)"
