@@ -57,7 +57,7 @@ from tidelog.engines._kit.retention import (
     make_rule,
     static_floor,
 )
-from tidelog.engines._kit.scavenger import Lease, scavenge_store, visible
+from tidelog.engines._kit.scavenger import Lease, kept, scavenge_store, stream_states, visible
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import (
     InvalidInput,
@@ -100,11 +100,6 @@ log = logging.getLogger(__name__)
 _NO_FILTER: Final = LogFilter(None, None, None)
 _NEVER: Final = 2**62
 """A position no log reaches: waiting beyond it is waiting for the timeout or a close."""
-
-
-async def _aiter(events: list[RecordedEvent]) -> AsyncIterator[RecordedEvent]:
-    for e in events:
-        yield e
 
 
 class Checkpoint(NamedTuple):
@@ -645,9 +640,10 @@ class GroupEngine(LogEngine):
             return page
         out: list[RecordedEvent] = []
         while True:
-            out += [
-                e async for e in visible(view, _aiter(page), limit - len(out), self._stream_state)
-            ]
+            # A consumer's read: filtered as a list, without a step of an async
+            # iterator per event (see `_read_page`).
+            states = await stream_states(view, page, self._stream_state)
+            out += kept(view, page, states)[: limit - len(out)]
             if len(out) >= limit or len(page) < limit or not page:
                 return out
             page = await self._read_page(page[-1].position + 1, filters, limit)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -39,7 +39,15 @@ from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, part
 if TYPE_CHECKING:
     from tidelog.engines.contract import GroupEngine
 
-__all__ = ["Lease", "LeaseLost", "LostEvents", "scavenge_store", "visible"]
+__all__ = [
+    "Lease",
+    "LeaseLost",
+    "LostEvents",
+    "kept",
+    "scavenge_store",
+    "stream_states",
+    "visible",
+]
 
 log = logging.getLogger("tidelog.retention")
 
@@ -101,11 +109,44 @@ class Lease:
         await self.store.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, self.member)
 
 
+StateOf = Callable[[str], Awaitable[tuple[int | None, bool]]]
+
+
+async def stream_states(
+    view: RetentionView, events: list[RecordedEvent], state_of: StateOf
+) -> dict[str, tuple[int | None, bool]]:
+    """The state (`state_of`) of each stream of `events` whose policy needs it."""
+    states: dict[str, tuple[int | None, bool]] = {}
+    for e in events:
+        if e.stream not in states:
+            policy = view.policy(e.stream)
+            if policy is not None and policy.needs_head:
+                states[e.stream] = await state_of(e.stream)
+    return states
+
+
+def kept(
+    view: RetentionView,
+    events: list[RecordedEvent],
+    states: Mapping[str, tuple[int | None, bool]],
+) -> list[RecordedEvent]:
+    """The events of a page the rules keep (`states` from `stream_states`)."""
+    out = []
+    for e in events:
+        policy = view.policy(e.stream)
+        if policy is not None:
+            head, deleted = states.get(e.stream, (None, False))
+            if view.hidden(policy, e, head, deleted):
+                continue
+        out.append(e)
+    return out
+
+
 async def visible(
     view: RetentionView,
     events: AsyncIterator[RecordedEvent],
     limit: int | None,
-    state_of: Callable[[str], Awaitable[tuple[int | None, bool]]],
+    state_of: StateOf,
 ) -> AsyncIterator[RecordedEvent]:
     """The events of `events` the rules keep, up to `limit` of them.
 
