@@ -47,6 +47,14 @@ def _describe(policy: RetentionPolicy | None) -> str:
     return ", ".join(f"{k}={v}" if v is not True else k for k, v in fields.items())
 
 
+async def _set(
+    ctx: typer.Context, policy: RetentionPolicy | None, stream: str | None, category: str | None
+) -> RetentionRule:
+    """`set` and `clear`: one rule written to the store of the global `--store`."""
+    async with tidelog.connect(settings(ctx).store) as store:
+        return await store.set_retention(policy, stream=stream, category=category)
+
+
 StreamOpt = Annotated[str | None, typer.Option("--stream", "-s", help="The rule of one stream.")]
 CategoryOpt = Annotated[
     str | None, typer.Option("--category", "-c", help="The rule of one category.")
@@ -110,11 +118,7 @@ def register(app: typer.Typer) -> None:
             keep_tombstone=not forget_tombstones,
         )
 
-        async def body() -> RetentionRule:
-            async with tidelog.connect(settings(ctx).store) as store:
-                return await store.set_retention(policy, stream=stream, category=category)
-
-        rule = run(body())
+        rule = run(_set(ctx, policy, stream, category))
         say(ctx, rule, f"{_scope(rule)}: {_describe(rule.policy)}")
 
     @group.command("clear")
@@ -123,11 +127,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Clear the rule of a stream, a category or (neither) the store."""
 
-        async def body() -> RetentionRule:
-            async with tidelog.connect(settings(ctx).store) as store:
-                return await store.set_retention(None, stream=stream, category=category)
-
-        rule = run(body())
+        rule = run(_set(ctx, None, stream, category))
         say(ctx, rule, f"{_scope(rule)}: cleared")
 
     @group.command("show")

@@ -25,12 +25,11 @@ from collections.abc import Awaitable
 from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 import tidelog
 from tidelog.retention import RetentionPolicy
-from tidelog.testing.stateful import WAIT
+from tidelog.testing.stateful import WAIT, model_settings
 
 __all__ = ["RetentionModelSuite"]
 
@@ -63,13 +62,7 @@ class RetentionModelSuite:
     def test_retention_agrees_with_the_model(self, tmp_path: pathlib.Path) -> None:
         run_state_machine_as_test(
             _machine(self, tmp_path),
-            settings=settings(
-                max_examples=self.max_examples,
-                stateful_step_count=self.stateful_step_count,
-                deadline=None,
-                database=None,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
+            settings=model_settings(self.max_examples, self.stateful_step_count),
         )
 
 
