@@ -8,7 +8,9 @@ The rules themselves are tested on every engine by `tidelog.testing.retention`
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from tidelog.retention import RetentionPolicy
 from tidelog.testing.conformance import WAIT, ev
 
 pytestmark = pytest.mark.asyncio
+
+RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 
 def cli(url: str, *args: str) -> Result:
@@ -186,3 +190,24 @@ async def test_metrics_show_the_low_water_mark_and_lost_events(serve: Any) -> No
                 await store.head_watch().wait_beyond(2**62, 0.05)
         assert "tidelog_log_first_position 3.0" in text
         assert "tidelog_retention_deleted_events 2.0" in text
+
+
+@pytest.mark.slow
+async def test_the_benchmark_workload_runs_and_reports(tmp_path: Path) -> None:
+    """Smoke test of `retention_steady_state` at tiny sizes: the shape, never a speed."""
+    spec = importlib.util.spec_from_file_location("tidelog_bench_run_retention", RUN_PY)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look the module up by name
+    spec.loader.exec_module(bench)
+    result = await bench.run(
+        ["sqlite"], ("retention_steady_state",), bench.TINY, True, workdir=tmp_path
+    )
+    entry = result["workloads"]["sqlite.retention_steady_state"]
+    assert "error" not in entry, entry
+    assert entry["unit"] == "events/s"
+    assert entry["value"] > 0 and entry["baseline"] > 0
+    assert len(entry["baseline_rates"]) == 2
+    assert entry["size_mb"] and all(size > 0 for size in entry["size_mb"])
+    assert entry["rss_mb"] and entry["handled"] > 0
+    assert isinstance(entry["met"], bool)
