@@ -24,10 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import logging
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Final, NamedTuple, Self
 
@@ -57,14 +54,20 @@ from tidelog.engines._kit.retention import (
     make_rule,
     static_floor,
 )
-from tidelog.engines._kit.scavenger import Lease, kept, scavenge_store, stream_states, visible
+from tidelog.engines._kit.scavenger import (
+    kept,
+    look_for_rules,
+    scavenge_forever,
+    scavenge_leased,
+    stream_states,
+    visible,
+)
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import (
     InvalidInput,
     NotSupported,
     StoreClosed,
     StreamDeleted,
-    TidelogError,
 )
 from tidelog.model import (
     ANY,
@@ -95,11 +98,7 @@ __all__ = [
 ]
 
 
-log = logging.getLogger(__name__)
-
 _NO_FILTER: Final = LogFilter(None, None, None)
-_NEVER: Final = 2**62
-"""A position no log reaches: waiting beyond it is waiting for the timeout or a close."""
 
 
 class Checkpoint(NamedTuple):
@@ -189,12 +188,16 @@ class StreamEngine(abc.ABC):
         Returns only once the events are durable.
         """
         self._check_open()
+        if not self._wrote:
+            self._first_write()
         name, checked, expected = prepare_append(stream, events, expected_version)
         return (await self._apply_write(Write({name: (checked, expected)})))[name]
 
     async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
         """Append to several streams in one atomic commit: all or nothing."""
         self._check_open()
+        if not self._wrote:
+            self._first_write()
         return await self._apply_write(Write(prepare_append_many(requests)))
 
     @abc.abstractmethod
@@ -235,6 +238,13 @@ class StreamEngine(abc.ABC):
         """True when reads may skip retention (no rule is set): the reads' fast path.
         A store without retention (this layer alone) always is."""
         return True
+
+    _wrote: bool = False
+
+    def _first_write(self) -> None:
+        """Called at this process's first append: `GroupEngine` looks for retention
+        rules then, so that a process that only writes runs a scavenger too."""
+        self._wrote = True
 
     def _read_stream_retained(
         self, stream: str, from_version: int, backwards: bool, limit: int | None
@@ -736,52 +746,25 @@ class GroupEngine(LogEngine):
         if self._scavenge_lock is None:
             self._scavenge_lock = asyncio.Lock()
         async with self._scavenge_lock:
-            if not self._scavenger_member:
-                # Names sort in joining order, and the first name owns the lease:
-                # a process that joins later never takes it from a live holder.
-                self._scavenger_member = (
-                    f"scavenger-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                )
-            seconds = max(self.scavenge_lease, 3 * self.scavenge_interval)
-            lease = Lease(self, self._scavenger_member, seconds)
-            try:
-                if not await lease.take():
-                    return ScavengeReport(ran=False)
-                report = await scavenge_store(self, lease)
-            finally:
-                if release:
-                    await lease.release()
-            stats = self.retention_stats
-            stats["runs"] += 1
-            stats["deleted"] += report.deleted
-            stats["lost"] += report.lost
-            return report
+            report = await scavenge_leased(self, release)
+        stats = self.retention_stats
+        stats["runs"] += 1
+        stats["deleted"] += report.deleted
+        stats["lost"] += report.lost
+        return report
+
+    def _first_write(self) -> None:
+        self._wrote = True
+        if self.applies_retention and self._retention is None:
+            with contextlib.suppress(RuntimeError):  # no running loop
+                task = asyncio.get_running_loop().create_task(look_for_rules(self))
+                self.__dict__["_looking"] = task  # a reference, so the task is not collected
 
     def _start_scavenger(self) -> None:
         """Start the background scavenger of this process (once; it ends with the store)."""
         if self._scavenger is None and self.applies_retention and not self._closed:
             with contextlib.suppress(RuntimeError):  # no running loop
-                self._scavenger = asyncio.get_running_loop().create_task(self._scavenge_forever())
-
-    async def _scavenge_forever(self) -> None:
-        watch = self.head_watch()
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            # The head watch wakes on every commit and at close: sleep the interval
-            # out on it, so that a closed store's scavenger ends at once.
-            deadline = loop.time() + self.scavenge_interval
-            while not self._closed and (left := deadline - loop.time()) > 0:
-                await watch.wait_beyond(_NEVER, left)
-            if self._closed:
-                return
-            try:
-                await self.scavenge(release=False)
-            except StoreClosed:
-                return
-            except (TidelogError, OSError) as exc:
-                log.warning(
-                    "tidelog scavenger: %s (retrying in %.0f s)", exc, self.scavenge_interval
-                )
+                self._scavenger = asyncio.get_running_loop().create_task(scavenge_forever(self))
 
 
 Engine = GroupEngine

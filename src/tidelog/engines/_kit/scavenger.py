@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,7 @@ from tidelog.engines._kit.retention import (
     RetentionView,
     ScavengeReport,
 )
-from tidelog.errors import NotSupported, StaleGeneration, StreamDeleted
+from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StreamDeleted, TidelogError
 from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, partition_of
 
 if TYPE_CHECKING:
@@ -44,12 +46,18 @@ __all__ = [
     "LeaseLost",
     "LostEvents",
     "kept",
+    "look_for_rules",
+    "scavenge_forever",
+    "scavenge_leased",
     "scavenge_store",
     "stream_states",
     "visible",
 ]
 
 log = logging.getLogger("tidelog.retention")
+
+_NEVER = 2**62
+"""A position no log reaches: waiting beyond it is waiting for the timeout or a close."""
 
 
 class LostEvents(msgspec.Struct, frozen=True, kw_only=True):
@@ -347,3 +355,53 @@ async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     except LeaseLost:
         log.warning("tidelog scavenger: the lease went to another process; stopping")
     return ScavengeReport(deleted=deleted, streams=streams, lost=lost)
+
+
+async def scavenge_leased(store: GroupEngine, release: bool) -> ScavengeReport:
+    """`GroupEngine.scavenge` under its lock: take the lease, scavenge, and (if
+    `release`) leave the lease's group."""
+    if not store._scavenger_member:
+        # Names sort in joining order, and the first name owns the lease: a
+        # process that joins later never takes it from a live holder.
+        store._scavenger_member = (
+            f"scavenger-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+    seconds = max(store.scavenge_lease, 3 * store.scavenge_interval)
+    lease = Lease(store, store._scavenger_member, seconds)
+    try:
+        if not await lease.take():
+            return ScavengeReport(ran=False)
+        return await scavenge_store(store, lease)
+    finally:
+        if release:
+            await lease.release()
+
+
+async def scavenge_forever(store: GroupEngine) -> None:
+    """The background scavenger of one process: a pass every `scavenge_interval`
+    seconds while it holds the lease, until the store closes."""
+    watch = store.head_watch()
+    loop = asyncio.get_running_loop()
+    while not store._closed:
+        # The head watch wakes on every commit and at close: sleep the interval
+        # out on it, so that a closed store's scavenger ends at once.
+        deadline = loop.time() + store.scavenge_interval
+        while not store._closed and (left := deadline - loop.time()) > 0:
+            await watch.wait_beyond(_NEVER, left)
+        if store._closed:
+            return
+        try:
+            await store.scavenge(release=False)
+        except StoreClosed:
+            return
+        except (TidelogError, OSError) as exc:
+            log.warning("tidelog scavenger: %s (retrying in %.0f s)", exc, store.scavenge_interval)
+
+
+async def look_for_rules(store: GroupEngine) -> None:
+    """Read the rules once (which starts the scavenger if there are any): run at a
+    process's first write, so that a process that only writes scavenges too."""
+    try:
+        await store._retention_view()
+    except TidelogError as exc:  # a closed or failing store: the next read retries
+        log.debug("tidelog retention: could not read the rules: %s", exc)
