@@ -110,14 +110,27 @@ async def test_the_background_scavenger_deletes_without_being_asked(tmp_path: Pa
         store.scavenge_interval = 0.05
         await store.append("order-1", [ev() for _ in range(4)])
         await store.set_retention(RetentionPolicy(max_count=1), category="order")
-        watch = store.head_watch()  # the scavenger's $system-free pass moves no head:
-        async with asyncio.timeout(WAIT):  # wake on a short timeout and look again
+        watch = store.head_watch()  # a scavenge moves no head: look again every 20 ms
+        async with asyncio.timeout(WAIT):
             while store.retention_stats["deleted"] < 3:
                 await watch.wait_beyond(2**62, 0.02)
         # Deleted for good: clearing the rule brings nothing back.
         await store.set_retention(None, category="order")
         assert [e.version async for e in store.read_stream("order-1")] == [3]
         assert ("$scavenger", "$retention") in await store.list_groups()
+
+
+async def test_a_process_that_only_writes_scavenges_too(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    async with tidelog.connect(url) as admin:
+        await admin.set_retention(RetentionPolicy(max_count=1), category="order")
+    async with tidelog.connect(url) as producer:
+        producer.scavenge_interval = 0.05
+        await producer.append("order-1", [ev() for _ in range(4)])  # no read, ever
+        watch = producer.head_watch()
+        async with asyncio.timeout(WAIT):
+            while producer.retention_stats["deleted"] < 3:
+                await watch.wait_beyond(2**62, 0.02)
 
 
 async def test_two_processes_share_one_scavenger(tmp_path: Path) -> None:
