@@ -570,8 +570,23 @@ class GroupEngine(LogEngine):
         return stats
 
     def _retention_idle(self) -> bool:
+        """No rule known: reads take their usual path (a replay is never re-yielded).
+
+        A cache that went stale without rules is refreshed in the background
+        (a rule set by another process applies here from then on); a store never
+        refreshed (opened without `connect`) takes the filtering path once.
+        """
         cache = self._retention
-        return not self.applies_retention or (cache is not None and cache.idle())
+        if not self.applies_retention:
+            return True
+        if cache is None or cache.rules:
+            return False
+        if cache.stale():
+            cache.checked_at = time.monotonic()  # one refresh at a time
+            with contextlib.suppress(RuntimeError):  # no running loop
+                task = asyncio.get_running_loop().create_task(look_for_rules(self, force=True))
+                self.__dict__["_looking"] = task  # a reference, so the task is not collected
+        return True
 
     async def _retention_view(self, force: bool = False) -> RetentionView | None:
         """The rules now, or None if there are none; re-read when stale (or `force`)."""
@@ -758,7 +773,7 @@ class GroupEngine(LogEngine):
         if self.applies_retention and self._retention is None:
             with contextlib.suppress(RuntimeError):  # no running loop
                 task = asyncio.get_running_loop().create_task(look_for_rules(self))
-                self.__dict__["_looking"] = task  # a reference, so the task is not collected
+                self.__dict__["_looking"] = task
 
     def _start_scavenger(self) -> None:
         """Start the background scavenger of this process (once; it ends with the store)."""

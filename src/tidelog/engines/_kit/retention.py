@@ -228,11 +228,12 @@ class ScavengeReport(msgspec.Struct, frozen=True, kw_only=True):
 class RetentionCache:
     """One process's view of the rules and of the consumer groups' checkpoints.
 
-    Refreshed at most every `REFRESH_INTERVAL` seconds by the store's reads
-    (`$retention` read from the version last seen, so a refresh costs one small
-    read when nothing changed); a process's own `set_retention` updates it at
-    once. Stale values only keep more: a rule set elsewhere, or a checkpoint
-    that moved elsewhere, shows here at the next refresh.
+    Read when the store is opened (`connect`), then refreshed at most every
+    `REFRESH_INTERVAL` seconds by the store's reads (`$retention` read from
+    the version last seen, so a refresh costs one small read when nothing
+    changed); a process's own `set_retention` updates it at once. A rule set
+    by another process applies here from the next refresh: in about a second
+    while this process reads.
     """
 
     def __init__(self) -> None:
@@ -246,10 +247,6 @@ class RetentionCache:
         self.grouped: frozenset[str] = frozenset()
         """Categories that have consumer groups (their unconsumed events are protected)."""
         self._policies: dict[str, RetentionPolicy | None] = {}
-
-    def idle(self) -> bool:
-        """No rule and a fresh cache: reads may skip retention entirely."""
-        return not self.rules and time.monotonic() - self.checked_at < REFRESH_INTERVAL
 
     def stale(self) -> bool:
         return time.monotonic() - self.checked_at >= REFRESH_INTERVAL

@@ -398,10 +398,11 @@ async def scavenge_forever(store: GroupEngine) -> None:
             log.warning("tidelog scavenger: %s (retrying in %.0f s)", exc, store.scavenge_interval)
 
 
-async def look_for_rules(store: GroupEngine) -> None:
-    """Read the rules once (which starts the scavenger if there are any): run at a
-    process's first write, so that a process that only writes scavenges too."""
+async def look_for_rules(store: GroupEngine, force: bool = False) -> None:
+    """Read the rules (which starts the scavenger if there are any), in the
+    background: at a process's first write, so that a process that only writes
+    scavenges too, and when reads find the cache stale."""
     try:
-        await store._retention_view()
+        await store._retention_view(force)
     except TidelogError as exc:  # a closed or failing store: the next read retries
         log.debug("tidelog retention: could not read the rules: %s", exc)
