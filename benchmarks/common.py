@@ -23,6 +23,7 @@ class Sizes:
     subscribe_rate: int = 5_000
     subscribe_events: int = 25_000
     event_bytes: int = 200
+    retention_seconds: int = 60
 
 
 FULL = Sizes()
@@ -34,6 +35,7 @@ QUICK = replace(
     single_baseline_events=640,
     replay_events=20_000,
     subscribe_events=5_000,
+    retention_seconds=8,
 )
 TINY = replace(
     FULL,
@@ -47,6 +49,7 @@ TINY = replace(
     replay_page=100,
     subscribe_rate=1_000,
     subscribe_events=50,
+    retention_seconds=2,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

@@ -6,6 +6,8 @@ import pathlib
 
 import tidelog
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -24,3 +26,13 @@ class TestMemoryEngineOnePartition(EngineSuite):
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect("memory://?partitions=1")
+
+
+class TestMemoryRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")
+
+
+class TestMemoryRetentionModel(RetentionModelSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")

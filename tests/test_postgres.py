@@ -32,6 +32,8 @@ from tidelog.engines.postgres.schema import (
     migrate,
 )
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.postgres
@@ -52,6 +54,18 @@ async def _drop_schemas() -> AsyncIterator[None]:
 class TestPostgresEngine(EngineSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await _created.open("pool_max=4")
+
+
+class TestPostgresRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=4")
+
+
+class TestPostgresRetentionModel(RetentionModelSuite):
+    max_examples = 10
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=2")
 
 
 class TestPostgresModel(ModelSuite):

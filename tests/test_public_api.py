@@ -50,6 +50,7 @@ PUBLIC_NAMES = [
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",
+    "RetentionPolicy",
     "STREAM_EXISTS",
     "SchemaRegistry",
     "SchemaViolation",
@@ -132,6 +133,7 @@ EVERYDAY = {
     "tidelog.aggregates": ["Aggregate", "Repository", "applies"],
     "tidelog.projections": ["Projection", "ProjectionRunner", "handles"],
     "tidelog.consumers": ["App", "Context", "HandlerOptions", "ParkedEvent", "Producer"],
+    "tidelog.retention": ["RetentionPolicy"],
     "tidelog.schemas": ["SchemaRegistry"],
     "tidelog.security": ["Personal", "PersonalData"],
 }

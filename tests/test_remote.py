@@ -29,6 +29,8 @@ from tidelog import wire
 from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -68,6 +70,23 @@ class _OnSharedServers:
 
 class TestRemoteEngine(_OnSharedServers, EngineSuite):
     """In front of the memory engine; a small page size exercises paging."""
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await self.servers.open("memory://", RemoteConfig(page=7))
+
+
+class TestRemoteRetention(_OnSharedServers, RetentionSuite):
+    """The rules through the admin routes; the server's store applies them."""
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await self.servers.open("memory://", RemoteConfig(page=7))
+
+    def shift_clock(self, store: tidelog.Store, seconds: float) -> None:
+        super().shift_clock(self.servers._lent[store.server], seconds)  # type: ignore[attr-defined]
+
+
+class TestRemoteRetentionModel(_OnSharedServers, RetentionModelSuite):
+    max_examples = 10
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await self.servers.open("memory://", RemoteConfig(page=7))

@@ -21,6 +21,7 @@ day, and nothing else:
   | `tidelog.aggregates` | `Aggregate`, `Repository`, `applies` |
   | `tidelog.projections` | `Projection`, `ProjectionRunner`, `handles` |
   | `tidelog.consumers` | `App`, `Context`, `HandlerOptions`, `ParkedEvent`, `Producer` |
+  | `tidelog.retention` | `RetentionPolicy` |
   | `tidelog.schemas` | `SchemaRegistry` |
   | `tidelog.security` | `Personal`, `PersonalData` |
 
@@ -78,6 +79,7 @@ from tidelog.model import (
     partition_of,
 )
 from tidelog.projections import Projection, ProjectionRunner, handles
+from tidelog.retention import RetentionPolicy
 from tidelog.schemas import SchemaRegistry
 from tidelog.security import Personal, PersonalData
 
@@ -117,6 +119,7 @@ __all__ = [
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",
+    "RetentionPolicy",
     "STREAM_EXISTS",
     "SchemaRegistry",
     "SchemaViolation",

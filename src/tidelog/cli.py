@@ -263,6 +263,8 @@ with _command_module("tidelog._cli_admin"):
     import tidelog._cli_admin
 with _command_module("tidelog._cli_transfer"):
     import tidelog._cli_transfer
+with _command_module("tidelog._cli_retention"):
+    import tidelog._cli_retention
 with _command_module("tidelog.server._cli"):
     import tidelog.server._cli
 with _command_module("tidelog._cli_status"):

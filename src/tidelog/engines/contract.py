@@ -22,9 +22,11 @@ parsing.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import NamedTuple, Self
+from typing import Final, NamedTuple, Self
 
 import msgspec
 
@@ -40,8 +42,33 @@ from tidelog.engines._kit.checks import (
     prepare_read_stream,
     validate_group_key,
 )
+from tidelog.engines._kit.retention import (
+    RETENTION_STREAM,
+    RULE_TYPE,
+    SCAVENGER_GROUP,
+    RetentionCache,
+    RetentionPolicy,
+    RetentionRule,
+    RetentionView,
+    ScavengeReport,
+    make_rule,
+    static_floor,
+)
+from tidelog.engines._kit.scavenger import (
+    kept,
+    look_for_rules,
+    scavenge_forever,
+    scavenge_leased,
+    stream_states,
+    visible,
+)
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.errors import InvalidInput, NotSupported, StoreClosed
+from tidelog.errors import (
+    InvalidInput,
+    NotSupported,
+    StoreClosed,
+    StreamDeleted,
+)
 from tidelog.model import (
     ANY,
     AppendRequest,
@@ -51,6 +78,8 @@ from tidelog.model import (
     NewEvent,
     RecordedEvent,
     StreamInfo,
+    category_of,
+    validate_stream_name,
 )
 
 __all__ = [
@@ -67,6 +96,9 @@ __all__ = [
     "Write",
     "prepare_append",
 ]
+
+
+_NO_FILTER: Final = LogFilter(None, None, None)
 
 
 class Checkpoint(NamedTuple):
@@ -156,12 +188,16 @@ class StreamEngine(abc.ABC):
         Returns only once the events are durable.
         """
         self._check_open()
+        if not self._wrote:
+            self._first_write()
         name, checked, expected = prepare_append(stream, events, expected_version)
         return (await self._apply_write(Write({name: (checked, expected)})))[name]
 
     async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
         """Append to several streams in one atomic commit: all or nothing."""
         self._check_open()
+        if not self._wrote:
+            self._first_write()
         return await self._apply_write(Write(prepare_append_many(requests)))
 
     @abc.abstractmethod
@@ -194,7 +230,27 @@ class StreamEngine(abc.ABC):
         """
         self._check_open()
         name = prepare_read_stream(stream, from_version, backwards, limit)
-        return self._read_stream(name, from_version, backwards, limit)
+        if self._retention_idle():
+            return self._read_stream(name, from_version, backwards, limit)
+        return self._read_stream_retained(name, from_version, backwards, limit)
+
+    def _retention_idle(self) -> bool:
+        """True when reads may skip retention (no rule is set): the reads' fast path.
+        A store without retention (this layer alone) always is."""
+        return True
+
+    _wrote: bool = False
+
+    def _first_write(self) -> None:
+        """Called at this process's first append: `GroupEngine` looks for retention
+        rules then, so that a process that only writes runs a scavenger too."""
+        self._wrote = True
+
+    def _read_stream_retained(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """`read_stream` under the retention rules (`GroupEngine` applies them)."""
+        return self._read_stream(stream, from_version, backwards, limit)
 
     @abc.abstractmethod
     def _read_stream(
@@ -258,6 +314,14 @@ class LogEngine(StreamEngine):
         """
         self._check_open()
         filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if self._retention_idle():
+            return self._read_all(from_position, filters, limit)
+        return self._read_all_retained(from_position, filters, limit)
+
+    def _read_all_retained(
+        self, from_position: int, filters: LogFilter, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """`read_all` under the retention rules (`GroupEngine` applies them)."""
         return self._read_all(from_position, filters, limit)
 
     @abc.abstractmethod
@@ -280,6 +344,14 @@ class LogEngine(StreamEngine):
         """
         self._check_open()
         filters = prepare_read_all(from_position, categories, types, limit, partitions)
+        if self._retention_idle():
+            return await self._read_page(from_position, filters, limit)
+        return await self._read_page_retained(from_position, filters, limit)
+
+    async def _read_page_retained(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """`read_page` under the retention rules (`GroupEngine` applies them)."""
         return await self._read_page(from_position, filters, limit)
 
     async def _read_page(
@@ -299,7 +371,12 @@ class LogEngine(StreamEngine):
         """How many events `read_all` would yield with these filters (consumer lag)."""
         self._check_open()
         filters = prepare_read_all(from_position, categories, None, None, partitions)
-        return await self._count_events(from_position, filters)
+        if self._retention_idle():
+            return await self._count_events(from_position, filters)
+        count = 0
+        async for _ in self._read_all_retained(from_position, filters, None):
+            count += 1
+        return count
 
     async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """The engine's count. The default reads the events; engines with an index
@@ -312,6 +389,18 @@ class LogEngine(StreamEngine):
     @abc.abstractmethod
     async def last_position(self) -> int:
         """The position of the newest visible event, 0 when the log is empty."""
+
+    async def first_position(self) -> int:
+        """The low-water mark: the position of the oldest event still stored.
+
+        Retention's scavenger deletes the oldest events; positions below this one
+        are gone for good and never reused. An empty log answers
+        `last_position() + 1`, where the next event will be.
+        """
+        self._check_open()
+        async for event in self._read_all(0, _NO_FILTER, 1):
+            return event.position
+        return await self.last_position() + 1
 
     @property
     @abc.abstractmethod
@@ -451,6 +540,246 @@ class GroupEngine(LogEngine):
         leave or commit, even a refused one: it may have applied lease
         expiries) or it has checkpoints; it stays known after its members leave.
         """
+
+    # ------------------------------------------------------------------ retention
+    # Rules live in `$retention` (see `tidelog.engines._kit.retention`); the read
+    # front ends above apply them, the scavenger deletes what they hide. An
+    # engine gives one hook, `_delete_before`; the rest is written here.
+
+    applies_retention: bool = True
+    """False for a client of a server (`remote`): the server applies the rules."""
+    scavenge_interval: float = 10.0
+    """Seconds between two rounds of the background scavenger."""
+    scavenge_lease: float = 30.0
+    """Seconds the scavenger's lease lasts unless renewed: how long a crashed
+    scavenger keeps the others waiting."""
+    scavenge_batch: int = 1000
+    """Events examined (and at most deleted) per stream per step of a scavenge."""
+    _retention: RetentionCache | None = None
+    _scavenger: asyncio.Task[None] | None = None
+    _scavenge_lock: asyncio.Lock | None = None
+    _scavenger_member: str = ""
+
+    @property
+    def retention_stats(self) -> dict[str, int]:
+        """Counters of this process's scavenges, for metrics: `deleted`, `lost`, `runs`,
+        and `lost:<group>/<category>`, the events each group lost."""
+        stats: dict[str, int] | None = self.__dict__.get("_retention_stats")
+        if stats is None:
+            stats = self.__dict__["_retention_stats"] = {"deleted": 0, "lost": 0, "runs": 0}
+        return stats
+
+    def _retention_idle(self) -> bool:
+        """No rule known: reads take their usual path (a replay is never re-yielded).
+
+        A cache that went stale without rules is refreshed in the background
+        (a rule set by another process applies here from then on); a store never
+        refreshed (opened without `connect`) takes the filtering path once.
+        """
+        cache = self._retention
+        if not self.applies_retention:
+            return True
+        if cache is None or cache.rules:
+            return False
+        if cache.stale():
+            cache.checked_at = time.monotonic()  # one refresh at a time
+            with contextlib.suppress(RuntimeError):  # no running loop
+                task = asyncio.get_running_loop().create_task(look_for_rules(self, force=True))
+                self.__dict__["_looking"] = task  # a reference, so the task is not collected
+        return True
+
+    async def _retention_view(self, force: bool = False) -> RetentionView | None:
+        """The rules now, or None if there are none; re-read when stale (or `force`)."""
+        cache = self._retention
+        if cache is None:
+            cache = self._retention = RetentionCache()
+        if force or cache.stale():
+            cache.checked_at = time.monotonic()  # concurrent readers use what is cached
+            try:
+                events = [
+                    e
+                    async for e in self._read_stream(
+                        RETENTION_STREAM, cache.version + 1, False, None
+                    )
+                ]
+            except StreamDeleted:
+                events = []
+            if events:
+                cache.version = events[-1].version
+            groups: dict[tuple[str, str], dict[int, int]] = {}
+            if cache.rules or any(e.type == RULE_TYPE for e in events):
+                for key in await self.list_groups():
+                    if key[0] != SCAVENGER_GROUP:
+                        groups[key] = await self.checkpoints(*key)
+                self._start_scavenger()
+            cache.update(events, groups, self.partition_count)
+        if not cache.rules:
+            return None
+        return RetentionView(cache, self._now(), self.partition_count)
+
+    async def _stream_state(self, stream: str) -> tuple[int | None, bool]:
+        """(last version or None, tombstoned) of `stream`, as retention decides with it."""
+        try:
+            async for e in self._read_stream(stream, -1, True, 1):
+                return e.version, False
+        except StreamDeleted:
+            return None, True
+        return None, False
+
+    async def _read_stream_retained(
+        self, stream: str, from_version: int, backwards: bool, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        view = await self._retention_view()
+        policy = None if view is None else view.policy(stream)
+        if view is None or policy is None or limit == 0:
+            async for e in self._read_stream(stream, from_version, backwards, limit):
+                yield e
+            return
+        head = (await self._stream_state(stream))[0] if policy.needs_head else None
+        unprotected = policy.even_if_unconsumed or category_of(stream) not in view.cache.grouped
+        if not backwards and unprotected:  # skip what the version-based conditions hide
+            from_version = max(from_version, static_floor(policy, head))
+        raw = self._read_stream(stream, from_version, backwards, None)
+        async for e in visible(view, raw, limit, self._stream_state):
+            yield e
+
+    async def _read_all_retained(
+        self, from_position: int, filters: LogFilter, limit: int | None
+    ) -> AsyncIterator[RecordedEvent]:
+        view = await self._retention_view()
+        raw = self._read_all(from_position, filters, None if view else limit)
+        if view is None:
+            async for e in raw:
+                yield e
+            return
+        async for e in visible(view, raw, limit, self._stream_state):
+            yield e
+
+    async def _read_page_retained(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """Pages of the engine until `limit` events are kept or the log ends."""
+        view = await self._retention_view()
+        page = await self._read_page(from_position, filters, limit)
+        if view is None:
+            return page
+        out: list[RecordedEvent] = []
+        while True:
+            # A consumer's read: filtered as a list, without a step of an async
+            # iterator per event (see `_read_page`).
+            states = await stream_states(view, page, self._stream_state)
+            out += kept(view, page, states)[: limit - len(out)]
+            if len(out) >= limit or len(page) < limit or not page:
+                return out
+            page = await self._read_page(page[-1].position + 1, filters, limit)
+
+    async def set_retention(
+        self,
+        policy: RetentionPolicy | None,
+        *,
+        stream: str | None = None,
+        category: str | None = None,
+    ) -> RetentionRule:
+        """Set (or with None, clear) the policy of one stream, one category, or the store.
+
+        Reads honour it at once in this process, and in every other one within
+        `REFRESH_INTERVAL`; the scavenger deletes what it hides later. The rule
+        is an event of `$retention`, so `tidelog copy` carries it.
+        """
+        self._check_open()
+        rule = make_rule(policy, stream, category)
+        data = msgspec.json.encode(rule)
+        await self.append(RETENTION_STREAM, [NewEvent(type=RULE_TYPE, data=data)])
+        await self._retention_view(force=True)  # the rule, and the groups it protects
+        assert self._retention is not None
+        self._retention.apply(rule)
+        self._start_scavenger()
+        return rule
+
+    async def retention(self, stream: str | None = None) -> list[RetentionRule]:
+        """Every rule set, in scope order; with `stream`, the one rule that applies to it."""
+        self._check_open()
+        await self._retention_view(force=True)
+        assert self._retention is not None
+        rules = self._retention.rules
+        if stream is None:
+            return [rules[k] for k in sorted(rules)]
+        name = validate_stream_name(stream)
+        keys = [("stream", name), ("category", category_of(name))]
+        if not name.startswith("$"):
+            keys.append(("store", ""))
+        for key in keys:
+            if key in rules:
+                return [rules[key]]
+        return []
+
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """The engine's retention hook: delete the events of `stream` below `version`.
+
+        Physically, and durably before returning; the stream's version, its
+        tombstone and the positions of the log stay as they were (a position is
+        never reused). Returns how many events went. Engines that cannot delete
+        raise `NotSupported` with the reason.
+        """
+        raise NotSupported(self.name, "retention", "this engine cannot delete events")
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        """Retention's hook for tombstoned streams: their stored events from
+        `from_version`, at most `limit` (reads refuse them with `StreamDeleted`).
+        Engines without it raise `NotSupported`: their tombstoned streams are
+        not scavenged."""
+        raise NotSupported(self.name, "scavenging deleted streams")
+
+    async def _forget_stream(self, stream: str) -> None:
+        """Retention's hook for `keep_tombstone=False`: drop a tombstoned stream whose
+        events are all gone, so that its name can be used again (from version 0)."""
+        raise NotSupported(self.name, "forgetting deleted streams")
+
+    async def _delete_many(self, cuts: Mapping[str, int]) -> int:
+        """`_delete_before` for several streams (stream -> version); how many events went.
+
+        The scavenger deletes a few dozen streams' prefixes at a time; engines
+        that can do it in one transaction override this, the rest inherit one
+        `_delete_before` per stream.
+        """
+        deleted = 0
+        for stream, version in cuts.items():
+            deleted += await self._delete_before(stream, version)
+        return deleted
+
+    async def scavenge(self, *, release: bool = True) -> ScavengeReport:
+        """Delete, for good, the events the retention rules hide; returns what it did.
+
+        One scavenger at a time per store, across processes: the caller must
+        hold the lease (`Lease`: partition 0 of the group `$scavenger` on
+        `$retention`), else nothing happens (`ran` False); a scavenger that loses
+        it midway stops. `release` leaves the group after.
+        """
+        self._check_open()
+        if self._scavenge_lock is None:
+            self._scavenge_lock = asyncio.Lock()
+        async with self._scavenge_lock:
+            report = await scavenge_leased(self, release)
+        stats = self.retention_stats
+        stats["runs"] += 1
+        stats["deleted"] += report.deleted
+        stats["lost"] += report.lost
+        return report
+
+    def _first_write(self) -> None:
+        self._wrote = True
+        if self.applies_retention and self._retention is None:
+            with contextlib.suppress(RuntimeError):  # no running loop
+                task = asyncio.get_running_loop().create_task(look_for_rules(self))
+                self.__dict__["_looking"] = task
+
+    def _start_scavenger(self) -> None:
+        """Start the background scavenger of this process (once; it ends with the store)."""
+        if self._scavenger is None and self.applies_retention and not self._closed:
+            with contextlib.suppress(RuntimeError):  # no running loop
+                self._scavenger = asyncio.get_running_loop().create_task(scavenge_forever(self))
 
 
 Engine = GroupEngine

@@ -59,6 +59,8 @@ class MemoryEngine(GroupEngine):
         self._log: list[RecordedEvent | None] = []
         """Index = position - 1; a purged event's slot is None (a gap)."""
         self._streams: dict[str, list[RecordedEvent]] = {}
+        self._dropped: dict[str, int] = {}
+        """Events retention deleted from the front of a stream: its list starts at that version."""
         self._deleted: set[str] = set()
         self._ids: dict[UUID, RecordedEvent] = {}
         self._groups: dict[tuple[str, str], GroupState] = {}
@@ -81,18 +83,23 @@ class MemoryEngine(GroupEngine):
             return retry
         if stream in self._deleted:
             raise StreamDeleted(stream)
-        existing = self._streams.get(stream)
-        check_expected_version(stream, expected, existing[-1].version if existing else None)
+        check_expected_version(stream, expected, self._head(stream))
         return None
+
+    def _head(self, stream: str) -> int | None:
+        """The stream's last version, kept when retention deleted its events."""
+        count = self._dropped.get(stream, 0) + len(self._streams.get(stream, ()))
+        return count - 1 if count else None
 
     def _write(self, stream: str, events: Sequence[NewEvent]) -> AppendResult:
         recorded_at = datetime.now(UTC)
         existing = self._streams.setdefault(stream, [])
+        base = self._dropped.get(stream, 0)
         for e in events:
             rec = RecordedEvent(
                 id=e.id,
                 stream=stream,
-                version=len(existing),
+                version=base + len(existing),
                 position=len(self._log) + 1,
                 type=e.type,
                 data=e.data,
@@ -148,11 +155,13 @@ class MemoryEngine(GroupEngine):
         if stream in self._deleted:
             raise StreamDeleted(stream)
         events = self._streams.get(stream, [])
+        base = self._dropped.get(stream, 0)
         if backwards:
-            start = len(events) - 1 if from_version < 0 else min(from_version, len(events) - 1)
+            last = len(events) - 1
+            start = last if from_version < 0 else min(from_version - base, last)
             selected = events[start::-1] if start >= 0 else []
         else:
-            selected = events[from_version:]
+            selected = events[max(from_version - base, 0) :]
         for e in selected[:limit]:
             yield e
 
@@ -161,8 +170,7 @@ class MemoryEngine(GroupEngine):
         name, expected = prepare_delete(stream, expected_version)
         if name in self._deleted:
             raise StreamDeleted(name)
-        existing = self._streams.get(name)
-        check_expected_version(name, expected, existing[-1].version if existing else None)
+        check_expected_version(name, expected, self._head(name))
         self._deleted.add(name)
 
     async def purge_stream(self, stream: str) -> None:
@@ -172,6 +180,34 @@ class MemoryEngine(GroupEngine):
             self._log[e.position - 1] = None
             del self._ids[e.id]
         self._deleted.discard(name)
+        self._dropped.pop(name, None)
+
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Drop the stream's events below `version`; their log slots become gaps."""
+        self._check_open()
+        events = self._streams.get(stream, [])
+        count = max(0, min(version - self._dropped.get(stream, 0), len(events)))
+        for e in events[:count]:
+            self._log[e.position - 1] = None
+            del self._ids[e.id]
+        if count:
+            self._streams[stream] = events[count:]
+            self._dropped[stream] = self._dropped.get(stream, 0) + count
+        return count
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        events = self._streams.get(stream, [])
+        return events[max(from_version - self._dropped.get(stream, 0), 0) :][:limit]
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        if stream in self._deleted and not self._streams.get(stream):
+            self._deleted.discard(stream)
+            self._streams.pop(stream, None)
+            self._dropped.pop(stream, None)
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
@@ -179,12 +215,7 @@ class MemoryEngine(GroupEngine):
         for name in sorted(names):
             if category is not None and category_of(name) != category:
                 continue
-            events = self._streams.get(name)
-            yield StreamInfo(
-                name=name,
-                version=events[-1].version if events else None,
-                deleted=name in self._deleted,
-            )
+            yield StreamInfo(name=name, version=self._head(name), deleted=name in self._deleted)
 
     async def close(self) -> None:
         self._closed = True

@@ -33,6 +33,13 @@ from tidelog.engines._kit.checks import (
     prepare_delete,
     prepare_purge,
 )
+from tidelog.engines._kit.retention import (
+    RetentionPolicy,
+    RetentionRule,
+    RetentionRules,
+    ScavengeReport,
+    make_rule,
+)
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
@@ -395,6 +402,32 @@ class RemoteEngine(GroupEngine):
     async def describe_group(self, group: str, category: str) -> Membership | None:
         got = await self._call("GET", self._group_path(group, category), wire.WireGroup)
         return got.membership
+
+    # ------------------------------------------------------------------ retention
+    # The server's store applies the rules to what it serves and runs the
+    # scavenger; this client only reaches the admin routes (`_retention_api`).
+
+    applies_retention = False
+
+    async def set_retention(
+        self,
+        policy: RetentionPolicy | None,
+        *,
+        stream: str | None = None,
+        category: str | None = None,
+    ) -> RetentionRule:
+        rule = make_rule(policy, stream, category)
+        return await self._call("PUT", "/v1/retention", RetentionRule, body=rule)
+
+    async def retention(self, stream: str | None = None) -> list[RetentionRule]:
+        params = {"stream": stream}
+        return (await self._call("GET", "/v1/retention", RetentionRules, params=params)).rules
+
+    async def scavenge(self, *, release: bool = True) -> ScavengeReport:
+        return await self._call("POST", "/v1/retention/scavenge", ScavengeReport)
+
+    async def first_position(self) -> int:
+        return (await self._call("GET", "/v1/log/first", wire.WireHead)).position
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return (await self._call("GET", "/v1/groups", wire.WireGroups)).groups

@@ -23,6 +23,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
 
+from tidelog.engines._kit.retention import (
+    RetentionPolicy,
+    RetentionRule,
+    RetentionView,
+    ScavengeReport,
+)
 from tidelog.engines.contract import (
     Engine,
     GroupEngine,
@@ -146,3 +152,52 @@ class StoreWrapper(GroupEngine):
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return await self.inner.list_groups()
+
+    # ------------------------------------------------------------------ retention
+    # The rules, their cache and the scavenger are the inner store's: a rule set
+    # through either is in force through both at once. The contract's read front
+    # ends of the wrapper filter with the inner store's view.
+
+    @property
+    def applies_retention(self) -> bool:  # type: ignore[override]
+        return self.inner.applies_retention
+
+    @property
+    def scavenge_interval(self) -> float:  # type: ignore[override]
+        return self.inner.scavenge_interval
+
+    @property
+    def scavenge_lease(self) -> float:  # type: ignore[override]
+        return self.inner.scavenge_lease
+
+    @property
+    def scavenge_batch(self) -> int:  # type: ignore[override]
+        return self.inner.scavenge_batch
+
+    @property
+    def retention_stats(self) -> dict[str, int]:
+        return self.inner.retention_stats
+
+    def _retention_idle(self) -> bool:
+        return self.inner._retention_idle()
+
+    async def _retention_view(self, force: bool = False) -> RetentionView | None:
+        return await self.inner._retention_view(force)
+
+    async def set_retention(
+        self,
+        policy: RetentionPolicy | None,
+        *,
+        stream: str | None = None,
+        category: str | None = None,
+    ) -> RetentionRule:
+        return await self.inner.set_retention(policy, stream=stream, category=category)
+
+    async def retention(self, stream: str | None = None) -> list[RetentionRule]:
+        return await self.inner.retention(stream)
+
+    async def scavenge(self, *, release: bool = True) -> ScavengeReport:
+        return await self.inner.scavenge(release=release)
+
+    async def first_position(self) -> int:
+        return await self.inner.first_position()

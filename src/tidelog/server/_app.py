@@ -2,11 +2,11 @@
 
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
-`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`,
-`_admin_api`, `_dlq_api`), each a leaf over the shared dependencies of
-`_deps`. Request and response bodies are the msgspec types of `tidelog.wire`,
-so the OpenAPI document at `/schema` is generated from the same definitions
-the remote engine decodes. Every error
+`_cloudevents`, `_registry_api`, `_retention_api`, `_asyncapi`, `_dashboard`,
+`_ops_api`, `_admin_api`, `_dlq_api`), each a leaf over the shared dependencies
+of `_deps`. Request and response bodies are the msgspec types of
+`tidelog.wire`, so the OpenAPI document at `/schema` is generated from the
+same definitions the remote engine decodes. Every error
 from the store is turned into a 4xx (or a 503 when the backend is down) by one
 exception handler.
 """
@@ -53,6 +53,7 @@ from tidelog.server._openapi import asset_routes, render_plugins
 from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
 from tidelog.server._registry_wire import confluent_error, is_registry_path, keep_encoded_slashes
+from tidelog.server._retention_api import ROUTES as RETENTION_ROUTES
 from tidelog.server._streams_api import ROUTES as STREAMS_ROUTES
 
 __all__ = ["create_app"]
@@ -69,6 +70,7 @@ ROUTES: list[ControllerRouterHandler] = [
     *CLOUDEVENTS_ROUTES,
     *CONSUMERS_ROUTES,
     *REGISTRY_ROUTES,
+    *RETENTION_ROUTES,
     *ASYNCAPI_ROUTES,
     *ADMIN_ROUTES,
     *DLQ_ROUTES,

@@ -127,6 +127,8 @@ class Stats(msgspec.Struct, kw_only=True):
     version: str
     partition_count: int
     head: int
+    first_position: int = 0
+    """The low-water mark: the oldest position still stored (see docs/retention.md)."""
     categories: list[CategoryStats]
     groups: list[GroupStats]
     principal: str = ""
@@ -245,6 +247,7 @@ async def stats(state: State, access: AccessDep, history: FromQuery[bool] = Fals
         version=tidelog.__version__,
         partition_count=store.partition_count,
         head=head,
+        first_position=await store.first_position(),
         categories=sorted(per_category.values(), key=lambda c: c.category),
         groups=groups,
         principal=access.principal,

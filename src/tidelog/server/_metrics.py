@@ -139,6 +139,23 @@ class Metrics:
         )
         self._samples: dict[tuple[str, str], deque[_Sample]] = {}
         """Per group: the refreshes within the rate window, and the newest one before it."""
+        self.first = Gauge(
+            "tidelog_log_first_position",
+            "The low-water mark: the oldest position still stored (retention deletes below it)",
+            registry=r,
+        )
+        self.scavenged = Gauge(
+            "tidelog_retention_deleted_events",
+            "Events this server's scavenger deleted since it started",
+            registry=r,
+        )
+        self.lost = Gauge(
+            "tidelog_retention_lost_events",
+            "Events the scavenger deleted before a consumer group had read them"
+            " (hard_max_age or even_if_unconsumed; each is named in $system)",
+            ["group", "category"],
+            registry=r,
+        )
         self._dlq: dict[str, DlqState] = {}
         self._dlq_lock = asyncio.Lock()
         self._stale = asyncio.Event()
@@ -172,6 +189,13 @@ class Metrics:
         """
         head = await store.last_position()
         self.head.set(head)
+        self.first.set(await store.first_position())
+        stats = store.retention_stats
+        self.scavenged.set(stats.get("deleted", 0))
+        for name, count in stats.items():
+            if name.startswith("lost:"):
+                group, _, category = name[len("lost:") :].partition("/")
+                self.lost.labels(group, category).set(count)
         self.lag.clear()
         for gauge in (self.desired, self.consumed_rate, self.members):
             gauge.clear()

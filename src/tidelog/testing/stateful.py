@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 import tidelog
 from tidelog.engines.memory import MemoryConfig, MemoryEngine
 
-__all__ = ["ModelSuite"]
+__all__ = ["ModelSuite", "model_settings"]
 
 WAIT = 20.0
 """Upper bound for one operation: a hang becomes a failure, never a pass."""
@@ -178,15 +178,21 @@ class ModelSuite:
     def test_agrees_with_memory_engine(self, tmp_path: pathlib.Path) -> None:
         run_state_machine_as_test(
             _machine(self, tmp_path),
-            settings=settings(
-                max_examples=self.max_examples,
-                stateful_step_count=self.stateful_step_count,
-                deadline=None,
-                database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-                phases=list(Phase) if self.shrink else [p for p in Phase if p != Phase.shrink],
-            ),
+            settings=model_settings(self.max_examples, self.stateful_step_count, self.shrink),
         )
+
+
+def model_settings(examples: int, steps: int, shrink: bool = True) -> settings:
+    """The hypothesis settings of a model test: no deadline and no example database
+    (an engine's timing varies; examples are not kept between runs)."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        phases=list(Phase) if shrink else [p for p in Phase if p != Phase.shrink],
+    )
 
 
 def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMachine]:

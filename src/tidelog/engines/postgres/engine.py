@@ -419,6 +419,40 @@ class PostgresEngine(GroupEngine):
                     await conn.execute(self._sql.purge_stream, name)
                 await conn.execute(self._sql.vacuum_events)
 
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Retention's hook: one short transaction per batch (the scavenger asks at most
+        `scavenge_batch` events at a time), without the append lock: appends go on.
+
+        The head is raised into the high-water mark in the same transaction, so
+        if the newest events go their positions are still never reused. The rows'
+        space is reclaimed by autovacuum, with no long lock.
+        """
+        self._check_open()
+        with pg_errors(stream):
+            async with (
+                self._pool.acquire() as conn,
+                transaction(conn, self._sql.begin_delete),
+            ):
+                head = await conn.fetchval(self._sql.head)
+                await conn.execute(self._sql.raise_high_water, str(head))
+                status: str = await conn.execute(self._sql.delete_before, stream, version)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        with pg_errors(stream):
+            rows = await self._pool.fetch(
+                self._sql.read_stream_forward, stream, from_version, limit
+            )
+        return _events(rows)
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        with pg_errors(stream):
+            await self._pool.execute(self._sql.forget_stream, stream)
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         after = ""

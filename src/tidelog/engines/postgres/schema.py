@@ -198,6 +198,18 @@ class Sql:
             f"INSERT INTO {s}.meta (key, value) VALUES ('high_water', $1) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         )
+        # Retention: the high-water mark only rises (a concurrent purge may have set it).
+        self.raise_high_water = (
+            f"INSERT INTO {s}.meta (key, value) VALUES ('high_water', $1) "
+            "ON CONFLICT (key) DO UPDATE SET value = "
+            f"greatest({s}.meta.value::bigint, excluded.value::bigint)::text"
+        )
+        self.delete_before = f"DELETE FROM {s}.events WHERE stream = $1 AND version < $2"
+        self.begin_delete = "BEGIN; SET LOCAL synchronous_commit = on"
+        self.forget_stream = (
+            f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
+        )
         self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
         self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"
         self.vacuum_events = f"VACUUM {s}.events"

@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -85,7 +85,7 @@ from tidelog.engines.sqlite.reads import (
     decode_rows,
     read_all_plan,
 )
-from tidelog.engines.sqlite.writer import Appends, CommitThenRaise, Request, Writer
+from tidelog.engines.sqlite.writer import HEAD_SQL, Appends, CommitThenRaise, Request, Writer
 from tidelog.errors import (
     InvalidURL,
     StaleGeneration,
@@ -386,6 +386,33 @@ class SQLiteEngine(GroupEngine):
         await self._write(lambda w: w.purge_stream(name))
         await asyncio.to_thread(db.truncate_wal, self.config.path, self.config.busy_timeout)
 
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Retention's hook: one writer request (bounded: the scavenger asks a batch at a
+        time) that deletes and gives the freed pages back (`Writer.delete_before`)."""
+        return await self._delete_many({stream: version})
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        sql = (
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version >= ?"
+            " ORDER BY version LIMIT ?"
+        )
+
+        def page(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, (stream, from_version, limit)).fetchall()
+
+        return decode_rows(await self._read(page))
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        await self._write(lambda w: w.forget_stream(stream))
+
+    async def _delete_many(self, cuts: Mapping[str, int]) -> int:
+        """Every stream's delete in one writer request: one transaction, one sync."""
+        self._check_open()
+        return await self._write(lambda w: w.delete_before(cuts))
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         where = "" if category is None else " AND category = ?"
@@ -480,8 +507,11 @@ class SQLiteEngine(GroupEngine):
         return await self._read(count)
 
     async def last_position(self) -> int:
+        """The newest position given out: retention may have deleted the newest events,
+        whose positions stay taken (the high-water mark)."""
+
         def head(conn: sqlite3.Connection) -> int:
-            value: int = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+            value: int = conn.execute(HEAD_SQL).fetchone()[0]
             return value
 
         return await self._read(head)
