@@ -48,6 +48,27 @@ async def test_append_and_read_keep_json_and_binary_data_exactly(
     assert page[1]["data"] is None and page[1]["data_base64"] == "AAE="
 
 
+async def test_a_backwards_page_without_a_start_is_the_newest_events(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """`?backwards=true` alone means "the latest events"; an explicit start is kept."""
+    client, store = api
+    await store.append("order-1", [tidelog.NewEvent(type=f"T{i}") for i in range(5)])
+
+    async def versions(**params: object) -> list[int]:
+        r = await client.get("/v1/streams/order-1/events", params=params)
+        assert r.status_code == 200, r.text
+        return [e["version"] for e in r.json()["events"]]
+
+    assert await versions(backwards="true", limit=1) == [4]
+    assert await versions(backwards="true") == [4, 3, 2, 1, 0]
+    assert await versions(backwards="true", from_version=1) == [1, 0]
+    assert await versions(backwards="true", from_version=-1, limit=2) == [4, 3]
+    assert await versions(limit=2) == [0, 1]
+    r = await client.get("/v1/streams/order-1/events", params={"from_version": -1})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_input"
+
+
 async def test_data_that_json_would_change_travels_as_base64_on_every_read(
     api: tuple[httpx.AsyncClient, tidelog.Store],
 ) -> None:

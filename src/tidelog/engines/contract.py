@@ -178,29 +178,40 @@ class StreamEngine(abc.ABC):
     def read_stream(
         self,
         stream: str,
-        from_version: int = 0,
+        from_version: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Events of one stream from `from_version` (inclusive), in version order.
 
-        Backwards reads start at `from_version` and go down; there a
-        `from_version` of -1 means "from the end". A stream with no events
-        yields nothing; a deleted one raises `StreamDeleted`.
+        Without `from_version` a read starts where its direction begins: a
+        forwards read at the first event, a backwards read at the last, so
+        `read_stream(s, backwards=True, limit=1)` is the latest event (as in
+        KurrentDB and the eventsourcing library). An explicit `from_version`
+        is where the read starts, in either direction; backwards, -1 also means
+        "from the end" and a version past the end starts at the last event. A
+        stream with no events yields nothing; a deleted one raises
+        `StreamDeleted`.
 
-        The arguments are checked here, when the call is made, and the engine's
-        `_read_stream` does the reading: an iterator that re-yielded the
-        engine's events would cost a step per event on every replay.
+        The default is resolved here, once, so engines, the HTTP route and the
+        CLI agree: an engine's `_read_stream` always gets a start, -1 for the
+        end. The arguments are checked here, when the call is made, and the
+        engine's `_read_stream` does the reading: an iterator that re-yielded
+        the engine's events would cost a step per event on every replay.
         """
         self._check_open()
-        name = prepare_read_stream(stream, from_version, backwards, limit)
-        return self._read_stream(name, from_version, backwards, limit)
+        start = (-1 if backwards else 0) if from_version is None else from_version
+        name = prepare_read_stream(stream, start, backwards, limit)
+        return self._read_stream(name, start, backwards, limit)
 
     @abc.abstractmethod
     def _read_stream(
         self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        """The engine's read of one stream; `read_stream` checked the arguments."""
+        """The engine's read of one stream; `read_stream` checked the arguments.
+
+        `from_version` is always given: -1 (backwards only) means from the end.
+        """
 
     @abc.abstractmethod
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:

@@ -484,6 +484,23 @@ class StreamsSuite(SuiteBase):
         ]
         assert await stream_versions(store, "s-1", backwards=True, from_version=-1, limit=1) == [4]
 
+    async def test_backwards_read_without_a_start_begins_at_the_end(
+        self, store: tidelog.Store
+    ) -> None:
+        """A backwards read with no start is "the latest events", as in KurrentDB."""
+        await store.append("s-1", [ev() for _ in range(5)])
+        assert await stream_versions(store, "s-1", backwards=True, limit=1) == [4]
+        assert await stream_versions(store, "s-1", backwards=True, limit=2) == [4, 3]
+        assert await stream_versions(store, "s-1", backwards=True) == [4, 3, 2, 1, 0]
+        assert await stream_versions(store, "s-1", backwards=True, limit=0) == []
+        assert await stream_versions(store, "nothing-1", backwards=True, limit=1) == []
+        # an explicit start keeps its meaning, and forwards still starts at the beginning
+        assert await stream_versions(store, "s-1", backwards=True, from_version=0) == [0]
+        assert await stream_versions(store, "s-1", backwards=True, from_version=2) == [2, 1, 0]
+        assert await stream_versions(store, "s-1", from_version=None, limit=2) == [0, 1]
+        await store.append("s-1", [ev()])
+        assert await stream_versions(store, "s-1", backwards=True, limit=1) == [5]
+
     async def test_read_stream_of_missing_stream_is_empty(self, store: tidelog.Store) -> None:
         assert await stream_versions(store, "nothing-1") == []
         assert await stream_versions(store, "nothing-1", backwards=True, from_version=-1) == []

@@ -334,12 +334,12 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
 
         @rule(
             stream=streams,
-            from_version=st.integers(-1, 6),
+            from_version=st.none() | st.integers(-1, 6),
             backwards=st.booleans(),
             limit=limits,
         )
         def read_stream(
-            self, stream: str, from_version: int, backwards: bool, limit: int | None
+            self, stream: str, from_version: int | None, backwards: bool, limit: int | None
         ) -> None:
             self.compare(
                 lambda s: _collect(
