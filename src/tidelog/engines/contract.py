@@ -376,15 +376,42 @@ class GroupEngine(LogEngine):
 
     @abc.abstractmethod
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
-        """Join (or rejoin) a group; returns the member's partitions and the generation."""
+        """Join (or rejoin) a group; returns the member's partitions and the generation.
+
+        A `cooperative` member hands partitions over without duplicates: when the
+        assignment moves one of its partitions to another member, it keeps the
+        partition (listed in its `revoking`) until it releases it by a heartbeat,
+        and the new owner waits for it (its `awaiting`); a holder that does not
+        release it loses it when its lease runs out or one lease after the
+        hand-over began. A member that is not cooperative loses moved partitions
+        at once (see `tidelog.engines._kit.groups`).
+        """
 
     @abc.abstractmethod
     async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
     ) -> Membership:
-        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin."""
+        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin.
+
+        `release`: partitions of its `revoking` that the member gave up (it
+        finished or abandoned their events and committed them): they go to their
+        new owner now. Partitions it is not asked to give up are ignored; one
+        outside 0..partition_count-1 raises `InvalidInput` and changes nothing.
+        """
 
     @abc.abstractmethod
     async def leave_group(self, group: str, category: str, member: str) -> None:

@@ -7,7 +7,7 @@ await between a check and a write, so every operation is atomic.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -233,25 +233,38 @@ class MemoryEngine(GroupEngine):
         return self._groups.setdefault((group, category), GroupState())
 
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
         state = self._state(group, category)
-        state.join(member, self._now(), lease)
+        state.join(member, self._now(), lease, self.partition_count, cooperative)
         return state.membership(group, category, member, self.partition_count)
 
     async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
     ) -> Membership:
         self._check_open()
         state = self._state(group, category)
-        state.heartbeat(group, category, member, self._now(), lease)
-        return state.membership(group, category, member, self.partition_count)
+        count = self.partition_count
+        state.heartbeat(group, category, member, self._now(), lease, count, release)
+        return state.membership(group, category, member, count)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        self._state(group, category).leave(member, self._now())
+        self._state(group, category).leave(member, self._now(), self.partition_count)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

@@ -126,14 +126,26 @@ class StoreWrapper(GroupEngine):
     # ------------------------------------------------------------------ layer 3
 
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
-        return await self.inner.join_group(group, category, member, lease)
+        return await self.inner.join_group(group, category, member, lease, cooperative=cooperative)
 
     async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
     ) -> Membership:
-        return await self.inner.heartbeat(group, category, member, lease)
+        return await self.inner.heartbeat(group, category, member, lease, release=release)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         await self.inner.leave_group(group, category, member)

@@ -42,7 +42,9 @@ async def join_group(
     need_group(access, group, category)
     rt = runtime(state)
     await rt.group_quota.claim(rt.store, access.principal, group, category)
-    return await rt.store.join_group(group, category, member, _lease(data.lease))
+    return await rt.store.join_group(
+        group, category, member, _lease(data.lease), cooperative=data.cooperative
+    )
 
 
 @post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)
@@ -50,12 +52,14 @@ async def heartbeat(
     group: FromPath[str],
     category: FromPath[str],
     member: FromPath[str],
-    data: JSONBody[wire.WireJoin],
+    data: JSONBody[wire.WireHeartbeat],
     state: State,
     access: AccessDep,
 ) -> tidelog.Membership:
     need_group(access, group, category)
-    return await runtime(state).store.heartbeat(group, category, member, _lease(data.lease))
+    return await runtime(state).store.heartbeat(
+        group, category, member, _lease(data.lease), release=data.release
+    )
 
 
 @delete("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=204)

@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -541,31 +541,46 @@ class PostgresEngine(GroupEngine):
         return result
 
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(state: GroupState) -> Membership:
-            state.join(member, self._now(), lease)
+            state.join(member, self._now(), lease, self._partitions, cooperative)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
     async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
     ) -> Membership:
         self._check_open()
 
         def change(state: GroupState) -> Membership:
-            state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self._partitions
+            state.heartbeat(group, category, member, now, lease, count, release)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        await self._change_group(group, category, lambda state: state.leave(member, self._now()))
+        await self._change_group(
+            group, category, lambda state: state.leave(member, self._now(), self._partitions)
+        )
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -501,7 +501,13 @@ class SQLiteEngine(GroupEngine):
     # ------------------------------------------------------------------ layer 3
 
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -510,14 +516,20 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
-            state.join(member, now, lease)
+            state.join(member, now, lease, w.partitions, cooperative)
             w.save_group(group, category, state)
             return state.membership(group, category, member, w.partitions)
 
         return await self._write(op)
 
     async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
     ) -> Membership:
         self._check_open()
         validate_group_key(group, category)
@@ -526,7 +538,7 @@ class SQLiteEngine(GroupEngine):
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
             try:
-                state.heartbeat(group, category, member, now, lease)
+                state.heartbeat(group, category, member, now, lease, w.partitions, release)
             except StaleGeneration as exc:
                 w.save_group(group, category, state)  # keep the expiries it applied
                 raise CommitThenRaise(exc) from None
@@ -542,7 +554,7 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> None:
             state = w.load_group(group, category)
-            state.leave(member, now)
+            state.leave(member, now, w.partitions)
             w.save_group(group, category, state)
 
         await self._write(op)
