@@ -222,6 +222,41 @@ async def test_health_and_metrics(api: tuple[httpx.AsyncClient, tidelog.Store]) 
     assert "order-1" not in text  # never labelled by stream id
 
 
+async def test_group_hand_over_over_http_and_its_bad_input(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """A cooperative join and a release travel in the bodies; bad ones get 400 and
+    change nothing (#14 item 11)."""
+    client, store = api
+    path = "/v1/groups/billing/order/members"
+    r = await client.post(f"{path}/m1", json={"lease": 60, "cooperative": True})
+    assert r.status_code == 200, r.text
+    r = await client.post(f"{path}/m2", json={"lease": 60, "cooperative": True})
+    assert r.status_code == 200 and r.json()["partitions"] == [], r.text
+    awaiting = r.json()["awaiting"]
+    assert awaiting
+    r = await client.post(f"{path}/m1/heartbeat", json={"lease": 60})
+    assert r.json()["revoking"] == awaiting
+    generation = r.json()["generation"]
+    for body in (
+        {"release": [store.partition_count]},
+        {"release": [-1]},
+        {"release": "0"},
+        {"release": [0], "bogus": 1},
+    ):
+        r = await client.post(f"{path}/m1/heartbeat", json={"lease": 60, **body})
+        assert r.status_code == 400, (body, r.text)
+    r = await client.post(f"{path}/m3", json={"lease": 60, "cooperative": "yes"})
+    assert r.status_code == 400, r.text
+    described = await store.describe_group("billing", "order")
+    assert described is not None and described.generation == generation
+    assert [m.member for m in described.members] == ["m1", "m2"]
+    r = await client.post(f"{path}/m1/heartbeat", json={"lease": 60, "release": awaiting})
+    assert r.status_code == 200 and r.json()["revoking"] == [], r.text
+    r = await client.post(f"{path}/m2/heartbeat", json={"lease": 60})
+    assert r.json()["partitions"] == awaiting
+
+
 async def test_readyz_is_503_when_the_engine_is_down(
     api: tuple[httpx.AsyncClient, tidelog.Store],
 ) -> None:

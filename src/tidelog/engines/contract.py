@@ -40,6 +40,7 @@ from tidelog.engines._kit.checks import (
     prepare_read_stream,
     validate_group_key,
 )
+from tidelog.engines._kit.groups import check_cooperative, check_release
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import InvalidInput, NotSupported, StoreClosed
 from tidelog.model import (
@@ -374,7 +375,6 @@ class GroupEngine(LogEngine):
     def _now() -> float:
         return time.time()
 
-    @abc.abstractmethod
     async def join_group(
         self,
         group: str,
@@ -392,10 +392,19 @@ class GroupEngine(LogEngine):
         and the new owner waits for it (its `awaiting`); a holder that does not
         release it loses it when its lease runs out or one lease after the
         hand-over began. A member that is not cooperative loses moved partitions
-        at once (see `tidelog.engines._kit.groups`).
+        at once (see `tidelog.engines._kit.groups`). The flag is checked here,
+        before the engine's `_join_group` names the group.
         """
+        self._check_open()
+        check_cooperative(cooperative)
+        return await self._join_group(group, category, member, lease, cooperative)
 
     @abc.abstractmethod
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
+    ) -> Membership:
+        """The engine's join (`GroupState.join`); `join_group` checked `cooperative`."""
+
     async def heartbeat(
         self,
         group: str,
@@ -410,8 +419,18 @@ class GroupEngine(LogEngine):
         `release`: partitions of its `revoking` that the member gave up (it
         finished or abandoned their events and committed them): they go to their
         new owner now. Partitions it is not asked to give up are ignored; one
-        outside 0..partition_count-1 raises `InvalidInput` and changes nothing.
+        outside 0..partition_count-1 raises `InvalidInput` here, before the
+        engine's `_heartbeat` changes anything.
         """
+        self._check_open()
+        released = check_release(release, self.partition_count)
+        return await self._heartbeat(group, category, member, lease, released)
+
+    @abc.abstractmethod
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
+    ) -> Membership:
+        """The engine's heartbeat (`GroupState.heartbeat`); `release` is checked."""
 
     @abc.abstractmethod
     async def leave_group(self, group: str, category: str, member: str) -> None:

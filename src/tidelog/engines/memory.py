@@ -7,7 +7,7 @@ await between a check and a write, so every operation is atomic.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -232,14 +232,8 @@ class MemoryEngine(GroupEngine):
         validate_group_key(group, category)
         return self._groups.setdefault((group, category), GroupState())
 
-    async def join_group(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        cooperative: bool = False,
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -247,14 +241,8 @@ class MemoryEngine(GroupEngine):
         state.join(member, self._now(), lease, self.partition_count, cooperative)
         return state.membership(group, category, member, self.partition_count)
 
-    async def heartbeat(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        release: Collection[int] = (),
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         state = self._state(group, category)

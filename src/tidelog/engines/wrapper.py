@@ -125,25 +125,13 @@ class StoreWrapper(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        cooperative: bool = False,
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         return await self.inner.join_group(group, category, member, lease, cooperative=cooperative)
 
-    async def heartbeat(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        release: Collection[int] = (),
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         return await self.inner.heartbeat(group, category, member, lease, release=release)
 

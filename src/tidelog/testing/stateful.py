@@ -405,14 +405,29 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
             """After a group changed: the same generation, members and partitions."""
             self.compare(lambda s: s.describe_group(GROUP, category))
 
-        @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))
-        def join(self, category: str, member: str) -> None:
-            got = self.compare(lambda s: s.join_group(GROUP, category, member, lease=LEASE))
+        @rule(
+            category=st.sampled_from(GROUP_CATEGORIES),
+            member=st.sampled_from(MEMBERS),
+            cooperative=st.booleans(),
+        )
+        def join(self, category: str, member: str, cooperative: bool) -> None:
+            got = self.compare(
+                lambda s: s.join_group(
+                    GROUP, category, member, lease=LEASE, cooperative=cooperative
+                )
+            )
             self._remember(category, member, got)
 
-        @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))
-        def heartbeat(self, category: str, member: str) -> None:
-            got = self.compare(lambda s: s.heartbeat(GROUP, category, member, lease=LEASE))
+        @rule(
+            category=st.sampled_from(GROUP_CATEGORIES),
+            member=st.sampled_from(MEMBERS),
+            release=st.lists(st.integers(-1, 5), max_size=3),
+        )
+        def heartbeat(self, category: str, member: str, release: list[int]) -> None:
+            """With partitions released: those asked for move, the others change nothing."""
+            got = self.compare(
+                lambda s: s.heartbeat(GROUP, category, member, lease=LEASE, release=release)
+            )
             self._remember(category, member, got)
 
         @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))

@@ -27,7 +27,7 @@ import msgspec
 from tidelog.errors import InvalidInput, StaleGeneration
 from tidelog.model import GroupMember, Membership
 
-__all__ = ["GroupState", "Handover", "assign_partitions"]
+__all__ = ["GroupState", "Handover", "assign_partitions", "check_cooperative", "check_release"]
 
 # --------------------------------------------------------------------------- groups
 
@@ -70,8 +70,7 @@ class GroupState(msgspec.Struct, kw_only=True):
         partition_count: int,
         cooperative: bool = False,
     ) -> None:
-        if not isinstance(cooperative, bool):
-            raise InvalidInput(f"invalid cooperative {cooperative!r}: a bool")
+        check_cooperative(cooperative)
         before = self._snapshot(partition_count, now)
         self._expire(now)
         self.members[member] = now + lease
@@ -234,6 +233,12 @@ class GroupState(msgspec.Struct, kw_only=True):
                 p for p, owner in enumerate(target) if owner == member and holders[p] != member
             ),
         )
+
+
+def check_cooperative(cooperative: object) -> None:
+    """A join's `cooperative` flag: a bool, nothing else."""
+    if not isinstance(cooperative, bool):
+        raise InvalidInput(f"invalid cooperative {cooperative!r}: a bool")
 
 
 def check_release(release: object, partition_count: int) -> tuple[int, ...]:

@@ -427,14 +427,8 @@ class NatsEngine(GroupEngine):
                 return result
         raise StoreUnavailable("group: gave up after too many concurrent writes")
 
-    async def join_group(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        cooperative: bool = False,
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -446,14 +440,8 @@ class NatsEngine(GroupEngine):
         result: Membership = await self._update_group(group, category, change)
         return result
 
-    async def heartbeat(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        release: Collection[int] = (),
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 

@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -540,14 +540,8 @@ class PostgresEngine(GroupEngine):
             raise failure
         return result
 
-    async def join_group(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        cooperative: bool = False,
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -558,14 +552,8 @@ class PostgresEngine(GroupEngine):
 
         return await self._change_group(group, category, change)
 
-    async def heartbeat(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        release: Collection[int] = (),
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 

@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -500,14 +500,8 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        cooperative: bool = False,
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -522,14 +516,8 @@ class SQLiteEngine(GroupEngine):
 
         return await self._write(op)
 
-    async def heartbeat(
-        self,
-        group: str,
-        category: str,
-        member: str,
-        lease: float = 10.0,
-        *,
-        release: Collection[int] = (),
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         validate_group_key(group, category)
