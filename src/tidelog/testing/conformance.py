@@ -1405,6 +1405,7 @@ class GroupsSuite(SuiteBase):
         await store.join_group("audit", "order", "m1", lease=0.3, cooperative=True)
         m2 = await store.join_group("audit", "order", "m2", lease=LONG_LEASE, cooperative=True)
         assert m2.awaiting == target["m2"]
+        began = m2.generation
         m1 = await store.heartbeat("audit", "order", "m1", lease=LONG_LEASE)  # alive, long
         assert m1.revoking == target["m2"]
         async with asyncio.timeout(WAIT):
@@ -1412,6 +1413,7 @@ class GroupsSuite(SuiteBase):
                 await asyncio.sleep(0.05)
                 m2 = await store.heartbeat("audit", "order", "m2", lease=LONG_LEASE)
         assert m2.awaiting == ()
+        assert m2.generation > began  # the partitions changed hands: a new generation
         m1 = await store.heartbeat("audit", "order", "m1", lease=LONG_LEASE)
         assert (m1.partitions, m1.revoking) == (target["m1"], ())
         # a member that did not join cooperatively loses a moved partition at once

@@ -21,6 +21,7 @@ its partitions move at once, as before (a client that does not know about
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TypeAlias
 
 import msgspec
 
@@ -38,6 +39,9 @@ class Handover(msgspec.Struct, frozen=True, array_like=True):
 
     holder: str
     deadline: float
+
+
+_Before: TypeAlias = tuple[set[str], list[str | None], list[str | None]]
 
 
 class GroupState(msgspec.Struct, kw_only=True):
@@ -117,13 +121,18 @@ class GroupState(msgspec.Struct, kw_only=True):
         for m in [m for m, until in self.members.items() if until <= now]:
             del self.members[m]
 
-    def _snapshot(self, partition_count: int, now: float) -> tuple[set[str], list[str | None]]:
-        """The live members and each partition's holder, before a change."""
-        return set(self.members), self._holders(partition_count, now)
+    def _snapshot(self, partition_count: int, now: float) -> _Before:
+        """The live members and each partition's holder, before a change: now (a
+        hand-over past its deadline has ended) and as stored (for the generation)."""
+        return (
+            set(self.members),
+            self._holders(partition_count, now),
+            self._holders(partition_count),
+        )
 
     def _settle(
         self,
-        before: tuple[set[str], list[str | None]],
+        before: _Before,
         now: float,
         partition_count: int,
         released: Collection[int] = (),
@@ -131,8 +140,8 @@ class GroupState(msgspec.Struct, kw_only=True):
         """After a change: withhold each moved partition from its new owner while its
         previous holder is a live cooperative member that has not released it (and
         its deadline has not passed); bump the generation if the live members or any
-        partition's holder changed."""
-        members_before, holders_before = before
+        partition's holder changed (a hand-over that ended at its deadline too)."""
+        members_before, holders_before, stored_before = before
         for m in [m for m in self.cooperative if m not in self.members]:
             del self.cooperative[m]
         target = _owners(self.members, partition_count)
@@ -151,9 +160,7 @@ class GroupState(msgspec.Struct, kw_only=True):
             else:
                 withheld[p] = Handover(holder, now + self.cooperative[holder])
         self.withheld = withheld
-        if set(self.members) != members_before or (
-            self._holders(partition_count, now) != holders_before
-        ):
+        if set(self.members) != members_before or self._holders(partition_count) != stored_before:
             self.generation += 1
 
     # ---------------------------------------------------------------- reading
