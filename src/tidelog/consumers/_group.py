@@ -225,12 +225,12 @@ class GroupConsumer:
         """Give `partition` up for its new owner: stop its run without draining (events
         being handled finish, within half a lease so the store's deadline of a lease is
         not reached), commit, then release it at once with a heartbeat."""
-        emit(logging.INFO, "partition_handed_over", group=self.handler.group, partition=partition)
         try:
             if run is not None:
                 await run.stop(time.monotonic() + self.options.lease / 2, drain=False)
         finally:
             del self.handing_over[partition]
+        emit(logging.INFO, "partition_handed_over", group=self.handler.group, partition=partition)
         self.released.add(partition)
         self._beat.set()
 
