@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -317,6 +319,7 @@ def test_demo_refuses_a_store_with_events(url: str) -> None:
     ],
 )
 def test_bad_input_is_one_line_on_stderr(url: str, args: list[str], fragment: str) -> None:
+    ok(url, "migrate-schema")  # the store exists: commands that read refuse a missing one
     assert fragment in one_line_error(invoke(url, *args))
     # Bad input changes nothing.
     assert ok(url, "--json", "log").stdout == ""
@@ -328,7 +331,7 @@ def test_json_mode_errors_are_one_json_line(url: str) -> None:
     [line] = result.stderr.splitlines()
     error = msgspec.json.decode(line)
     assert error["error"] == "WrongExpectedVersion"
-    assert "actual None" in error["message"]
+    assert "expected 3, actual no_stream" in error["message"]
 
 
 def test_version(url: str) -> None:
@@ -505,3 +508,374 @@ def test_base_install_without_extras_runs_the_demo(tmp_path: Path) -> None:
     done = _run([str(script)], cwd=tmp_path, env={**os.environ, "TIDELOG_STORE": "unused://"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "matches what was written" in done.stdout
+
+
+# --------------------------------------------------------------------------- a secured server (#14)
+
+SECRET = "s3cret-key-of-the-cli-test"
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """The CLI in a thread: the server under test runs on this test's event loop."""
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+
+
+async def test_cli_passes_a_token_to_a_secured_server(serve: Any, tmp_path: Path) -> None:
+    server, store = await serve(
+        keys={SECRET: "ops"}, grants=("ops=read:*", "ops=write:category:order")
+    )
+    await store.append("order-1", [tidelog.NewEvent(type="Placed", data=b"{}")])
+    base = f"http://127.0.0.1:{server.port}"
+    # without a token: refused, in one line
+    refused = await _cli("--store", base, "streams")
+    assert "AccessDenied" in one_line_error(refused)
+    # --token, TIDELOG_TOKEN, --token-file and TIDELOG_TOKEN_FILE all reach the server
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET + "\n", encoding="utf-8")
+    for args, env in [
+        (["--token", SECRET], None),
+        ([], {"TIDELOG_TOKEN": SECRET}),
+        (["--token-file", str(token_file)], None),
+        ([], {"TIDELOG_TOKEN_FILE": str(token_file)}),
+        # typed beats the environment
+        (["--token", SECRET], {"TIDELOG_TOKEN_FILE": str(tmp_path / "absent")}),
+    ]:
+        listed = await _cli("--store", base, *args, "--json", "streams", env=env)
+        assert listed.exit_code == 0, (args, env, listed.stderr)
+        assert [s["name"] for s in json_lines(listed)] == ["order-1"]
+    appended = await _cli("--store", base, "--token", SECRET, "append", "order-1", "-t", "Paid")
+    assert appended.exit_code == 0, appended.stderr
+    assert await store.last_position() == 2
+
+
+async def test_the_library_takes_a_token_file_or_the_environment(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = await serve(keys={SECRET: "ops"}, grants=("ops=read:*",))
+    base = f"http://127.0.0.1:{server.port}"
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{SECRET}\n", encoding="utf-8")
+    async with tidelog.connect(base, token_file=str(token_file)) as remote:
+        assert [s async for s in remote.list_streams()] == []
+    monkeypatch.setenv("TIDELOG_TOKEN", SECRET)
+    async with tidelog.connect(base) as remote:
+        assert await remote.last_position() == 0
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["url", "wrong-token", "token-with-newline", "empty-file", "missing-file", "help"],
+)
+async def test_no_message_shows_the_credential(serve: Any, tmp_path: Path, how: str) -> None:
+    server, _ = await serve(keys={SECRET: "ops"}, grants=("ops=read:*",))
+    base = f"http://127.0.0.1:{server.port}"
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    args, env = {
+        "url": ([f"--store={base}/?token={SECRET}", "streams"], None),
+        "wrong-token": ([f"--store={base}", "streams"], {"TIDELOG_TOKEN": SECRET + "x"}),
+        "token-with-newline": ([f"--store={base}", "--token", SECRET + "\nX: y", "streams"], None),
+        "empty-file": ([f"--store={base}", "--token-file", str(empty), "streams"], None),
+        "missing-file": (
+            [f"--store={base}", "--token-file", str(tmp_path / "no"), "streams"],
+            None,
+        ),
+        "help": (["--help"], {"TIDELOG_TOKEN": SECRET}),
+    }[how]
+    result = await _cli(*args, env=env)
+    assert SECRET not in result.output
+    if how != "help":
+        message = one_line_error(result)
+        assert ("AccessDenied" if how == "wrong-token" else "InvalidInput") in message or (
+            "InvalidURL" in message
+        )
+    else:
+        assert "TIDELOG_TOKEN" in result.stdout and "--token-file" in result.stdout
+
+
+# --------------------------------------------------------------------------- missing stores (#14)
+
+_PROJECTION_MODULE = """
+from tidelog.projections import SQLiteProjection
+
+class MissingStoreTotals(SQLiteProjection):
+    name = "missing_store_totals"
+    tables = {}
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["read", "order-1"],
+        ["log"],
+        ["tail", "--count", "1"],
+        ["streams"],
+        ["groups"],
+        ["dlq", "list", "billing"],
+        ["dlq", "show", "billing", str(uuid4())],
+        ["schema", "list"],
+        ["schema", "show", "OrderPlaced"],
+        ["projections", "status", "--module", "tlx_missing_store_projections"],
+        ["copy", "{missing}", "sqlite:///{tmp}/copy.db"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_commands_that_read_refuse_a_store_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    (tmp_path / "tlx_missing_store_projections.py").write_text(_PROJECTION_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # relative paths resolve here
+    missing = "sqlite:///no/such/dir/typo.db"
+    args = [a.format(missing=missing, tmp=tmp_path) for a in args]
+    message = one_line_error(invoke(missing, *args))
+    assert "InvalidURL" in message and "no store at" in message
+    assert str(work / "no" / "such" / "dir" / "typo.db") in message  # the absolute path
+    assert list(work.iterdir()) == []  # no directory, no file
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_the_default_store_from_another_directory_is_refused_by_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDELOG_STORE", raising=False)
+    result = CliRunner().invoke(app, ["streams"])
+    assert str(tmp_path / "tidelog-data" / "tidelog.db") in one_line_error(result)
+    # writing creates the store as before, and then reading finds it
+    assert CliRunner().invoke(app, ["append", "order-1", "-t", "X"]).exit_code == 0
+    assert "1 streams" in CliRunner().invoke(app, ["streams"]).stdout
+
+
+def test_the_library_creates_unless_told_the_store_must_exist(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/lib.db"
+
+    async def main() -> None:
+        with pytest.raises(tidelog.InvalidURL, match="no store at"):
+            await tidelog.connect(url, must_exist=True)
+        assert not (tmp_path / "lib.db").exists()
+        async with tidelog.connect(url) as store:  # creates it, as always
+            await store.append("order-1", [tidelog.NewEvent(type="X")])
+        async with tidelog.connect(url, must_exist=True) as store:
+            assert await store.last_position() == 1
+        async with tidelog.connect("memory://", must_exist=True) as store:
+            assert await store.last_position() == 0  # only files are made by mistake
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("same", ["{url}", "sqlite:///{rel}", "sqlite:///{link}"])
+def test_copy_refuses_the_source_as_destination(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: str
+) -> None:
+    append(url, "order-1", "OrderPlaced")
+    (tmp_path / "link.db").symlink_to(tmp_path / "cli.db")
+    monkeypatch.chdir(tmp_path)
+    destination = same.format(url=url, rel="cli.db", link=tmp_path / "link.db")
+    message = one_line_error(invoke(url, "copy", url, destination))
+    assert "the destination is the source" in message
+    assert len(json_lines(ok(url, "--json", "log"))) == 1
+
+
+def test_migrate_schema_names_the_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    [result] = json_lines(ok("sqlite:///rel.db", "--json", "migrate-schema"))
+    assert result["store"] == f"sqlite:///{tmp_path}/rel.db"
+
+
+def test_demo_names_the_absolute_path_of_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--events", "100", "--store", "sqlite:///d.db"])
+    assert result.exit_code == 0, result.stderr
+    absolute = f"sqlite:///{tmp_path}/d.db"
+    assert absolute in result.stderr  # the first line, before the progress
+    assert f"explore it: tidelog --store {absolute} read" in " ".join(result.stdout.split())
+
+
+# --------------------------------------------------------------------------- words (#14 item 9)
+
+
+def test_messages_use_the_words_of_the_command_line(url: str) -> None:
+    append(url, "order-1", "OrderPlaced")
+    conflict = one_line_error(invoke(url, "append", "order-1", "-t", "X", "-e", "no-stream"))
+    assert "expected no_stream, actual 0" in conflict and "StreamState" not in conflict
+    bad = one_line_error(invoke(url, "append", "order-1", "-t", "X", "-e", "latest"))
+    assert "use any, no_stream, stream_exists or an integer >= 0" in bad
+    assert "NO_STREAM" not in bad
+
+
+def test_python_messages_use_python_names(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with tidelog.connect(f"sqlite:///{tmp_path}/p.db") as store:
+            await store.append("order-1", [tidelog.NewEvent(type="X")])
+            with pytest.raises(tidelog.WrongExpectedVersion) as caught:
+                await store.append("order-1", [tidelog.NewEvent(type="X")], tidelog.NO_STREAM)
+            assert "expected NO_STREAM, actual 0" in str(caught.value)
+            with pytest.raises(tidelog.WrongExpectedVersion) as caught:
+                await store.append("order-2", [tidelog.NewEvent(type="X")], 4)
+            assert "expected 4, actual None" in str(caught.value)
+            with pytest.raises(tidelog.InvalidExpectedVersion) as bad:
+                await store.append("order-1", [tidelog.NewEvent(type="X")], -2)
+            assert "use ANY, NO_STREAM, STREAM_EXISTS or an int >= 0" in str(bad.value)
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ first hour (#14 item 10)
+
+
+def test_demo_in_memory_does_not_suggest_reading_it_later() -> None:
+    result = CliRunner().invoke(app, ["demo", "--events", "100", "--store", "memory://"])
+    assert result.exit_code == 0, result.stderr
+    words = " ".join(result.stdout.split())
+    assert "--store memory://" not in words
+    assert "the store was in memory and is gone" in words
+
+
+def test_append_reads_data_from_stdin_or_a_file(url: str, tmp_path: Path) -> None:
+    piped = CliRunner().invoke(
+        app, ["--store", url, "append", "order-1", "-t", "A", "--data", "-"], input='{"n": 1}\n'
+    )
+    assert piped.exit_code == 0, piped.stderr
+    (tmp_path / "event.json").write_text('{"n": 2, "name": "caf\u00e9"}\n', encoding="utf-8")
+    append(url, "order-1", "B", "--data", f"@{tmp_path / 'event.json'}")
+    events = json_lines(ok(url, "--json", "read", "order-1"))
+    assert [e["data"] for e in events] == [{"n": 1}, {"n": 2, "name": "caf\u00e9"}]
+    missing = one_line_error(invoke(url, "append", "order-1", "-t", "C", "-d", "@/no/such.json"))
+    assert "cannot read --data file '/no/such.json'" in missing
+    bad = CliRunner().invoke(
+        app, ["--store", url, "append", "order-1", "-t", "C", "-d", "-"], input="{nope"
+    )
+    assert "not valid JSON" in one_line_error(bad)
+    assert len(json_lines(ok(url, "--json", "read", "order-1"))) == 2
+
+
+def test_json_after_the_command(filled: str) -> None:
+    after = json_lines(ok(filled, "read", "order-1", "--json", "--limit", "2"))
+    assert [e["version"] for e in after] == [0, 1]
+    assert json_lines(ok(filled, "streams", "--json")) == json_lines(
+        ok(filled, "--json", "streams")
+    )
+    failed = invoke(filled, "append", "order-1", "-t", "X", "-e", "0", "--json")
+    assert failed.exit_code == 1
+    assert msgspec.json.decode(failed.stderr)["error"] == "WrongExpectedVersion"
+    # after `--`, `--json` is an argument like any other
+    assert "InvalidStreamName" in one_line_error(invoke(filled, "read", "--", "--json"))
+
+
+@pytest.mark.parametrize("command", [[], ["read"], ["dlq", "list"], ["tail"]])
+def test_help_shows_flags_without_a_value(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert "--help" in result.stdout
+
+
+def test_serve_banner_keeps_paths_and_urls_whole_at_80_columns(tmp_path: Path) -> None:
+    deep = tmp_path / "a-rather-long-directory-name" / "and-another-one-below-it"
+    deep.mkdir(parents=True)
+    store = deep / "served.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "serve", "--port", "0", "--store", f"sqlite:///{store}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "COLUMNS": "80", "TERM": "xterm"},
+    ) as proc:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                while not any("authenticate with" in line for line in lines):
+                    line = pool.submit(proc.stderr.readline).result(timeout=60)
+                    assert line, f"server exited: {lines}"
+                    lines.append(line)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    [serving] = [line for line in lines if line.startswith("tidelog serving")]
+    assert f"sqlite:///{store} at http://127.0.0.1:" in serving  # whole, on one line
+    [api] = [line for line in lines if "API http" in line]
+    assert re.search(r"API http://127\.0\.0\.1:\d+/v1, OpenAPI http://127\.0\.0\.1:\d+/schema", api)
+    assert any(len(line.rstrip("\n")) > 80 for line in lines)  # not cut at the edge
+
+
+# ---------------------------------------------------------------------- status (#14 item 15)
+
+
+async def _group_with_lag_and_parked(url: str) -> None:
+    from tidelog.consumers._dlq import dlq_stream, parked_entry
+
+    async with tidelog.connect(url) as store:
+        m = await store.join_group("billing", "order", "m1", lease=3600)
+        for i in range(3):
+            await store.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
+        [first] = [e async for e in store.read_all(limit=1)]
+        p = tidelog.partition_of(first.stream, store.partition_count)
+        await store.commit(
+            "billing", "order", p, first.position, member="m1", generation=m.generation
+        )
+        entry = parked_entry("billing", first, handler="h", error=RuntimeError("no"), attempts=2)
+        await store.append(dlq_stream("billing"), [entry])
+
+
+def test_status_reports_engine_head_lag_and_parked(url: str) -> None:
+    asyncio.run(_group_with_lag_and_parked(url))
+    [report] = json_lines(ok(url, "--json", "status"))
+    assert report["engine"] == "sqlite" and report["healthy"] is True
+    assert report["head"] == 4  # three events and the DLQ entry
+    assert report["groups"] == [
+        {"group": "billing", "category": "order", "members": 1, "lag": 2, "parked": 1}
+    ]
+    assert report["store"].endswith("/cli.db") and report["problems"] == []
+    human = ok(url, "status").stdout
+    assert "healthy" in human and "billing" in human and "sqlite" in human
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [(["--max-parked", "0"], "1 parked events"), (["--max-lag", "1"], "lags 2 events")],
+)
+def test_status_exits_non_zero_past_a_threshold(url: str, limits: list[str], problem: str) -> None:
+    asyncio.run(_group_with_lag_and_parked(url))
+    result = invoke(url, "status", *limits)
+    assert result.exit_code == 1
+    assert "UNHEALTHY" in result.stdout and "billing" in result.stdout  # the report still shows
+    [line] = result.stderr.splitlines()
+    assert line.startswith("unhealthy: group 'billing'") and problem in line
+    assert invoke(url, "status", "--max-lag", "2", "--max-parked", "1").exit_code == 0
+
+
+def test_status_of_a_missing_or_unreachable_store_is_one_error(tmp_path: Path) -> None:
+    assert "no store at" in one_line_error(invoke(f"sqlite:///{tmp_path}/none.db", "status"))
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert "StoreUnavailable" in one_line_error(invoke(f"http://127.0.0.1:{port}", "status"))
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        message = one_line_error(invoke(url, "status", "--timeout", "0.5"))
+    assert "StoreUnavailable" in message and "gave no answer within 0.5 s" in message
+
+
+async def test_status_of_a_server(serve: Any) -> None:
+    server, store = await serve(keys={SECRET: "ops"}, grants=("ops=admin:*",))
+    await store.append("order-1", [tidelog.NewEvent(type="Placed")])
+    base = f"http://127.0.0.1:{server.port}"
+    result = await _cli("--store", base, "--json", "status", env={"TIDELOG_TOKEN": SECRET})
+    assert result.exit_code == 0, result.stderr
+    [report] = json_lines(result)
+    assert report["engine"] == "remote (memory behind the server)"
+    assert (report["head"], report["healthy"]) == (1, True)
+    assert "AccessDenied" in one_line_error(await _cli("--store", base, "status"))

@@ -114,6 +114,10 @@ async def test_resending_a_cloudevent_is_an_idempotent_retry(
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
     assert other.status_code == 409 and other.json()["code"] == "duplicate_event_id"
+    # said as it is (#15): this id is stored in another stream, not "mixes new events"
+    assert other.json()["in_other_stream"] is True
+    assert "already stored in another stream" in other.json()["message"]
+    assert "mixes" not in other.json()["message"]
     assert new.status_code == 200 and new.json()["results"]["order-1"]["version"] == 1
     assert [e.metadata["source"] async for e in store.read_stream("order-1")] == [
         "/shop/orders",

@@ -18,19 +18,10 @@ import httpx
 import pytest
 
 import tidelog
+from support.browser import CHROMIUM, CHROMIUM_ARGS, have_chromium
 from support.server import ADMIN_KEY, Serve, config, running
 from support.services import service_missing
 
-CHROMIUM = os.environ.get("TIDELOG_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 STATIC = Path(tidelog.__file__).parent / "server" / "static"
 
 
@@ -152,12 +143,8 @@ def test_static_files_ship_inside_the_package() -> None:
 # ---------------------------------------------------------------------------- browser
 
 
-def _have_chromium() -> bool:
-    return Path(CHROMIUM).exists()
-
-
 async def test_dashboard_live_tail_and_group_lag_in_chromium() -> None:
-    if not _have_chromium():
+    if not have_chromium():
         service_missing(f"chromium not installed at {CHROMIUM} (apt-get install chromium)")
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import async_playwright, expect

@@ -75,7 +75,8 @@ async def test_register_read_and_list_like_confluent(server: tuple[str, tidelog.
             json={"schema": V1},
             headers={"Content-Type": "application/json"},
         )
-        assert r3.json() == {"id": 3}
+        # one schema, one id: V1 under another subject keeps V1's id, as in Confluent
+        assert r3.json() == {"id": 1}
 
         assert (await client.get("/subjects")).json() == ["OrderPlaced", "OrderShipped"]
         assert (await client.get("/subjects/OrderPlaced/versions")).json() == [1, 2]
@@ -85,8 +86,13 @@ async def test_register_read_and_list_like_confluent(server: tuple[str, tidelog.
         assert json.loads(latest["schema"]) == V2
         first = (await client.get("/subjects/OrderPlaced/versions/1")).json()
         assert json.loads(first["schema"]) == V1
-        by_id = await client.get("/schemas/ids/3")
+        by_id = await client.get("/schemas/ids/1")
         assert by_id.status_code == 200 and json.loads(by_id.json()["schema"]) == V1
+        uses = await client.get("/schemas/ids/1/versions")
+        assert uses.json() == [
+            {"subject": "OrderPlaced", "version": 1},
+            {"subject": "OrderShipped", "version": 1},
+        ]
     # it is the store's registry: a library user sees the same thing
     registry = SchemaRegistry(store)
     assert (await registry.get("OrderPlaced")).schema == V2
@@ -170,10 +176,12 @@ async def test_not_found_and_invalid_inputs_use_confluent_error_codes(
                 422,
                 42201,
             ),
-            ("POST", "/subjects/bad%20subject/versions", _body(V1), 422, 42201),
+            # Confluent's rule: no control characters, at most 255 characters
+            ("POST", "/subjects/bad%01subject/versions", _body(V1), 422, 42208),
+            ("POST", "/subjects/" + "s" * 256 + "/versions", _body(V1), 422, 42208),
             ("POST", "/subjects/OrderPlaced/versions", b'{"schema": ' + b"[" * 50, 400, 400),
             ("PUT", "/config", b'{"compatibility": "SIDEWAYS"}', 422, 42203),
-            ("PUT", "/config", b'{"compat": "NONE"}', 400, 400),
+            ("PUT", "/config", b'{"compat": "NONE"}', 422, 42203),
             ("PUT", "/config/OrderPlaced", b"[]", 400, 400),
             ("POST", "/compatibility/subjects/Nope/versions/latest", _body(V1), 404, 40401),
         ]

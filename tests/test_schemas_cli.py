@@ -58,6 +58,8 @@ class OrderPlaced(msgspec.Struct):
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[CliRunner, list[str], Path]:
     monkeypatch.syspath_prepend(str(tmp_path))
     store = ["--store", f"sqlite:///{tmp_path}/cli.db"]
+    # the store exists: `schema list` and `show` refuse a missing one
+    assert CliRunner().invoke(app, [*store, "migrate-schema"]).exit_code == 0
     return CliRunner(), store, tmp_path
 
 
@@ -112,5 +114,8 @@ def test_errors_are_one_line(cli: tuple[CliRunner, list[str], Path]) -> None:
     runner, store, _ = cli
     result = runner.invoke(app, [*store, "schema", "show", "Nope"])
     assert result.exit_code == 1 and "UnknownEventType" in result.output
+    # the registry's words (#14 item 9): a subject without a schema, not a missing class
+    assert "no schema registered for subject 'Nope'" in result.output
+    assert "event class" not in result.output
     result = runner.invoke(app, [*store, "schema", "check", "no_such_module_here"])
     assert result.exit_code == 1 and "cannot import" in result.output

@@ -188,7 +188,7 @@ async def test_malformed_schema_is_refused_before_any_check(store: tidelog.Store
     registry = SchemaRegistry(store)
     await registry.register("Thing", {"type": "object", "properties": {"a": {"type": "string"}}})
     for bad in ({"type": False}, {"maxLength": [None]}, {"properties": {"a": {"minimum": "x"}}}):
-        with pytest.raises(tidelog.InvalidInput, match="malformed JSON Schema"):
+        with pytest.raises(tidelog.InvalidInput, match="invalid JSON Schema"):
             await registry.register("Thing", bad)
     assert await registry.versions("Thing") == [1]
 
@@ -217,7 +217,7 @@ async def test_invalid_or_unbounded_patterns_are_refused_at_registration(
         {"type": "object", "properties": {"a": {"type": "string", "pattern": pattern}}},
         {"type": "object", "patternProperties": {pattern: {"type": "string"}}},
     ):
-        with pytest.raises(tidelog.InvalidInput, match="malformed JSON Schema"):
+        with pytest.raises(tidelog.InvalidInput, match="invalid JSON Schema"):
             await registry.register("Thing", schema)
     assert await registry.versions("Thing") == []
 

@@ -406,3 +406,108 @@ def test_tidelog_serve_first_start_prints_key_once_and_stops_on_sigterm(tmp_path
         assert info.status_code == 200
     finally:
         assert stop(proc) == 0
+
+
+async def test_join_without_a_body_and_fetched_events_carry_their_partition(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """`WireJoin` has no required field, so no body is a join with the default lease;
+    each fetched event names its partition, which its ack (a commit) needs (#14 item 8)."""
+    client, store = api
+    for i in range(6):
+        await store.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
+    joined = await client.post("/v1/groups/billing/order/members/m1")
+    assert joined.status_code == 200, joined.text
+    gen = joined.json()["generation"]
+    beat = await client.post("/v1/groups/billing/order/members/m1/heartbeat")
+    assert beat.status_code == 200, beat.text
+    bad = await client.post("/v1/groups/billing/order/members/m1", json={"lease": "soon"})
+    assert bad.status_code == 400, bad.text
+    page = await client.get(
+        "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen}
+    )
+    events = page.json()["events"]
+    assert len(events) == 6
+    for e in events:
+        assert e["partition"] == tidelog.partition_of(e["stream"], store.partition_count)
+        ack = await client.post(
+            "/v1/groups/billing/order/commit",
+            json={
+                "partition": e["partition"],
+                "position": e["position"],
+                "member": "m1",
+                "generation": gen,
+            },
+        )
+        assert ack.status_code == 200, ack.text
+    expected: dict[int, int] = {}
+    for e in events:
+        expected[e["partition"]] = max(expected.get(e["partition"], 0), e["position"])
+    points = await store.checkpoints("billing", "order")
+    assert {p: points.get(p) for p in expected} == expected
+    again = await client.get(
+        "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": gen}
+    )
+    assert again.json()["events"] == []
+
+
+async def test_a_remote_member_commits_the_partition_a_fetch_names(serve: Serve) -> None:
+    """The same through the remote engine: it joins and commits what the fetch route gave."""
+    server, store = await serve()
+    base = f"http://127.0.0.1:{server.port}"
+    for i in range(4):
+        await store.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
+    async with (
+        tidelog.connect(base, token=ADMIN_KEY) as remote,
+        httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c,
+    ):
+        m = await remote.join_group("billing", "order", "m1")
+        page = await c.get(
+            "/v1/groups/billing/order/fetch", params={"member": "m1", "generation": m.generation}
+        )
+        fetched = page.json()["events"]
+        assert len(fetched) == 4
+        for e in fetched:
+            await remote.commit(
+                "billing", "order", e["partition"], e["position"], member="m1",
+                generation=m.generation,
+            )  # fmt: skip
+        expected: dict[int, int] = {}
+        for e in fetched:
+            expected[e["partition"]] = max(expected.get(e["partition"], 0), e["position"])
+        points = await remote.checkpoints("billing", "order")
+        assert {p: points.get(p) for p in expected} == expected
+
+
+async def test_errors_use_the_words_of_the_http_api(
+    api: tuple[httpx.AsyncClient, tidelog.Store], serve: Serve
+) -> None:
+    """`no_stream` as the API takes it, never `StreamState.NO_STREAM`; an invalid name's
+    explanation in `reason`, not in `field` (#14 item 9). The remote engine raises them
+    in Python's words again."""
+    client, store = api
+    await store.append("order-1", [tidelog.NewEvent(type="X")])
+    one = {"events": [{"type": "X", "data": {}}]}
+    r = await client.post(
+        "/v1/streams/order-1/events", json={**one, "expected_version": "no_stream"}
+    )
+    assert r.status_code == 409
+    body = r.json()
+    assert "expected no_stream, actual 0" in body["message"]
+    assert (body["expected"], body["actual"]) == ("no_stream", 0)
+    r = await client.post("/v1/streams/order-1/events", json={**one, "expected_version": "latest"})
+    assert r.status_code == 400
+    assert '"any", "no_stream", "stream_exists" or an integer >= 0' in r.json()["message"]
+    assert "NO_STREAM" not in r.text and "StreamState" not in r.text
+    r = await client.post("/v1/streams/$bad name/events", json=one)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == "invalid_stream_name" and "field" not in body
+    assert body["reason"] and body["reason"] in body["message"]
+
+    server, _ = await serve(store=store)
+    async with tidelog.connect(f"http://127.0.0.1:{server.port}", token=ADMIN_KEY) as remote:
+        with pytest.raises(tidelog.WrongExpectedVersion) as caught:
+            await remote.append("order-1", [tidelog.NewEvent(type="X")], tidelog.NO_STREAM)
+        assert "expected NO_STREAM, actual 0" in str(caught.value)
+        assert caught.value.expected is tidelog.NO_STREAM

@@ -69,6 +69,15 @@ async def _check(db: pathlib.Path, acks: list[dict[str, object]]) -> int:
     return len(log)
 
 
+def _wait_for_growth(path: pathlib.Path, deadline: float) -> None:
+    """Return once `path` grew past its size at the call (or at the deadline)."""
+    start = path.stat().st_size if path.exists() else 0
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > start:
+            return
+        time.sleep(0.01)
+
+
 def _kill_rounds(
     mode: str, db: pathlib.Path, ack_file: str | pathlib.Path, rounds: int, rng: random.Random
 ) -> list[int | AssertionError]:
@@ -82,7 +91,10 @@ def _kill_rounds(
             stderr=subprocess.PIPE,
         )
         try:
-            time.sleep(rng.uniform(0.25, 1.0))
+            # Kill while it writes, not while it starts: on a loaded machine the
+            # child's imports alone can outlast a fixed sleep.
+            _wait_for_growth(pathlib.Path(ack_file), deadline)
+            time.sleep(rng.uniform(0.05, 0.5))
         finally:
             child.send_signal(signal.SIGKILL)
             _, err = child.communicate()

@@ -337,8 +337,22 @@ with telemetry.process_span(event, "billing"):
     assert trace.get_current_span().is_recording()
 processed = finished[1]
 assert processed.name == "process order" and processed.kind == trace.SpanKind.CONSUMER
-assert processed.parent is None
+# no span of the consumer's own: the producer's context is the parent, and the link
+assert (processed.parent.trace_id, processed.parent.span_id) == (own.trace_id, own.span_id)
 assert [link.context.span_id for link in processed.links] == [own.span_id]
+outer = trace.NonRecordingSpan(trace.SpanContext(7, 8, is_remote=False))
+with trace.use_span(outer), telemetry.process_span(event):
+    pass
+assert finished[2].parent.span_id == 8  # under the application's own span: linked only
+assert [link.context.span_id for link in finished[2].links] == [own.span_id]
+other = tidelog.RecordedEvent(id=uuid4(), stream="order-2", version=0, position=2, type="A",
+    data=b"", metadata={"traceparent": f"00-{'3' * 32}-{'4' * 16}-01"},
+    recorded_at=event.recorded_at)
+with telemetry.process_span([event, other], "billing"):
+    pass
+batch = finished[3]  # one span for a batch: linked to each event's context, no parent of theirs
+assert batch.parent is None and batch.attributes["messaging.batch.message_count"] == 2
+assert [link.context.span_id for link in batch.links] == [own.span_id, int("4" * 16, 16)]
 assert processed.attributes["messaging.consumer.group.name"] == "billing"
 print("ok")
 """

@@ -107,6 +107,7 @@ def test_worker_groups_and_dlq_end_to_end(
     port = free_port()
     worker = start_worker(worker_env, log, "--metrics-port", str(port))
     try:
+        wait_until(lambda: cli(url, "groups"), "the worker joined its group")
         wait_until(lambda: len(cli(url, "dlq", "list", "billing")) == 2, "parked + held in the DLQ")
         parked = cli(url, "dlq", "list", "billing")
         assert [(p["stream"], p["version"], p["status"]) for p in parked] == [
@@ -177,7 +178,6 @@ def test_dlq_commands_refuse_unknown_events(tmp_path: pathlib.Path) -> None:
     assert "InvalidInput" in result.stderr
     result = CliRunner().invoke(cli_app, ["--store", url, "dlq", "drop", "billing", "not-a-uuid"])
     assert result.exit_code == 1
-    assert cli(url, "dlq", "list", "billing") == []
     assert cli(url, "groups") == []
 
 
@@ -221,3 +221,95 @@ def test_every_stats_counter_is_exported() -> None:
     from tidelog.consumers._stats import Stats
 
     assert set(COUNTERS) == {f.name for f in fields(Stats)} - {"peak_in_flight"}
+
+
+@pytest.mark.parametrize(
+    ("target", "source", "expected"),
+    [
+        ("nosuchmodule_tlx:app", None, "cannot import 'nosuchmodule_tlx': ModuleNotFoundError"),
+        (
+            "tlx_raises:app",
+            "raise RuntimeError('the config is missing\\nsecond line')\n",
+            "cannot import 'tlx_raises': RuntimeError: the config is missing",
+        ),
+        (
+            "tlx_needs:app",
+            "import tlx_no_such_dependency\n",
+            "cannot import 'tlx_needs': ModuleNotFoundError: No module named "
+            "'tlx_no_such_dependency'",
+        ),
+        ("tlx_syntax:app", "def (:\n", "cannot import 'tlx_syntax': SyntaxError"),
+        (
+            "tlx_factory:make",
+            "def make():\n    raise ValueError('no store configured')\n",
+            "tlx_factory:make() raised ValueError: no store configured",
+        ),
+    ],
+    ids=["missing", "raises", "missing-dependency", "syntax-error", "factory-raises"],
+)
+def test_worker_reports_a_broken_target_in_one_line(
+    tmp_path: pathlib.Path, target: str, source: str | None, expected: str
+) -> None:
+    if source is not None:
+        (tmp_path / f"{target.partition(':')[0]}.py").write_text(source, encoding="utf-8")
+    done = subprocess.run(
+        [TIDELOG, "--store", f"sqlite:///{tmp_path}/x.db", "worker", target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: InvalidInput: ") and expected in line, line
+    assert not (tmp_path / "x.db").exists()
+
+
+async def _park(url: str, group: str, error: BaseException) -> str:
+    """Park one event of `order-7` in `group`, as a worker would; return the event's id."""
+    from tidelog.consumers._dlq import dlq_stream, parked_entry
+
+    async with tidelog.connect(url) as store:
+        await store.join_group(group, "order", "m1")
+        await store.append("order-7", [tidelog.NewEvent(type="Placed", data=b"{}")])
+        [event] = [e async for e in store.read_stream("order-7")]
+        entry = parked_entry(group, event, handler="billing.charge", error=error, attempts=3)
+        await store.append(dlq_stream(group), [entry])
+        return str(event.id)
+
+
+def test_dlq_list_shows_whole_ids_in_a_narrow_terminal(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    error = RuntimeError("card declined by the issuer: " + "do not honour " * 20)
+    event_id = asyncio.run(_park(url, "billing", error))
+    listed = CliRunner().invoke(
+        cli_app, ["--store", url, "dlq", "list", "billing"], env={"COLUMNS": "80"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert event_id in listed.stdout  # whole, never cut
+    first = listed.stdout.splitlines()[0]
+    assert first.startswith(event_id) and "order-7@0" in first and "parked" in first
+    assert "card declined by the issuer" in listed.stdout
+    # the id as listed is what show/retry/drop take
+    shown = cli(url, "dlq", "show", "billing", first.split()[0])
+    assert shown[0]["event_id"] == event_id
+    dropped = CliRunner().invoke(cli_app, ["--store", url, "dlq", "drop", "billing", event_id])
+    assert dropped.exit_code == 0, dropped.output
+    assert (
+        "nothing parked in group billing"
+        in CliRunner().invoke(cli_app, ["--store", url, "dlq", "list", "billing"]).stdout
+    )
+
+
+def test_dlq_list_of_an_unknown_group_says_so(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    asyncio.run(_park(url, "billing", RuntimeError("no")))
+    result = CliRunner().invoke(cli_app, ["--store", url, "dlq", "list", "biling"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "error: InvalidInput: unknown consumer group 'biling' (groups: billing)"
+    )
+    assert len(cli(url, "dlq", "list", "billing")) == 1

@@ -28,7 +28,10 @@ Tools give the top level no name: the server (`tidelog.server`), the
 conformance suite (`tidelog.testing`), telemetry (`tidelog.telemetry`), the
 command line (`tidelog.cli`), copying a store (`tidelog.copy`) and the HTTP
 wire format (`tidelog.wire`); `import tidelog` imports none of the first four,
-which need optional extras or are programs. The engines (`tidelog.engines`)
+which need optional extras or are programs. Nor does the synchronous API
+(`tidelog.sync`): sync code writes `tidelog.sync.connect(url)`, and its names
+(`SyncStore`, and a `Repository` and `Producer` of its own) would collide with
+the async ones at the top level. The engines (`tidelog.engines`)
 are chosen by URL in `connect`, which imports the one it needs.
 """
 

@@ -6,6 +6,7 @@ inside the commands, so `tidelog --help` works without the optional extras.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from typing import Annotated, Any
 
@@ -13,18 +14,21 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tidelog._cli_kit import emit, run, say, settings
+from tidelog._cli_kit import connect_options, emit, open_store, run, say, settings
+from tidelog._connect import resolved_url
 from tidelog._redact import redact_url
+from tidelog.errors import InvalidInput
 
 __all__ = ["migrate_schema", "register"]
 
 
-async def migrate_schema(url: str) -> dict[str, Any]:
+async def migrate_schema(url: str, **options: Any) -> dict[str, Any]:
     """Create or upgrade the store's schema explicitly; returns what happened.
 
     PostgreSQL runs its versioned migrations; SQLite runs its own
     (`tidelog.engines.sqlite.migrate`); other engines have no schema to
-    migrate and are opened once to check they are reachable.
+    migrate and are opened once (with `options`: a remote store's token) to
+    check they are reachable.
     """
     import tidelog
 
@@ -42,12 +46,33 @@ async def migrate_schema(url: str) -> dict[str, Any]:
         before = sqlite.schema_version(path) if _exists(path) else 0
         after = int(sqlite.migrate(path))
         return {
-            "store": url,
+            "store": resolved_url(url),
             "schema_version": after,
             "applied": list(range(before + 1, after + 1)),
         }
-    async with tidelog.connect(url):
+    async with tidelog.connect(url, **options):
         return {"store": redact_url(url), "schema_version": None, "applied": []}
+
+
+def _same_store(source: str, destination: str) -> bool:
+    """Whether two store URLs name one store (`memory://` is a new store each time).
+
+    SQLite paths are compared as files (relative, absolute, through a link);
+    other URLs by their text, which is what names a database or a server.
+    """
+    if not (isinstance(source, str) and isinstance(destination, str)):
+        return False
+    schemes = {urllib.parse.urlsplit(u).scheme.lower() for u in (source, destination)}
+    if schemes == {"sqlite"}:
+        from tidelog.engines.sqlite.engine import _path_from_url
+
+        a, b = _path_from_url(source), _path_from_url(destination)
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return os.path.abspath(a) == os.path.abspath(b)
+    if "memory" in schemes:
+        return False
+    return source.rstrip("/") == destination.rstrip("/")
 
 
 def _exists(path: str) -> bool:
@@ -72,14 +97,21 @@ def register(app: typer.Typer) -> None:
 
         Run it again after an interruption: it resumes where it stopped.
         """
-        import tidelog
         from tidelog.copy import CopyReport, copy_store
+
+        if _same_store(source, destination):
+            raise InvalidInput(
+                f"the destination is the source ({resolved_url(source)}): copy into another store"
+            )
 
         as_json = settings(ctx).json
         err = Console(stderr=True, highlight=False)
 
         async def body() -> CopyReport:
-            async with tidelog.connect(source) as src, tidelog.connect(destination) as dst:
+            async with (
+                open_store(ctx, url=source, reads_only=True) as src,
+                open_store(ctx, url=destination) as dst,
+            ):
                 with Progress(
                     TextColumn("copy"),
                     BarColumn(),
@@ -139,7 +171,7 @@ def register(app: typer.Typer) -> None:
         """Create or upgrade the store's schema (opening a store also does this)."""
 
         url = store or settings(ctx).store
-        result = run(migrate_schema(url))
+        result = run(migrate_schema(url, **connect_options(ctx, url)))
         applied = ", ".join(str(v) for v in result["applied"]) or "none"
         version = result["schema_version"]
         say(

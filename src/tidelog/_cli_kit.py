@@ -14,7 +14,7 @@ import base64
 import importlib
 import sys
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Final, TypeVar
 
@@ -29,12 +29,16 @@ from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_vers
 __all__ = [
     "Settings",
     "command_group",
+    "connect_options",
     "emit",
     "emit_rows",
     "event_to_json",
     "import_user_module",
+    "one_line",
+    "open_store",
     "parse_expected_version",
     "parse_json",
+    "partition_lags",
     "run",
     "say",
     "settings",
@@ -52,6 +56,31 @@ class Settings:
 
     store: str
     json: bool
+    token: str | None = field(default=None, repr=False)
+    """The bearer token for an http(s) store (`--token`, `TIDELOG_TOKEN`); never shown."""
+    token_file: str | None = None
+    """A file holding the bearer token (`--token-file`, `TIDELOG_TOKEN_FILE`)."""
+
+
+def open_store(ctx: typer.Context, *, reads_only: bool = False, url: str | None = None) -> Any:
+    """`tidelog.connect` for a command: the global `--store` (or `url`) with its credentials.
+
+    `reads_only=True` is for commands that only read (`read`, `streams`,
+    `groups`, ...): they refuse a SQLite file that does not exist rather than
+    create one and show it empty, which is what a mistyped path or a run from
+    another directory would otherwise do. The token goes only to an http(s)
+    store, the one engine that takes it.
+    """
+    target = url if url is not None else settings(ctx).store
+    return tidelog.connect(target, must_exist=reads_only, **connect_options(ctx, target))
+
+
+def connect_options(ctx: typer.Context, url: str) -> dict[str, Any]:
+    """The `tidelog.connect` options the global options give the store at `url`."""
+    opts = settings(ctx)
+    if isinstance(url, str) and url.lower().startswith(("http:", "https:")):
+        return {"token": opts.token, "token_file": opts.token_file}
+    return {}
 
 
 def command_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
@@ -102,6 +131,20 @@ def emit_rows(ctx: typer.Context, rows: Iterable[Any]) -> bool:
     return True
 
 
+async def partition_lags(store: Any, group: str, category: str) -> dict[int, tuple[int, int]]:
+    """(checkpoint, lag) per partition of a group on a category, as Kafka counts lag:
+    the events of that category and partition after the group's checkpoint.
+
+    What `groups` shows per partition and `status` sums per group.
+    """
+    points = await store.checkpoints(group, category)
+    out = {}
+    for p in range(store.partition_count):
+        cp = points.get(p, 0)
+        out[p] = (cp, await store.count_events(cp + 1, [category], [p]))
+    return out
+
+
 def parse_json(text: str, what: str) -> Any:
     """Decode JSON given on the command line; malformed input raises `InvalidInput`."""
     try:
@@ -148,14 +191,22 @@ def event_to_json(event: RecordedEvent) -> dict[str, Any]:
 
 
 def import_user_module(module_path: str) -> ModuleType:
-    """Import the user's module named by `--module` (the current directory is importable).
+    """Import the user's module `module_path` (the current directory is importable).
 
-    A module that cannot be imported is the user's input error (`InvalidInput`),
-    reported in one line like every other.
+    A module that cannot be found, or that raises while it is imported, is the
+    user's input error (`InvalidInput`), reported in one line like every other:
+    the module's name and the exception's type and first line. A traceback
+    through importlib's frames tells a user less than that line.
     """
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, "")
     try:
         return importlib.import_module(module_path)
-    except ImportError as exc:
-        raise InvalidInput(f"cannot import {module_path!r}: {exc}") from None
+    except Exception as exc:
+        raise InvalidInput(f"cannot import {module_path!r}: {one_line(exc)}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as `Type: first line of its message`, for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 from uuid import UUID
 
 import msgspec
@@ -22,17 +22,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-import tidelog
 from tidelog._cli_kit import (
+    connect_options,
     emit,
     event_to_json,
+    open_store,
     parse_expected_version,
     parse_json,
     run,
     settings,
 )
-from tidelog._redact import redact_url
-from tidelog.errors import InvalidEvent
+from tidelog._connect import resolved_url
+from tidelog.errors import InvalidEvent, InvalidInput
 from tidelog.model import AppendResult, NewEvent, RecordedEvent, StreamInfo
 
 __all__ = ["register"]
@@ -46,10 +47,6 @@ def register(app: typer.Typer) -> None:
 
 def _console(err: bool = False) -> Console:
     return Console(stderr=err, soft_wrap=True, highlight=False)
-
-
-def _open(ctx: typer.Context) -> Any:
-    return tidelog.connect(settings(ctx).store)
 
 
 # Event data is anyone's input: never let it move the cursor or recolour the terminal.
@@ -89,6 +86,23 @@ class _Printer:
             self.console.print(_event_line(event))
 
 
+def _data_text(data: str) -> str:
+    """The JSON text `--data` names: itself, stdin (`-`) or a file (`@path`), like curl.
+
+    No JSON text starts with `@`, so the prefix cannot hide a value.
+    """
+    if data == "-":
+        return sys.stdin.read()
+    if data.startswith("@"):
+        path = data[1:]
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --data file {path!r}: {exc.strerror}") from None
+    return data
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -96,7 +110,14 @@ def append(
     ctx: typer.Context,
     stream: Annotated[str, typer.Argument(help="Stream name, e.g. order-42.")],
     type_: Annotated[str, typer.Option("--type", "-t", help="Event type.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Event data as JSON.")] = "{}",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Event data as JSON; '-' reads it from stdin, '@FILE' from a file.",
+        ),
+    ] = "{}",
     expected_version: Annotated[
         str,
         typer.Option(
@@ -116,11 +137,14 @@ def append(
 ) -> None:
     """Append one event to a stream and print the result as JSON."""
     expected = parse_expected_version(expected_version)
-    parse_json(data, "--data")
+    text = _data_text(data)
+    parse_json(text, "--data")
     meta = {} if metadata is None else parse_json(metadata, "--metadata")
     if not isinstance(meta, dict):
         raise InvalidEvent("--metadata must be a JSON object")
-    event = NewEvent(type=type_, data=data.strip().encode(), metadata=meta)
+    event = NewEvent(
+        type=type_, data=text.strip().encode("utf-8", "surrogateescape"), metadata=meta
+    )
     if event_id is not None:
         try:
             event = msgspec.structs.replace(event, id=UUID(event_id))
@@ -128,7 +152,7 @@ def append(
             raise InvalidEvent(f"--id {event_id!r} is not a UUID") from None
 
     async def body() -> AppendResult:
-        async with _open(ctx) as store:
+        async with open_store(ctx) as store:
             result: AppendResult = await store.append(stream, [event], expected)
             return result
 
@@ -151,7 +175,7 @@ def read(
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             async for event in store.read_stream(
                 stream, from_version=from_version, backwards=backwards, limit=limit
             ):
@@ -177,7 +201,7 @@ def log(
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             async for event in store.read_all(
                 from_position=from_position, categories=category, types=type_, limit=limit
             ):
@@ -204,7 +228,7 @@ def tail(
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             start = from_position
             if start is None:
                 start = await store.last_position() + 1
@@ -241,7 +265,7 @@ def streams(
     opts = settings(ctx)
 
     async def body() -> list[StreamInfo]:
-        async with _open(ctx) as store:
+        async with open_store(ctx, reads_only=True) as store:
             return [info async for info in store.list_streams(category=category)]
 
     found = run(body())
@@ -298,14 +322,16 @@ def demo(
         # Shown from the first append on, so that a refused store gives only the error line.
         if not progress.live.is_started:
             if not as_json:
-                err.print(f"tidelog demo: {events:,} events into {redact_url(url)}")
+                err.print(f"tidelog demo: {events:,} events into {resolved_url(url)}")
             progress.start()
         if phase == "replay" and not progress.tasks[tasks["replay"]].started:
             progress.start_task(tasks["replay"])
         progress.advance(tasks[phase], n)
 
     try:
-        report = run(run_demo(url, events, on_progress=on_progress))
+        report = run(
+            run_demo(url, events, on_progress=on_progress, options=connect_options(ctx, url))
+        )
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -371,9 +397,11 @@ def demo(
             out.print(Text("  " + line))
         if len(report.sample_history) > 8:
             out.print(Text(f"  ... {len(report.sample_history) - 8} more", style="dim"))
-        out.print(
-            Text(f"\nexplore it: tidelog --store {report.store} read {report.sample_stream}"),
-            style="dim",
-        )
+        if report.engine == "memory":
+            # gone with this process: no later command can read it
+            hint = "the store was in memory and is gone; keep one with --store sqlite:///demo.db"
+        else:
+            hint = f"explore it: tidelog --store {report.store} read {report.sample_stream}"
+        out.print(Text("\n" + hint), style="dim")
     if not report.matches:
         raise typer.Exit(1)

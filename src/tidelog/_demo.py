@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from uuid import UUID, uuid5
@@ -30,6 +30,7 @@ from uuid import UUID, uuid5
 import msgspec
 
 import tidelog
+from tidelog._connect import resolved_url
 from tidelog._redact import redact_url
 from tidelog.errors import WrongExpectedVersion
 from tidelog.model import NO_STREAM, ExpectedVersion, NewEvent
@@ -245,11 +246,13 @@ async def run_demo(
     *,
     writers: int = 32,
     on_progress: Callable[[str, int], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> DemoReport:
     """Write the workload with `writers` concurrent writers, then replay the whole log.
 
     `on_progress(phase, n)` is called with phase "append" or "replay" and the
-    number of events just done.
+    number of events just done; `options` go to `tidelog.connect` (a remote
+    store's token).
     """
     registrations, orders, expected = plan_workload(events)
     progress = on_progress or (lambda phase, n: None)
@@ -257,7 +260,7 @@ async def run_demo(
     conflicts = 0
     appends = 0
 
-    async with tidelog.connect(store_url) as store:
+    async with tidelog.connect(store_url, **(options or {})) as store:
         if await store.last_position() != 0:
             raise tidelog.InvalidInput(
                 f"the demo needs an empty store and {redact_url(store_url)} has events; "
@@ -318,7 +321,7 @@ async def run_demo(
 
     status = dict(sorted(Counter(model.status.values()).items()))
     return DemoReport(
-        store=store_url,
+        store=resolved_url(store_url),
         engine=engine,
         events=expected.events,
         appends=appends,

@@ -30,6 +30,7 @@ translates them in one place into this tree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, TypeAlias
 from uuid import UUID
 
 from tidelog._redact import redact_url
@@ -57,8 +58,37 @@ __all__ = [
 ]
 
 
+Interface: TypeAlias = Literal["python", "http", "cli"]
+"""Who reads an error message: a Python caller, an HTTP client, a command-line user."""
+
+
 class TidelogError(Exception):
     """The root of every error tidelog raises."""
+
+    def message_for(self, interface: Interface) -> str:
+        """The message in the words of the interface the caller typed into.
+
+        `str(error)` is the Python form (`NO_STREAM`); the HTTP API and the
+        command line take `no_stream`, so an error about an expected version
+        says `no_stream` there. Most messages read the same everywhere.
+        """
+        return str(self)
+
+
+def _spelled(value: object, interface: Interface) -> str:
+    """An expected or actual version as `interface` spells it.
+
+    A `tidelog.StreamState` (recognised by shape: this module imports nothing
+    of tidelog's) is `NO_STREAM` in Python and `no_stream` on the wire and the
+    command line; a missing version (a stream with no events) is `None` in
+    Python and `no_stream` elsewhere.
+    """
+    name, word = getattr(value, "name", None), getattr(value, "value", None)
+    if isinstance(name, str) and isinstance(word, str):
+        return name if interface == "python" else word
+    if value is None:
+        return "None" if interface == "python" else "no_stream"
+    return str(value)
 
 
 class InvalidInput(TidelogError, ValueError):
@@ -86,22 +116,35 @@ class DuplicateEventId(InvalidEvent):
     stored in another stream.
     """
 
-    def __init__(self, stream: str, event_ids: Sequence[UUID]) -> None:
+    def __init__(
+        self, stream: str, event_ids: Sequence[UUID], *, in_other_stream: bool = False
+    ) -> None:
         self.stream = stream
         self.event_ids = tuple(event_ids)
+        self.in_other_stream = in_other_stream
+        """Some of the ids are stored in another stream than `stream` (which one is not
+        said: the caller may have no right to read it)."""
         ids = ", ".join(str(i) for i in self.event_ids[:5])
-        super().__init__(
-            f"append to {stream!r} mixes new events with already stored ids ({ids}); "
-            "an idempotent retry must repeat exactly the same events"
-        )
+        if in_other_stream:
+            message = (
+                f"event id {ids} is already stored in another stream, so it cannot be "
+                f"appended to {stream!r}: an event id is stored once, in one stream"
+            )
+        else:
+            message = (
+                f"append to {stream!r} mixes new events with already stored ids ({ids}); "
+                "an idempotent retry must repeat exactly the same events"
+            )
+        super().__init__(message)
 
 
 class UnknownEventType(InvalidEvent):
     """No event class is registered for this type name (or class) in the registry used."""
 
-    def __init__(self, type_name: str) -> None:
+    def __init__(self, type_name: str, message: str | None = None) -> None:
         self.type_name = type_name
-        super().__init__(f"no event class registered for {type_name!r}")
+        # `message`: the schema registry speaks of subjects and schemas, not classes
+        super().__init__(message or f"no event class registered for {type_name!r}")
 
 
 class SchemaViolation(InvalidEvent):
@@ -138,9 +181,15 @@ class InvalidExpectedVersion(InvalidInput):
 
     def __init__(self, value: object) -> None:
         self.value = value
-        super().__init__(
-            f"invalid expected version {value!r}: use ANY, NO_STREAM, STREAM_EXISTS or an int >= 0"
-        )
+        super().__init__(self.message_for("python"))
+
+    def message_for(self, interface: Interface) -> str:
+        choices = {
+            "python": "ANY, NO_STREAM, STREAM_EXISTS or an int >= 0",
+            "http": '"any", "no_stream", "stream_exists" or an integer >= 0',
+            "cli": "any, no_stream, stream_exists or an integer >= 0",
+        }[interface]
+        return f"invalid expected version {self.value!r}: use {choices}"
 
 
 class InvalidURL(InvalidInput):
@@ -163,8 +212,12 @@ class WrongExpectedVersion(TidelogError):
         self.stream = stream
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"wrong expected version for {stream!r}: expected {expected}, actual {actual}"
+        super().__init__(self.message_for("python"))
+
+    def message_for(self, interface: Interface) -> str:
+        return (
+            f"wrong expected version for {self.stream!r}: expected "
+            f"{_spelled(self.expected, interface)}, actual {_spelled(self.actual, interface)}"
         )
 
 

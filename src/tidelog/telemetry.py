@@ -15,7 +15,10 @@ producer span (messaging semantic conventions, `messaging.system="tidelog"`),
 and the W3C trace context (`traceparent`, `tracestate`) of that span is stored
 in each event's metadata unless the event already carries one. Subscribers get
 the metadata with the event, so a consumer can start a `process <category>`
-span linked to the producer (`process_span(event)`). Without an SDK configured
+span in the producer's trace (`process_span(event)`; the consumer runtime does
+this for every handler call). The remote engine sends the caller's context with
+each request (`trace_headers`), so a trace crosses the wire: application span,
+the server's `publish` span, a consumer's `process` span. Without an SDK configured
 the API's no-op tracer passes the caller's context through unchanged, and
 without the package installed every function here is a no-op.
 
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
+import importlib.metadata
 import json
 import logging
 import sys
@@ -63,6 +68,9 @@ __all__ = [
     "process_span",
     "publish_span",
     "record_append",
+    "record_append_many",
+    "trace_headers",
+    "tracing",
     "with_trace_context",
 ]
 
@@ -211,10 +219,28 @@ def configure_logging(
 # --------------------------------------------------------------------------- tracing
 
 
-def _tracer() -> Any:
-    import tidelog
+@functools.cache
+def _version() -> str | None:
+    """tidelog's version for the tracer's instrumentation scope, from the installed
+    distribution: importing `tidelog` here would close an import cycle (the package
+    imports the consumer runtime, which traces through this module)."""
+    try:
+        return importlib.metadata.version("tidelog")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-    return _otel_trace.get_tracer("tidelog", tidelog.__version__)
+
+def _tracer() -> Any:
+    return _otel_trace.get_tracer("tidelog", _version())
+
+
+def tracing() -> bool:
+    """Whether spans are recorded: OpenTelemetry is installed and a tracer provider is set.
+
+    For a hot path that would rather decide once per run of work than pay for
+    a no-op span per item (the consumer runtime's workers ask at their start).
+    """
+    return HAVE_OTEL and type(_otel_trace.get_tracer_provider()) not in _NOOP_PROVIDERS
 
 
 def _tracing_off(current: Any) -> bool:
@@ -232,6 +258,25 @@ def _trace_context(context: Any = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
     _otel_propagate.inject(carrier, context=context)
     return {k: v for k, v in carrier.items() if k in TRACE_KEYS}
+
+
+def trace_headers() -> dict[str, str]:
+    """HTTP headers that carry the active trace context to a server (the remote engine's).
+
+    What the global propagator writes for the current context: W3C
+    `traceparent`/`tracestate` by default (and `baggage`, or other formats if
+    the application configured them, as any instrumented HTTP client would
+    send). Empty without OpenTelemetry or with no context to send, so an
+    untraced caller's requests are unchanged. The server continues this trace
+    in its `publish` span (`publish_span`), so an append made through
+    `tidelog.connect("http://...")` inside an application span is part of that
+    span's trace instead of a trace of its own.
+    """
+    if not HAVE_OTEL:
+        return {}
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    return carrier
 
 
 def publish_span(
@@ -302,6 +347,10 @@ def record_append(stream: str, events: Sequence[NewEvent], result: AppendResult)
             span.set_attribute("tidelog.version", result.version)
             if len(events) == 1:
                 span.set_attribute("messaging.message.id", str(events[0].id))
+    _log_append(stream, events, result)
+
+
+def _log_append(stream: str, events: Sequence[NewEvent], result: AppendResult) -> None:
     if log.isEnabledFor(logging.DEBUG):
         fields: dict[str, Any] = {
             "stream": stream,
@@ -315,40 +364,90 @@ def record_append(stream: str, events: Sequence[NewEvent], result: AppendResult)
         log.debug("appended %d event(s) to %s", len(events), stream, extra=fields)
 
 
-def process_span(event: RecordedEvent, group: str | None = None) -> AbstractContextManager[None]:
-    """A `process <category>` consumer span for handling `event`, linked to its producer.
+def record_append_many(
+    appended: Mapping[str, Sequence[NewEvent]], results: Mapping[str, AppendResult]
+) -> None:
+    """Note a finished append to several streams (append-many, CloudEvents ingest).
 
-    Per the messaging conventions the processing span starts a trace of its own
-    (the consumer's) and links to the publish context stored in the event's
-    metadata, instead of becoming its child. Without a tracer provider it is a
-    no-op (as the API's no-op span would be).
+    One stream is noted as `record_append` notes it. Several get
+    `tidelog.streams` (sorted) and `tidelog.position` (the last one written,
+    which places the whole atomic write in the log) on the span, and a debug
+    line each.
+    """
+    if len(appended) == 1:
+        [(stream, events)] = appended.items()
+        record_append(stream, events, results[stream])
+        return
+    if HAVE_OTEL and results:
+        span = _otel_trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("tidelog.streams", sorted(results))
+            span.set_attribute("tidelog.position", max(r.position for r in results.values()))
+    for stream, events in appended.items():
+        if stream in results:
+            _log_append(stream, events, results[stream])
+
+
+def process_span(
+    event: RecordedEvent | Sequence[RecordedEvent], group: str | None = None
+) -> AbstractContextManager[None]:
+    """A `process <category>` consumer span for handling `event`, in its producer's trace.
+
+    The span links to the publish context stored in the event's metadata (the
+    messaging conventions' "SHOULD link to the message's creation context"),
+    and, when the handler runs under no span of its own (a consumer worker),
+    that context is also its parent: one trace then runs from the
+    application's span through the server's `publish` span to this one, which
+    is what a trace view is for. Under an active span (the application chose
+    its own parent) the link alone relates them.
+
+    A batch (a sequence of events, for a batch handler) gets one span linked
+    to each event's context, with no parent taken from them: a span has one
+    parent, and the events of a batch come from many traces.
+
+    Without a tracer provider it is a no-op (as the API's no-op span would be).
     """
     if not HAVE_OTEL or _tracing_off(_otel_trace.get_current_span()):
         return contextlib.nullcontext()
-    return _process_span(event, group)
+    events = [event] if isinstance(event, RecordedEvent) else list(event)
+    return _process_span(events, group)
+
+
+def _producer(event: RecordedEvent) -> Any:
+    """The context stored with `event` (extracted from its metadata), or None."""
+    carrier = {k: str(event.metadata[k]) for k in TRACE_KEYS if k in event.metadata}
+    if not carrier:
+        return None
+    context = _otel_propagate.extract(carrier)
+    return context if _otel_trace.get_current_span(context).get_span_context().is_valid else None
 
 
 @contextlib.contextmanager
-def _process_span(event: RecordedEvent, group: str | None) -> Iterator[None]:
-    links = []
-    carrier = {k: str(event.metadata[k]) for k in TRACE_KEYS if k in event.metadata}
-    if carrier:
-        producer = _otel_trace.get_current_span(_otel_propagate.extract(carrier))
-        if producer.get_span_context().is_valid:
-            links.append(_otel_trace.Link(producer.get_span_context()))
+def _process_span(events: Sequence[RecordedEvent], group: str | None) -> Iterator[None]:
+    contexts = [c for c in map(_producer, events) if c is not None]
+    links = [_otel_trace.Link(_otel_trace.get_current_span(c).get_span_context()) for c in contexts]
+    parent = None
+    untraced = not _otel_trace.get_current_span().get_span_context().is_valid
+    if len(events) == 1 and contexts and untraced:
+        parent = contexts[0]
+    first = events[0]
     attributes: dict[str, Any] = {
         "messaging.system": MESSAGING_SYSTEM,
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",
-        "messaging.destination.name": event.category,
-        "messaging.message.id": str(event.id),
-        "tidelog.stream": event.stream,
-        "tidelog.position": event.position,
+        "messaging.destination.name": first.category,
     }
+    if len(events) == 1:
+        attributes["messaging.message.id"] = str(first.id)
+        attributes["tidelog.stream"] = first.stream
+        attributes["tidelog.position"] = first.position
+    else:
+        attributes["messaging.batch.message_count"] = len(events)
     if group is not None:
         attributes["messaging.consumer.group.name"] = group
     with _tracer().start_as_current_span(
-        f"process {event.category}",
+        f"process {first.category}",
+        context=parent,
         kind=_otel_trace.SpanKind.CONSUMER,
         attributes=attributes,
         links=links,

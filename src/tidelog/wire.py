@@ -267,6 +267,11 @@ class WireError(msgspec.Struct, kw_only=True, omit_defaults=True):
     event_ids: list[UUID] | None = None
     feature: str | None = None
     field: str | None = None
+    """The request field that is wrong, when the error knows it."""
+    reason: str | None = None
+    """Why a name was refused (`invalid_stream_name`)."""
+    in_other_stream: bool | None = None
+    """`duplicate_event_id`: an id is stored in another stream (not a retry gone wrong)."""
 
 
 def expected_to_wire(expected: ExpectedVersion) -> int | str:
@@ -301,7 +306,7 @@ def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
         code, status = "error", 400
     if isinstance(exc, errors.AccessDenied):
         code, status = ("unauthorized" if exc.status == 401 else "forbidden"), exc.status
-    wire = WireError(code=code, message=str(exc))
+    wire = WireError(code=code, message=exc.message_for("http"))
     if isinstance(exc, errors.WrongExpectedVersion):
         wire.stream = exc.stream
         wire.expected = (
@@ -312,6 +317,7 @@ def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
         wire.actual = exc.actual
     elif isinstance(exc, errors.DuplicateEventId):
         wire.stream, wire.event_ids = exc.stream, list(exc.event_ids)
+        wire.in_other_stream = exc.in_other_stream or None
     elif isinstance(exc, errors.StreamDeleted):
         wire.stream = exc.stream
     elif isinstance(exc, errors.StaleGeneration):
@@ -320,7 +326,7 @@ def error_to_wire(exc: errors.TidelogError) -> tuple[WireError, int]:
     elif isinstance(exc, errors.NotSupported):
         wire.feature = exc.feature
     elif isinstance(exc, errors.InvalidStreamName):
-        wire.stream, wire.field = str(exc.name)[:250], exc.reason
+        wire.stream, wire.reason = str(exc.name)[:250], exc.reason
     return wire, status
 
 
@@ -333,7 +339,9 @@ def raise_wire_error(wire: WireError, status: int) -> None:
             expected = parse_expected_version(expected)
         raise errors.WrongExpectedVersion(wire.stream or "", expected, wire.actual)
     if code == "duplicate_event_id":
-        raise errors.DuplicateEventId(wire.stream or "", wire.event_ids or [])
+        raise errors.DuplicateEventId(
+            wire.stream or "", wire.event_ids or [], in_other_stream=bool(wire.in_other_stream)
+        )
     if code == "stream_deleted":
         raise errors.StreamDeleted(wire.stream or "")
     if code == "stale_generation":
@@ -345,7 +353,7 @@ def raise_wire_error(wire: WireError, status: int) -> None:
             wire.current,
         )
     if code == "invalid_stream_name":
-        raise errors.InvalidStreamName(wire.stream, wire.field or wire.message)
+        raise errors.InvalidStreamName(wire.stream, wire.reason or wire.field or wire.message)
     if code == "invalid_expected_version":
         raise errors.InvalidExpectedVersion(wire.expected)
     if code == "invalid_event":

@@ -61,6 +61,9 @@ async def crash(db: str, ack_file: str, early_ack: bool = False) -> None:
             current = versions[stream]
             if early_ack:
                 report(stream, events, (-1 if current is None else current) + len(events))
+                # Widen the window between the ack and the commit, so a kill at
+                # a random moment lands in it in most rounds.
+                await asyncio.sleep(0.02)
             result = await store.append(stream, events, _expected(current))
             versions[stream] = result.version
             if not early_ack:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import json
 import logging
 import os
@@ -57,14 +56,19 @@ def load_app(spec: str) -> Any:
         raise InvalidInput(f"expected module:app, got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    from tidelog._cli_kit import import_user_module, one_line
+
+    module = import_user_module(module_name)
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
         if target is None:
             raise InvalidInput(f"{module_name!r} has no attribute {attr!r}")
     if callable(target) and not isinstance(target, App):
-        target = target()
+        try:
+            target = target()  # an app factory
+        except Exception as exc:
+            raise InvalidInput(f"{spec}() raised {one_line(exc)}") from None
     if not isinstance(target, App):
         raise InvalidInput(f"{spec} is not a tidelog.App")
     return target
@@ -98,8 +102,34 @@ def _uuid(text: str) -> UUID:
         raise InvalidInput(f"not an event id (UUID): {text!r}") from None
 
 
+def _printable(text: str) -> str:
+    """`text` on one line, without control characters (errors are anyone's text)."""
+    return "".join(c if c.isprintable() else " " for c in " ".join(text.split()))
+
+
+async def _known_group(store: Any, group: str) -> None:
+    """Raise `InvalidInput` unless `group` is a consumer group of `store`.
+
+    An empty listing of a mistyped group would read as "nothing parked".
+    """
+    known = sorted({g for g, _ in await store.list_groups()})
+    if group not in known:
+        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        raise InvalidInput(f"unknown consumer group {group!r} (groups: {listed or 'none yet'})")
+
+
 def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are nested functions; each is short)
-    from tidelog._cli_kit import command_group, emit, emit_rows, run, say, settings
+    from tidelog._cli_kit import (
+        command_group,
+        connect_options,
+        emit,
+        emit_rows,
+        open_store,
+        partition_lags,
+        run,
+        say,
+        settings,
+    )
 
     @app.command()
     def worker(
@@ -176,6 +206,16 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
+            store = the_app.store
+            if isinstance(store, str) and connect_options(ctx, store):
+                # a server's URL: open it here with the global --token/--token-file
+                async with open_store(ctx, url=store) as opened:
+                    the_app.store = opened
+                    try:
+                        await the_app.run()
+                    finally:
+                        the_app.store = store
+                return
             await the_app.run()
 
         run(main())
@@ -189,16 +229,15 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
     ) -> None:
         """Consumer groups: members, partition owners, checkpoints and lag per partition."""
-        from tidelog._connect import connect
 
         async def body() -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            async with connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 for g, category in await store.list_groups():
                     if group is not None and g != group:
                         continue
                     desc = await store.describe_group(g, category)
-                    points = await store.checkpoints(g, category)
+                    lags = await partition_lags(store, g, category)
                     owners = {}
                     members = []
                     if desc is not None:
@@ -206,9 +245,7 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
                             members.append(m.member)
                             for p in m.partitions:
                                 owners[p] = m.member
-                    for p in range(store.partition_count):
-                        cp = points.get(p, 0)
-                        lag = await store.count_events(cp + 1, [category], [p])
+                    for p, (cp, lag) in lags.items():
                         rows.append(
                             {
                                 "group": g,
@@ -276,31 +313,30 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         ] = False,
     ) -> None:
         """Parked and held events, oldest first."""
-        from tidelog._connect import connect
-
         from ._dlq import list_parked
 
         async def body() -> list[Any]:
-            async with connect(settings(ctx).store) as store:
-                return await list_parked(store, group, include_settled=all_)
+            async with open_store(ctx, reads_only=True) as store:
+                parked = await list_parked(store, group, include_settled=all_)
+                if not parked:
+                    await _known_group(store, group)
+                return parked
 
         parked = run(body())
         if emit_rows(ctx, (_parked_json(p, with_event=False) for p in parked)):
             return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("event id", "stream", "version", "status", "attempts", "error")
+        # Not a table: a table squeezed into a narrow terminal cuts the event ids,
+        # which `dlq show/retry/drop` need whole. Each event is a line that starts
+        # with its whole id, then its error, indented.
+        if not parked:
+            typer.echo(f"nothing parked in group {group}")
         for p in parked:
-            table.add_row(
-                str(p.event.id),
-                p.event.stream,
-                str(p.event.version),
-                p.status.value,
-                str(p.attempts),
-                (p.error or "")[:80],
+            typer.echo(
+                f"{p.event.id}  {p.status.value:<8} {_printable(p.event.stream)}@{p.event.version}"
+                f"  {_printable(p.event.type)}  attempts {p.attempts}"
             )
-        Console(soft_wrap=True).print(table)
+            if p.error:
+                typer.echo(f"    {_printable(p.error)}")
 
     @dlq.command("show")
     def dlq_show(
@@ -309,14 +345,12 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         event_id: _EventId,
     ) -> None:
         """One parked event: the original event, its error, attempts and handler."""
-        from tidelog._connect import connect
-
         from ._dlq import list_parked
 
         wanted = _uuid(event_id)
 
         async def body() -> Any:
-            async with connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 for p in await list_parked(store, group, include_settled=True):
                     if p.event.id == wanted:
                         return p
@@ -329,15 +363,13 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
 
         @dlq.command(action, help=help)
         def settle(ctx: typer.Context, group: _Group, event_id: _EventId) -> None:
-            from tidelog._connect import connect
-
             from ._dlq import drop_parked, retry_parked
 
             fn = retry_parked if action == "retry" else drop_parked
             target = _uuid(event_id)
 
             async def body() -> Any:
-                async with connect(settings(ctx).store) as store:
+                async with open_store(ctx) as store:
                     return await fn(store, group, target)
 
             parked = run(body())

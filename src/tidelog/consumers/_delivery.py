@@ -11,6 +11,8 @@
 - A fenced member or an unreachable store is not the event's fault: no
   attempt is spent, the worker waits and tries again (or the event is
   redelivered elsewhere).
+- Each handler call runs in a `process <category>` span (`tidelog.telemetry`)
+  in the trace the event was published in, when tracing is on.
 - A retry requested with `tidelog dlq retry`, or an event held behind one
   that was resolved, is run again from the DLQ (`settle`).
 
@@ -98,6 +100,12 @@ class Delivery:
         self.checkpoint = checkpoint
         self.direct = h.fn if h.options.batch is None and h.event_class is None else None
         """The handler itself when it takes the `RecordedEvent` as is (skips `Handler.invoke`)."""
+        # imported when a consumer runs, not with `import tidelog` (which leaves the
+        # tools, and OpenTelemetry, unloaded: tests/test_public_api.py)
+        from tidelog.telemetry import process_span
+
+        self.process_span = process_span
+        """`tidelog.telemetry.process_span`: each handler call runs in one."""
 
     async def gate(self, event: RecordedEvent) -> bool:
         """True if `event` must go to the handler; else it was parked, held or settled."""
@@ -167,6 +175,7 @@ class Delivery:
         direct = self.direct
         stats = self.stats
         scope = self.scope
+        process_span = self.process_span
         attempt = 0 if failed is None else 1
         error = failed
         while True:
@@ -180,10 +189,12 @@ class Delivery:
                 if not running.try_acquire():
                     await running.acquire()
                 try:
-                    if direct is not None:
-                        await direct(events[0], ctx)
-                    else:
-                        await h.invoke(events, ctx, scope.registry)
+                    # in the trace of the event's producer (one event) or linked to each
+                    with process_span(events, h.group):
+                        if direct is not None:
+                            await direct(events[0], ctx)
+                        else:
+                            await h.invoke(events, ctx, scope.registry)
                 finally:
                     running.release()
                 if ctx._appends or extra:

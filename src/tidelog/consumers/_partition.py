@@ -374,7 +374,12 @@ class PartitionRun:
             delivery.direct,
             self.handler,
         )
-        new_context, inline = _new_context, self.inline
+        # traced: every event the plain way, whose `Delivery.handle` opens the process span
+        # (decided per run of work: a provider set meanwhile counts from the next one).
+        # Imported here, not with `import tidelog`, like `Delivery.process_span`.
+        from tidelog.telemetry import tracing
+
+        new_context, inline = _new_context, self.inline and not tracing()
         ready, held, waiters = self.ready, self.held, running.waiters
         credits, settle_queued = self.credits, self.settle_queued
         pending, done, progress = checkpoint.pending, checkpoint.done, checkpoint.progress

@@ -5,13 +5,17 @@ subscriptions are Server-Sent Events that resume from the last position seen
 (`Last-Event-ID`) after a dropped connection, so a subscriber neither loses
 nor repeats an event. Transport errors become `StoreUnavailable` and server
 errors become the same exception types a local engine raises, both in
-`_call`, the one place that talks HTTP.
+`_call`, the one place that talks HTTP. Every request carries the caller's
+trace context (`tidelog.telemetry.trace_headers`: W3C `traceparent` and
+`tracestate`), so the server's `publish` span of an append made inside an
+application span belongs to that span's trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
 import ssl
@@ -32,7 +36,13 @@ from tidelog.engines._kit.checks import (
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
-from tidelog.errors import InvalidURL, StaleGeneration, StoreClosed, StoreUnavailable
+from tidelog.errors import (
+    InvalidInput,
+    InvalidURL,
+    StaleGeneration,
+    StoreClosed,
+    StoreUnavailable,
+)
 from tidelog.model import (
     ANY,
     AppendResult,
@@ -42,8 +52,9 @@ from tidelog.model import (
     RecordedEvent,
     StreamInfo,
 )
+from tidelog.telemetry import trace_headers
 
-__all__ = ["RemoteConfig", "RemoteEngine", "open_engine"]
+__all__ = ["RemoteConfig", "RemoteEngine", "open_engine", "resolve_token"]
 
 _MAX_START = 2**62
 """The largest read start the HTTP API takes. No log gets that far, so a start
@@ -88,6 +99,8 @@ class RemoteEngine(GroupEngine):
             ),
         )
         self._partitions = 0
+        self.server_engine = ""
+        """The engine behind the server (`/v1/info`), known once started."""
         self._watch = HeadWatch()
         self._decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
         self._encoder = msgspec.json.Encoder()
@@ -95,6 +108,7 @@ class RemoteEngine(GroupEngine):
     async def _start(self) -> None:
         info = await self._call("GET", "/v1/info", wire.WireInfo)
         self._partitions = info.partition_count
+        self.server_engine = info.engine
 
     # ------------------------------------------------------------------ transport
 
@@ -115,13 +129,13 @@ class RemoteEngine(GroupEngine):
     ) -> T:
         self._check_open()
         content = None if body is None else self._encoder.encode(body)
+        # the caller's trace goes with the request: the server's spans continue it
+        headers = trace_headers()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         try:
             response = await self._client.request(
-                method,
-                path,
-                content=content,
-                params=_params(params),
-                headers={"Content-Type": "application/json"} if content is not None else None,
+                method, path, content=content, params=_params(params), headers=headers or None
             )
         except httpx.HTTPError as exc:
             raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
@@ -287,7 +301,7 @@ class RemoteEngine(GroupEngine):
         decoder = self._decoder(wire.WireEvent)
         while True:
             self._check_open()
-            headers = {"Accept": "text/event-stream"}
+            headers = {**trace_headers(), "Accept": "text/event-stream"}
             if last_seen is not None:
                 headers["Last-Event-ID"] = str(last_seen)
             try:
@@ -477,23 +491,68 @@ def _ssl_context(
     return verify
 
 
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+"""What a bearer token may hold: visible ASCII, no space (RFC 6750's b64token and more)."""
+
+
+def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The bearer token to send: `token`, else the first line of `token_file`, else the
+    environment's `TIDELOG_TOKEN`, else the file named by `TIDELOG_TOKEN_FILE`; None if none.
+
+    A token file keeps the key out of the process list and shell history (a
+    Kubernetes or Docker secret is mounted as one). No message here ever holds
+    the token itself: it would land in terminals and logs.
+    """
+    if token is not None and token_file is not None:
+        raise InvalidInput("give a token or a token file, not both")
+    if token is None and token_file is None:
+        token = os.environ.get("TIDELOG_TOKEN") or None
+        if token is None:
+            token_file = os.environ.get("TIDELOG_TOKEN_FILE") or None
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise InvalidInput(f"cannot read the token file {token_file!r}: {reason}") from None
+        if not token:
+            raise InvalidInput(f"the token file {token_file!r} is empty")
+    if token is not None and not _TOKEN_CHARS.fullmatch(token):
+        # a newline would split the Authorization header; say what is wrong, not the token
+        raise InvalidInput(
+            "the token holds characters a bearer token cannot have (spaces, line breaks, non-ASCII)"
+        )
+    return token
+
+
 async def open_engine(
     url: str,
     *,
     token: str | None = None,
+    token_file: str | None = None,
     verify: ssl.SSLContext | str | bool = True,
     cert: tuple[str, str] | None = None,
 ) -> RemoteEngine:
-    """Open `http(s)://host:port`; `token` is a bearer token, `verify` a CA file or context,
-    `cert` a (certificate, key) pair for mutual TLS."""
+    """Open `http(s)://host:port`; `verify` is a CA file or context, `cert` a
+    (certificate, key) pair for mutual TLS.
+
+    The bearer token is `token`, or the first line of `token_file`, or else
+    taken from `TIDELOG_TOKEN` / `TIDELOG_TOKEN_FILE` (see `resolve_token`).
+    """
     parts = urllib.parse.urlsplit(url)
     if "token" in urllib.parse.parse_qs(parts.query, keep_blank_values=True):
         # URLs end up in logs and banners: the key belongs in an option (the
         # error shows the URL masked, see `tidelog.errors.InvalidURL`)
-        raise InvalidURL(url, "give the bearer token as connect(url, token=...), not in the URL")
+        raise InvalidURL(
+            url,
+            "give the bearer token as connect(url, token=...), --token, TIDELOG_TOKEN or "
+            "TIDELOG_TOKEN_FILE, not in the URL",
+        )
+    bearer = resolve_token(token, token_file)
     base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     engine = RemoteEngine(
-        base, config_from_url(RemoteConfig, url), token=token, verify=verify, cert=cert
+        base, config_from_url(RemoteConfig, url), token=bearer, verify=verify, cert=cert
     )
     try:
         await engine._start()

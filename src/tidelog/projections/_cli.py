@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tidelog._cli_kit import command_group, import_user_module, run, say, settings
+from tidelog._cli_kit import command_group, import_user_module, open_store, run, say, settings
 
 __all__ = ["register"]
 
@@ -76,11 +76,10 @@ def register(app: typer.Typer) -> None:
         projections = _projections(module)
 
         async def body() -> list[Any]:
-            import tidelog
             from tidelog.projections import ProjectionRunner
 
             async with (
-                tidelog.connect(settings(ctx).store) as store,
+                open_store(ctx, reads_only=True) as store,
                 ProjectionRunner(store, projections) as runner,
             ):
                 return await runner.status()
@@ -100,7 +99,6 @@ def register(app: typer.Typer) -> None:
         projections = _projections(module)
 
         async def body() -> int:
-            import tidelog
             from tidelog.projections import ProjectionRunner
 
             with Progress(
@@ -116,7 +114,7 @@ def register(app: typer.Typer) -> None:
                     bar.update(task, completed=position, total=head)
 
                 async with (
-                    tidelog.connect(settings(ctx).store) as store,
+                    open_store(ctx) as store,
                     ProjectionRunner(store, projections) as runner,
                 ):
                     return await runner.rebuild(name, progress=progress)

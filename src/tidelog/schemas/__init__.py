@@ -1,9 +1,11 @@
 """Schemas of event types: a registry in the store, compatibility rules, upcasting.
 
-- `SchemaRegistry(store)`: subjects (event type names), versions (the
-  events' schema versions), global ids and compatibility modes, kept in the
-  system stream `$schemas`; `register` refuses an incompatible schema with
-  `IncompatibleSchema`, naming every broken rule.
+- `SchemaRegistry(store)`: subjects (event type names, or any other name for
+  Confluent's clients), versions (the events' schema versions), global ids,
+  compatibility modes and soft/permanent deletes, kept in the system stream
+  `$schemas`; `register` refuses an incompatible schema with
+  `IncompatibleSchema`, naming every broken rule. Schemas are JSON Schema, or
+  Avro (`schema_type="AVRO"`, checked by the `avro` package: `schemas.avro`).
 - `Compatibility`: Confluent's modes (BACKWARD by default); the rules are in
   `tidelog.schemas.compatibility` and docs/schema-evolution.md.
 - `ValidatingStore(store, registry)`: optional write-time validation; an

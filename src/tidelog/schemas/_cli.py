@@ -18,6 +18,7 @@ from tidelog._cli_kit import (
     emit,
     emit_rows,
     import_user_module,
+    open_store,
     run,
     say,
     settings,
@@ -54,10 +55,9 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         """Every subject with its versions and compatibility mode."""
 
         async def body() -> list[dict[str, Any]]:
-            import tidelog
             from tidelog.schemas import SchemaRegistry
 
-            async with tidelog.connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 reg = SchemaRegistry(store)
                 rows = []
                 for subject in await reg.subjects():
@@ -90,10 +90,9 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         """Print a subject's JSON Schema (the latest version unless --version)."""
 
         async def body() -> Any:
-            import tidelog
             from tidelog.schemas import SchemaRegistry
 
-            async with tidelog.connect(settings(ctx).store) as store:
+            async with open_store(ctx, reads_only=True) as store:
                 return await SchemaRegistry(store).get(subject, version)
 
         sv = run(body())
@@ -113,11 +112,10 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         classes = _event_classes(module)
 
         async def body() -> list[Any]:
-            import tidelog
             from tidelog.schemas import SchemaRegistry, schema_of
 
             out = []
-            async with tidelog.connect(settings(ctx).store) as store:
+            async with open_store(ctx) as store:
                 reg = SchemaRegistry(store)
                 for cls in classes:
                     subject, version = cls.__tidelog_event__  # type: ignore[attr-defined]
@@ -141,12 +139,11 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         classes = _event_classes(module)
 
         async def body() -> list[tuple[str, int, list[str]]]:
-            import tidelog
             from tidelog.errors import UnknownEventType
             from tidelog.schemas import SchemaRegistry, schema_of
 
             results = []
-            async with tidelog.connect(settings(ctx).store) as store:
+            async with open_store(ctx) as store:
                 reg = SchemaRegistry(store)
                 for cls in classes:
                     subject, version = cls.__tidelog_event__  # type: ignore[attr-defined]

@@ -1,4 +1,9 @@
-"""Who is calling: static API keys and JWT bearer tokens.
+"""Who is calling: static API keys and JWT bearer tokens, sent as Bearer or Basic.
+
+`token_of_header` reads the `Authorization` header: `Bearer <token>`, or
+`Basic base64(user:token)` for clients that only speak HTTP Basic (the
+Confluent Schema Registry clients' `basic.auth.user.info`). The Basic user
+name is not checked: the token alone says who calls, as with Bearer.
 
 JWTs are checked with PyJWT against a fixed allow-list of algorithms (never
 the token's own `alg`), with audience, issuer, expiry and leeway; keys come
@@ -9,6 +14,8 @@ digests can live in files that are not secrets themselves.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -20,7 +27,14 @@ import msgspec
 
 from tidelog.errors import AccessDenied
 
-__all__ = ["AuthError", "Authenticator", "JWTConfig", "hash_api_key", "new_api_key"]
+__all__ = [
+    "AuthError",
+    "Authenticator",
+    "JWTConfig",
+    "hash_api_key",
+    "new_api_key",
+    "token_of_header",
+]
 
 MAX_TOKEN_BYTES = 8192
 _SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
@@ -57,6 +71,31 @@ class JWTConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("HS* algorithms need a secret")
         if not symmetric and not (self.public_key_file or self.jwks_file):
             raise ValueError("asymmetric algorithms need public_key_file or jwks_file")
+
+
+def token_of_header(header: str) -> str:
+    """The token of an `Authorization` header: `Bearer <token>` or `Basic base64(user:token)`.
+
+    Raises `AuthError` for another scheme or a malformed Basic value; the
+    message never repeats the header, which carries the secret.
+    """
+    scheme, _, value = header.strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer":
+        return value
+    if scheme != "basic":
+        raise AuthError("use 'Authorization: Bearer <token>' or 'Basic base64(user:token)'")
+    # base64 of a token of MAX_TOKEN_BYTES and a user name: bounded before decoding
+    if len(value) > 2 * MAX_TOKEN_BYTES:
+        raise AuthError("oversized Basic credentials")
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials: base64 of 'user:token' expected") from None
+    _user, colon, token = decoded.partition(":")
+    if not colon:
+        raise AuthError("malformed Basic credentials: base64 of 'user:token' expected")
+    return token
 
 
 def new_api_key() -> str:

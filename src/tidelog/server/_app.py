@@ -37,15 +37,16 @@ from tidelog.server._config import ServerConfig
 from tidelog.server._connections import ConnectionLimit
 from tidelog.server._consumers_api import ROUTES as CONSUMERS_ROUTES
 from tidelog.server._dashboard import ROUTES as DASHBOARD_ROUTES
-from tidelog.server._deps import Runtime, principal, provide_access, runtime
+from tidelog.server._deps import Runtime, auth_challenge, principal, provide_access, runtime
 from tidelog.server._group_quota import GroupQuota
 from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
 from tidelog.server._live_api import ROUTES as LIVE_ROUTES
 from tidelog.server._log_api import ROUTES as LOG_ROUTES
 from tidelog.server._metrics import Metrics
-from tidelog.server._openapi import render_plugins
+from tidelog.server._openapi import asset_routes, render_plugins
 from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
+from tidelog.server._registry_wire import confluent_error, is_registry_path, keep_encoded_slashes
 from tidelog.server._streams_api import ROUTES as STREAMS_ROUTES
 
 __all__ = ["create_app"]
@@ -71,6 +72,9 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if is_registry_path(request.url.path):
+        # Confluent's clients read `error_code` even from an unknown route or method
+        return confluent_error(request, exc)
     if isinstance(exc, StoreUnavailable) and request.method not in _READ_METHODS:
         # a write the store refused (full disk, I/O error): /readyz says 503 until a
         # probe write succeeds (see _readiness)
@@ -85,7 +89,10 @@ def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response
     else:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         body, status = wire.WireError(code="internal", message="internal error"), 500
-    return Response(body, status_code=status)
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = auth_challenge(request.headers.get("authorization"))
+    return Response(body, status_code=status, headers=headers)
 
 
 def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
@@ -139,7 +146,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             await store.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *asset_routes()],  # the API docs' scripts, served here
         dependencies={"access": Provide(provide_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
@@ -160,4 +167,6 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         debug=False,
         logging_config=None,  # the embedding process configures logging, not the app
     )
+    # before the router, which Litestar's `middleware` only wraps the routes of
+    app.asgi_handler = keep_encoded_slashes(app.asgi_handler)
     return app

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tidelog._redact import redact_url
+from tidelog._connect import resolved_url
 
 __all__ = ["register"]
 
@@ -40,7 +40,7 @@ def serve(
     from tidelog.server._config import load_config
     from tidelog.server._serve import Server, prepare_config
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # never break a key, path or URL
     cfg = load_config(
         config,
         {
@@ -61,16 +61,15 @@ def serve(
     async def run() -> None:
         server = Server(cfg)
         await server.start()
-        console.print(
-            f"tidelog serving {redact_url(cfg.store_url)} at {scheme}://{cfg.host}:{server.port}/ "
-            f"(dashboard), API {scheme}://{cfg.host}:{server.port}/v1, "
-            f"OpenAPI {scheme}://{cfg.host}:{server.port}/schema",
-            highlight=False,
-        )
-        console.print(
-            "authenticate with 'Authorization: Bearer <key>' (the dashboard asks for the key)",
-            highlight=False,
-        )
+        # One line per fact, never wrapped (`soft_wrap`): a path or URL broken at the
+        # terminal's edge cannot be copied, and scripts look for whole lines.
+        base = f"{scheme}://{cfg.host}:{server.port}"
+        for line in (
+            f"tidelog serving {resolved_url(cfg.store_url)} at {base}/ (dashboard)",
+            f"  API {base}/v1, OpenAPI {base}/schema",
+            "  authenticate with 'Authorization: Bearer <key>' (the dashboard asks for the key)",
+        ):
+            console.print(line, highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

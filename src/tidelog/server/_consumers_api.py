@@ -45,6 +45,22 @@ class WireNack(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     attempts: int = 1
 
 
+class WireFetched(wire.WireEvent, kw_only=True):
+    """A fetched event with its partition: the partition a commit of its position names."""
+
+    partition: int
+
+
+class WireFetchPage(msgspec.Struct, kw_only=True):
+    events: list[WireFetched]
+
+
+def _fetched(event: tidelog.RecordedEvent, partition: int) -> WireFetched:
+    return WireFetched(
+        **msgspec.structs.asdict(wire.WireEvent.from_recorded(event)), partition=partition
+    )
+
+
 async def _owned(
     store: tidelog.Store, group: str, category: str, member: str, generation: int
 ) -> tuple[int, ...]:
@@ -69,8 +85,11 @@ async def fetch(
     generation: Annotated[int, QueryParameter(ge=0, le=2**62)],
     after: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
     limit: Annotated[int, QueryParameter(name="max", ge=1, le=MAX_FETCH)] = 100,
-) -> wire.WirePage:
-    """Events of the member's partitions after max(checkpoint, `after`), in position order."""
+) -> WireFetchPage:
+    """Events of the member's partitions after max(checkpoint, `after`), in position order.
+
+    Each event carries its `partition`: acking it is a commit of that partition.
+    """
     need_group(access, group, category)
     store = runtime(state).store
     partitions = await _owned(store, group, category, member, generation)
@@ -80,17 +99,14 @@ async def fetch(
         start = max(points.get(p, 0), after) + 1
         return [e async for e in store.read_all(start, [category], None, limit, [p])]
 
-    pages = [await one(p) for p in partitions]
-    merged = heapq.merge(*pages, key=lambda e: e.position)
-    taken = [e for _, e in zip(range(limit), merged, strict=False)]
+    pages = [[(e.position, p, e) for e in await one(p)] for p in partitions]
+    merged = heapq.merge(*pages, key=lambda t: t[0])
+    taken = [t for _, t in zip(range(limit), merged, strict=False)]
     metrics = runtime(state).metrics
     for p in partitions:
-        positions = [
-            e.position for e in taken if tidelog.partition_of(e.stream, store.partition_count) == p
-        ]
-        metrics.fetched(group, category, p, positions)
+        metrics.fetched(group, category, p, [pos for pos, q, _ in taken if q == p])
     metrics.read(len(taken))
-    return wire.WirePage(events=[wire.WireEvent.from_recorded(e) for e in taken])
+    return WireFetchPage(events=[_fetched(e, p) for _, p, e in taken])
 
 
 @post("/v1/groups/{group:str}/{category:str}/nack", status_code=200, summary="Park an event")

@@ -13,7 +13,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -22,12 +22,13 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from tidelog import wire
+from tidelog._cloudevent_map import DERIVED_ID_VERSION
 from tidelog.engines.contract import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput
 from tidelog.model import AppendRequest, NewEvent, parse_expected_version, validate_stream_name
 from tidelog.schemas import SchemaRegistry
 from tidelog.security.acl import Access, Permission
-from tidelog.security.tokens import Authenticator, AuthError
+from tidelog.security.tokens import Authenticator, AuthError, token_of_header
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
 from tidelog.server._group_quota import GroupQuota
@@ -39,6 +40,7 @@ __all__ = [
     "AccessDep",
     "Runtime",
     "append_requests",
+    "auth_challenge",
     "check_depth",
     "check_utf8",
     "decode_body",
@@ -90,7 +92,10 @@ def runtime(state: State) -> Runtime:
 
 
 def principal(connection: ASGIConnection[Any, Any, Any, Any], rt: Runtime) -> str:
-    """The caller: the verified client certificate's principal, or the bearer token's.
+    """The caller: the verified client certificate's principal, or the token's.
+
+    The token comes as `Bearer <token>` or as HTTP Basic's password
+    (`token_of_header`), so clients that only speak Basic work unchanged.
 
     The connection-limit middleware authenticates first and leaves the result in
     the scope; it is reused rather than checking a token twice.
@@ -105,13 +110,22 @@ def principal(connection: ASGIConnection[Any, Any, Any, Any], rt: Runtime) -> st
         who = tls["client_principal"]
     header = connection.headers.get("authorization")
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            raise AuthError("use 'Authorization: Bearer <token>'")
-        who = rt.auth.authenticate(token.strip())
+        who = rt.auth.authenticate(token_of_header(header).strip())
     if not who:
         raise AuthError("authentication required")
     return who
+
+
+def auth_challenge(header: str | None) -> str:
+    """The `WWW-Authenticate` value of a 401 (RFC 9110 requires one).
+
+    A request that sent Basic credentials is challenged for Basic, so Basic
+    clients know what to send; any other for Bearer only, so a browser's
+    `fetch` from the dashboard never pops up a Basic login dialog.
+    """
+    if header is not None and header.strip().lower().startswith("basic"):
+        return 'Basic realm="tidelog", charset="UTF-8"'
+    return 'Bearer realm="tidelog"'
 
 
 async def provide_access(request: Request[Any, Any, Any], state: State) -> Access:
@@ -299,11 +313,6 @@ def page_limit(rt: Runtime, limit: int | None) -> int:
     if limit < 0:
         raise InvalidInput("limit must be >= 0")
     return min(limit, cap)
-
-
-#: The UUID version of the event ids the server derives (CloudEvents ids, see
-#: `_cloudevents.cloudevent_id`); clients may not choose ids of this version.
-DERIVED_ID_VERSION: Final = 8
 
 
 def new_events(rt: Runtime, access: Access, body: wire.WireAppend) -> list[NewEvent]:

@@ -35,15 +35,16 @@ async def join_group(
     group: FromPath[str],
     category: FromPath[str],
     member: FromPath[str],
-    data: JSONBody[wire.WireJoin],
     state: State,
     access: AccessDep,
+    data: JSONBody[wire.WireJoin | None] = None,
 ) -> tidelog.Membership:
     need_group(access, group, category)
     rt = runtime(state)
     await rt.group_quota.claim(rt.store, access.principal, group, category)
+    body = data or _DEFAULT_JOIN
     return await rt.store.join_group(
-        group, category, member, _lease(data.lease), cooperative=data.cooperative
+        group, category, member, _lease(body.lease), cooperative=body.cooperative
     )
 
 
@@ -52,13 +53,14 @@ async def heartbeat(
     group: FromPath[str],
     category: FromPath[str],
     member: FromPath[str],
-    data: JSONBody[wire.WireHeartbeat],
     state: State,
     access: AccessDep,
+    data: JSONBody[wire.WireHeartbeat | None] = None,
 ) -> tidelog.Membership:
     need_group(access, group, category)
+    body = data or _DEFAULT_HEARTBEAT
     return await runtime(state).store.heartbeat(
-        group, category, member, _lease(data.lease), release=data.release
+        group, category, member, _lease(body.lease), release=body.release
     )
 
 
@@ -114,6 +116,12 @@ async def describe_group(
 async def list_groups(state: State, access: AccessDep) -> wire.WireGroups:
     groups = await runtime(state).store.list_groups()
     return wire.WireGroups(groups=[g for g in groups if access.can_category(g[1], Permission.READ)])
+
+
+_DEFAULT_JOIN = wire.WireJoin()
+"""A join without a body: every field of `WireJoin` has a default."""
+_DEFAULT_HEARTBEAT = wire.WireHeartbeat()
+"""A heartbeat without a body: every field of `WireHeartbeat` has a default."""
 
 
 def _lease(lease: float) -> float:

@@ -247,6 +247,20 @@ _MAX_FIRST_MESSAGE = 16384
 """Characters; a token is far shorter (the header limit bounds the other way in)."""
 
 
+async def _first_message(socket: WebSocket[Any, Any, Any]) -> str | None:
+    """The first text frame, for a client that sent no Authorization header (a browser)."""
+    try:
+        return await asyncio.wait_for(socket.receive_data("text"), _FIRST_MESSAGE_WAIT)
+    except TimeoutError:
+        raise AuthError(
+            f"no credentials within {_FIRST_MESSAGE_WAIT:g} s: {_FIRST_MESSAGE}"
+        ) from None
+
+
+_FIRST_MESSAGE_WAIT = 5.0
+"""Seconds a WebSocket without an Authorization header has to send its token."""
+
+
 @websocket("/v1/ws/subscribe")
 async def ws_subscribe(
     socket: WebSocket[Any, Any, Any],
@@ -258,7 +272,10 @@ async def ws_subscribe(
     """Live events as JSON text frames.
 
     Authenticate with the Authorization header, or (browsers cannot set it) with
-    a first message `{"token": "..."}` within five seconds.
+    a first message `{"token": "..."}` within five seconds. A refusal closes with
+    1008 (policy violation) and the reason: at once when the header's
+    credential is wrong (the first message is then not waited for), after the
+    five seconds when no token came.
     """
     rt = runtime(socket.app.state)
     await socket.accept()
@@ -267,8 +284,9 @@ async def ws_subscribe(
             try:
                 principal = principal_of(socket, rt)  # the middleware counted this one
             except AuthError:
-                first = await asyncio.wait_for(socket.receive_data("text"), 5.0)
-                principal = rt.auth.authenticate(_token_of(first))
+                if socket.headers.get("authorization") is not None:
+                    raise  # a credential was given and is wrong: say so now, wait for nothing
+                principal = rt.auth.authenticate(_token_of(await _first_message(socket)))
                 slot.enter_context(rt.connections.hold(principal))
             access = Access(principal, rt.config.grants)
             need_categories(access, category, Permission.READ)

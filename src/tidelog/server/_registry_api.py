@@ -1,132 +1,105 @@
 """The schema registry over HTTP, in Confluent Schema Registry's REST shape.
 
-Existing Confluent tooling (and its clients) can register and read tidelog's
-JSON Schemas: subjects are event type names, versions are the events' schema
-versions, ids are the registry's global ids (`tidelog.schemas.SchemaRegistry`,
-kept in the `$schemas` stream). Only `schemaType: "JSON"` is supported (an
-absent `schemaType` means JSON here, not Avro).
+Confluent's clients (`confluent-kafka`'s `SchemaRegistryClient` and
+serializers, `python-schema-registry-client`) work against these routes
+unchanged: register, look up, read, delete, check compatibility, configure.
+Subjects that are event type names (`OrderPlaced`) hold the JSON Schemas of
+tidelog's typed events; any other subject (`orders-value`, one with a `/`)
+is the registry's alone. Schema types: `JSON` (the default when a request
+names none) and `AVRO`; Protobuf is refused with 42201 (docs/http-api.md says
+why). The registry itself is `tidelog.schemas.SchemaRegistry`, kept in the
+`$schemas` stream.
 
-Access: reading needs `read` on the stream `$schemas`, registering and
-changing compatibility need `write` on it (an admin's `*` grant covers both).
+Access: reading, looking up and checking need `read` on the stream `$schemas`;
+registering, deleting and changing compatibility need `write` on it (an
+admin's `*` grant covers both). Credentials: `Authorization: Bearer <key>` or
+HTTP Basic with the key as the password.
 
-Errors have Confluent's body `{"error_code": N, "message": "..."}`: 40401
-subject not found, 40402 version not found, 40403 schema not found, 409
-incompatible schema, 42201 invalid schema or subject, 42202 invalid version,
-42203 invalid compatibility level, 400 malformed JSON, 401/403 credentials.
+Every response under these paths, errors included (unknown routes and wrong
+methods too), is Confluent's: bodies `{"error_code": N, "message": "..."}`
+with the codes listed in `_registry_wire`.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 from typing import Any, Final
 
 import msgspec
-from litestar import Request, Response, Router, get, post, put
+from litestar import Request, Response, Router, delete, get, post, put
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
-from tidelog import wire
-from tidelog.errors import (
-    AccessDenied,
-    IncompatibleSchema,
-    InvalidEvent,
-    InvalidInput,
-    TidelogError,
-    UnknownEventType,
-)
-from tidelog.model import NewEvent, validate_event
-from tidelog.schemas import SCHEMAS_STREAM, Compatibility, SchemaRegistry, compatibility_problems
-from tidelog.schemas.compatibility import schema_problem
+from tidelog.errors import InvalidInput
+from tidelog.schemas import Compatibility, SchemaRegistry, SchemaVersion
+from tidelog.schemas.registry import SCHEMA_TYPES, stored_schema
 from tidelog.security.acl import Access, Permission
-from tidelog.server._deps import AccessDep, check_depth, registry_of, runtime
+from tidelog.server._deps import AccessDep, registry_of, runtime
+from tidelog.server._registry_wire import (
+    CONTENT_TYPE,
+    ConfigBody,
+    RegisterSchema,
+    confluent_error,
+    depth,
+    need,
+    refuse,
+    reply,
+    subject_of,
+)
 
 __all__ = ["CONTENT_TYPE", "ROUTES", "ConfigBody", "RegisterSchema"]
-
-log = logging.getLogger(__name__)
-
-CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
-_ENCODER: Final = msgspec.json.Encoder()
-
-
-class RegisterSchema(msgspec.Struct, kw_only=True):
-    """A schema to register or check: `schema` is the JSON Schema as a JSON string
-    (Confluent's form) or, for convenience, as an object."""
-
-    schema: str | dict[str, Any]
-    schemaType: str = "JSON"  # Confluent's field name
-    references: list[Any] = msgspec.field(default_factory=list)
-
-
-class ConfigBody(msgspec.Struct, kw_only=True):
-    compatibility: str
-
 
 _REGISTER: Final = msgspec.json.Decoder(RegisterSchema)
 _CONFIG: Final = msgspec.json.Decoder(ConfigBody)
 _JSON: Final = msgspec.json.Decoder()
+_AVRO_TYPES: Final = frozenset({"record", "enum", "fixed"})
 
 
-def _refuse(status: int, error_code: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message, extra={"error_code": error_code})
-
-
-def _need(access: Access, perm: Permission) -> None:
-    if not access.can_stream(SCHEMAS_STREAM, perm):
-        raise AccessDenied(
-            f"{access.principal!r} lacks {perm.value} on {SCHEMAS_STREAM} (the schema registry)"
-        )
-
-
-def _reply(value: Any, status: int = 200) -> Response[bytes]:
-    return Response(_ENCODER.encode(value), status_code=status, media_type=CONTENT_TYPE)
-
-
-def _check_subject(subject: str) -> None:
+def _decode(request_raw: bytes, decoder: msgspec.json.Decoder[Any], limit: int) -> Any:
+    depth(request_raw, limit)
     try:
-        validate_event(NewEvent(type=subject))
-    except InvalidEvent as exc:
-        raise _refuse(422, 42201, f"invalid subject {subject[:60]!r}: {exc}") from None
-
-
-async def _schema_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    raw = await request.body()
-    limit = runtime(request.app.state).config.limits.max_json_depth
-    _depth(raw, limit)
-    try:
-        body = _REGISTER.decode(raw)
+        return decoder.decode(request_raw)
     except RecursionError:  # nesting left open is not the depth check's to refuse
-        raise _refuse(400, 400, "JSON nested too deeply") from None
+        raise refuse(400, 400, "JSON nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _refuse(400, 400, f"invalid request body: {exc}") from None
-    if body.schemaType.upper() != "JSON":
-        raise _refuse(422, 42201, f"schemaType {body.schemaType!r} is not supported: only JSON")
+        raise refuse(400, 400, f"invalid request body: {exc}") from None
+
+
+async def _schema_body(request: Request[Any, Any, Any]) -> tuple[Any, str]:
+    """The request's schema in its stored form, and its type; 42201 when it is not one."""
+    limit = runtime(request.app.state).config.limits.max_json_depth
+    body: RegisterSchema = _decode(await request.body(), _REGISTER, limit)
+    schema_type = body.schemaType.upper()
+    if schema_type == "PROTOBUF":
+        raise refuse(
+            422,
+            42201,
+            "schemaType PROTOBUF is not supported: tidelog has no well-kept Python library "
+            "to parse .proto schemas and check their compatibility; use JSON or AVRO",
+        )
+    if schema_type not in SCHEMA_TYPES:
+        raise refuse(
+            422, 42201, f"schemaType {body.schemaType[:40]!r}: one of {', '.join(SCHEMA_TYPES)}"
+        )
     if body.references:
-        raise _refuse(422, 42201, "schema references are not supported")
+        raise refuse(422, 42201, "schema references are not supported")
     schema: Any = body.schema
     if isinstance(schema, str):
-        try:
-            check_depth(schema.encode(), limit)
-        except InvalidInput as exc:
-            raise _refuse(422, 42201, str(exc)) from None
+        depth(schema.encode(), limit, 422, 42201)
         try:
             schema = _JSON.decode(schema)
         except RecursionError:
-            raise _refuse(422, 42201, "JSON nested too deeply") from None
+            raise refuse(422, 42201, "JSON nested too deeply") from None
         except msgspec.DecodeError as exc:
-            raise _refuse(422, 42201, f"schema is not valid JSON: {exc}") from None
-    if not isinstance(schema, dict):
-        raise _refuse(422, 42201, "a JSON Schema must be a JSON object")
-    if problem := schema_problem(schema):
-        raise _refuse(422, 42201, f"invalid JSON Schema: {problem}")
-    return schema
-
-
-def _depth(raw: bytes, limit: int) -> None:
+            raise refuse(422, 42201, f"schema is not valid JSON: {exc}") from None
     try:
-        check_depth(raw, limit)
+        return stored_schema(schema, schema_type), schema_type
     except InvalidInput as exc:
-        raise _refuse(400, 400, str(exc)) from None
+        hint = ""
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if schema_type == "JSON" and isinstance(kind, str) and kind in _AVRO_TYPES:
+            hint = ' (an Avro schema? send "schemaType": "AVRO")'
+        raise refuse(422, 42201, f"{exc}{hint}") from None
 
 
 def _version(value: str) -> int | None:
@@ -134,56 +107,128 @@ def _version(value: str) -> int | None:
     if value in ("latest", "-1"):
         return None
     if not value.isdigit() or len(value) > 9 or int(value) < 1:
-        raise _refuse(422, 42202, f"invalid version {value[:30]!r}: a positive integer or 'latest'")
+        raise refuse(422, 42202, f"invalid version {value[:30]!r}: a positive integer or 'latest'")
     return int(value)
 
 
-async def _lookup(registry: SchemaRegistry, subject: str, version: int | None) -> Any:
-    versions = await registry.versions(subject)
+def _flag(request: Request[Any, Any, Any], name: str) -> bool:
+    """A boolean query parameter (`?deleted=true`; Python clients send `True`)."""
+    return str(request.query_params.get(name, "")).lower() == "true"
+
+
+def _subject_missing(subject: str) -> Exception:
+    return refuse(404, 40401, f"Subject '{subject[:255]}' not found.")
+
+
+async def _lookup(
+    registry: SchemaRegistry, subject: str, version: int | None, *, deleted: bool = False
+) -> SchemaVersion:
+    versions = await registry.versions(subject, deleted=deleted)
     if not versions:
-        raise _refuse(404, 40401, f"subject {subject[:200]!r} not found")
+        raise _subject_missing(subject)
     if version is not None and version not in versions:
-        raise _refuse(404, 40402, f"version {version} of {subject[:200]!r} not found")
-    return await registry.get(subject, version)
+        raise refuse(404, 40402, f"Version {version} not found.")
+    return await registry.get(subject, version, deleted=deleted)
 
 
-def _schema_string(schema: dict[str, Any]) -> str:
-    return _ENCODER.encode(schema).decode()
+def _schema_text(sv: SchemaVersion) -> str:
+    """The schema as Confluent returns it: a JSON text inside the JSON response."""
+    return json.dumps(sv.schema, separators=(",", ":"))
 
 
-# --------------------------------------------------------------------------- routes
+def _described(sv: SchemaVersion) -> dict[str, Any]:
+    return {
+        "subject": sv.subject,
+        "version": sv.version,
+        "id": sv.id,
+        "schemaType": sv.schema_type,
+        "schema": _schema_text(sv),
+    }
+
+
+# --------------------------------------------------------------------------- subjects
 
 
 @post("/subjects/{subject:str}/versions", summary="Register a schema version (Confluent API)")
 async def register_schema(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    _need(access, Permission.WRITE)
-    _check_subject(subject)
-    schema = await _schema_body(request)
+    need(access, Permission.WRITE)
+    subject = subject_of(request, subject)
+    schema, schema_type = await _schema_body(request)
     registry, lock = registry_of(state)
     async with lock:
-        sv = await registry.register(subject, schema)
-    return _reply({"id": sv.id})
+        sv = await registry.register(subject, schema, schema_type=schema_type)
+    return reply({"id": sv.id})
+
+
+@post(
+    "/subjects/{subject:str}",
+    summary="Is this schema registered under the subject? (Confluent API)",
+    status_code=200,
+)
+async def lookup_schema(
+    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    """What serializers do with `auto.register.schemas=False`: find the version
+    holding exactly this schema (`?deleted=true` searches soft-deleted ones too)."""
+    need(access, Permission.READ)
+    subject = subject_of(request, subject)
+    schema, schema_type = await _schema_body(request)
+    deleted = _flag(request, "deleted")
+    registry, lock = registry_of(state)
+    async with lock:
+        if not await registry.versions(subject, deleted=deleted):
+            raise _subject_missing(subject)
+        sv = await registry.lookup(subject, schema, schema_type, deleted=deleted)
+    if sv is None:
+        raise refuse(404, 40403, "Schema not found")
+    return reply(_described(sv))
 
 
 @get("/subjects", summary="List subjects (Confluent API)")
-async def list_subjects(state: State, access: AccessDep) -> Response[bytes]:
-    _need(access, Permission.READ)
+async def list_subjects(
+    request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    """`?deleted=true` adds soft-deleted subjects, `?deletedOnly=true` lists only
+    them; `?subjectPrefix=` keeps those starting with it."""
+    need(access, Permission.READ)
+    only_deleted = _flag(request, "deletedOnly") or _flag(request, "deleted_only")
+    prefix = str(request.query_params.get("subjectPrefix", ""))
     registry, lock = registry_of(state)
     async with lock:
-        return _reply(await registry.subjects())
+        subjects = await registry.subjects(deleted=only_deleted or _flag(request, "deleted"))
+        if only_deleted:
+            live = set(await registry.subjects())
+            subjects = [s for s in subjects if s not in live]
+    return reply([s for s in subjects if s.startswith(prefix)])
 
 
 @get("/subjects/{subject:str}/versions", summary="List a subject's versions (Confluent API)")
-async def list_versions(subject: FromPath[str], state: State, access: AccessDep) -> Response[bytes]:
-    _need(access, Permission.READ)
+async def list_versions(
+    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    need(access, Permission.READ)
+    subject = subject_of(request, subject)
     registry, lock = registry_of(state)
     async with lock:
-        versions = await registry.versions(subject)
+        versions = await registry.versions(subject, deleted=_flag(request, "deleted"))
     if not versions:
-        raise _refuse(404, 40401, f"subject {subject[:200]!r} not found")
-    return _reply(versions)
+        raise _subject_missing(subject)
+    return reply(versions)
+
+
+async def _read_version(
+    subject: str, version: str, request: Request[Any, Any, Any], state: State, access: Access
+) -> SchemaVersion:
+    """The version a GET names (`?deleted=true`: soft-deleted ones too)."""
+    need(access, Permission.READ)
+    wanted = _version(version)
+    registry, lock = registry_of(state)
+    async with lock:
+        return await _lookup(
+            registry, subject_of(request, subject), wanted, deleted=_flag(request, "deleted")
+        )
 
 
 @get(
@@ -191,41 +236,162 @@ async def list_versions(subject: FromPath[str], state: State, access: AccessDep)
     summary="A subject's schema at a version or 'latest' (Confluent API)",
 )
 async def get_version(
-    subject: FromPath[str], version: FromPath[str], state: State, access: AccessDep
+    subject: FromPath[str],
+    version: FromPath[str],
+    request: Request[Any, Any, Any],
+    state: State,
+    access: AccessDep,
 ) -> Response[bytes]:
-    _need(access, Permission.READ)
-    wanted = _version(version)
+    return reply(_described(await _read_version(subject, version, request, state, access)))
+
+
+@get(
+    "/subjects/{subject:str}/versions/{version:str}/schema",
+    summary="Only the schema of a subject's version (Confluent API)",
+)
+async def get_version_schema(
+    subject: FromPath[str],
+    version: FromPath[str],
+    request: Request[Any, Any, Any],
+    state: State,
+    access: AccessDep,
+) -> Response[bytes]:
+    return reply((await _read_version(subject, version, request, state, access)).schema)
+
+
+@delete(
+    "/subjects/{subject:str}",
+    summary="Delete a subject: soft, or with ?permanent=true after a soft delete (Confluent API)",
+    status_code=200,
+)
+async def delete_subject(
+    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    """The versions deleted. Events written under them stay in the store."""
+    need(access, Permission.WRITE)
+    subject = subject_of(request, subject)
+    permanent = _flag(request, "permanent")
     registry, lock = registry_of(state)
     async with lock:
-        sv = await _lookup(registry, subject, wanted)
-    return _reply(
-        {
-            "subject": sv.subject,
-            "version": sv.version,
-            "id": sv.id,
-            "schemaType": "JSON",
-            "schema": _schema_string(sv.schema),
-        }
-    )
+        live = await registry.versions(subject)
+        if not await registry.versions(subject, deleted=True):
+            raise _subject_missing(subject)
+        if not permanent and not live:
+            raise refuse(
+                404,
+                40404,
+                f"Subject '{subject}' was soft deleted.Set permanent=true to delete permanently",
+            )
+        if permanent and live:
+            raise refuse(
+                404,
+                40405,
+                f"Subject '{subject}' was not deleted first before being permanently deleted",
+            )
+        deleted = await registry.delete(subject, permanent=permanent)
+        if permanent and await registry.own_compatibility(subject) is not None:
+            await registry.set_compatibility(None, subject)
+    return reply(deleted)
+
+
+@delete(
+    "/subjects/{subject:str}/versions/{version:str}",
+    summary="Delete a version: soft, or with ?permanent=true after a soft delete (Confluent API)",
+    status_code=200,
+)
+async def delete_version(
+    subject: FromPath[str],
+    version: FromPath[str],
+    request: Request[Any, Any, Any],
+    state: State,
+    access: AccessDep,
+) -> Response[bytes]:
+    """The version deleted. It no longer validates appends of its event type."""
+    need(access, Permission.WRITE)
+    subject = subject_of(request, subject)
+    wanted = _version(version)
+    permanent = _flag(request, "permanent")
+    registry, lock = registry_of(state)
+    async with lock:
+        kept = await registry.versions(subject, deleted=True)
+        if not kept:
+            raise _subject_missing(subject)
+        soft = await registry.soft_deleted(subject)
+        if wanted is None:  # latest: of the live versions, or of the soft-deleted ones
+            candidates = soft if permanent else [v for v in kept if v not in soft]
+            wanted = max(candidates, default=max(kept))
+        if wanted not in kept:
+            raise refuse(404, 40402, f"Version {wanted} not found.")
+        if not permanent and wanted in soft:
+            raise refuse(
+                404,
+                40406,
+                f"Subject '{subject}' Version {wanted} was soft deleted."
+                "Set permanent=true to delete permanently",
+            )
+        if permanent and wanted not in soft:
+            raise refuse(
+                404,
+                40407,
+                f"Subject '{subject}' Version {wanted} was not deleted "
+                "first before being permanently deleted",
+            )
+        await registry.delete(subject, wanted, permanent=permanent)
+    return reply(wanted)
+
+
+# --------------------------------------------------------------------------- schemas by id
 
 
 @get("/schemas/ids/{schema_id:int}", summary="A schema by global id (Confluent API)")
 async def get_schema_by_id(
     schema_id: FromPath[int], state: State, access: AccessDep
 ) -> Response[bytes]:
-    _need(access, Permission.READ)
+    """Soft-deleted versions' ids still resolve: data written under them stays readable."""
+    need(access, Permission.READ)
     registry, lock = registry_of(state)
     async with lock:
-        try:
-            sv = await registry.get_by_id(schema_id)
-        except UnknownEventType:
-            raise _refuse(404, 40403, f"schema id {schema_id} not found") from None
-    return _reply({"schema": _schema_string(sv.schema), "schemaType": "JSON"})
+        uses = await registry.uses_of(schema_id, deleted=True)
+    if not uses:
+        raise refuse(404, 40403, f"Schema {schema_id} not found")
+    return reply({"schema": _schema_text(uses[0]), "schemaType": uses[0].schema_type})
+
+
+@get(
+    "/schemas/ids/{schema_id:int}/versions",
+    summary="The subjects and versions registered with a schema id (Confluent API)",
+)
+async def get_schema_versions(
+    schema_id: FromPath[int], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    need(access, Permission.READ)
+    registry, lock = registry_of(state)
+    async with lock:
+        if not await registry.uses_of(schema_id, deleted=True):
+            raise refuse(404, 40403, f"Schema {schema_id} not found")
+        uses = await registry.uses_of(schema_id, deleted=_flag(request, "deleted"))
+    return reply([{"subject": sv.subject, "version": sv.version} for sv in uses])
+
+
+@get("/schemas/types", summary="The schema types this registry takes (Confluent API)")
+async def get_schema_types(access: AccessDep) -> Response[bytes]:
+    need(access, Permission.READ)
+    return reply(sorted(SCHEMA_TYPES))
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+def _verdict(request: Request[Any, Any, Any], problems: list[str]) -> Response[bytes]:
+    result: dict[str, Any] = {"is_compatible": not problems}
+    if _flag(request, "verbose"):
+        result["messages"] = problems
+    return reply(result)
 
 
 @post(
     "/compatibility/subjects/{subject:str}/versions/{version:str}",
-    summary="Would this schema be compatible? (Confluent API)",
+    summary="Would this schema be compatible with that version? (Confluent API)",
     status_code=200,
 )
 async def check_compatibility(
@@ -234,63 +400,76 @@ async def check_compatibility(
     request: Request[Any, Any, Any],
     state: State,
     access: AccessDep,
-    verbose: FromQuery[bool] = False,
 ) -> Response[bytes]:
-    """Against `latest`: exactly what registering would check (all versions if transitive).
-    Against a numbered version: that version alone, in the subject's mode."""
-    _need(access, Permission.READ)
+    """Against one version (`latest`: the latest live one), in the subject's mode."""
+    need(access, Permission.READ)
+    subject = subject_of(request, subject)
     wanted = _version(version)
-    schema = await _schema_body(request)
+    schema, schema_type = await _schema_body(request)
     registry, lock = registry_of(state)
     async with lock:
         sv = await _lookup(registry, subject, wanted)
-        if wanted is None:
-            problems = await registry.check(subject, schema)
-        else:
-            mode = await registry.compatibility(subject)
-            problems = compatibility_problems(schema, [sv.schema], mode)
-    result: dict[str, Any] = {"is_compatible": not problems}
-    if verbose:
-        result["messages"] = problems
-    return _reply(result)
+        problems = await registry.check(subject, schema, schema_type, against=sv.version)
+    return _verdict(request, problems)
+
+
+@post(
+    "/compatibility/subjects/{subject:str}/versions",
+    summary="Would this schema be compatible as the next version? (Confluent API)",
+    status_code=200,
+)
+async def check_compatibility_all(
+    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    """Exactly what registering would check: the latest version, or every live
+    version in a `_TRANSITIVE` mode. A subject with no versions accepts anything."""
+    need(access, Permission.READ)
+    subject = subject_of(request, subject)
+    schema, schema_type = await _schema_body(request)
+    registry, lock = registry_of(state)
+    async with lock:
+        problems = await registry.check(subject, schema, schema_type)
+    return _verdict(request, problems)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _level(mode: Compatibility) -> dict[str, str]:
+    return {"compatibility": mode.value, "compatibilityLevel": mode.value}
 
 
 async def _config_reply(state: State, subject: str | None) -> Response[bytes]:
     registry, lock = registry_of(state)
     async with lock:
-        mode = (await registry.compatibility(subject)).value
-    return _reply({"compatibility": mode, "compatibilityLevel": mode})
+        mode = await registry.compatibility(subject)
+    return reply(_level(mode))
 
 
 async def _set_config(
     request: Request[Any, Any, Any], state: State, subject: str | None
 ) -> Response[bytes]:
-    raw = await request.body()
-    _depth(raw, runtime(state).config.limits.max_json_depth)
+    limit = runtime(state).config.limits.max_json_depth
+    body: ConfigBody = _decode(await request.body(), _CONFIG, limit)
+    given = body.compatibility or body.compatibilityLevel or ""
     try:
-        body = _CONFIG.decode(raw)
-    except RecursionError:
-        raise _refuse(400, 400, "JSON nested too deeply") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _refuse(400, 400, f"invalid request body: {exc}") from None
-    try:
-        mode = Compatibility(body.compatibility.upper())
+        mode = Compatibility(given.upper())
     except ValueError:
-        raise _refuse(
+        raise refuse(
             422,
             42203,
-            f"invalid compatibility level {body.compatibility[:40]!r}: one of "
+            f"invalid compatibility level {given[:40]!r}: one of "
             + ", ".join(m.value for m in Compatibility),
         ) from None
     registry, lock = registry_of(state)
     async with lock:
         await registry.set_compatibility(mode, subject)
-    return _reply({"compatibility": mode.value})
+    return reply({"compatibility": mode.value})
 
 
 @get("/config", summary="The global compatibility level (Confluent API)")
 async def get_config(state: State, access: AccessDep) -> Response[bytes]:
-    _need(access, Permission.READ)
+    need(access, Permission.READ)
     return await _config_reply(state, None)
 
 
@@ -298,56 +477,49 @@ async def get_config(state: State, access: AccessDep) -> Response[bytes]:
 async def put_config(
     request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    _need(access, Permission.WRITE)
+    need(access, Permission.WRITE)
     return await _set_config(request, state, None)
 
 
 @get("/config/{subject:str}", summary="A subject's compatibility level (Confluent API)")
 async def get_subject_config(
-    subject: FromPath[str], state: State, access: AccessDep
+    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    _need(access, Permission.READ)
-    return await _config_reply(state, subject)
+    """The subject's own level, else the global one (Confluent's `defaultToGlobal`)."""
+    need(access, Permission.READ)
+    return await _config_reply(state, subject_of(request, subject))
 
 
 @put("/config/{subject:str}", summary="Set a subject's compatibility level (Confluent API)")
 async def put_subject_config(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    _need(access, Permission.WRITE)
-    _check_subject(subject)
-    return await _set_config(request, state, subject)
+    need(access, Permission.WRITE)
+    return await _set_config(request, state, subject_of(request, subject))
 
 
-# --------------------------------------------------------------------------- errors
-
-
-def _confluent_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Every error of these routes in Confluent's shape: `{"error_code", "message"}`."""
-    if isinstance(exc, HTTPException):
-        status = exc.status_code
-        extra = exc.extra if isinstance(exc.extra, dict) else {}
-        code = extra.get("error_code", status)
-        message = str(exc.detail)
-    elif isinstance(exc, IncompatibleSchema):
-        status, code, message = 409, 409, str(exc)
-    elif isinstance(exc, UnknownEventType):
-        status, code, message = 404, 40401, str(exc)
-    elif isinstance(exc, AccessDenied):
-        status, code, message = exc.status, exc.status * 100 + 1, str(exc)
-    elif isinstance(exc, InvalidInput):
-        status, code, message = 422, 42201, str(exc)
-    elif isinstance(exc, TidelogError):
-        wire_error, status = wire.error_to_wire(exc)
-        code, message = status, wire_error.message
-    else:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        status, code, message = 500, 50001, "internal error"
-    return Response(
-        _ENCODER.encode({"error_code": code, "message": message}),
-        status_code=status,
-        media_type=CONTENT_TYPE,
-    )
+@delete(
+    "/config/{subject:str}",
+    summary="Remove a subject's own compatibility level (Confluent API)",
+    status_code=200,
+)
+async def delete_subject_config(
+    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
+) -> Response[bytes]:
+    """The level removed; the subject follows the global level again."""
+    need(access, Permission.WRITE)
+    subject = subject_of(request, subject)
+    registry, lock = registry_of(state)
+    async with lock:
+        own = await registry.own_compatibility(subject)
+        if own is None:
+            raise refuse(
+                404,
+                40408,
+                f"Subject '{subject}' does not have subject-level compatibility configured",
+            )
+        await registry.set_compatibility(None, subject)
+    return reply(_level(own))
 
 
 ROUTES = [
@@ -355,17 +527,25 @@ ROUTES = [
         path="/",
         route_handlers=[
             register_schema,
+            lookup_schema,
             list_subjects,
             list_versions,
             get_version,
+            get_version_schema,
+            delete_subject,
+            delete_version,
             get_schema_by_id,
+            get_schema_versions,
+            get_schema_types,
             check_compatibility,
+            check_compatibility_all,
             get_config,
             put_config,
             get_subject_config,
             put_subject_config,
+            delete_subject_config,
         ],
-        exception_handlers={Exception: _confluent_error},
+        exception_handlers={Exception: confluent_error},
         tags=["schema registry"],
     )
 ]

@@ -62,6 +62,7 @@ async def append_many(
             for s, r in requests.items()
         }
         results = await rt.store.append_many(requests)
+        telemetry.record_append_many({s: r.events for s, r in requests.items()}, results)
     for stream, req in requests.items():
         rt.metrics.appended(category_of(stream), len(req.events), 0.0)
     return wire.WireResults(results=results)

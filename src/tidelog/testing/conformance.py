@@ -388,6 +388,7 @@ class StreamsSuite(SuiteBase):
             await store.append("order-1", [stored, fresh])
         assert info.value.stream == "order-1"
         assert set(info.value.event_ids) == {stored.id}
+        assert not info.value.in_other_stream
         assert isinstance(info.value, tidelog.InvalidEvent)
         assert await stream_versions(store, "order-1") == [0]
         assert await store.last_position() == 1
@@ -401,6 +402,10 @@ class StreamsSuite(SuiteBase):
             await store.append("order-2", [stored])
         assert info.value.stream == "order-2"
         assert set(info.value.event_ids) == {stored.id}
+        # said as it is: not "mixes new events", and not which stream holds it
+        assert info.value.in_other_stream
+        assert "already stored in another stream" in str(info.value)
+        assert "order-1" not in str(info.value)
         assert await stream_versions(store, "order-2") == []
         assert await stream_names(store) == ["order-1"]
 

@@ -104,8 +104,9 @@ def resolve_retry(
     """
     if not stored:
         return None
-    if len(stored) != len(events) or any(s != stream for s, _, _ in stored.values()):
-        raise DuplicateEventId(stream, list(stored))
+    elsewhere = any(s != stream for s, _, _ in stored.values())
+    if len(stored) != len(events) or elsewhere:
+        raise DuplicateEventId(stream, list(stored), in_other_stream=elsewhere)
     _, version, position = max(stored.values(), key=lambda row: row[2])
     return AppendResult(version=version, position=position)
 

@@ -15,6 +15,7 @@ import os
 import pathlib
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Final
 
@@ -156,12 +157,18 @@ def db_errors() -> Iterator[None]:
 # --------------------------------------------------------------------------- connections
 
 
+def _rw_uri(path: str) -> str:
+    """A `file:` URI that opens `path` read-write but never creates it."""
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+
+
 def connect(
     path: str | os.PathLike[str],
     *,
     synchronous: str = "full",
     busy_timeout: float = 30.0,
     read_only: bool = False,
+    uri: bool = False,
 ) -> sqlite3.Connection:
     """A connection in autocommit mode (the engine issues BEGIN itself).
 
@@ -176,6 +183,7 @@ def connect(
         isolation_level=None,
         check_same_thread=False,
         cached_statements=256,
+        uri=uri,
     )
     try:
         conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
@@ -267,16 +275,33 @@ def create_private(path: str | os.PathLike[str]) -> None:
     os.close(fd)
 
 
-def prepare_file(path: str, busy_timeout: float, partitions: int) -> int:
+def prepare_file(
+    path: str, busy_timeout: float, partitions: int, *, must_exist: bool = False
+) -> int | None:
     """Create or migrate the store file; return its partition count.
 
     A new file stores `partitions`; an existing one keeps (and returns) the
     count it was created with, which the caller compares with what it asked for.
     Runs under the write lock, so two processes creating the file at once agree.
+    With `must_exist`, a missing file is left missing and None is returned:
+    SQLite itself refuses to create it (`mode=rw`), so no directory or file
+    appears even if the path vanishes while we look.
     """
-    create_private(path)
+    if must_exist and not os.path.isfile(path):
+        return None
+    if not must_exist:
+        create_private(path)
     with db_errors():
-        conn = connect(path, busy_timeout=busy_timeout)
+        try:
+            conn = (
+                connect(_rw_uri(path), busy_timeout=busy_timeout, uri=True)
+                if must_exist
+                else connect(path, busy_timeout=busy_timeout)
+            )
+        except sqlite3.OperationalError:
+            if must_exist and not os.path.exists(path):
+                return None  # removed since we looked
+            raise
         try:
             migrate_connection(conn)
             conn.execute("BEGIN IMMEDIATE")

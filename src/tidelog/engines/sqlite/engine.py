@@ -490,6 +490,12 @@ class SQLiteEngine(GroupEngine):
     def partition_count(self) -> int:
         return self._partitions
 
+    async def _beyond_head(self, position: int) -> bool:
+        # The watch is advanced by this process's own writes too, so it is read
+        # without `head_watch()`, which would start the poller thread for a
+        # process that only commits.
+        return position > self._watch.head and position > await self.last_position()
+
     def head_watch(self) -> HeadWatch:
         if self._poller is None and not self._closed:
             self._poller = threading.Thread(
@@ -588,8 +594,18 @@ class SQLiteEngine(GroupEngine):
 # --------------------------------------------------------------------------- opening
 
 
-async def open_engine(url: str) -> SQLiteEngine:
-    """Open (creating or migrating) the store at `sqlite:///path.db`."""
+def _absolute(path: str) -> str:
+    """`path` made absolute: a relative one depends on where the process runs."""
+    return os.path.abspath(path)
+
+
+async def open_engine(url: str, *, must_exist: bool = False) -> SQLiteEngine:
+    """Open (creating or migrating) the store at `sqlite:///path.db`.
+
+    `must_exist=True` refuses a file that is not there (`InvalidURL` naming its
+    absolute path) instead of creating it: for commands that only read, where
+    a mistyped path would otherwise show an empty store and exit 0.
+    """
     config = config_from_url(SQLiteConfig, url, path=_path_from_url(url))
     if config.partitions is not None and config.partitions < 1:
         raise InvalidURL(url, "partitions must be >= 1")
@@ -597,11 +613,20 @@ async def open_engine(url: str) -> SQLiteEngine:
         raise InvalidURL(url, "busy_timeout must be > 0 seconds")
     partitions = await asyncio.get_running_loop().run_in_executor(
         None,
-        db.prepare_file,
-        config.path,
-        config.busy_timeout,
-        config.partitions or DEFAULT_PARTITIONS,
+        functools.partial(
+            db.prepare_file,
+            config.path,
+            config.busy_timeout,
+            config.partitions or DEFAULT_PARTITIONS,
+            must_exist=must_exist,
+        ),
     )
+    if partitions is None:
+        raise InvalidURL(
+            url,
+            f"no store at {_absolute(config.path)} (this command only reads; "
+            "check the path, or write to create a store)",
+        )
     if config.partitions is not None and config.partitions != partitions:
         raise InvalidURL(
             url, f"the store was created with partitions={partitions}; the count cannot change"
