@@ -172,13 +172,12 @@ def read(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
 ) -> None:
     """Print the events of one stream."""
-    start = from_version if from_version is not None else (-1 if backwards else 0)
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
         async with open_store(ctx, reads_only=True) as store:
             async for event in store.read_stream(
-                stream, from_version=start, backwards=backwards, limit=limit
+                stream, from_version=from_version, backwards=backwards, limit=limit
             ):
                 printer.event(event)
 

@@ -279,7 +279,7 @@ class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GroupMember(msgspec.Struct, frozen=True, kw_only=True):
-    """A live member of a consumer group and the partitions it owns."""
+    """A live member of a consumer group and the partitions it holds."""
 
     member: str
     partitions: tuple[int, ...]
@@ -290,8 +290,15 @@ class GroupMember(msgspec.Struct, frozen=True, kw_only=True):
 class Membership(msgspec.Struct, frozen=True, kw_only=True):
     """A member's view of its group after join or heartbeat.
 
-    `generation` changes whenever the set of live members changes; only the
-    current generation may commit. `partitions` are the ones this member owns.
+    `generation` changes whenever the set of live members, or the member holding
+    a partition, changes; only the current generation may commit. `partitions`
+    are the ones this member holds (it may commit them).
+
+    A cooperative member (one that joined with `cooperative=True`) is handed
+    over partitions without duplicates: `revoking` lists those it holds but
+    must give up (finish or abandon their in-flight events, commit, then
+    release them with `heartbeat(..., release=...)`); `awaiting` lists those
+    assigned to it that a previous holder has not released yet.
     """
 
     group: str
@@ -301,6 +308,8 @@ class Membership(msgspec.Struct, frozen=True, kw_only=True):
     partitions: tuple[int, ...]
     partition_count: int
     members: tuple[GroupMember, ...]
+    revoking: tuple[int, ...] = ()
+    awaiting: tuple[int, ...] = ()
 
 
 _JSON_ENCODER: Final = msgspec.json.Encoder()

@@ -150,7 +150,17 @@ class WireCommit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class WireJoin(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of a join: the lease, and whether the member hands partitions over."""
+
     lease: float = 10.0
+    cooperative: bool = False
+
+
+class WireHeartbeat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of a heartbeat: the lease, and the partitions the member released."""
+
+    lease: float = 10.0
+    release: list[int] = msgspec.field(default_factory=list)
 
 
 class WireEvent(msgspec.Struct, kw_only=True):

@@ -42,6 +42,7 @@ from tidelog.engines._kit.checks import (
     prepare_read_stream,
     validate_group_key,
 )
+from tidelog.engines._kit.groups import check_cooperative, check_release
 from tidelog.engines._kit.retention import (
     RETENTION_STREAM,
     RULE_TYPE,
@@ -214,25 +215,33 @@ class StreamEngine(abc.ABC):
     def read_stream(
         self,
         stream: str,
-        from_version: int = 0,
+        from_version: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Events of one stream from `from_version` (inclusive), in version order.
 
-        Backwards reads start at `from_version` and go down; there a
-        `from_version` of -1 means "from the end". A stream with no events
-        yields nothing; a deleted one raises `StreamDeleted`.
+        Without `from_version` a read starts where its direction begins: a
+        forwards read at the first event, a backwards read at the last, so
+        `read_stream(s, backwards=True, limit=1)` is the latest event (as in
+        KurrentDB and the eventsourcing library). An explicit `from_version`
+        is where the read starts, in either direction; backwards, -1 also means
+        "from the end" and a version past the end starts at the last event. A
+        stream with no events yields nothing; a deleted one raises
+        `StreamDeleted`.
 
-        The arguments are checked here, when the call is made, and the engine's
-        `_read_stream` does the reading: an iterator that re-yielded the
-        engine's events would cost a step per event on every replay.
+        The default is resolved here, once, so engines, the HTTP route and the
+        CLI agree: an engine's `_read_stream` always gets a start, -1 for the
+        end. The arguments are checked here, when the call is made, and the
+        engine's `_read_stream` does the reading: an iterator that re-yielded
+        the engine's events would cost a step per event on every replay.
         """
         self._check_open()
-        name = prepare_read_stream(stream, from_version, backwards, limit)
+        start = (-1 if backwards else 0) if from_version is None else from_version
+        name = prepare_read_stream(stream, start, backwards, limit)
         if self._retention_idle():
-            return self._read_stream(name, from_version, backwards, limit)
-        return self._read_stream_retained(name, from_version, backwards, limit)
+            return self._read_stream(name, start, backwards, limit)
+        return self._read_stream_retained(name, start, backwards, limit)
 
     def _retention_idle(self) -> bool:
         """True when reads may skip retention (no rule is set): the reads' fast path.
@@ -256,7 +265,10 @@ class StreamEngine(abc.ABC):
     def _read_stream(
         self, stream: str, from_version: int, backwards: bool, limit: int | None
     ) -> AsyncIterator[RecordedEvent]:
-        """The engine's read of one stream; `read_stream` checked the arguments."""
+        """The engine's read of one stream; `read_stream` checked the arguments.
+
+        `from_version` is always given: -1 (backwards only) means from the end.
+        """
 
     @abc.abstractmethod
     async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
@@ -452,17 +464,62 @@ class GroupEngine(LogEngine):
     def _now() -> float:
         return time.time()
 
-    @abc.abstractmethod
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
-        """Join (or rejoin) a group; returns the member's partitions and the generation."""
+        """Join (or rejoin) a group; returns the member's partitions and the generation.
+
+        A `cooperative` member hands partitions over without duplicates: when the
+        assignment moves one of its partitions to another member, it keeps the
+        partition (listed in its `revoking`) until it releases it by a heartbeat,
+        and the new owner waits for it (its `awaiting`); a holder that does not
+        release it loses it when its lease runs out or one lease after the
+        hand-over began. A member that is not cooperative loses moved partitions
+        at once (see `tidelog.engines._kit.groups`). The flag is checked here,
+        before the engine's `_join_group` names the group.
+        """
+        self._check_open()
+        check_cooperative(cooperative)
+        return await self._join_group(group, category, member, lease, cooperative)
 
     @abc.abstractmethod
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
-        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin."""
+        """The engine's join (`GroupState.join`); `join_group` checked `cooperative`."""
+
+    async def heartbeat(
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
+    ) -> Membership:
+        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin.
+
+        `release`: partitions of its `revoking` that the member gave up (it
+        finished or abandoned their events and committed them): they go to their
+        new owner now. Partitions it is not asked to give up are ignored; one
+        outside 0..partition_count-1 raises `InvalidInput` here, before the
+        engine's `_heartbeat` changes anything.
+        """
+        self._check_open()
+        released = check_release(release, self.partition_count)
+        return await self._heartbeat(group, category, member, lease, released)
+
+    @abc.abstractmethod
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
+    ) -> Membership:
+        """The engine's heartbeat (`GroupState.heartbeat`); `release` is checked."""
 
     @abc.abstractmethod
     async def leave_group(self, group: str, category: str, member: str) -> None:

@@ -263,26 +263,27 @@ class MemoryEngine(GroupEngine):
         validate_group_key(group, category)
         return self._groups.setdefault((group, category), GroupState())
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
         state = self._state(group, category)
-        state.join(member, self._now(), lease)
+        state.join(member, self._now(), lease, self.partition_count, cooperative)
         return state.membership(group, category, member, self.partition_count)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         state = self._state(group, category)
-        state.heartbeat(group, category, member, self._now(), lease)
-        return state.membership(group, category, member, self.partition_count)
+        count = self.partition_count
+        state.heartbeat(group, category, member, self._now(), lease, count, release)
+        return state.membership(group, category, member, count)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        self._state(group, category).leave(member, self._now())
+        self._state(group, category).leave(member, self._now(), self.partition_count)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

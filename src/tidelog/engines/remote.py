@@ -357,17 +357,19 @@ class RemoteEngine(GroupEngine):
     def _group_path(self, group: str, category: str) -> str:
         return f"/v1/groups/{_seg(group)}/{_seg(category)}"
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
-        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+        body = wire.WireJoin(lease=lease, cooperative=cooperative)
+        return await self._call("POST", path, Membership, body=body)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}/heartbeat"
-        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+        body = wire.WireHeartbeat(lease=lease, release=list(release))
+        return await self._call("POST", path, Membership, body=body)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"

@@ -131,15 +131,15 @@ class StoreWrapper(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
-        return await self.inner.join_group(group, category, member, lease)
+        return await self.inner.join_group(group, category, member, lease, cooperative=cooperative)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
-        return await self.inner.heartbeat(group, category, member, lease)
+        return await self.inner.heartbeat(group, category, member, lease, release=release)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         await self.inner.leave_group(group, category, member)

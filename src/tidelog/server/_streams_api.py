@@ -73,10 +73,11 @@ async def read_stream(
     stream: FromPath[str],
     state: State,
     access: AccessDep,
-    from_version: Annotated[int, QueryParameter(ge=-1, le=2**62)] = 0,
+    from_version: Annotated[int | None, QueryParameter(ge=-1, le=2**62)] = None,
     backwards: FromQuery[bool] = False,
     limit: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
 ) -> wire.WirePage:
+    """Without `from_version`, a backwards page starts at the newest event (the store's rule)."""
     rt = runtime(state)
     validate_stream_name(stream)
     need_stream(access, stream, Permission.READ)

@@ -489,6 +489,23 @@ class StreamsSuite(SuiteBase):
         ]
         assert await stream_versions(store, "s-1", backwards=True, from_version=-1, limit=1) == [4]
 
+    async def test_backwards_read_without_a_start_begins_at_the_end(
+        self, store: tidelog.Store
+    ) -> None:
+        """A backwards read with no start is "the latest events", as in KurrentDB."""
+        await store.append("s-1", [ev() for _ in range(5)])
+        assert await stream_versions(store, "s-1", backwards=True, limit=1) == [4]
+        assert await stream_versions(store, "s-1", backwards=True, limit=2) == [4, 3]
+        assert await stream_versions(store, "s-1", backwards=True) == [4, 3, 2, 1, 0]
+        assert await stream_versions(store, "s-1", backwards=True, limit=0) == []
+        assert await stream_versions(store, "nothing-1", backwards=True, limit=1) == []
+        # an explicit start keeps its meaning, and forwards still starts at the beginning
+        assert await stream_versions(store, "s-1", backwards=True, from_version=0) == [0]
+        assert await stream_versions(store, "s-1", backwards=True, from_version=2) == [2, 1, 0]
+        assert await stream_versions(store, "s-1", from_version=None, limit=2) == [0, 1]
+        await store.append("s-1", [ev()])
+        assert await stream_versions(store, "s-1", backwards=True, limit=1) == [5]
+
     async def test_read_stream_of_missing_stream_is_empty(self, store: tidelog.Store) -> None:
         assert await stream_versions(store, "nothing-1") == []
         assert await stream_versions(store, "nothing-1", backwards=True, from_version=-1) == []
@@ -1325,6 +1342,113 @@ class GroupsSuite(SuiteBase):
         after = await store.describe_group("billing", "order")
         assert after is not None
         assert after.generation == described.generation
+
+    # ------------------------------------------------------------- cooperative hand-over
+
+    async def test_a_cooperative_holder_keeps_a_moved_partition_until_it_releases_it(
+        self, store: tidelog.Store
+    ) -> None:
+        """The hand-over that makes a graceful join cost no duplicate (#14 item 11): the
+        new owner waits while the holder commits what it handled and releases it."""
+        count = store.partition_count
+        if count < 2:
+            pytest.skip("needs at least two partitions")
+        everything = tuple(range(count))
+        target = assign_partitions(["m1", "m2"], count)
+        moved = target["m2"][0]
+        await store.append("order-1", [ev() for _ in range(5)])
+        m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE, cooperative=True)
+        assert (m1.partitions, m1.revoking, m1.awaiting) == (everything, (), ())
+        m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        assert m2.generation > m1.generation
+        assert (m2.partitions, m2.revoking, m2.awaiting) == ((), (), target["m2"])
+        with pytest.raises(tidelog.StaleGeneration):  # it waits: not its partition yet
+            await store.commit("billing", "order", moved, 2, member="m2", generation=m2.generation)
+        m1 = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)
+        assert m1.generation == m2.generation
+        assert (m1.partitions, m1.revoking, m1.awaiting) == (everything, target["m2"], ())
+        assert [(g.member, g.partitions) for g in m1.members] == [("m1", everything), ("m2", ())]
+        # the holder commits what it handled, then releases the partition
+        await store.commit("billing", "order", moved, 3, member="m1", generation=m1.generation)
+        released = await store.heartbeat(
+            "billing", "order", "m1", lease=LONG_LEASE, release=m1.revoking
+        )
+        assert released.generation > m1.generation
+        assert (released.partitions, released.revoking) == (target["m1"], ())
+        with pytest.raises(tidelog.StaleGeneration):
+            await store.commit(
+                "billing", "order", moved, 4, member="m1", generation=released.generation
+            )
+        m2 = await store.heartbeat("billing", "order", "m2", lease=LONG_LEASE)
+        assert (m2.partitions, m2.awaiting) == (target["m2"], ())
+        assert m2.generation == released.generation
+        assert (await store.checkpoints("billing", "order"))[moved] == 3
+        await store.commit("billing", "order", moved, 5, member="m2", generation=m2.generation)
+        assert (await store.checkpoints("billing", "order"))[moved] == 5
+        # releasing again, or a partition it is not asked to give up, changes nothing
+        again = await store.heartbeat(
+            "billing", "order", "m1", lease=LONG_LEASE, release=everything
+        )
+        assert (again.generation, again.partitions) == (m2.generation, target["m1"])
+
+    async def test_a_cooperative_holder_that_leaves_or_never_releases_loses_its_partitions(
+        self, store: tidelog.Store
+    ) -> None:
+        count = store.partition_count
+        if count < 2:
+            pytest.skip("needs at least two partitions")
+        target = assign_partitions(["m1", "m2"], count)
+        # leaving hands everything over at once: nothing of it is in flight any more
+        await store.join_group("billing", "order", "m1", lease=LONG_LEASE, cooperative=True)
+        await store.join_group("billing", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        await store.leave_group("billing", "order", "m1")
+        m2 = await store.heartbeat("billing", "order", "m2", lease=LONG_LEASE)
+        assert (m2.partitions, m2.awaiting) == (tuple(range(count)), ())
+        # a holder that heartbeats but never releases loses them one of its leases after
+        # the hand-over began (its lease when it began: a short one here)
+        await store.leave_group("billing", "order", "m2")
+        await store.join_group("audit", "order", "m1", lease=0.3, cooperative=True)
+        m2 = await store.join_group("audit", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        assert m2.awaiting == target["m2"]
+        began = m2.generation
+        m1 = await store.heartbeat("audit", "order", "m1", lease=LONG_LEASE)  # alive, long
+        assert m1.revoking == target["m2"]
+        async with asyncio.timeout(WAIT):
+            while m2.partitions != target["m2"]:
+                await asyncio.sleep(0.05)
+                m2 = await store.heartbeat("audit", "order", "m2", lease=LONG_LEASE)
+        assert m2.awaiting == ()
+        assert m2.generation > began  # the partitions changed hands: a new generation
+        m1 = await store.heartbeat("audit", "order", "m1", lease=LONG_LEASE)
+        assert (m1.partitions, m1.revoking) == (target["m1"], ())
+        # a member that did not join cooperatively loses a moved partition at once
+        await store.join_group("eager", "order", "m1", lease=LONG_LEASE)
+        m2 = await store.join_group("eager", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        assert (m2.partitions, m2.awaiting) == (target["m2"], ())
+
+    async def test_a_bad_release_or_cooperative_flag_is_refused_and_changes_nothing(
+        self, store: tidelog.Store
+    ) -> None:
+        m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE, cooperative=True)
+        for bad in ([store.partition_count], [-1], [True], ["0"], 3, "0"):
+            with pytest.raises(tidelog.InvalidInput):
+                await store.heartbeat(
+                    "billing", "order", "m1", lease=LONG_LEASE, release=cast(Any, bad)
+                )
+        with pytest.raises(tidelog.InvalidInput):
+            await store.join_group(
+                "billing", "order", "m2", lease=LONG_LEASE, cooperative=cast(Any, "yes")
+            )
+        described = await store.describe_group("billing", "order")
+        assert described is not None
+        assert described.generation == m1.generation
+        assert [g.member for g in described.members] == ["m1"]
+        # refused before anything is written: a group never named stays unknown
+        with pytest.raises(tidelog.InvalidInput):
+            await store.heartbeat("fresh", "order", "m1", lease=LONG_LEASE, release=[-1])
+        with pytest.raises(tidelog.InvalidInput):
+            await store.join_group("fresh", "order", "m1", cooperative=cast(Any, 1))
+        assert await store.describe_group("fresh", "order") is None
 
     # ------------------------------------------------------------- fencing
 

@@ -486,26 +486,27 @@ class NatsEngine(GroupEngine):
                 return result
         raise StoreUnavailable("group: gave up after too many concurrent writes")
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(doc: wire.GroupDoc) -> Membership:
-            doc.state.join(member, self._now(), lease)
+            doc.state.join(member, self._now(), lease, self.partition_count, cooperative)
             return doc.state.membership(group, category, member, self.partition_count)
 
         result: Membership = await self._update_group(group, category, change)
         return result
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 
         def change(doc: wire.GroupDoc) -> Membership:
-            doc.state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self.partition_count
+            doc.state.heartbeat(group, category, member, now, lease, count, release)
             return doc.state.membership(group, category, member, self.partition_count)
 
         result: Membership = await self._update_group(group, category, change)
@@ -515,7 +516,7 @@ class NatsEngine(GroupEngine):
         self._check_open()
 
         def change(doc: wire.GroupDoc) -> None:
-            doc.state.leave(member, self._now())
+            doc.state.leave(member, self._now(), self.partition_count)
 
         await self._update_group(group, category, change)
 

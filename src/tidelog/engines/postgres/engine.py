@@ -574,32 +574,35 @@ class PostgresEngine(GroupEngine):
             raise failure
         return result
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(state: GroupState) -> Membership:
-            state.join(member, self._now(), lease)
+            state.join(member, self._now(), lease, self._partitions, cooperative)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 
         def change(state: GroupState) -> Membership:
-            state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self._partitions
+            state.heartbeat(group, category, member, now, lease, count, release)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        await self._change_group(group, category, lambda state: state.leave(member, self._now()))
+        await self._change_group(
+            group, category, lambda state: state.leave(member, self._now(), self._partitions)
+        )
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

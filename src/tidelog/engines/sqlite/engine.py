@@ -536,8 +536,8 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -546,14 +546,14 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
-            state.join(member, now, lease)
+            state.join(member, now, lease, w.partitions, cooperative)
             w.save_group(group, category, state)
             return state.membership(group, category, member, w.partitions)
 
         return await self._write(op)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         validate_group_key(group, category)
@@ -562,7 +562,7 @@ class SQLiteEngine(GroupEngine):
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
             try:
-                state.heartbeat(group, category, member, now, lease)
+                state.heartbeat(group, category, member, now, lease, w.partitions, release)
             except StaleGeneration as exc:
                 w.save_group(group, category, state)  # keep the expiries it applied
                 raise CommitThenRaise(exc) from None
@@ -578,7 +578,7 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> None:
             state = w.load_group(group, category)
-            state.leave(member, now)
+            state.leave(member, now, w.partitions)
             w.save_group(group, category, state)
 
         await self._write(op)
