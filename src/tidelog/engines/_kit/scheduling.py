@@ -1,0 +1,344 @@
+"""Scheduled delivery, written once: the checks of a scheduled append and the scheduler.
+
+An append whose events carry `deliver_at` (or that is given `deliver_at=` or
+`deliver_after=`) is not written to the log: the contract checks it here
+(`prepare_schedule`) and hands the engine `ScheduledEvent` rows to store as
+pending (`_schedule`). The `Scheduler` below moves them into the log when they
+are due, through the contract's own `append_many`, so every engine's write path,
+checks and idempotency apply unchanged. An engine only stores, claims and
+forgets rows (the `_schedule`, `_take_due`, `_next_due`, `_forget_scheduled`,
+`_cancel_scheduled`, `_list_scheduled` and `_count_scheduled` hooks).
+
+Exactly once, across processes and crashes:
+
+1. `_take_due` *claims* the due rows of whole batches: it moves their
+   `ready_at` forward by a lease (one statement; SQLite's single writer and
+   PostgreSQL's `FOR UPDATE SKIP LOCKED` keep two schedulers from claiming the
+   same row), so a second scheduler skips them while the first works;
+2. the events are appended with their own ids: an append whose ids are all
+   stored in that stream returns the original result and writes nothing, so a
+   move repeated after a crash (the lease ran out before the rows were
+   forgotten) or by a scheduler whose lease ran out writes nothing twice;
+3. the rows are forgotten (deleted by id: repeating it is harmless).
+
+A batch whose append is refused (`WrongExpectedVersion`, `StreamDeleted`, or
+an id stored in another stream) is *parked*: appended to `$scheduled-failed`
+with the reason in its metadata, under the same ids (so a repeated move finds
+them there, is refused with `DuplicateEventId` and parks again: an idempotent
+retry), or under ids derived from them when those ids belong to another
+stream's events. The other streams of the same pass are still delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
+from uuid import UUID
+
+from tidelog.errors import (
+    DuplicateEventId,
+    InvalidEvent,
+    StoreClosed,
+    StreamDeleted,
+    TidelogError,
+    WrongExpectedVersion,
+)
+from tidelog.model import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendRequest,
+    ExpectedVersion,
+    NewEvent,
+    ScheduledEvent,
+)
+
+if TYPE_CHECKING:
+    from tidelog.engines.contract import StreamEngine
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_LEASE",
+    "DEFAULT_POLL",
+    "FAILED_STREAM",
+    "Scheduler",
+    "decode_expected",
+    "encode_expected",
+    "from_micros",
+    "prepare_schedule",
+    "to_micros",
+]
+
+log = logging.getLogger(__name__)
+
+FAILED_STREAM: Final = "$scheduled-failed"
+"""Where a scheduled append refused at its due time is parked, with the reason."""
+DEFAULT_BATCH: Final = 500
+"""Rows a scheduler claims per pass: hundreds per append round, few queries per event."""
+DEFAULT_LEASE: Final = 30.0
+"""Seconds a claim lasts; after a crash, another scheduler retries the rows then."""
+DEFAULT_POLL: Final = 0.05
+"""Seconds between looks for rows scheduled by other processes (or other stores)."""
+_PARKED_NAMESPACE: Final = UUID("5b0f3c1e-8f7a-4a53-9d1f-6a51f0c2e7d4")
+
+_STATES: Final = {ANY: -1, NO_STREAM: -2, STREAM_EXISTS: -3}
+_STATE_OF: Final = {v: k for k, v in _STATES.items()}
+
+
+def encode_expected(expected: ExpectedVersion) -> int:
+    """An expected version as one integer column: a version, or -1/-2/-3 for the states."""
+    return expected if isinstance(expected, int) else _STATES[expected]
+
+
+def decode_expected(value: int) -> ExpectedVersion:
+    return _STATE_OF[value] if value < 0 else value
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch: how the SQL engines store due times (exact, sortable)."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+def prepare_schedule(
+    stream: str,
+    events: Sequence[NewEvent],
+    expected: ExpectedVersion,
+    deliver_at: object,
+    deliver_after: object,
+) -> list[ScheduledEvent] | None:
+    """The rows of a scheduled append, or None when the append is for now.
+
+    One append is one unit: every event of it is due at the same time (given
+    once by `deliver_at`/`deliver_after`, or the same `deliver_at` on each
+    event), so the batch is appended at once with the expected version given
+    here. An append mixing events for now and for later, or for different
+    times, is refused with `InvalidEvent` and changes nothing: its expected
+    version could not mean one thing. A due time in the past is allowed (it is
+    delivered at once, by the scheduler).
+    """
+    if deliver_at is None and deliver_after is None:
+        for e in events:
+            if e.deliver_at is not None:
+                break
+        else:
+            return None
+    if deliver_at is not None and deliver_after is not None:
+        raise InvalidEvent("give deliver_at or deliver_after, not both")
+    due: datetime | None = None
+    if deliver_after is not None:
+        if not isinstance(deliver_after, timedelta) or deliver_after < timedelta(0):
+            raise InvalidEvent(f"deliver_after must be a timedelta >= 0, got {deliver_after!r}")
+        due = datetime.now(UTC) + deliver_after
+    elif deliver_at is not None:
+        due = _aware(deliver_at)
+    own = {e.deliver_at for e in events}
+    if due is None:
+        if None in own or len(own) != 1:
+            raise InvalidEvent(
+                "every event of a scheduled append must have the same deliver_at: "
+                "append events for now and for later in separate calls"
+            )
+        due = _aware(own.pop())
+    elif own - {None, deliver_at}:
+        raise InvalidEvent("an event's deliver_at differs from the append's due time")
+    batch = events[0].id
+    code = encode_expected(expected)
+    return [
+        ScheduledEvent(
+            id=e.id,
+            stream=stream,
+            due_at=due,
+            type=e.type,
+            data=e.data,
+            metadata=dict(e.metadata),
+            schema_version=e.schema_version,
+            expected_version=decode_expected(code),
+            batch=batch,
+            seq=i,
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+def _aware(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidEvent(f"deliver_at must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidEvent("deliver_at must be timezone-aware (a naive time is ambiguous)")
+    return value.astimezone(UTC)
+
+
+def _batches(rows: Sequence[ScheduledEvent]) -> dict[str, list[list[ScheduledEvent]]]:
+    """Claimed rows as batches per stream, in due order (then scheduling order)."""
+    by_batch: dict[UUID, list[ScheduledEvent]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r.due_at, str(r.batch), r.seq)):
+        by_batch[row.batch].append(row)
+    streams: dict[str, list[list[ScheduledEvent]]] = defaultdict(list)
+    for batch in by_batch.values():
+        streams[batch[0].stream].append(batch)
+    return streams
+
+
+class Scheduler:
+    """The delivery loop of one store in one process (`store.start_scheduler()`).
+
+    It sleeps until the earliest due time it knows (a scheduled append of this
+    process wakes it at once if it is earlier), but never longer than `poll`,
+    so rows scheduled by other processes are seen within `poll`. Each pass
+    claims up to `batch` due rows and moves them (see the module docstring).
+    `lateness` observers receive (delivered at - due at) in seconds per event.
+    """
+
+    def __init__(
+        self,
+        store: StreamEngine,
+        *,
+        batch: int = DEFAULT_BATCH,
+        lease: float = DEFAULT_LEASE,
+        poll: float = DEFAULT_POLL,
+    ) -> None:
+        self.store = store
+        self.batch = batch
+        self.lease = lease
+        self.poll = poll
+        self.delivered = 0
+        """Events this scheduler appended to their streams (retries of a move count once)."""
+        self.parked = 0
+        self.observers: list[Callable[[float], None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"tidelog-scheduler-{self.store.name}"
+            )
+
+    def wake(self) -> None:
+        """A new row was scheduled here: look again now (it may be due sooner)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TidelogError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                moved = await self.run_once()
+                if moved >= self.batch:
+                    continue  # more may be due at once: no sleep
+                next_ready = await self.store._next_due()
+            except StoreClosed:
+                return
+            except TidelogError as exc:  # the store is unavailable for now: try again
+                log.warning("tidelog scheduler: %s (retrying)", exc)
+                next_ready = None
+            timeout = self.poll
+            if next_ready is not None:
+                timeout = min(self.poll, max(0.0, next_ready - time.time()))
+            if timeout > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+
+    async def run_once(self, now: float | None = None) -> int:
+        """One pass: claim the rows due at `now` (default: the clock) and move them.
+
+        Returns how many rows were claimed. Public so tests and tools can drive
+        a store's schedule step by step.
+        """
+        rows = await self.store._take_due(time.time() if now is None else now, self.batch, self.lease)
+        if not rows:
+            return 0
+        await self._move(rows)
+        return len(rows)
+
+    async def _move(self, rows: Sequence[ScheduledEvent]) -> None:
+        streams = _batches(rows)
+        done: list[UUID] = []
+        # One append_many per round: the first waiting batch of each stream
+        # (a stream appears once per append_many).
+        while streams:
+            round_ = {name: batches.pop(0) for name, batches in streams.items()}
+            streams = {name: batches for name, batches in streams.items() if batches}
+            await self._deliver_round(round_)
+            for batch in round_.values():
+                done.extend(r.id for r in batch)
+        await self.store._forget_scheduled(done)
+
+    async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
+        pending = dict(round_)
+        while pending:
+            requests = {
+                name: AppendRequest(
+                    [r.to_new_event() for r in batch], batch[0].expected_version
+                )
+                for name, batch in pending.items()
+            }
+            try:
+                await self.store.append_many(requests)
+            except (WrongExpectedVersion, StreamDeleted, DuplicateEventId) as exc:
+                refused = pending.pop(exc.stream, None)
+                if refused is None:  # not one of ours: the error is the store's
+                    raise
+                await self._park(refused, exc)
+                continue
+            now = datetime.now(UTC)
+            for batch in pending.values():
+                self.delivered += len(batch)
+                for row in batch:
+                    lateness = (now - row.due_at).total_seconds()
+                    for observe in self.observers:
+                        observe(lateness)
+            return
+
+    async def _park(self, batch: list[ScheduledEvent], error: TidelogError) -> None:
+        """Append a refused batch to `$scheduled-failed` with the reason."""
+        reason = {
+            "scheduled_stream": batch[0].stream,
+            "scheduled_due_at": batch[0].due_at.isoformat(),
+            "scheduled_error": type(error).__name__,
+            "scheduled_reason": str(error),
+        }
+
+        def parked(derive: bool) -> list[NewEvent]:
+            return [
+                NewEvent(
+                    id=uuid.uuid5(_PARKED_NAMESPACE, str(r.id)) if derive else r.id,
+                    type=r.type,
+                    data=r.data,
+                    metadata={**r.metadata, **reason, "scheduled_id": str(r.id)},
+                    schema_version=r.schema_version,
+                )
+                for r in batch
+            ]
+
+        try:
+            await self.store.append(FAILED_STREAM, parked(False))
+        except DuplicateEventId:  # the ids belong to events of another stream
+            await self.store.append(FAILED_STREAM, parked(True))
+        self.parked += len(batch)
+        log.warning(
+            "tidelog scheduler: parked %d event(s) for %r in %s: %s",
+            len(batch),
+            batch[0].stream,
+            FAILED_STREAM,
+            error,
+        )
