@@ -32,6 +32,7 @@ from tidelog.engines.postgres.schema import (
     migrate,
 )
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.postgres
@@ -50,6 +51,11 @@ async def _drop_schemas() -> AsyncIterator[None]:
 
 
 class TestPostgresEngine(EngineSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=4")
+
+
+class TestPostgresScheduling(SchedulingSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await _created.open("pool_max=4")
 

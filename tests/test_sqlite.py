@@ -36,6 +36,7 @@ from tidelog.engines.sqlite import SQLiteEngine
 from tidelog.engines.sqlite import engine as sqlite_engine
 from tidelog.engines.sqlite.db import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -44,6 +45,11 @@ def _url(path: pathlib.Path, query: str = "") -> str:
 
 
 class TestSQLiteEngine(EngineSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+class TestSQLiteScheduling(SchedulingSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
 

@@ -279,9 +279,7 @@ class StreamEngine(abc.ABC):
             raise InvalidInput(f"an event id is a UUID, got {type(event_id).__name__}")
         return await self._cancel_scheduled(event_id)
 
-    async def scheduled(
-        self, stream: str | None = None, limit: int = 100
-    ) -> list[ScheduledEvent]:
+    async def scheduled(self, stream: str | None = None, limit: int = 100) -> list[ScheduledEvent]:
         """Pending scheduled events (of one stream, or all), earliest due first."""
         self._check_open()
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 10_000:

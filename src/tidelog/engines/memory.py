@@ -231,8 +231,12 @@ class MemoryEngine(GroupEngine):
             first = self._pending[self._due_heap[0][2]]
             for event_id in self._batches[first.batch]:
                 if self._ready[event_id] <= now:
-                    self._set_ready(event_id, now + lease)
+                    # off the heap until the claim is complete: a lease of 0
+                    # must not make a row taken here ready again in this call
+                    self._ready[event_id] = -1.0
                     taken.append(self._pending[event_id])
+        for row in taken:
+            self._set_ready(row.id, now + lease)
         return taken
 
     async def _next_due(self) -> float | None:

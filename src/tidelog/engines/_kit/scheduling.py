@@ -264,7 +264,9 @@ class Scheduler:
         Returns how many rows were claimed. Public so tests and tools can drive
         a store's schedule step by step.
         """
-        rows = await self.store._take_due(time.time() if now is None else now, self.batch, self.lease)
+        rows = await self.store._take_due(
+            time.time() if now is None else now, self.batch, self.lease
+        )
         if not rows:
             return 0
         await self._move(rows)
@@ -287,9 +289,7 @@ class Scheduler:
         pending = dict(round_)
         while pending:
             requests = {
-                name: AppendRequest(
-                    [r.to_new_event() for r in batch], batch[0].expected_version
-                )
+                name: AppendRequest([r.to_new_event() for r in batch], batch[0].expected_version)
                 for name, batch in pending.items()
             }
             try:

@@ -144,9 +144,7 @@ class PendingTable:
         with pg_errors():
             async with self._pool.acquire() as conn, transaction(conn, _BEGIN):
                 await conn.execute(self._claim_lock)
-                rows = await conn.fetch(
-                    self._take, now_us, now_us + int(lease * 1_000_000), limit
-                )
+                rows = await conn.fetch(self._take, now_us, now_us + int(lease * 1_000_000), limit)
         return [_row(r) for r in rows]
 
     async def next_ready(self) -> float | None:

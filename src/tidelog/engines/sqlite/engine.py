@@ -593,7 +593,6 @@ class SQLiteEngine(GroupEngine):
 
         return await self._read(read)
 
-
     # ------------------------------------------------------------ scheduled delivery
     # The statements are in `scheduled`; writes go through the one writer thread.
 

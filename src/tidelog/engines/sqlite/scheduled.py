@@ -112,7 +112,9 @@ def insert(conn: sqlite3.Connection, rows: Sequence[ScheduledEvent]) -> None:
     )
 
 
-def take_due(conn: sqlite3.Connection, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+def take_due(
+    conn: sqlite3.Connection, now: float, limit: int, lease: float
+) -> list[ScheduledEvent]:
     """Claim the rows of whole batches ready at `now`: their ready time becomes `now + lease`."""
     if not _exists(conn):
         return []
