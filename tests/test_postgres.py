@@ -59,6 +59,10 @@ class TestPostgresScheduling(SchedulingSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await _created.open("pool_max=4")
 
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store:
+        assert isinstance(store, postgres.PostgresEngine)
+        return await tidelog.connect(f"{PG_DSN}?schema={store.config.schema}&pool_max=4")
+
 
 class TestPostgresModel(ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:

@@ -53,6 +53,10 @@ class TestSQLiteScheduling(SchedulingSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
 
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store:
+        assert isinstance(store, SQLiteEngine)
+        return await tidelog.connect(_url(pathlib.Path(store.config.path)))
+
 
 class TestSQLiteModel(ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:

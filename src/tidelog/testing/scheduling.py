@@ -51,6 +51,13 @@ class SchedulingSuite(SuiteBase):
     supports_scheduling: bool = True
     """False: every scheduling call raises `NotSupported` and writes nothing."""
 
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store | None:
+        """A second store on the same data as `store`, as another process would open it.
+
+        None (the default) skips the tests of schedulers in several processes.
+        """
+        return None
+
     @pytest.fixture(autouse=True)
     def _needs_scheduling(self, request: pytest.FixtureRequest) -> None:
         if request.function.__name__ == "test_refused_when_not_supported":
@@ -235,6 +242,33 @@ class SchedulingSuite(SuiteBase):
         assert sorted(ids) == sorted(e.id for e in events)  # each once, none lost
         assert await _stream(store, FAILED_STREAM) == []
         assert sum(s.delivered for s in schedulers) >= len(events)
+
+    async def test_schedulers_of_two_stores_on_the_same_data_claim_apart(
+        self, store: tidelog.Store
+    ) -> None:
+        other = await self.open_same(store)
+        if other is None:
+            pytest.skip("this engine's data is not shared between stores")
+        try:
+            events = [ev(f"E{i}") for i in range(80)]
+            for i, event in enumerate(events):
+                writer = store if i % 2 else other
+                await writer.append(f"order-p{i % 9}", [event], deliver_after=LATER)
+            now = _after()
+            # A lease longer than the test: a row is moved by the one that claimed it.
+            schedulers = [Scheduler(s, batch=7) for s in (store, other, store, other)]
+
+            async def drain(scheduler: Scheduler) -> None:
+                while await scheduler.store.count_scheduled():
+                    if not await scheduler.run_once(now=now):
+                        await asyncio.sleep(0.001)
+
+            await asyncio.gather(*(drain(s) for s in schedulers))
+            ids = [e.id for e in await collect(store.read_all())]
+            assert sorted(ids) == sorted(e.id for e in events)
+            assert sum(s.delivered for s in schedulers) == len(events)  # no row moved twice
+        finally:
+            await other.close()
 
     async def test_rescheduling_the_same_ids_keeps_one(self, store: tidelog.Store) -> None:
         event = ev()
