@@ -23,6 +23,8 @@ class Sizes:
     subscribe_rate: int = 5_000
     subscribe_events: int = 25_000
     event_bytes: int = 200
+    scheduled_events: int = 100_000
+    scheduled_seconds: float = 10.0
 
 
 FULL = Sizes()
@@ -34,6 +36,8 @@ QUICK = replace(
     single_baseline_events=640,
     replay_events=20_000,
     subscribe_events=5_000,
+    scheduled_events=10_000,
+    scheduled_seconds=2.0,
 )
 TINY = replace(
     FULL,
@@ -47,6 +51,8 @@ TINY = replace(
     replay_page=100,
     subscribe_rate=1_000,
     subscribe_events=50,
+    scheduled_events=200,
+    scheduled_seconds=0.5,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_LEASE",
+    "DEFAULT_LOOKAHEAD",
     "DEFAULT_POLL",
     "FAILED_STREAM",
     "Scheduler",
@@ -86,6 +87,8 @@ DEFAULT_LEASE: Final = 30.0
 """Seconds a claim lasts; after a crash, another scheduler retries the rows then."""
 DEFAULT_POLL: Final = 0.05
 """Seconds between looks for rows scheduled by other processes (or other stores)."""
+DEFAULT_LOOKAHEAD: Final = 0.1
+"""Seconds before their due time that rows are claimed, so only the append is left at it."""
 _PARKED_NAMESPACE: Final = UUID("5b0f3c1e-8f7a-4a53-9d1f-6a51f0c2e7d4")
 
 _STATES: Final = {ANY: -1, NO_STREAM: -2, STREAM_EXISTS: -3}
@@ -180,15 +183,12 @@ def _aware(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
-def _batches(rows: Sequence[ScheduledEvent]) -> dict[str, list[list[ScheduledEvent]]]:
-    """Claimed rows as batches per stream, in due order (then scheduling order)."""
+def _batches(rows: Sequence[ScheduledEvent]) -> list[list[ScheduledEvent]]:
+    """Claimed rows as batches (one scheduled append each), in due order."""
     by_batch: dict[UUID, list[ScheduledEvent]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: (r.due_at, str(r.batch), r.seq)):
         by_batch[row.batch].append(row)
-    streams: dict[str, list[list[ScheduledEvent]]] = defaultdict(list)
-    for batch in by_batch.values():
-        streams[batch[0].stream].append(batch)
-    return streams
+    return list(by_batch.values())
 
 
 class Scheduler:
@@ -208,17 +208,21 @@ class Scheduler:
         batch: int = DEFAULT_BATCH,
         lease: float = DEFAULT_LEASE,
         poll: float = DEFAULT_POLL,
+        lookahead: float = DEFAULT_LOOKAHEAD,
     ) -> None:
         self.store = store
         self.batch = batch
         self.lease = lease
         self.poll = poll
+        self.lookahead = lookahead
         self.delivered = 0
         """Events this scheduler appended to their streams (retries of a move count once)."""
         self.parked = 0
         self.observers: list[Callable[[float], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._forgetting: asyncio.Task[None] | None = None
+        """The running loop's last forget, overlapped with its next claim."""
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -236,13 +240,16 @@ class Scheduler:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TidelogError):
                 await task
+        forgetting, self._forgetting = self._forgetting, None
+        if forgetting is not None:  # let it finish: else the rows wait for their lease
+            with contextlib.suppress(TidelogError):
+                await forgetting
 
     async def _run(self) -> None:
         while True:
             try:
-                moved = await self.run_once()
-                if moved >= self.batch:
-                    continue  # more may be due at once: no sleep
+                if await self._pass():
+                    continue  # claim the next window at once: its rows may be due soon
                 next_ready = await self.store._next_due()
             except StoreClosed:
                 return
@@ -251,7 +258,7 @@ class Scheduler:
                 next_ready = None
             timeout = self.poll
             if next_ready is not None:
-                timeout = min(self.poll, max(0.0, next_ready - time.time()))
+                timeout = min(self.poll, max(0.0, next_ready - self.lookahead - time.time()))
             if timeout > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -259,31 +266,62 @@ class Scheduler:
                         await self._wake.wait()
 
     async def run_once(self, now: float | None = None) -> int:
-        """One pass: claim the rows due at `now` (default: the clock) and move them.
+        """One pass: claim the rows due by `now` and move them; how many were claimed.
 
-        Returns how many rows were claimed. Public so tests and tools can drive
-        a store's schedule step by step.
+        On the real clock (`now` None) it claims what is due within `lookahead`
+        seconds too and appends each batch at its due time: the claim's
+        transaction is then off the path from due time to visibility. Given a
+        `now` (tests and tools driving a schedule step by step), it moves what
+        is due by then at once.
         """
+        real = now is None
+        clock = time.time() if now is None else now
         rows = await self.store._take_due(
-            time.time() if now is None else now, self.batch, self.lease
+            clock + (self.lookahead if real else 0.0), self.batch, self.lease
         )
-        if not rows:
-            return 0
-        await self._move(rows)
+        if rows:
+            await self.store._forget_scheduled(await self._move(rows, real))
         return len(rows)
 
-    async def _move(self, rows: Sequence[ScheduledEvent]) -> None:
-        streams = _batches(rows)
+    async def _pass(self) -> int:
+        """`run_once` of the running loop: the forget of a pass overlaps the next claim
+        (its rows are claimed, so the claim cannot take them again)."""
+        rows = await self.store._take_due(time.time() + self.lookahead, self.batch, self.lease)
+        if self._forgetting is not None:
+            forgetting, self._forgetting = self._forgetting, None
+            await forgetting
+        if rows:
+            done = await self._move(rows, True)
+            self._forgetting = asyncio.get_running_loop().create_task(
+                self.store._forget_scheduled(done)
+            )
+        return len(rows)
+
+    async def _move(self, rows: Sequence[ScheduledEvent], real: bool) -> list[UUID]:
+        """Append (or park) every batch of `rows`, each at its due time if `real`;
+        returns the ids moved, for the caller to forget."""
+        batches = _batches(rows)
         done: list[UUID] = []
-        # One append_many per round: the first waiting batch of each stream
-        # (a stream appears once per append_many).
-        while streams:
-            round_ = {name: batches.pop(0) for name, batches in streams.items()}
-            streams = {name: batches for name, batches in streams.items() if batches}
-            await self._deliver_round(round_)
-            for batch in round_.values():
-                done.extend(r.id for r in batch)
-        await self.store._forget_scheduled(done)
+        i = 0
+        while i < len(batches):
+            if real:
+                delay = batches[i][0].due_at.timestamp() - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            cutoff = time.time()
+            streams: dict[str, list[list[ScheduledEvent]]] = defaultdict(list)
+            while i < len(batches) and (not real or batches[i][0].due_at.timestamp() <= cutoff):
+                streams[batches[i][0].stream].append(batches[i])
+                i += 1
+            # One append_many per round: the first waiting batch of each stream
+            # (a stream appears once per append_many).
+            while streams:
+                round_ = {name: waiting.pop(0) for name, waiting in streams.items()}
+                streams = {name: waiting for name, waiting in streams.items() if waiting}
+                await self._deliver_round(round_)
+                for batch in round_.values():
+                    done.extend(r.id for r in batch)
+        return done
 
     async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
         pending = dict(round_)

@@ -1,0 +1,110 @@
+"""The scheduled-delivery workload: `scheduled_lateness`.
+
+`scheduled_events` events (100,000 in full runs) are scheduled over
+`scheduled_seconds` (10 s), 100 per scheduled append (one stream each), at an
+even, open-loop rate; each append is due `LEAD` (1 s) after the moment it is
+planned to be sent. The store's own scheduler delivers them while more are
+being scheduled; a live subscriber stamps when each becomes visible.
+Lateness = visible at - due at, per event.
+
+The baseline, measured on the same loop at the same time: an `asyncio` timer
+(`loop.call_at`) per due time, stamping how late it fires: the floor any
+in-process delivery at a due time can reach under the same load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from benchmarks.backends import Backend
+from benchmarks.common import Sizes
+from benchmarks.workloads.store import ms, payload, percentile
+from tidelog import NewEvent
+
+PER_APPEND = 100
+LEAD = 1.0
+"""Seconds from an append's planned send time to its due time."""
+
+
+async def scheduled_lateness(backend: Backend, sizes: Sizes) -> dict[str, Any]:
+    n = sizes.scheduled_events
+    appends = max(1, n // PER_APPEND)
+    step = sizes.scheduled_seconds / appends
+    store = await backend.open_store()
+    visible: dict[uuid.UUID, float] = {}
+    due_of: dict[uuid.UUID, float] = {}
+    timer_lateness: list[float] = []
+    ack_lateness: list[float] = []
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        start = await store.last_position()
+
+        async def subscriber() -> None:
+            async for event in store.subscribe(from_position=start + 1):
+                visible[event.id] = time.time()
+                if len(visible) >= n:
+                    done.set()
+                    return
+
+        def timer(due: float) -> None:
+            timer_lateness.append(time.time() - due)
+
+        async def schedule(i: int, due: float) -> None:
+            count = min(PER_APPEND, n - i * PER_APPEND)
+            events = [
+                NewEvent(type="Reminder", data=payload(i * PER_APPEND + k, sizes.event_bytes))
+                for k in range(count)
+            ]
+            for e in events:
+                due_of[e.id] = due
+            loop.call_later(max(0.0, due - time.time()), timer, due)
+            await store.append(
+                f"reminder-{i % 1000}", events, deliver_at=datetime.fromtimestamp(due, UTC)
+            )
+            ack_lateness.append(time.time() - (due - LEAD))
+
+        sub = asyncio.create_task(subscriber())
+        await asyncio.sleep(0.1)  # let the subscription go live
+        origin = time.time()
+        sent = 0
+        while sent < appends:
+            planned = min(appends, int((time.time() - origin) / step) + 1)
+            while sent < planned:
+                task = asyncio.create_task(schedule(sent, origin + sent * step + LEAD))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        offered_seconds = time.time() - origin
+        while tasks:
+            await asyncio.gather(*list(tasks))
+        await asyncio.wait_for(done.wait(), 120)
+        await sub
+    finally:
+        for task in tasks:
+            task.cancel()
+        await store.close()
+    lateness = [visible[i] - due_of[i] for i in visible]
+    p99 = percentile(lateness, 99)
+    p50 = percentile(lateness, 50)
+    return {
+        "value": ms(p99),
+        "unit": "ms (p99)",
+        "baseline": ms(percentile(timer_lateness, 99)),
+        "p50_ms": ms(p50),
+        "p99_ms": ms(p99),
+        "max_ms": ms(max(lateness)),
+        "p50_goal": "< 20.0",
+        "p50_met": ms(p50) < 20.0,
+        "baseline_p50_ms": ms(percentile(timer_lateness, 50)),
+        "delivered_early": sum(1 for d in lateness if d < 0),
+        "schedule_ack_p99_ms": ms(percentile(ack_lateness, 99)),
+        "events": n,
+        "scheduled_over_s": round(offered_seconds, 2),
+    }
