@@ -254,9 +254,11 @@ class StreamEngine(abc.ABC):
         only serves a store (the server, `tidelog worker`) calls this so that
         events scheduled by other processes are delivered too. Several
         processes may run one on the same store: each event is delivered once.
-        Stopped by `close()`.
+        Stopped by `close()`. Raises `NotSupported` on an engine without scheduling.
         """
         self._check_open()
+        if type(self)._take_due is StreamEngine._take_due:
+            raise self._schedule_refused()
         if self._scheduler is None:
             self._scheduler = Scheduler(self)
         self._scheduler.start()

@@ -13,6 +13,7 @@ exception handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,7 @@ from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, S
 import tidelog
 from tidelog import wire
 from tidelog.engines.contract import Engine
-from tidelog.errors import StoreUnavailable, TidelogError
+from tidelog.errors import NotSupported, StoreClosed, StoreUnavailable, TidelogError
 from tidelog.security.tokens import Authenticator
 from tidelog.server._asyncapi import ROUTES as ASYNCAPI_ROUTES
 from tidelog.server._cloudevents import ROUTES as CLOUDEVENTS_ROUTES
@@ -136,6 +137,9 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         background.append(asyncio.create_task(rt.readiness.run(lambda: rt.store)))
         refresh = rt.metrics.run_refresh(lambda: rt.store, config.limits.metrics_refresh_interval)
         background.append(asyncio.create_task(refresh))
+        # The server delivers scheduled events, its clients' included (see docs/scheduling.md).
+        with contextlib.suppress(NotSupported, StoreClosed):
+            rt.metrics.observe_scheduler(store.start_scheduler())
 
     async def on_shutdown() -> None:
         for task in background:

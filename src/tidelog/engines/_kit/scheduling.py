@@ -246,11 +246,15 @@ class Scheduler:
                 await forgetting
 
     async def _run(self) -> None:
+        """Look (a read) before claiming (a write): an idle store costs one indexed read
+        per `poll`, not a write transaction and its sync."""
         while True:
+            self._wake.clear()  # before the look: a wake during it is not lost
             try:
-                if await self._pass():
-                    continue  # claim the next window at once: its rows may be due soon
                 next_ready = await self.store._next_due()
+                if next_ready is not None and next_ready <= time.time() + self.lookahead:
+                    await self._pass()
+                    continue  # look again at once: more may be due soon
             except StoreClosed:
                 return
             except TidelogError as exc:  # the store is unavailable for now: try again
@@ -260,7 +264,6 @@ class Scheduler:
             if next_ready is not None:
                 timeout = min(self.poll, max(0.0, next_ready - self.lookahead - time.time()))
             if timeout > 0:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
