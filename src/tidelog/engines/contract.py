@@ -239,6 +239,11 @@ class StreamEngine(abc.ABC):
 
     _scheduler: Scheduler | None = None
 
+    @property
+    def supports_scheduling(self) -> bool:
+        """Whether this store keeps scheduled events (else they raise `NotSupported`)."""
+        return type(self)._take_due is not StreamEngine._take_due
+
     async def _schedule_append(self, stream: str, rows: list[ScheduledEvent]) -> ScheduledResult:
         """Store `rows` as pending, then make sure this process delivers them."""
         await self._schedule(rows)
@@ -257,7 +262,7 @@ class StreamEngine(abc.ABC):
         Stopped by `close()`. Raises `NotSupported` on an engine without scheduling.
         """
         self._check_open()
-        if type(self)._take_due is StreamEngine._take_due:
+        if not self.supports_scheduling:
             raise self._schedule_refused()
         if self._scheduler is None:
             self._scheduler = Scheduler(self)

@@ -45,6 +45,7 @@ from uuid import UUID
 from tidelog.errors import (
     DuplicateEventId,
     InvalidEvent,
+    InvalidInput,
     StoreClosed,
     StreamDeleted,
     TidelogError,
@@ -341,6 +342,16 @@ class Scheduler:
                     raise
                 await self._park(refused, exc)
                 continue
+            except InvalidInput as exc:
+                # Refused input that names no stream (a wrapper's `SchemaViolation`):
+                # alone, the batch is parked; in a round, each stream goes alone.
+                if len(pending) > 1:
+                    for name, batch in pending.items():
+                        await self._deliver_round({name: batch})
+                    return
+                [batch] = pending.values()
+                await self._park(batch, exc)
+                return
             now = datetime.now(UTC)
             for batch in pending.values():
                 self.delivered += len(batch)
