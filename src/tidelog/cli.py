@@ -13,7 +13,8 @@ its traceback.
 
 This module only assembles: each area's commands live in their own module
 (`_cli_store`, `consumers/_cli`, `schemas/_cli`, `projections/_cli`,
-`_cli_admin`, `server/_cli`, `_cli_status`), imported plainly below, and each exposes
+`_cli_admin`, `server/_cli`, `_cli_status`, `_cli_scheduled`), imported plainly below,
+and each exposes
 `register(app)`. A command module is a leaf: it takes `settings(ctx)`,
 `run(...)`, `emit(...)` and `parse_json(...)` from `tidelog._cli_kit`, never
 from here. A command module that does not exist is skipped; any other import
@@ -265,6 +266,8 @@ with _command_module("tidelog.server._cli"):
     import tidelog.server._cli
 with _command_module("tidelog._cli_status"):
     import tidelog._cli_status
+with _command_module("tidelog._cli_scheduled"):
+    import tidelog._cli_scheduled
 
 
 def _register_extensions(target: typer.Typer) -> None:
