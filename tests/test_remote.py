@@ -29,7 +29,6 @@ from tidelog import wire
 from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite
-from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -79,13 +78,6 @@ class TestRemoteOverSQLite(_OnSharedServers, EngineSuite):
         return await self.servers.open(
             f"sqlite:///{tmp_path}/{uuid4().hex}.db", RemoteConfig(page=7)
         )
-
-
-class TestRemoteScheduling(_OnSharedServers, SchedulingSuite):
-    supports_scheduling = False
-
-    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
-        return await self.servers.open("memory://", RemoteConfig(page=7))
 
 
 class TestRemoteModel(_OnSharedServers, ModelSuite):

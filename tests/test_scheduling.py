@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import tidelog
-from support.server import Serve
+from support.server import ADMIN_KEY, Serve
 from tidelog.cli import app
 from tidelog.engines._kit.scheduling import FAILED_STREAM, Scheduler
 from tidelog.schemas import SchemaRegistry, ValidatingStore
@@ -118,3 +118,77 @@ async def test_a_validating_store_refuses_a_bad_scheduled_event_when_scheduled()
         assert parked.metadata["scheduled_error"] == "SchemaViolation"
     finally:
         await checked.close()
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+async def test_the_remote_engine_schedules_lists_and_cancels_through_the_server(
+    serve: Serve,
+) -> None:
+    server, backing = await serve()
+    url = f"http://127.0.0.1:{server.port}"
+    async with await tidelog.connect(url, token=ADMIN_KEY) as remote:
+        assert not remote.supports_scheduling  # the server's scheduler delivers
+        await remote.append("order-1", [tidelog.NewEvent(type="Placed")])
+        later = tidelog.NewEvent(type="Remind", data=b'{"n": 1}', metadata={"k": "v"})
+        binary = tidelog.NewEvent(type="Blob", data=b"\x00\xff")
+        result = await remote.append("order-1", [later, binary], 0, deliver_after=LATER)
+        assert isinstance(result, tidelog.ScheduledResult)
+        assert (result.version, result.ids) == (-1, (later.id, binary.id))
+        assert [e.type async for e in remote.read_stream("order-1")] == ["Placed"]
+        listed = await remote.scheduled()
+        assert listed == await backing.scheduled()
+        assert [(e.id, e.data, e.expected_version) for e in listed] == [
+            (later.id, b'{"n": 1}', 0),
+            (binary.id, b"\x00\xff", 0),
+        ]
+        assert await remote.count_scheduled() == 2
+        assert await remote.cancel_scheduled(binary.id) is True
+        assert await remote.cancel_scheduled(binary.id) is False
+        assert [e.id for e in await remote.scheduled(stream="order-1")] == [later.id]
+
+        now = tidelog.NewEvent(type="Now")
+        await remote.append("order-2", [now], deliver_at=datetime.now(UTC))
+        deadline = time.monotonic() + WAIT
+        while not [e async for e in remote.read_stream("order-2")]:
+            assert time.monotonic() < deadline, "the server never delivered"
+            await asyncio.sleep(0.05)
+        assert [e.id async for e in remote.read_stream("order-2")] == [now.id]
+
+
+async def test_http_refuses_bad_schedules_and_changes_nothing(serve: Serve) -> None:
+    server, backing = await serve(
+        keys={"writer-key": "writer"}, grants=("writer=write:category:order",)
+    )
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    event = {"type": "T", "data": {}}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        for body in (
+            {"events": [event], "deliver_at": "2030-01-01T00:00:00"},  # no offset
+            {"events": [event], "deliver_after": -1},
+            {"events": [event], "deliver_after": 1e300},
+            {"events": [event], "deliver_after": "soon"},
+            {"events": [event], "deliver_after": 5, "deliver_at": "2030-01-01T00:00:00Z"},
+        ):
+            response = await client.post("/v1/streams/order-1/events", json=body, headers=auth)
+            assert response.status_code in (400, 422), (body, response.text)
+        many = {"streams": {"order-1": {"events": [event], "deliver_after": 5}}}
+        response = await client.post("/v1/append-many", json=many, headers=auth)
+        assert response.status_code == 400, response.text
+        assert (await client.delete("/v1/scheduled/nope", headers=auth)).status_code == 400
+        writer = {"Authorization": "Bearer writer-key"}
+        ok = await client.post(
+            "/v1/streams/order-1/events",
+            json={"events": [event], "deliver_after": 3600},
+            headers=writer,
+        )
+        assert ok.status_code == 200 and ok.json()["version"] == -1, ok.text
+        [scheduled_id] = ok.json()["ids"]
+        # cancelling and listing everything need the whole log
+        assert (
+            await client.delete(f"/v1/scheduled/{scheduled_id}", headers=writer)
+        ).status_code == 403
+        assert (await client.get("/v1/scheduled", headers=writer)).status_code == 403
+    assert await backing.count_scheduled() == 1
+    assert [e async for e in backing.read_all()] == []

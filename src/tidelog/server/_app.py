@@ -2,7 +2,8 @@
 
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
-`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`), each
+`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`,
+`_scheduled_api`), each
 a leaf over the shared dependencies of `_deps`. Request and response bodies
 are the msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema`
 is generated from the same definitions the remote engine decodes. Every error
@@ -48,6 +49,7 @@ from tidelog.server._openapi import render_plugins
 from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
 from tidelog.server._registry_wire import confluent_error, is_registry_path, keep_encoded_slashes
+from tidelog.server._scheduled_api import ROUTES as SCHEDULED_ROUTES
 from tidelog.server._streams_api import ROUTES as STREAMS_ROUTES
 
 __all__ = ["create_app"]
@@ -65,6 +67,7 @@ ROUTES: list[ControllerRouterHandler] = [
     *CONSUMERS_ROUTES,
     *REGISTRY_ROUTES,
     *ASYNCAPI_ROUTES,
+    *SCHEDULED_ROUTES,
 ]
 """Every route, in the order of the OpenAPI document's paths."""
 
