@@ -192,3 +192,67 @@ async def test_http_refuses_bad_schedules_and_changes_nothing(serve: Serve) -> N
         assert (await client.get("/v1/scheduled", headers=writer)).status_code == 403
     assert await backing.count_scheduled() == 1
     assert [e async for e in backing.read_all()] == []
+
+
+async def test_cloudevents_deliverat_schedules_the_event(serve: Serve) -> None:
+    server, backing = await serve()
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def ce(i: int, stream: str, deliverat: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": f"e{i}",
+            "source": "/test",
+            "type": "Reminder",
+            "subject": stream,
+            "data": {"i": i},
+        }
+        if deliverat is not None:
+            body["deliverat"] = deliverat
+        return body
+
+    later = (datetime.now(UTC) + LATER).isoformat()
+    structured = {"Content-Type": "application/cloudevents+json", **auth}
+    batch = {"Content-Type": "application/cloudevents-batch+json", **auth}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        ok = await client.post(
+            "/v1/cloudevents",
+            content=msgspec.json.encode(ce(1, "order-1", later)),
+            headers=structured,
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["results"]["order-1"]["version"] == -1
+        [pending] = await backing.scheduled()
+        assert str(pending.id) == ok.json()["ids"][0]
+        assert pending.metadata["deliverat"] == later
+        for body, headers in (
+            (ce(2, "order-2", "2030-01-01T00:00:00"), structured),  # no offset
+            (ce(3, "order-3", "tomorrow"), structured),
+            ([ce(4, "order-4", later), ce(5, "order-5", later)], batch),  # two streams
+            ([ce(6, "order-6", later), ce(7, "order-6", None)], batch),  # now and later
+        ):
+            bad = await client.post(
+                "/v1/cloudevents", content=msgspec.json.encode(body), headers=headers
+            )
+            assert bad.status_code == 400, (body, bad.text)
+        binary = await client.post(
+            "/v1/cloudevents",
+            content=b'{"i": 8}',
+            headers={
+                "Content-Type": "application/json",
+                "ce-specversion": "1.0",
+                "ce-id": "e8",
+                "ce-source": "/test",
+                "ce-type": "Reminder",
+                "ce-subject": "order-8",
+                "ce-deliverat": datetime.now(UTC).isoformat(),
+                **auth,
+            },
+        )
+        assert binary.status_code == 200, binary.text
+    deadline = time.monotonic() + WAIT
+    while not [e async for e in backing.read_stream("order-8")]:
+        assert time.monotonic() < deadline, "the due CloudEvent was never delivered"
+        await asyncio.sleep(0.05)
+    assert await backing.count_scheduled() == 1
+    assert [e.stream async for e in backing.read_all()] == ["order-8"]
