@@ -256,3 +256,77 @@ async def test_cloudevents_deliverat_schedules_the_event(serve: Serve) -> None:
         await asyncio.sleep(0.05)
     assert await backing.count_scheduled() == 1
     assert [e.stream async for e in backing.read_all()] == ["order-8"]
+
+
+# --------------------------------------------------------------------------- producers and handlers
+
+
+async def test_producer_send_schedules_at_once(tmp_path: Path) -> None:
+    async with (
+        await tidelog.connect(f"sqlite:///{tmp_path}/p.db") as store,
+        tidelog.Producer(store) as producer,
+    ):
+        now = tidelog.NewEvent(type="Now")
+        later = tidelog.NewEvent(type="Later")
+        first = await producer.send("order-1", now)
+        result = await (await producer.send("order-1", later, 0, deliver_after=LATER))
+        assert isinstance(result, tidelog.ScheduledResult) and result.ids == (later.id,)
+        assert (await first).version == 0
+        with pytest.raises(tidelog.InvalidEvent):
+            await producer.send("order-1", tidelog.NewEvent(type="X"), deliver_after=-LATER)
+        await producer.flush()
+        assert [e.id async for e in store.read_stream("order-1")] == [now.id]
+        assert [e.id for e in await store.scheduled()] == [later.id]
+        await Scheduler(store).run_once(now=time.time() + 7200)
+        assert [e.id async for e in store.read_stream("order-1")] == [now.id, later.id]
+
+
+async def test_a_handler_schedules_a_retry_of_its_business_step(tmp_path: Path) -> None:
+    """`ctx.append(..., deliver_after=...)`: scheduled when the handler has returned (a
+    failed attempt schedules nothing), once per handled event, beside its other effects."""
+    from tidelog.consumers import App, Context, HandlerOptions, RunnerOptions
+
+    store = await tidelog.connect(f"sqlite:///{tmp_path}/h.db")
+    app = App(
+        "t", store, options=RunnerOptions(lease=3.0, commit_interval=0.05, dlq_poll_interval=0.05)
+    )
+    attempts: dict[str, int] = {}
+
+    @app.handler(
+        "order",
+        group="payments",
+        options=HandlerOptions(max_attempts=3, backoff_initial=0.001, backoff_max=0.005),
+    )
+    async def charge(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        attempts[event.stream] = attempts.get(event.stream, 0) + 1
+        ctx.append(
+            "payment-" + event.stream.split("-", 1)[1],
+            [tidelog.NewEvent(type="RetryCharge")],
+            deliver_after=LATER,
+        )
+        ctx.append("audit-" + event.stream.split("-", 1)[1], [tidelog.NewEvent(type="Tried")])
+        if attempts[event.stream] == 1:
+            raise RuntimeError("the card issuer is down")  # retried; nothing scheduled
+
+    for i in range(3):
+        await store.append(f"order-{i}", [tidelog.NewEvent(type="Placed")])
+    task = asyncio.create_task(app.run())
+    try:
+        deadline = time.monotonic() + WAIT
+        while len([s async for s in store.list_streams("audit")]) < 3:
+            assert time.monotonic() < deadline, "the handler's effects never appeared"
+            await asyncio.sleep(0.05)
+    finally:
+        app.request_stop()
+        await task
+    try:
+        assert all(n == 2 for n in attempts.values())
+        pending = await store.scheduled()
+        assert sorted(e.stream for e in pending) == ["payment-0", "payment-1", "payment-2"]
+        assert all(e.type == "RetryCharge" for e in pending)
+        assert all(e.metadata["causationid"] for e in pending)
+        await Scheduler(store).run_once(now=time.time() + 7200)
+        for i in range(3):
+            assert [e.type async for e in store.read_stream(f"payment-{i}")] == ["RetryCharge"]
+    finally:
+        await store.close()

@@ -42,7 +42,7 @@ from tidelog.engines._kit.checks import (
     prepare_read_stream,
     validate_group_key,
 )
-from tidelog.engines._kit.scheduling import Scheduler, prepare_schedule
+from tidelog.engines._kit.scheduling import Scheduler, due_time, prepare_schedule
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import InvalidInput, NotSupported, StoreClosed
 from tidelog.model import (
@@ -70,6 +70,7 @@ __all__ = [
     "LogFilter",
     "StreamEngine",
     "Write",
+    "due_time",
     "prepare_append",
 ]
 

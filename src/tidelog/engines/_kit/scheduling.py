@@ -72,6 +72,7 @@ __all__ = [
     "FAILED_STREAM",
     "Scheduler",
     "decode_expected",
+    "due_time",
     "encode_expected",
     "from_micros",
     "prepare_schedule",
@@ -132,21 +133,13 @@ def prepare_schedule(
     version could not mean one thing. A due time in the past is allowed (it is
     delivered at once, by the scheduler).
     """
-    if deliver_at is None and deliver_after is None:
+    due = due_time(deliver_at, deliver_after)
+    if due is None:
         for e in events:
             if e.deliver_at is not None:
                 break
         else:
             return None
-    if deliver_at is not None and deliver_after is not None:
-        raise InvalidEvent("give deliver_at or deliver_after, not both")
-    due: datetime | None = None
-    if deliver_after is not None:
-        if not isinstance(deliver_after, timedelta) or deliver_after < timedelta(0):
-            raise InvalidEvent(f"deliver_after must be a timedelta >= 0, got {deliver_after!r}")
-        due = datetime.now(UTC) + deliver_after
-    elif deliver_at is not None:
-        due = _aware(deliver_at)
     own = {e.deliver_at for e in events}
     if due is None:
         if None in own or len(own) != 1:
@@ -174,6 +167,22 @@ def prepare_schedule(
         )
         for i, e in enumerate(events)
     ]
+
+
+def due_time(deliver_at: object, deliver_after: object) -> datetime | None:
+    """The due time `deliver_at=` or `deliver_after=` give (UTC), checked; None if neither."""
+    if deliver_at is not None and deliver_after is not None:
+        raise InvalidEvent("give deliver_at or deliver_after, not both")
+    if deliver_after is not None:
+        if not isinstance(deliver_after, timedelta) or deliver_after < timedelta(0):
+            raise InvalidEvent(f"deliver_after must be a timedelta >= 0, got {deliver_after!r}")
+        try:
+            return datetime.now(UTC) + deliver_after
+        except OverflowError:
+            raise InvalidEvent(f"deliver_after {deliver_after!r} is too far") from None
+    if deliver_at is not None:
+        return _aware(deliver_at)
+    return None
 
 
 def _aware(value: object) -> datetime:
