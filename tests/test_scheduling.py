@@ -330,3 +330,14 @@ async def test_a_handler_schedules_a_retry_of_its_business_step(tmp_path: Path) 
             assert [e.type async for e in store.read_stream(f"payment-{i}")] == ["RetryCharge"]
     finally:
         await store.close()
+
+
+async def test_the_example_of_docs_scheduling_runs(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "scheduling.md").read_text()
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
+    body = block.replace("sqlite:///shop.db", f"sqlite:///{tmp_path}/shop.db")
+    source = "async def example():\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    source += "    await store.close()\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "docs/scheduling.md", "exec"), namespace)
+    await namespace["example"]()
