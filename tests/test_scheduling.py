@@ -332,8 +332,11 @@ async def test_a_handler_schedules_a_retry_of_its_business_step(tmp_path: Path) 
         await store.close()
 
 
+DOCS_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "scheduling.md").read_text()
+
+
 async def test_the_example_of_docs_scheduling_runs(tmp_path: Path) -> None:
-    page = (Path(__file__).resolve().parent.parent / "docs" / "scheduling.md").read_text()
+    page = DOCS_PAGE
     block = page.split("```python\n", 1)[1].split("```", 1)[0]
     body = block.replace("sqlite:///shop.db", f"sqlite:///{tmp_path}/shop.db")
     source = "async def example():\n" + "".join(f"    {line}\n" for line in body.splitlines())
