@@ -344,3 +344,17 @@ async def test_the_example_of_docs_scheduling_runs(tmp_path: Path) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, "docs/scheduling.md", "exec"), namespace)
     await namespace["example"]()
+
+
+async def test_the_dashboard_counts_pending_scheduled_events(serve: Serve) -> None:
+    server, store = await serve(
+        keys={"reader-key": "reader"}, grants=("reader=read:category:order",)
+    )
+    await store.append("order-1", [tidelog.NewEvent(type="Later")], deliver_after=LATER)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        admin = await client.get("/v1/stats", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert admin.json()["scheduled"] == 1
+        reader = await client.get("/v1/stats", headers={"Authorization": "Bearer reader-key"})
+        assert reader.json()["scheduled"] is None  # a count across streams needs $all
+        page = (await client.get("/")).text
+        assert 'id="scheduled"' in page

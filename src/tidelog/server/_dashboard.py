@@ -34,7 +34,8 @@ from litestar.params import FromPath
 
 import tidelog
 from tidelog.engines.contract import Engine
-from tidelog.security.acl import Permission
+from tidelog.errors import NotSupported
+from tidelog.security.acl import Access, Permission
 from tidelog.server._deps import AccessDep, runtime
 
 __all__ = ["CSP", "ROUTES", "Stats"]
@@ -104,6 +105,9 @@ class Stats(msgspec.Struct, kw_only=True):
     head: int
     categories: list[CategoryStats]
     groups: list[GroupStats]
+    scheduled: int | None = None
+    """Pending scheduled events; null if the engine has none or the caller may not read
+    the whole log (a count across streams)."""
 
 
 @get("/", include_in_schema=False, media_type="text/html; charset=utf-8")
@@ -149,7 +153,17 @@ async def stats(state: State, access: AccessDep) -> Stats:
         head=head,
         categories=sorted(per_category.values(), key=lambda c: c.category),
         groups=groups,
+        scheduled=await _scheduled(store, access),
     )
+
+
+async def _scheduled(store: Engine, access: Access) -> int | None:
+    if not access.can_all(Permission.READ):
+        return None
+    try:
+        return await store.count_scheduled()
+    except NotSupported:
+        return None
 
 
 async def _group_stats(
