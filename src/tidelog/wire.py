@@ -79,6 +79,13 @@ def embeds_as_json(data: bytes) -> bool:
     return True
 
 
+def data_to_wire(data: bytes) -> tuple[msgspec.Raw, str | None]:
+    """Event bytes as the wire's `data` (JSON embedded as is) or `data_base64` (any other)."""
+    if embeds_as_json(data):
+        return msgspec.Raw(data), None
+    return _NULL, base64.b64encode(data).decode("ascii")
+
+
 class WireNewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An event to append.
 
@@ -179,14 +186,14 @@ class WireScheduledEvent(msgspec.Struct, kw_only=True):
 
     @classmethod
     def of(cls, e: ScheduledEvent) -> WireScheduledEvent:
-        json_data = embeds_as_json(e.data)
+        data, data_base64 = data_to_wire(e.data)
         return cls(
             id=e.id,
             stream=e.stream,
             due_at=e.due_at,
             type=e.type,
-            data=msgspec.Raw(e.data) if json_data else _NULL,
-            data_base64=None if json_data else base64.b64encode(e.data).decode("ascii"),
+            data=data,
+            data_base64=data_base64,
             metadata=e.metadata,
             schema_version=e.schema_version,
             expected_version=expected_to_wire(e.expected_version),
@@ -263,15 +270,15 @@ class WireEvent(msgspec.Struct, kw_only=True):
 
     @classmethod
     def from_recorded(cls, e: RecordedEvent) -> WireEvent:
-        is_json = embeds_as_json(e.data)
+        data, data_base64 = data_to_wire(e.data)
         return cls(
             id=e.id,
             stream=e.stream,
             version=e.version,
             position=e.position,
             type=e.type,
-            data=msgspec.Raw(e.data) if is_json else _NULL,
-            data_base64=None if is_json else base64.b64encode(e.data).decode("ascii"),
+            data=data,
+            data_base64=data_base64,
             metadata=e.metadata,
             recorded_at=e.recorded_at,
             schema_version=e.schema_version,

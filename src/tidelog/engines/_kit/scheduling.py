@@ -39,7 +39,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
 from tidelog.errors import (
@@ -59,6 +59,8 @@ from tidelog.model import (
     ExpectedVersion,
     NewEvent,
     ScheduledEvent,
+    decode_metadata,
+    encode_metadata,
 )
 
 if TYPE_CHECKING:
@@ -70,13 +72,17 @@ __all__ = [
     "DEFAULT_LOOKAHEAD",
     "DEFAULT_POLL",
     "FAILED_STREAM",
+    "ROW_COLUMNS",
+    "Row",
     "Scheduler",
     "decode_expected",
     "due_time",
     "encode_expected",
     "from_micros",
+    "from_row",
     "prepare_schedule",
     "to_micros",
+    "to_row",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,49 @@ def to_micros(moment: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+ROW_COLUMNS: Final = (
+    "id, batch, seq, stream, expected, due_at, type, data, metadata, schema_version"
+)
+"""The columns of a SQL engine's `scheduled` table that `to_row`/`from_row` map, in order
+(besides them, each table has `ready_at`)."""
+
+Row = tuple[UUID, UUID, int, str, int, int, str, bytes, bytes, int]
+
+
+def to_row(r: ScheduledEvent) -> Row:
+    """A pending event as the SQL engines store it: due time in microseconds, the
+    expected version as one integer, metadata as compact JSON bytes."""
+    return (
+        r.id,
+        r.batch,
+        r.seq,
+        r.stream,
+        encode_expected(r.expected_version),
+        to_micros(r.due_at),
+        r.type,
+        r.data,
+        encode_metadata(r.metadata),
+        r.schema_version,
+    )
+
+
+def from_row(raw: Sequence[Any]) -> ScheduledEvent:
+    """`to_row` undone; ids may come as UUIDs or as their 16 bytes (SQLite)."""
+    id_, batch, seq, stream, expected, due, type_, data, metadata, schema_version = raw
+    return ScheduledEvent(
+        id=id_ if isinstance(id_, UUID) else UUID(bytes=id_),
+        batch=batch if isinstance(batch, UUID) else UUID(bytes=batch),
+        seq=seq,
+        stream=stream,
+        expected_version=decode_expected(expected),
+        due_at=from_micros(due),
+        type=type_,
+        data=data,
+        metadata=decode_metadata(metadata),
+        schema_version=schema_version,
+    )
 
 
 def prepare_schedule(

@@ -22,38 +22,17 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
-from tidelog.engines._kit.scheduling import (
-    decode_expected,
-    encode_expected,
-    from_micros,
-    to_micros,
-)
+from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_row, to_row
 from tidelog.engines.postgres.errors import pg_errors
 from tidelog.engines.postgres.schema import advisory_keys, migration_lock
 from tidelog.engines.postgres.writer import transaction
-from tidelog.model import ScheduledEvent, decode_metadata, encode_metadata
+from tidelog.model import ScheduledEvent
 
 __all__ = ["PendingTable"]
 
 _CLAIM_LOCK_CLASS: Final = 0x74647363  # "tdsc": scheduler claims of one store
 _BEGIN: Final = "BEGIN; SET LOCAL synchronous_commit = on"
-_COLUMNS: Final = "id, batch, seq, stream, expected, due_at, type, data, metadata, schema_version"
-
-
-def _row(raw: Sequence[Any]) -> ScheduledEvent:
-    id_, batch, seq, stream, expected, due, type_, data, metadata, schema_version = raw
-    return ScheduledEvent(
-        id=id_,
-        batch=batch,
-        seq=seq,
-        stream=stream,
-        expected_version=decode_expected(expected),
-        due_at=from_micros(due),
-        type=type_,
-        data=data,
-        metadata=decode_metadata(metadata),
-        schema_version=schema_version,
-    )
+_COLUMNS: Final = ROW_COLUMNS
 
 
 class PendingTable:
@@ -118,21 +97,7 @@ class PendingTable:
 
     async def insert(self, rows: Sequence[ScheduledEvent]) -> None:
         await self._ensure()
-        args = [
-            (
-                r.id,
-                r.batch,
-                r.seq,
-                r.stream,
-                encode_expected(r.expected_version),
-                to_micros(r.due_at),
-                r.type,
-                r.data,
-                encode_metadata(r.metadata).decode(),
-                r.schema_version,
-            )
-            for r in rows
-        ]
+        args = [(*row[:8], row[8].decode(), row[9]) for row in map(to_row, rows)]
         with pg_errors():
             async with self._pool.acquire() as conn, transaction(conn, _BEGIN):
                 await conn.executemany(self._insert, args)
@@ -145,7 +110,7 @@ class PendingTable:
             async with self._pool.acquire() as conn, transaction(conn, _BEGIN):
                 await conn.execute(self._claim_lock)
                 rows = await conn.fetch(self._take, now_us, now_us + int(lease * 1_000_000), limit)
-        return [_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     async def next_ready(self) -> float | None:
         if not await self._exists():
@@ -177,7 +142,7 @@ class PendingTable:
         args: tuple[Any, ...] = (limit,) if stream is None else (limit, stream)
         with pg_errors():
             rows = await self._pool.fetch(sql, *args)
-        return [_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     async def count(self) -> int:
         if not await self._exists():

@@ -20,13 +20,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
-from tidelog.engines._kit.scheduling import (
-    decode_expected,
-    encode_expected,
-    from_micros,
-    to_micros,
-)
-from tidelog.model import ScheduledEvent, decode_metadata, encode_metadata
+from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_row, to_row
+from tidelog.model import ScheduledEvent
 
 __all__ = [
     "cancel",
@@ -57,7 +52,7 @@ _DDL: Final = (
     "CREATE INDEX IF NOT EXISTS scheduled_batch ON scheduled (batch)",
     "CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled (due_at, batch, seq)",
 )
-_COLUMNS: Final = "id, batch, seq, stream, expected, due_at, type, data, metadata, schema_version"
+_COLUMNS: Final = ROW_COLUMNS
 
 
 def ensure_table(conn: sqlite3.Connection) -> None:
@@ -72,43 +67,12 @@ def _exists(conn: sqlite3.Connection) -> bool:
     return row is not None
 
 
-def _row(raw: Sequence[Any]) -> ScheduledEvent:
-    id_, batch, seq, stream, expected, due, type_, data, metadata, schema_version = raw
-    return ScheduledEvent(
-        id=uuid.UUID(bytes=id_),
-        batch=uuid.UUID(bytes=batch),
-        seq=seq,
-        stream=stream,
-        expected_version=decode_expected(expected),
-        due_at=from_micros(due),
-        type=type_,
-        data=data,
-        metadata=decode_metadata(metadata),
-        schema_version=schema_version,
-    )
-
-
 def insert(conn: sqlite3.Connection, rows: Sequence[ScheduledEvent]) -> None:
     ensure_table(conn)
     conn.executemany(
         f"INSERT INTO scheduled ({_COLUMNS}, ready_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO NOTHING",
-        [
-            (
-                r.id.bytes,
-                r.batch.bytes,
-                r.seq,
-                r.stream,
-                encode_expected(r.expected_version),
-                to_micros(r.due_at),
-                r.type,
-                r.data,
-                encode_metadata(r.metadata),
-                r.schema_version,
-                to_micros(r.due_at),
-            )
-            for r in rows
-        ],
+        [(r.id.bytes, r.batch.bytes, *row[2:], row[5]) for r in rows for row in [to_row(r)]],
     )
 
 
@@ -125,7 +89,7 @@ def take_due(
         f" RETURNING {_COLUMNS}",
         (now_us + int(lease * 1_000_000), now_us, now_us, limit),
     ).fetchall()
-    return [_row(r) for r in rows]
+    return [from_row(r) for r in rows]
 
 
 def next_ready(conn: sqlite3.Connection) -> float | None:
@@ -158,7 +122,7 @@ def list_rows(conn: sqlite3.Connection, stream: str | None, limit: int) -> list[
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM scheduled{where} ORDER BY due_at, batch, seq LIMIT ?", args
     ).fetchall()
-    return [_row(r) for r in rows]
+    return [from_row(r) for r in rows]
 
 
 def count(conn: sqlite3.Connection) -> int:
