@@ -270,6 +270,27 @@ class SchedulingSuite(SuiteBase):
         finally:
             await other.close()
 
+    async def test_on_the_real_clock_each_stream_keeps_its_scheduled_order(
+        self, store: tidelog.Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Groups due at different moments are appended while later ones wait for their
+        time; a group waits for the earlier ones that share a stream."""
+        # The store's own scheduler stays off: the one below is the only one.
+        monkeypatch.setattr(store, "start_scheduler", lambda: Scheduler(store))
+        start = datetime.now(UTC) + timedelta(milliseconds=200)
+        order: dict[str, list[UUID]] = {"order-r1": [], "order-r2": [], "order-r3": []}
+        for i in range(30):
+            stream = f"order-r{1 + i % 2}" if i % 5 else "order-r3"
+            event = ev(f"E{i}")
+            order[stream].append(event.id)
+            due = start + timedelta(milliseconds=2 * i)
+            await store.append(stream, [event], deliver_at=due)
+        # one pass claims everything (a long lookahead) and appends each at its time
+        assert await Scheduler(store, lookahead=3600.0).run_once() == 30
+        for stream, ids in order.items():
+            assert [e.id for e in await _stream(store, stream)] == ids
+        assert await store.count_scheduled() == 0
+
     async def test_rescheduling_the_same_ids_keeps_one(self, store: tidelog.Store) -> None:
         event = ev()
         await store.append("order-15", [event], deliver_after=LATER)

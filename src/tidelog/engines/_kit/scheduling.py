@@ -361,29 +361,64 @@ class Scheduler:
 
     async def _move(self, rows: Sequence[ScheduledEvent], real: bool) -> list[UUID]:
         """Append (or park) every batch of `rows`, each at its due time if `real`;
-        returns the ids moved, for the caller to forget."""
+        returns the ids moved, for the caller to forget.
+
+        On the real clock the batches due at one moment are appended while the
+        next ones wait for their time: a group's append does not hold back
+        the next due time (the engine's group commit then joins them), but
+        waits for the groups before it that share one of its streams, so each
+        stream keeps its scheduled order.
+        """
         batches = _batches(rows)
         done: list[UUID] = []
+        busy: dict[str, asyncio.Task[None]] = {}
+        """The last running group's task per stream."""
+        tasks: list[asyncio.Task[None]] = []
         i = 0
-        while i < len(batches):
-            if real:
-                delay = batches[i][0].due_at.timestamp() - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            cutoff = time.time()
-            streams: dict[str, list[list[ScheduledEvent]]] = defaultdict(list)
-            while i < len(batches) and (not real or batches[i][0].due_at.timestamp() <= cutoff):
-                streams[batches[i][0].stream].append(batches[i])
-                i += 1
-            # One append_many per round: the first waiting batch of each stream
-            # (a stream appears once per append_many).
-            while streams:
-                round_ = {name: waiting.pop(0) for name, waiting in streams.items()}
-                streams = {name: waiting for name, waiting in streams.items() if waiting}
-                await self._deliver_round(round_)
-                for batch in round_.values():
-                    done.extend(r.id for r in batch)
+        try:
+            while i < len(batches):
+                if real:
+                    delay = batches[i][0].due_at.timestamp() - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                cutoff = time.time()
+                streams: dict[str, list[list[ScheduledEvent]]] = defaultdict(list)
+                while i < len(batches) and (not real or batches[i][0].due_at.timestamp() <= cutoff):
+                    streams[batches[i][0].stream].append(batches[i])
+                    done.extend(r.id for r in batches[i])
+                    i += 1
+                if not real:
+                    await self._deliver_group(streams, [])
+                    continue
+                before = [busy[name] for name in streams if name in busy]
+                task = asyncio.get_running_loop().create_task(self._deliver_group(streams, before))
+                tasks.append(task)
+                for name in streams:
+                    busy[name] = task
+        finally:
+            if tasks:  # every started append ends before the rows can be forgotten
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
         return done
+
+    async def _deliver_group(
+        self,
+        streams: dict[str, list[list[ScheduledEvent]]],
+        before: list[asyncio.Task[None]],
+    ) -> None:
+        """The batches due at one moment, after the groups `before` that share a stream.
+
+        One append_many per round: the first waiting batch of each stream (a
+        stream appears once per append_many).
+        """
+        if before:  # a failed one fails this one too: its stream's order must hold
+            await asyncio.gather(*before)
+        while streams:
+            round_ = {name: waiting.pop(0) for name, waiting in streams.items()}
+            streams = {name: waiting for name, waiting in streams.items() if waiting}
+            await self._deliver_round(round_)
 
     async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
         pending = dict(round_)
