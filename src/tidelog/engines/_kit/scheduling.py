@@ -257,7 +257,7 @@ class Scheduler:
     process wakes it at once if it is earlier), but never longer than `poll`,
     so rows scheduled by other processes are seen within `poll`. Each pass
     claims up to `batch` due rows and moves them (see the module docstring).
-    `lateness` observers receive (delivered at - due at) in seconds per event.
+    `observers` receive each delivered event's lateness (appended at - due at, seconds).
     """
 
     def __init__(
@@ -275,7 +275,7 @@ class Scheduler:
         self.poll = poll
         self.lookahead = lookahead
         self.delivered = 0
-        """Events this scheduler appended to their streams (retries of a move count once)."""
+        """Events this scheduler appended to their streams (a repeated move counts again)."""
         self.parked = 0
         self.observers: list[Callable[[float], None]] = []
         self._wake = asyncio.Event()
