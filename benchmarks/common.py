@@ -25,6 +25,7 @@ class Sizes:
     event_bytes: int = 200
     scheduled_events: int = 100_000
     scheduled_seconds: float = 10.0
+    scheduled_pending: int = 1_000_000
 
 
 FULL = Sizes()
@@ -38,6 +39,7 @@ QUICK = replace(
     subscribe_events=5_000,
     scheduled_events=10_000,
     scheduled_seconds=2.0,
+    scheduled_pending=100_000,
 )
 TINY = replace(
     FULL,
@@ -53,6 +55,7 @@ TINY = replace(
     subscribe_events=50,
     scheduled_events=200,
     scheduled_seconds=0.5,
+    scheduled_pending=2_000,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

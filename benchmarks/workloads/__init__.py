@@ -46,5 +46,6 @@ WORKLOADS: dict[str, Workload] = {
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
         Workload("scheduled_lateness", scheduling.scheduled_lateness, "value", "<", 100.0),
+        Workload("scheduled_memory", scheduling.scheduled_memory, "value", "<", 50.0),
     )
 }

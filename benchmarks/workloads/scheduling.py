@@ -108,3 +108,57 @@ async def scheduled_lateness(backend: Backend, sizes: Sizes) -> dict[str, Any]:
         "events": n,
         "scheduled_over_s": round(offered_seconds, 2),
     }
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process (Linux `/proc`), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def scheduled_memory(backend: Backend, sizes: Sizes) -> dict[str, Any]:
+    """Memory growth while `scheduled_pending` events are pending (1,000,000 in full runs).
+
+    Scheduled 1,000 per append, due in an hour; the store's scheduler runs
+    meanwhile (nothing is due). `value` is the growth of the process's resident
+    memory from after the first 10 appends to the end, in MB. The baseline is
+    the same growth for the same events appended to the log now, on another
+    store of the engine: both hold their events on disk, not in memory.
+    """
+    per = 1_000
+    appends = max(1, sizes.scheduled_pending // per)
+
+    async def fill(schedule: bool) -> tuple[float, float]:
+        store = await backend.open_store()
+        try:
+            start = time.perf_counter()
+            base = _rss_mb()
+            for i in range(appends):
+                events = [NewEvent(type="Reminder", data=b'{"n":1}') for _ in range(per)]
+                if schedule:
+                    later = datetime.fromtimestamp(time.time() + 3600, UTC)
+                    await store.append(f"reminder-{i % 1000}", events, deliver_at=later)
+                else:
+                    await store.append(f"reminder-{i % 1000}", events)
+                if i == min(9, appends - 1):
+                    base = _rss_mb()
+            if schedule:
+                await asyncio.sleep(1.0)  # the scheduler looks (nothing is due)
+                assert await store.count_scheduled() == appends * per
+            return _rss_mb() - base, time.perf_counter() - start
+        finally:
+            await store.close()
+
+    growth, seconds = await fill(True)
+    baseline, baseline_seconds = await fill(False)
+    return {
+        "value": round(growth, 1),
+        "unit": "MB (resident memory growth)",
+        "baseline": round(baseline, 1),
+        "pending": appends * per,
+        "schedule_events_per_s": round(appends * per / seconds),
+        "append_events_per_s": round(appends * per / baseline_seconds),
+    }
