@@ -18,6 +18,7 @@ table see no pending events.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -31,6 +32,8 @@ from tidelog.model import ScheduledEvent
 __all__ = ["PendingTable"]
 
 _CLAIM_LOCK_CLASS: Final = 0x74647363  # "tdsc": scheduler claims of one store
+_RECHECK: Final = 1.0
+"""Seconds between looks for a table that did not exist yet."""
 _BEGIN: Final = "BEGIN; SET LOCAL synchronous_commit = on"
 _COLUMNS: Final = ROW_COLUMNS
 
@@ -44,6 +47,7 @@ class PendingTable:
         self._table = f"{s}.scheduled"
         key = advisory_keys(schema)[1]
         self._ready = False
+        self._looked_at = -_RECHECK
         self._ddl = (
             migration_lock(schema),
             f"""CREATE TABLE IF NOT EXISTS {s}.scheduled (
@@ -79,7 +83,10 @@ class PendingTable:
         self._count = f"SELECT count(*) FROM {s}.scheduled"
 
     async def _exists(self) -> bool:
-        if not self._ready:
+        """Whether the table exists; while it does not, asked at most once a second (an
+        idle scheduler looks every 50 ms, and another process may create it any time)."""
+        if not self._ready and time.monotonic() - self._looked_at >= _RECHECK:
+            self._looked_at = time.monotonic()
             with pg_errors():
                 self._ready = bool(
                     await self._pool.fetchval("SELECT to_regclass($1) IS NOT NULL", self._table)
