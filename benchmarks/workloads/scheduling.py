@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads.store import ms, payload, percentile
+from benchmarks.workloads.store import ms, open_loop, payload, percentile
 from tidelog import NewEvent
 
 PER_APPEND = 100
@@ -41,7 +41,7 @@ async def scheduled_lateness(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     ack_lateness: list[float] = []
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+    sub: asyncio.Task[None] | None = None
     try:
         start = await store.last_position()
 
@@ -72,23 +72,15 @@ async def scheduled_lateness(backend: Backend, sizes: Sizes) -> dict[str, Any]:
         sub = asyncio.create_task(subscriber())
         await asyncio.sleep(0.1)  # let the subscription go live
         origin = time.time()
-        sent = 0
-        while sent < appends:
-            planned = min(appends, int((time.time() - origin) / step) + 1)
-            while sent < planned:
-                task = asyncio.create_task(schedule(sent, origin + sent * step + LEAD))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                sent += 1
-            await asyncio.sleep(0.001)
-        offered_seconds = time.time() - origin
-        while tasks:
-            await asyncio.gather(*list(tasks))
+        offered_seconds = await open_loop(
+            appends, 1 / step, lambda i: schedule(i, origin + i * step + LEAD)
+        )
         await asyncio.wait_for(done.wait(), 120)
         await sub
     finally:
-        for task in tasks:
-            task.cancel()
+        if sub is not None and not sub.done():
+            sub.cancel()
+            await asyncio.gather(sub, return_exceptions=True)
         await store.close()
     lateness = [visible[i] - due_of[i] for i in visible]
     p99 = percentile(lateness, 99)
