@@ -24,6 +24,9 @@ class Sizes:
     subscribe_events: int = 25_000
     event_bytes: int = 200
     retention_seconds: int = 60
+    scheduled_events: int = 100_000
+    scheduled_seconds: float = 10.0
+    scheduled_pending: int = 1_000_000
 
 
 FULL = Sizes()
@@ -36,6 +39,9 @@ QUICK = replace(
     replay_events=20_000,
     subscribe_events=5_000,
     retention_seconds=8,
+    scheduled_events=10_000,
+    scheduled_seconds=2.0,
+    scheduled_pending=100_000,
 )
 TINY = replace(
     FULL,
@@ -50,6 +56,9 @@ TINY = replace(
     subscribe_rate=1_000,
     subscribe_events=50,
     retention_seconds=2,
+    scheduled_events=200,
+    scheduled_seconds=0.5,
+    scheduled_pending=2_000,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

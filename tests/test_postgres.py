@@ -34,6 +34,7 @@ from tidelog.engines.postgres.schema import (
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.postgres
@@ -66,6 +67,15 @@ class TestPostgresRetentionModel(RetentionModelSuite):
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await _created.open("pool_max=2")
+
+
+class TestPostgresScheduling(SchedulingSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=4")
+
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store:
+        assert isinstance(store, postgres.PostgresEngine)
+        return await tidelog.connect(f"{PG_DSN}?schema={store.config.schema}&pool_max=4")
 
 
 class TestPostgresModel(ModelSuite):

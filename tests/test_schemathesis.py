@@ -79,7 +79,12 @@ def test_openapi_document_is_valid_openapi_31_with_request_bodies(live_url: str)
     append = paths["/v1/streams/{stream}/events"]["post"]["requestBody"]["content"]
     assert append["application/json"]["schema"] == {"$ref": "#/components/schemas/WireAppend"}
     wire_append = doc["components"]["schemas"]["WireAppend"]
-    assert set(wire_append["properties"]) == {"events", "expected_version"}
+    assert set(wire_append["properties"]) == {
+        "events",
+        "expected_version",
+        "deliver_at",  # scheduled delivery (#16)
+        "deliver_after",
+    }
     assert "WireNewEvent" in doc["components"]["schemas"]
     for path in ("/v1/append-many", "/v1/groups/{group}/{category}/commit", "/v1/cloudevents"):
         assert paths[path]["post"]["requestBody"]["content"], path

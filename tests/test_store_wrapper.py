@@ -34,6 +34,10 @@ FRONT_ENDS = frozenset(
         "count_events",
         "join_group",
         "heartbeat",
+        "cancel_scheduled",
+        "scheduled",
+        "count_scheduled",
+        "start_scheduler",
     }
 )
 """Written once in the contract; each checks its arguments and calls an engine hook,
@@ -48,6 +52,13 @@ HOOKS = frozenset(
         "_check_open",
         "_join_group",
         "_heartbeat",
+        "_schedule",
+        "_take_due",
+        "_next_due",
+        "_forget_scheduled",
+        "_cancel_scheduled",
+        "_list_scheduled",
+        "_count_scheduled",
     }
 )
 """The engine hooks behind the front ends, and the closed-store check they ask."""

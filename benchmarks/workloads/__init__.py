@@ -6,6 +6,7 @@
   consumer-group throughput and end-to-end latency;
 - `via_server`: the store through the HTTP server;
 - `retention`: a queue under a `max_age` rule, against the same queue without.
+- `scheduling`: scheduled delivery, how late events become visible.
 
 Adding a workload: write `async def my_workload(backend: Backend, sizes: Sizes)
 -> dict` that returns at least `value`, `unit`, `baseline`, and register it in
@@ -21,7 +22,7 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, retention, store, via_server
+from benchmarks.workloads import aggregates, consumers, retention, scheduling, store, via_server
 
 
 @dataclass(frozen=True)
@@ -46,5 +47,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
         Workload("retention_steady_state", retention.retention_steady_state, "ratio", ">=", 0.8),
+        Workload("scheduled_lateness", scheduling.scheduled_lateness, "value", "<", 100.0),
+        Workload("scheduled_memory", scheduling.scheduled_memory, "value", "<", 50.0),
     )
 }

@@ -26,7 +26,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Final, NamedTuple, Self
+from uuid import UUID
 
 import msgspec
 
@@ -63,6 +65,7 @@ from tidelog.engines._kit.scavenger import (
     stream_states,
     visible,
 )
+from tidelog.engines._kit.scheduling import Scheduler, due_time, prepare_schedule
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import (
     InvalidInput,
@@ -78,6 +81,8 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
+    ScheduledResult,
     StreamInfo,
     category_of,
     validate_stream_name,
@@ -95,6 +100,7 @@ __all__ = [
     "LogFilter",
     "StreamEngine",
     "Write",
+    "due_time",
     "prepare_append",
 ]
 
@@ -177,8 +183,18 @@ class StreamEngine(abc.ABC):
         stream: str,
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion = ANY,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
     ) -> AppendResult:
         """Append `events` to `stream` atomically if its version satisfies `expected_version`.
+
+        Scheduled: with `deliver_at` (a timezone-aware time), `deliver_after`
+        (a delay) or events that carry `deliver_at`, the events are stored as
+        pending instead and the call returns a `ScheduledResult` (version and
+        position -1) once they are durable; at their time the store's scheduler
+        appends them here, checking `expected_version` then (see
+        `docs/scheduling.md`). Every event of one call is due at the same time.
 
         Returns the version and position of the last event written. If every
         event id is already stored in this stream, nothing is written and the
@@ -192,6 +208,9 @@ class StreamEngine(abc.ABC):
         if not self._wrote:
             self._first_write()
         name, checked, expected = prepare_append(stream, events, expected_version)
+        rows = prepare_schedule(name, checked, expected, deliver_at, deliver_after)
+        if rows is not None:
+            return await self._schedule_append(name, rows)
         return (await self._apply_write(Write({name: (checked, expected)})))[name]
 
     async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
@@ -284,6 +303,111 @@ class StreamEngine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release every resource; later calls raise `StoreClosed`. Idempotent."""
+
+    # ------------------------------------------------------------ scheduled delivery
+
+    _scheduler: Scheduler | None = None
+
+    @property
+    def supports_scheduling(self) -> bool:
+        """Whether this store keeps scheduled events (else they raise `NotSupported`)."""
+        return type(self)._take_due is not StreamEngine._take_due
+
+    async def _schedule_append(self, stream: str, rows: list[ScheduledEvent]) -> ScheduledResult:
+        """Store `rows` as pending, then make sure this process delivers them."""
+        await self._schedule(rows)
+        self.start_scheduler().wake()
+        return ScheduledResult(
+            -1, -1, stream=stream, due_at=rows[0].due_at, ids=tuple(r.id for r in rows)
+        )
+
+    def start_scheduler(self) -> Scheduler:
+        """Run this store's scheduler in this process (idempotent); returns it.
+
+        A store starts it by itself when it schedules an event; a process that
+        only serves a store (the server, `tidelog worker`) calls this so that
+        events scheduled by other processes are delivered too. Several
+        processes may run one on the same store: each event is delivered once.
+        Stopped by `close()`. Raises `NotSupported` on an engine without scheduling.
+        """
+        self._check_open()
+        if not self.supports_scheduling:
+            raise self._schedule_refused()
+        if self._scheduler is None:
+            self._scheduler = Scheduler(self)
+        self._scheduler.start()
+        return self._scheduler
+
+    async def _stop_scheduler(self) -> None:
+        """Engines call this first in `close()`."""
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+
+    async def cancel_scheduled(self, event_id: UUID) -> bool:
+        """Cancel a pending scheduled event; True if it was pending and is now gone.
+
+        False if it is unknown, already delivered, or being delivered right now
+        (a scheduler has claimed it): then it may still appear in its stream.
+        The other events of its scheduled append are still delivered.
+        """
+        self._check_open()
+        if not isinstance(event_id, UUID):
+            raise InvalidInput(f"an event id is a UUID, got {type(event_id).__name__}")
+        return await self._cancel_scheduled(event_id)
+
+    async def scheduled(self, stream: str | None = None, limit: int = 100) -> list[ScheduledEvent]:
+        """Pending scheduled events (of one stream, or all), earliest due first."""
+        self._check_open()
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 10_000:
+            raise InvalidInput("limit must be an int from 0 to 10000")
+        name = None if stream is None else prepare_read_stream(stream, 0, False, None)
+        return await self._list_scheduled(name, limit)
+
+    async def count_scheduled(self) -> int:
+        """How many scheduled events are pending (not yet delivered or cancelled)."""
+        self._check_open()
+        return await self._count_scheduled()
+
+    # The engine's hooks. The defaults refuse: an engine that stores no pending
+    # events raises `NotSupported` (with its reason) for every scheduling call.
+
+    def _schedule_refused(self) -> NotSupported:
+        return NotSupported(self.name, "scheduled delivery", "this engine stores no pending events")
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        """Store `rows` durably as pending, ready at their `due_at`.
+
+        A row whose id is already pending is left as it is (a retried schedule).
+        """
+        raise self._schedule_refused()
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        """Claim whole batches of rows ready at `now` (up to about `limit` rows).
+
+        Claiming moves their ready time to `now + lease` in the same atomic
+        step that selects them, so no other scheduler takes them until the
+        lease runs out (after a crash, someone retries them then).
+        """
+        raise self._schedule_refused()
+
+    async def _next_due(self) -> float | None:
+        """The earliest ready time (seconds since the epoch) of any row, or None."""
+        raise self._schedule_refused()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        """Delete the rows of `ids` (delivered or parked); ids already gone are skipped."""
+        raise self._schedule_refused()
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        """Delete the row of `event_id` unless it is claimed; whether it was deleted."""
+        raise self._schedule_refused()
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        """Up to `limit` pending rows (of `stream`), by due time then scheduling order."""
+        raise self._schedule_refused()
+
+    async def _count_scheduled(self) -> int:
+        raise self._schedule_refused()
 
     async def purge_stream(self, stream: str) -> None:
         """Erase every event of a *system* stream (`$...`) from storage, for real.

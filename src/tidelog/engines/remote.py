@@ -22,6 +22,7 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 import msgspec
@@ -44,6 +45,7 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
 from tidelog.errors import (
+    AccessDenied,
     InvalidInput,
     InvalidURL,
     StaleGeneration,
@@ -57,6 +59,8 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
+    ScheduledResult,
     StreamInfo,
 )
 from tidelog.telemetry import trace_headers
@@ -251,6 +255,34 @@ class RemoteEngine(GroupEngine):
             self._closed = True
             self._watch.close()
             await self._client.aclose()
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The server keeps the pending events and its scheduler delivers them: this
+    # client schedules, lists and cancels over HTTP and runs no scheduler itself.
+
+    async def _schedule_append(self, stream: str, rows: list[ScheduledEvent]) -> ScheduledResult:
+        body = wire.WireAppend(
+            events=[wire.WireNewEvent.from_new_event(r.to_new_event()) for r in rows],
+            expected_version=wire.expected_to_wire(rows[0].expected_version),
+            deliver_at=rows[0].due_at,
+        )
+        path = f"/v1/streams/{stream}/events"
+        return await self._call("POST", path, ScheduledResult, body=body)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        got = await self._call("DELETE", f"/v1/scheduled/{event_id}", wire.WireCancelled)
+        return got.cancelled
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        params = {"stream": stream, "limit": limit}
+        got = await self._call("GET", "/v1/scheduled", wire.WireScheduled, params=params)
+        return [e.to_scheduled() for e in got.events]
+
+    async def _count_scheduled(self) -> int:
+        got = await self._call("GET", "/v1/scheduled", wire.WireScheduled, params={"limit": 0})
+        if got.pending is None:
+            raise AccessDenied("counting scheduled events needs read on the whole log ($all)")
+        return got.pending
 
     # ------------------------------------------------------------------ layer 2
 

@@ -21,7 +21,8 @@ so a method added to the contract later cannot be missed here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
+from uuid import UUID
 
 from tidelog.engines._kit.retention import (
     RetentionPolicy,
@@ -42,6 +43,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
 )
 
@@ -93,7 +95,38 @@ class StoreWrapper(GroupEngine):
         return self.inner.list_streams(category)
 
     async def close(self) -> None:
+        await self._stop_scheduler()
         await self.inner.close()
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The hooks are forwarded; the wrapper's own scheduler (the contract's
+    # `start_scheduler`) moves due events through the wrapper's `append_many`,
+    # so what the wrapper changes about writes applies to them too.
+
+    @property
+    def supports_scheduling(self) -> bool:
+        return self.inner.supports_scheduling
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self.inner._schedule(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self.inner._take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        return await self.inner._next_due()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self.inner._forget_scheduled(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self.inner._cancel_scheduled(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self.inner._list_scheduled(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        return await self.inner._count_scheduled()
 
     # ------------------------------------------------------------------ layer 2
 

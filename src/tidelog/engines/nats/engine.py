@@ -109,6 +109,17 @@ class NatsEngine(GroupEngine):
     name = "nats"
     poll_interval = 0.1
 
+    def _schedule_refused(self) -> NotSupported:
+        """Scheduled delivery is refused here (docs/scheduling.md): pending events would
+        need a due-time index and a claim across processes that this engine does not
+        build on JetStream yet (NATS 2.12's message schedules publish into a stream
+        without this engine's version checks and id index)."""
+        return NotSupported(
+            self.name,
+            "scheduled delivery",
+            "no due-time index or scheduler claim on JetStream yet; see docs/scheduling.md",
+        )
+
     def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
         self._nc = nc
         self.config = config

@@ -62,6 +62,7 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.postgres.errors import pg_errors
+from tidelog.engines.postgres.scheduled import PendingTable
 from tidelog.engines.postgres.schema import (
     LATEST_VERSION,
     Sql,
@@ -82,6 +83,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
     category_of,
     check_expected_version,
@@ -239,6 +241,7 @@ class PostgresEngine(GroupEngine):
         self._writer = Writer(pool, self._sql, partitions, self._now, self._watch, config.max_batch)
         self._listener: Any = None
         self._relistener: asyncio.Future[None] | None = None
+        self._pending_table = PendingTable(pool, config.schema)
 
     @property
     def dsn(self) -> str:
@@ -324,6 +327,7 @@ class PostgresEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         # Appends accepted before close complete; a cancelled close leaves them be.
         await self._writer.batches.close()
@@ -626,6 +630,30 @@ class PostgresEngine(GroupEngine):
         with pg_errors():
             rows = await self._pool.fetch(self._sql.list_groups)
         return sorted((r[0], r[1]) for r in rows)
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The statements are in `scheduled.PendingTable`.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self._pending_table.insert(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self._pending_table.take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        return await self._pending_table.next_ready()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._pending_table.forget(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self._pending_table.cancel(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self._pending_table.list_rows(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        return await self._pending_table.count()
 
 
 async def _keep_session(_conn: Any) -> None:

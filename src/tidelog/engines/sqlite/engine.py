@@ -58,8 +58,9 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
+from uuid import UUID
 
 import msgspec
 
@@ -75,7 +76,7 @@ from tidelog.engines._kit.checks import (
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
-from tidelog.engines.sqlite import db
+from tidelog.engines.sqlite import db, scheduled
 from tidelog.engines.sqlite.reads import (
     COLUMNS,
     DECODE_CHUNK,
@@ -98,6 +99,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
 )
 
@@ -287,6 +289,7 @@ class SQLiteEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         self._watch.close()
         self._send_outbox()  # accepted before close: they complete
@@ -619,6 +622,30 @@ class SQLiteEngine(GroupEngine):
             return [(g, c) for g, c in rows.fetchall()]
 
         return await self._read(read)
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The statements are in `scheduled`; writes go through the one writer thread.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self._write(lambda w: scheduled.insert(w.conn, rows), len(rows))
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self._write(lambda w: scheduled.take_due(w.conn, now, limit, lease))
+
+    async def _next_due(self) -> float | None:
+        return await self._read(scheduled.next_ready)
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._write(lambda w: scheduled.forget(w.conn, ids), len(ids))
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self._write(lambda w: scheduled.cancel(w.conn, event_id))
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self._read(lambda conn: scheduled.list_rows(conn, stream, limit))
+
+    async def _count_scheduled(self) -> int:
+        return await self._read(scheduled.count)
 
 
 # --------------------------------------------------------------------------- opening
