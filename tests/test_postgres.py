@@ -80,7 +80,8 @@ class TestPostgresScheduling(SchedulingSuite):
 
 class TestPostgresModel(ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
-        return await _created.open("pool_max=2&partitions=4")
+        # Each example closes its store before the next opens one: they reuse one schema.
+        return await _created.open("pool_max=2&partitions=4", reuse=True)
 
 
 def ev(type: str = "Happened", data: bytes = b"") -> tidelog.NewEvent:

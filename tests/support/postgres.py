@@ -118,19 +118,39 @@ class Schemas:
         self.names.append(schema)
         return f"{PG_DSN}?schema={schema}" + (f"&{options}" if options else "")
 
-    async def open(self, options: str = "pool_max=4") -> tidelog.Store:
+    async def open(self, options: str = "pool_max=4", *, reuse: bool = False) -> tidelog.Store:
+        """A store in a schema of its own.
+
+        `reuse=True` first gives back the schemas of this test's stores that are
+        closed already, so that a test opening store after store (the model
+        test: one per example) reuses one schema instead of creating one each
+        time. Only for tests that never look into a store after closing it.
+        """
+        if reuse:
+            await self._give_back(closed_only=True)
         schema = _RECYCLED.pop() if _RECYCLED else new_schema()
         store = await tidelog.connect(self._url(schema, options))
         self._stores[schema] = store
         return store
 
     async def drop(self) -> None:
-        if not self.names:
+        await self._give_back(closed_only=False)
+
+    async def _give_back(self, *, closed_only: bool) -> None:
+        """Reuse or drop the schemas of this test (with `closed_only`, only those
+        of stores opened by `open` and closed since)."""
+        names = [
+            name
+            for name in self.names
+            if not closed_only or (name in self._stores and self._stores[name]._closed)
+        ]
+        if not names:
             return
         conn = await asyncpg.connect(PG_DSN, timeout=10)
         try:
-            for name in self.names:
-                store = self._stores.get(name)
+            for name in names:
+                store = self._stores.pop(name, None)
+                self.names.remove(name)
                 if store is not None and store._closed and await _reusable(conn, name):
                     async with conn.transaction():
                         for table in _DATA_TABLES:
@@ -140,8 +160,6 @@ class Schemas:
                     await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         finally:
             await conn.close()
-        self.names.clear()
-        self._stores.clear()
 
 
 async def drop_recycled() -> None:
