@@ -723,6 +723,12 @@ class GroupEngine(LogEngine):
         """
         raise NotSupported(self.name, "retention", "this engine cannot delete events")
 
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """Make the absent `stream` start at `version`, as a scavenge that deleted its
+        versions below leaves it (`tidelog copy` of a scavenged store); a no-op for a
+        stream that exists. Engines that cannot raise `NotSupported` with the reason."""
+        raise NotSupported(self.name, "starting a stream at a version")
+
     async def _read_deleted(
         self, stream: str, from_version: int, limit: int
     ) -> list[RecordedEvent]:

@@ -195,6 +195,12 @@ class MemoryEngine(GroupEngine):
             self._dropped[stream] = self._dropped.get(stream, 0) + count
         return count
 
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        self._check_open()
+        if version > 0 and stream not in self._streams and stream not in self._deleted:
+            self._streams[stream] = []
+            self._dropped[stream] = version
+
     async def _read_deleted(
         self, stream: str, from_version: int, limit: int
     ) -> list[RecordedEvent]:

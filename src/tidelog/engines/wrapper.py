@@ -201,3 +201,6 @@ class StoreWrapper(GroupEngine):
 
     async def first_position(self) -> int:
         return await self.inner.first_position()
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        await self.inner._start_stream_at(stream, version)

@@ -453,6 +453,16 @@ class PostgresEngine(GroupEngine):
         with pg_errors(stream):
             await self._pool.execute(self._sql.forget_stream, stream)
 
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """A `streams` row with the version below `version` and no events: what a
+        scavenge that deleted the whole stream leaves."""
+        self._check_open()
+        if version > 0:
+            with pg_errors(stream):
+                await self._pool.execute(
+                    self._sql.start_stream, stream, category_of(stream), version - 1
+                )
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         after = ""

@@ -210,6 +210,10 @@ class Sql:
             f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
         )
+        self.start_stream = (
+            f"INSERT INTO {s}.streams (name, category, version) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
         self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
         self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"
         self.vacuum_events = f"VACUUM {s}.events"

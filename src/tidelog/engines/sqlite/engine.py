@@ -408,6 +408,13 @@ class SQLiteEngine(GroupEngine):
         self._check_open()
         await self._write(lambda w: w.forget_stream(stream))
 
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """A `streams` row with the version below `version` and no events: what a
+        scavenge that deleted the whole stream leaves."""
+        self._check_open()
+        if version > 0:
+            await self._write(lambda w: w.start_stream(stream, version - 1))
+
     async def _delete_many(self, cuts: Mapping[str, int]) -> int:
         """Every stream's delete in one writer request: one transaction, one sync."""
         self._check_open()
