@@ -54,6 +54,7 @@ from tidelog.engines._kit.retention import (
     make_rule,
     static_floor,
 )
+from tidelog.engines._kit.retention_hooks import RetentionHooks
 from tidelog.engines._kit.scavenger import (
     kept,
     look_for_rules,
@@ -373,10 +374,11 @@ class LogEngine(StreamEngine):
         filters = prepare_read_all(from_position, categories, None, None, partitions)
         if self._retention_idle():
             return await self._count_events(from_position, filters)
-        count = 0
-        async for _ in self._read_all_retained(from_position, filters, None):
-            count += 1
-        return count
+        return await self._count_retained(from_position, filters)
+
+    async def _count_retained(self, from_position: int, filters: LogFilter) -> int:
+        """`count_events` under the retention rules (`GroupEngine` applies them)."""
+        return await self._count_events(from_position, filters)
 
     async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """The engine's count. The default reads the events; engines with an index
@@ -439,7 +441,7 @@ class LogEngine(StreamEngine):
             await watch.wait_beyond(next_position - 1, self.poll_interval)
 
 
-class GroupEngine(LogEngine):
+class GroupEngine(RetentionHooks, LogEngine):
     """Layer 3: consumer groups and checkpoints.
 
     A group shares a category's partitions among its live members. Membership
@@ -640,7 +642,7 @@ class GroupEngine(LogEngine):
         if not backwards and unprotected:  # skip what the version-based conditions hide
             from_version = max(from_version, static_floor(policy, head))
         raw = self._read_stream(stream, from_version, backwards, None)
-        async for e in visible(view, raw, limit, self._stream_state):
+        async for e in visible(view, raw, limit, self._stream_heads):
             yield e
 
     async def _read_all_retained(
@@ -652,7 +654,7 @@ class GroupEngine(LogEngine):
             async for e in raw:
                 yield e
             return
-        async for e in visible(view, raw, limit, self._stream_state):
+        async for e in visible(view, raw, limit, self._stream_heads):
             yield e
 
     async def _read_page_retained(
@@ -667,7 +669,7 @@ class GroupEngine(LogEngine):
         while True:
             # A consumer's read: filtered as a list, without a step of an async
             # iterator per event (see `_read_page`).
-            states = await stream_states(view, page, self._stream_state)
+            states = await stream_states(view, page, self._stream_heads)
             out += kept(view, page, states)[: limit - len(out)]
             if len(out) >= limit or len(page) < limit or not page:
                 return out
@@ -722,12 +724,6 @@ class GroupEngine(LogEngine):
         raise `NotSupported` with the reason.
         """
         raise NotSupported(self.name, "retention", "this engine cannot delete events")
-
-    async def _start_stream_at(self, stream: str, version: int) -> None:
-        """Make the absent `stream` start at `version`, as a scavenge that deleted its
-        versions below leaves it (`tidelog copy` of a scavenged store); a no-op for a
-        stream that exists. Engines that cannot raise `NotSupported` with the reason."""
-        raise NotSupported(self.name, "starting a stream at a version")
 
     async def _read_deleted(
         self, stream: str, from_version: int, limit: int

@@ -114,6 +114,46 @@ class RetentionSuite(SuiteBase):
         assert await stream_versions(store, "order-1") == [4, 5]
         assert await stream_versions(store, "invoice-1") == [0, 1]
 
+    async def test_count_events_agrees_with_reads_under_count_rules(
+        self, store: tidelog.Store
+    ) -> None:
+        """`count_events` counts without reading where it can (version-based rules, no
+        group to protect): it must agree with `read_all` under every filter, before and
+        after a scavenge, and once a group, a tombstone and an age rule take it back to
+        reading."""
+        for _ in range(4):
+            for n in range(1, 7):
+                await self._fill(store, f"order-{n}", 1)
+            await self._fill(store, "price-x", 1)
+        await self._fill(store, "invoice-1", 2)
+        await self._fill(store, "account-1", 5)
+        await store.set_retention(RetentionPolicy(max_count=2), category="order")
+        await store.set_retention(RetentionPolicy(keep_latest=True), category="price")
+        await store.set_retention(RetentionPolicy(truncate_before=3), stream="account-1")
+        await store.set_retention(RetentionPolicy(max_count=1))
+
+        async def agree() -> None:
+            for categories in (None, ["order"], ["order", "price", "account"]):
+                for partitions in (None, [0], [1, 2]):
+                    for start in (0, 9, 25):
+                        read = await collect(
+                            store.read_all(start, categories, partitions=partitions)
+                        )
+                        counted = await store.count_events(start, categories, partitions)
+                        assert counted == len(read), (categories, partitions, start)
+
+        await agree()
+        assert await store.count_events(0, ["order"]) == 12
+        await store.scavenge()
+        await agree()
+        await self._fill(store, "order-1", 2)
+        await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await agree()
+        await store.delete_stream("price-x")
+        await store.set_retention(RetentionPolicy(max_age=3600), category="invoice")
+        self.shift_clock(store, 7200)
+        await agree()
+
     async def test_truncate_before_drops_what_a_snapshot_covers(self, store: tidelog.Store) -> None:
         await self._fill(store, "account-7", 6)
         await store.set_retention(RetentionPolicy(truncate_before=4), stream="account-7")

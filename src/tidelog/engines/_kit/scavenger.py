@@ -21,7 +21,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -35,6 +35,7 @@ from tidelog.engines._kit.retention import (
     RetentionView,
     ScavengeReport,
 )
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StreamDeleted, TidelogError
 from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, partition_of
 
@@ -117,19 +118,30 @@ class Lease:
         await self.store.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, self.member)
 
 
-StateOf = Callable[[str], Awaitable[tuple[int | None, bool]]]
+HeadsOf = Callable[[Collection[str]], Awaitable[StreamStates]]
+"""The engine's `_stream_heads`: the state of several streams, asked at once."""
+
+_READ_CHUNK = 256
+"""Events `visible` gathers before it asks the states of their new streams at once."""
 
 
 async def stream_states(
-    view: RetentionView, events: list[RecordedEvent], state_of: StateOf
-) -> dict[str, tuple[int | None, bool]]:
-    """The state (`state_of`) of each stream of `events` whose policy needs it."""
-    states: dict[str, tuple[int | None, bool]] = {}
+    view: RetentionView,
+    events: list[RecordedEvent],
+    heads_of: HeadsOf,
+    known: StreamStates | None = None,
+) -> StreamStates:
+    """The state of each stream of `events` whose policy needs it and that `known`
+    lacks, in one `heads_of` call (`known`, if given, gets them too)."""
+    states: StreamStates = {} if known is None else known
+    wanted: set[str] = set()
     for e in events:
-        if e.stream not in states:
+        if e.stream not in states and e.stream not in wanted:
             policy = view.policy(e.stream)
             if policy is not None and policy.needs_head:
-                states[e.stream] = await state_of(e.stream)
+                wanted.add(e.stream)
+    if wanted:
+        states.update(await heads_of(wanted))
     return states
 
 
@@ -154,33 +166,37 @@ async def visible(
     view: RetentionView,
     events: AsyncIterator[RecordedEvent],
     limit: int | None,
-    state_of: StateOf,
+    heads_of: HeadsOf,
 ) -> AsyncIterator[RecordedEvent]:
     """The events of `events` the rules keep, up to `limit` of them.
 
-    `state_of(stream)` gives a stream's last version and tombstone, asked once
-    per stream per read and only for policies that need them (`max_count`,
-    `keep_latest`, `scavenge_deleted`).
+    A stream's last version and tombstone are asked once per stream per read,
+    only for policies that need them (`max_count`, `keep_latest`,
+    `scavenge_deleted`), and for the new streams of `_READ_CHUNK` events at a
+    time in one `heads_of` call: one query on SQL engines where a read of many
+    streams used to cost one per stream.
     """
-    states: dict[str, tuple[int | None, bool]] = {}
+    states: StreamStates = {}
     count = 0
     try:
         if limit == 0:
             return
-        async for e in events:
-            policy = view.policy(e.stream)
-            if policy is not None:
-                head, deleted = None, False
-                if policy.needs_head:
-                    if e.stream not in states:
-                        states[e.stream] = await state_of(e.stream)
-                    head, deleted = states[e.stream]
-                if view.hidden(policy, e, head, deleted):
-                    continue
-            yield e
-            count += 1
-            if limit is not None and count >= limit:
-                return
+        chunk: list[RecordedEvent] = []
+        done = False
+        while not done:
+            chunk.clear()
+            async for e in events:
+                chunk.append(e)
+                if len(chunk) >= _READ_CHUNK:
+                    break
+            else:
+                done = True
+            await stream_states(view, chunk, heads_of, states)
+            for e in kept(view, chunk, states):
+                yield e
+                count += 1
+                if limit is not None and count >= limit:
+                    return
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

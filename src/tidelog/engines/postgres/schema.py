@@ -210,6 +210,14 @@ class Sql:
             f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
         )
+        self.stream_heads = (
+            f"SELECT name, version, deleted FROM {s}.streams WHERE name = ANY($1::text[])"
+        )
+        self.count_below = (
+            f"SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS f (stream, below) "
+            f"JOIN {s}.events e ON e.stream = f.stream AND e.version < f.below "
+            "WHERE e.position >= $3"
+        )
         self.start_stream = (
             f"INSERT INTO {s}.streams (name, category, version) VALUES ($1, $2, $3) "
             "ON CONFLICT (name) DO NOTHING"

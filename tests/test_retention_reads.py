@@ -1,0 +1,79 @@
+"""Reads under count-based rules ask the SQL engines for stream heads in batches and
+count without reading (issue #16's follow-up): SQLite and PostgreSQL.
+
+Each stream's last version used to cost one read per stream per read, and
+`count_events` read every event. These tests take the slow paths away from the
+store (`_stream_state`, `_read_all`) and check the answers still come, from the
+engine's own queries (`_stream_heads`, `_count_below`). Agreement with
+`read_all` under every filter is the conformance suite's
+(`test_count_events_agrees_with_reads_under_count_rules`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import tidelog
+from support.postgres import PG_DSN, new_schema, require_postgres
+from tidelog.retention import RetentionPolicy
+from tidelog.testing.conformance import ev
+
+pytestmark = pytest.mark.asyncio
+
+
+@contextlib.asynccontextmanager
+async def opened(kind: str, tmp_path: Path) -> AsyncIterator[tidelog.Store]:
+    if kind == "sqlite":
+        async with tidelog.connect(f"sqlite:///{tmp_path}/s.db") as store:
+            yield store
+        return
+    await require_postgres()
+    schema = new_schema()
+    try:
+        async with tidelog.connect(f"{PG_DSN}?schema={schema}&pool_max=2") as store:
+            yield store
+    finally:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+ENGINES = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_count_rules_read_heads_in_batches_and_count_with_sql(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(kind, tmp_path) as store:
+        await store.append_many(
+            {f"order-{i}": tidelog.AppendRequest([ev() for _ in range(4)]) for i in range(300)}
+        )
+        await store.set_retention(RetentionPolicy(max_count=2), category="order")
+
+        def one_stream_at_a_time(*args: Any) -> Any:
+            raise AssertionError("a stream's head was asked alone")
+
+        monkeypatch.setattr(store, "_stream_state", one_stream_at_a_time)
+        read = [(e.stream, e.version) async for e in store.read_all(categories=["order"])]
+        assert len(read) == 600
+        assert {v for _, v in read} == {2, 3}
+        page = await store.read_page(0, ["order"], None, 450, None)
+        assert len(page) == 450 and {e.version for e in page} == {2, 3}
+
+        def no_reading(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("count_events read the events")
+
+        monkeypatch.setattr(store, "_read_all", no_reading)
+        assert await store.count_events(0, ["order"]) == 600
+        assert await store.count_events() == 600 + 1  # and the rule in $retention
+        position = page[100].position
+        assert await store.count_events(position, ["order"]) == 600 - 100
