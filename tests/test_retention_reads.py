@@ -1,5 +1,6 @@
 """Reads under count-based rules ask the SQL engines for stream heads in batches and
-count without reading (issue #16's follow-up): SQLite and PostgreSQL.
+count without reading (issue #16's follow-up): SQLite and PostgreSQL; and the
+`--hard-max-bytes` option of the command line.
 
 Each stream's last version used to cost one read per stream per read, and
 `count_events` read every event. These tests take the slow paths away from the
@@ -11,16 +12,20 @@ engine's own queries (`_stream_heads`, `_count_below`). Agreement with
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner
 
 import tidelog
 from support.postgres import PG_DSN, new_schema, require_postgres
+from tidelog.cli import app
 from tidelog.retention import RetentionPolicy
 from tidelog.testing.conformance import ev
 
@@ -77,3 +82,27 @@ async def test_count_rules_read_heads_in_batches_and_count_with_sql(
         assert await store.count_events() == 600 + 1  # and the rule in $retention
         position = page[100].position
         assert await store.count_events(position, ["order"]) == 600 - 100
+
+
+async def test_cli_sets_a_hard_byte_cap_and_the_scavenger_applies_it(tmp_path: Path) -> None:
+    """`tidelog retention set --hard-max-bytes`: the rule is stored, reads still show
+    every event (a size is applied by the scavenger), `tidelog scavenge` deletes the
+    oldest down to the cap."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    async with tidelog.connect(url) as store:
+        await store.append("order-1", [ev(data=b"x" * 98) for _ in range(5)])
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, ["--store", url, *args])
+
+    result = await asyncio.to_thread(
+        cli, "retention", "set", "-c", "order", "--hard-max-bytes", "250"
+    )
+    assert result.exit_code == 0, result.output
+    assert "hard_max_bytes=250" in result.output
+    report = json.loads((await asyncio.to_thread(cli, "--json", "scavenge")).output)
+    assert report["deleted"] == 3  # 5 events of 100 bytes, 2 fit in 250
+    async with tidelog.connect(url) as store:
+        assert [e.version async for e in store.read_stream("order-1")] == [3, 4]
+    refused = await asyncio.to_thread(cli, "retention", "set", "--hard-max-bytes", "0")
+    assert refused.exit_code == 1 and "InvalidInput" in refused.output

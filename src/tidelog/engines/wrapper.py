@@ -206,6 +206,9 @@ class StoreWrapper(GroupEngine):
     async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
         return await self.inner._stream_heads(streams)
 
+    async def _stream_bytes(self, category: str | None) -> dict[str, int] | None:
+        return await self.inner._stream_bytes(category)
+
     async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int | None:
         return await self.inner._count_below(floors, from_position)
 

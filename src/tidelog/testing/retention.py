@@ -148,6 +148,7 @@ class RetentionSuite(SuiteBase):
         await agree()
         await self._fill(store, "order-1", 2)
         await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await store.retention()  # the group is seen now, not at the next refresh
         await agree()
         await store.delete_stream("price-x")
         await store.set_retention(RetentionPolicy(max_age=3600), category="invoice")
@@ -256,6 +257,31 @@ class RetentionSuite(SuiteBase):
         self.shift_clock(store, 7200)
         assert await stream_versions(store, "order-1") == []
         assert (await store.scavenge()).lost >= 1
+
+    async def test_hard_max_bytes_deletes_the_oldest_even_unconsumed(
+        self, store: tidelog.Store
+    ) -> None:
+        await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        for i in range(10):
+            await store.append(f"order-{i % 2}", [ev(data=b"x" * 100)])
+        await self._fill(store, "invoice-1", 3)  # another category: not in the scope
+        positions = await all_positions(store, categories=["order"])
+        # An event weighs its data and its metadata as compact JSON: 100 + len(b"{}").
+        await store.set_retention(RetentionPolicy(hard_max_bytes=4 * 102 + 50), category="order")
+        assert await all_positions(store, categories=["order"]) == positions  # not yet
+        report = await store.scavenge()
+        assert await all_positions(store, categories=["order"]) == positions[-4:]
+        assert report.deleted == 6
+        assert report.lost == 6
+        lost = await collect(store.read_stream(SYSTEM_STREAM))
+        assert [e.type for e in lost] == [LOST_EVENTS_TYPE] * 2
+        assert all(b'"group":"billing"' in e.data and b'"count":3' in e.data for e in lost)
+        assert store.retention_stats["lost"] >= 6 or not store.applies_retention
+        assert await stream_versions(store, "invoice-1") == [0, 1, 2]
+        # Under the cap, nothing more goes.
+        assert (await store.scavenge()).deleted == 0
+        with pytest.raises(tidelog.InvalidInput):
+            RetentionPolicy(hard_max_bytes=0)
 
     async def test_reads_from_a_scavenged_position_start_at_the_oldest_kept(
         self, store: tidelog.Store

@@ -56,6 +56,13 @@ class RetentionHooks:
         stream that exists. Engines that cannot raise `NotSupported` with the reason."""
         raise NotSupported(self.name, "starting a stream at a version")
 
+    async def _stream_bytes(self, category: str | None) -> dict[str, int] | None:
+        """Stored bytes (data plus metadata as compact JSON) of each stream of `category`
+        (None: of every user stream), for `hard_max_bytes`, in one aggregate query;
+        None when the engine cannot without reading (the default), and then the
+        scavenger reads the scope's events to weigh them."""
+        return None
+
     async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int | None:
         """How many stored events of the streams of `floors` have a version below the
         stream's floor and a position >= `from_position`, in one query; None when the

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from tidelog.engines._kit.checks import LogFilter
 from tidelog.engines._kit.retention import (
     LOST_EVENTS_TYPE,
     RETENTION_STREAM,
@@ -37,7 +38,14 @@ from tidelog.engines._kit.retention import (
 )
 from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StreamDeleted, TidelogError
-from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, partition_of
+from tidelog.model import (
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    category_of,
+    encode_metadata,
+    partition_of,
+)
 
 if TYPE_CHECKING:
     from tidelog.engines.contract import GroupEngine
@@ -340,6 +348,57 @@ async def _scavenge_chunk(
     return deleted, lost
 
 
+def event_bytes(event: RecordedEvent) -> int:
+    """What `hard_max_bytes` weighs an event: its data and its metadata as stored
+    (compact JSON), the same on every engine."""
+    return len(event.data) + len(encode_metadata(event.metadata))
+
+
+async def _byte_cuts(store: GroupEngine, view: RetentionView) -> dict[tuple[str, str], int]:
+    """Scope -> the position below which `hard_max_bytes` deletes the scope's events:
+    the oldest ones (by position, so a prefix of each stream), down to the cap.
+
+    The scope is the streams the rule covers (the most specific rule wins, as
+    for every field). SQL engines weigh it in one aggregate query and read only
+    the oldest events when it is over; other engines read the scope's events.
+    """
+    cuts: dict[tuple[str, str], int] = {}
+    for scope, rule in sorted(view.cache.rules.items()):
+        cap = None if rule.policy is None else rule.policy.hard_max_bytes
+        if cap is None:
+            continue
+        category = None if scope[0] == "store" else category_of(scope[1])
+        sizes = await store._stream_bytes(category)
+        total = None
+        if sizes is not None:
+            total = sum(n for s, n in sizes.items() if view.cache.scope(s) == scope)
+            if total <= cap:
+                continue
+        filters = LogFilter(None if category is None else frozenset([category]), None, None)
+        raw = store._read_all(0, filters, None)
+        weighed: AsyncIterator[tuple[int, int]] = (
+            (e.position, event_bytes(e)) async for e in raw if view.cache.scope(e.stream) == scope
+        )
+        if total is None:
+            listed = [pair async for pair in weighed]
+            total = sum(n for _, n in listed)
+            weighed = _aiter(listed)
+        removed = 0
+        async for position, size in weighed:
+            if total - removed <= cap:
+                break
+            removed += size
+            cuts[scope] = position + 1
+        with contextlib.suppress(AttributeError):
+            await raw.aclose()  # type: ignore[attr-defined]
+    return cuts
+
+
+async def _aiter(pairs: list[tuple[int, int]]) -> AsyncIterator[tuple[int, int]]:
+    for pair in pairs:
+        yield pair
+
+
 async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     """One pass over the streams the rules cover, deleting what they hide.
 
@@ -351,6 +410,7 @@ async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     view = await store._retention_view(force=True)
     if view is None:
         return ScavengeReport()
+    view.byte_cuts = await _byte_cuts(store, view)
     deleted = lost = streams = 0
     todo: list[tuple[StreamInfo, RetentionPolicy]] = []
     try:

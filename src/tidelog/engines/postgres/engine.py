@@ -473,6 +473,13 @@ class PostgresEngine(GroupEngine):
             states[name] = (None, True) if deleted else (version, False)
         return states
 
+    async def _stream_bytes(self, category: str | None) -> dict[str, int]:
+        """`hard_max_bytes`: data plus metadata bytes per stream, one aggregate query."""
+        self._check_open()
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.stream_bytes, category)
+        return {r[0]: int(r[1]) for r in rows}
+
     async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
         """Events below each stream's floor, in one query by the (stream, version) key."""
         self._check_open()

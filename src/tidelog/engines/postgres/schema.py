@@ -213,6 +213,11 @@ class Sql:
         self.stream_heads = (
             f"SELECT name, version, deleted FROM {s}.streams WHERE name = ANY($1::text[])"
         )
+        self.stream_bytes = (
+            "SELECT stream, sum(octet_length(data) + octet_length(metadata::text))::bigint "
+            f"FROM {s}.events WHERE CASE WHEN $1::text IS NULL THEN left(stream, 1) <> '$' "
+            "ELSE category = $1 END GROUP BY stream"
+        )
         self.count_below = (
             f"SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS f (stream, below) "
             f"JOIN {s}.events e ON e.stream = f.stream AND e.version < f.below "

@@ -428,6 +428,21 @@ class SQLiteEngine(GroupEngine):
             states[name] = (None, True) if deleted else (version, False)
         return states
 
+    async def _stream_bytes(self, category: str | None) -> dict[str, int]:
+        """`hard_max_bytes`: data plus metadata bytes per stream, one aggregate query
+        (`length` of a blob reads no overflow page)."""
+        where = "substr(stream, 1, 1) <> '$'" if category is None else "category = ?"
+        sql = (
+            "SELECT stream, sum(length(data) + length(metadata)) FROM events"
+            f" WHERE {where} GROUP BY stream"
+        )
+        args = () if category is None else (category,)
+
+        def rows(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, args).fetchall()
+
+        return {stream: int(size) for stream, size in await self._read(rows)}
+
     async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
         """Events below each stream's floor, by the (stream, version) index, 500 streams
         a query."""
