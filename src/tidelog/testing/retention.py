@@ -263,11 +263,11 @@ class RetentionSuite(SuiteBase):
     ) -> None:
         await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         for i in range(10):
-            await store.append(f"order-{i % 2}", [ev(data=b"x" * 100)])
+            await store.append(f"order-{i % 2}", [ev(data=b"x" * 100, metadata={"k": "v"})])
         await self._fill(store, "invoice-1", 3)  # another category: not in the scope
         positions = await all_positions(store, categories=["order"])
-        # An event weighs its data and its metadata as compact JSON: 100 + len(b"{}").
-        await store.set_retention(RetentionPolicy(hard_max_bytes=4 * 102 + 50), category="order")
+        # An event weighs its data and its metadata as compact JSON: 100 + len('{"k":"v"}').
+        await store.set_retention(RetentionPolicy(hard_max_bytes=4 * 109 + 8), category="order")
         assert await all_positions(store, categories=["order"]) == positions  # not yet
         report = await store.scavenge()
         assert await all_positions(store, categories=["order"]) == positions[-4:]
