@@ -10,23 +10,21 @@ shows, and goes on from the same versions.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 import tidelog
-from support.postgres import PG_DSN, new_schema, require_postgres
+from support.postgres import Schemas, schemas
 from tidelog.copy import copy_store
 from tidelog.errors import NotSupported
 from tidelog.retention import RetentionPolicy
 from tidelog.testing.conformance import ev
 
 pytestmark = pytest.mark.asyncio
+__all__ = ["schemas"]  # the fixture, re-exported for pytest
 
 
 async def scavenged(store: tidelog.Store) -> None:
@@ -96,24 +94,12 @@ async def test_sqlite_to_sqlite(tmp_path: Path) -> None:
         await check_copy(src, dst)
 
 
-@contextlib.asynccontextmanager
-async def postgres_store() -> AsyncIterator[tidelog.Store]:
-    await require_postgres()
-    schema = new_schema()
-    async with tidelog.connect(f"{PG_DSN}?schema={schema}&pool_max=2") as store:
-        try:
-            yield store
-        finally:
-            conn = await asyncpg.connect(PG_DSN)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-
-
 @pytest.mark.postgres
-async def test_sqlite_to_postgres(tmp_path: Path) -> None:
-    async with tidelog.connect(f"sqlite:///{tmp_path}/a.db") as src, postgres_store() as dst:
+async def test_sqlite_to_postgres(tmp_path: Path, schemas: Schemas) -> None:
+    async with (
+        tidelog.connect(f"sqlite:///{tmp_path}/a.db") as src,
+        await schemas.open("pool_max=2") as dst,
+    ):
         await check_copy(src, dst)
 
 
