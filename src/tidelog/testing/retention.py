@@ -147,8 +147,12 @@ class RetentionSuite(SuiteBase):
         await store.scavenge()
         await agree()
         await self._fill(store, "order-1", 2)
-        await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.retention()  # the group is seen now, not at the next refresh
+        await agree()  # from beyond what the group read, counted without reading
+        partition = tidelog.partition_of("order-1", store.partition_count)
+        await store.commit("billing", "order", partition, 12, member="m1", generation=m.generation)
+        await store.retention()
         await agree()
         await store.delete_stream("price-x")
         await store.set_retention(RetentionPolicy(max_age=3600), category="invoice")

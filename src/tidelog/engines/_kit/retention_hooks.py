@@ -76,9 +76,12 @@ class RetentionHooks:
         `keep_latest`, `truncate_before`, with `even_if_unconsumed` or no group on
         the category): then what is hidden of each stream is its versions below
         `static_floor`, which an SQL engine counts in one query (`_count_below`).
-        Otherwise (age, consumer protection, deleted streams) it reads the events."""
+        Events a group protects are never hidden (bar `hard_max_age`), so a count
+        from beyond the groups' lowest checkpoint (a group's lag) needs no floor
+        for them. Otherwise (age, events some group may have read, deleted
+        streams) it reads the events."""
         view = await self._retention_view()
-        floors = None if view is None else await self._floors(view, filters)
+        floors = None if view is None else await self._floors(view, filters, from_position)
         if view is None or floors is not None:
             total = await self._count_events(from_position, filters)
             if not floors:
@@ -91,7 +94,9 @@ class RetentionHooks:
             count += 1
         return count
 
-    async def _floors(self, view: RetentionView, filters: LogFilter) -> dict[str, int] | None:
+    async def _floors(
+        self, view: RetentionView, filters: LogFilter, from_position: int
+    ) -> dict[str, int] | None:
         """stream -> the version below which the rules hide it, for the streams of
         `filters` with a rule; None if a rule that applies is not version-based."""
         if filters.types is not None:
@@ -105,18 +110,16 @@ class RetentionHooks:
                 policy = view.policy(info.name)
                 if policy is None:
                     continue
-                parts = filters.partitions
-                if parts is not None and partition_of(info.name, self.partition_count) not in parts:
+                partition = partition_of(info.name, self.partition_count)
+                if filters.partitions is not None and partition not in filters.partitions:
                     continue
-                protected = (
-                    not policy.even_if_unconsumed and category_of(info.name) in view.cache.grouped
-                )
-                if (
-                    protected
-                    or info.deleted
-                    or policy.max_age is not None
-                    or policy.hard_max_age is not None
-                ):
+                key = (category_of(info.name), partition)
+                if not policy.even_if_unconsumed and key[0] in view.cache.grouped:
+                    read_up_to = view.cache.floors.get(key, 0)
+                    if policy.hard_max_age is None and from_position > read_up_to:
+                        continue  # every event counted is unread by some group: kept
+                    return None
+                if info.deleted or policy.max_age is not None or policy.hard_max_age is not None:
                     return None
                 floor = static_floor(policy, info.version)
                 if floor > 0:
