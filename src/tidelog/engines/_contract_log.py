@@ -107,10 +107,11 @@ class LogEngine(StreamEngine):
         filters = prepare_read_all(from_position, categories, None, None, partitions)
         if self._retention_idle():
             return await self._count_events(from_position, filters)
-        count = 0
-        async for _ in self._read_all_retained(from_position, filters, None):
-            count += 1
-        return count
+        return await self._count_retained(from_position, filters)
+
+    async def _count_retained(self, from_position: int, filters: LogFilter) -> int:
+        """`count_events` under the retention rules (`GroupEngine` applies them)."""
+        return await self._count_events(from_position, filters)
 
     async def _count_events(self, from_position: int, filters: LogFilter) -> int:
         """The engine's count. The default reads the events; engines with an index

@@ -53,6 +53,7 @@ from tidelog.engines._kit.retention import (
     make_rule,
     static_floor,
 )
+from tidelog.engines._kit.retention_hooks import RetentionHooks
 from tidelog.engines._kit.scavenger import (
     kept,
     look_for_rules,
@@ -95,7 +96,7 @@ __all__ = [
 ]
 
 
-class GroupEngine(LogEngine):
+class GroupEngine(RetentionHooks, LogEngine):
     """Layer 3: consumer groups and checkpoints.
 
     A group shares a category's partitions among its live members. Membership
@@ -341,7 +342,7 @@ class GroupEngine(LogEngine):
         if not backwards and unprotected:  # skip what the version-based conditions hide
             from_version = max(from_version, static_floor(policy, head))
         raw = self._read_stream(stream, from_version, backwards, None)
-        async for e in visible(view, raw, limit, self._stream_state):
+        async for e in visible(view, raw, limit, self._stream_heads):
             yield e
 
     async def _read_all_retained(
@@ -353,7 +354,7 @@ class GroupEngine(LogEngine):
             async for e in raw:
                 yield e
             return
-        async for e in visible(view, raw, limit, self._stream_state):
+        async for e in visible(view, raw, limit, self._stream_heads):
             yield e
 
     async def _read_page_retained(
@@ -368,7 +369,7 @@ class GroupEngine(LogEngine):
         while True:
             # A consumer's read: filtered as a list, without a step of an async
             # iterator per event (see `_read_page`).
-            states = await stream_states(view, page, self._stream_state)
+            states = await stream_states(view, page, self._stream_heads)
             out += kept(view, page, states)[: limit - len(out)]
             if len(out) >= limit or len(page) < limit or not page:
                 return out

@@ -206,6 +206,21 @@ class MemoryEngine(GroupEngine):
             self._dropped[stream] = self._dropped.get(stream, 0) + count
         return count
 
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
+        self._check_open()
+        count = 0
+        for stream, floor in floors.items():
+            events = self._streams.get(stream, [])
+            below = events[: max(0, floor - self._dropped.get(stream, 0))]
+            count += sum(1 for e in below if e.position >= from_position)
+        return count
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        self._check_open()
+        if version > 0 and stream not in self._streams and stream not in self._deleted:
+            self._streams[stream] = []
+            self._dropped[stream] = version
+
     async def _read_deleted(
         self, stream: str, from_version: int, limit: int
     ) -> list[RecordedEvent]:

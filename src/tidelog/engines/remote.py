@@ -48,6 +48,7 @@ from tidelog.errors import (
     AccessDenied,
     InvalidInput,
     InvalidURL,
+    NotSupported,
     StaleGeneration,
     StoreClosed,
     StoreUnavailable,
@@ -462,6 +463,11 @@ class RemoteEngine(GroupEngine):
 
     async def first_position(self) -> int:
         return (await self._call("GET", "/v1/log/first", wire.WireHead)).position
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """Refused: the HTTP API has no route that starts a stream at a version; copy
+        into the server's store URL instead."""
+        raise NotSupported(self.name, "starting a stream at a version", "no HTTP route for it")
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return (await self._call("GET", "/v1/groups", wire.WireGroups)).groups

@@ -21,7 +21,7 @@ so a method added to the contract later cannot be missed here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from uuid import UUID
 
 from tidelog.engines._kit.retention import (
@@ -30,6 +30,7 @@ from tidelog.engines._kit.retention import (
     RetentionView,
     ScavengeReport,
 )
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.engines.contract import (
     Engine,
     GroupEngine,
@@ -234,3 +235,15 @@ class StoreWrapper(GroupEngine):
 
     async def first_position(self) -> int:
         return await self.inner.first_position()
+
+    async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
+        return await self.inner._stream_heads(streams)
+
+    async def _stream_bytes(self, category: str | None) -> dict[str, int] | None:
+        return await self.inner._stream_bytes(category)
+
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int | None:
+        return await self.inner._count_below(floors, from_position)
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        await self.inner._start_stream_at(stream, version)

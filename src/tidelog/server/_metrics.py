@@ -154,7 +154,7 @@ class Metrics:
         self.lost = Gauge(
             "tidelog_retention_lost_events",
             "Events the scavenger deleted before a consumer group had read them"
-            " (hard_max_age or even_if_unconsumed; each is named in $system)",
+            " (hard_max_age, hard_max_bytes or even_if_unconsumed; each is named in $system)",
             ["group", "category"],
             registry=r,
         )

@@ -299,6 +299,15 @@ class NatsEngine(GroupEngine):
                     break
         return out
 
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """Refused: a stream's version is its subject's last message's, so a stream
+        cannot start beyond version 0 without a message (an event) there."""
+        raise NotSupported(
+            self.name,
+            "starting a stream at a version",
+            "a stream's version lives in its last message, which a copy cannot invent",
+        )
+
     async def _forget_stream(self, stream: str) -> None:
         """Purge the stream's subject, tombstone included, if no event is left on it."""
         self._check_open()

@@ -41,7 +41,15 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Sized
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -58,6 +66,7 @@ from tidelog.engines._kit.checks import (
     validate_group_name,
 )
 from tidelog.engines._kit.groups import GroupState
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
@@ -456,6 +465,43 @@ class PostgresEngine(GroupEngine):
         self._check_open()
         with pg_errors(stream):
             await self._pool.execute(self._sql.forget_stream, stream)
+
+    async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
+        """Retention's states of many streams in one query of the `streams` table."""
+        self._check_open()
+        names = list(streams)
+        states: StreamStates = dict.fromkeys(names, (None, False))
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.stream_heads, names)
+        for name, version, deleted in rows:
+            states[name] = (None, True) if deleted else (version, False)
+        return states
+
+    async def _stream_bytes(self, category: str | None) -> dict[str, int]:
+        """`hard_max_bytes`: data plus metadata bytes per stream, one aggregate query."""
+        self._check_open()
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.stream_bytes, category)
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
+        """Events below each stream's floor, in one query by the (stream, version) key."""
+        self._check_open()
+        with pg_errors():
+            found = await self._pool.fetchval(
+                self._sql.count_below, list(floors), list(floors.values()), from_position
+            )
+        return int(found)
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """A `streams` row with the version below `version` and no events: what a
+        scavenge that deleted the whole stream leaves."""
+        self._check_open()
+        if version > 0:
+            with pg_errors(stream):
+                await self._pool.execute(
+                    self._sql.start_stream, stream, category_of(stream), version - 1
+                )
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()

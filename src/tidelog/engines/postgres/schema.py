@@ -218,6 +218,23 @@ class Sql:
             f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
         )
+        self.stream_heads = (
+            f"SELECT name, version, deleted FROM {s}.streams WHERE name = ANY($1::text[])"
+        )
+        self.stream_bytes = (
+            "SELECT stream, sum(octet_length(data) + octet_length(metadata::text))::bigint "
+            f"FROM {s}.events WHERE CASE WHEN $1::text IS NULL THEN left(stream, 1) <> '$' "
+            "ELSE category = $1 END GROUP BY stream"
+        )
+        self.count_below = (
+            f"SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS f (stream, below) "
+            f"JOIN {s}.events e ON e.stream = f.stream AND e.version < f.below "
+            "WHERE e.position >= $3"
+        )
+        self.start_stream = (
+            f"INSERT INTO {s}.streams (name, category, version) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
         self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
         self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"
         self.vacuum_events = f"VACUUM {s}.events"

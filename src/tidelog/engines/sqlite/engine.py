@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 from uuid import UUID
 
@@ -73,6 +73,7 @@ from tidelog.engines._kit.checks import (
     validate_group_key,
     validate_group_name,
 )
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
@@ -410,6 +411,67 @@ class SQLiteEngine(GroupEngine):
     async def _forget_stream(self, stream: str) -> None:
         self._check_open()
         await self._write(lambda w: w.forget_stream(stream))
+
+    async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
+        """Retention's states of many streams from the `streams` table, 500 names a query."""
+        names = list(streams)
+
+        def rows(conn: sqlite3.Connection) -> list[Any]:
+            found = []
+            for i in range(0, len(names), 500):
+                chunk = names[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found += conn.execute(
+                    f"SELECT name, version, deleted FROM streams WHERE name IN ({marks})", chunk
+                ).fetchall()
+            return found
+
+        states: StreamStates = dict.fromkeys(names, (None, False))
+        for name, version, deleted in await self._read(rows):
+            states[name] = (None, True) if deleted else (version, False)
+        return states
+
+    async def _stream_bytes(self, category: str | None) -> dict[str, int]:
+        """`hard_max_bytes`: data plus metadata bytes per stream, one aggregate query
+        (`length` of a blob reads no overflow page)."""
+        where = "substr(stream, 1, 1) <> '$'" if category is None else "category = ?"
+        sql = (
+            "SELECT stream, sum(length(data) + length(metadata)) FROM events"
+            f" WHERE {where} GROUP BY stream"
+        )
+        args = () if category is None else (category,)
+
+        def rows(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, args).fetchall()
+
+        return {stream: int(size) for stream, size in await self._read(rows)}
+
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
+        """Events below each stream's floor, by the (stream, version) index, 500 streams
+        a query."""
+        pairs = list(floors.items())
+
+        def count(conn: sqlite3.Connection) -> int:
+            total = 0
+            for i in range(0, len(pairs), 500):
+                chunk = pairs[i : i + 500]
+                values = ",".join("(?, ?)" for _ in chunk)
+                total += conn.execute(
+                    f"WITH f(stream, below) AS (VALUES {values}) SELECT count(*) FROM f"
+                    " JOIN events e ON e.stream = f.stream AND e.version < f.below"
+                    " WHERE e.position >= ?",
+                    [x for pair in chunk for x in pair] + [from_position],
+                ).fetchone()[0]
+            return total
+
+        return await self._read(count)
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """A `streams` row with the version below `version` and no events: what a
+        scavenge that deleted the whole stream leaves."""
+        self._check_open()
+        if version > 0:
+            await self._write(lambda w: w.start_stream(stream, version - 1))
 
     async def _delete_many(self, cuts: Mapping[str, int]) -> int:
         """Every stream's delete in one writer request: one transaction, one sync."""
