@@ -72,6 +72,9 @@ class TestNatsRetentionModel(RetentionModelSuite):
     keeps_last_event = True
     max_examples = 10
 
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(store_url())
+
 
 class TestNatsScheduling(SchedulingSuite):
     # Refused, see docs/scheduling.md: the engine keeps no table to hold pending events in.
