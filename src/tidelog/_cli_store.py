@@ -23,6 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tidelog._cli_kit import (
+    CategoriesOption,
+    LimitOption,
     connect_options,
     emit,
     event_to_json,
@@ -169,7 +171,7 @@ def read(
         typer.Option("--from", help="First version (default: 0, or the end when backwards)."),
     ] = None,
     backwards: Annotated[bool, typer.Option("--backwards", help="Newest first.")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
+    limit: LimitOption = None,
 ) -> None:
     """Print the events of one stream."""
     printer = _Printer(settings(ctx).json)
@@ -189,13 +191,11 @@ def log(
     from_position: Annotated[
         int, typer.Option("--from", help="First position (events at or after it).")
     ] = 0,
-    category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
-    ] = None,
+    category: CategoriesOption = None,
     type_: Annotated[
         list[str] | None, typer.Option("--type", "-t", help="Only these event types.")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
+    limit: LimitOption = None,
 ) -> None:
     """Print the global log, in commit order."""
     printer = _Printer(settings(ctx).json)
@@ -212,9 +212,7 @@ def log(
 
 def tail(
     ctx: typer.Context,
-    category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
-    ] = None,
+    category: CategoriesOption = None,
     from_position: Annotated[
         int | None,
         typer.Option("--from", help="Start at this position (default: only new events)."),
