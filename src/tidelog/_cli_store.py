@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -35,6 +36,7 @@ from tidelog._cli_kit import (
     settings,
 )
 from tidelog._connect import resolved_url
+from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidEvent, InvalidInput
 from tidelog.model import AppendResult, NewEvent, RecordedEvent, StreamInfo
 
@@ -86,6 +88,24 @@ class _Printer:
             emit(event_to_json(event))
         else:
             self.console.print(_event_line(event))
+
+
+def _print_events(
+    ctx: typer.Context, events: Callable[[Engine], AsyncIterator[RecordedEvent]]
+) -> None:
+    """Print what `events` reads from the global `--store`, opened for reads only.
+
+    `read` and `log` differ only in which read they make; opening the store,
+    the output format and running the loop are the same, and written here once.
+    """
+    printer = _Printer(settings(ctx).json)
+
+    async def body() -> None:
+        async with open_store(ctx, reads_only=True) as store:
+            async for event in events(store):
+                printer.event(event)
+
+    run(body())
 
 
 def _data_text(data: str) -> str:
@@ -174,16 +194,12 @@ def read(
     limit: LimitOption = None,
 ) -> None:
     """Print the events of one stream."""
-    printer = _Printer(settings(ctx).json)
-
-    async def body() -> None:
-        async with open_store(ctx, reads_only=True) as store:
-            async for event in store.read_stream(
-                stream, from_version=from_version, backwards=backwards, limit=limit
-            ):
-                printer.event(event)
-
-    run(body())
+    _print_events(
+        ctx,
+        lambda store: store.read_stream(
+            stream, from_version=from_version, backwards=backwards, limit=limit
+        ),
+    )
 
 
 def log(
@@ -198,16 +214,12 @@ def log(
     limit: LimitOption = None,
 ) -> None:
     """Print the global log, in commit order."""
-    printer = _Printer(settings(ctx).json)
-
-    async def body() -> None:
-        async with open_store(ctx, reads_only=True) as store:
-            async for event in store.read_all(
-                from_position=from_position, categories=category, types=type_, limit=limit
-            ):
-                printer.event(event)
-
-    run(body())
+    _print_events(
+        ctx,
+        lambda store: store.read_all(
+            from_position=from_position, categories=category, types=type_, limit=limit
+        ),
+    )
 
 
 def tail(
