@@ -32,6 +32,7 @@ FRONT_ENDS = frozenset(
         "read_all",
         "read_page",
         "count_events",
+        "subscribe",
         "join_group",
         "heartbeat",
         "cancel_scheduled",
@@ -49,6 +50,7 @@ HOOKS = frozenset(
         "_read_all",
         "_read_page",
         "_count_events",
+        "_subscribe",
         "_check_open",
         "_join_group",
         "_heartbeat",
@@ -95,7 +97,7 @@ def test_the_enumeration_covers_the_whole_contract() -> None:
     members = contract_members()
     for name in ("_read_page", "_count_events", "head_watch", "last_position", "partition_count"):
         assert name in members
-    for name in ("purge_stream", "close", "subscribe", "checkpoints", "poll_interval"):
+    for name in ("purge_stream", "close", "_subscribe", "checkpoints", "poll_interval"):
         assert name in members
     assert "_apply_write" in members
     assert not members & FRONT_ENDS

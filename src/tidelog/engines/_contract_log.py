@@ -157,11 +157,26 @@ class LogEngine(StreamEngine):
 
         Each matching event is yielded exactly once and in position order,
         across the switch from catch-up to live. Raises `StoreClosed` when the
-        store closes.
+        store closes. The filters are checked here, once for every engine; the
+        engine's `_subscribe` follows the log.
         """
-        cats, tys, parts = log_filter(categories, types, partitions)
+        filters = log_filter(categories, types, partitions)
+        async for event in self._subscribe(max(from_position, 0), filters):
+            yield event
+
+    async def _subscribe(
+        self, from_position: int, filters: LogFilter
+    ) -> AsyncIterator[RecordedEvent]:
+        """The engine's subscription; `subscribe` checked the filters and made
+        `from_position` at least 0. Each engine checks the store is open itself.
+
+        This generic loop reads the log, then waits on the head watch and reads
+        again from the head it saw: engines whose reads and head always agree
+        need nothing else.
+        """
+        cats, tys, parts = filters
         watch = self.head_watch()
-        next_position = max(from_position, 0)
+        next_position = from_position
         while True:
             self._check_open()
             head = await self.last_position()

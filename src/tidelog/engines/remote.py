@@ -20,7 +20,7 @@ import re
 import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -30,7 +30,6 @@ import msgspec
 from tidelog import wire
 from tidelog.engines._kit.checks import (
     LogFilter,
-    log_filter,
     prepare_delete,
     prepare_purge,
 )
@@ -335,15 +334,10 @@ class RemoteEngine(GroupEngine):
     def head_watch(self) -> HeadWatch:
         return self._watch
 
-    async def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
+    async def _subscribe(
+        self, from_position: int, filters: LogFilter
     ) -> AsyncIterator[RecordedEvent]:
         """Server-Sent Events, resumed with `Last-Event-ID` after a dropped connection."""
-        filters = log_filter(categories, types, partitions)
         self._check_open()
         if filters.matches_nothing:
             # an empty filter would read as no filter in a query string: nothing can match,
@@ -351,7 +345,7 @@ class RemoteEngine(GroupEngine):
             while True:
                 self._check_open()
                 await self._watch.wait_beyond(self._watch.head, None)  # until close
-        start = min(max(from_position, 0), _MAX_START)
+        start = min(from_position, _MAX_START)
         params = _params({**_filter_params(filters), "from_position": start})
         last_seen: int | None = None
         decoder = self._decoder(wire.WireEvent)

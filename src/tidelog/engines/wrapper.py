@@ -9,11 +9,11 @@ wrapper that fell back to them would silently undo the engine's indexes.
 
 So this base forwards every method of the contract to `inner`. Where the
 contract has a front end and an engine hook (`append`, `append_many` and
-`commit` over `_apply_write`; `read_stream`, `read_all`, `read_page` and
-`count_events` over `_read_stream`, `_read_all`, `_read_page` and
-`_count_events`), it forwards the hook, so the wrapper keeps the contract's one
-front end (argument checks, fence-first commits) and reaches the inner
-engine's own work. A subclass overrides `_apply_write` (and what it truly
+`commit` over `_apply_write`; `read_stream`, `read_all`, `read_page`,
+`count_events` and `subscribe` over `_read_stream`, `_read_all`, `_read_page`,
+`_count_events` and `_subscribe`), it forwards the hook, so the wrapper keeps
+the contract's one front end (argument checks, fence-first commits) and
+reaches the inner engine's own work. A subclass overrides `_apply_write` (and what it truly
 changes), never the front ends. `tests/test_store_wrapper.py` enumerates the
 contract and fails if a wrapper answers any method from a base-class default,
 so a method added to the contract later cannot be missed here.
@@ -154,14 +154,8 @@ class StoreWrapper(GroupEngine):
     def head_watch(self) -> HeadWatch:
         return self.inner.head_watch()
 
-    def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.subscribe(from_position, categories, types, partitions)
+    def _subscribe(self, from_position: int, filters: LogFilter) -> AsyncIterator[RecordedEvent]:
+        return self.inner._subscribe(from_position, filters)
 
     # ------------------------------------------------------------------ layer 3
 

@@ -45,7 +45,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, TypeAlias
 
 import nats
@@ -57,7 +57,6 @@ from nats.aio.subscription import Subscription
 from tidelog.engines._kit.checks import (
     LogFilter,
     check_position,
-    log_filter,
     prepare_delete,
     prepare_purge,
     validate_group_key,
@@ -409,12 +408,8 @@ class NatsEngine(GroupEngine):
             except TidelogError:
                 return
 
-    async def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
+    async def _subscribe(
+        self, from_position: int, filters: LogFilter
     ) -> AsyncIterator[RecordedEvent]:
         """Catch up, then follow live.
 
@@ -422,8 +417,7 @@ class NatsEngine(GroupEngine):
         about: it moves only past events it has read itself, because in a
         cluster the head and the pages may come from different replicas.
         """
-        cats, tys, parts = log_filter(categories, types, partitions)
-        from_position = max(from_position, 0)  # as the generic loop does
+        cats, tys, parts = filters
         check_position(from_position)
         self._check_open()
         await self._ensure_watch()
