@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -122,6 +123,43 @@ async def test_append_through_one_replica_reaches_a_subscriber_on_another(
     print(  # the figure, in the output of `pytest -s`
         f"cross-replica SSE delivery: p50 {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms"
     )
+
+
+async def _sse_events(
+    replica: Replica, count: int, last_event_id: int | None = None
+) -> list[tuple[int, str]]:
+    """The first `count` events of `GET /v1/subscribe?category=tick` as (SSE id, event id)."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    out: list[tuple[int, str]] = []
+    sse_id = None
+    async with (
+        httpx.AsyncClient(base_url=replica.url, timeout=60) as http,
+        http.stream("GET", "/v1/subscribe", params={"category": "tick"}, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("id:"):
+                sse_id = int(line[3:])
+            elif line.startswith("data:"):
+                assert sse_id is not None
+                out.append((sse_id, msgspec.json.decode(line[5:])["id"]))
+                if len(out) == count:
+                    return out
+    raise AssertionError("the stream ended early")
+
+
+async def test_sse_resumes_with_last_event_id_on_another_replica(
+    replicas: list[Replica],
+) -> None:
+    events = _events(30)
+    async with client(replicas[0]) as writer:
+        for i, e in enumerate(events):
+            await writer.append(f"tick-{i % 3}", [e])
+    first = await _sse_events(replicas[1], 12)  # a subscriber on r2 ...
+    rest = await _sse_events(replicas[2], 18, last_event_id=first[-1][0])  # ... resumes on r3
+    assert [i for _, i in first + rest] == [str(e.id) for e in events]  # none lost or repeated
 
 
 # ------------------------------------------------------------------ a group over replicas
