@@ -4,7 +4,9 @@
 - `aggregates`: loading an aggregate with and without snapshots;
 - `consumers` (with `consumers_worker`, the app its worker processes run):
   consumer-group throughput and end-to-end latency;
-- `via_server`: the store through the HTTP server.
+- `via_server`: the store through the HTTP server;
+- `fanout` (with `fanout_client`, the subscriber processes): many SSE
+  subscribers on one server.
 
 Adding a workload: write `async def my_workload(backend: Backend, sizes: Sizes)
 -> dict` that returns at least `value`, `unit`, `baseline`, and register it in
@@ -20,7 +22,7 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, store, via_server
+from benchmarks.workloads import aggregates, consumers, fanout, store, via_server
 
 
 @dataclass(frozen=True)
@@ -44,5 +46,6 @@ WORKLOADS: dict[str, Workload] = {
         Workload("end_to_end_latency", consumers.end_to_end_latency, "value", "<", 20.0),
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
+        Workload("sse_fanout", fanout.sse_fanout, "value", "<", 250.0),
     )
 }
