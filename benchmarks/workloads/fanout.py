@@ -33,6 +33,7 @@ from typing import Any
 import tidelog
 from benchmarks.common import FANOUT_BUCKET_MS as BUCKET_MS
 from benchmarks.common import log
+from benchmarks.workloads.store import percentile
 from benchmarks.workloads.via_server import _store_url, serve_process
 
 __all__ = ["sse_fanout"]
@@ -173,7 +174,6 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
         for bucket, n in report["histogram"].items():
             histogram[int(bucket)] = histogram.get(int(bucket), 0) + n
     counts = [c for report in reports for c in report["counts"]]
-    acks.sort()
     return {
         "subscribers": subscribers,
         "client_processes": clients,
@@ -185,8 +185,8 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
         "p50_ms": _percentile(histogram, 50),
         "p99_ms": _percentile(histogram, 99),
         "max_ms": _percentile(histogram, 100),
-        "append_ack_p50_ms": round(acks[len(acks) // 2] * 1000, 1),
-        "append_ack_p99_ms": round(acks[int(len(acks) * 0.99) - 1] * 1000, 1),
+        "append_ack_p50_ms": round(percentile(acks, 50) * 1000, 1),
+        "append_ack_p99_ms": round(percentile(acks, 99) * 1000, 1),
         "server_rss_mb": {"idle": rss_idle, "connected": rss_connected, "peak": peak},
     }
 

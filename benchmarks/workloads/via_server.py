@@ -60,6 +60,7 @@ async def serve_process(
     a full pipe.
     """
     port = _free_port()
+    drain: threading.Thread | None = None
     with tempfile.TemporaryDirectory() as data_dir:
         env = {**os.environ, "TIDELOG_DATA_DIR": data_dir}
         if limits:
@@ -85,7 +86,8 @@ async def serve_process(
                     key = m.group(1)
             if key is None:
                 raise RuntimeError("server printed no admin key")
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            drain = threading.Thread(target=proc.stderr.read, daemon=True)
+            drain.start()
             url = f"http://127.0.0.1:{port}"
             for _ in range(300):
                 with contextlib.suppress(OSError):
@@ -99,6 +101,11 @@ async def serve_process(
                 await asyncio.to_thread(proc.wait, 15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                await asyncio.to_thread(proc.wait)
+            if drain is not None:  # at the end of the log now that the server exited
+                await asyncio.to_thread(drain.join, 15)
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 def _batches(sizes: Any) -> list[tuple[str, list[NewEvent]]]:
