@@ -27,6 +27,10 @@ class Sizes:
     fanout_rate: int = 1_000
     fanout_seconds: float = 10.0
     fanout_clients: int = 2
+    retention_seconds: int = 60
+    scheduled_events: int = 100_000
+    scheduled_seconds: float = 10.0
+    scheduled_pending: int = 1_000_000
 
 
 FULL = Sizes()
@@ -40,6 +44,10 @@ QUICK = replace(
     subscribe_events=5_000,
     fanout_subscribers=(50,),
     fanout_seconds=3.0,
+    retention_seconds=8,
+    scheduled_events=10_000,
+    scheduled_seconds=2.0,
+    scheduled_pending=100_000,
 )
 TINY = replace(
     FULL,
@@ -57,6 +65,10 @@ TINY = replace(
     fanout_rate=50,
     fanout_seconds=0.5,
     fanout_clients=1,
+    retention_seconds=2,
+    scheduled_events=200,
+    scheduled_seconds=0.5,
+    scheduled_pending=2_000,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

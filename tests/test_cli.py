@@ -148,8 +148,14 @@ def test_event_data_cannot_break_lines_or_the_terminal(url: str) -> None:
 # --------------------------------------------------------------------------- read, log, streams
 
 
-@pytest.fixture
-def filled(url: str) -> str:
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One store, filled through the CLI, that the read-only tests below share.
+
+    Each CLI append opens the store and syncs a commit: filling a store per test
+    cost those tests most of their time. No test given `filled` writes to it.
+    """
+    url = f"sqlite:///{tmp_path_factory.mktemp('filled')}/cli.db"
     for i in range(5):
         append(url, "order-1", "OrderItemAdded", "--data", f'{{"n": {i}}}')
     append(url, "customer-1", "CustomerRegistered")

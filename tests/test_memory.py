@@ -6,10 +6,18 @@ import pathlib
 
 import tidelog
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 
 class TestMemoryEngine(EngineSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")
+
+
+class TestMemoryScheduling(SchedulingSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect("memory://")
 
@@ -24,3 +32,13 @@ class TestMemoryEngineOnePartition(EngineSuite):
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect("memory://?partitions=1")
+
+
+class TestMemoryRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")
+
+
+class TestMemoryRetentionModel(RetentionModelSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")

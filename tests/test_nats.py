@@ -27,6 +27,9 @@ from tidelog.engines.nats import NatsEngine, wire
 from tidelog.engines.nats import errors as nats_errors
 from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.nats
@@ -53,6 +56,26 @@ class TestNatsEngine(EngineSuite):
     # Atomic batches (nats-server 2.12+) make both all-or-nothing on this engine.
     supports_multi_stream_atomic = True
     supports_transactional_commit = True
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(store_url())
+
+
+class TestNatsRetention(RetentionSuite):
+    keeps_last_event = True  # a stream's version lives in its subject's last message
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(store_url())
+
+
+class TestNatsRetentionModel(RetentionModelSuite):
+    keeps_last_event = True
+    max_examples = 10
+
+
+class TestNatsScheduling(SchedulingSuite):
+    # Refused, see docs/scheduling.md: the engine keeps no table to hold pending events in.
+    supports_scheduling = False
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(store_url())

@@ -32,6 +32,9 @@ from tidelog.engines.postgres.schema import (
     migrate,
 )
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.postgres
@@ -54,9 +57,31 @@ class TestPostgresEngine(EngineSuite):
         return await _created.open("pool_max=4")
 
 
+class TestPostgresRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=4")
+
+
+class TestPostgresRetentionModel(RetentionModelSuite):
+    max_examples = 10
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=2")
+
+
+class TestPostgresScheduling(SchedulingSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await _created.open("pool_max=4")
+
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store:
+        assert isinstance(store, postgres.PostgresEngine)
+        return await tidelog.connect(f"{PG_DSN}?schema={store.config.schema}&pool_max=4")
+
+
 class TestPostgresModel(ModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
-        return await _created.open("pool_max=2&partitions=4")
+        # Each example closes its store before the next opens one: they reuse one schema.
+        return await _created.open("pool_max=2&partitions=4", reuse=True)
 
 
 def ev(type: str = "Happened", data: bytes = b"") -> tidelog.NewEvent:

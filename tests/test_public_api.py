@@ -50,7 +50,10 @@ PUBLIC_NAMES = [
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",
+    "RetentionPolicy",
     "STREAM_EXISTS",
+    "ScheduledEvent",
+    "ScheduledResult",
     "SchemaRegistry",
     "SchemaViolation",
     "StaleGeneration",
@@ -121,6 +124,8 @@ MODEL = [
     "Membership",
     "NewEvent",
     "RecordedEvent",
+    "ScheduledEvent",
+    "ScheduledResult",
     "StreamInfo",
     "StreamState",
     "category_of",
@@ -132,6 +137,7 @@ EVERYDAY = {
     "tidelog.aggregates": ["Aggregate", "Repository", "applies"],
     "tidelog.projections": ["Projection", "ProjectionRunner", "handles"],
     "tidelog.consumers": ["App", "Context", "HandlerOptions", "ParkedEvent", "Producer"],
+    "tidelog.retention": ["RetentionPolicy"],
     "tidelog.schemas": ["SchemaRegistry"],
     "tidelog.security": ["Personal", "PersonalData"],
 }
@@ -140,13 +146,21 @@ TOOLS = [
     "tidelog.cli",
     "tidelog.copy",
     "tidelog.server",
+    "tidelog.sync",
     "tidelog.telemetry",
     "tidelog.testing",
     "tidelog.wire",
 ]
 """Public modules that give the top level no name."""
-NOT_IMPORTED = ["tidelog.cli", "tidelog.server", "tidelog.telemetry", "tidelog.testing"]
-"""The tools `import tidelog` leaves alone: they need optional extras or are programs."""
+NOT_IMPORTED = [
+    "tidelog.cli",
+    "tidelog.server",
+    "tidelog.sync",
+    "tidelog.telemetry",
+    "tidelog.testing",
+]
+"""The tools `import tidelog` leaves alone: they need optional extras or are programs
+(and `tidelog.sync`, whose names would shadow the async ones)."""
 
 
 def _public_names(module: types.ModuleType) -> list[str]:
@@ -209,3 +223,28 @@ def test_import_tidelog_leaves_the_tools_alone() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+SYNC_NAMES = [
+    "NOT_IN_SYNC",
+    "Producer",
+    "ReentrantCall",
+    "Repository",
+    "SyncIterator",
+    "SyncStore",
+    "connect",
+]
+"""`tidelog.sync`'s public API, pinned like the top level's (one name per line, sorted)."""
+
+
+def test_sync_all_is_pinned_sorted_and_every_public_name() -> None:
+    import tidelog.sync
+
+    assert tidelog.sync.__all__ == SYNC_NAMES
+    assert set(SYNC_NAMES) <= set(_public_names(tidelog.sync))
+    defined_here = [
+        name
+        for name in _public_names(tidelog.sync)
+        if getattr(getattr(tidelog.sync, name), "__module__", None) == "tidelog.sync"
+    ]
+    assert sorted({*defined_here, "NOT_IN_SYNC"}) == SYNC_NAMES

@@ -73,7 +73,8 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert README.index(first.group(0)) < README.index("\n## "), "the commands come first"
     lines = [line for line in first.group(2).splitlines() if line.strip()]
     assert lines == [
-        "python3 -m venv .venv && .venv/bin/pip install -e '.[server,apidocs]' && .venv/bin/tidelog serve",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[server,apidocs]'"
+        " && .venv/bin/tidelog serve",
         "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/pytest",
     ]
 

@@ -29,6 +29,8 @@ from tidelog import wire
 from tidelog.engines.remote import RemoteConfig, RemoteEngine, _sse_data
 from tidelog.server import Server
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -73,6 +75,23 @@ class TestRemoteEngine(_OnSharedServers, EngineSuite):
         return await self.servers.open("memory://", RemoteConfig(page=7))
 
 
+class TestRemoteRetention(_OnSharedServers, RetentionSuite):
+    """The rules through the admin routes; the server's store applies them."""
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await self.servers.open("memory://", RemoteConfig(page=7))
+
+    def shift_clock(self, store: tidelog.Store, seconds: float) -> None:
+        super().shift_clock(self.servers._lent[store.server], seconds)  # type: ignore[attr-defined]
+
+
+class TestRemoteRetentionModel(_OnSharedServers, RetentionModelSuite):
+    max_examples = 10
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await self.servers.open("memory://", RemoteConfig(page=7))
+
+
 class TestRemoteOverSQLite(_OnSharedServers, EngineSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await self.servers.open(
@@ -81,6 +100,15 @@ class TestRemoteOverSQLite(_OnSharedServers, EngineSuite):
 
 
 class TestRemoteModel(_OnSharedServers, ModelSuite):
+    """The memory engine behind the server, so what the sequences test is the wire.
+
+    Every step is one or more HTTP round trips (pages of 7 events), which made
+    this the costliest model test at 40 sequences; 20 sequences of 30 steps still
+    send every operation and every error the model produces many times over.
+    """
+
+    max_examples = 20
+
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await self.servers.open("memory://?partitions=4", RemoteConfig(page=7))
 

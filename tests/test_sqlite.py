@@ -35,7 +35,11 @@ from tidelog import (
 from tidelog.engines.sqlite import SQLiteEngine
 from tidelog.engines.sqlite import engine as sqlite_engine
 from tidelog.engines.sqlite.db import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+from tidelog.retention import RetentionPolicy
 from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -46,6 +50,51 @@ def _url(path: pathlib.Path, query: str = "") -> str:
 class TestSQLiteEngine(EngineSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+class TestSQLiteRetention(RetentionSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+async def test_retention_gives_the_space_back(tmp_path: pathlib.Path) -> None:
+    """A new file has incremental auto-vacuum: the scavenger's deletes shrink it."""
+    path = tmp_path / "queue.db"
+    async with await _open(path) as store:
+        payload = os.urandom(4000)
+        for i in range(200):  # 8 MB: more free pages than appends would soon reuse
+            await store.append(f"job-{i}", [NewEvent(type="Job", data=payload) for _ in range(10)])
+        await db_truncate(path)
+        full = path.stat().st_size
+        await store.set_retention(RetentionPolicy(max_count=1), category="job")
+        report = await store.scavenge()
+        assert report.deleted == 200 * 9
+        await db_truncate(path)
+        # Given back but a slack (4 MiB, or a quarter of the file) kept for appends.
+        assert path.stat().st_size < full / 2
+        assert [e.version async for e in store.read_stream("job-7")] == [9]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+
+
+async def db_truncate(path: pathlib.Path) -> None:
+    from tidelog.engines.sqlite.db import truncate_wal
+
+    await asyncio.to_thread(truncate_wal, str(path), 5.0)
+
+
+class TestSQLiteRetentionModel(RetentionModelSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+class TestSQLiteScheduling(SchedulingSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store:
+        assert isinstance(store, SQLiteEngine)
+        return await tidelog.connect(_url(pathlib.Path(store.config.path)))
 
 
 class TestSQLiteModel(ModelSuite):

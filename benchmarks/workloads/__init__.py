@@ -6,7 +6,9 @@
   consumer-group throughput and end-to-end latency;
 - `via_server`: the store through the HTTP server;
 - `fanout` (with `fanout_client`, the subscriber processes): many SSE
-  subscribers on one server.
+  subscribers on one server;
+- `retention`: a queue under a `max_age` rule, against the same queue without.
+- `scheduling`: scheduled delivery, how late events become visible.
 
 Adding a workload: write `async def my_workload(backend: Backend, sizes: Sizes)
 -> dict` that returns at least `value`, `unit`, `baseline`, and register it in
@@ -22,7 +24,15 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, fanout, store, via_server
+from benchmarks.workloads import (
+    aggregates,
+    consumers,
+    fanout,
+    retention,
+    scheduling,
+    store,
+    via_server,
+)
 
 
 @dataclass(frozen=True)
@@ -47,5 +57,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
         Workload("sse_fanout", fanout.sse_fanout, "value", "<", 250.0),
+        Workload("retention_steady_state", retention.retention_steady_state, "ratio", ">=", 0.8),
+        Workload("scheduled_lateness", scheduling.scheduled_lateness, "value", "<", 100.0),
+        Workload("scheduled_memory", scheduling.scheduled_memory, "value", "<", 50.0),
     )
 }

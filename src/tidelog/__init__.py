@@ -21,6 +21,7 @@ day, and nothing else:
   | `tidelog.aggregates` | `Aggregate`, `Repository`, `applies` |
   | `tidelog.projections` | `Projection`, `ProjectionRunner`, `handles` |
   | `tidelog.consumers` | `App`, `Context`, `HandlerOptions`, `ParkedEvent`, `Producer` |
+  | `tidelog.retention` | `RetentionPolicy` |
   | `tidelog.schemas` | `SchemaRegistry` |
   | `tidelog.security` | `Personal`, `PersonalData` |
 
@@ -28,7 +29,10 @@ Tools give the top level no name: the server (`tidelog.server`), the
 conformance suite (`tidelog.testing`), telemetry (`tidelog.telemetry`), the
 command line (`tidelog.cli`), copying a store (`tidelog.copy`) and the HTTP
 wire format (`tidelog.wire`); `import tidelog` imports none of the first four,
-which need optional extras or are programs. The engines (`tidelog.engines`)
+which need optional extras or are programs. Nor does the synchronous API
+(`tidelog.sync`): sync code writes `tidelog.sync.connect(url)`, and its names
+(`SyncStore`, and a `Repository` and `Producer` of its own) would collide with
+the async ones at the top level. The engines (`tidelog.engines`)
 are chosen by URL in `connect`, which imports the one it needs.
 """
 
@@ -69,12 +73,15 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
+    ScheduledResult,
     StreamInfo,
     StreamState,
     category_of,
     partition_of,
 )
 from tidelog.projections import Projection, ProjectionRunner, handles
+from tidelog.retention import RetentionPolicy
 from tidelog.schemas import SchemaRegistry
 from tidelog.security import Personal, PersonalData
 
@@ -114,7 +121,10 @@ __all__ = [
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",
+    "RetentionPolicy",
     "STREAM_EXISTS",
+    "ScheduledEvent",
+    "ScheduledResult",
     "SchemaRegistry",
     "SchemaViolation",
     "StaleGeneration",

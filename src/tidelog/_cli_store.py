@@ -172,13 +172,12 @@ def read(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
 ) -> None:
     """Print the events of one stream."""
-    start = from_version if from_version is not None else (-1 if backwards else 0)
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
         async with open_store(ctx, reads_only=True) as store:
             async for event in store.read_stream(
-                stream, from_version=start, backwards=backwards, limit=limit
+                stream, from_version=from_version, backwards=backwards, limit=limit
             ):
                 printer.event(event)
 
@@ -265,11 +264,12 @@ def streams(
     """List streams with their last version."""
     opts = settings(ctx)
 
-    async def body() -> list[StreamInfo]:
+    async def body() -> tuple[list[StreamInfo], int]:
         async with open_store(ctx, reads_only=True) as store:
-            return [info async for info in store.list_streams(category=category)]
+            found = [info async for info in store.list_streams(category=category)]
+            return found, await store.first_position()
 
-    found = run(body())
+    found, first = run(body())
     if opts.json:
         for info in found:
             emit({"name": info.name, "version": info.version, "deleted": info.deleted})
@@ -280,7 +280,10 @@ def streams(
             info.name, "-" if info.version is None else str(info.version), "yes" * info.deleted
         )
     _console().print(table)
-    _console().print(f"{len(found)} streams", style="dim")
+    _console().print(
+        f"{len(found)} streams; low-water position {first} (retention deleted what is below)",
+        style="dim",
+    )
 
 
 def demo(

@@ -65,11 +65,23 @@ class _Connecting:
         self._store: Engine | None = None
 
     def __await__(self) -> Generator[Any, None, Engine]:
-        return self._open(self._url, **self._options).__await__()
+        return self._opened().__await__()
 
     async def __aenter__(self) -> Engine:
-        self._store = await self._open(self._url, **self._options)
+        self._store = await self._opened()
         return self._store
+
+    async def _opened(self) -> Engine:
+        """Open the store and read its retention rules, so that the first read already
+        honours them and, if there are any, this process's scavenger starts."""
+        store = await self._open(self._url, **self._options)
+        if store.applies_retention:
+            try:
+                await store._retention_view(force=True)
+            except BaseException:
+                await store.close()
+                raise
+        return store
 
     async def __aexit__(self, *exc: object) -> None:
         if self._store is not None:

@@ -13,7 +13,8 @@ its traceback.
 
 This module only assembles: each area's commands live in their own module
 (`_cli_store`, `consumers/_cli`, `schemas/_cli`, `projections/_cli`,
-`_cli_admin`, `server/_cli`, `_cli_status`), imported plainly below, and each exposes
+`_cli_admin`, `_cli_transfer`, `server/_cli`, `_cli_status`, `_cli_keys`,
+`_cli_retention`, `_cli_scheduled`), imported plainly below, and each exposes
 `register(app)`. A command module is a leaf: it takes `settings(ctx)`,
 `run(...)`, `emit(...)` and `parse_json(...)` from `tidelog._cli_kit`, never
 from here. A command module that does not exist is skipped; any other import
@@ -261,10 +262,18 @@ with _command_module("tidelog.projections._cli"):
     import tidelog.projections._cli
 with _command_module("tidelog._cli_admin"):
     import tidelog._cli_admin
+with _command_module("tidelog._cli_transfer"):
+    import tidelog._cli_transfer
+with _command_module("tidelog._cli_retention"):
+    import tidelog._cli_retention
 with _command_module("tidelog.server._cli"):
     import tidelog.server._cli
 with _command_module("tidelog._cli_status"):
     import tidelog._cli_status
+with _command_module("tidelog._cli_keys"):
+    import tidelog._cli_keys
+with _command_module("tidelog._cli_scheduled"):
+    import tidelog._cli_scheduled
 
 
 def _register_extensions(target: typer.Typer) -> None:

@@ -30,14 +30,24 @@ import bisect
 import contextlib
 import uuid
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from tidelog.engines.contract import Engine
 from tidelog.errors import GroupError, InvalidInput, NotSupported, StreamDeleted
-from tidelog.model import NO_STREAM, AppendRequest, NewEvent, RecordedEvent, StreamInfo
+from tidelog.model import (
+    NO_STREAM,
+    AppendRequest,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+)
 
-__all__ = ["CopyReport", "copy_store"]
+__all__ = ["CopyReport", "LogBatch", "OrderedAppender", "copy_store"]
+
+T = TypeVar("T")
 
 Progress = Callable[[int, int], None]
 """Called as `progress(source_position_done, source_last_position)` after each batch."""
@@ -94,53 +104,90 @@ async def _resume_after(src: Engine, dst: Engine) -> int:
     )
 
 
-class _Writer:
-    """Gathers consecutive source events into atomic appends that keep the log order.
+class LogBatch(Generic[T]):
+    """Consecutive entries of a log, gathered for one atomic write that keeps their order.
 
-    One `append_many` holds each stream once, so an event joins the pending
-    batch only if its stream is new to the batch or the last one added.
+    One `append_many` holds each stream once, so an entry joins the pending
+    batch only if its stream is new to the batch or the last one added; the
+    streams of a batch are in log order. Shared by `copy_store` and
+    `tidelog import`.
     """
 
-    def __init__(self, dst: Engine, batch_events: int) -> None:
-        self.dst = dst
-        self.batch_events = batch_events
-        self.pending: dict[str, list[RecordedEvent]] = {}
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self.streams: dict[str, list[T]] = {}
         self.last_stream: str | None = None
         self.count = 0
+
+    def needs_flush(self, stream: str) -> bool:
+        """Whether the batch must be written before an entry of `stream` joins it."""
+        return self.count >= self.max_events or (
+            stream in self.streams and stream != self.last_stream
+        )
+
+    def add(self, stream: str, entry: T) -> None:
+        self.streams.setdefault(stream, []).append(entry)
+        self.last_stream = stream
+        self.count += 1
+
+    def take(self) -> dict[str, list[T]]:
+        """The pending entries by stream (in log order), leaving the batch empty."""
+        taken = self.streams
+        self.streams, self.last_stream, self.count = {}, None, 0
+        return taken
+
+
+class OrderedAppender:
+    """Writes the appends of one batch, in the order given, atomically where the engine can.
+
+    An engine that refuses multi-stream appends (`NotSupported`) gets one
+    append per stream from then on, still in order.
+    """
+
+    def __init__(self, dst: Engine) -> None:
+        self.dst = dst
         self.multi_stream = True
+
+    async def write(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
+        if self.multi_stream and len(requests) > 1:
+            try:
+                return await self.dst.append_many(requests)
+            except NotSupported:
+                self.multi_stream = False
+        return {
+            stream: await self.dst.append(stream, request.events, request.expected_version)
+            for stream, request in requests.items()
+        }
+
+
+class _Writer:
+    """Copies source events in log order, each stream's expected version its source version."""
+
+    def __init__(self, dst: Engine, batch_events: int) -> None:
+        self.batch: LogBatch[RecordedEvent] = LogBatch(batch_events)
+        self.appender = OrderedAppender(dst)
 
     async def add(self, event: RecordedEvent) -> bool:
         """Queue `event`; returns True when that flushed (wrote) a batch first."""
-        flushed = False
-        if self.count >= self.batch_events or (
-            event.stream in self.pending and event.stream != self.last_stream
-        ):
+        flushed = self.batch.needs_flush(event.stream)
+        if flushed:
             await self.flush()
-            flushed = True
-        self.pending.setdefault(event.stream, []).append(event)
-        self.last_stream = event.stream
-        self.count += 1
+        self.batch.add(event.stream, event)
         return flushed
 
     async def flush(self) -> None:
-        if not self.pending:
+        pending = self.batch.take()
+        if not pending:
             return
-        requests = {
-            stream: AppendRequest(
-                events=[_new_event(e) for e in events],
-                expected_version=NO_STREAM if events[0].version == 0 else events[0].version - 1,
-            )
-            for stream, events in self.pending.items()
-        }
-        self.pending, self.last_stream, self.count = {}, None, 0
-        if self.multi_stream and len(requests) > 1:
-            try:
-                await self.dst.append_many(requests)
-                return
-            except NotSupported:
-                self.multi_stream = False
-        for stream, request in requests.items():  # already in log order
-            await self.dst.append(stream, request.events, request.expected_version)
+        await self.appender.write(
+            {
+                stream: AppendRequest(
+                    events=[_new_event(e) for e in events],
+                    expected_version=NO_STREAM if events[0].version == 0 else events[0].version - 1,
+                )
+                for stream, events in pending.items()
+            }
+        )
 
 
 def _differences(a: RecordedEvent, b: RecordedEvent) -> list[str]:

@@ -24,6 +24,7 @@ from tidelog.errors import InvalidInput
 from tidelog.model import validate_stream_name
 
 from ._handler import Handler, HandlerFn, event_class
+from ._health import Health
 from ._options import HandlerOptions, RunnerOptions
 from ._runtime import Runtime
 from ._stats import Stats
@@ -125,3 +126,8 @@ class App:
     def stats(self) -> Stats | None:
         """Counters of the current (or last) run; None before `run`."""
         return None if self._runtime is None else self._runtime.stats
+
+    @property
+    def health(self) -> Health | None:
+        """Liveness and readiness of the current (or last) run; None before `run`."""
+        return None if self._runtime is None else self._runtime.health

@@ -285,21 +285,7 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         """A parked event as JSON; the listing leaves out the event itself (`with_event`)."""
         from tidelog._cli_kit import event_to_json
 
-        row = {
-            "group": p.group,
-            "event_id": str(p.event.id),
-            "stream": p.event.stream,
-            "version": p.event.version,
-            "position": p.event.position,
-            "type": p.event.type,
-            "status": p.status.value,
-            "reason": p.reason,
-            "handler": p.handler,
-            "attempts": p.attempts,
-            "error_type": p.error_type,
-            "error": p.error,
-            "parked_at": p.parked_at.isoformat(),
-        }
+        row: dict[str, Any] = p.summary()
         if with_event:
             row["event"] = event_to_json(p.event)
         return row
@@ -345,16 +331,13 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         event_id: _EventId,
     ) -> None:
         """One parked event: the original event, its error, attempts and handler."""
-        from ._dlq import list_parked
+        from ._dlq import find_parked
 
         wanted = _uuid(event_id)
 
         async def body() -> Any:
             async with open_store(ctx, reads_only=True) as store:
-                for p in await list_parked(store, group, include_settled=True):
-                    if p.event.id == wanted:
-                        return p
-            raise InvalidInput(f"event {event_id} is not parked in group {group!r}")
+                return await find_parked(store, group, wanted)
 
         emit(_parked_json(run(body())))
 

@@ -13,6 +13,9 @@
   redelivered elsewhere).
 - Each handler call runs in a `process <category>` span (`tidelog.telemetry`)
   in the trace the event was published in, when tracing is on.
+- Nor is a dead dependency: failures of many distinct streams in a row open
+  the handler's circuit breaker (`_breaker`), which pauses its calls; the
+  failures it puts down to the dependency spend no attempt and park nothing.
 - A retry requested with `tidelog dlq retry`, or an event held behind one
   that was resolved, is run again from the DLQ (`settle`).
 
@@ -26,12 +29,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tidelog.errors import StaleGeneration, StoreClosed, StoreUnavailable
 from tidelog.model import AppendRequest, NewEvent, RecordedEvent
 
+from ._breaker import Breaker
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
 from ._dlq import (
@@ -80,6 +84,11 @@ class Shared:
     """Handler calls at once, over every partition of the process."""
     credits: Credits
     """Events fetched and not finished, over every partition of the group consumer."""
+    breaker: Breaker = field(init=False)
+    """The handler's circuit breaker, shared by its partitions (one dependency, one state)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "breaker", Breaker(self.handler, self.stats))
 
 
 class Delivery:
@@ -96,6 +105,7 @@ class Delivery:
         self.handler = h = shared.handler
         self.stats = shared.stats
         self.running = shared.running
+        self.breaker = shared.breaker
         self.scope = scope
         self.checkpoint = checkpoint
         self.direct = h.fn if h.options.batch is None and h.event_class is None else None
@@ -159,7 +169,7 @@ class Delivery:
             if one_error is not None:
                 await self.park(event, one_error, attempts, 0)
 
-    async def handle(
+    async def handle(  # noqa: PLR0912, PLR0915 (attempts, breaker, commit: one loop, in order)
         self,
         events: tuple[RecordedEvent, ...],
         extra: dict[str, list[NewEvent]] | None = None,
@@ -176,13 +186,22 @@ class Delivery:
         stats = self.stats
         scope = self.scope
         process_span = self.process_span
+        breaker = self.breaker
         attempt = 0 if failed is None else 1
         error = failed
+        if failed is not None and breaker.failed(events[0].stream, failed, fresh=True, probe=False):
+            attempt, error = 0, None  # the dependency's fault: no attempt spent
+        probed = False
         while True:
             if error is not None:
                 if attempt >= h.options.max_attempts:
                     return error, attempt
                 await self._back_off(events, attempt, error)
+            probe = fresh_probe = False
+            if not breaker.closed:  # paused: wait, or go as the probe
+                fresh_probe = attempt == 0 and not probed
+                probe = await breaker.admit(fresh=fresh_probe)
+                probed = probed or probe
             attempt += 1
             ctx = Context._deliver(scope, self.group.generation, attempt, events)
             try:
@@ -204,11 +223,17 @@ class Delivery:
                     await self.checkpoint.commit_with(requests)
                 stats.handled += 1
                 stats.events_handled += len(events)
+                breaker.succeeded()
                 return None, attempt
             except NOT_THE_EVENTS_FAULT:
                 raise
             except Exception as exc:
-                error = exc
+                fresh = fresh_probe if probe else attempt == 1
+                if breaker.failed(events[0].stream, exc, fresh=fresh, probe=probe):
+                    attempt -= 1  # the dependency's fault: this attempt is not spent
+                    error = None
+                else:
+                    error = exc
 
     async def _back_off(
         self, events: tuple[RecordedEvent, ...], attempt: int, error: Exception

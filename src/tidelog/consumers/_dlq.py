@@ -26,7 +26,7 @@ import enum
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -42,6 +42,7 @@ __all__ = [
     "dlq_stream",
     "drop_parked",
     "entry_id",
+    "find_parked",
     "held_entry",
     "list_parked",
     "load_state",
@@ -97,6 +98,25 @@ class ParkedEvent(msgspec.Struct, kw_only=True):
     @property
     def stream(self) -> str:
         return self.event.stream
+
+    def summary(self) -> dict[str, Any]:
+        """Where it stands, as JSON, without the event's content: what `tidelog dlq list`
+        and the HTTP routes (`server/_dlq_api`) show; each adds the event in its own shape."""
+        return {
+            "group": self.group,
+            "event_id": str(self.event.id),
+            "stream": self.event.stream,
+            "version": self.event.version,
+            "position": self.event.position,
+            "type": self.event.type,
+            "status": self.status.value,
+            "reason": self.reason,
+            "handler": self.handler,
+            "attempts": self.attempts,
+            "error_type": self.error_type,
+            "error": self.error,
+            "parked_at": self.parked_at.isoformat(),
+        }
 
 
 class _ParkedData(msgspec.Struct, kw_only=True):
@@ -292,7 +312,8 @@ async def list_parked(
     return [p for p in events if include_settled or p.status.open]
 
 
-async def _find(store: GroupEngine, group: str, event_id: uuid.UUID) -> ParkedEvent:
+async def find_parked(store: GroupEngine, group: str, event_id: uuid.UUID) -> ParkedEvent:
+    """One event of the group's DLQ, settled or not; `InvalidInput` if it was never parked."""
     state = await load_state(store, group)
     parked = state.entries.get(event_id)
     if parked is None:
@@ -308,7 +329,7 @@ async def retry_parked(
     The retry waits until the entries before it in the same stream are settled,
     so per-stream order holds; a retry that fails again parks the event anew.
     """
-    parked = await _find(store, group, event_id)
+    parked = await find_parked(store, group, event_id)
     if not parked.status.open:
         raise InvalidInput(f"event {event_id} is already {parked.status.value}")
     await store.append(dlq_stream(group), [_control_entry(RETRY, event_id, by)])
@@ -319,7 +340,7 @@ async def drop_parked(
     store: GroupEngine, group: str, event_id: uuid.UUID, *, by: str = "cli"
 ) -> ParkedEvent:
     """Give up on a parked event; held events behind it are then released."""
-    parked = await _find(store, group, event_id)
+    parked = await find_parked(store, group, event_id)
     if not parked.status.open:
         raise InvalidInput(f"event {event_id} is already {parked.status.value}")
     await store.append(dlq_stream(group), [_control_entry(DROPPED, event_id, by)])

@@ -1,4 +1,7 @@
-"""Prometheus metrics of a worker process: `tidelog worker --metrics-port N`.
+"""Prometheus metrics and health probes of a worker: `tidelog worker --metrics-port N`.
+
+`/metrics` is Prometheus' text format; `/livez` and `/readyz` are the
+Kubernetes probes (`_health`): 200 or 503 with a JSON body saying why.
 
 The figures are the runtime's `Stats`, read when Prometheus scrapes: the
 consumers only ever add to plain integers, and prometheus-client's HTTP thread
@@ -9,12 +12,14 @@ every group, whoever consumes it.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -39,8 +44,12 @@ COUNTERS: dict[str, str] = {
     "rejoins": "Times this worker joined its groups again after losing its lease",
     "partitions_started": "Partitions this worker started consuming",
     "partitions_revoked": "Partitions this worker gave up (rebalance, lease lost, stop)",
+    "breaker_opens": "Times a handler's circuit breaker opened: failures of many streams in a row",
+    "breaker_probes": "Calls let through a paused handler to test its dependency",
 }
-"""`Stats` fields exported as `tidelog_worker_<field>_total`, with their help text."""
+"""`Stats` fields exported as `tidelog_worker_<field>_total`, with their help text.
+
+The gauges (`peak_in_flight`, `paused_handlers`) are exported as they are."""
 
 
 class _StatsCollector(Collector):
@@ -64,10 +73,68 @@ class _StatsCollector(Collector):
         )
         peak.add_metric(labels, stats.peak_in_flight if stats is not None else 0)
         yield peak
+        paused = GaugeMetricFamily(
+            "tidelog_worker_paused_handlers",
+            "Handlers paused by their circuit breaker (their dependency is down)",
+            labels=["app"],
+        )
+        paused.add_metric(labels, stats.paused_handlers if stats is not None else 0)
+        yield paused
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow scrape never delays a probe."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds: no access log line for each."""
+
+
+_StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+
+
+def _probes(app: App, metrics: _WsgiApp) -> _WsgiApp:
+    """`/livez` and `/readyz` from the app's `Health`; every other path goes to `metrics`."""
+
+    def wsgi(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/livez", "/readyz"):
+            return metrics(environ, start_response)
+        health = app.health
+        body: dict[str, Any]
+        if health is None:  # the app has not started running yet
+            ok, body = path == "/livez", {"status": "starting"}
+        elif path == "/livez":
+            ok, why = health.live()
+            body = {"status": why}
+        else:
+            ok, reasons = health.ready()
+            body = {"status": "ready" if ok else "not ready", "consumers": reasons}
+        payload = json.dumps(body).encode()
+        start_response(
+            "200 OK" if ok else "503 Service Unavailable",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+        )
+        return [payload]
+
+    return wsgi
 
 
 def serve_metrics(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve `app`'s metrics at http://host:port/metrics from a daemon thread."""
+    """Serve `app`'s `/metrics`, `/livez` and `/readyz` at http://host:port from a daemon thread."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_StatsCollector(app))
-    return start_http_server(port, addr=host, registry=registry)
+    server = make_server(
+        host,
+        port,
+        _probes(app, make_wsgi_app(registry)),
+        server_class=_Server,
+        handler_class=_QuietHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="tidelog-metrics", daemon=True)
+    thread.start()
+    return server, thread

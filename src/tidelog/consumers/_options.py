@@ -34,6 +34,13 @@ class HandlerOptions:
     retried or dropped; `park_stream` parks each of them too (retry or drop each)."""
     batch: int | None = None
     """Deliver lists of up to this many events of one partition (in log order)."""
+    breaker_threshold: int | None = 5
+    """Failures of this many distinct streams in a row (no success between) pause the
+    handler in this process: its dependency is down, not one event poisoned, so events
+    wait instead of being parked (`_breaker`). None: never pause."""
+    breaker_backoff_initial: float = 1.0
+    """Seconds paused before the first probe call; doubles after each failed probe."""
+    breaker_backoff_max: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -44,6 +51,11 @@ class HandlerOptions:
             raise InvalidInput("on_park must be 'block' or 'park_stream'")
         if not 0 <= self.jitter <= 1:
             raise InvalidInput("jitter must be within [0, 1]")
+        if self.breaker_threshold is not None and self.breaker_threshold < 2:
+            # one stream failing over and over is a poison event: parked, not a pause
+            raise InvalidInput("breaker_threshold must be None or >= 2")
+        if not 0 < self.breaker_backoff_initial <= self.breaker_backoff_max:
+            raise InvalidInput("need 0 < breaker_backoff_initial <= breaker_backoff_max")
 
     def backoff(self, attempt: int, rand: float) -> float:
         """The delay after failed attempt number `attempt` (1-based); `rand` in [0, 1)."""

@@ -130,12 +130,21 @@ class PartitionRun:
     def reading(self) -> bool:
         return self.started.is_set() and not self.stopping
 
-    async def stop(self, deadline: float | None) -> None:
-        """Stop reading; let queued events finish until `deadline` (None: abandon), commit."""
+    async def stop(self, deadline: float | None, drain: bool = True) -> None:
+        """Stop reading; let events finish until `deadline` (None: abandon), commit.
+
+        With `drain`, the workers go on through every event already fetched (a
+        member that leaves: nothing it took is left over). Without it, events no
+        handler has started yet are abandoned at once and only those being handled
+        finish (a partition handed over to another member: its new owner handles
+        the rest from the checkpoint committed here, and the hand-over is quick).
+        """
         self.stopping = True
         if self.idle is not None:
             self.idle.set_result(None)  # the waiting worker ends: nothing more comes
             self.idle = None
+        if not drain:
+            self._abandon_queued()
         if self.starter is not None:
             await cancel_and_wait(self.starter)
         while deadline is not None and (left := deadline - time.monotonic()) > 0:
@@ -162,6 +171,15 @@ class PartitionRun:
             # another member left meanwhile (a rolling shutdown): commit with the
             # generation that the heartbeat just returned
             await self.checkpoint.commit(final=True)
+
+    def _abandon_queued(self) -> None:
+        """Drop the events no handler has started: those ready and those set aside
+        behind a stream being handled. They stay unfinished (in `pending`), so the
+        checkpoint stops below the first of them."""
+        self.ready.clear()
+        self.settle_queued.clear()
+        for stream in self.held:
+            self.held[stream] = None
 
     # ---------------------------------------------------------------- reading
 
@@ -364,19 +382,21 @@ class PartitionRun:
         new_context, inline = _new_context, self.inline and not tracing()
         ready, held, waiters = self.ready, self.held, running.waiters
         credits, settle_queued = self.credits, self.settle_queued
+        breaker = delivery.breaker
         pending, done, progress = checkpoint.pending, checkpoint.done, checkpoint.progress
         commit_every = checkpoint.commit_every
         slot = False
         item = self._take()
         try:
             while item is not None:
-                if slot and (waiters or settle_queued or dlq.entries):
+                if slot and (waiters or settle_queued or dlq.entries or not breaker.closed):
                     running.release()
                     slot = False
                 try:
                     if settle_queued and type(item) is _Settle:
                         await self._settle(item.stream)
-                    elif not inline:  # a slot is kept only by the inline path: none is
+                    elif not inline or not breaker.closed:  # paused: `handle` waits
+                        # a slot is kept only by the inline path: none is held here
                         await self._deliver(item)  # type: ignore[arg-type]
                     else:
                         # a `_Settle` is in line only while its stream is in `settle_queued`
@@ -418,6 +438,8 @@ class PartitionRun:
                             else:
                                 stats.handled += 1
                                 stats.events_handled += 1
+                                if breaker.streams or not breaker.closed:
+                                    breaker.succeeded()
                         # finished (handled, parked, held or skipped): `_finished`, inline
                         position = event.position
                         if pending[0] == position:

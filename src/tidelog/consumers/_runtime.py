@@ -32,6 +32,7 @@ from tidelog.engines.contract import GroupEngine
 from ._flow import Limiter
 from ._group import GroupConsumer
 from ._handler import Handler
+from ._health import Health
 from ._options import RunnerOptions
 from ._stats import Stats, emit
 
@@ -73,11 +74,19 @@ class Runtime:
         self.member = app.member or default_member(app.name)
         self.stopping = stop or asyncio.Event()
         self.stats = Stats()
+        self.health = Health()
+        """What `/livez` and `/readyz` of `tidelog worker --metrics-port` report."""
         self.running = Limiter(self.options.concurrency)
         self.store: GroupEngine = None  # type: ignore[assignment]
 
     def request_stop(self) -> None:
         self.stopping.set()
+
+    async def _tick(self) -> None:
+        """Show the health probes that the event loop runs (see `Health.live`)."""
+        while True:
+            self.health.tick()
+            await asyncio.sleep(1.0)
 
     async def run(self) -> None:
         from tidelog._connect import connect
@@ -91,10 +100,13 @@ class Runtime:
         else:
             self.store = await (connect(app.store) if app.store else connect())
         emit(logging.INFO, "worker_started", app=app.name, member=self.member)
+        ticker = asyncio.create_task(self._tick())
         try:
             consumers = [GroupConsumer(self, h) for h in app.handlers]
             await asyncio.gather(*(c.run() for c in consumers))
         finally:
+            self.health.stopping = True
+            ticker.cancel()
             emit(logging.INFO, "worker_stopped", app=app.name, member=self.member)
             if owned:
                 await self.store.close()

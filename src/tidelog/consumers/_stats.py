@@ -41,5 +41,11 @@ class Stats:
     rejoins: int = 0
     partitions_started: int = 0
     partitions_revoked: int = 0
+    breaker_opens: int = 0
+    """Times a handler's circuit breaker opened (paused it: its dependency is down)."""
+    breaker_probes: int = 0
+    """Calls let through a paused handler to see whether its dependency is back."""
+    paused_handlers: int = 0
+    """Handlers paused by their circuit breaker now (a gauge)."""
     peak_in_flight: int = 0
     """The highest number of fetched but unfinished events seen."""

@@ -22,6 +22,7 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 import msgspec
@@ -33,10 +34,18 @@ from tidelog.engines._kit.checks import (
     prepare_delete,
     prepare_purge,
 )
+from tidelog.engines._kit.retention import (
+    RetentionPolicy,
+    RetentionRule,
+    RetentionRules,
+    ScavengeReport,
+    make_rule,
+)
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
 from tidelog.errors import (
+    AccessDenied,
     InvalidInput,
     InvalidURL,
     StaleGeneration,
@@ -50,6 +59,8 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
+    ScheduledResult,
     StreamInfo,
 )
 from tidelog.telemetry import trace_headers
@@ -148,6 +159,22 @@ class RemoteEngine(GroupEngine):
         except msgspec.DecodeError as exc:
             raise StoreUnavailable(f"malformed answer from the server: {exc}") from exc
 
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A server route outside the store contract (the admin routes of keys, grants and
+        parked events), with this engine's credentials, TLS and error mapping: the CLI's
+        way to them, so it never builds a second HTTP client."""
+        answer: dict[str, Any] = await self._call(
+            method, path, dict[str, Any], body=body, params=params
+        )
+        return answer
+
     # ------------------------------------------------------------------ layer 1
 
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
@@ -228,6 +255,34 @@ class RemoteEngine(GroupEngine):
             self._closed = True
             self._watch.close()
             await self._client.aclose()
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The server keeps the pending events and its scheduler delivers them: this
+    # client schedules, lists and cancels over HTTP and runs no scheduler itself.
+
+    async def _schedule_append(self, stream: str, rows: list[ScheduledEvent]) -> ScheduledResult:
+        body = wire.WireAppend(
+            events=[wire.WireNewEvent.from_new_event(r.to_new_event()) for r in rows],
+            expected_version=wire.expected_to_wire(rows[0].expected_version),
+            deliver_at=rows[0].due_at,
+        )
+        path = f"/v1/streams/{stream}/events"
+        return await self._call("POST", path, ScheduledResult, body=body)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        got = await self._call("DELETE", f"/v1/scheduled/{event_id}", wire.WireCancelled)
+        return got.cancelled
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        params = {"stream": stream, "limit": limit}
+        got = await self._call("GET", "/v1/scheduled", wire.WireScheduled, params=params)
+        return [e.to_scheduled() for e in got.events]
+
+    async def _count_scheduled(self) -> int:
+        got = await self._call("GET", "/v1/scheduled", wire.WireScheduled, params={"limit": 0})
+        if got.pending is None:
+            raise AccessDenied("counting scheduled events needs read on the whole log ($all)")
+        return got.pending
 
     # ------------------------------------------------------------------ layer 2
 
@@ -334,17 +389,19 @@ class RemoteEngine(GroupEngine):
     def _group_path(self, group: str, category: str) -> str:
         return f"/v1/groups/{_seg(group)}/{_seg(category)}"
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
-        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+        body = wire.WireJoin(lease=lease, cooperative=cooperative)
+        return await self._call("POST", path, Membership, body=body)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}/heartbeat"
-        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+        body = wire.WireHeartbeat(lease=lease, release=list(release))
+        return await self._call("POST", path, Membership, body=body)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
@@ -379,6 +436,32 @@ class RemoteEngine(GroupEngine):
     async def describe_group(self, group: str, category: str) -> Membership | None:
         got = await self._call("GET", self._group_path(group, category), wire.WireGroup)
         return got.membership
+
+    # ------------------------------------------------------------------ retention
+    # The server's store applies the rules to what it serves and runs the
+    # scavenger; this client only reaches the admin routes (`_retention_api`).
+
+    applies_retention = False
+
+    async def set_retention(
+        self,
+        policy: RetentionPolicy | None,
+        *,
+        stream: str | None = None,
+        category: str | None = None,
+    ) -> RetentionRule:
+        rule = make_rule(policy, stream, category)
+        return await self._call("PUT", "/v1/retention", RetentionRule, body=rule)
+
+    async def retention(self, stream: str | None = None) -> list[RetentionRule]:
+        params = {"stream": stream}
+        return (await self._call("GET", "/v1/retention", RetentionRules, params=params)).rules
+
+    async def scavenge(self, *, release: bool = True) -> ScavengeReport:
+        return await self._call("POST", "/v1/retention/scavenge", ScavengeReport)
+
+    async def first_position(self) -> int:
+        return (await self._call("GET", "/v1/log/first", wire.WireHead)).position
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return (await self._call("GET", "/v1/groups", wire.WireGroups)).groups

@@ -21,8 +21,15 @@ so a method added to the contract later cannot be missed here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
+from uuid import UUID
 
+from tidelog.engines._kit.retention import (
+    RetentionPolicy,
+    RetentionRule,
+    RetentionView,
+    ScavengeReport,
+)
 from tidelog.engines.contract import (
     Engine,
     GroupEngine,
@@ -36,6 +43,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
 )
 
@@ -87,7 +95,38 @@ class StoreWrapper(GroupEngine):
         return self.inner.list_streams(category)
 
     async def close(self) -> None:
+        await self._stop_scheduler()
         await self.inner.close()
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The hooks are forwarded; the wrapper's own scheduler (the contract's
+    # `start_scheduler`) moves due events through the wrapper's `append_many`,
+    # so what the wrapper changes about writes applies to them too.
+
+    @property
+    def supports_scheduling(self) -> bool:
+        return self.inner.supports_scheduling
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self.inner._schedule(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self.inner._take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        return await self.inner._next_due()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self.inner._forget_scheduled(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self.inner._cancel_scheduled(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self.inner._list_scheduled(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        return await self.inner._count_scheduled()
 
     # ------------------------------------------------------------------ layer 2
 
@@ -125,15 +164,15 @@ class StoreWrapper(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
-        return await self.inner.join_group(group, category, member, lease)
+        return await self.inner.join_group(group, category, member, lease, cooperative=cooperative)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
-        return await self.inner.heartbeat(group, category, member, lease)
+        return await self.inner.heartbeat(group, category, member, lease, release=release)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         await self.inner.leave_group(group, category, member)
@@ -146,3 +185,52 @@ class StoreWrapper(GroupEngine):
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return await self.inner.list_groups()
+
+    # ------------------------------------------------------------------ retention
+    # The rules, their cache and the scavenger are the inner store's: a rule set
+    # through either is in force through both at once. The contract's read front
+    # ends of the wrapper filter with the inner store's view.
+
+    @property
+    def applies_retention(self) -> bool:  # type: ignore[override]
+        return self.inner.applies_retention
+
+    @property
+    def scavenge_interval(self) -> float:  # type: ignore[override]
+        return self.inner.scavenge_interval
+
+    @property
+    def scavenge_lease(self) -> float:  # type: ignore[override]
+        return self.inner.scavenge_lease
+
+    @property
+    def scavenge_batch(self) -> int:  # type: ignore[override]
+        return self.inner.scavenge_batch
+
+    @property
+    def retention_stats(self) -> dict[str, int]:
+        return self.inner.retention_stats
+
+    def _retention_idle(self) -> bool:
+        return self.inner._retention_idle()
+
+    async def _retention_view(self, force: bool = False) -> RetentionView | None:
+        return await self.inner._retention_view(force)
+
+    async def set_retention(
+        self,
+        policy: RetentionPolicy | None,
+        *,
+        stream: str | None = None,
+        category: str | None = None,
+    ) -> RetentionRule:
+        return await self.inner.set_retention(policy, stream=stream, category=category)
+
+    async def retention(self, stream: str | None = None) -> list[RetentionRule]:
+        return await self.inner.retention(stream)
+
+    async def scavenge(self, *, release: bool = True) -> ScavengeReport:
+        return await self.inner.scavenge(release=release)
+
+    async def first_position(self) -> int:
+        return await self.inner.first_position()

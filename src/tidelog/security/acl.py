@@ -24,7 +24,9 @@ a group, and group grants never cover a stream.
 
 System streams (`$…`) are covered only by grants that name them (`stream:$…`,
 `category:$dlq`, `prefix:$dlq-`) or by `*`. `admin` implies `write` and
-`read`; `write` does not imply `read`. Names are compared exactly, after the
+`read`; `write` does not imply `read`. The streams of the store's own keys and
+grants (`$keys`, `$grants`, see `keystore`) are for admins only, whatever the
+grant: writing them would hand out any permission. Names are compared exactly, after the
 same validation as stream names, so case, unicode look-alikes and zero-width
 characters never match.
 """
@@ -39,7 +41,22 @@ import msgspec
 from tidelog.errors import InvalidInput
 from tidelog.model import category_of, validate_stream_name
 
-__all__ = ["Access", "Grant", "Permission", "parse_grant"]
+__all__ = [
+    "CREDENTIAL_STREAMS",
+    "GRANTS_STREAM",
+    "KEYS_STREAM",
+    "Access",
+    "Grant",
+    "Permission",
+    "parse_grant",
+]
+
+KEYS_STREAM = "$keys"
+"""API keys created at runtime (`keystore`): digests, never the keys."""
+GRANTS_STREAM = "$grants"
+"""Grants added at runtime (`keystore`)."""
+CREDENTIAL_STREAMS = frozenset({KEYS_STREAM, GRANTS_STREAM})
+"""Streams only an admin (`admin` on `*`) may read or write, whatever else is granted."""
 
 _DELIMITERS = ("-", ":", "@")
 _KINDS = ("stream", "category", "prefix", "group", "group-prefix")
@@ -138,9 +155,13 @@ class Access:
         return [g for g in self.grants if g.permission.covers(wanted)]
 
     def can_stream(self, stream: str, wanted: Permission) -> bool:
+        if stream in CREDENTIAL_STREAMS:
+            return self.is_admin
         return any(g.covers_stream(stream) for g in self._has(wanted))
 
     def can_category(self, category: str, wanted: Permission) -> bool:
+        if category in CREDENTIAL_STREAMS:  # a stream without `-` is its own category
+            return self.is_admin
         return any(g.covers_category(category) for g in self._has(wanted))
 
     def can_group(self, group: str, wanted: Permission) -> bool:

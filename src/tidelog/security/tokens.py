@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,17 @@ def hash_api_key(key: str) -> str:
 class Authenticator:
     """Turns a bearer token into a principal name, or raises `AuthError`."""
 
-    def __init__(self, api_keys: dict[str, str], jwt: JWTConfig | None = None) -> None:
-        """`api_keys` maps SHA-256 hex digests of keys to principals."""
+    def __init__(
+        self,
+        api_keys: dict[str, str],
+        jwt: JWTConfig | None = None,
+        *,
+        more_keys: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        """`api_keys` maps SHA-256 hex digests of keys to principals; `more_keys` gives
+        more such keys at each call (the store's, which change at runtime: `keystore`)."""
         self._api_keys = dict(api_keys)
+        self._more_keys = more_keys
         self._jwt = jwt
         self._jwt_key: Any = None
         self._jwks: dict[str, Any] = {}
@@ -135,9 +144,14 @@ class Authenticator:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise AuthError("missing or oversized bearer token")
         digest = hash_api_key(token)
-        for known, principal in self._api_keys.items():
-            if hmac.compare_digest(known, digest):
-                return principal
+        found: str | None = None
+        for keys in (self._api_keys, self._more_keys() if self._more_keys else {}):
+            for known, principal in keys.items():
+                # every digest is compared, in constant time, whether or not one matched
+                if hmac.compare_digest(known, digest) and found is None:
+                    found = principal
+        if found is not None:
+            return found
         if self._jwt is not None and token.count(".") == 2:
             return self._decode_jwt(token, self._jwt)
         raise AuthError("invalid credentials")

@@ -2,10 +2,11 @@
 
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
-`_cloudevents`, `_registry_api`, `_asyncapi`, `_dashboard`, `_ops_api`), each
-a leaf over the shared dependencies of `_deps`. Request and response bodies
-are the msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema`
-is generated from the same definitions the remote engine decodes. Every error
+`_cloudevents`, `_registry_api`, `_retention_api`, `_scheduled_api`,
+`_asyncapi`, `_dashboard`, `_ops_api`, `_admin_api`, `_dlq_api`), each a leaf
+over the shared dependencies of `_deps`. Request and response bodies are the
+msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema` is
+generated from the same definitions the remote engine decodes. Every error
 from the store is turned into a 4xx (or a 503 when the backend is down) by one
 exception handler.
 """
@@ -13,6 +14,7 @@ exception handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,15 +31,19 @@ from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, S
 import tidelog
 from tidelog import wire
 from tidelog.engines.contract import Engine
-from tidelog.errors import StoreUnavailable, TidelogError
+from tidelog.errors import NotSupported, StoreClosed, StoreUnavailable, TidelogError
+from tidelog.security.keystore import StoreCredentials
 from tidelog.security.tokens import Authenticator
+from tidelog.server._admin_api import ROUTES as ADMIN_ROUTES
 from tidelog.server._asyncapi import ROUTES as ASYNCAPI_ROUTES
 from tidelog.server._cloudevents import ROUTES as CLOUDEVENTS_ROUTES
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import ConnectionLimit
 from tidelog.server._consumers_api import ROUTES as CONSUMERS_ROUTES
+from tidelog.server._dashboard import HISTORY_KEY, History
 from tidelog.server._dashboard import ROUTES as DASHBOARD_ROUTES
 from tidelog.server._deps import Runtime, auth_challenge, principal, provide_access, runtime
+from tidelog.server._dlq_api import ROUTES as DLQ_ROUTES
 from tidelog.server._group_quota import GroupQuota
 from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
 from tidelog.server._live_api import ROUTES as LIVE_ROUTES
@@ -47,6 +53,8 @@ from tidelog.server._openapi import asset_routes, render_plugins
 from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
 from tidelog.server._registry_wire import confluent_error, is_registry_path, keep_encoded_slashes
+from tidelog.server._retention_api import ROUTES as RETENTION_ROUTES
+from tidelog.server._scheduled_api import ROUTES as SCHEDULED_ROUTES
 from tidelog.server._streams_api import ROUTES as STREAMS_ROUTES
 
 __all__ = ["create_app"]
@@ -63,7 +71,11 @@ ROUTES: list[ControllerRouterHandler] = [
     *CLOUDEVENTS_ROUTES,
     *CONSUMERS_ROUTES,
     *REGISTRY_ROUTES,
+    *RETENTION_ROUTES,
     *ASYNCAPI_ROUTES,
+    *ADMIN_ROUTES,
+    *DLQ_ROUTES,
+    *SCHEDULED_ROUTES,
 ]
 """Every route, in the order of the OpenAPI document's paths."""
 
@@ -119,23 +131,35 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
     rt = Runtime(
         store=store,
         config=config,
-        auth=Authenticator(config.api_keys, config.jwt),
-        metrics=Metrics(),
+        auth=Authenticator(config.api_keys, config.jwt, more_keys=lambda: rt.credentials.keys),
+        metrics=Metrics(config.scaling),
         subscriptions=ConnectionLimit(config.limits.max_subscriptions_per_principal),
         connections=ConnectionLimit(config.limits.max_connections_per_principal),
         group_quota=GroupQuota(config.limits.max_groups_per_principal),
     )
 
+    # a revoke or a removed grant ends the open live subscriptions (see `StoreCredentials`)
+    credentials = rt.credentials = StoreCredentials(on_narrowed=rt.end_subscriptions)
+
     def authenticate(scope: Scope) -> str:
         return principal(ASGIConnection(scope), rt)
 
     background: list[asyncio.Task[None]] = []
+    history = History()
 
     async def on_startup() -> None:
         # the store is looked up per tick: tests lend a running app to other stores
         background.append(asyncio.create_task(rt.readiness.run(lambda: rt.store)))
         refresh = rt.metrics.run_refresh(lambda: rt.store, config.limits.metrics_refresh_interval)
         background.append(asyncio.create_task(refresh))
+        # the store's keys and grants before the first request, then kept fresh
+        with contextlib.suppress(Exception):  # a store down now: `run` retries and logs
+            await credentials.refresh(rt.store)
+        background.append(asyncio.create_task(credentials.run(lambda: rt.store)))
+        background.append(asyncio.create_task(history.run(lambda: rt.store)))
+        # The server delivers scheduled events, its clients' included (see docs/scheduling.md).
+        with contextlib.suppress(NotSupported, StoreClosed):
+            rt.metrics.observe_scheduler(store.start_scheduler())
 
     async def on_shutdown() -> None:
         for task in background:
@@ -150,7 +174,7 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
         dependencies={"access": Provide(provide_access)},
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
-        state=State({"runtime": rt}),
+        state=State({"runtime": rt, HISTORY_KEY: history}),
         openapi_config=OpenAPIConfig(
             title="tidelog",
             version=tidelog.__version__,

@@ -46,6 +46,21 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     keepalive_interval: float = 15.0
 
 
+class Scaling(msgspec.Struct, frozen=True, kw_only=True):
+    """The scaling signal `tidelog_group_desired_members` (deploy/kubernetes: KEDA or HPA)."""
+
+    drain_seconds: float = 60.0
+    """Workers should drain a group's lag within this time: the members needed to do so at
+    the measured per-member rate is the signal."""
+    rate_window_seconds: float = 120.0
+    """The per-member rate is the checkpoints' advance over about this window: long enough
+    to smooth a burst, short enough to follow a handler that got slower."""
+
+    def __post_init__(self) -> None:
+        if self.drain_seconds <= 0 or self.rate_window_seconds <= 0:
+            raise InvalidInput("scaling.drain_seconds and rate_window_seconds must be > 0")
+
+
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     store_url: str = DEFAULT_STORE_URL
     host: str = "127.0.0.1"
@@ -63,6 +78,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits = Limits()
     log_format: str = "auto"
     """"json", "text", or "auto" (text on a terminal)."""
+    scaling: Scaling = Scaling()
 
     def __post_init__(self) -> None:
         if self.tls_client_ca and not (self.tls_cert and self.tls_key):

@@ -13,7 +13,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -22,11 +22,13 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from tidelog import wire
+from tidelog._cloudevent_map import DERIVED_ID_VERSION
 from tidelog.engines.contract import Engine
 from tidelog.errors import AccessDenied, InvalidEvent, InvalidInput
 from tidelog.model import AppendRequest, NewEvent, parse_expected_version, validate_stream_name
 from tidelog.schemas import SchemaRegistry
-from tidelog.security.acl import Access, Permission
+from tidelog.security.acl import Access, Grant, Permission
+from tidelog.security.keystore import StoreCredentials
 from tidelog.security.tokens import Authenticator, AuthError, token_of_header
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
@@ -44,6 +46,7 @@ __all__ = [
     "check_utf8",
     "decode_body",
     "need_categories",
+    "need_admin",
     "need_group",
     "need_stream",
     "new_events",
@@ -76,10 +79,22 @@ class Runtime:
     live: set[Callable[[], None]] = field(default_factory=set)
     """How to end each open live subscription (`end_live`)."""
     stopping: bool = False
+    credentials: StoreCredentials = field(default_factory=StoreCredentials)
+    """The keys and grants an admin added at runtime, read from the store (`keystore`)."""
+
+    @property
+    def grants(self) -> tuple[Grant, ...]:
+        """The config file's grants, then the store's."""
+        return self.config.grants + self.credentials.grants
 
     def end_live(self) -> None:
         """End every live subscription and refuse new ones: the server is stopping."""
         self.stopping = True
+        self.end_subscriptions()
+
+    def end_subscriptions(self) -> None:
+        """End every live subscription; clients reopen them with their credentials checked
+        again (a key was revoked or a grant removed: `StoreCredentials.on_narrowed`)."""
         for end in list(self.live):
             end()
 
@@ -130,13 +145,19 @@ def auth_challenge(header: str | None) -> str:
 async def provide_access(request: Request[Any, Any, Any], state: State) -> Access:
     """The `access` dependency: who calls, with the grants that decide what they may do."""
     rt = runtime(state)
-    return Access(principal(request, rt), rt.config.grants)
+    return Access(principal(request, rt), rt.grants)
 
 
 def need_stream(access: Access, stream: str, perm: Permission) -> None:
     """Refuse (403) unless the caller holds `perm` on `stream`."""
     if not access.can_stream(stream, perm):
         raise AccessDenied(f"{access.principal!r} lacks {perm.value} on stream {stream!r}")
+
+
+def need_admin(access: Access) -> None:
+    """Refuse (403) unless the caller is an admin (`admin` on `*`): keys, grants, parked events."""
+    if not access.is_admin:
+        raise AccessDenied(f"{access.principal!r} is not an admin (admin on *)")
 
 
 def need_group(access: Access, group: str, category: str) -> None:
@@ -314,11 +335,6 @@ def page_limit(rt: Runtime, limit: int | None) -> int:
     return min(limit, cap)
 
 
-#: The UUID version of the event ids the server derives (CloudEvents ids, see
-#: `_cloudevents.cloudevent_id`); clients may not choose ids of this version.
-DERIVED_ID_VERSION: Final = 8
-
-
 def new_events(rt: Runtime, access: Access, body: wire.WireAppend) -> list[NewEvent]:
     """The events of one stream's append, within the server's count and size limits.
 
@@ -356,6 +372,11 @@ def append_requests(
         if names:
             validate_stream_name(stream)
         need_stream(access, stream, Permission.WRITE)
+        if body.scheduled:
+            raise InvalidEvent(
+                "deliver_at/deliver_after schedule one stream's append "
+                "(POST /v1/streams/{stream}/events), not an atomic multi-stream write"
+            )
         events = new_events(rt, access, body)
         total += len(events)
         out[stream] = AppendRequest(events, parse_expected_version(body.expected_version))

@@ -329,7 +329,7 @@ async def ws_subscribe(
                     raise  # a credential was given and is wrong: say so now, wait for nothing
                 principal = rt.auth.authenticate(_token_of(await _first_message(socket)))
                 slot.enter_context(rt.connections.hold(principal))
-            access = Access(principal, rt.config.grants)
+            access = Access(principal, rt.grants)
             need_categories(access, category, Permission.READ)
             feed = _Feed(rt, access, from_position, category, type, partition)
             await _ws_stream(socket, rt, feed)

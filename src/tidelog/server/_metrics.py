@@ -3,6 +3,12 @@
 Names follow Prometheus conventions: the `tidelog_` prefix, base units,
 counters ending in `_total`. Labels are categories, groups and partitions,
 never stream ids, so cardinality stays bounded.
+
+Beside the lag, the server exports a ready-made scaling signal per group and
+category, `tidelog_group_desired_members` (`desired_members`), so that an
+autoscaler (KEDA's Prometheus trigger, or an HPA on an external metric; see
+deploy/kubernetes) needs no hand-written PromQL and no knowledge of the
+handler's speed: the server measures it from how fast the checkpoints move.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,9 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import tidelog
 from tidelog.consumers._dlq import DlqState, load_state
+from tidelog.engines._kit.scheduling import Scheduler
 from tidelog.engines.contract import Engine
+from tidelog.errors import NotSupported
+from tidelog.server._config import Scaling
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "desired_members"]
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +43,46 @@ _REFRESH_DUTY = 4.0
 many groups there are, computing their lag takes at most a fifth of the time."""
 
 _DLQ_CATEGORY = "$dlq"
+
+
+def desired_members(
+    lag: int, per_member_rate: float | None, members: int, partitions: int, drain_seconds: float
+) -> int:
+    """The members a group needs to drain `lag` events within `drain_seconds`.
+
+    Each member handles `per_member_rate` events per second (as measured), so
+    `ceil(lag / (per_member_rate * drain_seconds))` of them drain it in time;
+    never more than `partitions` (a member without a partition does nothing)
+    and at least one while there is lag. No lag: 0 (an autoscaler keeps its
+    minimum). No measured rate (nothing was consumed in the window: no member,
+    or a stalled one): the members there are, at least one - a stalled
+    handler is not helped by more of it, and a first member gives the rate.
+    """
+    if lag <= 0:
+        return 0
+    if per_member_rate is None or per_member_rate <= 0:
+        return min(partitions, max(members, 1))
+    return min(partitions, max(1, math.ceil(lag / (per_member_rate * drain_seconds))))
+
+
+class _Sample(NamedTuple):
+    """A group's checkpoints and member count at one refresh (monotonic seconds)."""
+
+    at: float
+    checkpoints: dict[int, int]
+    members: int
+
+
 """The category of the `$dlq-<group>` streams where consumer groups park events."""
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(
+        self, scaling: Scaling | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.scaling = scaling or Scaling()
+        self.clock = clock
+        """Monotonic seconds, for the consumption rate (a test drives it)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Info("tidelog_build", "tidelog build information", registry=r).info(
@@ -77,6 +123,52 @@ class Metrics:
             ["group"],
             registry=r,
         )
+        self.desired = Gauge(
+            "tidelog_group_desired_members",
+            "Members needed to drain the group's lag within the target drain time at the "
+            "measured per-member rate, at most the partition count (scale workers on this)",
+            ["group", "category"],
+            registry=r,
+        )
+        self.consumed_rate = Gauge(
+            "tidelog_group_consumed_events_per_second",
+            "Events per second the group's checkpoints passed over the rate window",
+            ["group", "category"],
+            registry=r,
+        )
+        self.members = Gauge(
+            "tidelog_group_members", "Live members of the group", ["group", "category"], registry=r
+        )
+        self._samples: dict[tuple[str, str], deque[_Sample]] = {}
+        """Per group: the refreshes within the rate window, and the newest one before it."""
+        self.first = Gauge(
+            "tidelog_log_first_position",
+            "The low-water mark: the oldest position still stored (retention deletes below it)",
+            registry=r,
+        )
+        self.scavenged = Gauge(
+            "tidelog_retention_deleted_events",
+            "Events this server's scavenger deleted since it started",
+            registry=r,
+        )
+        self.lost = Gauge(
+            "tidelog_retention_lost_events",
+            "Events the scavenger deleted before a consumer group had read them"
+            " (hard_max_age or even_if_unconsumed; each is named in $system)",
+            ["group", "category"],
+            registry=r,
+        )
+        self.scheduled_pending = Gauge(
+            "tidelog_scheduled_pending_events",
+            "Scheduled events waiting for their due time (not yet delivered or cancelled)",
+            registry=r,
+        )
+        self.scheduled_lateness = Histogram(
+            "tidelog_scheduled_lateness_seconds",
+            "Due time to append of the scheduled events this server's scheduler delivered",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+            registry=r,
+        )
         self._dlq: dict[str, DlqState] = {}
         self._dlq_lock = asyncio.Lock()
         self._stale = asyncio.Event()
@@ -110,17 +202,87 @@ class Metrics:
         """
         head = await store.last_position()
         self.head.set(head)
+        self.first.set(await store.first_position())
+        stats = store.retention_stats
+        self.scavenged.set(stats.get("deleted", 0))
+        for name, count in stats.items():
+            if name.startswith("lost:"):
+                group, _, category = name[len("lost:") :].partition("/")
+                self.lost.labels(group, category).set(count)
         self.lag.clear()
+        for gauge in (self.desired, self.consumed_rate, self.members):
+            gauge.clear()
+        samples: dict[tuple[str, str], deque[_Sample]] = {}
         for group, category in await store.list_groups():
             points = await store.checkpoints(group, category)
+            lags: dict[int, int] = {}
             for partition in range(store.partition_count):
                 lag = await store.count_events(
                     points.get(partition, 0) + 1, [category], [partition]
                 )
+                lags[partition] = lag
                 self.lag.labels(group, category, str(partition)).set(lag)
+            key = (group, category)
+            samples[key] = self._samples.get(key) or deque()
+            await self._scaling_signal(store, key, points, lags, samples[key])
+        self._samples = samples  # groups gone since are forgotten
         self.parked.clear()
         for group, count in (await self.parked_by_group(store)).items():
             self.parked.labels(group).set(count)
+        with contextlib.suppress(NotSupported):  # an engine without scheduled delivery
+            self.scheduled_pending.set(await store.count_scheduled())
+
+    def observe_scheduler(self, scheduler: Scheduler) -> None:
+        """Put the lateness of every event `scheduler` delivers in the histogram."""
+        scheduler.observers.append(lambda late: self.scheduled_lateness.observe(max(0.0, late)))
+
+    async def _scaling_signal(
+        self,
+        store: Engine,
+        key: tuple[str, str],
+        points: dict[int, int],
+        lags: dict[int, int],
+        samples: deque[_Sample],
+    ) -> None:
+        """`tidelog_group_desired_members` of one group, from its lag and measured rate.
+
+        The rate is what the checkpoints passed since the oldest sample kept
+        (about `rate_window_seconds` ago): per partition, the events after the
+        old checkpoint less those after the new one, counted now. Divided by
+        the members (their mean over the window), it is a member's rate.
+        """
+        group, category = key
+        desc = await store.describe_group(group, category)
+        members = 0 if desc is None else len(desc.members)
+        now = self.clock()
+        samples.append(_Sample(now, dict(points), members))
+        window = self.scaling.rate_window_seconds
+        while len(samples) > 2 and now - samples[1].at >= window:
+            samples.popleft()  # keep the newest sample at least a window old
+        oldest = samples[0]
+        elapsed = now - oldest.at
+        rate: float | None = None
+        if elapsed > 0:
+            consumed = 0
+            for partition, position in points.items():
+                before = oldest.checkpoints.get(partition, 0)
+                if position > before:
+                    after_before = await store.count_events(before + 1, [category], [partition])
+                    consumed += after_before - lags.get(partition, 0)
+            mean_members = sum(s.members for s in samples) / len(samples)
+            self.consumed_rate.labels(group, category).set(consumed / elapsed)
+            if consumed > 0 and mean_members > 0:
+                rate = consumed / elapsed / mean_members
+        self.members.labels(group, category).set(members)
+        self.desired.labels(group, category).set(
+            desired_members(
+                sum(lags.values()),
+                rate,
+                members,
+                store.partition_count,
+                self.scaling.drain_seconds,
+            )
+        )
 
     async def parked_by_group(self, store: Engine) -> dict[str, int]:
         """Open parked events per group, from every `$dlq-<group>` stream.
@@ -128,16 +290,25 @@ class Metrics:
         Each DLQ's fold is kept between calls and only new entries are read, so a
         scrape costs one stream listing plus what was parked since the last one.
         """
+        states = await self.dlq_states(store)
+        return {
+            group: sum(p.status.open for p in state.entries.values())
+            for group, state in states.items()
+        }
+
+    async def dlq_states(self, store: Engine) -> dict[str, DlqState]:
+        """The fold of every group's `$dlq-<group>`, brought up to date (kept between calls:
+        only what was parked or settled since is read). The dashboard counts parked and
+        held events apart from it."""
         async with self._dlq_lock:
-            counts: dict[str, int] = {}
+            states: dict[str, DlqState] = {}
             async for info in store.list_streams(_DLQ_CATEGORY):
                 group = info.name[len(_DLQ_CATEGORY) + 1 :]
                 if not group or info.deleted:
                     continue
                 state = self._dlq.get(group) or DlqState(group)
-                self._dlq[group] = await load_state(store, group, state)
-                counts[group] = sum(p.status.open for p in state.entries.values())
-            return counts
+                self._dlq[group] = states[group] = await load_state(store, group, state)
+            return states
 
     def scraped(self) -> None:
         """A scrape was served from the cache: have the background refresh run soon."""

@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 import tidelog
 from tidelog.engines.memory import MemoryConfig, MemoryEngine
 
-__all__ = ["ModelSuite"]
+__all__ = ["ModelSuite", "model_settings"]
 
 WAIT = 20.0
 """Upper bound for one operation: a hang becomes a failure, never a pass."""
@@ -178,15 +178,21 @@ class ModelSuite:
     def test_agrees_with_memory_engine(self, tmp_path: pathlib.Path) -> None:
         run_state_machine_as_test(
             _machine(self, tmp_path),
-            settings=settings(
-                max_examples=self.max_examples,
-                stateful_step_count=self.stateful_step_count,
-                deadline=None,
-                database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-                phases=list(Phase) if self.shrink else [p for p in Phase if p != Phase.shrink],
-            ),
+            settings=model_settings(self.max_examples, self.stateful_step_count, self.shrink),
         )
+
+
+def model_settings(examples: int, steps: int, shrink: bool = True) -> settings:
+    """The hypothesis settings of a model test: no deadline and no example database
+    (an engine's timing varies; examples are not kept between runs)."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        phases=list(Phase) if shrink else [p for p in Phase if p != Phase.shrink],
+    )
 
 
 def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMachine]:
@@ -334,12 +340,12 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
 
         @rule(
             stream=streams,
-            from_version=st.integers(-1, 6),
+            from_version=st.none() | st.integers(-1, 6),
             backwards=st.booleans(),
             limit=limits,
         )
         def read_stream(
-            self, stream: str, from_version: int, backwards: bool, limit: int | None
+            self, stream: str, from_version: int | None, backwards: bool, limit: int | None
         ) -> None:
             self.compare(
                 lambda s: _collect(
@@ -405,14 +411,29 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
             """After a group changed: the same generation, members and partitions."""
             self.compare(lambda s: s.describe_group(GROUP, category))
 
-        @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))
-        def join(self, category: str, member: str) -> None:
-            got = self.compare(lambda s: s.join_group(GROUP, category, member, lease=LEASE))
+        @rule(
+            category=st.sampled_from(GROUP_CATEGORIES),
+            member=st.sampled_from(MEMBERS),
+            cooperative=st.booleans(),
+        )
+        def join(self, category: str, member: str, cooperative: bool) -> None:
+            got = self.compare(
+                lambda s: s.join_group(
+                    GROUP, category, member, lease=LEASE, cooperative=cooperative
+                )
+            )
             self._remember(category, member, got)
 
-        @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))
-        def heartbeat(self, category: str, member: str) -> None:
-            got = self.compare(lambda s: s.heartbeat(GROUP, category, member, lease=LEASE))
+        @rule(
+            category=st.sampled_from(GROUP_CATEGORIES),
+            member=st.sampled_from(MEMBERS),
+            release=st.lists(st.integers(-1, 5), max_size=3),
+        )
+        def heartbeat(self, category: str, member: str, release: list[int]) -> None:
+            """With partitions released: those asked for move, the others change nothing."""
+            got = self.compare(
+                lambda s: s.heartbeat(GROUP, category, member, lease=LEASE, release=release)
+            )
             self._remember(category, member, got)
 
         @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))

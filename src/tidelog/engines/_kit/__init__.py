@@ -4,5 +4,7 @@
 - `groups`: the consumer-group state machine (`GroupState`);
 - `watch`: the live-head notifier (`HeadWatch`);
 - `urls`: engine options from a store URL;
-- `batching`: the asyncio group-commit queue (`GroupCommit`).
+- `batching`: the asyncio group-commit queue (`GroupCommit`);
+- `retention`: retention rules, their cache and the one decision (`RetentionView`);
+- `scavenger`: the read filter, the leased scavenger and its background loop.
 """

@@ -109,6 +109,17 @@ class NatsEngine(GroupEngine):
     name = "nats"
     poll_interval = 0.1
 
+    def _schedule_refused(self) -> NotSupported:
+        """Scheduled delivery is refused here (docs/scheduling.md): pending events would
+        need a due-time index and a claim across processes that this engine does not
+        build on JetStream yet (NATS 2.12's message schedules publish into a stream
+        without this engine's version checks and id index)."""
+        return NotSupported(
+            self.name,
+            "scheduled delivery",
+            "no due-time index or scheduler claim on JetStream yet; see docs/scheduling.md",
+        )
+
     def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
         self._nc = nc
         self.config = config
@@ -238,6 +249,65 @@ class NatsEngine(GroupEngine):
                     purge,
                     {"filter": self._layout.index_subject(event_id)},
                 )
+
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Retention's hook: purge the stream's subject below the first message kept, and
+        the id-index entries of the events purged.
+
+        The stream's last event is always kept here, whatever `version` says: the
+        stream's version lives in its subject's last message, so without it the
+        next append would start again from version 0 (reads hide it all the
+        same). The store-wide `head` is untouched: positions are never reused.
+        """
+        self._check_open()
+        subject = self._layout.stream_subject(stream)
+        with translated("retention"):
+            last_seq, last_version, deleted = await self._reader.head_of(stream)
+            if last_version is None:
+                return 0
+            if not deleted:  # a tombstone is the last message: it keeps the version
+                version = min(version, last_version)
+            ids = []
+            keep_seq = last_seq
+            async for m in self._reader.scan(1, subject, until=last_seq):
+                if m.is_tombstone:
+                    continue
+                e = wire.decode_event(stream, m.data)
+                if e.version >= version:
+                    keep_seq = m.seq
+                    break
+                ids.append(e.id)
+            if not ids:
+                return 0
+            purge = f"STREAM.PURGE.{self._layout.jstream}"
+            await self._reader.api(purge, {"filter": subject, "seq": keep_seq})
+            for event_id in ids:
+                await self._reader.api(purge, {"filter": self._layout.index_subject(event_id)})
+        return len(ids)
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        subject = self._layout.stream_subject(stream)
+        out: list[RecordedEvent] = []
+        with translated("retention"):
+            last_seq, _, _ = await self._reader.head_of(stream)
+            async for e in self._versions(stream, subject, from_version, last_seq):
+                out.append(e)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def _forget_stream(self, stream: str) -> None:
+        """Purge the stream's subject, tombstone included, if no event is left on it."""
+        self._check_open()
+        if await self._read_deleted(stream, 0, 1):
+            return
+        self._writer.forget_stream(stream)
+        with translated("retention"):
+            purge = f"STREAM.PURGE.{self._layout.jstream}"
+            await self._reader.api(purge, {"filter": self._layout.stream_subject(stream)})
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
@@ -427,26 +497,27 @@ class NatsEngine(GroupEngine):
                 return result
         raise StoreUnavailable("group: gave up after too many concurrent writes")
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(doc: wire.GroupDoc) -> Membership:
-            doc.state.join(member, self._now(), lease)
+            doc.state.join(member, self._now(), lease, self.partition_count, cooperative)
             return doc.state.membership(group, category, member, self.partition_count)
 
         result: Membership = await self._update_group(group, category, change)
         return result
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 
         def change(doc: wire.GroupDoc) -> Membership:
-            doc.state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self.partition_count
+            doc.state.heartbeat(group, category, member, now, lease, count, release)
             return doc.state.membership(group, category, member, self.partition_count)
 
         result: Membership = await self._update_group(group, category, change)
@@ -456,7 +527,7 @@ class NatsEngine(GroupEngine):
         self._check_open()
 
         def change(doc: wire.GroupDoc) -> None:
-            doc.state.leave(member, self._now())
+            doc.state.leave(member, self._now(), self.partition_count)
 
         await self._update_group(group, category, change)
 

@@ -62,6 +62,7 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.postgres.errors import pg_errors
+from tidelog.engines.postgres.scheduled import PendingTable
 from tidelog.engines.postgres.schema import (
     LATEST_VERSION,
     Sql,
@@ -82,6 +83,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
     category_of,
     check_expected_version,
@@ -239,6 +241,7 @@ class PostgresEngine(GroupEngine):
         self._writer = Writer(pool, self._sql, partitions, self._now, self._watch, config.max_batch)
         self._listener: Any = None
         self._relistener: asyncio.Future[None] | None = None
+        self._pending_table = PendingTable(pool, config.schema)
 
     @property
     def dsn(self) -> str:
@@ -324,6 +327,7 @@ class PostgresEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         # Appends accepted before close complete; a cancelled close leaves them be.
         await self._writer.batches.close()
@@ -418,6 +422,40 @@ class PostgresEngine(GroupEngine):
                     await conn.execute(self._sql.purge_events, name)
                     await conn.execute(self._sql.purge_stream, name)
                 await conn.execute(self._sql.vacuum_events)
+
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Retention's hook: one short transaction per batch (the scavenger asks at most
+        `scavenge_batch` events at a time), without the append lock: appends go on.
+
+        The head is raised into the high-water mark in the same transaction, so
+        if the newest events go their positions are still never reused. The rows'
+        space is reclaimed by autovacuum, with no long lock.
+        """
+        self._check_open()
+        with pg_errors(stream):
+            async with (
+                self._pool.acquire() as conn,
+                transaction(conn, self._sql.begin_delete),
+            ):
+                head = await conn.fetchval(self._sql.head)
+                await conn.execute(self._sql.raise_high_water, str(head))
+                status: str = await conn.execute(self._sql.delete_before, stream, version)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        self._check_open()
+        with pg_errors(stream):
+            rows = await self._pool.fetch(
+                self._sql.read_stream_forward, stream, from_version, limit
+            )
+        return _events(rows)
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        with pg_errors(stream):
+            await self._pool.execute(self._sql.forget_stream, stream)
 
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
@@ -540,32 +578,35 @@ class PostgresEngine(GroupEngine):
             raise failure
         return result
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(state: GroupState) -> Membership:
-            state.join(member, self._now(), lease)
+            state.join(member, self._now(), lease, self._partitions, cooperative)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 
         def change(state: GroupState) -> Membership:
-            state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self._partitions
+            state.heartbeat(group, category, member, now, lease, count, release)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        await self._change_group(group, category, lambda state: state.leave(member, self._now()))
+        await self._change_group(
+            group, category, lambda state: state.leave(member, self._now(), self._partitions)
+        )
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()
@@ -589,6 +630,30 @@ class PostgresEngine(GroupEngine):
         with pg_errors():
             rows = await self._pool.fetch(self._sql.list_groups)
         return sorted((r[0], r[1]) for r in rows)
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The statements are in `scheduled.PendingTable`.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self._pending_table.insert(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self._pending_table.take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        return await self._pending_table.next_ready()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._pending_table.forget(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self._pending_table.cancel(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self._pending_table.list_rows(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        return await self._pending_table.count()
 
 
 async def _keep_session(_conn: Any) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "advisory_keys",
     "current_version",
     "migrate",
+    "migration_lock",
     "validate_schema_name",
 ]
 
@@ -117,6 +118,15 @@ def advisory_keys(schema: str) -> tuple[int, int]:
     return _LOCK_CLASS, _schema_key(schema)
 
 
+def migration_lock(schema: str) -> str:
+    """The statement that takes the store's migration lock for the rest of a transaction.
+
+    Taken by `migrate` and by DDL run outside it (the `scheduled` table, created
+    when first needed), so that two processes never create one table at once.
+    """
+    return f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_CLASS}, {_schema_key(schema)})"
+
+
 async def current_version(conn: Any, schema: str) -> int:
     """The store's schema version; 0 when it has none yet."""
     exists = await conn.fetchval(
@@ -140,9 +150,7 @@ async def migrate(conn: Any, schema: str, target: int | None = None) -> list[int
     s = f'"{schema}"'
     applied: list[int] = []
     async with conn.transaction():
-        await conn.execute(
-            f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_CLASS}, {_schema_key(schema)})"
-        )
+        await conn.execute(migration_lock(schema))
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
@@ -197,6 +205,18 @@ class Sql:
         self.set_high_water = (
             f"INSERT INTO {s}.meta (key, value) VALUES ('high_water', $1) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        # Retention: the high-water mark only rises (a concurrent purge may have set it).
+        self.raise_high_water = (
+            f"INSERT INTO {s}.meta (key, value) VALUES ('high_water', $1) "
+            "ON CONFLICT (key) DO UPDATE SET value = "
+            f"greatest({s}.meta.value::bigint, excluded.value::bigint)::text"
+        )
+        self.delete_before = f"DELETE FROM {s}.events WHERE stream = $1 AND version < $2"
+        self.begin_delete = "BEGIN; SET LOCAL synchronous_commit = on"
+        self.forget_stream = (
+            f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
         )
         self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
         self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"

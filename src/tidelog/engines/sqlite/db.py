@@ -204,6 +204,11 @@ def migrate_connection(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -
     Raises `NotSupported` for a file written by a newer tidelog (a higher
     version than this code knows): it refuses rather than guessing.
     """
+    if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+        # A new file: freed pages go back to the file system on demand
+        # (retention's deletes run `incremental_vacuum`). Only an empty file
+        # can take this; an older store needs one `VACUUM` (docs/retention.md).
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise StoreUnavailable(f"sqlite: could not switch the database to WAL mode (got {mode})")

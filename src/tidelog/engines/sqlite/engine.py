@@ -58,8 +58,9 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
+from uuid import UUID
 
 import msgspec
 
@@ -75,7 +76,7 @@ from tidelog.engines._kit.checks import (
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
-from tidelog.engines.sqlite import db
+from tidelog.engines.sqlite import db, scheduled
 from tidelog.engines.sqlite.reads import (
     COLUMNS,
     DECODE_CHUNK,
@@ -85,7 +86,7 @@ from tidelog.engines.sqlite.reads import (
     decode_rows,
     read_all_plan,
 )
-from tidelog.engines.sqlite.writer import Appends, CommitThenRaise, Request, Writer
+from tidelog.engines.sqlite.writer import HEAD_SQL, Appends, CommitThenRaise, Request, Writer
 from tidelog.errors import (
     InvalidURL,
     StaleGeneration,
@@ -98,6 +99,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
 )
 
@@ -287,6 +289,7 @@ class SQLiteEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         self._watch.close()
         self._send_outbox()  # accepted before close: they complete
@@ -386,6 +389,33 @@ class SQLiteEngine(GroupEngine):
         await self._write(lambda w: w.purge_stream(name))
         await asyncio.to_thread(db.truncate_wal, self.config.path, self.config.busy_timeout)
 
+    async def _delete_before(self, stream: str, version: int) -> int:
+        """Retention's hook: one writer request (bounded: the scavenger asks a batch at a
+        time) that deletes and gives the freed pages back (`Writer.delete_before`)."""
+        return await self._delete_many({stream: version})
+
+    async def _read_deleted(
+        self, stream: str, from_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        sql = (
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version >= ?"
+            " ORDER BY version LIMIT ?"
+        )
+
+        def page(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, (stream, from_version, limit)).fetchall()
+
+        return decode_rows(await self._read(page))
+
+    async def _forget_stream(self, stream: str) -> None:
+        self._check_open()
+        await self._write(lambda w: w.forget_stream(stream))
+
+    async def _delete_many(self, cuts: Mapping[str, int]) -> int:
+        """Every stream's delete in one writer request: one transaction, one sync."""
+        self._check_open()
+        return await self._write(lambda w: w.delete_before(cuts))
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         where = "" if category is None else " AND category = ?"
@@ -480,8 +510,11 @@ class SQLiteEngine(GroupEngine):
         return await self._read(count)
 
     async def last_position(self) -> int:
+        """The newest position given out: retention may have deleted the newest events,
+        whose positions stay taken (the high-water mark)."""
+
         def head(conn: sqlite3.Connection) -> int:
-            value: int = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+            value: int = conn.execute(HEAD_SQL).fetchone()[0]
             return value
 
         return await self._read(head)
@@ -506,8 +539,8 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -516,14 +549,14 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
-            state.join(member, now, lease)
+            state.join(member, now, lease, w.partitions, cooperative)
             w.save_group(group, category, state)
             return state.membership(group, category, member, w.partitions)
 
         return await self._write(op)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         validate_group_key(group, category)
@@ -532,7 +565,7 @@ class SQLiteEngine(GroupEngine):
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
             try:
-                state.heartbeat(group, category, member, now, lease)
+                state.heartbeat(group, category, member, now, lease, w.partitions, release)
             except StaleGeneration as exc:
                 w.save_group(group, category, state)  # keep the expiries it applied
                 raise CommitThenRaise(exc) from None
@@ -548,7 +581,7 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> None:
             state = w.load_group(group, category)
-            state.leave(member, now)
+            state.leave(member, now, w.partitions)
             w.save_group(group, category, state)
 
         await self._write(op)
@@ -589,6 +622,30 @@ class SQLiteEngine(GroupEngine):
             return [(g, c) for g, c in rows.fetchall()]
 
         return await self._read(read)
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The statements are in `scheduled`; writes go through the one writer thread.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self._write(lambda w: scheduled.insert(w.conn, rows), len(rows))
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self._write(lambda w: scheduled.take_due(w.conn, now, limit, lease))
+
+    async def _next_due(self) -> float | None:
+        return await self._read(scheduled.next_ready)
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._write(lambda w: scheduled.forget(w.conn, ids), len(ids))
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self._write(lambda w: scheduled.cancel(w.conn, event_id))
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self._read(lambda conn: scheduled.list_rows(conn, stream, limit))
+
+    async def _count_scheduled(self) -> int:
+        return await self._read(scheduled.count)
 
 
 # --------------------------------------------------------------------------- opening

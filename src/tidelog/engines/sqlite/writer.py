@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar, cast
 from uuid import UUID
 
@@ -50,7 +50,7 @@ from tidelog.model import (
     partition_of,
 )
 
-__all__ = ["Appends", "CommitThenRaise", "Request", "Writer"]
+__all__ = ["HEAD_SQL", "Appends", "CommitThenRaise", "Request", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ T = TypeVar("T")
 _MAX_BATCH_REQUESTS: Final = 1024
 _MAX_BATCH_EVENTS: Final = 50_000
 _ID_CHUNK: Final = 500
+_INCREMENTAL: Final = 2
+"""`PRAGMA auto_vacuum` of a file that gives freed pages back on demand."""
+_MAX_VACUUM_PAGES: Final = 50_000
+_VACUUM_SLACK_PAGES: Final = 1024
+"""Pages one retention delete gives back at most (the rest go with the next one)."""
 _EMPTY_JSON: Final = b"{}"
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams (name, category, version, deleted) VALUES (?, ?, ?, 0)"
@@ -130,7 +135,7 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
             future.set_result(result)
 
 
-_HEAD_SQL: Final = (
+HEAD_SQL: Final = (
     "SELECT max((SELECT coalesce(max(position), 0) FROM events),"
     " (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'high_water'))"
 )
@@ -292,7 +297,7 @@ class Writer:
     ) -> tuple[list[tuple[Request[Any], Any, BaseException | None]], int | None]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        start: int = conn.execute(_HEAD_SQL).fetchone()[0]
+        start: int = conn.execute(HEAD_SQL).fetchone()[0]
         self.head = start
         outcomes: list[tuple[Request[Any], Any, BaseException | None]] = []
         i = 0
@@ -435,13 +440,56 @@ class Writer:
         )
 
     def purge_stream(self, stream: str) -> None:
+        self.set_high_water()
+        self.conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
+        self.conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
+
+    def delete_before(self, cuts: Mapping[str, int]) -> int:
+        """Retention: delete the events of each stream below its version; how many went.
+
+        The head is recorded as the high-water mark first (the newest events may
+        go), so their positions are never handed out again. Unlike a purge this
+        need not zero the freed bytes (`secure_delete` is off for it). When
+        the free pages are more than later appends will soon reuse, they go back
+        to the file system in the same transaction (a file with
+        `auto_vacuum=INCREMENTAL`): `PRAGMA incremental_vacuum` frees one page
+        per step, and sqlite3's `execute` takes one step, so it runs per page.
+        """
+        self.set_high_water()
+        self.conn.execute("PRAGMA secure_delete = OFF")
+        count = 0
+        try:
+            for stream, version in cuts.items():
+                count += self.conn.execute(
+                    "DELETE FROM events WHERE stream = ? AND version < ?", (stream, version)
+                ).rowcount
+        finally:
+            self.conn.execute("PRAGMA secure_delete = ON")
+        if count and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            free: int = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages: int = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            # Free pages are what the next appends write into: give back only a
+            # surplus (a quarter of the file, at least 4 MiB at 4 KiB pages), so a
+            # steady queue reuses its pages instead of moving them around.
+            if free > max(_VACUUM_SLACK_PAGES, pages // 4):
+                for _ in range(min(free, _MAX_VACUUM_PAGES)):
+                    self.conn.execute("PRAGMA incremental_vacuum(1)")
+        return count
+
+    def forget_stream(self, stream: str) -> None:
+        """Retention (`keep_tombstone=False`): drop a tombstoned stream with no event left."""
+        self.conn.execute(
+            "DELETE FROM streams WHERE name = ? AND deleted = 1"
+            " AND NOT EXISTS (SELECT 1 FROM events WHERE stream = ?)",
+            (stream, stream),
+        )
+
+    def set_high_water(self) -> None:
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('high_water', ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(self.head),),
         )
-        self.conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
-        self.conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
 
     def load_group(self, group: str, category: str) -> GroupState:
         row = self.conn.execute(

@@ -8,7 +8,7 @@ const KEY = "tidelog.key";
 const REFRESH_MS = 2000;
 const TAIL_MAX = 200;
 const TAIL_BACKLOG = 20;
-const WINDOW_S = 120;
+const WINDOW_S = 3600; // the server keeps an hour of samples: the charts are full at once
 const PALETTE = ["#1f6feb", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#0b7285", "#e67700"];
 
 const $ = (id) => document.getElementById(id);
@@ -21,6 +21,9 @@ let tailLast = null;
 let lastHead = null;
 let rateSeries = [];
 const lagSeries = new Map(); // "group/category" -> [{t, v}]
+let historyLoaded = false;
+let dlqGroup = null; // the group whose parked events are listed
+let dlqSeen = ""; // its counts when last listed: list again only when they change
 
 class Unauthorized extends Error {}
 
@@ -71,6 +74,10 @@ async function api(path, init) {
     throw new Error(`${r.status}: ${message}`);
   }
   return r.json();
+}
+
+function post(path) {
+  return api(path, { method: "POST" });
 }
 
 function dataText(ev) {
@@ -128,6 +135,17 @@ function start() {
 
 function stop() {
   running = false;
+  historyLoaded = false;
+  lastHead = null;
+  rateSeries = [];
+  lagSeries.clear();
+  // nothing the last key could see stays in the page for the next one
+  dlqGroup = null;
+  dlqSeen = "";
+  $("dlq").hidden = true;
+  $("dlq-detail").hidden = true;
+  $("dlq-events").tBodies[0].replaceChildren();
+  $("dlq-group").replaceChildren();
   clearTimeout(refreshTimer);
   if (tailCtrl) tailCtrl.abort();
   tailCtrl = null;
@@ -137,7 +155,9 @@ async function refresh() {
   clearTimeout(refreshTimer);
   if (!running) return;
   try {
-    const stats = await api("/v1/stats");
+    const stats = await api(historyLoaded ? "/v1/stats" : "/v1/stats?history=true");
+    if (!historyLoaded && stats.history) seedHistory(stats.history, Date.now() / 1000 - stats.time);
+    historyLoaded = true;
     render(stats);
   } catch (e) {
     if (e instanceof Unauthorized) return;
@@ -146,9 +166,31 @@ async function refresh() {
   if (running) refreshTimer = setTimeout(refresh, REFRESH_MS);
 }
 
+// The server's samples of the last hour ([time, head, [[group, category, lag], ...]]):
+// throughput from the movement of the head between samples, lag as it was.
+// `skew` moves the server's times onto this browser's clock.
+function seedHistory(samples, skew) {
+  let prev = null;
+  for (const [serverTime, head, lags] of samples) {
+    const t = serverTime + skew;
+    if (prev !== null && t > prev.t) {
+      rateSeries.push({ t, v: Math.max(0, head - prev.head) / (t - prev.t) });
+    }
+    prev = { t, head };
+    for (const [group, category, lag] of lags) {
+      const key = `${group}/${category}`;
+      if (!lagSeries.has(key)) lagSeries.set(key, []);
+      lagSeries.get(key).push({ t, v: lag });
+    }
+  }
+  if (prev !== null) lastHead = prev;
+}
+
 function render(stats) {
   const now = Date.now() / 1000;
   $("head").textContent = String(stats.head);
+  $("first").textContent = String(stats.first_position);
+  $("scheduled").textContent = stats.scheduled == null ? "–" : String(stats.scheduled);
   if (lastHead !== null) {
     const rate = Math.max(0, stats.head - lastHead.head) / Math.max(0.001, now - lastHead.t);
     rateSeries.push({ t: now, v: rate });
@@ -169,6 +211,7 @@ function render(stats) {
 
   renderCategories(stats.categories);
   renderGroups(stats.groups);
+  renderDlq(stats);
   drawChart($("chart-rate"), [{ color: PALETTE[0], points: rateSeries }], now);
   const lagLines = [...lagSeries.entries()].map(([label, points], i) => ({
     label, points, color: PALETTE[i % PALETTE.length],
@@ -189,6 +232,7 @@ function renderCategories(categories) {
   body.replaceChildren(...categories.map((c) => {
     const tr = cells(el("tr", null, "clickable"), [
       [c.category], [c.streams, "num"], [c.events, "num"],
+      [c.deleted, c.deleted ? "num state-deleted" : "num muted"],
     ]);
     tr.dataset.category = c.category;
     tr.addEventListener("click", () => showStreams(c.category));
@@ -209,9 +253,11 @@ async function showStreams(category) {
   const table = $("streams");
   table.hidden = false;
   table.tBodies[0].replaceChildren(...page.streams.map((s) => {
-    const tr = cells(el("tr", null, "clickable"), [
-      [s.name], [s.version === null ? "–" : s.version, "num"], [s.deleted ? "deleted" : "", "muted"],
+    const tr = cells(el("tr", null, s.deleted ? "clickable deleted" : "clickable"), [
+      [s.name], [s.version === null ? "–" : s.version, "num"],
+      s.deleted ? ["deleted", "state-deleted"] : ["", "muted"],
     ]);
+    tr.dataset.stream = s.name;
     tr.addEventListener("click", () => {
       $("browse-stream").value = s.name;
       $("browse-from").value = "0";
@@ -237,7 +283,10 @@ function renderGroups(groups) {
     const lag = el("span", null, g.lag > 0 ? "badge bad" : "badge");
     lag.append("lag ", el("span", g.lag, "group-lag"));
     head.append(lag);
-    if (g.parked > 0) head.append(el("span", `${g.parked} parked`, "badge bad"));
+    // parked events wait for an operator; held ones only wait behind them: counted apart
+    if (g.parked > 0) head.append(el("span", `${g.parked} parked`, "badge bad group-parked"));
+    if (g.retrying > 0) head.append(el("span", `${g.retrying} retrying`, "badge warn group-retrying"));
+    if (g.held > 0) head.append(el("span", `${g.held} held behind them`, "badge warn group-held"));
     div.append(head);
     const members = el("p", null, "muted");
     members.textContent = g.members.length
@@ -289,7 +338,7 @@ function drawChart(canvas, lines, now) {
     ctx.stroke();
     ctx.fillText(formatNumber(v), 2, y(v) + 4);
   }
-  ctx.fillText(`-${WINDOW_S}s`, left, h - 4);
+  ctx.fillText(`-${WINDOW_S / 60} min`, left, h - 4);
   ctx.fillText("now", w - right - 22, h - 4);
   for (const line of lines) {
     if (!line.points.length) continue;
@@ -316,6 +365,111 @@ function formatNumber(v) {
   if (v >= 1e6) return (v / 1e6).toFixed(1) + "M";
   if (v >= 1e4) return (v / 1e3).toFixed(0) + "k";
   return Number.isInteger(v) ? String(v) : v.toFixed(1);
+}
+
+// ------------------------------------------------------------------ parked events (admins)
+
+function renderDlq(stats) {
+  const box = $("dlq");
+  if (!stats.admin) { // the routes refuse anyone else; the panel is not even drawn
+    box.hidden = true;
+    return;
+  }
+  const withDlq = stats.groups.filter((g) => g.parked + g.held + g.retrying > 0);
+  box.hidden = withDlq.length === 0 && dlqGroup === null;
+  if (box.hidden) return;
+  const select = $("dlq-group");
+  const names = [...new Set(withDlq.map((g) => g.group))];
+  if (dlqGroup !== null && !names.includes(dlqGroup)) names.push(dlqGroup);
+  if ([...select.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+    select.replaceChildren(...names.map((n) => el("option", n)));
+  }
+  if (dlqGroup === null) dlqGroup = names[0];
+  select.value = dlqGroup;
+  const counts = withDlq.filter((g) => g.group === dlqGroup)
+    .map((g) => `${g.parked}/${g.held}/${g.retrying}`).join(",");
+  if (counts !== dlqSeen) {
+    dlqSeen = counts;
+    loadDlq();
+  }
+}
+
+async function loadDlq() {
+  const group = dlqGroup;
+  if (group === null) return;
+  $("dlq-error").textContent = "";
+  let page;
+  try {
+    page = await api(`/v1/admin/dlq/${encodeURIComponent(group)}?limit=200`);
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) $("dlq-error").textContent = e.message;
+    return;
+  }
+  if (group !== dlqGroup) return;
+  const c = page.counts;
+  $("dlq-counts").textContent =
+    `${c.parked || 0} parked · ${c.held || 0} held · ${c.retrying || 0} retrying` +
+    (page.total > page.events.length ? ` (first ${page.events.length} of ${page.total})` : "");
+  $("dlq-events").tBodies[0].replaceChildren(...page.events.map((p) => dlqRow(group, p)));
+}
+
+function dlqRow(group, p) {
+  const tr = cells(el("tr", null, "clickable"), [
+    [p.event_id], [p.status, "status-" + p.status], [`${p.stream} @ ${p.version}`], [p.type],
+    [p.attempts, "num"], [p.error || "", "error-text"],
+  ]);
+  tr.dataset.eventId = p.event_id;
+  tr.dataset.status = p.status;
+  const actions = el("td");
+  if (p.status === "parked" || p.status === "held") {
+    for (const action of ["retry", "drop"]) {
+      const button = el("button", action === "retry" ? "Retry" : "Drop", "dlq-" + action);
+      button.type = "button";
+      button.addEventListener("click", (e) => {
+        e.stopPropagation();
+        settle(group, p.event_id, action);
+      });
+      actions.append(button);
+    }
+  }
+  tr.append(actions);
+  tr.addEventListener("click", () => showParked(group, p.event_id, tr));
+  return tr;
+}
+
+async function settle(group, eventId, action) {
+  $("dlq-error").textContent = "";
+  try {
+    await post(`/v1/admin/dlq/${encodeURIComponent(group)}/${encodeURIComponent(eventId)}/${action}`);
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) $("dlq-error").textContent = e.message;
+  }
+  dlqSeen = "";
+  loadDlq();
+  refresh();
+}
+
+async function showParked(group, eventId, tr) {
+  let p;
+  try {
+    p = await api(`/v1/admin/dlq/${encodeURIComponent(group)}/${encodeURIComponent(eventId)}`);
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) $("dlq-error").textContent = e.message;
+    return;
+  }
+  for (const row of $("dlq-events").querySelectorAll("tr.selected")) row.classList.remove("selected");
+  tr.classList.add("selected");
+  const ev = p.event;
+  $("dlq-detail").hidden = false;
+  $("dlq-detail-title").textContent = `${ev.stream} @ ${ev.version}: ${p.status}`;
+  const fields = [
+    ["id", ev.id], ["type", ev.type], ["position", ev.position], ["handler", p.handler],
+    ["reason", p.reason], ["attempts", p.attempts], ["parked", fmtTime(p.parked_at)],
+  ];
+  $("dlq-detail-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+  $("dlq-detail-error").textContent = p.error || "(none: held behind a parked event)";
+  $("dlq-detail-metadata").textContent = JSON.stringify(ev.metadata, null, 2);
+  $("dlq-detail-data").textContent = dataText(ev);
 }
 
 // ------------------------------------------------------------------ live tail
@@ -461,6 +615,12 @@ $("login-form").addEventListener("submit", (e) => {
 });
 $("signout").addEventListener("click", () => signOut(""));
 $("tail-toggle").addEventListener("click", toggleTail);
+$("dlq-group").addEventListener("change", () => {
+  dlqGroup = $("dlq-group").value;
+  dlqSeen = "";
+  $("dlq-detail").hidden = true;
+  loadDlq();
+});
 $("browse-form").addEventListener("submit", (e) => {
   e.preventDefault();
   browse();
