@@ -314,9 +314,13 @@ class PostgresBackend(Backend):
         self.schemas.append(schema)
         return schema
 
-    async def open_store(self) -> Store:
+    def store_url(self) -> str:
+        """A fresh store's URL (a schema of its own), for a server process to open."""
         self.last_schema = self._fresh("store")
-        return await tidelog.connect(f"{PG_DSN}?schema={self.last_schema}")
+        return f"{PG_DSN}?schema={self.last_schema}"
+
+    async def open_store(self) -> Store:
+        return await tidelog.connect(self.store_url())
 
     def describe(self) -> dict[str, Any]:
         return {

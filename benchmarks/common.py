@@ -23,6 +23,10 @@ class Sizes:
     subscribe_rate: int = 5_000
     subscribe_events: int = 25_000
     event_bytes: int = 200
+    fanout_subscribers: tuple[int, ...] = (100, 1_000, 5_000)
+    fanout_rate: int = 1_000
+    fanout_seconds: float = 10.0
+    fanout_clients: int = 2
     retention_seconds: int = 60
     scheduled_events: int = 100_000
     scheduled_seconds: float = 10.0
@@ -38,6 +42,8 @@ QUICK = replace(
     single_baseline_events=640,
     replay_events=20_000,
     subscribe_events=5_000,
+    fanout_subscribers=(50,),
+    fanout_seconds=3.0,
     retention_seconds=8,
     scheduled_events=10_000,
     scheduled_seconds=2.0,
@@ -55,12 +61,20 @@ TINY = replace(
     replay_page=100,
     subscribe_rate=1_000,
     subscribe_events=50,
+    fanout_subscribers=(3,),
+    fanout_rate=50,
+    fanout_seconds=0.5,
+    fanout_clients=1,
     retention_seconds=2,
     scheduled_events=200,
     scheduled_seconds=0.5,
     scheduled_pending=2_000,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
+
+
+FANOUT_BUCKET_MS = 0.1
+"""The width of the `sse_fanout` latency histogram's buckets, in ms."""
 
 
 def log(msg: str) -> None:

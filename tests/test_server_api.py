@@ -112,7 +112,8 @@ async def test_data_that_json_would_change_travels_as_base64_on_every_read(
             if len(received) >= len(page):
                 break
     assert [e["data"] for e in received[: len(kept)]] == [json.loads(d) for d in kept]
-    assert [decoded(e) for e in received[len(kept) :]] == spoiled
+    # one chunk may carry several events, and order-99 (after the page) with them
+    assert [decoded(e) for e in received[len(kept) : len(page)]] == spoiled
     # CloudEvents with a JSON content type follow the same rule
     ce = (await client.get("/v1/streams/order-3/cloudevents")).json()
     assert base64.b64decode(ce[0]["data_base64"]) == spoiled[0] and "data" not in ce[0]

@@ -5,6 +5,8 @@
 - `consumers` (with `consumers_worker`, the app its worker processes run):
   consumer-group throughput and end-to-end latency;
 - `via_server`: the store through the HTTP server;
+- `fanout` (with `fanout_client`, the subscriber processes): many SSE
+  subscribers on one server;
 - `retention`: a queue under a `max_age` rule, against the same queue without.
 - `scheduling`: scheduled delivery, how late events become visible.
 
@@ -22,7 +24,15 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, retention, scheduling, store, via_server
+from benchmarks.workloads import (
+    aggregates,
+    consumers,
+    fanout,
+    retention,
+    scheduling,
+    store,
+    via_server,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("end_to_end_latency", consumers.end_to_end_latency, "value", "<", 20.0),
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
+        Workload("sse_fanout", fanout.sse_fanout, "value", "<", 250.0),
         Workload("retention_steady_state", retention.retention_steady_state, "ratio", ">=", 0.8),
         Workload("scheduled_lateness", scheduling.scheduled_lateness, "value", "<", 100.0),
         Workload("scheduled_memory", scheduling.scheduled_memory, "value", "<", 50.0),
