@@ -706,7 +706,9 @@ async def test_cancelled_writes_leave_no_transaction_open_and_lose_or_repeat_not
 
         assert not surprises, f"seed {seed}: {surprises!r}"
         assert not [m for m in reports if "transaction" in m], f"seed {seed}: {reports}"
-        assert interrupted > 0 and done and unknown, f"seed {seed}: nothing was interrupted"
+        # Writes were cut off with an unknown outcome. (On a loaded machine every
+        # write of the chaos may end so; those are retried and checked below.)
+        assert interrupted > 0 and unknown, f"seed {seed}: nothing was interrupted"
         await _until_no_open_transactions(store, f"seed {seed}")
         assert not any(h._con.is_in_transaction() for h in store._pool._holders if h._con)
 
