@@ -511,3 +511,23 @@ async def test_errors_use_the_words_of_the_http_api(
             await remote.append("order-1", [tidelog.NewEvent(type="X")], tidelog.NO_STREAM)
         assert "expected NO_STREAM, actual 0" in str(caught.value)
         assert caught.value.expected is tidelog.NO_STREAM
+
+
+async def test_a_malformed_query_parameter_is_invalid_input_in_plain_words(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """`?limit=abc` or `?from_position=-5` is a 400 `invalid_input` naming the parameter,
+    not an `http_error` carrying Litestar's Python repr (`<ParamType.QUERY: 'query'>`)."""
+    client, _ = api
+    r = await client.get("/v1/streams/order-1/events", params={"limit": "abc"})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == "invalid_input"
+    assert body["message"].startswith("invalid query parameter 'limit': ")
+    assert "ParamType" not in r.text and "Validation failed" not in r.text
+    r = await client.get("/v1/log", params={"from_position": "-5"})
+    assert r.status_code == 400
+    assert r.json() == {
+        "code": "invalid_input",
+        "message": "invalid query parameter 'from_position': Expected `int` >= 0",
+    }
