@@ -861,6 +861,29 @@ def test_status_exits_non_zero_past_a_threshold(url: str, limits: list[str], pro
     assert invoke(url, "status", "--max-lag", "2", "--max-parked", "1").exit_code == 0
 
 
+def test_status_and_dlq_list_pass_over_the_scavengers_group(url: str) -> None:
+    """Once the scavenger has run (`retention set` on a served store) the store has the
+    system group `$scavenger`; `status` failed on it with `InvalidStreamName:
+    invalid stream name '$dlq-$scavenger'` (the #14 walk-through)."""
+    from tidelog.engines._kit.retention import SCAVENGER_GROUP
+
+    async def scavenger_joins() -> None:
+        async with tidelog.connect(url) as store:
+            await store.join_group(SCAVENGER_GROUP, "$retention", "scavenger-1", lease=3600)
+
+    asyncio.run(scavenger_joins())
+    [report] = json_lines(ok(url, "--json", "status"))
+    assert report["healthy"] is True
+    assert {
+        "group": "$scavenger",
+        "category": "$retention",
+        "members": 1,
+        "lag": 0,
+        "parked": 0,
+    } in (report["groups"])
+    assert "nothing parked" in ok(url, "dlq", "list", "$scavenger").stdout
+
+
 def test_status_of_a_missing_or_unreachable_store_is_one_error(tmp_path: Path) -> None:
     assert "no store at" in one_line_error(invoke(f"sqlite:///{tmp_path}/none.db", "status"))
     with socket.socket() as closed:  # a port nobody listens on
