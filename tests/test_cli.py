@@ -908,3 +908,17 @@ async def test_status_of_a_server(serve: Any) -> None:
     assert report["engine"] == "remote (memory behind the server)"
     assert (report["head"], report["healthy"]) == (1, True)
     assert "AccessDenied" in one_line_error(await _cli("--store", base, "status"))
+
+
+async def test_a_server_that_wants_a_key_the_cli_did_not_give_says_where_it_goes(
+    serve: Any,
+) -> None:
+    """`error: AccessDenied: authentication required` left a newcomer guessing; the
+    line now names the options. A wrong key is not told to give one (#14 walk-through)."""
+    server, _ = await serve(keys={SECRET: "ops"}, grants=("ops=admin:*",))
+    base = f"http://127.0.0.1:{server.port}"
+    message = one_line_error(await _cli("--store", base, "streams"))
+    assert message.startswith("error: AccessDenied: authentication required")
+    assert "--token-file PATH, TIDELOG_TOKEN or --token" in message
+    wrong = one_line_error(await _cli("--store", base, "--token", "nope", "streams"))
+    assert "invalid credentials" in wrong and "--token" not in wrong
