@@ -463,6 +463,11 @@ async def test_dashboard_parked_events_signed_out_page_and_deleted_streams_in_ch
         # retry the parked event, drop one held behind it
         await parked_row.locator("button.dlq-retry").click()
         await expect(parked_row).to_have_attribute("data-status", "retrying")
+        # the open detail follows (it kept saying "parked": the #14 walk-through)
+        await expect(page.locator("#dlq-detail-title")).to_have_text(
+            f"{first.stream} @ {first.version}: retrying"
+        )
+        await expect(parked_row).to_have_class("clickable selected")
         assert await parked_row.locator("button").count() == 0
         await page.locator(f'#dlq-events tr[data-event-id="{shipped.id}"] button.dlq-drop').click()
         await expect(page.locator(f'#dlq-events tr[data-event-id="{shipped.id}"]')).to_have_count(0)

@@ -445,7 +445,14 @@ async function settle(group, eventId, action) {
     if (!(e instanceof Unauthorized)) $("dlq-error").textContent = e.message;
   }
   dlqSeen = "";
-  loadDlq();
+  await loadDlq();
+  // an open detail of this event shows its new status, not the one it had
+  const detail = $("dlq-detail");
+  if (!detail.hidden && detail.dataset.eventId === eventId) {
+    const row = $("dlq-events").querySelector(`tr[data-event-id="${eventId}"]`);
+    if (row) showParked(group, eventId, row);
+    else detail.hidden = true;
+  }
   refresh();
 }
 
@@ -461,6 +468,7 @@ async function showParked(group, eventId, tr) {
   tr.classList.add("selected");
   const ev = p.event;
   $("dlq-detail").hidden = false;
+  $("dlq-detail").dataset.eventId = eventId;
   $("dlq-detail-title").textContent = `${ev.stream} @ ${ev.version}: ${p.status}`;
   const fields = [
     ["id", ev.id], ["type", ev.type], ["position", ev.position], ["handler", p.handler],
