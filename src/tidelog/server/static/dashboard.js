@@ -140,6 +140,8 @@ function stop() {
   rateSeries = [];
   lagSeries.clear();
   // nothing the last key could see stays in the page for the next one
+  $("server-info").textContent = "";
+  for (const id of ["head", "first", "scheduled"]) $(id).textContent = "–";
   dlqGroup = null;
   dlqSeen = "";
   $("dlq").hidden = true;
@@ -156,6 +158,7 @@ async function refresh() {
   if (!running) return;
   try {
     const stats = await api(historyLoaded ? "/v1/stats" : "/v1/stats?history=true");
+    if (!running) return; // signed out while it was on its way
     if (!historyLoaded && stats.history) seedHistory(stats.history, Date.now() / 1000 - stats.time);
     historyLoaded = true;
     render(stats);
