@@ -784,6 +784,43 @@ def test_help_shows_flags_without_a_value(command: list[str]) -> None:
     assert "--help" in result.stdout
 
 
+def test_serve_on_a_port_in_use_is_one_error_line(tmp_path: Path) -> None:
+    """Running the README's first command while a server already listens (a second
+    terminal, a server left running) printed a traceback ending in `OSError: [Errno 98]`
+    (the #14 walk-through); and the store is not opened, so not created."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        store = tmp_path / "served.db"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tidelog",
+                "serve",
+                "--port",
+                str(port),
+                "--store",
+                f"sqlite:///{store}",
+            ],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+    assert done.returncode == 1, done
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: InvalidInput: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (another server? give another --port)"
+    ], done.stderr
+    assert "Traceback" not in done.stderr and not store.exists()
+
+
 def test_serve_banner_keeps_paths_and_urls_whole_at_80_columns(tmp_path: Path) -> None:
     deep = tmp_path / "a-rather-long-directory-name" / "and-another-one-below-it"
     deep.mkdir(parents=True)
