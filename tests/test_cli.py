@@ -898,6 +898,18 @@ def test_status_exits_non_zero_past_a_threshold(url: str, limits: list[str], pro
     assert invoke(url, "status", "--max-lag", "2", "--max-parked", "1").exit_code == 0
 
 
+def test_groups_says_when_there_are_none_and_refuses_an_unknown_group(url: str) -> None:
+    """An empty table frame for a store without groups, and again for a mistyped
+    `--group` (the #14 walk-through); `dlq list` already refused an unknown group."""
+    ok(url, "migrate-schema")  # a store, with no group yet
+    assert ok(url, "groups").stdout.startswith("no consumer groups yet")
+    assert json_lines(ok(url, "--json", "groups")) == []
+    asyncio.run(_group_with_lag_and_parked(url))
+    message = one_line_error(invoke(url, "groups", "--group", "biling"))
+    assert message == "error: InvalidInput: unknown consumer group 'biling' (groups: billing)"
+    assert "billing" in ok(url, "groups", "--group", "billing").stdout
+
+
 def test_status_and_dlq_list_pass_over_the_scavengers_group(url: str) -> None:
     """Once the scavenger has run (`retention set` on a served store) the store has the
     system group `$scavenger`, a lease that never checkpoints: `status` failed on it
