@@ -163,6 +163,25 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+def test_category_and_type_take_a_comma_separated_list(filled: str, tmp_path: Path) -> None:
+    """`log -c order,customer` matched nothing (one category named "order,customer")
+    and said so by printing nothing (the #14 walk-through); help says how to give
+    several names, not `<list[str]>`."""
+
+    def streams(*args: str) -> list[str]:
+        return [e["stream"] for e in json_lines(ok(filled, "--json", *args))]
+
+    assert streams("log", "-c", "order,customer") == streams("log", "-c", "order", "-c", "customer")
+    assert len(streams("log", "-c", "order, customer")) == 7
+    assert set(streams("log", "-t", "OrderPlaced,CustomerRegistered")) == {"order-2", "customer-1"}
+    out = tmp_path / "part.jsonl"
+    ok(filled, "export", "-c", "customer,order", "-o", str(out))
+    assert len(out.read_text().splitlines()) == 7
+    for command in ("log", "tail", "export"):
+        help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}).stdout
+        assert "list[str]" not in help_text and "<name>[,<name>…]" in help_text
+
+
 def test_read_forwards_backwards_from_and_limit(filled: str) -> None:
     versions = [e["version"] for e in json_lines(ok(filled, "--json", "read", "order-1"))]
     assert versions == [0, 1, 2, 3, 4]

@@ -210,3 +210,15 @@ def one_line(exc: BaseException) -> str:
     """An exception as `Type: first line of its message`, for a one-line error."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+NAMES: Final = "<name>[,<name>…]"
+"""The metavar of a repeatable name option (`--category`, `--type`), read by `comma_list`."""
+
+
+def comma_list(values: list[str] | None) -> list[str] | None:
+    """A repeatable option's values, each also split at commas: `-c order,invoice` is
+    `-c order -c invoice` (no category or event type has a comma; it matched nothing)."""
+    if not values:
+        return values
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]

@@ -23,6 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tidelog._cli_kit import (
+    NAMES,
+    comma_list,
     connect_options,
     emit,
     event_to_json,
@@ -190,10 +192,24 @@ def log(
         int, typer.Option("--from", help="First position (events at or after it).")
     ] = 0,
     category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
+        list[str] | None,
+        typer.Option(
+            "--category",
+            "-c",
+            help="Only these categories (repeat it, or separate with commas).",
+            metavar=NAMES,
+            callback=comma_list,
+        ),
     ] = None,
     type_: Annotated[
-        list[str] | None, typer.Option("--type", "-t", help="Only these event types.")
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="Only these event types (repeat it, or separate with commas).",
+            metavar=NAMES,
+            callback=comma_list,
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
 ) -> None:
@@ -213,7 +229,14 @@ def log(
 def tail(
     ctx: typer.Context,
     category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
+        list[str] | None,
+        typer.Option(
+            "--category",
+            "-c",
+            help="Only these categories (repeat it, or separate with commas).",
+            metavar=NAMES,
+            callback=comma_list,
+        ),
     ] = None,
     from_position: Annotated[
         int | None,

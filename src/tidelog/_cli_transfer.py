@@ -52,7 +52,7 @@ from rich.progress import (
 )
 
 from tidelog import wire
-from tidelog._cli_kit import open_store, run, say
+from tidelog._cli_kit import NAMES, comma_list, open_store, run, say
 from tidelog._cloudevent_map import (
     LOCATION_EXTENSIONS,
     STRUCTURED_DECODER,
@@ -131,7 +131,14 @@ def export_line(event: RecordedEvent, format: Format) -> bytes:
 def export(
     ctx: typer.Context,
     category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
+        list[str] | None,
+        typer.Option(
+            "--category",
+            "-c",
+            help="Only these categories (repeat it, or separate with commas).",
+            metavar=NAMES,
+            callback=comma_list,
+        ),
     ] = None,
     from_position: Annotated[
         int, typer.Option("--from", min=0, help="First position (events at or after it).")
