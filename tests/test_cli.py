@@ -182,6 +182,20 @@ def test_category_and_type_take_a_comma_separated_list(filled: str, tmp_path: Pa
         assert "list[str]" not in help_text and "<name>[,<name>…]" in help_text
 
 
+def test_streams_speaks_of_the_low_water_mark_only_when_retention_deleted(
+    filled: str, url: str
+) -> None:
+    """`3 streams; low-water position 1 (retention deleted what is below)` on a store
+    where nothing was ever deleted, and `1 streams` (the #14 walk-through)."""
+    assert ok(filled, "streams").stdout.splitlines()[-1] == "3 streams"
+    for _ in range(3):
+        append(url, "order-1", "Placed")
+    ok(url, "retention", "set", "-c", "order", "--max-count", "1")
+    ok(url, "scavenge")
+    last = ok(url, "streams", "--category", "order").stdout.splitlines()[-1]
+    assert last == "1 stream; low-water position 3 (retention deleted what is below)"
+
+
 def test_read_forwards_backwards_from_and_limit(filled: str) -> None:
     versions = [e["version"] for e in json_lines(ok(filled, "--json", "read", "order-1"))]
     assert versions == [0, 1, 2, 3, 4]

@@ -303,10 +303,10 @@ def streams(
             info.name, "-" if info.version is None else str(info.version), "yes" * info.deleted
         )
     _console().print(table)
-    _console().print(
-        f"{len(found)} streams; low-water position {first} (retention deleted what is below)",
-        style="dim",
-    )
+    counted = f"{len(found)} stream{'' if len(found) == 1 else 's'}"
+    if first > 1:  # else nothing was deleted, and the note would say it was
+        counted += f"; low-water position {first} (retention deleted what is below)"
+    _console().print(counted, style="dim")
 
 
 def demo(
