@@ -353,8 +353,10 @@ def test_demo_refuses_a_store_with_events(url: str) -> None:
         (["append", "order-1", "--type", "X", "-e", "stream_exists"], "WrongExpectedVersion"),
         (["append", "order-1", "--type", "X", "--id", "not-a-uuid"], "not a UUID"),
         (["read", "bad name"], "InvalidStreamName"),
-        (["read", "order-1", "--limit", "-1"], "InvalidInput"),
-        (["log", "--from", "-5"], "InvalidInput"),
+        (["read", "order-1", "--limit", "-1"], "InvalidInput: invalid --limit -1: it must be 0"),
+        (["read", "order-1", "--from", "-3"], "InvalidInput: invalid --from -3: it must be 0"),
+        (["log", "--from", "-5"], "InvalidInput: invalid --from -5: it must be 0 or more"),
+        (["log", "--limit", "-2"], "InvalidInput: invalid --limit -2: it must be 0 or more"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(url: str, args: list[str], fragment: str) -> None:

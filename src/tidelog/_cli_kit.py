@@ -222,3 +222,11 @@ def comma_list(values: list[str] | None) -> list[str] | None:
     if not values:
         return values
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def not_negative(**options: int | None) -> None:
+    """Refuse a negative `--from` or `--limit` in the command line's words (the store
+    said `invalid start -3: an int >= 0`, naming no option)."""
+    for name, value in options.items():
+        if value is not None and value < 0:
+            raise InvalidInput(f"invalid --{name} {value}: it must be 0 or more")

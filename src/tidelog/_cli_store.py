@@ -28,6 +28,7 @@ from tidelog._cli_kit import (
     connect_options,
     emit,
     event_to_json,
+    not_negative,
     open_store,
     parse_expected_version,
     parse_json,
@@ -174,6 +175,8 @@ def read(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
 ) -> None:
     """Print the events of one stream."""
+    # backwards, a negative start is the end, as in the store's API
+    not_negative(**{"from": None if backwards else from_version, "limit": limit})
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
@@ -214,6 +217,7 @@ def log(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
 ) -> None:
     """Print the global log, in commit order."""
+    not_negative(**{"from": from_position, "limit": limit})
     printer = _Printer(settings(ctx).json)
 
     async def body() -> None:
