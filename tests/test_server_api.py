@@ -531,3 +531,22 @@ async def test_a_malformed_query_parameter_is_invalid_input_in_plain_words(
         "code": "invalid_input",
         "message": "invalid query parameter 'from_position': Expected `int` >= 0",
     }
+
+
+async def test_a_remote_store_without_a_token_says_where_the_key_goes(serve: Serve) -> None:
+    """`tidelog.AccessDenied: authentication required` left a newcomer guessing; without
+    a token the message says where one goes, in Python's words. A wrong token is not
+    told to give one, and the HTTP answer itself is unchanged (#14 walk-through)."""
+    server, _ = await serve()
+    base = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(tidelog.AccessDenied) as refused:
+        await tidelog.connect(base)
+    assert str(refused.value).startswith("authentication required (the server wants a key: ")
+    assert "tidelog.connect(url, token=...) or token_file=..." in str(refused.value)
+    assert refused.value.status == 401 and refused.value.no_token
+    with pytest.raises(tidelog.AccessDenied) as wrong:
+        await tidelog.connect(base, token="nope")
+    assert str(wrong.value) == "invalid credentials" and not wrong.value.no_token
+    async with httpx.AsyncClient(base_url=base) as client:
+        r = await client.get("/v1/info")
+    assert r.json() == {"code": "unauthorized", "message": "authentication required"}

@@ -47,7 +47,7 @@ from tidelog._cli_kit import (
     run,
     settings,
 )
-from tidelog.errors import AccessDenied, TidelogError
+from tidelog.errors import TidelogError
 
 __all__ = [
     "app",
@@ -88,7 +88,7 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except TidelogError as exc:
-            _fail(ctx, type(exc).__name__, exc.message_for("cli") + _token_hint(ctx, exc))
+            _fail(ctx, type(exc).__name__, exc.message_for("cli"))
         except (msgspec.DecodeError, json.JSONDecodeError) as exc:
             _fail(ctx, "InvalidInput", f"invalid JSON: {exc}")
         except BrokenPipeError:
@@ -134,14 +134,6 @@ def _quiet(params: list[Any]) -> None:
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
-
-
-def _token_hint(ctx: Any, exc: TidelogError) -> str:
-    """Where a server's key goes, when the server asked for one and none was given."""
-    opts = settings(ctx)
-    if not isinstance(exc, AccessDenied) or exc.status != 401 or opts.token or opts.token_file:
-        return ""
-    return " (the server wants a key: give it with --token-file PATH, TIDELOG_TOKEN or --token)"
 
 
 def _fail(ctx: Any, kind: str, message: str) -> None:
