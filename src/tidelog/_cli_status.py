@@ -52,6 +52,7 @@ class Status:
 async def collect(store: Any, url: str) -> Status:
     """What `status` reports about an open store, thresholds not yet applied."""
     from tidelog.consumers import list_parked
+    from tidelog.engines._kit.retention import SCAVENGER_GROUP
 
     engine = store.name
     behind = getattr(store, "server_engine", "")
@@ -65,9 +66,9 @@ async def collect(store: Any, url: str) -> Status:
     )
     parked_by_group: dict[str, int] = {}
     for group, category in await store.list_groups():
-        if group.startswith("$"):
-            # a system group (`$scavenger`: the scavenger's lease) consumes nothing:
-            # its "lag" would be the rule changes it never needs to checkpoint
+        if group == SCAVENGER_GROUP:
+            # the scavenger's lease, not a consumer: its "lag" would be the retention
+            # rule changes it never checkpoints
             continue
         if group not in parked_by_group:
             parked_by_group[group] = len(await list_parked(store, group))
