@@ -688,7 +688,7 @@ def test_the_default_store_from_another_directory_is_refused_by_reads(
     assert str(tmp_path / "tidelog-data" / "tidelog.db") in one_line_error(result)
     # writing creates the store as before, and then reading finds it
     assert CliRunner().invoke(app, ["append", "order-1", "-t", "X"]).exit_code == 0
-    assert "1 streams" in CliRunner().invoke(app, ["streams"]).stdout
+    assert "1 stream\n" in CliRunner().invoke(app, ["streams"]).stdout
 
 
 def test_the_library_creates_unless_told_the_store_must_exist(tmp_path: Path) -> None:
