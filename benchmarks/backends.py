@@ -336,9 +336,13 @@ class PostgresBackend(Backend):
         self.schemas.append(schema)
         return schema
 
-    async def open_store(self) -> Store:
+    def store_url(self) -> str:
+        """A fresh schema's URL, for workloads whose worker processes share one store."""
         self.last_schema = self._fresh("store")
-        return await tidelog.connect(f"{PG_DSN}?schema={self.last_schema}")
+        return f"{PG_DSN}?schema={self.last_schema}"
+
+    async def open_store(self) -> Store:
+        return await tidelog.connect(self.store_url())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -498,10 +502,14 @@ class NatsBackend(Backend):
                 self.proc.kill()
                 await self.proc.wait()
 
-    async def open_store(self) -> Store:
+    def store_url(self) -> str:
+        """A fresh store's URL, for workloads whose worker processes share one store."""
         self.n += 1
         self.last_store = f"bench{self.n}"
-        return await tidelog.connect(f"{self.url}?store={self.last_store}")
+        return f"{self.url}?store={self.last_store}"
+
+    async def open_store(self) -> Store:
+        return await tidelog.connect(self.store_url())
 
     def describe(self) -> dict[str, Any]:
         return {

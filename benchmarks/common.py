@@ -24,6 +24,9 @@ class Sizes:
     subscribe_events: int = 25_000
     event_bytes: int = 200
     retention_seconds: int = 60
+    scaling_events: int = 40_000
+    scaling_io_events: int = 20_000
+    scaling_processes: int = 4
 
 
 FULL = Sizes()
@@ -36,6 +39,9 @@ QUICK = replace(
     replay_events=20_000,
     subscribe_events=5_000,
     retention_seconds=8,
+    scaling_events=5_000,
+    scaling_io_events=2_000,
+    scaling_processes=2,
 )
 TINY = replace(
     FULL,
@@ -50,6 +56,9 @@ TINY = replace(
     subscribe_rate=1_000,
     subscribe_events=50,
     retention_seconds=2,
+    scaling_events=300,
+    scaling_io_events=200,
+    scaling_processes=2,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

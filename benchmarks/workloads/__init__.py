@@ -4,6 +4,7 @@
 - `aggregates`: loading an aggregate with and without snapshots;
 - `consumers` (with `consumers_worker`, the app its worker processes run):
   consumer-group throughput and end-to-end latency;
+- `scaling`: `group_scaling`, a consumer group of 1, 2 and 4 worker processes;
 - `via_server`: the store through the HTTP server;
 - `retention`: a queue under a `max_age` rule, against the same queue without.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, retention, store, via_server
+from benchmarks.workloads import aggregates, consumers, retention, scaling, store, via_server
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("subscribe_latency", store.subscribe_latency, "value", "<", 10.0),
         Workload("aggregate_load", aggregates.aggregate_load, "ratio", "<", 0.2),
         Workload("group_throughput", consumers.group_throughput, "ratio", ">=", 0.5),
+        Workload("group_scaling", scaling.group_scaling, "ratio", ">=", 0.75),
         Workload("end_to_end_latency", consumers.end_to_end_latency, "value", "<", 20.0),
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
