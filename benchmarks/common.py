@@ -24,7 +24,7 @@ class Sizes:
     subscribe_events: int = 25_000
     event_bytes: int = 200
     retention_seconds: int = 60
-    scaling_events: int = 40_000
+    scaling_events: int = 100_000
     scaling_io_events: int = 20_000
     scaling_processes: int = 4
 

@@ -37,6 +37,9 @@ __all__ = ["end_to_end_latency", "group_throughput"]
 
 HERE = pathlib.Path(__file__).parent
 STREAMS = 1_000
+FILL_BATCH = 400
+"""Events per `append_many` when filling: NATS writes at most 1,000 messages
+atomically, two per event (the event and its id-index entry)."""
 LATENCY_RATE = 2_000
 LEASE = 3.0
 """The workers' lease (`BENCH_LEASE`); they heartbeat every third of it."""
@@ -50,10 +53,10 @@ def _percentile(values: list[float], q: float) -> float:
 async def _fill(store: tidelog.Store, n: int) -> None:
     sent = 0
     while sent < n:
-        batch = min(STREAMS, n - sent)
+        batch = min(FILL_BATCH, n - sent)
         await store.append_many(
             {
-                f"bench-{i}": tidelog.AppendRequest(
+                f"bench-{(sent + i) % STREAMS}": tidelog.AppendRequest(
                     events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
                 )
                 for i in range(batch)

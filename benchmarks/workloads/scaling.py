@@ -33,7 +33,7 @@ import tempfile
 from typing import Any
 
 import tidelog
-from benchmarks.workloads.consumers import STREAMS, _timed_group
+from benchmarks.workloads.consumers import FILL_BATCH, STREAMS, _timed_group
 
 __all__ = ["group_scaling"]
 
@@ -44,10 +44,10 @@ KINDS = {"trivial": "scale", "io": "scaleio"}
 async def _fill(store: tidelog.Store, category: str, n: int) -> None:
     sent = 0
     while sent < n:
-        batch = min(STREAMS, n - sent)
+        batch = min(FILL_BATCH, n - sent)
         await store.append_many(
             {
-                f"{category}-{i}": tidelog.AppendRequest(
+                f"{category}-{(sent + i) % STREAMS}": tidelog.AppendRequest(
                     events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
                 )
                 for i in range(batch)
