@@ -4,8 +4,9 @@ A plain at-least-once handler (no `ctx.append`: its checkpoints are committed
 lazily, every `commit_every` events or `commit_interval`) that records every
 event it handled as a fixed-width line `<position>` in `$RECORD_DIR/<pid>.rec`,
 written with one `os.write` on an `O_APPEND` descriptor: the kernel keeps it
-when the process is killed with SIGKILL right after. It awaits 1 ms per event
-so that a run lasts long enough to kill a worker in the middle of it, and
+when the process is killed with SIGKILL right after. It awaits 20 ms per event
+(a handler calling a service) so that a run outlasts the killed worker's lease:
+the survivors still have work when its partitions are handed over, and
 handles nothing before the file `$GO` exists (the test creates it once every
 member joined and heartbeated on its final assignment).
 """
@@ -32,7 +33,8 @@ WIDTH = 11
 app = App(
     "kill",
     os.environ.get("KILL_STORE"),
-    options=RunnerOptions(lease=float(os.environ.get("KILL_LEASE", "1.5")), shutdown_timeout=5.0),
+    # commits by count only (`commit_every`): the interval is longer than the run
+    options=RunnerOptions(lease=1.5, commit_interval=10.0, shutdown_timeout=5.0),
 )
 
 
@@ -43,6 +45,6 @@ async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
             _started.append(True)
         else:
             await asyncio.sleep(0.005)
-    await asyncio.sleep(0.001)
+    await asyncio.sleep(0.02)
     if _fd >= 0:
         os.write(_fd, f"{event.position:10d}\n".encode())
