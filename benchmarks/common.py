@@ -31,6 +31,9 @@ class Sizes:
     scheduled_events: int = 100_000
     scheduled_seconds: float = 10.0
     scheduled_pending: int = 1_000_000
+    scaling_events: int = 100_000
+    scaling_io_events: int = 20_000
+    scaling_processes: int = 4
 
 
 FULL = Sizes()
@@ -48,6 +51,9 @@ QUICK = replace(
     scheduled_events=10_000,
     scheduled_seconds=2.0,
     scheduled_pending=100_000,
+    scaling_events=5_000,
+    scaling_io_events=2_000,
+    scaling_processes=2,
 )
 TINY = replace(
     FULL,
@@ -69,6 +75,9 @@ TINY = replace(
     scheduled_events=200,
     scheduled_seconds=0.5,
     scheduled_pending=2_000,
+    scaling_events=300,
+    scaling_io_events=200,
+    scaling_processes=2,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 
