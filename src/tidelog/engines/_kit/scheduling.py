@@ -11,10 +11,11 @@ forgets rows (the `_schedule`, `_take_due`, `_next_due`, `_forget_scheduled`,
 
 Exactly once, across processes and crashes:
 
-1. `_take_due` *claims* the due rows of whole batches: it moves their
-   `ready_at` forward by a lease (one statement; SQLite's single writer and
-   PostgreSQL's `FOR UPDATE SKIP LOCKED` keep two schedulers from claiming the
-   same row), so a second scheduler skips them while the first works;
+1. `_take_due` *claims* the due rows of whole batches: it records a lease
+   per batch (the SQL engines write a claim row per batch in one transaction;
+   SQLite's single writer and a PostgreSQL advisory lock keep two schedulers
+   from claiming the same batch), so a second scheduler skips them while the
+   first works;
 2. the events are appended with their own ids: an append whose ids are all
    stored in that stream returns the original result and writes nothing, so a
    move repeated after a crash (the lease ran out before the rows were
