@@ -291,6 +291,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._moving: dict[asyncio.Task[None], int] = {}
         """The running loop's claimed passes being delivered (then forgotten): rows each."""
+        self._forgetting: set[asyncio.Task[None]] = set()
+        """Passes that delivered and are forgetting their rows (`stop` lets them end)."""
         self._busy: dict[str, asyncio.Task[None]] = {}
         """The last delivery task per stream, across passes: each stream keeps its order."""
 
@@ -311,9 +313,10 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError, TidelogError):
                 await task
         moving, self._moving = list(self._moving), {}
-        for pass_ in moving:  # appends at a later due time are not waited for
-            pass_.cancel()
-        # A pass that delivered is left to forget its rows: else they wait for their lease.
+        for pass_ in moving:  # appends at a later due time are not waited for...
+            if pass_ not in self._forgetting:
+                pass_.cancel()
+        # ...but a pass that delivered forgets its rows: else they wait for their lease.
         await asyncio.gather(*moving, return_exceptions=True)
         self._busy.clear()
 
@@ -377,10 +380,15 @@ class Scheduler:
 
     async def _deliver_pass(self, rows: Sequence[ScheduledEvent]) -> None:
         """Move one claimed pass at its due times, then forget its rows (by id)."""
-        await self.store._forget_scheduled(await self._move(rows, True))
+        done = await self._move(rows, True)
+        task = asyncio.current_task()
+        if task is not None:
+            self._forgetting.add(task)
+        await self.store._forget_scheduled(done)
 
     def _passed(self, task: asyncio.Task[None]) -> None:
         self._moving.pop(task, None)
+        self._forgetting.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Its rows stay claimed: another pass retries them when the lease ends.
             log.warning("tidelog scheduler: delivery failed: %s (retried after the lease)", exc)
