@@ -291,8 +291,10 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._moving: dict[asyncio.Task[None], int] = {}
         """The running loop's claimed passes being delivered (then forgotten): rows each."""
-        self._forgetting: set[asyncio.Task[None]] = set()
-        """Passes that delivered and are forgetting their rows (`stop` lets them end)."""
+        self._placed: asyncio.Event | None = None
+        """Set once the last pass has started all its appends (the next one waits for it)."""
+        self._last_due: dict[asyncio.Task[None], float] = {}
+        """The latest due time of each pass in `_moving` (`stop` lets due passes end)."""
         self._busy: dict[str, asyncio.Task[None]] = {}
         """The last delivery task per stream, across passes: each stream keeps its order."""
 
@@ -313,12 +315,16 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError, TidelogError):
                 await task
         moving, self._moving = list(self._moving), {}
-        for pass_ in moving:  # appends at a later due time are not waited for...
-            if pass_ not in self._forgetting:
+        now = time.time()
+        for pass_ in moving:  # a pass with rows due later is not waited for...
+            if self._last_due.get(pass_, now) > now:
                 pass_.cancel()
-        # ...but a pass that delivered forgets its rows: else they wait for their lease.
+        # ...but one whose rows are all due ends its appends and forgets its rows: else
+        # they would wait for their lease (and be moved again, writing nothing).
         await asyncio.gather(*moving, return_exceptions=True)
+        self._last_due.clear()
         self._busy.clear()
+        self._placed = None
 
     async def _run(self) -> None:
         """Look (a read) before claiming (a write): an idle store costs one indexed read
@@ -373,29 +379,44 @@ class Scheduler:
             await asyncio.wait(list(self._moving), return_when=asyncio.FIRST_COMPLETED)
         rows = await self.store._take_due(time.time() + self.lookahead, self.batch, self.lease)
         if rows:
-            task = asyncio.get_running_loop().create_task(self._deliver_pass(rows))
+            after, self._placed = self._placed, asyncio.Event()
+            task = asyncio.get_running_loop().create_task(
+                self._deliver_pass(rows, after, self._placed)
+            )
             self._moving[task] = len(rows)
+            self._last_due[task] = max(r.due_at for r in rows).timestamp()
             task.add_done_callback(self._passed)
         return len(rows)
 
-    async def _deliver_pass(self, rows: Sequence[ScheduledEvent]) -> None:
-        """Move one claimed pass at its due times, then forget its rows (by id)."""
-        done = await self._move(rows, True)
-        task = asyncio.current_task()
-        if task is not None:
-            self._forgetting.add(task)
+    async def _deliver_pass(
+        self, rows: Sequence[ScheduledEvent], after: asyncio.Event | None, placed: asyncio.Event
+    ) -> None:
+        """Move one claimed pass at its due times, then forget its rows (by id).
+
+        It starts its appends once the pass before it has started all of its own
+        (`after`): a stream's order across passes must not hang on which of two
+        sleeping tasks the loop wakes first (a timer set a few ms late under load
+        reordered them)."""
+        try:
+            if after is not None:
+                await after.wait()
+            done = await self._move(rows, True, placed)
+        finally:
+            placed.set()  # also when it failed or was cancelled: the next pass goes on
         await self.store._forget_scheduled(done)
 
     def _passed(self, task: asyncio.Task[None]) -> None:
         self._moving.pop(task, None)
-        self._forgetting.discard(task)
+        self._last_due.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Its rows stay claimed: another pass retries them when the lease ends.
             log.warning("tidelog scheduler: delivery failed: %s (retried after the lease)", exc)
         for name in [n for n, t in self._busy.items() if t.done()]:
             del self._busy[name]
 
-    async def _move(self, rows: Sequence[ScheduledEvent], real: bool) -> list[UUID]:
+    async def _move(
+        self, rows: Sequence[ScheduledEvent], real: bool, placed: asyncio.Event | None = None
+    ) -> list[UUID]:
         """Append (or park) every batch of `rows`, each at its due time if `real`;
         returns the ids moved, for the caller to forget.
 
@@ -431,6 +452,8 @@ class Scheduler:
                 for name in streams:
                     busy[name] = task
         finally:
+            if placed is not None:  # every append of this pass is started (or never will be)
+                placed.set()
             if tasks:  # every started append ends before the rows can be forgotten
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 for result in results:
