@@ -8,6 +8,8 @@ and check eventual visibility only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +25,7 @@ from support.server import ADMIN_KEY, Serve
 from tidelog.cli import app
 from tidelog.engines._kit.scheduling import FAILED_STREAM, Scheduler
 from tidelog.schemas import SchemaRegistry, ValidatingStore
+from tidelog.testing.conformance import collect
 
 LATER = timedelta(hours=1)
 WAIT = 30.0
@@ -358,3 +361,33 @@ async def test_the_dashboard_counts_pending_scheduled_events(serve: Serve) -> No
         assert reader.json()["scheduled"] is None  # a count across streams needs $all
         page = (await client.get("/")).text
         assert 'id="scheduled"' in page
+
+
+async def test_a_sqlite_file_from_before_claim_rows_keeps_its_pending_and_claimed_events(
+    tmp_path: Path,
+) -> None:
+    """A file scheduled by the first version (no `scheduled_claims`; a claim moved the
+    rows' ready time past their due time) loses nothing and delivers nothing twice."""
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    pending, claimed = tidelog.NewEvent(type="Pending"), tidelog.NewEvent(type="Claimed")
+    async with await tidelog.connect(url) as store:
+        await store.append("order-1", [pending], deliver_after=LATER)
+        await store.append("order-2", [claimed], deliver_after=LATER)
+    hour_us = 3_600_000_000
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP TABLE scheduled_claims")
+        conn.execute(
+            "UPDATE scheduled SET ready_at = due_at + ? WHERE id = ?",
+            (2 * hour_us, claimed.id.bytes),
+        )
+    async with await tidelog.connect(url) as store:
+        assert await store.count_scheduled() == 2
+        assert not await store.cancel_scheduled(claimed.id)  # the older claim holds
+        due = time.time() + LATER.total_seconds() + 60
+        assert await Scheduler(store).run_once(now=due) == 1
+        assert [e.id for e in await collect(store.read_stream("order-1"))] == [pending.id]
+        assert await collect(store.read_stream("order-2")) == []
+        assert await Scheduler(store).run_once(now=due + 2 * 3600) == 1  # its lease ended
+        assert [e.id for e in await collect(store.read_stream("order-2"))] == [claimed.id]
+        assert await store.count_scheduled() == 0

@@ -317,9 +317,10 @@ class StreamEngine(abc.ABC):
     async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
         """Claim whole batches of rows ready at `now` (up to about `limit` rows).
 
-        Claiming moves their ready time to `now + lease` in the same atomic
-        step that selects them, so no other scheduler takes them until the
-        lease runs out (after a crash, someone retries them then).
+        Claiming makes them not ready until `now + lease` in the same atomic
+        step that selects them (the SQL engines record a claim row per batch),
+        so no other scheduler takes them until the lease runs out (after a
+        crash, someone retries them then), and a cancel then answers False.
         """
         raise self._schedule_refused()
 

@@ -291,6 +291,44 @@ class SchedulingSuite(SuiteBase):
             assert [e.id for e in await _stream(store, stream)] == ids
         assert await store.count_scheduled() == 0
 
+    async def test_running_loops_claim_ahead_keep_stream_order_and_deliver_once(
+        self, store: tidelog.Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The running loop claims again before a pass is delivered (small claims with
+        room for several in flight here): one loop keeps each stream's order across
+        its passes, and two loops on one store deliver each event once."""
+        monkeypatch.setattr(store, "start_scheduler", lambda: Scheduler(store))
+
+        async def schedule() -> dict[str, list[UUID]]:
+            start = datetime.now(UTC)
+            order: dict[str, list[UUID]] = {f"order-k{k}": [] for k in range(3)}
+            for i in range(60):
+                stream = f"order-k{i % 3}"
+                event = ev(f"E{i}")
+                order[stream].append(event.id)
+                await store.append(stream, [event], deliver_at=start + timedelta(milliseconds=i))
+            return order
+
+        for loops in (1, 2):
+            head = await store.last_position()
+            async with subscribed(store, from_position=head + 1) as subscription:
+                order = await schedule()
+                schedulers = [Scheduler(store, batch=4, in_flight=12) for _ in range(loops)]
+                for scheduler in schedulers:
+                    scheduler.start()
+                try:
+                    seen = await take(subscription, 60)
+                finally:
+                    for scheduler in schedulers:
+                        await scheduler.stop()
+            assert sorted(e.id for e in seen) == sorted(i for ids in order.values() for i in ids)
+            if loops == 1:
+                for stream, ids in order.items():
+                    assert [e.id for e in seen if e.stream == stream] == ids
+        assert len(await collect(store.read_all())) == 120  # each once
+        assert await store.count_scheduled() == 0
+        assert await _stream(store, FAILED_STREAM) == []
+
     async def test_rescheduling_the_same_ids_keeps_one(self, store: tidelog.Store) -> None:
         event = ev()
         await store.append("order-15", [event], deliver_after=LATER)

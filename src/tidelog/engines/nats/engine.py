@@ -109,14 +109,17 @@ class NatsEngine(GroupEngine):
     poll_interval = 0.1
 
     def _schedule_refused(self) -> NotSupported:
-        """Scheduled delivery is refused here (docs/scheduling.md): pending events would
-        need a due-time index and a claim across processes that this engine does not
-        build on JetStream yet (NATS 2.12's message schedules publish into a stream
-        without this engine's version checks and id index)."""
+        """Scheduled delivery is refused here (docs/scheduling.md, "Why NATS refuses"):
+        the engine keeps no pending events outside the log, and NATS 2.12's message
+        schedules, used directly, publish into a stream around this engine's write
+        path (no expected-version check, no id de-duplication, no per-stream
+        order). The doc lists what an implementation needs: a schedules stream
+        staging due batches for a tidelog scheduler to append."""
         return NotSupported(
             self.name,
             "scheduled delivery",
-            "no due-time index or scheduler claim on JetStream yet; see docs/scheduling.md",
+            "the NATS engine keeps no pending events outside the log yet (JetStream message"
+            " schedules would bypass its version check and id index); see docs/scheduling.md",
         )
 
     def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:

@@ -340,6 +340,7 @@ class PostgresEngine(GroupEngine):
         self._closed = True
         # Appends accepted before close complete; a cancelled close leaves them be.
         await self._writer.batches.close()
+        await self._pending_table.close()
         self._watch.close()
         if self._relistener is not None:
             self._relistener.cancel()
