@@ -336,9 +336,13 @@ class PostgresBackend(Backend):
         self.schemas.append(schema)
         return schema
 
-    async def open_store(self) -> Store:
+    def store_url(self) -> str:
+        """The URL of a fresh store (a schema of its own), for workloads that start processes."""
         self.last_schema = self._fresh("store")
-        return await tidelog.connect(f"{PG_DSN}?schema={self.last_schema}")
+        return f"{PG_DSN}?schema={self.last_schema}"
+
+    async def open_store(self) -> Store:
+        return await tidelog.connect(self.store_url())
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,10 @@ class Sizes:
     subscribe_events: int = 25_000
     event_bytes: int = 200
     retention_seconds: int = 60
+    scale_events: int = 10_000_000
+    scale_small: int = 100_000
+    scale_probe: int = 20_000
+    scale_reads: int = 1_000
 
 
 FULL = Sizes()
@@ -36,6 +40,10 @@ QUICK = replace(
     replay_events=20_000,
     subscribe_events=5_000,
     retention_seconds=8,
+    scale_events=50_000,
+    scale_small=5_000,
+    scale_probe=2_000,
+    scale_reads=200,
 )
 TINY = replace(
     FULL,
@@ -50,6 +58,10 @@ TINY = replace(
     subscribe_rate=1_000,
     subscribe_events=50,
     retention_seconds=2,
+    scale_events=2_000,
+    scale_small=500,
+    scale_probe=200,
+    scale_reads=10,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

@@ -5,7 +5,9 @@
 - `consumers` (with `consumers_worker`, the app its worker processes run):
   consumer-group throughput and end-to-end latency;
 - `via_server`: the store through the HTTP server;
-- `retention`: a queue under a `max_age` rule, against the same queue without.
+- `retention`: a queue under a `max_age` rule, against the same queue without;
+- `scale` (with `scale_child`, the reader its child processes run): the store
+  at 100,000 and at 10 million events (`scale_curve`).
 
 Adding a workload: write `async def my_workload(backend: Backend, sizes: Sizes)
 -> dict` that returns at least `value`, `unit`, `baseline`, and register it in
@@ -21,7 +23,7 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, retention, store, via_server
+from benchmarks.workloads import aggregates, consumers, retention, scale, store, via_server
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class Workload:
     goal_metric: str  # "ratio" or "value"
     goal_op: str  # ">=" or "<"
     goal: float
+    once: bool = False
+    """Run once whatever `--repeat` says (a workload that fills a large store)."""
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -45,6 +49,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("end_to_end_latency", consumers.end_to_end_latency, "value", "<", 20.0),
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
+        Workload("scale_curve", scale.scale_curve, "ratio", ">=", 0.8, once=True),
         Workload("retention_steady_state", retention.retention_steady_state, "ratio", ">=", 0.8),
     )
 }
