@@ -8,7 +8,7 @@
 default options) handling CATEGORY from its start until COUNT events were
 handled, then stopping (which commits the checkpoints; the parent checks them).
 Prints one JSON line: events, seconds, and `rss_peak_mb` (the process's
-`ru_maxrss`: the most it ever held, including the interpreter and imports),
+VmHWM: the most it ever held, including the interpreter and imports),
 beside `rss_start_mb` (after the imports and the store's open).
 """
 
@@ -25,6 +25,15 @@ from tidelog.consumers import App, Context
 
 
 def _peak_mb() -> float:
+    """The peak RSS of this process's memory (VmHWM).
+
+    Not `ru_maxrss`: Linux carries it across `exec`, so a child forked from a
+    big parent reports the parent's size (every child read 105 MB, the parent's).
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
