@@ -47,8 +47,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload("aggregate_load", aggregates.aggregate_load, "ratio", "<", 0.2),
         Workload("group_throughput", consumers.group_throughput, "ratio", ">=", 0.5),
         Workload("end_to_end_latency", consumers.end_to_end_latency, "value", "<", 20.0),
-        Workload("http_append", via_server.http_append, "ratio", ">=", 0.5),
-        Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.0),
+        Workload("http_append", via_server.http_append, "ratio", ">=", 0.6),
+        Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.3),
         Workload("scale_curve", scale.scale_curve, "ratio", ">=", 0.8, once=True),
         Workload("retention_steady_state", retention.retention_steady_state, "ratio", ">=", 0.8),
     )
