@@ -26,6 +26,7 @@ from typing import Any
 import tidelog
 from benchmarks.common import FULL
 from tidelog import Store
+from tidelog.engines.sqlite import db as sqlite_db
 
 
 class Backend:
@@ -68,25 +69,6 @@ class Backend:
         raise NotImplementedError
 
 
-_SQLITE_DDL = """
-CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY,
-    id BLOB NOT NULL UNIQUE,
-    stream TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data BLOB NOT NULL,
-    metadata BLOB NOT NULL,
-    recorded_at INTEGER NOT NULL,
-    schema_version INTEGER NOT NULL,
-    category TEXT NOT NULL,
-    partition INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream, version);
-CREATE INDEX IF NOT EXISTS events_category_position ON events (category, position);
-"""
-"""A copy of the engine's events table, used only when its migrations cannot be imported."""
-
 _SQLITE_INSERT = (
     "INSERT INTO events (id, stream, version, type, data, metadata, recorded_at,"
     " schema_version, category, partition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -96,19 +78,15 @@ _SQLITE_INSERT = (
 def _sqlite_connect(path: Path) -> sqlite3.Connection:
     """A plain connection to a baseline file holding the engine's own schema.
 
-    The schema comes from the engine's migrations when they import, so the
-    baseline writes to the very same table and indexes the engine writes to.
+    The schema is the engine's, made by its migrations (`sqlite.db.migrate`), so
+    the baseline writes to the very same table and indexes the engine writes to
+    and cannot drift from them.
     """
-    try:
-        db = importlib.import_module("tidelog.engines.sqlite.db")
-        db.migrate(path)
-    except ImportError:
-        pass
+    sqlite_db.migrate(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(_SQLITE_DDL)
     return conn
 
 
@@ -337,7 +315,7 @@ class PostgresBackend(Backend):
         return schema
 
     def store_url(self) -> str:
-        """The URL of a fresh store (a schema of its own), for workloads that start processes."""
+        """A fresh store's URL (a schema of its own), for a server process to open."""
         self.last_schema = self._fresh("store")
         return f"{PG_DSN}?schema={self.last_schema}"
 

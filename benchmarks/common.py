@@ -23,7 +23,14 @@ class Sizes:
     subscribe_rate: int = 5_000
     subscribe_events: int = 25_000
     event_bytes: int = 200
+    fanout_subscribers: tuple[int, ...] = (100, 1_000, 5_000)
+    fanout_rate: int = 1_000
+    fanout_seconds: float = 10.0
+    fanout_clients: int = 2
     retention_seconds: int = 60
+    scheduled_events: int = 100_000
+    scheduled_seconds: float = 10.0
+    scheduled_pending: int = 1_000_000
     scale_events: int = 10_000_000
     scale_small: int = 100_000
     scale_probe: int = 20_000
@@ -39,7 +46,12 @@ QUICK = replace(
     single_baseline_events=640,
     replay_events=20_000,
     subscribe_events=5_000,
+    fanout_subscribers=(50,),
+    fanout_seconds=3.0,
     retention_seconds=8,
+    scheduled_events=10_000,
+    scheduled_seconds=2.0,
+    scheduled_pending=100_000,
     scale_events=50_000,
     scale_small=5_000,
     scale_probe=2_000,
@@ -57,13 +69,24 @@ TINY = replace(
     replay_page=100,
     subscribe_rate=1_000,
     subscribe_events=50,
+    fanout_subscribers=(3,),
+    fanout_rate=50,
+    fanout_seconds=0.5,
+    fanout_clients=1,
     retention_seconds=2,
+    scheduled_events=200,
+    scheduled_seconds=0.5,
+    scheduled_pending=2_000,
     scale_events=2_000,
     scale_small=500,
     scale_probe=200,
     scale_reads=10,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
+
+
+FANOUT_BUCKET_MS = 0.1
+"""The width of the `sse_fanout` latency histogram's buckets, in ms."""
 
 
 def log(msg: str) -> None:

@@ -20,7 +20,9 @@ Fixtures here:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,23 +47,20 @@ async def contract_store(
     Code built only on the engine contract (aggregates, projections, the
     schema registry) runs the same tests on several engines through this.
     """
-    schemas = None
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/store.db"
-    else:
-        from support.postgres import Schemas, require_postgres
-
-        await require_postgres()
-        schemas = Schemas()
-        url = schemas.url()
-    try:
+    if request.param != "postgres":
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
         async with tidelog.connect(url) as store:
             yield store
+        return
+    from support.postgres import Schemas, require_postgres
+
+    await require_postgres()
+    schemas = Schemas()
+    try:
+        async with await schemas.open("") as store:
+            yield store
     finally:
-        if schemas is not None:
-            await schemas.drop()
+        await schemas.drop()
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -111,6 +110,16 @@ async def serve() -> AsyncIterator[Serve]:
             return await stack.enter_async_context(running(cfg, store))
 
         yield start
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the PostgreSQL schemas kept for reuse (`support.postgres.Schemas`)."""
+    postgres = sys.modules.get("support.postgres")
+    if postgres is not None:
+        import asyncpg
+
+        with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
+            asyncio.run(postgres.drop_recycled())
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,27 @@ def test_percentile_is_nearest_rank(bench: ModuleType) -> None:
     assert bench.percentile([7.0], 99) == 7.0
 
 
+SCHEDULING = ("scheduled_lateness", "scheduled_memory")
+"""Scheduled delivery's workloads (#16), smoke-tested here with the runner loaded once."""
+
+
+@pytest.mark.slow
+async def test_scheduling_workloads_run_and_report(bench: ModuleType, tmp_path: Path) -> None:
+    result = await bench.run(["sqlite"], SCHEDULING, bench.TINY, True, workdir=tmp_path)
+    lateness = result["workloads"]["sqlite.scheduled_lateness"]
+    assert "error" not in lateness, lateness
+    assert lateness["events"] == bench.TINY.scheduled_events
+    assert lateness["unit"] == "ms (p99)"
+    assert lateness["p50_ms"] <= lateness["p99_ms"] <= lateness["max_ms"]
+    assert lateness["delivered_early"] == 0  # never visible before its due time
+    memory = result["workloads"]["sqlite.scheduled_memory"]
+    assert "error" not in memory, memory
+    assert memory["pending"] == bench.TINY.scheduled_pending
+    for entry in (lateness, memory):
+        assert isinstance(entry["met"], bool)
+        assert entry["goal"]
+
+
 async def test_scale_curve_reports_both_sizes(bench: ModuleType, tmp_path: Path) -> None:
     """The #17 store-growth workload, at tiny sizes: every figure at both sizes, run once."""
     if not importlib.util.find_spec("tidelog.engines.sqlite"):

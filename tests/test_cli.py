@@ -148,8 +148,14 @@ def test_event_data_cannot_break_lines_or_the_terminal(url: str) -> None:
 # --------------------------------------------------------------------------- read, log, streams
 
 
-@pytest.fixture
-def filled(url: str) -> str:
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One store, filled through the CLI, that the read-only tests below share.
+
+    Each CLI append opens the store and syncs a commit: filling a store per test
+    cost those tests most of their time. No test given `filled` writes to it.
+    """
+    url = f"sqlite:///{tmp_path_factory.mktemp('filled')}/cli.db"
     for i in range(5):
         append(url, "order-1", "OrderItemAdded", "--data", f'{{"n": {i}}}')
     append(url, "customer-1", "CustomerRegistered")
@@ -834,11 +840,53 @@ def test_status_reports_engine_head_lag_and_parked(url: str) -> None:
     assert report["engine"] == "sqlite" and report["healthy"] is True
     assert report["head"] == 4  # three events and the DLQ entry
     assert report["groups"] == [
-        {"group": "billing", "category": "order", "members": 1, "lag": 2, "parked": 1}
+        {
+            "group": "billing",
+            "category": "order",
+            "members": 1,
+            "lag": 2,
+            "parked": 1,
+            "held": 0,
+            "retrying": 0,
+        }
     ]
     assert report["store"].endswith("/cli.db") and report["problems"] == []
     human = ok(url, "status").stdout
     assert "healthy" in human and "billing" in human and "sqlite" in human
+
+
+async def _parked_held_and_retrying(url: str) -> None:
+    """Three streams in trouble: one parked, one parked with a second event held behind
+    it, one parked whose retry was asked."""
+    from tidelog.consumers._dlq import dlq_stream, held_entry, parked_entry, retry_parked
+
+    async with tidelog.connect(url) as store:
+        await store.join_group("billing", "order", "m1", lease=3600)
+        for stream in ("order-1", "order-2", "order-3"):
+            await store.append(stream, [tidelog.NewEvent(type="Placed") for _ in range(2)])
+        events = {(e.stream, e.version): e async for e in store.read_all()}
+        entries = [
+            parked_entry("billing", events[s, 0], handler="h", error=RuntimeError(), attempts=3)
+            for s in ("order-1", "order-2", "order-3")
+        ]
+        entries.append(held_entry("billing", events["order-2", 1], handler="h"))
+        await store.append(dlq_stream("billing"), entries)
+        await retry_parked(store, "billing", events["order-3", 0].id)
+
+
+def test_status_shows_parked_held_and_retrying_apart(url: str) -> None:
+    """Held events wait behind a parked one and retrying ones are on their way: neither
+    is a failure an operator must handle, so `parked` (and `--max-parked`) count only
+    the failed ones, as the dashboard does."""
+    asyncio.run(_parked_held_and_retrying(url))
+    [report] = json_lines(ok(url, "--json", "status"))
+    [group] = report["groups"]
+    assert (group["parked"], group["held"], group["retrying"]) == (2, 1, 1)
+    human = ok(url, "status").stdout
+    assert "held" in human and "retrying" in human
+    assert invoke(url, "status", "--max-parked", "2").exit_code == 0
+    result = invoke(url, "status", "--max-parked", "1")
+    assert result.exit_code == 1 and "2 parked events" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
+from uuid import UUID
 
 import msgspec
 import pytest
@@ -375,6 +376,67 @@ async def test_partitions_move_between_members_without_loss(store: tidelog.Store
     for s in range(16):
         assert [int(e.data) async for e in store.read_stream(f"done-{s}")] == list(range(30))
     assert await list_parked(store, "shared") == []
+
+
+async def test_a_graceful_join_and_leave_handle_no_event_twice(store: tidelog.Store) -> None:
+    """Scaling a group up by one member, then down again, under a steady producer
+    (#14 item 11): each moved partition is handed over cooperatively (its holder
+    commits what it handled, then releases it), so no event is handled twice. Before,
+    the new owner started from the last commit while the old one went on, and each
+    scale-up handled a few dozen events twice."""
+    count = store.partition_count
+    handled: Counter[UUID] = Counter()
+    partitions: dict[str, set[int]] = defaultdict(set)
+    """member -> the partitions of the events it handled."""
+    # commits far apart: the old owner has handled many events beyond its last commit
+    options = RunnerOptions(lease=3.0, commit_interval=0.3, dlq_poll_interval=0.05)
+
+    def make(name: str) -> App:
+        app = App(name, store, options=options, member=f"m-{name}")
+
+        @app.handler("order", group="scale")
+        async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+            handled[event.id] += 1
+            partitions[name].add(tidelog.partition_of(event.stream, count))
+            await asyncio.sleep(0.001)  # in flight for a moment, as real work is
+
+        return app
+
+    produced = 0
+    producing = asyncio.Event()
+    producing.set()
+
+    async def produce() -> None:
+        nonlocal produced
+        while producing.is_set():
+            await store.append_many(
+                {
+                    f"order-{s}": tidelog.AppendRequest([tidelog.NewEvent(type="T")])
+                    for s in range(16)
+                }
+            )
+            produced += 16
+            await asyncio.sleep(0.01)
+
+    producer = asyncio.create_task(produce())
+    a = Running(make("a"))
+    await eventually(lambda: len(handled) >= 300, what="a handles events")
+    b = Running(make("b"))  # a graceful join
+    await eventually(lambda: bool(partitions["b"]), what="b gets partitions from a")
+    joined = len(handled)
+    await eventually(lambda: len(handled) >= joined + 300, what="both handle events")
+    await a.stop()  # a graceful leave
+    left = len(handled)
+    await eventually(lambda: len(handled) >= left + 300, what="b handles events alone")
+    producing.clear()
+    await producer
+    await eventually(lambda: len(handled) == produced, what="every event handled")
+    await b.stop()
+    assert sorted(str(i) for i, n in handled.items() if n > 1) == []
+    assert sum(handled.values()) == produced
+    # the partitions did move: b took some of a's at the join, and all at the leave
+    used = {tidelog.partition_of(f"order-{s}", count) for s in range(16)}
+    assert partitions["a"] == partitions["b"] == used
 
 
 async def test_a_paused_member_is_fenced_and_its_late_commit_refused(store: tidelog.Store) -> None:

@@ -5,25 +5,19 @@ Asserts the shape of the results, never a speed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+from support.bench import load_runner
+
 WORKLOADS = ("group_throughput", "end_to_end_latency")
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tidelog_bench_run_consumers", RUN_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_runner("tidelog_bench_run_consumers")
 
 
 @pytest.mark.slow

@@ -8,10 +8,16 @@ import tidelog
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 
 class TestMemoryEngine(EngineSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect("memory://")
+
+
+class TestMemoryScheduling(SchedulingSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect("memory://")
 

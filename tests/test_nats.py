@@ -29,6 +29,7 @@ from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 pytestmark = pytest.mark.nats
@@ -70,6 +71,14 @@ class TestNatsRetention(RetentionSuite):
 class TestNatsRetentionModel(RetentionModelSuite):
     keeps_last_event = True
     max_examples = 10
+
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(store_url())
+
+
+class TestNatsScheduling(SchedulingSuite):
+    # Refused, see docs/scheduling.md: the engine keeps no table to hold pending events in.
+    supports_scheduling = False
 
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(store_url())

@@ -48,6 +48,27 @@ async def test_append_and_read_keep_json_and_binary_data_exactly(
     assert page[1]["data"] is None and page[1]["data_base64"] == "AAE="
 
 
+async def test_a_backwards_page_without_a_start_is_the_newest_events(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """`?backwards=true` alone means "the latest events"; an explicit start is kept."""
+    client, store = api
+    await store.append("order-1", [tidelog.NewEvent(type=f"T{i}") for i in range(5)])
+
+    async def versions(**params: object) -> list[int]:
+        r = await client.get("/v1/streams/order-1/events", params=params)
+        assert r.status_code == 200, r.text
+        return [e["version"] for e in r.json()["events"]]
+
+    assert await versions(backwards="true", limit=1) == [4]
+    assert await versions(backwards="true") == [4, 3, 2, 1, 0]
+    assert await versions(backwards="true", from_version=1) == [1, 0]
+    assert await versions(backwards="true", from_version=-1, limit=2) == [4, 3]
+    assert await versions(limit=2) == [0, 1]
+    r = await client.get("/v1/streams/order-1/events", params={"from_version": -1})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_input"
+
+
 async def test_data_that_json_would_change_travels_as_base64_on_every_read(
     api: tuple[httpx.AsyncClient, tidelog.Store],
 ) -> None:
@@ -92,7 +113,8 @@ async def test_data_that_json_would_change_travels_as_base64_on_every_read(
                 break
     del received[len(page) :]  # a chunk may hold several events (order-99's too)
     assert [e["data"] for e in received[: len(kept)]] == [json.loads(d) for d in kept]
-    assert [decoded(e) for e in received[len(kept) :]] == spoiled
+    # one chunk may carry several events, and order-99 (after the page) with them
+    assert [decoded(e) for e in received[len(kept) : len(page)]] == spoiled
     # CloudEvents with a JSON content type follow the same rule
     ce = (await client.get("/v1/streams/order-3/cloudevents")).json()
     assert base64.b64decode(ce[0]["data_base64"]) == spoiled[0] and "data" not in ce[0]
@@ -200,6 +222,41 @@ async def test_health_and_metrics(api: tuple[httpx.AsyncClient, tidelog.Store]) 
     assert f'partition="{other}"}} 0.0' in text  # lag counts only that partition's events
     assert "tidelog_http_requests_total" in text
     assert "order-1" not in text  # never labelled by stream id
+
+
+async def test_group_hand_over_over_http_and_its_bad_input(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """A cooperative join and a release travel in the bodies; bad ones get 400 and
+    change nothing (#14 item 11)."""
+    client, store = api
+    path = "/v1/groups/billing/order/members"
+    r = await client.post(f"{path}/m1", json={"lease": 60, "cooperative": True})
+    assert r.status_code == 200, r.text
+    r = await client.post(f"{path}/m2", json={"lease": 60, "cooperative": True})
+    assert r.status_code == 200 and r.json()["partitions"] == [], r.text
+    awaiting = r.json()["awaiting"]
+    assert awaiting
+    r = await client.post(f"{path}/m1/heartbeat", json={"lease": 60})
+    assert r.json()["revoking"] == awaiting
+    generation = r.json()["generation"]
+    for body in (
+        {"release": [store.partition_count]},
+        {"release": [-1]},
+        {"release": "0"},
+        {"release": [0], "bogus": 1},
+    ):
+        r = await client.post(f"{path}/m1/heartbeat", json={"lease": 60, **body})
+        assert r.status_code == 400, (body, r.text)
+    r = await client.post(f"{path}/m3", json={"lease": 60, "cooperative": "yes"})
+    assert r.status_code == 400, r.text
+    described = await store.describe_group("billing", "order")
+    assert described is not None and described.generation == generation
+    assert [m.member for m in described.members] == ["m1", "m2"]
+    r = await client.post(f"{path}/m1/heartbeat", json={"lease": 60, "release": awaiting})
+    assert r.status_code == 200 and r.json()["revoking"] == [], r.text
+    r = await client.post(f"{path}/m2/heartbeat", json={"lease": 60})
+    assert r.json()["partitions"] == awaiting
 
 
 async def test_readyz_is_503_when_the_engine_is_down(

@@ -39,6 +39,7 @@ from tidelog.retention import RetentionPolicy
 from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
+from tidelog.testing.scheduling import SchedulingSuite
 from tidelog.testing.stateful import ModelSuite
 
 
@@ -85,6 +86,15 @@ async def db_truncate(path: pathlib.Path) -> None:
 class TestSQLiteRetentionModel(RetentionModelSuite):
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+
+class TestSQLiteScheduling(SchedulingSuite):
+    async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
+        return await tidelog.connect(_url(tmp_path / f"{uuid4()}.db"))
+
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store:
+        assert isinstance(store, SQLiteEngine)
+        return await tidelog.connect(_url(pathlib.Path(store.config.path)))
 
 
 class TestSQLiteModel(ModelSuite):

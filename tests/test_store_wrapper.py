@@ -24,12 +24,44 @@ from tidelog.schemas import SchemaRegistry, ValidatingStore
 
 CONTRACT_CLASSES = (StreamEngine, LogEngine, GroupEngine, abc.ABC, object)
 FRONT_ENDS = frozenset(
-    {"append", "append_many", "commit", "read_stream", "read_all", "read_page", "count_events"}
+    {
+        "append",
+        "append_many",
+        "commit",
+        "read_stream",
+        "read_all",
+        "read_page",
+        "count_events",
+        "subscribe",
+        "join_group",
+        "heartbeat",
+        "cancel_scheduled",
+        "scheduled",
+        "count_scheduled",
+        "start_scheduler",
+    }
 )
 """Written once in the contract; each checks its arguments and calls an engine hook,
 which wrappers forward."""
 HOOKS = frozenset(
-    {"_apply_write", "_read_stream", "_read_all", "_read_page", "_count_events", "_check_open"}
+    {
+        "_apply_write",
+        "_read_stream",
+        "_read_all",
+        "_read_page",
+        "_count_events",
+        "_subscribe",
+        "_check_open",
+        "_join_group",
+        "_heartbeat",
+        "_schedule",
+        "_take_due",
+        "_next_due",
+        "_forget_scheduled",
+        "_cancel_scheduled",
+        "_list_scheduled",
+        "_count_scheduled",
+    }
 )
 """The engine hooks behind the front ends, and the closed-store check they ask."""
 
@@ -65,7 +97,7 @@ def test_the_enumeration_covers_the_whole_contract() -> None:
     members = contract_members()
     for name in ("_read_page", "_count_events", "head_watch", "last_position", "partition_count"):
         assert name in members
-    for name in ("purge_stream", "close", "subscribe", "checkpoints", "poll_interval"):
+    for name in ("purge_stream", "close", "_subscribe", "checkpoints", "poll_interval"):
         assert name in members
     assert "_apply_write" in members
     assert not members & FRONT_ENDS

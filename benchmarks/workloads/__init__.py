@@ -5,9 +5,12 @@
 - `consumers` (with `consumers_worker`, the app its worker processes run):
   consumer-group throughput and end-to-end latency;
 - `via_server`: the store through the HTTP server;
+- `fanout` (with `fanout_client`, the subscriber processes): many SSE
+  subscribers on one server;
 - `retention`: a queue under a `max_age` rule, against the same queue without;
 - `scale` (with `scale_child`, the reader its child processes run): the store
-  at 100,000 and at 10 million events (`scale_curve`).
+  at 100,000 and at 10 million events (`scale_curve`);
+- `scheduling`: scheduled delivery, how late events become visible.
 
 Adding a workload: write `async def my_workload(backend: Backend, sizes: Sizes)
 -> dict` that returns at least `value`, `unit`, `baseline`, and register it in
@@ -23,7 +26,16 @@ from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.common import Sizes
-from benchmarks.workloads import aggregates, consumers, retention, scale, store, via_server
+from benchmarks.workloads import (
+    aggregates,
+    consumers,
+    fanout,
+    retention,
+    scale,
+    scheduling,
+    store,
+    via_server,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.6),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.3),
         Workload("scale_curve", scale.scale_curve, "ratio", ">=", 0.8, once=True),
+        Workload("sse_fanout", fanout.sse_fanout, "value", "<", 250.0),
         Workload("retention_steady_state", retention.retention_steady_state, "ratio", ">=", 0.8),
+        Workload("scheduled_lateness", scheduling.scheduled_lateness, "value", "<", 100.0),
+        Workload("scheduled_memory", scheduling.scheduled_memory, "value", "<", 50.0),
     )
 }

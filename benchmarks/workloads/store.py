@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from benchmarks.backends import Backend
@@ -49,6 +49,36 @@ def make_batches(
             )
             n += count
     return out
+
+
+async def open_loop(n: int, per_second: float, start: Callable[[int], Awaitable[None]]) -> float:
+    """Start `start(i)` for i in 0..n-1, each as its own task, at `per_second` (an open
+    loop: a slow one does not hold back the next); wait for them all.
+
+    Returns the seconds the offering took (compare with n / per_second to see if
+    the loop kept up). On failure or cancellation the tasks still running are
+    cancelled and awaited.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    sent = 0
+    t0 = time.perf_counter()
+    try:
+        while sent < n:
+            due = min(n, int((time.perf_counter() - t0) * per_second) + 1)
+            while sent < due:
+                task = asyncio.ensure_future(start(sent))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        offered = time.perf_counter() - t0
+        while tasks:
+            await asyncio.gather(*list(tasks))
+        return offered
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -270,7 +300,6 @@ async def subscribe_latency(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     handoff: asyncio.Queue[float] = asyncio.Queue()
     early = 0
     background: set[asyncio.Task[None]] = set()
-    appends: set[asyncio.Task[None]] = set()
     try:
         start = await store.last_position()
         all_delivered = asyncio.Event()
@@ -300,27 +329,15 @@ async def subscribe_latency(backend: Backend, sizes: Sizes) -> dict[str, Any]:
         qc = asyncio.create_task(queue_consumer())
         background.update((sub, qc))
         await asyncio.sleep(0.1)  # let the subscription catch up and go live
-        sent = 0
-        t0 = time.perf_counter()
-        while sent < n:
-            due = min(n, int((time.perf_counter() - t0) * sizes.subscribe_rate) + 1)
-            while sent < due:
-                task = asyncio.create_task(one(sent))
-                appends.add(task)
-                task.add_done_callback(appends.discard)
-                sent += 1
-            await asyncio.sleep(0.001)
-        offered_seconds = time.perf_counter() - t0
-        while appends:
-            await asyncio.gather(*list(appends))
+        offered_seconds = await open_loop(n, sizes.subscribe_rate, one)
         await asyncio.wait_for(all_delivered.wait(), 60)
         await asyncio.wait_for(qc, 60)
     finally:
         # On success only the subscriber is left; on failure, stop everything we started.
-        pending = [t for t in (*background, *appends) if not t.done()]
+        pending = [t for t in background if not t.done()]
         for t in pending:
             t.cancel()
-        await asyncio.gather(*background, *appends, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await store.close()
     lat = []
     for event_id, at in delivered.items():

@@ -23,14 +23,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import tidelog
 from tidelog import NewEvent
 
-__all__ = ["http_append", "http_subscribe"]
+__all__ = ["Served", "http_append", "http_subscribe", "serve_process"]
 
 _KEY_LINE = re.compile(r"admin key \(shown once, keep it\): (\S+)")
 
@@ -42,12 +44,30 @@ def _free_port() -> int:
         return port
 
 
+class Served(NamedTuple):
+    url: str
+    key: str
+    pid: int
+
+
 @contextlib.asynccontextmanager
-async def _server(store_url: str) -> AsyncIterator[tuple[str, str]]:
-    """`tidelog serve` in a child process; yields (base URL, admin key)."""
+async def serve_process(
+    store_url: str, limits: Mapping[str, float] | None = None
+) -> AsyncIterator[Served]:
+    """`tidelog serve` in a child process, with `limits` changed in its `[limits]`.
+
+    Yields the base URL, the admin key it printed at first start, and its pid.
+    Its log is read to the end in a thread, so a chatty server never blocks on
+    a full pipe.
+    """
     port = _free_port()
+    drain: threading.Thread | None = None
     with tempfile.TemporaryDirectory() as data_dir:
         env = {**os.environ, "TIDELOG_DATA_DIR": data_dir}
+        if limits:
+            config = Path(data_dir) / "tidelog.toml"
+            config.write_text("[limits]\n" + "".join(f"{k} = {v!r}\n" for k, v in limits.items()))
+            env["TIDELOG_CONFIG"] = str(config)
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for off the loop
             [sys.executable, "-m", "tidelog", "serve", "--store", store_url, "--port", str(port)],
             env=env,
@@ -67,19 +87,26 @@ async def _server(store_url: str) -> AsyncIterator[tuple[str, str]]:
                     key = m.group(1)
             if key is None:
                 raise RuntimeError("server printed no admin key")
+            drain = threading.Thread(target=proc.stderr.read, daemon=True)
+            drain.start()
             url = f"http://127.0.0.1:{port}"
             for _ in range(300):
                 with contextlib.suppress(OSError):
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                     break
                 await asyncio.sleep(0.05)
-            yield url, key
+            yield Served(url, key, proc.pid)
         finally:
             proc.terminate()
             try:
                 await asyncio.to_thread(proc.wait, 15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                await asyncio.to_thread(proc.wait)
+            if drain is not None:  # at the end of the log now that the server exited
+                await asyncio.to_thread(drain.join, 15)
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 def _batches(sizes: Any) -> list[tuple[str, list[NewEvent]]]:
@@ -124,7 +151,7 @@ async def http_append(backend: Any, sizes: Any) -> dict[str, Any]:
     finally:
         await local.close()
     async with (
-        _server(_store_url(backend)) as (url, key),
+        serve_process(_store_url(backend)) as (url, key, _),
         tidelog.connect(url, token=key) as remote,
     ):
         seconds = await _append_all(remote, _batches(sizes), sizes.batch_callers)
@@ -161,7 +188,10 @@ async def http_subscribe(backend: Any, sizes: Any) -> dict[str, Any]:
         base_seconds = await _consume(store, count)
     finally:
         await store.close()
-    async with _server(url_for_server) as (url, key), tidelog.connect(url, token=key) as remote:
+    async with (
+        serve_process(url_for_server) as (url, key, _),
+        tidelog.connect(url, token=key) as remote,
+    ):
         seconds = await _consume(remote, count)
     return {
         "value": round(count / seconds),

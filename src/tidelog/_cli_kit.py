@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 import typer
@@ -27,6 +27,8 @@ from tidelog.errors import InvalidInput
 from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_version
 
 __all__ = [
+    "CategoriesOption",
+    "LimitOption",
     "Settings",
     "command_group",
     "connect_options",
@@ -45,6 +47,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+CategoriesOption = Annotated[
+    list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
+]
+"""`--category/-c`, repeatable, for the commands that read the log: declared once so
+`log`, `tail` and `export` filter by the same flag with the same help."""
+LimitOption = Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")]
+"""`--limit/-n` of the commands that print events (`read`, `log`)."""
 
 json_encoder: Final = msgspec.json.Encoder()
 _json_decoder: Final = msgspec.json.Decoder()

@@ -94,6 +94,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--hard-max-age", help="Past this age, delete even if unconsumed."),
         ] = None,
+        hard_max_bytes: Annotated[
+            int | None,
+            typer.Option(
+                "--hard-max-bytes",
+                help="Past this many bytes (data + metadata) in the scope, delete the oldest"
+                " events even if unconsumed.",
+            ),
+        ] = None,
         scavenge_deleted: Annotated[
             bool,
             typer.Option("--scavenge-deleted", help="Delete the events of tombstoned streams."),
@@ -114,6 +122,7 @@ def register(app: typer.Typer) -> None:
             keep_latest=keep_latest,
             even_if_unconsumed=even_if_unconsumed,
             hard_max_age=None if hard_max_age is None else parse_duration(hard_max_age),
+            hard_max_bytes=hard_max_bytes,
             scavenge_deleted=scavenge_deleted,
             keep_tombstone=not forget_tombstones,
         )

@@ -3,7 +3,10 @@
 It opens the store named by the global `--store` (a server through its URL and
 token), and reports the engine, the log's head, and per consumer group its
 members, its lag (events of its category after its checkpoints) and its open
-parked events. The exit status is the answer: 0 healthy; 1 when the store
+dead-letter entries apart, as the dashboard shows them: `parked` (failed, waiting
+for `tidelog dlq retry` or `drop`), `held` (waiting behind a parked event of
+their stream) and `retrying` (a retry was asked, the partition's owner runs
+it). The exit status is the answer: 0 healthy; 1 when the store
 cannot be reached within `--timeout` (one `error:` line, like every command)
 or when a threshold given by `--max-lag` / `--max-parked` is passed (the
 report is printed, then the reasons on stderr).
@@ -14,6 +17,7 @@ Like every command module, a leaf: `register(app)` adds the command.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -33,6 +37,11 @@ class GroupStatus:
     members: int
     lag: int
     parked: int
+    """Failed events waiting for an operator (`--max-parked` judges these)."""
+    held: int = 0
+    """Events waiting behind a parked event of their stream: released with it."""
+    retrying: int = 0
+    """Parked events whose retry was asked and has not run yet."""
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Status:
 
 async def collect(store: Any, url: str) -> Status:
     """What `status` reports about an open store, thresholds not yet applied."""
-    from tidelog.consumers import list_parked
+    from tidelog.consumers import ParkedStatus, list_parked
 
     engine = store.name
     behind = getattr(store, "server_engine", "")
@@ -63,10 +72,11 @@ async def collect(store: Any, url: str) -> Status:
         head=await store.last_position(),
         partitions=store.partition_count,
     )
-    parked_by_group: dict[str, int] = {}
+    open_by_group: dict[str, Counter[ParkedStatus]] = {}
     for group, category in await store.list_groups():
-        if group not in parked_by_group:
-            parked_by_group[group] = len(await list_parked(store, group))
+        if group not in open_by_group:
+            open_by_group[group] = Counter(p.status for p in await list_parked(store, group))
+        counts = open_by_group[group]
         described = await store.describe_group(group, category)
         lags = await partition_lags(store, group, category)
         status.groups.append(
@@ -75,7 +85,9 @@ async def collect(store: Any, url: str) -> Status:
                 category=category,
                 members=0 if described is None else len(described.members),
                 lag=sum(lag for _, lag in lags.values()),
-                parked=parked_by_group[group],
+                parked=counts[ParkedStatus.PARKED],
+                held=counts[ParkedStatus.HELD],
+                retrying=counts[ParkedStatus.RETRYING],
             )
         )
     return status
@@ -109,7 +121,10 @@ def status(
     max_parked: Annotated[
         int | None,
         typer.Option(
-            "--max-parked", min=0, help="Unhealthy when a group has more open parked events."
+            "--max-parked",
+            min=0,
+            help="Unhealthy when a group has more parked events (held and retrying ones"
+            " are shown apart and not counted).",
         ),
     ] = None,
     timeout: Annotated[
@@ -160,7 +175,11 @@ def _print(ctx: typer.Context, report: Status) -> None:
     if not report.groups:
         out.print("groups  none")
         return
-    table = Table("group", "category", "members", "lag", "parked", box=None)
+    table = Table("group", "category", "members", "lag", "parked", "held", "retrying", box=None)
     for g in report.groups:
-        table.add_row(g.group, g.category, str(g.members), str(g.lag), str(g.parked))
+        table.add_row(
+            g.group,
+            g.category,
+            *(str(n) for n in (g.members, g.lag, g.parked, g.held, g.retrying)),
+        )
     out.print(table)

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -23,6 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tidelog._cli_kit import (
+    CategoriesOption,
+    LimitOption,
     connect_options,
     emit,
     event_to_json,
@@ -33,6 +36,7 @@ from tidelog._cli_kit import (
     settings,
 )
 from tidelog._connect import resolved_url
+from tidelog.engines.contract import Engine
 from tidelog.errors import InvalidEvent, InvalidInput
 from tidelog.model import AppendResult, NewEvent, RecordedEvent, StreamInfo
 
@@ -84,6 +88,24 @@ class _Printer:
             emit(event_to_json(event))
         else:
             self.console.print(_event_line(event))
+
+
+def _print_events(
+    ctx: typer.Context, events: Callable[[Engine], AsyncIterator[RecordedEvent]]
+) -> None:
+    """Print what `events` reads from the global `--store`, opened for reads only.
+
+    `read` and `log` differ only in which read they make; opening the store,
+    the output format and running the loop are the same, and written here once.
+    """
+    printer = _Printer(settings(ctx).json)
+
+    async def body() -> None:
+        async with open_store(ctx, reads_only=True) as store:
+            async for event in events(store):
+                printer.event(event)
+
+    run(body())
 
 
 def _data_text(data: str) -> str:
@@ -169,20 +191,15 @@ def read(
         typer.Option("--from", help="First version (default: 0, or the end when backwards)."),
     ] = None,
     backwards: Annotated[bool, typer.Option("--backwards", help="Newest first.")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
+    limit: LimitOption = None,
 ) -> None:
     """Print the events of one stream."""
-    start = from_version if from_version is not None else (-1 if backwards else 0)
-    printer = _Printer(settings(ctx).json)
-
-    async def body() -> None:
-        async with open_store(ctx, reads_only=True) as store:
-            async for event in store.read_stream(
-                stream, from_version=start, backwards=backwards, limit=limit
-            ):
-                printer.event(event)
-
-    run(body())
+    _print_events(
+        ctx,
+        lambda store: store.read_stream(
+            stream, from_version=from_version, backwards=backwards, limit=limit
+        ),
+    )
 
 
 def log(
@@ -190,32 +207,24 @@ def log(
     from_position: Annotated[
         int, typer.Option("--from", help="First position (events at or after it).")
     ] = 0,
-    category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
-    ] = None,
+    category: CategoriesOption = None,
     type_: Annotated[
         list[str] | None, typer.Option("--type", "-t", help="Only these event types.")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")] = None,
+    limit: LimitOption = None,
 ) -> None:
     """Print the global log, in commit order."""
-    printer = _Printer(settings(ctx).json)
-
-    async def body() -> None:
-        async with open_store(ctx, reads_only=True) as store:
-            async for event in store.read_all(
-                from_position=from_position, categories=category, types=type_, limit=limit
-            ):
-                printer.event(event)
-
-    run(body())
+    _print_events(
+        ctx,
+        lambda store: store.read_all(
+            from_position=from_position, categories=category, types=type_, limit=limit
+        ),
+    )
 
 
 def tail(
     ctx: typer.Context,
-    category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
-    ] = None,
+    category: CategoriesOption = None,
     from_position: Annotated[
         int | None,
         typer.Option("--from", help="Start at this position (default: only new events)."),

@@ -52,7 +52,7 @@ from rich.progress import (
 )
 
 from tidelog import wire
-from tidelog._cli_kit import open_store, run, say
+from tidelog._cli_kit import CategoriesOption, open_store, run, say
 from tidelog._cloudevent_map import (
     LOCATION_EXTENSIONS,
     STRUCTURED_DECODER,
@@ -77,6 +77,12 @@ __all__ = ["ImportRefused", "register"]
 class Format(enum.StrEnum):
     JSONL = "jsonl"
     CLOUDEVENTS = "cloudevents"
+
+
+FormatOption = Annotated[
+    Format, typer.Option("--format", "-f", help="jsonl (tidelog's own) or cloudevents.")
+]
+"""`--format/-f`, shared by `export` and `import` so the two always speak the same formats."""
 
 
 class ImportRefused(TidelogError):
@@ -130,9 +136,7 @@ def export_line(event: RecordedEvent, format: Format) -> bytes:
 
 def export(
     ctx: typer.Context,
-    category: Annotated[
-        list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
-    ] = None,
+    category: CategoriesOption = None,
     from_position: Annotated[
         int, typer.Option("--from", min=0, help="First position (events at or after it).")
     ] = 0,
@@ -140,9 +144,7 @@ def export(
         Path | None,
         typer.Option("--output", "-o", help="Write to this file (default: standard output)."),
     ] = None,
-    format: Annotated[
-        Format, typer.Option("--format", "-f", help="jsonl (tidelog's own) or cloudevents.")
-    ] = Format.JSONL,
+    format: FormatOption = Format.JSONL,
 ) -> None:
     """Write the log's events as JSON lines, one event each, in commit order."""
 
@@ -321,9 +323,7 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 def import_events(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="A file of JSON lines, or - for standard input.")],
-    format: Annotated[
-        Format, typer.Option("--format", "-f", help="jsonl (tidelog's own) or cloudevents.")
-    ] = Format.JSONL,
+    format: FormatOption = Format.JSONL,
     batch: Annotated[
         int, typer.Option("--batch", min=1, max=10_000, help="Events per atomic append.")
     ] = 500,

@@ -25,6 +25,11 @@ extra. The mapping (see docs/http-api.md, "CloudEvents 1.0"):
   extension (`correlationid`, `causationid`, `traceparent`, `tracestate`, ...)
   are kept in the event's metadata under their CloudEvents names, so the event
   reads back as the same CloudEvent;
+- the `deliverat` extension (an RFC 3339 timestamp with an offset) schedules
+  the event (docs/scheduling.md): it stays pending until then. A request with
+  scheduled events targets one stream with one `deliverat` (a scheduled
+  append is one stream's), else it is refused; the extension stays in the
+  metadata like any other;
 - JSON `data` is stored byte for byte (the body is decoded into `msgspec.Raw`
   slices, never re-encoded); `data_base64` and binary-mode bodies are stored as
   the bytes they carry.
@@ -185,13 +190,11 @@ def _build(
     for name in _OPTIONAL_STRINGS:
         if name in attrs and not isinstance(attrs[name], str):
             raise InvalidEvent(f"CloudEvents attribute {name!r} must be a string")
-    if "time" in attrs:
-        try:
-            parsed = _DATETIME.decode(msgspec.json.encode(attrs["time"]))
-        except msgspec.DecodeError:
-            parsed = None
-        if parsed is None or parsed.tzinfo is None:
-            raise InvalidEvent(f"CloudEvents time {attrs['time']!r} is not an RFC 3339 timestamp")
+    for moment in ("time", DELIVER_AT):
+        if moment in attrs and _timestamp(attrs[moment]) is None:
+            raise InvalidEvent(
+                f"CloudEvents {moment} {attrs[moment]!r} is not an RFC 3339 timestamp"
+            )
     subject = attrs.get("subject")
     stream = stream_param if stream_param is not None else subject
     if not isinstance(stream, str):
@@ -205,10 +208,27 @@ def _build(
     metadata: dict[str, Any] = {k: v for k, v in attrs.items() if k not in ("specversion", "type")}
     event = validate_event(
         NewEvent(
-            type=ce_type, data=data, metadata=metadata, id=cloudevent_id(principal, source, ce_id)
+            type=ce_type,
+            data=data,
+            metadata=metadata,
+            id=cloudevent_id(principal, source, ce_id),
+            deliver_at=_timestamp(attrs[DELIVER_AT]) if DELIVER_AT in attrs else None,
         )
     )
     return Parsed(stream=stream, event=event)
+
+
+DELIVER_AT: Final = "deliverat"
+"""The CloudEvents extension that schedules an event (names are lowercase alphanumerics)."""
+
+
+def _timestamp(value: object) -> datetime | None:
+    """An RFC 3339 timestamp with an offset, or None."""
+    try:
+        parsed = _DATETIME.decode(msgspec.json.encode(value))
+    except msgspec.DecodeError:
+        return None
+    return parsed if parsed is not None and parsed.tzinfo is not None else None
 
 
 def from_structured(  # noqa: PLR0912 (one branch per CloudEvents attribute rule)

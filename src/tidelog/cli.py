@@ -13,8 +13,9 @@ its traceback.
 
 This module only assembles: each area's commands live in their own module
 (`_cli_store`, `consumers/_cli`, `schemas/_cli`, `projections/_cli`,
-`_cli_admin`, `_cli_transfer`, `server/_cli`, `_cli_status`, `_cli_keys`), imported plainly
-below, and each exposes `register(app)`. A command module is a leaf: it takes `settings(ctx)`,
+`_cli_admin`, `_cli_transfer`, `server/_cli`, `_cli_status`, `_cli_keys`,
+`_cli_retention`, `_cli_scheduled`), imported plainly below, and each exposes
+`register(app)`. A command module is a leaf: it takes `settings(ctx)`,
 `run(...)`, `emit(...)` and `parse_json(...)` from `tidelog._cli_kit`, never
 from here. A command module that does not exist is skipped; any other import
 error is raised, so a broken module is never silently hidden. Command modules
@@ -271,6 +272,8 @@ with _command_module("tidelog._cli_status"):
     import tidelog._cli_status
 with _command_module("tidelog._cli_keys"):
     import tidelog._cli_keys
+with _command_module("tidelog._cli_scheduled"):
+    import tidelog._cli_scheduled
 
 
 def _register_extensions(target: typer.Typer) -> None:

@@ -7,6 +7,16 @@ PostgreSQL, PostgreSQL to NATS, ...). What is copied:
   schema version, in the source's log order (`recorded_at` becomes the time
   of the copy: the contract has no way to set it);
 - tombstones (after the events, since a deleted stream takes no appends);
+- what retention deleted stays deleted: a stream whose first events a
+  scavenge deleted starts in the destination at the version of its first kept
+  event (and one with no event left keeps its version), through the engine's
+  `_start_stream_at`, the state a scavenge leaves. The retention rules are
+  events of `$retention` and are copied in log order; the destination's groups
+  are made known before any event, so that its readers and scavenger keep
+  every event no group has checkpointed past until the checkpoints arrive
+  (rules copied without their groups would let it delete what the source's
+  groups still protect). An engine that cannot start a stream at a version
+  (NATS, remote) is refused up front, naming the stream;
 - consumer-group checkpoints, mapped to the destination's positions: a
   checkpoint at source position p becomes the destination position of the
   last copied event whose source position is <= p (0 if none). Live group
@@ -160,12 +170,81 @@ class OrderedAppender:
         }
 
 
+async def _start(dst: Engine, stream: str, version: int) -> None:
+    """Start `stream` at `version` in `dst` (its versions below were deleted in the source)."""
+    try:
+        await dst._start_stream_at(stream, version)
+    except NotSupported as exc:
+        raise NotSupported(
+            dst.name,
+            "copying a store whose retention deleted events",
+            f"stream {stream!r} starts at version {version} in the source and this engine "
+            f"cannot start a stream there ({exc.reason or exc.feature})",
+        ) from None
+
+
+async def _start_streams(src: Engine, dst: Engine, streams: dict[str, StreamInfo]) -> None:
+    """Start the destination's streams whose first versions the source's retention deleted.
+
+    Up front, before any event is copied, so that a destination that cannot is
+    refused with nothing written. Only when some stream misses events (the
+    source's streams hold fewer events than their versions count: one count),
+    since it reads each stream's first event. Tombstoned streams cannot be read:
+    the writer starts them when their first event comes, and step 2 those with
+    no event left.
+    """
+    stored = sum(i.version + 1 for i in streams.values() if i.version is not None)
+    if await src.count_events() >= stored:
+        return
+    for info in streams.values():
+        if info.deleted or info.version is None:
+            continue
+        first = [e async for e in src.read_stream(info.name, limit=1)]
+        start = first[0].version if first else info.version + 1
+        if start > 0:
+            await _start(dst, info.name, start)
+
+
+async def _prepare(
+    src: Engine, dst: Engine, groups: list[tuple[str, str]]
+) -> dict[str, StreamInfo]:
+    """Before any event: make the source's groups known to the destination, so its
+    retention keeps every event until their checkpoints are copied (a known group
+    with no checkpoint has read nothing), and start the scavenged streams."""
+    for group, category in groups:
+        if await src.checkpoints(group, category):
+            member = f"tidelog-copy-{uuid.uuid4().hex}"
+            await dst.join_group(group, category, member, lease=60.0)
+            await dst.leave_group(group, category, member)
+    streams = await _streams(src)
+    await _start_streams(src, dst, streams)
+    return streams
+
+
+async def _finish_streams(dst: Engine, streams: dict[str, StreamInfo]) -> int:
+    """After the events: start the streams that have none left in the source (their
+    version is kept), then tombstone the deleted ones; returns the tombstones written."""
+    absent = streams.keys() - (await _streams(dst)).keys()
+    tombstones = 0
+    for info in streams.values():
+        if info.version is not None and info.name in absent:
+            await _start(dst, info.name, info.version + 1)
+        if info.deleted:
+            with contextlib.suppress(StreamDeleted):
+                await dst.delete_stream(info.name)
+                tombstones += 1
+    return tombstones
+
+
 class _Writer:
     """Copies source events in log order, each stream's expected version its source version."""
 
     def __init__(self, dst: Engine, batch_events: int) -> None:
         self.batch: LogBatch[RecordedEvent] = LogBatch(batch_events)
         self.appender = OrderedAppender(dst)
+        self.dst = dst
+        self.seen: set[str] = set()
+        """Streams written by this run: only a stream's first batch may need a start."""
 
     async def add(self, event: RecordedEvent) -> bool:
         """Queue `event`; returns True when that flushed (wrote) a batch first."""
@@ -179,6 +258,11 @@ class _Writer:
         pending = self.batch.take()
         if not pending:
             return
+        for stream, events in pending.items():
+            if stream not in self.seen:
+                self.seen.add(stream)
+                if events[0].version > 0:  # a no-op unless retention deleted its start
+                    await _start(self.dst, stream, events[0].version)
         await self.appender.write(
             {
                 stream: AppendRequest(
@@ -263,6 +347,9 @@ async def copy_store(  # noqa: PLR0912 (one pass: copy, resume, verify and repor
             f"destination with ?partitions={src.partition_count}"
         )
 
+    # 0. Groups known first (their unread events are kept), scavenged streams started.
+    src_streams = await _prepare(src, dst, groups)
+
     # 1. Events, in log order, resuming after the destination's last one.
     done = report.resumed_after = await _resume_after(src, dst)
     writer = _Writer(dst, batch_events)
@@ -277,12 +364,8 @@ async def copy_store(  # noqa: PLR0912 (one pass: copy, resume, verify and repor
     if progress is not None:
         progress(end, end)
 
-    # 2. Tombstones.
-    for info in (await _streams(src)).values():
-        if info.deleted:
-            with contextlib.suppress(StreamDeleted):
-                await dst.delete_stream(info.name)
-                report.tombstones += 1
+    # 2. Streams with no event left keep their version; then tombstones.
+    report.tombstones = await _finish_streams(dst, src_streams)
 
     # 3. Verify the log and pair the positions; then streams.
     src_positions, dst_positions = await _compare_logs(src, dst, end, report)

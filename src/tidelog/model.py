@@ -39,6 +39,8 @@ __all__ = [
     "Membership",
     "NewEvent",
     "RecordedEvent",
+    "ScheduledEvent",
+    "ScheduledResult",
     "StreamInfo",
     "StreamState",
     "category_of",
@@ -232,6 +234,40 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     id: UUID = msgspec.field(default_factory=new_event_id)
     schema_version: int = 1
+    deliver_at: datetime | None = None
+    """Schedule the event: it stays invisible until this (timezone-aware) time, then
+    it is appended to its stream (see `docs/scheduling.md`). None: append now."""
+
+
+class ScheduledEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event waiting for its due time (`store.scheduled()` lists them).
+
+    It is not in the log yet: it has no version or position. At `due_at` the
+    store's scheduler appends it to `stream` with `expected_version`, together
+    with the other events of the same scheduled append (`batch`, the id of that
+    append's first event, in `seq` order).
+    """
+
+    id: UUID
+    stream: str
+    due_at: datetime
+    type: str
+    data: bytes = b""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    schema_version: int = 1
+    expected_version: StreamState | int = StreamState.ANY
+    batch: UUID
+    seq: int = 0
+
+    def to_new_event(self) -> NewEvent:
+        """The event to append at its time."""
+        return NewEvent(
+            id=self.id,
+            type=self.type,
+            data=self.data,
+            metadata=dict(self.metadata),
+            schema_version=self.schema_version,
+        )
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -259,6 +295,19 @@ class AppendResult(msgspec.Struct, frozen=True):
     position: int
 
 
+class ScheduledResult(AppendResult, frozen=True, kw_only=True):
+    """What an append of scheduled events returns: they are durably stored as pending.
+
+    An `AppendResult` (so `append` keeps one return type) whose `version` and
+    `position` are -1: the events get theirs when they are due and appended.
+    `due_at` is when, `ids` the scheduled events' ids (for `cancel_scheduled`).
+    """
+
+    stream: str
+    due_at: datetime
+    ids: tuple[UUID, ...]
+
+
 class AppendRequest(msgspec.Struct, frozen=True):
     """The events for one stream of an `append_many`, with that stream's expected version."""
 
@@ -279,7 +328,7 @@ class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GroupMember(msgspec.Struct, frozen=True, kw_only=True):
-    """A live member of a consumer group and the partitions it owns."""
+    """A live member of a consumer group and the partitions it holds."""
 
     member: str
     partitions: tuple[int, ...]
@@ -290,8 +339,15 @@ class GroupMember(msgspec.Struct, frozen=True, kw_only=True):
 class Membership(msgspec.Struct, frozen=True, kw_only=True):
     """A member's view of its group after join or heartbeat.
 
-    `generation` changes whenever the set of live members changes; only the
-    current generation may commit. `partitions` are the ones this member owns.
+    `generation` changes whenever the set of live members, or the member holding
+    a partition, changes; only the current generation may commit. `partitions`
+    are the ones this member holds (it may commit them).
+
+    A cooperative member (one that joined with `cooperative=True`) is handed
+    over partitions without duplicates: `revoking` lists those it holds but
+    must give up (finish or abandon their in-flight events, commit, then
+    release them with `heartbeat(..., release=...)`); `awaiting` lists those
+    assigned to it that a previous holder has not released yet.
     """
 
     group: str
@@ -301,6 +357,8 @@ class Membership(msgspec.Struct, frozen=True, kw_only=True):
     partitions: tuple[int, ...]
     partition_count: int
     members: tuple[GroupMember, ...]
+    revoking: tuple[int, ...] = ()
+    awaiting: tuple[int, ...] = ()
 
 
 _JSON_ENCODER: Final = msgspec.json.Encoder()

@@ -82,6 +82,12 @@ _A = TypeVar("_A", bound=Aggregate)
 NOT_IN_SYNC: Final[dict[str, str]] = {
     "head_watch": "the asyncio notifier that wakes live subscriptions: engine plumbing",
     "poll_interval": "how often a live subscription re-checks: tuned on the async store",
+    "applies_retention": "engine plumbing: whether this store applies the rules itself",
+    "scavenge_interval": "the background scavenger's tuning: set on the async store",
+    "scavenge_lease": "the background scavenger's tuning: set on the async store",
+    "scavenge_batch": "the background scavenger's tuning: set on the async store",
+    "start_scheduler": "returns the scheduler, an asyncio task's handle: use `run` with the "
+    "async store (a store starts it by itself when it schedules an event)",
 }
 """Public names of the async contract the sync facade leaves out, and why.
 
@@ -373,6 +379,7 @@ class SyncStore:
     read_page = _blocking(Engine.read_page)
     count_events = _blocking(Engine.count_events)
     last_position = _blocking(Engine.last_position)
+    first_position = _blocking(Engine.first_position)
     subscribe = _iterating(Engine.subscribe)
     # layer 3: consumer groups
     join_group = _blocking(Engine.join_group)
@@ -382,6 +389,24 @@ class SyncStore:
     checkpoints = _blocking(Engine.checkpoints)
     describe_group = _blocking(Engine.describe_group)
     list_groups = _blocking(Engine.list_groups)
+    # retention (docs/retention.md)
+    set_retention = _blocking(Engine.set_retention)
+    retention = _blocking(Engine.retention)
+    scavenge = _blocking(Engine.scavenge)
+    # scheduled delivery (docs/scheduling.md)
+    cancel_scheduled = _blocking(Engine.cancel_scheduled)
+    scheduled = _blocking(Engine.scheduled)
+    count_scheduled = _blocking(Engine.count_scheduled)
+
+    @property
+    def supports_scheduling(self) -> bool:
+        """Whether this store keeps scheduled events (else they raise `NotSupported`)."""
+        return self._async.supports_scheduling
+
+    @property
+    def retention_stats(self) -> dict[str, int]:
+        """Counters of this process's scavenges (`deleted`, `lost`, `runs`, ...)."""
+        return dict(self._async.retention_stats)
 
     def close(self) -> None:
         """Close the store, end its open iterators and stop its thread. Idempotent."""

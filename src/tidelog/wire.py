@@ -10,7 +10,7 @@ error's attributes, and are turned back into the same exception types by
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
     StreamState,
     new_event_id,
@@ -30,12 +31,16 @@ from tidelog.model import (
 )
 
 __all__ = [
+    "MAX_DELAY_SECONDS",
     "WireAppend",
     "WireAppendMany",
+    "WireCancelled",
     "WireCommit",
     "WireError",
     "WireEvent",
     "WireNewEvent",
+    "WireScheduled",
+    "WireScheduledEvent",
     "embeds_as_json",
     "error_to_wire",
     "expected_to_wire",
@@ -72,6 +77,13 @@ def embeds_as_json(data: bytes) -> bool:
         except UnicodeDecodeError:
             return False
     return True
+
+
+def data_to_wire(data: bytes) -> tuple[msgspec.Raw, str | None]:
+    """Event bytes as the wire's `data` (JSON embedded as is) or `data_base64` (any other)."""
+    if embeds_as_json(data):
+        return msgspec.Raw(data), None
+    return _NULL, base64.b64encode(data).decode("ascii")
 
 
 class WireNewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -131,10 +143,93 @@ class WireAppend(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An append to one stream.
 
     `expected_version`: an int, "any", "no_stream" or "stream_exists".
+    `deliver_at` (RFC 3339 with an offset) or `deliver_after` (seconds)
+    schedule the append (one stream's append only; see docs/scheduling.md).
     """
 
     events: list[WireNewEvent]
     expected_version: int | str = "any"
+    deliver_at: datetime | None = None
+    deliver_after: float | None = None
+
+    def delay(self) -> timedelta | None:
+        """`deliver_after` as a timedelta; refused beyond `MAX_DELAY_SECONDS` or below 0."""
+        if self.deliver_after is None:
+            return None
+        if not 0 <= self.deliver_after <= MAX_DELAY_SECONDS:
+            raise errors.InvalidEvent(f"deliver_after must be 0 to {MAX_DELAY_SECONDS} seconds")
+        return timedelta(seconds=self.deliver_after)
+
+    @property
+    def scheduled(self) -> bool:
+        return self.deliver_at is not None or self.deliver_after is not None
+
+
+MAX_DELAY_SECONDS: Final = 100 * 366 * 86_400
+"""A century: a longer delay is a mistake, and timedelta arithmetic would overflow."""
+
+
+class WireScheduledEvent(msgspec.Struct, kw_only=True):
+    """A pending scheduled event, as `GET /v1/scheduled` lists it."""
+
+    id: UUID
+    stream: str
+    due_at: datetime
+    type: str
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    data_base64: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    schema_version: int = 1
+    expected_version: int | str = "any"
+    batch: UUID
+    seq: int = 0
+
+    @classmethod
+    def of(cls, e: ScheduledEvent) -> WireScheduledEvent:
+        data, data_base64 = data_to_wire(e.data)
+        return cls(
+            id=e.id,
+            stream=e.stream,
+            due_at=e.due_at,
+            type=e.type,
+            data=data,
+            data_base64=data_base64,
+            metadata=e.metadata,
+            schema_version=e.schema_version,
+            expected_version=expected_to_wire(e.expected_version),
+            batch=e.batch,
+            seq=e.seq,
+        )
+
+    def to_scheduled(self) -> ScheduledEvent:
+        data = bytes(self.data) if self.data_base64 is None else base64.b64decode(self.data_base64)
+        return ScheduledEvent(
+            id=self.id,
+            stream=self.stream,
+            due_at=self.due_at,
+            type=self.type,
+            data=data,
+            metadata=self.metadata,
+            schema_version=self.schema_version,
+            expected_version=parse_expected_version(self.expected_version),
+            batch=self.batch,
+            seq=self.seq,
+        )
+
+
+class WireScheduled(msgspec.Struct, kw_only=True):
+    """`GET /v1/scheduled`: pending events, earliest due first, and how many are pending.
+
+    `pending` counts the whole store; it is null unless the caller may read the
+    whole log (a count across streams is not for a caller limited to some).
+    """
+
+    events: list[WireScheduledEvent]
+    pending: int | None = None
+
+
+class WireCancelled(msgspec.Struct, kw_only=True):
+    cancelled: bool
 
 
 class WireAppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -150,7 +245,17 @@ class WireCommit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class WireJoin(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of a join: the lease, and whether the member hands partitions over."""
+
     lease: float = 10.0
+    cooperative: bool = False
+
+
+class WireHeartbeat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of a heartbeat: the lease, and the partitions the member released."""
+
+    lease: float = 10.0
+    release: list[int] = msgspec.field(default_factory=list)
 
 
 class WireEvent(msgspec.Struct, kw_only=True):
@@ -175,15 +280,15 @@ class WireEvent(msgspec.Struct, kw_only=True):
 
     @classmethod
     def from_recorded(cls, e: RecordedEvent) -> WireEvent:
-        is_json = embeds_as_json(e.data)
+        data, data_base64 = data_to_wire(e.data)
         return cls(
             id=e.id,
             stream=e.stream,
             version=e.version,
             position=e.position,
             type=e.type,
-            data=msgspec.Raw(e.data) if is_json else _NULL,
-            data_base64=None if is_json else base64.b64encode(e.data).decode("ascii"),
+            data=data,
+            data_base64=data_base64,
             metadata=e.metadata,
             recorded_at=e.recorded_at,
             schema_version=e.schema_version,

@@ -62,7 +62,7 @@ async def open_store(kind: str, tmp: pathlib.Path) -> AsyncIterator[tidelog.Stor
     await require_postgres()
     schemas = Schemas()
     try:
-        async with tidelog.connect(schemas.url("partitions=8&pool_max=4")) as store:
+        async with await schemas.open("partitions=8&pool_max=4") as store:
             yield store
     finally:
         await schemas.drop()

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from tidelog.engines.contract import GroupEngine
 from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StoreUnavailable
-from tidelog.model import AppendRequest, RecordedEvent
+from tidelog.model import AppendRequest, NewEvent, RecordedEvent
 
 from ._options import RunnerOptions
 from ._stats import Stats, emit
@@ -185,8 +185,17 @@ class Checkpoint:
         return pending[0] - 1 if pending else self.fetched_upto
 
     async def commit_with(self, appends: dict[str, AppendRequest]) -> None:
-        """Commit appends with this partition's checkpoint; fenced, or idempotent without tx."""
+        """Commit appends with this partition's checkpoint; fenced, or idempotent without tx.
+
+        A handler's scheduled appends (`ctx.append(..., deliver_after=...)`) are
+        scheduled first, each on its own: a schedule is not part of a
+        transactional commit. Their ids are deterministic, so if the commit then
+        fails and the handling is retried, scheduling them again keeps one.
+        """
         committer = self.committer
+        appends = await schedule_later(committer.store, appends)
+        if not appends:
+            return  # only scheduled: the checkpoint moves as after a handling without appends
         fence = committer.fence
         while True:
             if committer.no_transactions:
@@ -244,3 +253,28 @@ class Checkpoint:
             if self.since_commit < self.commit_every and not self.catch_up_due:
                 # set by events that finished during the commit: not due yet
                 self.progress.clear()
+
+
+async def schedule_later(
+    store: GroupEngine, appends: dict[str, AppendRequest]
+) -> dict[str, AppendRequest]:
+    """Schedule the events of `appends` that carry `deliver_at` (one scheduled append per
+    stream and due time, with the stream's expected version); return the rest.
+
+    Most commits schedule nothing: those are returned as they are after one look."""
+    if not any(e.deliver_at is not None for r in appends.values() for e in r.events):
+        return appends
+    now: dict[str, AppendRequest] = {}
+    for stream, request in appends.items():
+        later: dict[object, list[NewEvent]] = {}
+        rest: list[NewEvent] = []
+        for event in request.events:
+            if event.deliver_at is None:
+                rest.append(event)
+            else:
+                later.setdefault(event.deliver_at, []).append(event)
+        for events in later.values():
+            await store.append(stream, events, request.expected_version)
+        if rest:
+            now[stream] = request if not later else AppendRequest(rest, request.expected_version)
+    return now

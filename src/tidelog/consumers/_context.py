@@ -11,12 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from tidelog import codec
-from tidelog.engines.contract import GroupEngine
+from tidelog.engines.contract import GroupEngine, due_time
 from tidelog.model import (
     ANY,
     AppendRequest,
@@ -178,8 +179,17 @@ class Context:
         stream: str,
         events: Sequence[NewEvent | msgspec.Struct],
         expected_version: ExpectedVersion = ANY,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
     ) -> None:
         """Buffer an append, committed when the handler returns successfully.
+
+        With `deliver_at` or `deliver_after` ("retry this business step in an
+        hour") the events are scheduled instead, when the handler has returned
+        and just before its commit (see docs/scheduling.md); their ids are as
+        deterministic as any effect's, so a handling that is retried schedules
+        the same events again, which keeps one.
 
         Typed events (`@tidelog.event` Structs) are encoded. Each event gets a
         deterministic id; causation and correlation ids are set from the source
@@ -188,6 +198,7 @@ class Context:
         retried, and parked after `max_attempts`.
         """
         name = validate_stream_name(stream)
+        due = due_time(deliver_at, deliver_after)
         source = self._source[0]
         correlation = source.metadata.get("correlationid", str(source.id))
         registry = self._scope.registry
@@ -197,7 +208,10 @@ class Context:
             meta = {"causationid": str(source.id), "correlationid": correlation, **new.metadata}
             event_id = uuid.uuid5(DLQ_NAMESPACE, f"{self.idempotency_key}\x00effect:{self._count}")
             self._count += 1
-            out.append(replace_event(new, id=event_id, metadata=meta))
+            if due is None:
+                out.append(replace_event(new, id=event_id, metadata=meta))
+            else:
+                out.append(replace_event(new, id=event_id, metadata=meta, deliver_at=due))
         if self._appends is None:
             self._appends = {}
         if name in self._appends:

@@ -9,6 +9,13 @@
   to its partition's run, taking one credit per event from the consumer's
   `Credits`: at `max_in_flight` unfinished events reading pauses, so a burst
   of a million events never sits in memory.
+- Partitions move cooperatively: the consumer joins with `cooperative=True`,
+  so a partition the assignment gives another member stays this member's
+  (in its membership's `revoking`) until it hands it over (`_hand_over`): its
+  run abandons the events no handler has started, lets those being handled
+  finish, commits, and the next heartbeat releases the partition. Only then
+  does the new owner get it (it waits with the partition in its `awaiting`,
+  heartbeating often), so a graceful join or leave handles no event twice.
 - A commit refused with `StaleGeneration` makes the consumer heartbeat at once
   (`request_heartbeat`, `await_membership`); if its lease was gone it drops
   every partition and rejoins.
@@ -89,6 +96,13 @@ class GroupConsumer:
         )
         self.generation = -1
         self.runs: dict[int, PartitionRun] = {}
+        self.handing_over: dict[int, asyncio.Task[None]] = {}
+        """Partitions being handed over: their run stops (`_hand_over`)."""
+        self.released: set[int] = set()
+        """Partitions handed over, to release with the next heartbeat (until it is
+        acknowledged: they are no longer in the membership's `revoking`)."""
+        self.awaiting = False
+        """The last membership named partitions this member waits for."""
         self.claims = 0
         self.dlq = DlqState(handler.group)
         self._dlq_lock = asyncio.Lock()
@@ -183,13 +197,24 @@ class GroupConsumer:
 
     async def _apply(self, membership: Membership) -> None:
         self.generation = membership.generation
-        owned = set(membership.partitions)
-        for p in sorted(set(self.runs) - owned):
-            run = self.runs.pop(p)
+        revoking = set(membership.revoking)
+        owned = set(membership.partitions) - revoking
+        self.released &= revoking
+        self.awaiting = bool(membership.awaiting)
+        for p in sorted(set(self.runs) - owned - revoking):
+            run = self.runs.pop(p)  # taken away without a hand-over (lease lost, deadline)
             self.stats.partitions_revoked += 1
             emit(logging.INFO, "partition_revoked", group=self.handler.group, partition=p)
             await run.stop(None)
-        for p in sorted(owned):
+        for p in sorted(revoking - self.released):
+            if p in self.handing_over:
+                continue
+            moving = self.runs.pop(p) if p in self.runs else None
+            self.stats.partitions_revoked += 1
+            self.handing_over[p] = asyncio.create_task(
+                self._hand_over(p, moving), name=f"hand-over-{p}"
+            )
+        for p in sorted(owned - set(self.handing_over)):
             current = self.runs.get(p)
             if current is None or not current.alive:
                 if current is not None:
@@ -200,10 +225,27 @@ class GroupConsumer:
         self._epoch_changed.set()
         self._epoch_changed = asyncio.Event()
 
+    async def _hand_over(self, partition: int, run: PartitionRun | None) -> None:
+        """Give `partition` up for its new owner: stop its run without draining (events
+        being handled finish, within half a lease so the store's deadline of a lease is
+        not reached), commit, then release it at once with a heartbeat."""
+        try:
+            if run is not None:
+                await run.stop(time.monotonic() + self.options.lease / 2, drain=False)
+        finally:
+            del self.handing_over[partition]
+        emit(logging.INFO, "partition_handed_over", group=self.handler.group, partition=partition)
+        self.released.add(partition)
+        self._beat.set()
+
     async def _drop_all(self, deadline: float | None) -> None:
         runs = list(self.runs.values())
         self.runs.clear()
         await asyncio.gather(*(r.stop(deadline) for r in runs))
+        # hand-overs under way end by themselves (bounded): a cancelled one could
+        # leave its run's workers going
+        await asyncio.gather(*self.handing_over.values(), return_exceptions=True)
+        self.released.clear()
 
     async def run(self) -> None:
         h = self.handler
@@ -214,7 +256,7 @@ class GroupConsumer:
             while not stopping.is_set():
                 try:
                     membership = await self.store.join_group(
-                        h.group, h.category, self.member, self.options.lease
+                        h.group, h.category, self.member, self.options.lease, cooperative=True
                     )
                     await self.refresh_dlq()
                 except StoreUnavailable as exc:
@@ -241,18 +283,22 @@ class GroupConsumer:
         """Heartbeat until stopping; return to rejoin when this member's lease was lost."""
         h = self.handler
         stopping = self.stopping
+        every = self.options.heartbeat_every
         while not stopping.is_set():
             beat = self._beat
+            # a hand-over under way is followed closely: it holds up a partition
+            busy = self.awaiting or self.released or self.handing_over
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    first(stopping.wait(), beat.wait()), self.options.heartbeat_every
+                    first(stopping.wait(), beat.wait()), max(every / 10, 0.02) if busy else every
                 )
             if stopping.is_set():
                 return
             self._beat = asyncio.Event()
+            release = sorted(self.released)
             try:
                 membership = await self.store.heartbeat(
-                    h.group, h.category, self.member, self.options.lease
+                    h.group, h.category, self.member, self.options.lease, release=release
                 )
             except StaleGeneration as exc:
                 self.health.on_fenced()

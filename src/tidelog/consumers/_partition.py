@@ -130,12 +130,21 @@ class PartitionRun:
     def reading(self) -> bool:
         return self.started.is_set() and not self.stopping
 
-    async def stop(self, deadline: float | None) -> None:
-        """Stop reading; let queued events finish until `deadline` (None: abandon), commit."""
+    async def stop(self, deadline: float | None, drain: bool = True) -> None:
+        """Stop reading; let events finish until `deadline` (None: abandon), commit.
+
+        With `drain`, the workers go on through every event already fetched (a
+        member that leaves: nothing it took is left over). Without it, events no
+        handler has started yet are abandoned at once and only those being handled
+        finish (a partition handed over to another member: its new owner handles
+        the rest from the checkpoint committed here, and the hand-over is quick).
+        """
         self.stopping = True
         if self.idle is not None:
             self.idle.set_result(None)  # the waiting worker ends: nothing more comes
             self.idle = None
+        if not drain:
+            self._abandon_queued()
         if self.starter is not None:
             await cancel_and_wait(self.starter)
         while deadline is not None and (left := deadline - time.monotonic()) > 0:
@@ -162,6 +171,15 @@ class PartitionRun:
             # another member left meanwhile (a rolling shutdown): commit with the
             # generation that the heartbeat just returned
             await self.checkpoint.commit(final=True)
+
+    def _abandon_queued(self) -> None:
+        """Drop the events no handler has started: those ready and those set aside
+        behind a stream being handled. They stay unfinished (in `pending`), so the
+        checkpoint stops below the first of them."""
+        self.ready.clear()
+        self.settle_queued.clear()
+        for stream in self.held:
+            self.held[stream] = None
 
     # ---------------------------------------------------------------- reading
 

@@ -20,8 +20,14 @@ import contextlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from tidelog.engines.contract import MAX_EVENTS_PER_APPEND, GroupEngine, prepare_append
+from tidelog.engines.contract import (
+    MAX_EVENTS_PER_APPEND,
+    GroupEngine,
+    due_time,
+    prepare_append,
+)
 from tidelog.errors import InvalidInput, StoreClosed, TidelogError
 from tidelog.model import ANY, AppendRequest, AppendResult, ExpectedVersion, NewEvent
 
@@ -94,17 +100,29 @@ class Producer:
         stream: str,
         events: NewEvent | Sequence[NewEvent],
         expected_version: ExpectedVersion = ANY,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
     ) -> asyncio.Future[AppendResult]:
         """Buffer an append; returns a future of its `AppendResult`.
 
         Input is validated here, so a bad send raises at once. When the buffer
         holds `max_buffered` events, waits for room (`block=True`) or raises
         `BufferFull`.
+
+        A scheduled send (`deliver_at`, `deliver_after`, or events carrying
+        `deliver_at`) is not batched: it is stored as pending at once, and the
+        future (already done) holds its `ScheduledResult`.
         """
         if self._closed:
             raise StoreClosed()
         batch = (events,) if isinstance(events, NewEvent) else events
         name, checked, expected = prepare_append(stream, batch, expected_version)
+        due = due_time(deliver_at, deliver_after)
+        if due is not None or any(e.deliver_at is not None for e in checked):
+            done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+            done.set_result(await self.store.append(name, checked, expected, deliver_at=due))
+            return done
         if len(checked) > self.max_batch:
             raise InvalidInput(f"a send holds at most max_batch={self.max_batch} events")
         while self._buffered + len(checked) > self.max_buffered:

@@ -25,23 +25,22 @@ import abc
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Final, NamedTuple, Self
+from collections.abc import AsyncIterator, Collection, Mapping
 
 import msgspec
 
+from tidelog.engines._contract_log import LogEngine
+from tidelog.engines._contract_streams import Checked, Checkpoint, StreamEngine, Write
 from tidelog.engines._kit.checks import (
     DEFAULT_PARTITIONS,
     MAX_EVENTS_PER_APPEND,
     LogFilter,
     check_checkpoint,
-    log_filter,
     prepare_append,
     prepare_append_many,
-    prepare_read_all,
-    prepare_read_stream,
     validate_group_key,
 )
+from tidelog.engines._kit.groups import check_cooperative, check_release
 from tidelog.engines._kit.retention import (
     RETENTION_STREAM,
     RULE_TYPE,
@@ -54,6 +53,7 @@ from tidelog.engines._kit.retention import (
     make_rule,
     static_floor,
 )
+from tidelog.engines._kit.retention_hooks import RetentionHooks
 from tidelog.engines._kit.scavenger import (
     kept,
     look_for_rules,
@@ -62,22 +62,19 @@ from tidelog.engines._kit.scavenger import (
     stream_states,
     visible,
 )
+from tidelog.engines._kit.scheduling import due_time
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.errors import (
     InvalidInput,
     NotSupported,
-    StoreClosed,
     StreamDeleted,
 )
 from tidelog.model import (
-    ANY,
     AppendRequest,
     AppendResult,
-    ExpectedVersion,
     Membership,
     NewEvent,
     RecordedEvent,
-    StreamInfo,
     category_of,
     validate_stream_name,
 )
@@ -94,352 +91,12 @@ __all__ = [
     "LogFilter",
     "StreamEngine",
     "Write",
+    "due_time",
     "prepare_append",
 ]
 
 
-_NO_FILTER: Final = LogFilter(None, None, None)
-
-
-class Checkpoint(NamedTuple):
-    """A consumer-group checkpoint to commit, with the fence it must pass."""
-
-    group: str
-    category: str
-    partition: int
-    position: int
-    member: str
-    generation: int
-
-
-Checked = Mapping[str, tuple[tuple[NewEvent, ...], ExpectedVersion]]
-"""Appends after their checks: stream name -> (events, expected version)."""
-
-
-class Write(msgspec.Struct, frozen=True):
-    """One checked write, the single value an engine's write hook receives.
-
-    - `appends`: the streams to append to, each with its events and expected
-      version, all checked (names, events, versions, no repeated ids); empty
-      for a commit without appends;
-    - `checkpoint`: the checkpoint of a `commit`, or None for an append. The
-      engine fences it (`GroupState.check`) before anything else, in the same
-      transaction that writes it and the appends;
-    - `fence_only`: fence `checkpoint` and write nothing. The contract sends
-      this when a commit's appends failed their checks or its position is beyond
-      the head of the log, so that a stale member learns it is stale before it
-      learns its input was bad.
-
-    Everything in one `Write` is durable together or not at all. A frozen
-    msgspec Struct: one is made per append, and it is built several times faster
-    than a frozen dataclass (a few percent of a small append).
-    """
-
-    appends: Checked
-    checkpoint: Checkpoint | None = None
-    fence_only: bool = False
-
-    @property
-    def weight(self) -> int:
-        """Events to write, plus one for a checkpoint: what batching writers count."""
-        count = 0 if self.checkpoint is None else 1
-        for events, _ in self.appends.values():
-            count += len(events)
-        return count
-
-
-# --------------------------------------------------------------------------- layers
-
-
-class StreamEngine(abc.ABC):
-    """Layer 1: streams.
-
-    Versions are 0-based within a stream; positions are 1-based in the log.
-    """
-
-    name: str = "engine"
-
-    _closed: bool = False
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosed()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[NewEvent],
-        expected_version: ExpectedVersion = ANY,
-    ) -> AppendResult:
-        """Append `events` to `stream` atomically if its version satisfies `expected_version`.
-
-        Returns the version and position of the last event written. If every
-        event id is already stored in this stream, nothing is written and the
-        original result (of the last of those events) is returned, even when
-        `expected_version` no longer matches: that is an idempotent retry. A mix
-        of stored and new ids, or ids stored in another stream, raises
-        `DuplicateEventId`. Raises `WrongExpectedVersion`, `StreamDeleted`.
-        Returns only once the events are durable.
-        """
-        self._check_open()
-        if not self._wrote:
-            self._first_write()
-        name, checked, expected = prepare_append(stream, events, expected_version)
-        return (await self._apply_write(Write({name: (checked, expected)})))[name]
-
-    async def append_many(self, requests: Mapping[str, AppendRequest]) -> dict[str, AppendResult]:
-        """Append to several streams in one atomic commit: all or nothing."""
-        self._check_open()
-        if not self._wrote:
-            self._first_write()
-        return await self._apply_write(Write(prepare_append_many(requests)))
-
-    @abc.abstractmethod
-    async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
-        """The engine's one write hook: make `write` durable, atomically, or raise.
-
-        `append`, `append_many` and `commit` check the store is open and every
-        argument before they call it, so `write` holds only valid, named values
-        (see `Write`). It returns the result of each stream appended to, and only
-        once the write is durable. A wrapper store (`ValidatingStore`) overrides
-        this hook alone and inherits the front ends.
-        """
-
-    def read_stream(
-        self,
-        stream: str,
-        from_version: int = 0,
-        backwards: bool = False,
-        limit: int | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        """Events of one stream from `from_version` (inclusive), in version order.
-
-        Backwards reads start at `from_version` and go down; there a
-        `from_version` of -1 means "from the end". A stream with no events
-        yields nothing; a deleted one raises `StreamDeleted`.
-
-        The arguments are checked here, when the call is made, and the engine's
-        `_read_stream` does the reading: an iterator that re-yielded the
-        engine's events would cost a step per event on every replay.
-        """
-        self._check_open()
-        name = prepare_read_stream(stream, from_version, backwards, limit)
-        if self._retention_idle():
-            return self._read_stream(name, from_version, backwards, limit)
-        return self._read_stream_retained(name, from_version, backwards, limit)
-
-    def _retention_idle(self) -> bool:
-        """True when reads may skip retention (no rule is set): the reads' fast path.
-        A store without retention (this layer alone) always is."""
-        return True
-
-    _wrote: bool = False
-
-    def _first_write(self) -> None:
-        """Called at this process's first append: `GroupEngine` looks for retention
-        rules then, so that a process that only writes runs a scavenger too."""
-        self._wrote = True
-
-    def _read_stream_retained(
-        self, stream: str, from_version: int, backwards: bool, limit: int | None
-    ) -> AsyncIterator[RecordedEvent]:
-        """`read_stream` under the retention rules (`GroupEngine` applies them)."""
-        return self._read_stream(stream, from_version, backwards, limit)
-
-    @abc.abstractmethod
-    def _read_stream(
-        self, stream: str, from_version: int, backwards: bool, limit: int | None
-    ) -> AsyncIterator[RecordedEvent]:
-        """The engine's read of one stream; `read_stream` checked the arguments."""
-
-    @abc.abstractmethod
-    async def delete_stream(self, stream: str, expected_version: ExpectedVersion = ANY) -> None:
-        """Tombstone a stream: later reads raise `StreamDeleted`, appends are refused.
-
-        Its events stay in the global log, which is immutable.
-        """
-
-    @abc.abstractmethod
-    def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
-        """Every stream (optionally of one category), in name order."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Release every resource; later calls raise `StoreClosed`. Idempotent."""
-
-    async def purge_stream(self, stream: str) -> None:
-        """Erase every event of a *system* stream (`$...`) from storage, for real.
-
-        Unlike `delete_stream` (a tombstone: the events stay in the log), the
-        events' bytes must be gone from the storage afterwards, including
-        journals, WAL files and free pages; a purged stream reads as empty and
-        may be written again, and its positions become gaps in the global log.
-        Only system streams can be purged: the log of user streams stays
-        immutable. This exists for crypto-shredding
-        (`tidelog.security.encryption` keeps each data subject's key in its own
-        system stream and purges it to forget the subject). Optional: the
-        default raises `NotSupported`. Raises `InvalidInput` for a user stream.
-        """
-        raise NotSupported(self.name, "purge_stream", "this engine cannot erase events")
-
-
-class LogEngine(StreamEngine):
-    """Layer 2: the global log, in commit order.
-
-    A reader that has seen position p never later finds an event below p.
-    """
-
-    poll_interval: float = 0.05
-    """How long a live subscription waits on the head watch before checking again."""
-
-    def read_all(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        limit: int | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        """Events of every stream with position >= `from_position`, in position order.
-
-        Filters combine with AND: `categories` (stream categories), `types`
-        (event types) and `partitions` (stream partitions). `limit` caps how many
-        events are yielded. Checked here, read by the engine's `_read_all`.
-        """
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
-        if self._retention_idle():
-            return self._read_all(from_position, filters, limit)
-        return self._read_all_retained(from_position, filters, limit)
-
-    def _read_all_retained(
-        self, from_position: int, filters: LogFilter, limit: int | None
-    ) -> AsyncIterator[RecordedEvent]:
-        """`read_all` under the retention rules (`GroupEngine` applies them)."""
-        return self._read_all(from_position, filters, limit)
-
-    @abc.abstractmethod
-    def _read_all(
-        self, from_position: int, filters: LogFilter, limit: int | None
-    ) -> AsyncIterator[RecordedEvent]:
-        """The engine's read of the log; `read_all` checked the arguments."""
-
-    async def read_page(
-        self,
-        from_position: int,
-        categories: Collection[str] | None,
-        types: Collection[str] | None,
-        limit: int,
-        partitions: Collection[int] | None,
-    ) -> list[RecordedEvent]:
-        """What `read_all` yields with these arguments, as one list: a consumer's read.
-
-        A consumer group's reader takes the log a page at a time.
-        """
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, types, limit, partitions)
-        if self._retention_idle():
-            return await self._read_page(from_position, filters, limit)
-        return await self._read_page_retained(from_position, filters, limit)
-
-    async def _read_page_retained(
-        self, from_position: int, filters: LogFilter, limit: int
-    ) -> list[RecordedEvent]:
-        """`read_page` under the retention rules (`GroupEngine` applies them)."""
-        return await self._read_page(from_position, filters, limit)
-
-    async def _read_page(
-        self, from_position: int, filters: LogFilter, limit: int
-    ) -> list[RecordedEvent]:
-        """The engine's page read. Engines that fetch a page in one go override this
-        to skip the async iterator's step per event, a good share of a delivery
-        when the handler does little."""
-        return [e async for e in self._read_all(from_position, filters, limit)]
-
-    async def count_events(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> int:
-        """How many events `read_all` would yield with these filters (consumer lag)."""
-        self._check_open()
-        filters = prepare_read_all(from_position, categories, None, None, partitions)
-        if self._retention_idle():
-            return await self._count_events(from_position, filters)
-        count = 0
-        async for _ in self._read_all_retained(from_position, filters, None):
-            count += 1
-        return count
-
-    async def _count_events(self, from_position: int, filters: LogFilter) -> int:
-        """The engine's count. The default reads the events; engines with an index
-        answer with one query."""
-        count = 0
-        async for _ in self._read_all(from_position, filters, None):
-            count += 1
-        return count
-
-    @abc.abstractmethod
-    async def last_position(self) -> int:
-        """The position of the newest visible event, 0 when the log is empty."""
-
-    async def first_position(self) -> int:
-        """The low-water mark: the position of the oldest event still stored.
-
-        Retention's scavenger deletes the oldest events; positions below this one
-        are gone for good and never reused. An empty log answers
-        `last_position() + 1`, where the next event will be.
-        """
-        self._check_open()
-        async for event in self._read_all(0, _NO_FILTER, 1):
-            return event.position
-        return await self.last_position() + 1
-
-    @property
-    @abc.abstractmethod
-    def partition_count(self) -> int:
-        """Partitions per category; fixed when the store is created."""
-
-    @abc.abstractmethod
-    def head_watch(self) -> HeadWatch:
-        """The notifier that wakes live subscriptions."""
-
-    async def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        """Catch up from `from_position`, then follow live; never ends by itself.
-
-        Each matching event is yielded exactly once and in position order,
-        across the switch from catch-up to live. Raises `StoreClosed` when the
-        store closes.
-        """
-        cats, tys, parts = log_filter(categories, types, partitions)
-        watch = self.head_watch()
-        next_position = max(from_position, 0)
-        while True:
-            self._check_open()
-            head = await self.last_position()
-            async for event in self.read_all(
-                from_position=next_position, categories=cats, types=tys, partitions=parts
-            ):
-                next_position = event.position + 1
-                yield event
-            next_position = max(next_position, head + 1)
-            await watch.wait_beyond(next_position - 1, self.poll_interval)
-
-
-class GroupEngine(LogEngine):
+class GroupEngine(RetentionHooks, LogEngine):
     """Layer 3: consumer groups and checkpoints.
 
     A group shares a category's partitions among its live members. Membership
@@ -452,17 +109,62 @@ class GroupEngine(LogEngine):
     def _now() -> float:
         return time.time()
 
-    @abc.abstractmethod
     async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        cooperative: bool = False,
     ) -> Membership:
-        """Join (or rejoin) a group; returns the member's partitions and the generation."""
+        """Join (or rejoin) a group; returns the member's partitions and the generation.
+
+        A `cooperative` member hands partitions over without duplicates: when the
+        assignment moves one of its partitions to another member, it keeps the
+        partition (listed in its `revoking`) until it releases it by a heartbeat,
+        and the new owner waits for it (its `awaiting`); a holder that does not
+        release it loses it when its lease runs out or one lease after the
+        hand-over began. A member that is not cooperative loses moved partitions
+        at once (see `tidelog.engines._kit.groups`). The flag is checked here,
+        before the engine's `_join_group` names the group.
+        """
+        self._check_open()
+        check_cooperative(cooperative)
+        return await self._join_group(group, category, member, lease, cooperative)
 
     @abc.abstractmethod
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
-        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin."""
+        """The engine's join (`GroupState.join`); `join_group` checked `cooperative`."""
+
+    async def heartbeat(
+        self,
+        group: str,
+        category: str,
+        member: str,
+        lease: float = 10.0,
+        *,
+        release: Collection[int] = (),
+    ) -> Membership:
+        """Renew the lease. Raises `StaleGeneration` if the member expired or left: rejoin.
+
+        `release`: partitions of its `revoking` that the member gave up (it
+        finished or abandoned their events and committed them): they go to their
+        new owner now. Partitions it is not asked to give up are ignored; one
+        outside 0..partition_count-1 raises `InvalidInput` here, before the
+        engine's `_heartbeat` changes anything.
+        """
+        self._check_open()
+        released = check_release(release, self.partition_count)
+        return await self._heartbeat(group, category, member, lease, released)
+
+    @abc.abstractmethod
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
+    ) -> Membership:
+        """The engine's heartbeat (`GroupState.heartbeat`); `release` is checked."""
 
     @abc.abstractmethod
     async def leave_group(self, group: str, category: str, member: str) -> None:
@@ -640,7 +342,7 @@ class GroupEngine(LogEngine):
         if not backwards and unprotected:  # skip what the version-based conditions hide
             from_version = max(from_version, static_floor(policy, head))
         raw = self._read_stream(stream, from_version, backwards, None)
-        async for e in visible(view, raw, limit, self._stream_state):
+        async for e in visible(view, raw, limit, self._stream_heads):
             yield e
 
     async def _read_all_retained(
@@ -652,7 +354,7 @@ class GroupEngine(LogEngine):
             async for e in raw:
                 yield e
             return
-        async for e in visible(view, raw, limit, self._stream_state):
+        async for e in visible(view, raw, limit, self._stream_heads):
             yield e
 
     async def _read_page_retained(
@@ -667,7 +369,7 @@ class GroupEngine(LogEngine):
         while True:
             # A consumer's read: filtered as a list, without a step of an async
             # iterator per event (see `_read_page`).
-            states = await stream_states(view, page, self._stream_state)
+            states = await stream_states(view, page, self._stream_heads)
             out += kept(view, page, states)[: limit - len(out)]
             if len(out) >= limit or len(page) < limit or not page:
                 return out

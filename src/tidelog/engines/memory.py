@@ -7,6 +7,8 @@ await between a check and a write, so every operation is atomic.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
@@ -23,6 +25,7 @@ from tidelog.engines._kit.checks import (
     validate_group_name,
 )
 from tidelog.engines._kit.groups import GroupState
+from tidelog.engines._kit.scheduling import to_micros
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
@@ -34,6 +37,7 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
     category_of,
     check_expected_version,
@@ -66,6 +70,13 @@ class MemoryEngine(GroupEngine):
         self._groups: dict[tuple[str, str], GroupState] = {}
         self._checkpoints: dict[tuple[str, str], dict[int, int]] = {}
         self._watch = HeadWatch()
+        self._pending: dict[UUID, ScheduledEvent] = {}
+        """Scheduled events not yet delivered; `_ready` holds when each may be taken."""
+        self._ready: dict[UUID, float] = {}
+        self._batches: dict[UUID, list[UUID]] = {}
+        self._due_heap: list[tuple[float, int, UUID]] = []
+        """(ready time, tie-break, id); entries whose ready time changed are skipped."""
+        self._tie = itertools.count()
 
     # ------------------------------------------------------------------ layer 1
 
@@ -195,6 +206,21 @@ class MemoryEngine(GroupEngine):
             self._dropped[stream] = self._dropped.get(stream, 0) + count
         return count
 
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
+        self._check_open()
+        count = 0
+        for stream, floor in floors.items():
+            events = self._streams.get(stream, [])
+            below = events[: max(0, floor - self._dropped.get(stream, 0))]
+            count += sum(1 for e in below if e.position >= from_position)
+        return count
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        self._check_open()
+        if version > 0 and stream not in self._streams and stream not in self._deleted:
+            self._streams[stream] = []
+            self._dropped[stream] = version
+
     async def _read_deleted(
         self, stream: str, from_version: int, limit: int
     ) -> list[RecordedEvent]:
@@ -218,8 +244,79 @@ class MemoryEngine(GroupEngine):
             yield StreamInfo(name=name, version=self._head(name), deleted=name in self._deleted)
 
     async def close(self) -> None:
+        await self._stop_scheduler()
         self._closed = True
         self._watch.close()
+
+    # ------------------------------------------------------------ scheduled delivery
+
+    def _set_ready(self, event_id: UUID, ready: float) -> None:
+        self._ready[event_id] = ready
+        heapq.heappush(self._due_heap, (ready, next(self._tie), event_id))
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        for row in rows:
+            if row.id in self._pending:
+                continue
+            self._pending[row.id] = row
+            self._batches.setdefault(row.batch, []).append(row.id)
+            self._set_ready(row.id, to_micros(row.due_at) / 1e6)
+
+    def _drop_stale(self) -> None:
+        heap = self._due_heap
+        while heap and self._ready.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        self._check_open()
+        taken: list[ScheduledEvent] = []
+        while len(taken) < limit:
+            self._drop_stale()
+            if not self._due_heap or self._due_heap[0][0] > now:
+                break
+            first = self._pending[self._due_heap[0][2]]
+            for event_id in self._batches[first.batch]:
+                if self._ready[event_id] <= now:
+                    # off the heap until the claim is complete: a lease of 0
+                    # must not make a row taken here ready again in this call
+                    self._ready[event_id] = -1.0
+                    taken.append(self._pending[event_id])
+        for row in taken:
+            self._set_ready(row.id, now + lease)
+        return taken
+
+    async def _next_due(self) -> float | None:
+        self._check_open()
+        self._drop_stale()
+        return self._due_heap[0][0] if self._due_heap else None
+
+    def _remove_scheduled(self, event_id: UUID) -> None:
+        row = self._pending.pop(event_id)
+        del self._ready[event_id]
+        members = self._batches[row.batch]
+        members.remove(event_id)
+        if not members:
+            del self._batches[row.batch]
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        for event_id in ids:
+            if event_id in self._pending:
+                self._remove_scheduled(event_id)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        row = self._pending.get(event_id)
+        if row is None or self._ready[event_id] > to_micros(row.due_at) / 1e6:
+            return False  # unknown, delivered, or claimed by a scheduler
+        self._remove_scheduled(event_id)
+        return True
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        rows = [r for r in self._pending.values() if stream is None or r.stream == stream]
+        rows.sort(key=lambda r: (r.due_at, str(r.batch), r.seq))
+        return rows[:limit]
+
+    async def _count_scheduled(self) -> int:
+        return len(self._pending)
 
     # ------------------------------------------------------------------ layer 2
 
@@ -263,26 +360,27 @@ class MemoryEngine(GroupEngine):
         validate_group_key(group, category)
         return self._groups.setdefault((group, category), GroupState())
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
         state = self._state(group, category)
-        state.join(member, self._now(), lease)
+        state.join(member, self._now(), lease, self.partition_count, cooperative)
         return state.membership(group, category, member, self.partition_count)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         state = self._state(group, category)
-        state.heartbeat(group, category, member, self._now(), lease)
-        return state.membership(group, category, member, self.partition_count)
+        count = self.partition_count
+        state.heartbeat(group, category, member, self._now(), lease, count, release)
+        return state.membership(group, category, member, count)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        self._state(group, category).leave(member, self._now())
+        self._state(group, category).leave(member, self._now(), self.partition_count)
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()

@@ -20,8 +20,9 @@ import re
 import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 import msgspec
@@ -29,7 +30,6 @@ import msgspec
 from tidelog import wire
 from tidelog.engines._kit.checks import (
     LogFilter,
-    log_filter,
     prepare_delete,
     prepare_purge,
 )
@@ -44,8 +44,10 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
 from tidelog.errors import (
+    AccessDenied,
     InvalidInput,
     InvalidURL,
+    NotSupported,
     StaleGeneration,
     StoreClosed,
     StoreUnavailable,
@@ -57,6 +59,8 @@ from tidelog.model import (
     Membership,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
+    ScheduledResult,
     StreamInfo,
 )
 from tidelog.telemetry import trace_headers
@@ -252,6 +256,34 @@ class RemoteEngine(GroupEngine):
             self._watch.close()
             await self._client.aclose()
 
+    # ------------------------------------------------------------ scheduled delivery
+    # The server keeps the pending events and its scheduler delivers them: this
+    # client schedules, lists and cancels over HTTP and runs no scheduler itself.
+
+    async def _schedule_append(self, stream: str, rows: list[ScheduledEvent]) -> ScheduledResult:
+        body = wire.WireAppend(
+            events=[wire.WireNewEvent.from_new_event(r.to_new_event()) for r in rows],
+            expected_version=wire.expected_to_wire(rows[0].expected_version),
+            deliver_at=rows[0].due_at,
+        )
+        path = f"/v1/streams/{stream}/events"
+        return await self._call("POST", path, ScheduledResult, body=body)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        got = await self._call("DELETE", f"/v1/scheduled/{event_id}", wire.WireCancelled)
+        return got.cancelled
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        params = {"stream": stream, "limit": limit}
+        got = await self._call("GET", "/v1/scheduled", wire.WireScheduled, params=params)
+        return [e.to_scheduled() for e in got.events]
+
+    async def _count_scheduled(self) -> int:
+        got = await self._call("GET", "/v1/scheduled", wire.WireScheduled, params={"limit": 0})
+        if got.pending is None:
+            raise AccessDenied("counting scheduled events needs read on the whole log ($all)")
+        return got.pending
+
     # ------------------------------------------------------------------ layer 2
 
     async def _read_all(
@@ -302,15 +334,10 @@ class RemoteEngine(GroupEngine):
     def head_watch(self) -> HeadWatch:
         return self._watch
 
-    async def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
+    async def _subscribe(
+        self, from_position: int, filters: LogFilter
     ) -> AsyncIterator[RecordedEvent]:
         """Server-Sent Events, resumed with `Last-Event-ID` after a dropped connection."""
-        filters = log_filter(categories, types, partitions)
         self._check_open()
         if filters.matches_nothing:
             # an empty filter would read as no filter in a query string: nothing can match,
@@ -318,7 +345,7 @@ class RemoteEngine(GroupEngine):
             while True:
                 self._check_open()
                 await self._watch.wait_beyond(self._watch.head, None)  # until close
-        start = min(max(from_position, 0), _MAX_START)
+        start = min(from_position, _MAX_START)
         params = _params({**_filter_params(filters), "from_position": start})
         last_seen: int | None = None
         decoder = self._decoder(wire.WireEvent)
@@ -357,17 +384,19 @@ class RemoteEngine(GroupEngine):
     def _group_path(self, group: str, category: str) -> str:
         return f"/v1/groups/{_seg(group)}/{_seg(category)}"
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
-        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+        body = wire.WireJoin(lease=lease, cooperative=cooperative)
+        return await self._call("POST", path, Membership, body=body)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}/heartbeat"
-        return await self._call("POST", path, Membership, body=wire.WireJoin(lease=lease))
+        body = wire.WireHeartbeat(lease=lease, release=list(release))
+        return await self._call("POST", path, Membership, body=body)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         path = f"{self._group_path(group, category)}/members/{_seg(member)}"
@@ -428,6 +457,11 @@ class RemoteEngine(GroupEngine):
 
     async def first_position(self) -> int:
         return (await self._call("GET", "/v1/log/first", wire.WireHead)).position
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """Refused: the HTTP API has no route that starts a stream at a version; copy
+        into the server's store URL instead."""
+        raise NotSupported(self.name, "starting a stream at a version", "no HTTP route for it")
 
     async def list_groups(self) -> list[tuple[str, str]]:
         return (await self._call("GET", "/v1/groups", wire.WireGroups)).groups

@@ -9,11 +9,11 @@ wrapper that fell back to them would silently undo the engine's indexes.
 
 So this base forwards every method of the contract to `inner`. Where the
 contract has a front end and an engine hook (`append`, `append_many` and
-`commit` over `_apply_write`; `read_stream`, `read_all`, `read_page` and
-`count_events` over `_read_stream`, `_read_all`, `_read_page` and
-`_count_events`), it forwards the hook, so the wrapper keeps the contract's one
-front end (argument checks, fence-first commits) and reaches the inner
-engine's own work. A subclass overrides `_apply_write` (and what it truly
+`commit` over `_apply_write`; `read_stream`, `read_all`, `read_page`,
+`count_events` and `subscribe` over `_read_stream`, `_read_all`, `_read_page`,
+`_count_events` and `_subscribe`), it forwards the hook, so the wrapper keeps
+the contract's one front end (argument checks, fence-first commits) and
+reaches the inner engine's own work. A subclass overrides `_apply_write` (and what it truly
 changes), never the front ends. `tests/test_store_wrapper.py` enumerates the
 contract and fails if a wrapper answers any method from a base-class default,
 so a method added to the contract later cannot be missed here.
@@ -21,7 +21,8 @@ so a method added to the contract later cannot be missed here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from uuid import UUID
 
 from tidelog.engines._kit.retention import (
     RetentionPolicy,
@@ -29,6 +30,7 @@ from tidelog.engines._kit.retention import (
     RetentionView,
     ScavengeReport,
 )
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.engines.contract import (
     Engine,
     GroupEngine,
@@ -42,6 +44,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
 )
 
@@ -93,7 +96,38 @@ class StoreWrapper(GroupEngine):
         return self.inner.list_streams(category)
 
     async def close(self) -> None:
+        await self._stop_scheduler()
         await self.inner.close()
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The hooks are forwarded; the wrapper's own scheduler (the contract's
+    # `start_scheduler`) moves due events through the wrapper's `append_many`,
+    # so what the wrapper changes about writes applies to them too.
+
+    @property
+    def supports_scheduling(self) -> bool:
+        return self.inner.supports_scheduling
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self.inner._schedule(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self.inner._take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        return await self.inner._next_due()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self.inner._forget_scheduled(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self.inner._cancel_scheduled(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self.inner._list_scheduled(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        return await self.inner._count_scheduled()
 
     # ------------------------------------------------------------------ layer 2
 
@@ -120,26 +154,20 @@ class StoreWrapper(GroupEngine):
     def head_watch(self) -> HeadWatch:
         return self.inner.head_watch()
 
-    def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.subscribe(from_position, categories, types, partitions)
+    def _subscribe(self, from_position: int, filters: LogFilter) -> AsyncIterator[RecordedEvent]:
+        return self.inner._subscribe(from_position, filters)
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
-        return await self.inner.join_group(group, category, member, lease)
+        return await self.inner.join_group(group, category, member, lease, cooperative=cooperative)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
-        return await self.inner.heartbeat(group, category, member, lease)
+        return await self.inner.heartbeat(group, category, member, lease, release=release)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         await self.inner.leave_group(group, category, member)
@@ -201,3 +229,15 @@ class StoreWrapper(GroupEngine):
 
     async def first_position(self) -> int:
         return await self.inner.first_position()
+
+    async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
+        return await self.inner._stream_heads(streams)
+
+    async def _stream_bytes(self, category: str | None) -> dict[str, int] | None:
+        return await self.inner._stream_bytes(category)
+
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int | None:
+        return await self.inner._count_below(floors, from_position)
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        await self.inner._start_stream_at(stream, version)

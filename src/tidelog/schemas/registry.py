@@ -19,7 +19,7 @@ Confluent's registry; deletes are Confluent's too (soft, then permanent).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -41,6 +41,7 @@ from tidelog.model import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    ScheduledEvent,
 )
 from tidelog.schemas.compatibility import Compatibility, compatibility_problems, schema_problem
 from tidelog.schemas.validation import first_error
@@ -570,3 +571,14 @@ class ValidatingStore(StoreWrapper):
                 await super()._apply_write(Write({}, write.checkpoint, fence_only=True))
             raise
         return await super()._apply_write(write)
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        """Validate scheduled events when they are scheduled, as appends are: a bad one
+        is refused now, not parked at its due time (delivery validates again, through
+        `_apply_write`, against the schemas of that moment)."""
+        if any(not row.stream.startswith("$") for row in rows):
+            await self.registry.refresh()
+        for row in rows:
+            if not row.stream.startswith("$"):
+                await self.registry.validate(row.to_new_event())
+        await super()._schedule(rows)

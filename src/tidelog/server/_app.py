@@ -2,11 +2,11 @@
 
 This module only assembles: the routes live in one module per family
 (`_streams_api`, `_log_api`, `_live_api`, `_groups_api`, `_consumers_api`,
-`_cloudevents`, `_registry_api`, `_retention_api`, `_asyncapi`, `_dashboard`,
-`_ops_api`, `_admin_api`, `_dlq_api`), each a leaf over the shared dependencies
-of `_deps`. Request and response bodies are the msgspec types of
-`tidelog.wire`, so the OpenAPI document at `/schema` is generated from the
-same definitions the remote engine decodes. Every error
+`_cloudevents`, `_registry_api`, `_retention_api`, `_scheduled_api`,
+`_asyncapi`, `_dashboard`, `_ops_api`, `_admin_api`, `_dlq_api`), each a leaf
+over the shared dependencies of `_deps`. Request and response bodies are the
+msgspec types of `tidelog.wire`, so the OpenAPI document at `/schema` is
+generated from the same definitions the remote engine decodes. Every error
 from the store is turned into a 4xx (or a 503 when the backend is down) by one
 exception handler.
 """
@@ -31,7 +31,7 @@ from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, S
 import tidelog
 from tidelog import wire
 from tidelog.engines.contract import Engine
-from tidelog.errors import StoreUnavailable, TidelogError
+from tidelog.errors import NotSupported, StoreClosed, StoreUnavailable, TidelogError
 from tidelog.security.keystore import StoreCredentials
 from tidelog.security.tokens import Authenticator
 from tidelog.server._admin_api import ROUTES as ADMIN_ROUTES
@@ -54,6 +54,7 @@ from tidelog.server._ops_api import ROUTES as OPS_ROUTES
 from tidelog.server._registry_api import ROUTES as REGISTRY_ROUTES
 from tidelog.server._registry_wire import confluent_error, is_registry_path, keep_encoded_slashes
 from tidelog.server._retention_api import ROUTES as RETENTION_ROUTES
+from tidelog.server._scheduled_api import ROUTES as SCHEDULED_ROUTES
 from tidelog.server._streams_api import ROUTES as STREAMS_ROUTES
 
 __all__ = ["create_app"]
@@ -74,6 +75,7 @@ ROUTES: list[ControllerRouterHandler] = [
     *ASYNCAPI_ROUTES,
     *ADMIN_ROUTES,
     *DLQ_ROUTES,
+    *SCHEDULED_ROUTES,
 ]
 """Every route, in the order of the OpenAPI document's paths."""
 
@@ -155,6 +157,9 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
             await credentials.refresh(rt.store)
         background.append(asyncio.create_task(credentials.run(lambda: rt.store)))
         background.append(asyncio.create_task(history.run(lambda: rt.store)))
+        # The server delivers scheduled events, its clients' included (see docs/scheduling.md).
+        with contextlib.suppress(NotSupported, StoreClosed):
+            rt.metrics.observe_scheduler(store.start_scheduler())
 
     async def on_shutdown() -> None:
         for task in background:

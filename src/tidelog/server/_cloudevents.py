@@ -29,6 +29,7 @@ from tidelog._cloudevent_map import (
     BATCH_DECODER,
     CLOUDEVENT_SCHEMA,
     CLOUDEVENTS_NAMESPACE,
+    DELIVER_AT,
     STRUCTURED_CONTENT_TYPE,
     STRUCTURED_DECODER,
     Parsed,
@@ -43,6 +44,7 @@ from tidelog.model import AppendRequest, AppendResult, NewEvent, category_of, va
 from tidelog.security.acl import Permission
 from tidelog.server._deps import (
     AccessDep,
+    Runtime,
     check_depth,
     check_utf8,
     need_stream,
@@ -133,6 +135,8 @@ async def ingest_cloudevents(
     for p in parsed:
         need_stream(access, p.stream, Permission.WRITE)
         by_stream[p.stream].append(p.event)
+    if any(p.event.deliver_at is not None for p in parsed):
+        return await _schedule(rt, by_stream)
     started = time.perf_counter()
     count = len(parsed)
     with telemetry.publish_span(
@@ -149,6 +153,18 @@ async def ingest_cloudevents(
     for s, events in by_stream.items():
         rt.metrics.appended(category_of(s), len(events), elapsed)
     return CloudEventsAccepted(results=results, ids=[p.event.id for p in parsed])
+
+
+async def _schedule(rt: Runtime, by_stream: dict[str, list[NewEvent]]) -> CloudEventsAccepted:
+    """Scheduled CloudEvents: one stream's scheduled append (mixing is refused by it)."""
+    if len(by_stream) != 1:
+        raise InvalidEvent(
+            f"CloudEvents with {DELIVER_AT} must all target one stream: "
+            "a scheduled append is one stream's"
+        )
+    [(stream, events)] = by_stream.items()
+    result = await rt.store.append(stream, events)
+    return CloudEventsAccepted(results={stream: result}, ids=[e.id for e in events])
 
 
 # --------------------------------------------------------------------------- reading

@@ -42,6 +42,7 @@ from litestar.params import FromPath, FromQuery
 import tidelog
 from tidelog.consumers._dlq import ParkedStatus
 from tidelog.engines.contract import Engine
+from tidelog.errors import NotSupported
 from tidelog.security.acl import Access, Permission
 from tidelog.server._deps import AccessDep, runtime
 
@@ -139,6 +140,10 @@ class Stats(msgspec.Struct, kw_only=True):
     time: float = 0.0
     """The server's clock (seconds since the epoch): the page places the history's samples
     by it, so a browser whose clock is off still draws them at the right distance."""
+
+    scheduled: int | None = None
+    """Pending scheduled events; null if the engine has none or the caller may not read
+    the whole log (a count across streams)."""
 
 
 HISTORY_SECONDS: Final = 3600.0
@@ -254,7 +259,17 @@ async def stats(state: State, access: AccessDep, history: FromQuery[bool] = Fals
         admin=access.is_admin,
         history=samples.visible(access) if history and samples is not None else None,
         time=time.time(),
+        scheduled=await _scheduled(store, access),
     )
+
+
+async def _scheduled(store: Engine, access: Access) -> int | None:
+    if not access.can_all(Permission.READ):
+        return None
+    try:
+        return await store.count_scheduled()
+    except NotSupported:
+        return None
 
 
 async def _group_stats(

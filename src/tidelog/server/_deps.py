@@ -372,6 +372,11 @@ def append_requests(
         if names:
             validate_stream_name(stream)
         need_stream(access, stream, Permission.WRITE)
+        if body.scheduled:
+            raise InvalidEvent(
+                "deliver_at/deliver_after schedule one stream's append "
+                "(POST /v1/streams/{stream}/events), not an atomic multi-stream write"
+            )
         events = new_events(rt, access, body)
         total += len(events)
         out[stream] = AppendRequest(events, parse_expected_version(body.expected_version))

@@ -42,7 +42,10 @@ async def join_group(
     need_group(access, group, category)
     rt = runtime(state)
     await rt.group_quota.claim(rt.store, access.principal, group, category)
-    return await rt.store.join_group(group, category, member, _lease((data or _DEFAULT_JOIN).lease))
+    body = data or _DEFAULT_JOIN
+    return await rt.store.join_group(
+        group, category, member, _lease(body.lease), cooperative=body.cooperative
+    )
 
 
 @post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)
@@ -52,11 +55,12 @@ async def heartbeat(
     member: FromPath[str],
     state: State,
     access: AccessDep,
-    data: JSONBody[wire.WireJoin | None] = None,
+    data: JSONBody[wire.WireHeartbeat | None] = None,
 ) -> tidelog.Membership:
     need_group(access, group, category)
+    body = data or _DEFAULT_HEARTBEAT
     return await runtime(state).store.heartbeat(
-        group, category, member, _lease((data or _DEFAULT_JOIN).lease)
+        group, category, member, _lease(body.lease), release=body.release
     )
 
 
@@ -115,7 +119,9 @@ async def list_groups(state: State, access: AccessDep) -> wire.WireGroups:
 
 
 _DEFAULT_JOIN = wire.WireJoin()
-"""A join or heartbeat without a body: every field of `WireJoin` has a default."""
+"""A join without a body: every field of `WireJoin` has a default."""
+_DEFAULT_HEARTBEAT = wire.WireHeartbeat()
+"""A heartbeat without a body: every field of `WireHeartbeat` has a default."""
 
 
 def _lease(lease: float) -> float:

@@ -12,7 +12,7 @@ from litestar import Request, WebSocket, get, websocket
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.params import FromQuery, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
@@ -81,7 +81,7 @@ class _Feed:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._queue: asyncio.Queue[tidelog.RecordedEvent | BaseException | None] = asyncio.Queue(
-            maxsize=_BATCH
+            maxsize=256
         )
         rt.metrics.subscriptions.inc()
         self._end = self.end
@@ -124,17 +124,16 @@ class _Feed:
                 self._queue.put_nowait(exc)
             raise
 
-    async def events(self) -> AsyncIterator[list[tidelog.RecordedEvent] | None]:
+    async def batches(self) -> AsyncIterator[list[tidelog.RecordedEvent] | None]:
         """Events the principal may read, live, in batches; None every keep-alive interval
         of silence.
 
         A bounded queue sits between the store's subscription and the client, so
         a slow client pauses the subscription instead of growing memory; the send
-        timeout drops a client that stops reading. A batch is whatever the queue
-        holds when the first event of it arrives (at most `_BATCH`): one
-        response write and one send timeout per batch, not per event, which is
-        what kept a catching-up client at a thirtieth of an in-process reader.
-        A live event still goes out alone, at once.
+        timeout drops a client that stops reading. A batch is every event the
+        queue holds when the first one is taken: one write to the client for
+        all of them, not one each (with 1,000 subscribers each event was a
+        thousand writes and sends, most of the server's time).
         """
         if self._closed:
             return
@@ -153,39 +152,50 @@ class _Feed:
                         return
                     yield None
                     continue
-                if self._closed or isinstance(item, BaseException) or item is None:
-                    return
-                batch = [item]
-                end = False
-                while len(batch) < _BATCH and not queue.empty():
-                    more = queue.get_nowait()
-                    if isinstance(more, BaseException) or more is None:
-                        end = True  # send what came before the end, then stop
+                batch: list[tidelog.RecordedEvent] = []
+                ended = False
+                while True:
+                    if self._closed or isinstance(item, BaseException) or item is None:
+                        ended = True  # closed, the subscription failed, or the server stops
                         break
-                    batch.append(more)
-                self._rt.metrics.read(len(batch))
-                yield batch
-                if end or self._closed:
+                    batch.append(item)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                if batch:
+                    self._rt.metrics.read(len(batch))
+                    yield batch
+                if ended:
                     return
         finally:
             self.close()
 
+    async def events(self) -> AsyncIterator[tidelog.RecordedEvent | None]:
+        """The events of `batches` one by one (None for a keep-alive)."""
+        async for batch in self.batches():
+            if batch is None:
+                yield None
+            else:
+                for event in batch:
+                    yield event
 
-_BATCH = 256
-"""Events per write at most: the queue's size, so a batch is whatever the pump got ahead."""
+
 _READABLE_CACHE = 4096
 """Streams whose read permission one feed remembers at most."""
-"""Events per write at most: the queue's size, so a batch is whatever the pump got ahead."""
 
 
 class _FeedResponse(ServerSentEvent):
-    """The feed's events as Server-Sent Events; the feed is closed when the response ends."""
+    """The feed's events as Server-Sent Events; the feed is closed when the response ends.
+
+    Each batch of the feed is encoded here into one chunk (`_sse_chunks`),
+    not by Litestar message by message: one send per batch instead of one per
+    event. The bytes are the same as Litestar's: `id`, `event` and `data`
+    lines ended by CR LF, keep-alives as comments.
+    """
 
     def __init__(self, feed: _Feed) -> None:
-        super().__init__(
-            _sse_events(feed.events()),
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        super().__init__(b"", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.iterator = _sse_chunks(feed.batches())
         self._feed = feed
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
@@ -207,57 +217,46 @@ class _Closing:
             self._feed.close()
 
 
-async def _sse_events(
-    batches: AsyncIterator[list[tidelog.RecordedEvent] | None],
-) -> AsyncIterator[ServerSentEventMessage]:
-    """Events as SSE messages (the id is the position), keep-alives as comments.
+_KEEPALIVE = b": keep-alive\r\n\r\n"
 
-    Each batch is one write of several messages, each exactly as Litestar
-    frames one (`id`, `event: event`, `data` lines, CR LF line ends), so any
-    SSE client reads it as before; a data line break (JSON may hold LF
-    between tokens) starts another `data:` line, as the format requires.
+
+async def _sse_chunks(
+    batches: AsyncIterator[list[tidelog.RecordedEvent] | None],
+) -> AsyncIterator[bytes]:
+    """Each batch as one chunk of SSE messages (the id is the position); keep-alives as
+    comments.
+
+    Event data embedded as JSON may hold line feeds (JSON whitespace; never a
+    carriage return, see `wire.embeds_as_json`): each line becomes a `data`
+    line of its own, which a client joins back with line feeds.
     """
     encoder = msgspec.json.Encoder()
-    encode = encoder.encode
-    from_recorded = wire.WireEvent.from_recorded
+    for_recorded = wire.WireEvent.from_recorded
     async for batch in batches:
         if batch is None:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield _KEEPALIVE
             continue
-        frames = bytearray()
+        parts: list[bytes] = []
         for e in batch:
-            body = encode(from_recorded(e))
-            if 10 in body:  # LF; JSON text never holds a CR (`wire.embeds_as_json`)
-                body = body.replace(b"\n", b"\r\ndata: ")
-            frames += b"id: %d\r\nevent: event\r\ndata: %s\r\n\r\n" % (e.position, body)
-        yield _Frames(bytes(frames))
-
-
-class _Frames(ServerSentEventMessage):
-    """SSE messages framed already: Litestar writes the bytes as they are."""
-
-    def __init__(self, frames: bytes) -> None:
-        super().__init__()
-        self._frames = frames
-
-    def encode(self) -> bytes:
-        return self._frames
+            data = encoder.encode(for_recorded(e))
+            if 10 in data:
+                data = data.replace(b"\n", b"\r\ndata: ")
+            parts.append(b"id: %d\r\nevent: event\r\ndata: %b\r\n\r\n" % (e.position, data))
+        yield b"".join(parts)
 
 
 async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed) -> None:
     """Send events until the client goes away; a reader task notices the disconnect."""
     encoder = msgspec.json.Encoder()
 
-    async def send(text: str) -> None:
-        await asyncio.wait_for(socket.send_text(text), rt.config.limits.send_timeout)
-
     async def send_all() -> None:
-        async for batch in feed.events():
-            if batch is None:
-                await send('{"keepalive":true}')
-                continue
-            for e in batch:  # one frame per event, as before
-                await send(encoder.encode(wire.WireEvent.from_recorded(e)).decode())
+        async for e in feed.events():
+            text = (
+                '{"keepalive":true}'
+                if e is None
+                else encoder.encode(wire.WireEvent.from_recorded(e)).decode()
+            )
+            await asyncio.wait_for(socket.send_text(text), rt.config.limits.send_timeout)
 
     async def until_disconnect() -> None:
         with contextlib.suppress(WebSocketDisconnect):

@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import tidelog
 from tidelog.consumers._dlq import DlqState, load_state
+from tidelog.engines._kit.scheduling import Scheduler
 from tidelog.engines.contract import Engine
+from tidelog.errors import NotSupported
 from tidelog.server._config import Scaling
 
 __all__ = ["Metrics", "desired_members"]
@@ -152,8 +154,19 @@ class Metrics:
         self.lost = Gauge(
             "tidelog_retention_lost_events",
             "Events the scavenger deleted before a consumer group had read them"
-            " (hard_max_age or even_if_unconsumed; each is named in $system)",
+            " (hard_max_age, hard_max_bytes or even_if_unconsumed; each is named in $system)",
             ["group", "category"],
+            registry=r,
+        )
+        self.scheduled_pending = Gauge(
+            "tidelog_scheduled_pending_events",
+            "Scheduled events waiting for their due time (not yet delivered or cancelled)",
+            registry=r,
+        )
+        self.scheduled_lateness = Histogram(
+            "tidelog_scheduled_lateness_seconds",
+            "Due time to append of the scheduled events this server's scheduler delivered",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
             registry=r,
         )
         self._dlq: dict[str, DlqState] = {}
@@ -216,6 +229,12 @@ class Metrics:
         self.parked.clear()
         for group, count in (await self.parked_by_group(store)).items():
             self.parked.labels(group).set(count)
+        with contextlib.suppress(NotSupported):  # an engine without scheduled delivery
+            self.scheduled_pending.set(await store.count_scheduled())
+
+    def observe_scheduler(self, scheduler: Scheduler) -> None:
+        """Put the lateness of every event `scheduler` delivers in the histogram."""
+        scheduler.observers.append(lambda late: self.scheduled_lateness.observe(max(0.0, late)))
 
     async def _scaling_signal(
         self,

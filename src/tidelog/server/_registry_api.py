@@ -23,6 +23,8 @@ with the codes listed in `_registry_wire`.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import msgspec
@@ -116,6 +118,31 @@ def _flag(request: Request[Any, Any, Any], name: str) -> bool:
     return str(request.query_params.get(name, "")).lower() == "true"
 
 
+def _subject(
+    request: Request[Any, Any, Any], subject: str, access: Access, permission: Permission
+) -> str:
+    """The path's subject, once the caller may use the registry that way.
+
+    The permission is checked first, so a caller without access learns nothing
+    about which subject names are valid.
+    """
+    need(access, permission)
+    return subject_of(request, subject)
+
+
+@asynccontextmanager
+async def _locked(state: State) -> AsyncIterator[SchemaRegistry]:
+    """The app's registry, held under the lock that serializes it.
+
+    Every route reads or changes the registry as one step under this lock, so a
+    check and the change it guards (delete only after a soft delete, ...) never
+    interleave with another request's.
+    """
+    registry, lock = registry_of(state)
+    async with lock:
+        yield registry
+
+
 def _subject_missing(subject: str) -> Exception:
     return refuse(404, 40401, f"Subject '{subject[:255]}' not found.")
 
@@ -153,11 +180,9 @@ def _described(sv: SchemaVersion) -> dict[str, Any]:
 async def register_schema(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    need(access, Permission.WRITE)
-    subject = subject_of(request, subject)
+    subject = _subject(request, subject, access, Permission.WRITE)
     schema, schema_type = await _schema_body(request)
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         sv = await registry.register(subject, schema, schema_type=schema_type)
     return reply({"id": sv.id})
 
@@ -172,12 +197,10 @@ async def lookup_schema(
 ) -> Response[bytes]:
     """What serializers do with `auto.register.schemas=False`: find the version
     holding exactly this schema (`?deleted=true` searches soft-deleted ones too)."""
-    need(access, Permission.READ)
-    subject = subject_of(request, subject)
+    subject = _subject(request, subject, access, Permission.READ)
     schema, schema_type = await _schema_body(request)
     deleted = _flag(request, "deleted")
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         if not await registry.versions(subject, deleted=deleted):
             raise _subject_missing(subject)
         sv = await registry.lookup(subject, schema, schema_type, deleted=deleted)
@@ -195,8 +218,7 @@ async def list_subjects(
     need(access, Permission.READ)
     only_deleted = _flag(request, "deletedOnly") or _flag(request, "deleted_only")
     prefix = str(request.query_params.get("subjectPrefix", ""))
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         subjects = await registry.subjects(deleted=only_deleted or _flag(request, "deleted"))
         if only_deleted:
             live = set(await registry.subjects())
@@ -208,10 +230,8 @@ async def list_subjects(
 async def list_versions(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    need(access, Permission.READ)
-    subject = subject_of(request, subject)
-    registry, lock = registry_of(state)
-    async with lock:
+    subject = _subject(request, subject, access, Permission.READ)
+    async with _locked(state) as registry:
         versions = await registry.versions(subject, deleted=_flag(request, "deleted"))
     if not versions:
         raise _subject_missing(subject)
@@ -224,8 +244,7 @@ async def _read_version(
     """The version a GET names (`?deleted=true`: soft-deleted ones too)."""
     need(access, Permission.READ)
     wanted = _version(version)
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         return await _lookup(
             registry, subject_of(request, subject), wanted, deleted=_flag(request, "deleted")
         )
@@ -268,11 +287,9 @@ async def delete_subject(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
     """The versions deleted. Events written under them stay in the store."""
-    need(access, Permission.WRITE)
-    subject = subject_of(request, subject)
+    subject = _subject(request, subject, access, Permission.WRITE)
     permanent = _flag(request, "permanent")
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         live = await registry.versions(subject)
         if not await registry.versions(subject, deleted=True):
             raise _subject_missing(subject)
@@ -307,12 +324,10 @@ async def delete_version(
     access: AccessDep,
 ) -> Response[bytes]:
     """The version deleted. It no longer validates appends of its event type."""
-    need(access, Permission.WRITE)
-    subject = subject_of(request, subject)
+    subject = _subject(request, subject, access, Permission.WRITE)
     wanted = _version(version)
     permanent = _flag(request, "permanent")
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         kept = await registry.versions(subject, deleted=True)
         if not kept:
             raise _subject_missing(subject)
@@ -349,8 +364,7 @@ async def get_schema_by_id(
 ) -> Response[bytes]:
     """Soft-deleted versions' ids still resolve: data written under them stays readable."""
     need(access, Permission.READ)
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         uses = await registry.uses_of(schema_id, deleted=True)
     if not uses:
         raise refuse(404, 40403, f"Schema {schema_id} not found")
@@ -365,8 +379,7 @@ async def get_schema_versions(
     schema_id: FromPath[int], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
     need(access, Permission.READ)
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         if not await registry.uses_of(schema_id, deleted=True):
             raise refuse(404, 40403, f"Schema {schema_id} not found")
         uses = await registry.uses_of(schema_id, deleted=_flag(request, "deleted"))
@@ -402,12 +415,10 @@ async def check_compatibility(
     access: AccessDep,
 ) -> Response[bytes]:
     """Against one version (`latest`: the latest live one), in the subject's mode."""
-    need(access, Permission.READ)
-    subject = subject_of(request, subject)
+    subject = _subject(request, subject, access, Permission.READ)
     wanted = _version(version)
     schema, schema_type = await _schema_body(request)
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         sv = await _lookup(registry, subject, wanted)
         problems = await registry.check(subject, schema, schema_type, against=sv.version)
     return _verdict(request, problems)
@@ -423,11 +434,9 @@ async def check_compatibility_all(
 ) -> Response[bytes]:
     """Exactly what registering would check: the latest version, or every live
     version in a `_TRANSITIVE` mode. A subject with no versions accepts anything."""
-    need(access, Permission.READ)
-    subject = subject_of(request, subject)
+    subject = _subject(request, subject, access, Permission.READ)
     schema, schema_type = await _schema_body(request)
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         problems = await registry.check(subject, schema, schema_type)
     return _verdict(request, problems)
 
@@ -440,8 +449,7 @@ def _level(mode: Compatibility) -> dict[str, str]:
 
 
 async def _config_reply(state: State, subject: str | None) -> Response[bytes]:
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         mode = await registry.compatibility(subject)
     return reply(_level(mode))
 
@@ -461,8 +469,7 @@ async def _set_config(
             f"invalid compatibility level {given[:40]!r}: one of "
             + ", ".join(m.value for m in Compatibility),
         ) from None
-    registry, lock = registry_of(state)
-    async with lock:
+    async with _locked(state) as registry:
         await registry.set_compatibility(mode, subject)
     return reply({"compatibility": mode.value})
 
@@ -486,16 +493,14 @@ async def get_subject_config(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
     """The subject's own level, else the global one (Confluent's `defaultToGlobal`)."""
-    need(access, Permission.READ)
-    return await _config_reply(state, subject_of(request, subject))
+    return await _config_reply(state, _subject(request, subject, access, Permission.READ))
 
 
 @put("/config/{subject:str}", summary="Set a subject's compatibility level (Confluent API)")
 async def put_subject_config(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
-    need(access, Permission.WRITE)
-    return await _set_config(request, state, subject_of(request, subject))
+    return await _set_config(request, state, _subject(request, subject, access, Permission.WRITE))
 
 
 @delete(
@@ -507,10 +512,8 @@ async def delete_subject_config(
     subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> Response[bytes]:
     """The level removed; the subject follows the global level again."""
-    need(access, Permission.WRITE)
-    subject = subject_of(request, subject)
-    registry, lock = registry_of(state)
-    async with lock:
+    subject = _subject(request, subject, access, Permission.WRITE)
+    async with _locked(state) as registry:
         own = await registry.own_compatibility(subject)
         if own is None:
             raise refuse(

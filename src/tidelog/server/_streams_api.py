@@ -40,6 +40,10 @@ async def append(
     with telemetry.publish_span([category_of(stream)], request.headers, count=len(events)) as tc:
         events = telemetry.with_trace_context(events, tc)  # W3C traceparent into metadata
         expected = parse_expected_version(data.expected_version)
+        if data.scheduled:  # stored as pending: a `ScheduledResult`, appended when due
+            return await rt.store.append(
+                stream, events, expected, deliver_at=data.deliver_at, deliver_after=data.delay()
+            )
         result = await rt.store.append(stream, events, expected)
         telemetry.record_append(stream, events, result)
     rt.metrics.appended(category_of(stream), len(events), time.perf_counter() - started)
@@ -73,10 +77,11 @@ async def read_stream(
     stream: FromPath[str],
     state: State,
     access: AccessDep,
-    from_version: Annotated[int, QueryParameter(ge=-1, le=2**62)] = 0,
+    from_version: Annotated[int | None, QueryParameter(ge=-1, le=2**62)] = None,
     backwards: FromQuery[bool] = False,
     limit: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
 ) -> wire.WirePage:
+    """Without `from_version`, a backwards page starts at the newest event (the store's rule)."""
     rt = runtime(state)
     validate_stream_name(stream)
     need_stream(access, stream, Permission.READ)

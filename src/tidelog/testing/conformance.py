@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import inspect
 import pathlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID, uuid4
@@ -87,6 +87,30 @@ async def subscribed(
         aclose = getattr(subscription, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def commit_billing(
+    store: tidelog.Store,
+    partition: int,
+    position: int,
+    generation: int,
+    member: str = "m1",
+    appends: Mapping[str, tidelog.AppendRequest] | None = None,
+) -> Coroutine[Any, Any, dict[str, tidelog.AppendResult]]:
+    """`store.commit` for the group most tests use: "billing" on category "order".
+
+    The fencing and checkpoint tests vary the partition, position, generation,
+    member and appends; the group and category they commit for stay the same.
+    """
+    return store.commit(
+        "billing",
+        "order",
+        partition,
+        position,
+        member=member,
+        generation=generation,
+        appends=appends,
+    )
 
 
 async def exhaust(result: object) -> None:
@@ -488,6 +512,23 @@ class StreamsSuite(SuiteBase):
             0,
         ]
         assert await stream_versions(store, "s-1", backwards=True, from_version=-1, limit=1) == [4]
+
+    async def test_backwards_read_without_a_start_begins_at_the_end(
+        self, store: tidelog.Store
+    ) -> None:
+        """A backwards read with no start is "the latest events", as in KurrentDB."""
+        await store.append("s-1", [ev() for _ in range(5)])
+        assert await stream_versions(store, "s-1", backwards=True, limit=1) == [4]
+        assert await stream_versions(store, "s-1", backwards=True, limit=2) == [4, 3]
+        assert await stream_versions(store, "s-1", backwards=True) == [4, 3, 2, 1, 0]
+        assert await stream_versions(store, "s-1", backwards=True, limit=0) == []
+        assert await stream_versions(store, "nothing-1", backwards=True, limit=1) == []
+        # an explicit start keeps its meaning, and forwards still starts at the beginning
+        assert await stream_versions(store, "s-1", backwards=True, from_version=0) == [0]
+        assert await stream_versions(store, "s-1", backwards=True, from_version=2) == [2, 1, 0]
+        assert await stream_versions(store, "s-1", from_version=None, limit=2) == [0, 1]
+        await store.append("s-1", [ev()])
+        assert await stream_versions(store, "s-1", backwards=True, limit=1) == [5]
 
     async def test_read_stream_of_missing_stream_is_empty(self, store: tidelog.Store) -> None:
         assert await stream_versions(store, "nothing-1") == []
@@ -1293,14 +1334,7 @@ class GroupsSuite(SuiteBase):
         with pytest.raises(tidelog.StaleGeneration):
             await store.heartbeat("billing", "order", "m0", lease=LONG_LEASE)
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit(
-                "billing",
-                "order",
-                short.partitions[0],
-                1,
-                member="m0",
-                generation=short.generation,
-            )
+            await commit_billing(store, short.partitions[0], 1, short.generation, member="m0")
         m1 = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)
         assert m1.partitions == tuple(range(store.partition_count))
         assert m1.generation >= described.generation
@@ -1326,36 +1360,141 @@ class GroupsSuite(SuiteBase):
         assert after is not None
         assert after.generation == described.generation
 
+    # ------------------------------------------------------------- cooperative hand-over
+
+    async def test_a_cooperative_holder_keeps_a_moved_partition_until_it_releases_it(
+        self, store: tidelog.Store
+    ) -> None:
+        """The hand-over that makes a graceful join cost no duplicate (#14 item 11): the
+        new owner waits while the holder commits what it handled and releases it."""
+        count = store.partition_count
+        if count < 2:
+            pytest.skip("needs at least two partitions")
+        everything = tuple(range(count))
+        target = assign_partitions(["m1", "m2"], count)
+        moved = target["m2"][0]
+        await store.append("order-1", [ev() for _ in range(5)])
+        m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE, cooperative=True)
+        assert (m1.partitions, m1.revoking, m1.awaiting) == (everything, (), ())
+        m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        assert m2.generation > m1.generation
+        assert (m2.partitions, m2.revoking, m2.awaiting) == ((), (), target["m2"])
+        with pytest.raises(tidelog.StaleGeneration):  # it waits: not its partition yet
+            await store.commit("billing", "order", moved, 2, member="m2", generation=m2.generation)
+        m1 = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)
+        assert m1.generation == m2.generation
+        assert (m1.partitions, m1.revoking, m1.awaiting) == (everything, target["m2"], ())
+        assert [(g.member, g.partitions) for g in m1.members] == [("m1", everything), ("m2", ())]
+        # the holder commits what it handled, then releases the partition
+        await store.commit("billing", "order", moved, 3, member="m1", generation=m1.generation)
+        released = await store.heartbeat(
+            "billing", "order", "m1", lease=LONG_LEASE, release=m1.revoking
+        )
+        assert released.generation > m1.generation
+        assert (released.partitions, released.revoking) == (target["m1"], ())
+        with pytest.raises(tidelog.StaleGeneration):
+            await store.commit(
+                "billing", "order", moved, 4, member="m1", generation=released.generation
+            )
+        m2 = await store.heartbeat("billing", "order", "m2", lease=LONG_LEASE)
+        assert (m2.partitions, m2.awaiting) == (target["m2"], ())
+        assert m2.generation == released.generation
+        assert (await store.checkpoints("billing", "order"))[moved] == 3
+        await store.commit("billing", "order", moved, 5, member="m2", generation=m2.generation)
+        assert (await store.checkpoints("billing", "order"))[moved] == 5
+        # releasing again, or a partition it is not asked to give up, changes nothing
+        again = await store.heartbeat(
+            "billing", "order", "m1", lease=LONG_LEASE, release=everything
+        )
+        assert (again.generation, again.partitions) == (m2.generation, target["m1"])
+
+    async def test_a_cooperative_holder_that_leaves_or_never_releases_loses_its_partitions(
+        self, store: tidelog.Store
+    ) -> None:
+        count = store.partition_count
+        if count < 2:
+            pytest.skip("needs at least two partitions")
+        target = assign_partitions(["m1", "m2"], count)
+        # leaving hands everything over at once: nothing of it is in flight any more
+        await store.join_group("billing", "order", "m1", lease=LONG_LEASE, cooperative=True)
+        await store.join_group("billing", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        await store.leave_group("billing", "order", "m1")
+        m2 = await store.heartbeat("billing", "order", "m2", lease=LONG_LEASE)
+        assert (m2.partitions, m2.awaiting) == (tuple(range(count)), ())
+        # a holder that heartbeats but never releases loses them one of its leases after
+        # the hand-over began (its lease when it began: a short one here)
+        await store.leave_group("billing", "order", "m2")
+        await store.join_group("audit", "order", "m1", lease=0.3, cooperative=True)
+        m2 = await store.join_group("audit", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        assert m2.awaiting == target["m2"]
+        began = m2.generation
+        m1 = await store.heartbeat("audit", "order", "m1", lease=LONG_LEASE)  # alive, long
+        assert m1.revoking == target["m2"]
+        async with asyncio.timeout(WAIT):
+            while m2.partitions != target["m2"]:
+                await asyncio.sleep(0.05)
+                m2 = await store.heartbeat("audit", "order", "m2", lease=LONG_LEASE)
+        assert m2.awaiting == ()
+        assert m2.generation > began  # the partitions changed hands: a new generation
+        m1 = await store.heartbeat("audit", "order", "m1", lease=LONG_LEASE)
+        assert (m1.partitions, m1.revoking) == (target["m1"], ())
+        # a member that did not join cooperatively loses a moved partition at once
+        await store.join_group("eager", "order", "m1", lease=LONG_LEASE)
+        m2 = await store.join_group("eager", "order", "m2", lease=LONG_LEASE, cooperative=True)
+        assert (m2.partitions, m2.awaiting) == (target["m2"], ())
+
+    async def test_a_bad_release_or_cooperative_flag_is_refused_and_changes_nothing(
+        self, store: tidelog.Store
+    ) -> None:
+        m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE, cooperative=True)
+        for bad in ([store.partition_count], [-1], [True], ["0"], 3, "0"):
+            with pytest.raises(tidelog.InvalidInput):
+                await store.heartbeat(
+                    "billing", "order", "m1", lease=LONG_LEASE, release=cast(Any, bad)
+                )
+        with pytest.raises(tidelog.InvalidInput):
+            await store.join_group(
+                "billing", "order", "m2", lease=LONG_LEASE, cooperative=cast(Any, "yes")
+            )
+        described = await store.describe_group("billing", "order")
+        assert described is not None
+        assert described.generation == m1.generation
+        assert [g.member for g in described.members] == ["m1"]
+        # refused before anything is written: a group never named stays unknown
+        with pytest.raises(tidelog.InvalidInput):
+            await store.heartbeat("fresh", "order", "m1", lease=LONG_LEASE, release=[-1])
+        with pytest.raises(tidelog.InvalidInput):
+            await store.join_group("fresh", "order", "m1", cooperative=cast(Any, 1))
+        assert await store.describe_group("fresh", "order") is None
+
     # ------------------------------------------------------------- fencing
 
     async def test_commit_with_stale_generation_is_fenced(self, store: tidelog.Store) -> None:
         await store.append("order-1", [ev() for _ in range(9)])
         m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 5, member="m1", generation=m1.generation)
+        await commit_billing(store, 0, 5, m1.generation)
         m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE)
         with pytest.raises(tidelog.StaleGeneration) as info:
-            await store.commit("billing", "order", 0, 9, member="m1", generation=m1.generation)
+            await commit_billing(store, 0, 9, m1.generation)
         assert info.value.generation == m1.generation
         assert info.value.current == m2.generation
         assert info.value.member == "m1"
         assert await store.checkpoints("billing", "order") == {0: 5}
         current = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)
         assert 0 in current.partitions
-        await store.commit("billing", "order", 0, 9, member="m1", generation=current.generation)
+        await commit_billing(store, 0, 9, current.generation)
         assert await store.checkpoints("billing", "order") == {0: 9}
 
     async def test_commit_of_an_unstorable_position_is_refused(self, store: tidelog.Store) -> None:
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 0, member="m1", generation=m.generation)
+        await commit_billing(store, 0, 0, m.generation)
         for position in (2**63 - 1, 2**63, 2**70, -1):
             with pytest.raises(tidelog.InvalidInput):
-                await store.commit(
-                    "billing",
-                    "order",
+                await commit_billing(
+                    store,
                     0,
                     position,
-                    member="m1",
-                    generation=m.generation,
+                    m.generation,
                     appends={"invoice-1": tidelog.AppendRequest([ev()])},
                 )
         assert await store.checkpoints("billing", "order") == {0: 0}
@@ -1367,32 +1506,24 @@ class GroupsSuite(SuiteBase):
         written. The member is fenced first: a stale one learns `StaleGeneration`."""
         await store.append("order-1", [ev() for _ in range(5)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 0, member="m1", generation=m.generation)
-        await store.commit("billing", "order", 0, 2, member="m1", generation=m.generation)
+        await commit_billing(store, 0, 0, m.generation)
+        await commit_billing(store, 0, 2, m.generation)
         appends = {"invoice-1": tidelog.AppendRequest([ev()])}
         for position, with_appends in ((6, None), (999, None), (10_000, appends), (10**12, None)):
             if with_appends and not self.supports_transactional_commit:
                 continue
             with pytest.raises(tidelog.InvalidInput):
-                await store.commit(
-                    "billing",
-                    "order",
-                    0,
-                    position,
-                    member="m1",
-                    generation=m.generation,
-                    appends=with_appends,
-                )
+                await commit_billing(store, 0, position, m.generation, appends=with_appends)
         assert await store.checkpoints("billing", "order") == {0: 2}
         assert await store.last_position() == 5
         assert await stream_names(store) == ["order-1"]
         # The head itself is fine.
-        await store.commit("billing", "order", 0, 5, member="m1", generation=m.generation)
+        await commit_billing(store, 0, 5, m.generation)
         assert await store.checkpoints("billing", "order") == {0: 5}
         # A stale member beyond the head is told it is stale, not that its position is bad.
         await store.leave_group("billing", "order", "m1")
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit("billing", "order", 0, 999, member="m1", generation=m.generation)
+            await commit_billing(store, 0, 999, m.generation)
         assert await store.checkpoints("billing", "order") == {0: 5}
 
     async def test_commit_by_non_owner_is_fenced(self, store: tidelog.Store) -> None:
@@ -1402,29 +1533,18 @@ class GroupsSuite(SuiteBase):
         m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE)
         foreign = next(p for p in range(store.partition_count) if p not in m2.partitions)
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit(
-                "billing", "order", foreign, 3, member="m2", generation=m2.generation
-            )
+            await commit_billing(store, foreign, 3, m2.generation, member="m2")
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit(
-                "billing", "order", 0, 3, member="stranger", generation=m2.generation
-            )
+            await commit_billing(store, 0, 3, m2.generation, member="stranger")
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit(
-                "billing",
-                "order",
-                store.partition_count,
-                3,
-                member="m2",
-                generation=m2.generation,
-            )
+            await commit_billing(store, store.partition_count, 3, m2.generation, member="m2")
         assert await store.checkpoints("billing", "order") == {}
 
     async def test_commit_after_leave_is_fenced(self, store: tidelog.Store) -> None:
         m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.leave_group("billing", "order", "m1")
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit("billing", "order", 0, 1, member="m1", generation=m1.generation)
+            await commit_billing(store, 0, 1, m1.generation)
         assert await store.checkpoints("billing", "order") == {}
 
     # ------------------------------------------------------------- checkpoints
@@ -1434,13 +1554,11 @@ class GroupsSuite(SuiteBase):
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         assert await store.checkpoints("billing", "order") == {}
         for position, expected in ((5, 5), (3, 5), (5, 5), (7, 7), (0, 7)):
-            result = await store.commit(
-                "billing", "order", 0, position, member="m1", generation=m.generation
-            )
+            result = await commit_billing(store, 0, position, m.generation)
             assert result == {}
             assert await store.checkpoints("billing", "order") == {0: expected}
         with pytest.raises(tidelog.InvalidInput):
-            await store.commit("billing", "order", 0, -1, member="m1", generation=m.generation)
+            await commit_billing(store, 0, -1, m.generation)
 
     async def test_checkpoints_are_per_partition_group_and_category(
         self, store: tidelog.Store
@@ -1448,9 +1566,9 @@ class GroupsSuite(SuiteBase):
         count = store.partition_count
         await store.append("order-1", [ev() for _ in range(10)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 10, member="m1", generation=m.generation)
+        await commit_billing(store, 0, 10, m.generation)
         last = count - 1
-        await store.commit("billing", "order", last, 4, member="m1", generation=m.generation)
+        await commit_billing(store, last, 4, m.generation)
         expected = {0: 10, last: 4} if last else {0: 10}
         assert await store.checkpoints("billing", "order") == expected
         other = await store.join_group("audit", "order", "m1", lease=LONG_LEASE)
@@ -1475,21 +1593,15 @@ class GroupsSuite(SuiteBase):
         appends = {"invoice-1": tidelog.AppendRequest([ev("Issued")], tidelog.NO_STREAM)}
         if not self.supports_transactional_commit:
             with pytest.raises(tidelog.NotSupported):
-                await store.commit(
-                    "billing", "order", 0, 1, member="m1", generation=m.generation, appends=appends
-                )
+                await commit_billing(store, 0, 1, m.generation, appends=appends)
             assert await store.last_position() == 1
             return
-        results = await store.commit(
-            "billing", "order", 0, 1, member="m1", generation=m.generation, appends=appends
-        )
+        results = await commit_billing(store, 0, 1, m.generation, appends=appends)
         assert results == {"invoice-1": tidelog.AppendResult(0, 2)}
         assert await store.checkpoints("billing", "order") == {0: 1}
         assert [e.type for e in await collect(store.read_stream("invoice-1"))] == ["Issued"]
         # A retry of the same handler output is idempotent and still moves nothing back.
-        again = await store.commit(
-            "billing", "order", 0, 1, member="m1", generation=m.generation, appends=appends
-        )
+        again = await commit_billing(store, 0, 1, m.generation, appends=appends)
         assert again == results
         assert await store.last_position() == 2
 
@@ -1499,14 +1611,8 @@ class GroupsSuite(SuiteBase):
         m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
         await store.join_group("billing", "order", "m2", lease=LONG_LEASE)
         with pytest.raises(tidelog.StaleGeneration):
-            await store.commit(
-                "billing",
-                "order",
-                0,
-                1,
-                member="m1",
-                generation=m1.generation,
-                appends={"invoice-1": tidelog.AppendRequest([ev()])},
+            await commit_billing(
+                store, 0, 1, m1.generation, appends={"invoice-1": tidelog.AppendRequest([ev()])}
             )
         assert await store.last_position() == 0
         assert await stream_names(store) == []
@@ -1549,19 +1655,11 @@ class GroupsSuite(SuiteBase):
             pytest.skip("engine refuses transactional commits (checked elsewhere)")
         await store.append("invoice-1", [ev()])
         m1 = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 1, member="m1", generation=m1.generation)
+        await commit_billing(store, 0, 1, m1.generation)
         m2 = await store.join_group("billing", "order", "m2", lease=LONG_LEASE)
         for member, generation in (("m1", m1.generation), ("stranger", m2.generation)):
             with pytest.raises(tidelog.StaleGeneration) as info:
-                await store.commit(
-                    "billing",
-                    "order",
-                    0,
-                    9,
-                    member=member,
-                    generation=generation,
-                    appends=appends(),
-                )
+                await commit_billing(store, 0, 9, generation, member=member, appends=appends())
             assert (info.value.member, info.value.current) == (member, m2.generation)
         assert await store.last_position() == 1
         assert await stream_names(store) == ["invoice-1"]
@@ -1570,15 +1668,7 @@ class GroupsSuite(SuiteBase):
         current = await store.heartbeat("billing", "order", "m1", lease=LONG_LEASE)
         owned = current.partitions[0]
         with pytest.raises(error):
-            await store.commit(
-                "billing",
-                "order",
-                owned,
-                1,
-                member="m1",
-                generation=current.generation,
-                appends=appends(),
-            )
+            await commit_billing(store, owned, 1, current.generation, appends=appends())
         assert await store.last_position() == 1
         assert await store.checkpoints("billing", "order") == {0: 1}
 
@@ -1601,15 +1691,7 @@ class GroupsSuite(SuiteBase):
             appends: dict[str, tidelog.AppendRequest] | None,
             generation: int = m.generation,
         ) -> Coroutine[Any, Any, dict[str, tidelog.AppendResult]]:
-            return store.commit(
-                "billing",
-                "order",
-                partition,
-                position,
-                member="m1",
-                generation=generation,
-                appends=appends,
-            )
+            return commit_billing(store, partition, position, generation, appends=appends)
 
         outcomes = await asyncio.gather(
             commit(p[0], 5, {"invoice-1": tidelog.AppendRequest([ev()], tidelog.NO_STREAM)}),
@@ -1637,30 +1719,22 @@ class GroupsSuite(SuiteBase):
             pytest.skip("engine refuses transactional commits (checked elsewhere)")
         await store.append("order-1", [ev() for _ in range(8)])
         m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
-        await store.commit("billing", "order", 0, 3, member="m1", generation=m.generation)
+        await commit_billing(store, 0, 3, m.generation)
         await store.append("invoice-1", [ev()])
         with pytest.raises(tidelog.WrongExpectedVersion) as info:
-            await store.commit(
-                "billing",
-                "order",
-                0,
-                8,
-                member="m1",
-                generation=m.generation,
-                appends={"invoice-1": tidelog.AppendRequest([ev()], 5)},
+            await commit_billing(
+                store, 0, 8, m.generation, appends={"invoice-1": tidelog.AppendRequest([ev()], 5)}
             )
         assert info.value.actual == 0
         assert await store.checkpoints("billing", "order") == {0: 3}
         assert await stream_versions(store, "invoice-1") == [0]
         if self.supports_multi_stream_atomic:
             with pytest.raises(tidelog.WrongExpectedVersion):
-                await store.commit(
-                    "billing",
-                    "order",
+                await commit_billing(
+                    store,
                     0,
                     8,
-                    member="m1",
-                    generation=m.generation,
+                    m.generation,
                     appends={
                         "receipt-1": tidelog.AppendRequest([ev()]),
                         "invoice-1": tidelog.AppendRequest([ev()], tidelog.NO_STREAM),
@@ -1669,13 +1743,11 @@ class GroupsSuite(SuiteBase):
             assert await stream_names(store) == ["invoice-1", "order-1"]
             assert await store.checkpoints("billing", "order") == {0: 3}
         with pytest.raises(tidelog.InvalidEvent):
-            await store.commit(
-                "billing",
-                "order",
+            await commit_billing(
+                store,
                 0,
                 8,
-                member="m1",
-                generation=m.generation,
+                m.generation,
                 appends={"invoice-1": tidelog.AppendRequest([ev("bad type")])},
             )
         assert await store.checkpoints("billing", "order") == {0: 3}
@@ -1735,7 +1807,7 @@ class GroupsSuite(SuiteBase):
             assert info.value.current == 0
         elif operation == "commit":
             with pytest.raises(tidelog.StaleGeneration):
-                await store.commit("billing", "order", 0, 1, member="m1", generation=0)
+                await commit_billing(store, 0, 1, 0)
         else:
             await store.leave_group("billing", "order", "m1")
         described = await store.describe_group("billing", "order")

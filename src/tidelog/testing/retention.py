@@ -114,6 +114,51 @@ class RetentionSuite(SuiteBase):
         assert await stream_versions(store, "order-1") == [4, 5]
         assert await stream_versions(store, "invoice-1") == [0, 1]
 
+    async def test_count_events_agrees_with_reads_under_count_rules(
+        self, store: tidelog.Store
+    ) -> None:
+        """`count_events` counts without reading where it can (version-based rules, no
+        group to protect): it must agree with `read_all` under every filter, before and
+        after a scavenge, and once a group, a tombstone and an age rule take it back to
+        reading."""
+        for _ in range(4):
+            for n in range(1, 7):
+                await self._fill(store, f"order-{n}", 1)
+            await self._fill(store, "price-x", 1)
+        await self._fill(store, "invoice-1", 2)
+        await self._fill(store, "account-1", 5)
+        await store.set_retention(RetentionPolicy(max_count=2), category="order")
+        await store.set_retention(RetentionPolicy(keep_latest=True), category="price")
+        await store.set_retention(RetentionPolicy(truncate_before=3), stream="account-1")
+        await store.set_retention(RetentionPolicy(max_count=1))
+
+        async def agree() -> None:
+            for categories in (None, ["order"], ["order", "price", "account"]):
+                for partitions in (None, [0], [1, 2]):
+                    for start in (0, 9, 25):
+                        read = await collect(
+                            store.read_all(start, categories, partitions=partitions)
+                        )
+                        counted = await store.count_events(start, categories, partitions)
+                        assert counted == len(read), (categories, partitions, start)
+
+        await agree()
+        assert await store.count_events(0, ["order"]) == 12
+        await store.scavenge()
+        await agree()
+        await self._fill(store, "order-1", 2)
+        m = await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        await store.retention()  # the group is seen now, not at the next refresh
+        await agree()  # from beyond what the group read, counted without reading
+        partition = tidelog.partition_of("order-1", store.partition_count)
+        await store.commit("billing", "order", partition, 12, member="m1", generation=m.generation)
+        await store.retention()
+        await agree()
+        await store.delete_stream("price-x")
+        await store.set_retention(RetentionPolicy(max_age=3600), category="invoice")
+        self.shift_clock(store, 7200)
+        await agree()
+
     async def test_truncate_before_drops_what_a_snapshot_covers(self, store: tidelog.Store) -> None:
         await self._fill(store, "account-7", 6)
         await store.set_retention(RetentionPolicy(truncate_before=4), stream="account-7")
@@ -216,6 +261,31 @@ class RetentionSuite(SuiteBase):
         self.shift_clock(store, 7200)
         assert await stream_versions(store, "order-1") == []
         assert (await store.scavenge()).lost >= 1
+
+    async def test_hard_max_bytes_deletes_the_oldest_even_unconsumed(
+        self, store: tidelog.Store
+    ) -> None:
+        await store.join_group("billing", "order", "m1", lease=LONG_LEASE)
+        for i in range(10):
+            await store.append(f"order-{i % 2}", [ev(data=b"x" * 100, metadata={"k": "v"})])
+        await self._fill(store, "invoice-1", 3)  # another category: not in the scope
+        positions = await all_positions(store, categories=["order"])
+        # An event weighs its data and its metadata as compact JSON: 100 + len('{"k":"v"}').
+        await store.set_retention(RetentionPolicy(hard_max_bytes=4 * 109 + 8), category="order")
+        assert await all_positions(store, categories=["order"]) == positions  # not yet
+        report = await store.scavenge()
+        assert await all_positions(store, categories=["order"]) == positions[-4:]
+        assert report.deleted == 6
+        assert report.lost == 6
+        lost = await collect(store.read_stream(SYSTEM_STREAM))
+        assert [e.type for e in lost] == [LOST_EVENTS_TYPE] * 2
+        assert all(b'"group":"billing"' in e.data and b'"count":3' in e.data for e in lost)
+        assert store.retention_stats["lost"] >= 6 or not store.applies_retention
+        assert await stream_versions(store, "invoice-1") == [0, 1, 2]
+        # Under the cap, nothing more goes.
+        assert (await store.scavenge()).deleted == 0
+        with pytest.raises(tidelog.InvalidInput):
+            RetentionPolicy(hard_max_bytes=0)
 
     async def test_reads_from_a_scavenged_position_start_at_the_oldest_kept(
         self, store: tidelog.Store

@@ -340,12 +340,12 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
 
         @rule(
             stream=streams,
-            from_version=st.integers(-1, 6),
+            from_version=st.none() | st.integers(-1, 6),
             backwards=st.booleans(),
             limit=limits,
         )
         def read_stream(
-            self, stream: str, from_version: int, backwards: bool, limit: int | None
+            self, stream: str, from_version: int | None, backwards: bool, limit: int | None
         ) -> None:
             self.compare(
                 lambda s: _collect(
@@ -411,14 +411,29 @@ def _machine(suite: ModelSuite, tmp_path: pathlib.Path) -> type[RuleBasedStateMa
             """After a group changed: the same generation, members and partitions."""
             self.compare(lambda s: s.describe_group(GROUP, category))
 
-        @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))
-        def join(self, category: str, member: str) -> None:
-            got = self.compare(lambda s: s.join_group(GROUP, category, member, lease=LEASE))
+        @rule(
+            category=st.sampled_from(GROUP_CATEGORIES),
+            member=st.sampled_from(MEMBERS),
+            cooperative=st.booleans(),
+        )
+        def join(self, category: str, member: str, cooperative: bool) -> None:
+            got = self.compare(
+                lambda s: s.join_group(
+                    GROUP, category, member, lease=LEASE, cooperative=cooperative
+                )
+            )
             self._remember(category, member, got)
 
-        @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))
-        def heartbeat(self, category: str, member: str) -> None:
-            got = self.compare(lambda s: s.heartbeat(GROUP, category, member, lease=LEASE))
+        @rule(
+            category=st.sampled_from(GROUP_CATEGORIES),
+            member=st.sampled_from(MEMBERS),
+            release=st.lists(st.integers(-1, 5), max_size=3),
+        )
+        def heartbeat(self, category: str, member: str, release: list[int]) -> None:
+            """With partitions released: those asked for move, the others change nothing."""
+            got = self.compare(
+                lambda s: s.heartbeat(GROUP, category, member, lease=LEASE, release=release)
+            )
             self._remember(category, member, got)
 
         @rule(category=st.sampled_from(GROUP_CATEGORIES), member=st.sampled_from(MEMBERS))

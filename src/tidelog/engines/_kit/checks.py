@@ -83,6 +83,11 @@ def prepare_append_many(
             raise InvalidEvent("append_many values must be tidelog.AppendRequest")
         name, events, expected = prepare_append(stream, request.events, request.expected_version)
         for e in events:
+            if e.deliver_at is not None:
+                raise InvalidEvent(
+                    "scheduled events (deliver_at) cannot be part of an atomic multi-stream "
+                    "write: schedule them with append"
+                )
             if e.id in seen:
                 raise InvalidEvent(f"append_many repeats event id {e.id}")
             seen.add(e.id)

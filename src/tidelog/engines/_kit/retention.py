@@ -83,6 +83,11 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
       category has not checkpointed past. By default such events are kept;
     - `hard_max_age`: seconds past which an event goes even if unconsumed; the
       group that lost it is reported (warning log, counter, `$system` event);
+    - `hard_max_bytes`: when the events of the streams the rule covers hold
+      more bytes than this (data plus compact-JSON metadata, stored), the
+      scavenger deletes their oldest events down to it, even unconsumed ones,
+      reported as for `hard_max_age`. Applied by the scavenger only: reads see
+      the events until it deletes them (a size is not known at read time);
     - `scavenge_deleted`: every event of a tombstoned stream (`delete_stream`)
       is past the policy;
     - `keep_tombstone`: with `scavenge_deleted`, False forgets a tombstoned
@@ -96,6 +101,7 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     keep_latest: bool = False
     even_if_unconsumed: bool = False
     hard_max_age: float | None = None
+    hard_max_bytes: int | None = None
     scavenge_deleted: bool = False
     keep_tombstone: bool = True
 
@@ -106,10 +112,11 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
                 isinstance(value, bool) or not math.isfinite(value) or not 0 < value <= _MAX_AGE
             ):
                 raise InvalidInput(f"{name} must be a number of seconds > 0, got {value!r}")
-        for name in ("max_count", "truncate_before"):
+        for name in ("max_count", "truncate_before", "hard_max_bytes"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value < (name == "max_count")):
-                raise InvalidInput(f"{name} must be an int >= {int(name == 'max_count')}")
+            least = int(name != "truncate_before")
+            if value is not None and (isinstance(value, bool) or value < least):
+                raise InvalidInput(f"{name} must be an int >= {least}")
         if self.is_empty:
             raise InvalidInput("a retention policy needs at least one condition")
         if not self.keep_tombstone and not self.scavenge_deleted:
@@ -123,6 +130,7 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
             and self.truncate_before is None
             and not self.keep_latest
             and self.hard_max_age is None
+            and self.hard_max_bytes is None
             and not self.scavenge_deleted
         )
 
@@ -278,6 +286,13 @@ class RetentionCache:
             self.rules[rule.scope] = rule
         self._policies.clear()
 
+    def scope(self, stream: str) -> tuple[str, str] | None:
+        """The scope of the rule that applies to `stream` (see `policy`), or None."""
+        keys = [("stream", stream), ("category", category_of(stream))]
+        if not stream.startswith("$"):
+            keys.append(("store", ""))
+        return next((key for key in keys if key in self.rules), None)
+
     def policy(self, stream: str) -> RetentionPolicy | None:
         """The policy that applies to `stream`: its own, its category's, or the store's."""
         try:
@@ -309,6 +324,9 @@ class RetentionView:
         self.now = now
         self.partitions = partitions
         self._cutoffs: dict[float, datetime] = {}
+        self.byte_cuts: dict[tuple[str, str], int] = {}
+        """Scope -> the position below which `hard_max_bytes` deletes its events; set by
+        the scavenger for its pass (reads do not know sizes)."""
 
     def cutoff(self, age: float) -> datetime:
         found = self._cutoffs.get(age)
@@ -337,7 +355,11 @@ class RetentionView:
         return policy.max_age is not None and event.recorded_at < self.cutoff(policy.max_age)
 
     def hard(self, policy: RetentionPolicy, event: RecordedEvent) -> bool:
-        """Whether `event` is past the hard cap, which overrides consumer protection."""
+        """Whether `event` is past a hard cap, which overrides consumer protection."""
+        if policy.hard_max_bytes is not None and self.byte_cuts:
+            scope = self.cache.scope(event.stream)
+            if scope is not None and event.position < self.byte_cuts.get(scope, 0):
+                return True
         return policy.hard_max_age is not None and event.recorded_at < self.cutoff(
             policy.hard_max_age
         )

@@ -21,11 +21,12 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from tidelog.engines._kit.checks import LogFilter
 from tidelog.engines._kit.retention import (
     LOST_EVENTS_TYPE,
     RETENTION_STREAM,
@@ -35,8 +36,16 @@ from tidelog.engines._kit.retention import (
     RetentionView,
     ScavengeReport,
 )
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.errors import NotSupported, StaleGeneration, StoreClosed, StreamDeleted, TidelogError
-from tidelog.model import NewEvent, RecordedEvent, StreamInfo, category_of, partition_of
+from tidelog.model import (
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    category_of,
+    encode_metadata,
+    partition_of,
+)
 
 if TYPE_CHECKING:
     from tidelog.engines.contract import GroupEngine
@@ -117,19 +126,30 @@ class Lease:
         await self.store.leave_group(SCAVENGER_GROUP, RETENTION_STREAM, self.member)
 
 
-StateOf = Callable[[str], Awaitable[tuple[int | None, bool]]]
+HeadsOf = Callable[[Collection[str]], Awaitable[StreamStates]]
+"""The engine's `_stream_heads`: the state of several streams, asked at once."""
+
+_READ_CHUNK = 256
+"""Events `visible` gathers before it asks the states of their new streams at once."""
 
 
 async def stream_states(
-    view: RetentionView, events: list[RecordedEvent], state_of: StateOf
-) -> dict[str, tuple[int | None, bool]]:
-    """The state (`state_of`) of each stream of `events` whose policy needs it."""
-    states: dict[str, tuple[int | None, bool]] = {}
+    view: RetentionView,
+    events: list[RecordedEvent],
+    heads_of: HeadsOf,
+    known: StreamStates | None = None,
+) -> StreamStates:
+    """The state of each stream of `events` whose policy needs it and that `known`
+    lacks, in one `heads_of` call (`known`, if given, gets them too)."""
+    states: StreamStates = {} if known is None else known
+    wanted: set[str] = set()
     for e in events:
-        if e.stream not in states:
+        if e.stream not in states and e.stream not in wanted:
             policy = view.policy(e.stream)
             if policy is not None and policy.needs_head:
-                states[e.stream] = await state_of(e.stream)
+                wanted.add(e.stream)
+    if wanted:
+        states.update(await heads_of(wanted))
     return states
 
 
@@ -154,33 +174,37 @@ async def visible(
     view: RetentionView,
     events: AsyncIterator[RecordedEvent],
     limit: int | None,
-    state_of: StateOf,
+    heads_of: HeadsOf,
 ) -> AsyncIterator[RecordedEvent]:
     """The events of `events` the rules keep, up to `limit` of them.
 
-    `state_of(stream)` gives a stream's last version and tombstone, asked once
-    per stream per read and only for policies that need them (`max_count`,
-    `keep_latest`, `scavenge_deleted`).
+    A stream's last version and tombstone are asked once per stream per read,
+    only for policies that need them (`max_count`, `keep_latest`,
+    `scavenge_deleted`), and for the new streams of `_READ_CHUNK` events at a
+    time in one `heads_of` call: one query on SQL engines where a read of many
+    streams used to cost one per stream.
     """
-    states: dict[str, tuple[int | None, bool]] = {}
+    states: StreamStates = {}
     count = 0
     try:
         if limit == 0:
             return
-        async for e in events:
-            policy = view.policy(e.stream)
-            if policy is not None:
-                head, deleted = None, False
-                if policy.needs_head:
-                    if e.stream not in states:
-                        states[e.stream] = await state_of(e.stream)
-                    head, deleted = states[e.stream]
-                if view.hidden(policy, e, head, deleted):
-                    continue
-            yield e
-            count += 1
-            if limit is not None and count >= limit:
-                return
+        chunk: list[RecordedEvent] = []
+        done = False
+        while not done:
+            chunk.clear()
+            async for e in events:
+                chunk.append(e)
+                if len(chunk) >= _READ_CHUNK:
+                    break
+            else:
+                done = True
+            await stream_states(view, chunk, heads_of, states)
+            for e in kept(view, chunk, states):
+                yield e
+                count += 1
+                if limit is not None and count >= limit:
+                    return
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
@@ -324,6 +348,57 @@ async def _scavenge_chunk(
     return deleted, lost
 
 
+def event_bytes(event: RecordedEvent) -> int:
+    """What `hard_max_bytes` weighs an event: its data and its metadata as stored
+    (compact JSON), the same on every engine."""
+    return len(event.data) + len(encode_metadata(event.metadata))
+
+
+async def _byte_cuts(store: GroupEngine, view: RetentionView) -> dict[tuple[str, str], int]:
+    """Scope -> the position below which `hard_max_bytes` deletes the scope's events:
+    the oldest ones (by position, so a prefix of each stream), down to the cap.
+
+    The scope is the streams the rule covers (the most specific rule wins, as
+    for every field). SQL engines weigh it in one aggregate query and read only
+    the oldest events when it is over; other engines read the scope's events.
+    """
+    cuts: dict[tuple[str, str], int] = {}
+    for scope, rule in sorted(view.cache.rules.items()):
+        cap = None if rule.policy is None else rule.policy.hard_max_bytes
+        if cap is None:
+            continue
+        category = None if scope[0] == "store" else category_of(scope[1])
+        sizes = await store._stream_bytes(category)
+        total = None
+        if sizes is not None:
+            total = sum(n for s, n in sizes.items() if view.cache.scope(s) == scope)
+            if total <= cap:
+                continue
+        filters = LogFilter(None if category is None else frozenset([category]), None, None)
+        raw = store._read_all(0, filters, None)
+        weighed: AsyncIterator[tuple[int, int]] = (
+            (e.position, event_bytes(e)) async for e in raw if view.cache.scope(e.stream) == scope
+        )
+        if total is None:
+            listed = [pair async for pair in weighed]
+            total = sum(n for _, n in listed)
+            weighed = _aiter(listed)
+        removed = 0
+        async for position, size in weighed:
+            if total - removed <= cap:
+                break
+            removed += size
+            cuts[scope] = position + 1
+        with contextlib.suppress(AttributeError):
+            await raw.aclose()  # type: ignore[attr-defined]
+    return cuts
+
+
+async def _aiter(pairs: list[tuple[int, int]]) -> AsyncIterator[tuple[int, int]]:
+    for pair in pairs:
+        yield pair
+
+
 async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     """One pass over the streams the rules cover, deleting what they hide.
 
@@ -335,6 +410,7 @@ async def scavenge_store(store: GroupEngine, lease: Lease) -> ScavengeReport:
     view = await store._retention_view(force=True)
     if view is None:
         return ScavengeReport()
+    view.byte_cuts = await _byte_cuts(store, view)
     deleted = lost = streams = 0
     todo: list[tuple[StreamInfo, RetentionPolicy]] = []
     try:

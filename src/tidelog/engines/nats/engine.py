@@ -45,7 +45,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, TypeAlias
 
 import nats
@@ -57,7 +57,6 @@ from nats.aio.subscription import Subscription
 from tidelog.engines._kit.checks import (
     LogFilter,
     check_position,
-    log_filter,
     prepare_delete,
     prepare_purge,
     validate_group_key,
@@ -108,6 +107,17 @@ what it changed before, such as expired leases) to refuse, say a fenced member."
 class NatsEngine(GroupEngine):
     name = "nats"
     poll_interval = 0.1
+
+    def _schedule_refused(self) -> NotSupported:
+        """Scheduled delivery is refused here (docs/scheduling.md): pending events would
+        need a due-time index and a claim across processes that this engine does not
+        build on JetStream yet (NATS 2.12's message schedules publish into a stream
+        without this engine's version checks and id index)."""
+        return NotSupported(
+            self.name,
+            "scheduled delivery",
+            "no due-time index or scheduler claim on JetStream yet; see docs/scheduling.md",
+        )
 
     def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
         self._nc = nc
@@ -288,6 +298,15 @@ class NatsEngine(GroupEngine):
                     break
         return out
 
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """Refused: a stream's version is its subject's last message's, so a stream
+        cannot start beyond version 0 without a message (an event) there."""
+        raise NotSupported(
+            self.name,
+            "starting a stream at a version",
+            "a stream's version lives in its last message, which a copy cannot invent",
+        )
+
     async def _forget_stream(self, stream: str) -> None:
         """Purge the stream's subject, tombstone included, if no event is left on it."""
         self._check_open()
@@ -389,12 +408,8 @@ class NatsEngine(GroupEngine):
             except TidelogError:
                 return
 
-    async def subscribe(
-        self,
-        from_position: int = 0,
-        categories: Collection[str] | None = None,
-        types: Collection[str] | None = None,
-        partitions: Collection[int] | None = None,
+    async def _subscribe(
+        self, from_position: int, filters: LogFilter
     ) -> AsyncIterator[RecordedEvent]:
         """Catch up, then follow live.
 
@@ -402,8 +417,7 @@ class NatsEngine(GroupEngine):
         about: it moves only past events it has read itself, because in a
         cluster the head and the pages may come from different replicas.
         """
-        cats, tys, parts = log_filter(categories, types, partitions)
-        from_position = max(from_position, 0)  # as the generic loop does
+        cats, tys, parts = filters
         check_position(from_position)
         self._check_open()
         await self._ensure_watch()
@@ -486,26 +500,27 @@ class NatsEngine(GroupEngine):
                 return result
         raise StoreUnavailable("group: gave up after too many concurrent writes")
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(doc: wire.GroupDoc) -> Membership:
-            doc.state.join(member, self._now(), lease)
+            doc.state.join(member, self._now(), lease, self.partition_count, cooperative)
             return doc.state.membership(group, category, member, self.partition_count)
 
         result: Membership = await self._update_group(group, category, change)
         return result
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 
         def change(doc: wire.GroupDoc) -> Membership:
-            doc.state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self.partition_count
+            doc.state.heartbeat(group, category, member, now, lease, count, release)
             return doc.state.membership(group, category, member, self.partition_count)
 
         result: Membership = await self._update_group(group, category, change)
@@ -515,7 +530,7 @@ class NatsEngine(GroupEngine):
         self._check_open()
 
         def change(doc: wire.GroupDoc) -> None:
-            doc.state.leave(member, self._now())
+            doc.state.leave(member, self._now(), self.partition_count)
 
         await self._update_group(group, category, change)
 

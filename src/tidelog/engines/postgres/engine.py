@@ -41,7 +41,15 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Sized
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -58,10 +66,12 @@ from tidelog.engines._kit.checks import (
     validate_group_name,
 )
 from tidelog.engines._kit.groups import GroupState
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.postgres.errors import pg_errors
+from tidelog.engines.postgres.scheduled import PendingTable
 from tidelog.engines.postgres.schema import (
     LATEST_VERSION,
     Sql,
@@ -82,6 +92,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
     category_of,
     check_expected_version,
@@ -239,6 +250,7 @@ class PostgresEngine(GroupEngine):
         self._writer = Writer(pool, self._sql, partitions, self._now, self._watch, config.max_batch)
         self._listener: Any = None
         self._relistener: asyncio.Future[None] | None = None
+        self._pending_table = PendingTable(pool, config.schema)
 
     @property
     def dsn(self) -> str:
@@ -324,6 +336,7 @@ class PostgresEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         # Appends accepted before close complete; a cancelled close leaves them be.
         await self._writer.batches.close()
@@ -453,6 +466,43 @@ class PostgresEngine(GroupEngine):
         with pg_errors(stream):
             await self._pool.execute(self._sql.forget_stream, stream)
 
+    async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
+        """Retention's states of many streams in one query of the `streams` table."""
+        self._check_open()
+        names = list(streams)
+        states: StreamStates = dict.fromkeys(names, (None, False))
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.stream_heads, names)
+        for name, version, deleted in rows:
+            states[name] = (None, True) if deleted else (version, False)
+        return states
+
+    async def _stream_bytes(self, category: str | None) -> dict[str, int]:
+        """`hard_max_bytes`: data plus metadata bytes per stream, one aggregate query."""
+        self._check_open()
+        with pg_errors():
+            rows = await self._pool.fetch(self._sql.stream_bytes, category)
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
+        """Events below each stream's floor, in one query by the (stream, version) key."""
+        self._check_open()
+        with pg_errors():
+            found = await self._pool.fetchval(
+                self._sql.count_below, list(floors), list(floors.values()), from_position
+            )
+        return int(found)
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """A `streams` row with the version below `version` and no events: what a
+        scavenge that deleted the whole stream leaves."""
+        self._check_open()
+        if version > 0:
+            with pg_errors(stream):
+                await self._pool.execute(
+                    self._sql.start_stream, stream, category_of(stream), version - 1
+                )
+
     async def list_streams(self, category: str | None = None) -> AsyncIterator[StreamInfo]:
         self._check_open()
         after = ""
@@ -574,32 +624,35 @@ class PostgresEngine(GroupEngine):
             raise failure
         return result
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
 
         def change(state: GroupState) -> Membership:
-            state.join(member, self._now(), lease)
+            state.join(member, self._now(), lease, self._partitions, cooperative)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
 
         def change(state: GroupState) -> Membership:
-            state.heartbeat(group, category, member, self._now(), lease)
+            now, count = self._now(), self._partitions
+            state.heartbeat(group, category, member, now, lease, count, release)
             return state.membership(group, category, member, self._partitions)
 
         return await self._change_group(group, category, change)
 
     async def leave_group(self, group: str, category: str, member: str) -> None:
         self._check_open()
-        await self._change_group(group, category, lambda state: state.leave(member, self._now()))
+        await self._change_group(
+            group, category, lambda state: state.leave(member, self._now(), self._partitions)
+        )
 
     async def checkpoints(self, group: str, category: str) -> dict[int, int]:
         self._check_open()
@@ -623,6 +676,30 @@ class PostgresEngine(GroupEngine):
         with pg_errors():
             rows = await self._pool.fetch(self._sql.list_groups)
         return sorted((r[0], r[1]) for r in rows)
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The statements are in `scheduled.PendingTable`.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self._pending_table.insert(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self._pending_table.take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        return await self._pending_table.next_ready()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._pending_table.forget(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self._pending_table.cancel(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self._pending_table.list_rows(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        return await self._pending_table.count()
 
 
 async def _keep_session(_conn: Any) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "advisory_keys",
     "current_version",
     "migrate",
+    "migration_lock",
     "validate_schema_name",
 ]
 
@@ -117,6 +118,15 @@ def advisory_keys(schema: str) -> tuple[int, int]:
     return _LOCK_CLASS, _schema_key(schema)
 
 
+def migration_lock(schema: str) -> str:
+    """The statement that takes the store's migration lock for the rest of a transaction.
+
+    Taken by `migrate` and by DDL run outside it (the `scheduled` table, created
+    when first needed), so that two processes never create one table at once.
+    """
+    return f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_CLASS}, {_schema_key(schema)})"
+
+
 async def current_version(conn: Any, schema: str) -> int:
     """The store's schema version; 0 when it has none yet."""
     exists = await conn.fetchval(
@@ -140,9 +150,7 @@ async def migrate(conn: Any, schema: str, target: int | None = None) -> list[int
     s = f'"{schema}"'
     applied: list[int] = []
     async with conn.transaction():
-        await conn.execute(
-            f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_CLASS}, {_schema_key(schema)})"
-        )
+        await conn.execute(migration_lock(schema))
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
@@ -209,6 +217,23 @@ class Sql:
         self.forget_stream = (
             f"DELETE FROM {s}.streams WHERE name = $1 AND deleted "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream = $1)"
+        )
+        self.stream_heads = (
+            f"SELECT name, version, deleted FROM {s}.streams WHERE name = ANY($1::text[])"
+        )
+        self.stream_bytes = (
+            "SELECT stream, sum(octet_length(data) + octet_length(metadata::text))::bigint "
+            f"FROM {s}.events WHERE CASE WHEN $1::text IS NULL THEN left(stream, 1) <> '$' "
+            "ELSE category = $1 END GROUP BY stream"
+        )
+        self.count_below = (
+            f"SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS f (stream, below) "
+            f"JOIN {s}.events e ON e.stream = f.stream AND e.version < f.below "
+            "WHERE e.position >= $3"
+        )
+        self.start_stream = (
+            f"INSERT INTO {s}.streams (name, category, version) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO NOTHING"
         )
         self.purge_events = f"DELETE FROM {s}.events WHERE stream = $1"
         self.purge_stream = f"DELETE FROM {s}.streams WHERE name = $1"

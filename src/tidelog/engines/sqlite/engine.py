@@ -58,8 +58,9 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
+from uuid import UUID
 
 import msgspec
 
@@ -72,10 +73,11 @@ from tidelog.engines._kit.checks import (
     validate_group_key,
     validate_group_name,
 )
+from tidelog.engines._kit.retention_hooks import StreamStates
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
-from tidelog.engines.sqlite import db
+from tidelog.engines.sqlite import db, scheduled
 from tidelog.engines.sqlite.reads import (
     COLUMNS,
     DECODE_CHUNK,
@@ -98,6 +100,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
 )
 
@@ -287,6 +290,7 @@ class SQLiteEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         self._watch.close()
         self._send_outbox()  # accepted before close: they complete
@@ -407,6 +411,67 @@ class SQLiteEngine(GroupEngine):
     async def _forget_stream(self, stream: str) -> None:
         self._check_open()
         await self._write(lambda w: w.forget_stream(stream))
+
+    async def _stream_heads(self, streams: Collection[str]) -> StreamStates:
+        """Retention's states of many streams from the `streams` table, 500 names a query."""
+        names = list(streams)
+
+        def rows(conn: sqlite3.Connection) -> list[Any]:
+            found = []
+            for i in range(0, len(names), 500):
+                chunk = names[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found += conn.execute(
+                    f"SELECT name, version, deleted FROM streams WHERE name IN ({marks})", chunk
+                ).fetchall()
+            return found
+
+        states: StreamStates = dict.fromkeys(names, (None, False))
+        for name, version, deleted in await self._read(rows):
+            states[name] = (None, True) if deleted else (version, False)
+        return states
+
+    async def _stream_bytes(self, category: str | None) -> dict[str, int]:
+        """`hard_max_bytes`: data plus metadata bytes per stream, one aggregate query
+        (`length` of a blob reads no overflow page)."""
+        where = "substr(stream, 1, 1) <> '$'" if category is None else "category = ?"
+        sql = (
+            "SELECT stream, sum(length(data) + length(metadata)) FROM events"
+            f" WHERE {where} GROUP BY stream"
+        )
+        args = () if category is None else (category,)
+
+        def rows(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, args).fetchall()
+
+        return {stream: int(size) for stream, size in await self._read(rows)}
+
+    async def _count_below(self, floors: Mapping[str, int], from_position: int) -> int:
+        """Events below each stream's floor, by the (stream, version) index, 500 streams
+        a query."""
+        pairs = list(floors.items())
+
+        def count(conn: sqlite3.Connection) -> int:
+            total = 0
+            for i in range(0, len(pairs), 500):
+                chunk = pairs[i : i + 500]
+                values = ",".join("(?, ?)" for _ in chunk)
+                total += conn.execute(
+                    f"WITH f(stream, below) AS (VALUES {values}) SELECT count(*) FROM f"
+                    " JOIN events e ON e.stream = f.stream AND e.version < f.below"
+                    " WHERE e.position >= ?",
+                    [x for pair in chunk for x in pair] + [from_position],
+                ).fetchone()[0]
+            return total
+
+        return await self._read(count)
+
+    async def _start_stream_at(self, stream: str, version: int) -> None:
+        """A `streams` row with the version below `version` and no events: what a
+        scavenge that deleted the whole stream leaves."""
+        self._check_open()
+        if version > 0:
+            await self._write(lambda w: w.start_stream(stream, version - 1))
 
     async def _delete_many(self, cuts: Mapping[str, int]) -> int:
         """Every stream's delete in one writer request: one transaction, one sync."""
@@ -536,8 +601,8 @@ class SQLiteEngine(GroupEngine):
 
     # ------------------------------------------------------------------ layer 3
 
-    async def join_group(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _join_group(
+        self, group: str, category: str, member: str, lease: float, cooperative: bool
     ) -> Membership:
         self._check_open()
         validate_group_name(member, "member")
@@ -546,14 +611,14 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
-            state.join(member, now, lease)
+            state.join(member, now, lease, w.partitions, cooperative)
             w.save_group(group, category, state)
             return state.membership(group, category, member, w.partitions)
 
         return await self._write(op)
 
-    async def heartbeat(
-        self, group: str, category: str, member: str, lease: float = 10.0
+    async def _heartbeat(
+        self, group: str, category: str, member: str, lease: float, release: tuple[int, ...]
     ) -> Membership:
         self._check_open()
         validate_group_key(group, category)
@@ -562,7 +627,7 @@ class SQLiteEngine(GroupEngine):
         def op(w: Writer) -> Membership:
             state = w.load_group(group, category)
             try:
-                state.heartbeat(group, category, member, now, lease)
+                state.heartbeat(group, category, member, now, lease, w.partitions, release)
             except StaleGeneration as exc:
                 w.save_group(group, category, state)  # keep the expiries it applied
                 raise CommitThenRaise(exc) from None
@@ -578,7 +643,7 @@ class SQLiteEngine(GroupEngine):
 
         def op(w: Writer) -> None:
             state = w.load_group(group, category)
-            state.leave(member, now)
+            state.leave(member, now, w.partitions)
             w.save_group(group, category, state)
 
         await self._write(op)
@@ -619,6 +684,30 @@ class SQLiteEngine(GroupEngine):
             return [(g, c) for g, c in rows.fetchall()]
 
         return await self._read(read)
+
+    # ------------------------------------------------------------ scheduled delivery
+    # The statements are in `scheduled`; writes go through the one writer thread.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        await self._write(lambda w: scheduled.insert(w.conn, rows), len(rows))
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        return await self._write(lambda w: scheduled.take_due(w.conn, now, limit, lease))
+
+    async def _next_due(self) -> float | None:
+        return await self._read(scheduled.next_ready)
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._write(lambda w: scheduled.forget(w.conn, ids), len(ids))
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        return await self._write(lambda w: scheduled.cancel(w.conn, event_id))
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        return await self._read(lambda conn: scheduled.list_rows(conn, stream, limit))
+
+    async def _count_scheduled(self) -> int:
+        return await self._read(scheduled.count)
 
 
 # --------------------------------------------------------------------------- opening

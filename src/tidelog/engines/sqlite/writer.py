@@ -484,6 +484,14 @@ class Writer:
             (stream, stream),
         )
 
+    def start_stream(self, stream: str, head: int) -> None:
+        """Retention (`tidelog copy`): an absent stream whose last version is `head`."""
+        self.conn.execute(
+            "INSERT INTO streams (name, category, version, deleted) VALUES (?, ?, ?, 0)"
+            " ON CONFLICT (name) DO NOTHING",
+            (stream, category_of(stream), head),
+        )
+
     def set_high_water(self) -> None:
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('high_water', ?)"

@@ -190,6 +190,7 @@ function render(stats) {
   const now = Date.now() / 1000;
   $("head").textContent = String(stats.head);
   $("first").textContent = String(stats.first_position);
+  $("scheduled").textContent = stats.scheduled == null ? "–" : String(stats.scheduled);
   if (lastHead !== null) {
     const rate = Math.max(0, stats.head - lastHead.head) / Math.max(0.001, now - lastHead.t);
     rateSeries.push({ t: now, v: rate });

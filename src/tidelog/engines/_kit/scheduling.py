@@ -1,0 +1,489 @@
+"""Scheduled delivery, written once: the checks of a scheduled append and the scheduler.
+
+An append whose events carry `deliver_at` (or that is given `deliver_at=` or
+`deliver_after=`) is not written to the log: the contract checks it here
+(`prepare_schedule`) and hands the engine `ScheduledEvent` rows to store as
+pending (`_schedule`). The `Scheduler` below moves them into the log when they
+are due, through the contract's own `append_many`, so every engine's write path,
+checks and idempotency apply unchanged. An engine only stores, claims and
+forgets rows (the `_schedule`, `_take_due`, `_next_due`, `_forget_scheduled`,
+`_cancel_scheduled`, `_list_scheduled` and `_count_scheduled` hooks).
+
+Exactly once, across processes and crashes:
+
+1. `_take_due` *claims* the due rows of whole batches: it moves their
+   `ready_at` forward by a lease (one statement; SQLite's single writer and
+   PostgreSQL's `FOR UPDATE SKIP LOCKED` keep two schedulers from claiming the
+   same row), so a second scheduler skips them while the first works;
+2. the events are appended with their own ids: an append whose ids are all
+   stored in that stream returns the original result and writes nothing, so a
+   move repeated after a crash (the lease ran out before the rows were
+   forgotten) or by a scheduler whose lease ran out writes nothing twice;
+3. the rows are forgotten (deleted by id: repeating it is harmless).
+
+A batch whose append is refused (`WrongExpectedVersion`, `StreamDeleted`, or
+an id stored in another stream) is *parked*: appended to `$scheduled-failed`
+with the reason in its metadata, under the same ids (so a repeated move finds
+them there, is refused with `DuplicateEventId` and parks again: an idempotent
+retry), or under ids derived from them when those ids belong to another
+stream's events. The other streams of the same pass are still delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
+
+from tidelog.errors import (
+    DuplicateEventId,
+    InvalidEvent,
+    InvalidInput,
+    StoreClosed,
+    StreamDeleted,
+    TidelogError,
+    WrongExpectedVersion,
+)
+from tidelog.model import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendRequest,
+    ExpectedVersion,
+    NewEvent,
+    ScheduledEvent,
+    decode_metadata,
+    encode_metadata,
+)
+
+if TYPE_CHECKING:
+    from tidelog.engines.contract import StreamEngine
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_LEASE",
+    "DEFAULT_LOOKAHEAD",
+    "DEFAULT_POLL",
+    "FAILED_STREAM",
+    "ROW_COLUMNS",
+    "Row",
+    "Scheduler",
+    "decode_expected",
+    "due_time",
+    "encode_expected",
+    "from_micros",
+    "from_row",
+    "prepare_schedule",
+    "to_micros",
+    "to_row",
+]
+
+log = logging.getLogger(__name__)
+
+FAILED_STREAM: Final = "$scheduled-failed"
+"""Where a scheduled append refused at its due time is parked, with the reason."""
+DEFAULT_BATCH: Final = 500
+"""Rows a scheduler claims per pass: hundreds per append round, few queries per event."""
+DEFAULT_LEASE: Final = 30.0
+"""Seconds a claim lasts; after a crash, another scheduler retries the rows then."""
+DEFAULT_POLL: Final = 0.05
+"""Seconds between looks for rows scheduled by other processes (or other stores)."""
+DEFAULT_LOOKAHEAD: Final = 0.1
+"""Seconds before their due time that rows are claimed, so only the append is left at it."""
+_PARKED_NAMESPACE: Final = UUID("5b0f3c1e-8f7a-4a53-9d1f-6a51f0c2e7d4")
+
+_STATES: Final = {ANY: -1, NO_STREAM: -2, STREAM_EXISTS: -3}
+_STATE_OF: Final = {v: k for k, v in _STATES.items()}
+
+
+def encode_expected(expected: ExpectedVersion) -> int:
+    """An expected version as one integer column: a version, or -1/-2/-3 for the states."""
+    return expected if isinstance(expected, int) else _STATES[expected]
+
+
+def decode_expected(value: int) -> ExpectedVersion:
+    return _STATE_OF[value] if value < 0 else value
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch: how the SQL engines store due times (exact, sortable)."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+ROW_COLUMNS: Final = (
+    "id, batch, seq, stream, expected, due_at, type, data, metadata, schema_version"
+)
+"""The columns of a SQL engine's `scheduled` table that `to_row`/`from_row` map, in order
+(besides them, each table has `ready_at`)."""
+
+Row = tuple[UUID, UUID, int, str, int, int, str, bytes, bytes, int]
+
+
+def to_row(r: ScheduledEvent) -> Row:
+    """A pending event as the SQL engines store it: due time in microseconds, the
+    expected version as one integer, metadata as compact JSON bytes."""
+    return (
+        r.id,
+        r.batch,
+        r.seq,
+        r.stream,
+        encode_expected(r.expected_version),
+        to_micros(r.due_at),
+        r.type,
+        r.data,
+        encode_metadata(r.metadata),
+        r.schema_version,
+    )
+
+
+def from_row(raw: Sequence[Any]) -> ScheduledEvent:
+    """`to_row` undone; ids may come as UUIDs or as their 16 bytes (SQLite)."""
+    id_, batch, seq, stream, expected, due, type_, data, metadata, schema_version = raw
+    return ScheduledEvent(
+        id=id_ if isinstance(id_, UUID) else UUID(bytes=id_),
+        batch=batch if isinstance(batch, UUID) else UUID(bytes=batch),
+        seq=seq,
+        stream=stream,
+        expected_version=decode_expected(expected),
+        due_at=from_micros(due),
+        type=type_,
+        data=data,
+        metadata=decode_metadata(metadata),
+        schema_version=schema_version,
+    )
+
+
+def prepare_schedule(
+    stream: str,
+    events: Sequence[NewEvent],
+    expected: ExpectedVersion,
+    deliver_at: object,
+    deliver_after: object,
+) -> list[ScheduledEvent] | None:
+    """The rows of a scheduled append, or None when the append is for now.
+
+    One append is one unit: every event of it is due at the same time (given
+    once by `deliver_at`/`deliver_after`, or the same `deliver_at` on each
+    event), so the batch is appended at once with the expected version given
+    here. An append mixing events for now and for later, or for different
+    times, is refused with `InvalidEvent` and changes nothing: its expected
+    version could not mean one thing. A due time in the past is allowed (it is
+    delivered at once, by the scheduler).
+    """
+    due = due_time(deliver_at, deliver_after)
+    if due is None:
+        for e in events:
+            if e.deliver_at is not None:
+                break
+        else:
+            return None
+    own = {e.deliver_at for e in events}
+    if due is None:
+        if None in own or len(own) != 1:
+            raise InvalidEvent(
+                "every event of a scheduled append must have the same deliver_at: "
+                "append events for now and for later in separate calls"
+            )
+        due = _aware(own.pop())
+    elif own - {None, deliver_at}:
+        raise InvalidEvent("an event's deliver_at differs from the append's due time")
+    batch = events[0].id
+    code = encode_expected(expected)
+    return [
+        ScheduledEvent(
+            id=e.id,
+            stream=stream,
+            due_at=due,
+            type=e.type,
+            data=e.data,
+            metadata=dict(e.metadata),
+            schema_version=e.schema_version,
+            expected_version=decode_expected(code),
+            batch=batch,
+            seq=i,
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+def due_time(deliver_at: object, deliver_after: object) -> datetime | None:
+    """The due time `deliver_at=` or `deliver_after=` give (UTC), checked; None if neither."""
+    if deliver_at is not None and deliver_after is not None:
+        raise InvalidEvent("give deliver_at or deliver_after, not both")
+    if deliver_after is not None:
+        if not isinstance(deliver_after, timedelta) or deliver_after < timedelta(0):
+            raise InvalidEvent(f"deliver_after must be a timedelta >= 0, got {deliver_after!r}")
+        try:
+            return datetime.now(UTC) + deliver_after
+        except OverflowError:
+            raise InvalidEvent(f"deliver_after {deliver_after!r} is too far") from None
+    if deliver_at is not None:
+        return _aware(deliver_at)
+    return None
+
+
+def _aware(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidEvent(f"deliver_at must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidEvent("deliver_at must be timezone-aware (a naive time is ambiguous)")
+    return value.astimezone(UTC)
+
+
+def _batches(rows: Sequence[ScheduledEvent]) -> list[list[ScheduledEvent]]:
+    """Claimed rows as batches (one scheduled append each), in due order."""
+    by_batch: dict[UUID, list[ScheduledEvent]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r.due_at, str(r.batch), r.seq)):
+        by_batch[row.batch].append(row)
+    return list(by_batch.values())
+
+
+class Scheduler:
+    """The delivery loop of one store in one process (`store.start_scheduler()`).
+
+    It sleeps until the earliest due time it knows (a scheduled append of this
+    process wakes it at once if it is earlier), but never longer than `poll`,
+    so rows scheduled by other processes are seen within `poll`. Each pass
+    claims up to `batch` due rows and moves them (see the module docstring).
+    `observers` receive each delivered event's lateness (appended at - due at, seconds).
+    """
+
+    def __init__(
+        self,
+        store: StreamEngine,
+        *,
+        batch: int = DEFAULT_BATCH,
+        lease: float = DEFAULT_LEASE,
+        poll: float = DEFAULT_POLL,
+        lookahead: float = DEFAULT_LOOKAHEAD,
+    ) -> None:
+        self.store = store
+        self.batch = batch
+        self.lease = lease
+        self.poll = poll
+        self.lookahead = lookahead
+        self.delivered = 0
+        """Events this scheduler appended to their streams (a repeated move counts again)."""
+        self.parked = 0
+        self.observers: list[Callable[[float], None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._forgetting: asyncio.Task[None] | None = None
+        """The running loop's last forget, overlapped with its next claim."""
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"tidelog-scheduler-{self.store.name}"
+            )
+
+    def wake(self) -> None:
+        """A new row was scheduled here: look again now (it may be due sooner)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TidelogError):
+                await task
+        forgetting, self._forgetting = self._forgetting, None
+        if forgetting is not None:  # let it finish: else the rows wait for their lease
+            with contextlib.suppress(TidelogError):
+                await forgetting
+
+    async def _run(self) -> None:
+        """Look (a read) before claiming (a write): an idle store costs one indexed read
+        per `poll`, not a write transaction and its sync."""
+        while True:
+            self._wake.clear()  # before the look: a wake during it is not lost
+            try:
+                next_ready = await self.store._next_due()
+                if next_ready is not None and next_ready <= time.time() + self.lookahead:
+                    await self._pass()
+                    continue  # look again at once: more may be due soon
+            except StoreClosed:
+                return
+            except TidelogError as exc:  # the store is unavailable for now: try again
+                log.warning("tidelog scheduler: %s (retrying)", exc)
+                next_ready = None
+            timeout = self.poll
+            if next_ready is not None:
+                timeout = min(self.poll, max(0.0, next_ready - self.lookahead - time.time()))
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+
+    async def run_once(self, now: float | None = None) -> int:
+        """One pass: claim the rows due by `now` and move them; how many were claimed.
+
+        On the real clock (`now` None) it claims what is due within `lookahead`
+        seconds too and appends each batch at its due time: the claim's
+        transaction is then off the path from due time to visibility. Given a
+        `now` (tests and tools driving a schedule step by step), it moves what
+        is due by then at once.
+        """
+        real = now is None
+        clock = time.time() if now is None else now
+        rows = await self.store._take_due(
+            clock + (self.lookahead if real else 0.0), self.batch, self.lease
+        )
+        if rows:
+            await self.store._forget_scheduled(await self._move(rows, real))
+        return len(rows)
+
+    async def _pass(self) -> int:
+        """`run_once` of the running loop: the forget of a pass overlaps the next claim
+        (its rows are claimed, so the claim cannot take them again)."""
+        rows = await self.store._take_due(time.time() + self.lookahead, self.batch, self.lease)
+        if self._forgetting is not None:
+            forgetting, self._forgetting = self._forgetting, None
+            await forgetting
+        if rows:
+            done = await self._move(rows, True)
+            self._forgetting = asyncio.get_running_loop().create_task(
+                self.store._forget_scheduled(done)
+            )
+        return len(rows)
+
+    async def _move(self, rows: Sequence[ScheduledEvent], real: bool) -> list[UUID]:
+        """Append (or park) every batch of `rows`, each at its due time if `real`;
+        returns the ids moved, for the caller to forget.
+
+        On the real clock the batches due at one moment are appended while the
+        next ones wait for their time: a group's append does not hold back
+        the next due time (the engine's group commit then joins them), but
+        waits for the groups before it that share one of its streams, so each
+        stream keeps its scheduled order.
+        """
+        batches = _batches(rows)
+        done: list[UUID] = []
+        busy: dict[str, asyncio.Task[None]] = {}
+        """The last running group's task per stream."""
+        tasks: list[asyncio.Task[None]] = []
+        i = 0
+        try:
+            while i < len(batches):
+                if real:
+                    delay = batches[i][0].due_at.timestamp() - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                cutoff = time.time()
+                streams: dict[str, list[list[ScheduledEvent]]] = defaultdict(list)
+                while i < len(batches) and (not real or batches[i][0].due_at.timestamp() <= cutoff):
+                    streams[batches[i][0].stream].append(batches[i])
+                    done.extend(r.id for r in batches[i])
+                    i += 1
+                if not real:
+                    await self._deliver_group(streams, [])
+                    continue
+                before = [busy[name] for name in streams if name in busy]
+                task = asyncio.get_running_loop().create_task(self._deliver_group(streams, before))
+                tasks.append(task)
+                for name in streams:
+                    busy[name] = task
+        finally:
+            if tasks:  # every started append ends before the rows can be forgotten
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+        return done
+
+    async def _deliver_group(
+        self,
+        streams: dict[str, list[list[ScheduledEvent]]],
+        before: list[asyncio.Task[None]],
+    ) -> None:
+        """The batches due at one moment, after the groups `before` that share a stream.
+
+        One append_many per round: the first waiting batch of each stream (a
+        stream appears once per append_many).
+        """
+        if before:  # a failed one fails this one too: its stream's order must hold
+            await asyncio.gather(*before)
+        while streams:
+            round_ = {name: waiting.pop(0) for name, waiting in streams.items()}
+            streams = {name: waiting for name, waiting in streams.items() if waiting}
+            await self._deliver_round(round_)
+
+    async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
+        pending = dict(round_)
+        while pending:
+            requests = {
+                name: AppendRequest([r.to_new_event() for r in batch], batch[0].expected_version)
+                for name, batch in pending.items()
+            }
+            try:
+                await self.store.append_many(requests)
+            except (WrongExpectedVersion, StreamDeleted, DuplicateEventId) as exc:
+                refused = pending.pop(exc.stream, None)
+                if refused is None:  # not one of ours: the error is the store's
+                    raise
+                await self._park(refused, exc)
+                continue
+            except InvalidInput as exc:
+                # Refused input that names no stream (a wrapper's `SchemaViolation`):
+                # alone, the batch is parked; in a round, each stream goes alone.
+                if len(pending) > 1:
+                    for name, batch in pending.items():
+                        await self._deliver_round({name: batch})
+                    return
+                [batch] = pending.values()
+                await self._park(batch, exc)
+                return
+            now = datetime.now(UTC)
+            for batch in pending.values():
+                self.delivered += len(batch)
+                for row in batch:
+                    lateness = (now - row.due_at).total_seconds()
+                    for observe in self.observers:
+                        observe(lateness)
+            return
+
+    async def _park(self, batch: list[ScheduledEvent], error: TidelogError) -> None:
+        """Append a refused batch to `$scheduled-failed` with the reason."""
+        reason = {
+            "scheduled_stream": batch[0].stream,
+            "scheduled_due_at": batch[0].due_at.isoformat(),
+            "scheduled_error": type(error).__name__,
+            "scheduled_reason": str(error),
+        }
+
+        def parked(derive: bool) -> list[NewEvent]:
+            return [
+                NewEvent(
+                    id=uuid.uuid5(_PARKED_NAMESPACE, str(r.id)) if derive else r.id,
+                    type=r.type,
+                    data=r.data,
+                    metadata={**r.metadata, **reason, "scheduled_id": str(r.id)},
+                    schema_version=r.schema_version,
+                )
+                for r in batch
+            ]
+
+        try:
+            await self.store.append(FAILED_STREAM, parked(False))
+        except DuplicateEventId:  # the ids belong to events of another stream
+            await self.store.append(FAILED_STREAM, parked(True))
+        self.parked += len(batch)
+        log.warning(
+            "tidelog scheduler: parked %d event(s) for %r in %s: %s",
+            len(batch),
+            batch[0].stream,
+            FAILED_STREAM,
+            error,
+        )
