@@ -315,7 +315,8 @@ class PostgresBackend(Backend):
         return schema
 
     def store_url(self) -> str:
-        """A fresh store's URL (a schema of its own), for a server process to open."""
+        """A fresh store's URL (a schema of its own), for a server process or for
+        worker processes sharing one store to open."""
         self.last_schema = self._fresh("store")
         return f"{PG_DSN}?schema={self.last_schema}"
 
@@ -480,10 +481,14 @@ class NatsBackend(Backend):
                 self.proc.kill()
                 await self.proc.wait()
 
-    async def open_store(self) -> Store:
+    def store_url(self) -> str:
+        """A fresh store's URL, for workloads whose worker processes share one store."""
         self.n += 1
         self.last_store = f"bench{self.n}"
-        return await tidelog.connect(f"{self.url}?store={self.last_store}")
+        return f"{self.url}?store={self.last_store}"
+
+    async def open_store(self) -> Store:
+        return await tidelog.connect(self.store_url())
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,9 @@ class Sizes:
     scale_small: int = 100_000
     scale_probe: int = 20_000
     scale_reads: int = 1_000
+    scaling_events: int = 100_000
+    scaling_io_events: int = 20_000
+    scaling_processes: int = 4
 
 
 FULL = Sizes()
@@ -56,6 +59,9 @@ QUICK = replace(
     scale_small=5_000,
     scale_probe=2_000,
     scale_reads=200,
+    scaling_events=5_000,
+    scaling_io_events=2_000,
+    scaling_processes=2,
 )
 TINY = replace(
     FULL,
@@ -81,6 +87,9 @@ TINY = replace(
     scale_small=500,
     scale_probe=200,
     scale_reads=10,
+    scaling_events=300,
+    scaling_io_events=200,
+    scaling_processes=2,
 )
 """For the smoke test: every code path, a fraction of a second of work."""
 

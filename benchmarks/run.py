@@ -88,6 +88,8 @@ def judge(entry: dict[str, Any], workload: Workload, threshold: float) -> None:
         entry["met"] = got >= threshold
     else:
         entry["met"] = got < threshold
+    if entry.get("all_goals_met") is False:  # a workload with several goals (`goals`)
+        entry["met"] = False
 
 
 async def measure(

@@ -163,6 +163,39 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+def test_category_and_type_take_a_comma_separated_list(filled: str, tmp_path: Path) -> None:
+    """`log -c order,customer` matched nothing (one category named "order,customer")
+    and said so by printing nothing (the #14 walk-through); help says how to give
+    several names, not `<list[str]>`."""
+
+    def streams(*args: str) -> list[str]:
+        return [e["stream"] for e in json_lines(ok(filled, "--json", *args))]
+
+    assert streams("log", "-c", "order,customer") == streams("log", "-c", "order", "-c", "customer")
+    assert len(streams("log", "-c", "order, customer")) == 7
+    assert set(streams("log", "-t", "OrderPlaced,CustomerRegistered")) == {"order-2", "customer-1"}
+    out = tmp_path / "part.jsonl"
+    ok(filled, "export", "-c", "customer,order", "-o", str(out))
+    assert len(out.read_text().splitlines()) == 7
+    for command in ("log", "tail", "export"):
+        help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}).stdout
+        assert "list[str]" not in help_text and "<name>[,<name>…]" in help_text
+
+
+def test_streams_speaks_of_the_low_water_mark_only_when_retention_deleted(
+    filled: str, url: str
+) -> None:
+    """`3 streams; low-water position 1 (retention deleted what is below)` on a store
+    where nothing was ever deleted, and `1 streams` (the #14 walk-through)."""
+    assert ok(filled, "streams").stdout.splitlines()[-1] == "3 streams"
+    for _ in range(3):
+        append(url, "order-1", "Placed")
+    ok(url, "retention", "set", "-c", "order", "--max-count", "1")
+    ok(url, "scavenge")
+    last = ok(url, "streams", "--category", "order").stdout.splitlines()[-1]
+    assert last == "1 stream; low-water position 3 (retention deleted what is below)"
+
+
 def test_read_forwards_backwards_from_and_limit(filled: str) -> None:
     versions = [e["version"] for e in json_lines(ok(filled, "--json", "read", "order-1"))]
     assert versions == [0, 1, 2, 3, 4]
@@ -320,8 +353,10 @@ def test_demo_refuses_a_store_with_events(url: str) -> None:
         (["append", "order-1", "--type", "X", "-e", "stream_exists"], "WrongExpectedVersion"),
         (["append", "order-1", "--type", "X", "--id", "not-a-uuid"], "not a UUID"),
         (["read", "bad name"], "InvalidStreamName"),
-        (["read", "order-1", "--limit", "-1"], "InvalidInput"),
-        (["log", "--from", "-5"], "InvalidInput"),
+        (["read", "order-1", "--limit", "-1"], "InvalidInput: invalid --limit -1: it must be 0"),
+        (["read", "order-1", "--from", "-3"], "InvalidInput: invalid --from -3: it must be 0"),
+        (["log", "--from", "-5"], "InvalidInput: invalid --from -5: it must be 0 or more"),
+        (["log", "--limit", "-2"], "InvalidInput: invalid --limit -2: it must be 0 or more"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(url: str, args: list[str], fragment: str) -> None:
@@ -653,7 +688,7 @@ def test_the_default_store_from_another_directory_is_refused_by_reads(
     assert str(tmp_path / "tidelog-data" / "tidelog.db") in one_line_error(result)
     # writing creates the store as before, and then reading finds it
     assert CliRunner().invoke(app, ["append", "order-1", "-t", "X"]).exit_code == 0
-    assert "1 streams" in CliRunner().invoke(app, ["streams"]).stdout
+    assert "1 stream\n" in CliRunner().invoke(app, ["streams"]).stdout
 
 
 def test_the_library_creates_unless_told_the_store_must_exist(tmp_path: Path) -> None:
@@ -784,6 +819,43 @@ def test_help_shows_flags_without_a_value(command: list[str]) -> None:
     assert "--help" in result.stdout
 
 
+def test_serve_on_a_port_in_use_is_one_error_line(tmp_path: Path) -> None:
+    """Running the README's first command while a server already listens (a second
+    terminal, a server left running) printed a traceback ending in `OSError: [Errno 98]`
+    (the #14 walk-through); and the store is not opened, so not created."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        store = tmp_path / "served.db"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tidelog",
+                "serve",
+                "--port",
+                str(port),
+                "--store",
+                f"sqlite:///{store}",
+            ],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+    assert done.returncode == 1, done
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: InvalidInput: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (another server? give another --port)"
+    ], done.stderr
+    assert "Traceback" not in done.stderr and not store.exists()
+
+
 def test_serve_banner_keeps_paths_and_urls_whole_at_80_columns(tmp_path: Path) -> None:
     deep = tmp_path / "a-rather-long-directory-name" / "and-another-one-below-it"
     deep.mkdir(parents=True)
@@ -903,6 +975,36 @@ def test_status_exits_non_zero_past_a_threshold(url: str, limits: list[str], pro
     assert invoke(url, "status", "--max-lag", "2", "--max-parked", "1").exit_code == 0
 
 
+def test_groups_says_when_there_are_none_and_refuses_an_unknown_group(url: str) -> None:
+    """An empty table frame for a store without groups, and again for a mistyped
+    `--group` (the #14 walk-through); `dlq list` already refused an unknown group."""
+    ok(url, "migrate-schema")  # a store, with no group yet
+    assert ok(url, "groups").stdout.startswith("no consumer groups yet")
+    assert json_lines(ok(url, "--json", "groups")) == []
+    asyncio.run(_group_with_lag_and_parked(url))
+    message = one_line_error(invoke(url, "groups", "--group", "biling"))
+    assert message == "error: InvalidInput: unknown consumer group 'biling' (groups: billing)"
+    assert "billing" in ok(url, "groups", "--group", "billing").stdout
+
+
+def test_status_and_dlq_list_pass_over_the_scavengers_group(url: str) -> None:
+    """Once the scavenger has run (`retention set` on a served store) the store has the
+    system group `$scavenger`, a lease that never checkpoints: `status` failed on it
+    with `InvalidStreamName: invalid stream name '$dlq-$scavenger'`, and would have
+    counted each rule change as its lag (the #14 walk-through)."""
+    from tidelog.engines._kit.retention import SCAVENGER_GROUP
+
+    async def scavenger_joins() -> None:
+        async with tidelog.connect(url) as store:
+            await store.join_group(SCAVENGER_GROUP, "$retention", "scavenger-1", lease=3600)
+
+    ok(url, "retention", "set", "--category", "order", "--max-age", "7d")
+    asyncio.run(scavenger_joins())
+    [report] = json_lines(ok(url, "--json", "status", "--max-lag", "0"))
+    assert report["healthy"] is True and report["groups"] == []
+    assert "nothing parked" in ok(url, "dlq", "list", "$scavenger").stdout
+
+
 def test_status_of_a_missing_or_unreachable_store_is_one_error(tmp_path: Path) -> None:
     assert "no store at" in one_line_error(invoke(f"sqlite:///{tmp_path}/none.db", "status"))
     with socket.socket() as closed:  # a port nobody listens on
@@ -927,3 +1029,17 @@ async def test_status_of_a_server(serve: Any) -> None:
     assert report["engine"] == "remote (memory behind the server)"
     assert (report["head"], report["healthy"]) == (1, True)
     assert "AccessDenied" in one_line_error(await _cli("--store", base, "status"))
+
+
+async def test_a_server_that_wants_a_key_the_cli_did_not_give_says_where_it_goes(
+    serve: Any,
+) -> None:
+    """`error: AccessDenied: authentication required` left a newcomer guessing; the
+    line now names the options. A wrong key is not told to give one (#14 walk-through)."""
+    server, _ = await serve(keys={SECRET: "ops"}, grants=("ops=admin:*",))
+    base = f"http://127.0.0.1:{server.port}"
+    message = one_line_error(await _cli("--store", base, "streams"))
+    assert message.startswith("error: AccessDenied: authentication required")
+    assert "--token-file PATH, TIDELOG_TOKEN or --token" in message
+    wrong = one_line_error(await _cli("--store", base, "--token", "nope", "streams"))
+    assert "invalid credentials" in wrong and "--token" not in wrong

@@ -12,7 +12,7 @@ import pytest
 
 from support.bench import load_runner
 
-WORKLOADS = ("group_throughput", "end_to_end_latency")
+WORKLOADS = ("group_throughput", "end_to_end_latency", "group_scaling")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,14 @@ async def test_consumer_workloads_run_and_report(bench: ModuleType, tmp_path: Pa
     assert "error" not in latency, latency
     assert latency["unit"] == "ms"
     assert latency["p50_ms"] <= latency["p99_ms"]
-    for entry in (throughput, latency):
+    scaling = result["workloads"]["sqlite.group_scaling"]
+    assert "error" not in scaling, scaling
+    assert set(scaling["by_processes"]) == {"trivial", "io"}
+    for runs in scaling["by_processes"].values():
+        assert set(runs) == {"1", "2"}  # TINY, like --quick: 1 and 2 processes
+        assert all(r["rate"] > 0 and r["handled_twice"] == 0 for r in runs.values())
+    assert {g["goal"].split(" >=")[0] for g in scaling["goals"]} == {"io 2/1", "trivial 2/1"}
+    assert scaling["all_goals_met"] == all(g["met"] for g in scaling["goals"])
+    for entry in (throughput, latency, scaling):
         assert isinstance(entry["met"], bool)
         assert entry["goal"]

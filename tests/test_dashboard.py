@@ -463,6 +463,10 @@ async def test_dashboard_parked_events_signed_out_page_and_deleted_streams_in_ch
         # retry the parked event, drop one held behind it
         await parked_row.locator("button.dlq-retry").click()
         await expect(parked_row).to_have_attribute("data-status", "retrying")
+        # the open detail follows (it kept saying "parked": the #14 walk-through)
+        await expect(page.locator("#dlq-detail-title")).to_have_text(
+            f"{first.stream} @ {first.version}: retrying"
+        )
         assert await parked_row.locator("button").count() == 0
         await page.locator(f'#dlq-events tr[data-event-id="{shipped.id}"] button.dlq-drop').click()
         await expect(page.locator(f'#dlq-events tr[data-event-id="{shipped.id}"]')).to_have_count(0)
@@ -479,6 +483,10 @@ async def test_dashboard_parked_events_signed_out_page_and_deleted_streams_in_ch
         # a reader of the category sees the counts, but no panel and no buttons
         await page.click("#signout")
         await expect(page.locator("#app")).to_be_hidden()
+        # the header forgets the store too (its head stayed after signing out)
+        for stat in ("#head", "#first", "#scheduled"):
+            await expect(page.locator(stat)).to_have_text("\u2013")  # the en dash of a blank
+        await expect(page.locator("#server-info")).to_have_text("")
         await page.fill("#key", "reader-key")
         await page.click("#login-form button[type=submit]")
         await expect(group.locator(".group-held")).to_have_text("1 held behind them")

@@ -129,3 +129,15 @@ def test_docs_pages_are_linked_from_readme_or_index() -> None:
         assert f"docs/{page.name}" in README or f"({page.name})" in index, (
             f"docs/{page.name} is not linked from README.md or docs/index.md"
         )
+
+
+def test_readme_says_how_long_a_hung_test_runs() -> None:
+    """The README said ten minutes while `pyproject.toml` says 300 seconds (#14 walk-through)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    seconds = pyproject["tool"]["pytest"]["ini_options"]["timeout"]
+    words = {300: "five minutes", 600: "ten minutes"}[seconds]
+    said = re.search(r"A test that hangs fails on its own after (\w+)\s+minutes", README)
+    assert said is not None and f"{said.group(1)} minutes" == words
+    assert f"`timeout = {seconds}`" in README

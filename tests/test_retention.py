@@ -70,6 +70,20 @@ async def test_cli_set_show_scavenge_clear(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "shown"),
+    [("7d", "7d"), ("2w", "14d"), ("90", "90s"), ("36h", "36h"), ("1.5", "1.5s"), ("90m", "90m")],
+)
+async def test_cli_shows_an_age_as_it_takes_one(tmp_path: Path, given: str, shown: str) -> None:
+    """`retention set --max-age 7d` answered `max_age=604800.0` (the #14 walk-through)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ("retention", "set", "-c", "order", "--max-age", given, "--hard-max-age", given)
+    result = await asyncio.to_thread(cli, url, *args)
+    assert result.exit_code == 0, result.output
+    assert f"category order: max_age={shown}, hard_max_age={shown}" in result.output
+    assert f"max_age={shown}" in (await asyncio.to_thread(cli, url, "retention", "show")).output
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ("--max-age", "soon"),

@@ -512,3 +512,42 @@ async def test_errors_use_the_words_of_the_http_api(
             await remote.append("order-1", [tidelog.NewEvent(type="X")], tidelog.NO_STREAM)
         assert "expected NO_STREAM, actual 0" in str(caught.value)
         assert caught.value.expected is tidelog.NO_STREAM
+
+
+async def test_a_malformed_query_parameter_is_invalid_input_in_plain_words(
+    api: tuple[httpx.AsyncClient, tidelog.Store],
+) -> None:
+    """`?limit=abc` or `?from_position=-5` is a 400 `invalid_input` naming the parameter,
+    not an `http_error` carrying Litestar's Python repr (`<ParamType.QUERY: 'query'>`)."""
+    client, _ = api
+    r = await client.get("/v1/streams/order-1/events", params={"limit": "abc"})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == "invalid_input"
+    assert body["message"].startswith("invalid query parameter 'limit': ")
+    assert "ParamType" not in r.text and "Validation failed" not in r.text
+    r = await client.get("/v1/log", params={"from_position": "-5"})
+    assert r.status_code == 400
+    assert r.json() == {
+        "code": "invalid_input",
+        "message": "invalid query parameter 'from_position': Expected `int` >= 0",
+    }
+
+
+async def test_a_remote_store_without_a_token_says_where_the_key_goes(serve: Serve) -> None:
+    """`tidelog.AccessDenied: authentication required` left a newcomer guessing; without
+    a token the message says where one goes, in Python's words. A wrong token is not
+    told to give one, and the HTTP answer itself is unchanged (#14 walk-through)."""
+    server, _ = await serve()
+    base = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(tidelog.AccessDenied) as refused:
+        await tidelog.connect(base)
+    assert str(refused.value).startswith("authentication required (the server wants a key: ")
+    assert "tidelog.connect(url, token=...) or token_file=..." in str(refused.value)
+    assert refused.value.status == 401 and refused.value.no_token
+    with pytest.raises(tidelog.AccessDenied) as wrong:
+        await tidelog.connect(base, token="nope")
+    assert str(wrong.value) == "invalid credentials" and not wrong.value.no_token
+    async with httpx.AsyncClient(base_url=base) as client:
+        r = await client.get("/v1/info")
+    assert r.json() == {"code": "unauthorized", "message": "authentication required"}

@@ -4,6 +4,7 @@
 - `aggregates`: loading an aggregate with and without snapshots;
 - `consumers` (with `consumers_worker`, the app its worker processes run):
   consumer-group throughput and end-to-end latency;
+- `scaling`: `group_scaling`, a consumer group of 1, 2 and 4 worker processes;
 - `via_server`: the store through the HTTP server;
 - `fanout` (with `fanout_client`, the subscriber processes): many SSE
   subscribers on one server;
@@ -32,6 +33,7 @@ from benchmarks.workloads import (
     fanout,
     retention,
     scale,
+    scaling,
     scheduling,
     store,
     via_server,
@@ -58,6 +60,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("subscribe_latency", store.subscribe_latency, "value", "<", 10.0),
         Workload("aggregate_load", aggregates.aggregate_load, "ratio", "<", 0.2),
         Workload("group_throughput", consumers.group_throughput, "ratio", ">=", 0.5),
+        Workload("group_scaling", scaling.group_scaling, "ratio", ">=", 0.75),
         Workload("end_to_end_latency", consumers.end_to_end_latency, "value", "<", 20.0),
         Workload("http_append", via_server.http_append, "ratio", ">=", 0.6),
         Workload("http_subscribe", via_server.http_subscribe, "ratio", ">=", 0.3),

@@ -37,6 +37,9 @@ __all__ = ["end_to_end_latency", "group_throughput"]
 
 HERE = pathlib.Path(__file__).parent
 STREAMS = 1_000
+FILL_BATCH = 400
+"""Events per `append_many` when filling: NATS writes at most 1,000 messages
+atomically, two per event (the event and its id-index entry)."""
 LATENCY_RATE = 2_000
 LEASE = 3.0
 """The workers' lease (`BENCH_LEASE`); they heartbeat every third of it."""
@@ -50,10 +53,10 @@ def _percentile(values: list[float], q: float) -> float:
 async def _fill(store: tidelog.Store, n: int) -> None:
     sent = 0
     while sent < n:
-        batch = min(STREAMS, n - sent)
+        batch = min(FILL_BATCH, n - sent)
         await store.append_many(
             {
-                f"bench-{i}": tidelog.AppendRequest(
+                f"bench-{(sent + i) % STREAMS}": tidelog.AppendRequest(
                     events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
                 )
                 for i in range(batch)
@@ -69,10 +72,27 @@ async def _run_group(url: str, store: tidelog.Store, workers: int) -> float:
 
 
 async def _timed_group(
-    url: str, store: tidelog.Store, workers: int, group: str, go: pathlib.Path
+    url: str,
+    store: tidelog.Store,
+    workers: int,
+    group: str,
+    go: pathlib.Path,
+    category: str = "bench",
+    extra_env: dict[str, str] | None = None,
 ) -> float:
+    """Seconds from the go signal until `workers` processes committed all of `category`.
+
+    The processes are stopped with SIGTERM before returning (they finish their
+    in-flight events and exit normally, so their `atexit` records are written).
+    """
     env = dict(
-        os.environ, BENCH_STORE=url, BENCH_GROUP=group, BENCH_GO=str(go), BENCH_LEASE=str(LEASE)
+        os.environ,
+        BENCH_STORE=url,
+        BENCH_GROUP=group,
+        BENCH_GO=str(go),
+        BENCH_LEASE=str(LEASE),
+        BENCH_CATEGORY=category,
+        **(extra_env or {}),
     )
     tidelog_bin = str(pathlib.Path(sys.executable).parent / "tidelog")
     procs = [
@@ -91,13 +111,13 @@ async def _timed_group(
         for _ in range(workers)
     ]
     last: dict[int, int] = {}
-    async for e in store.read_all(categories=["bench"]):
+    async for e in store.read_all(categories=[category]):
         last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
     try:
-        await _settled(store, group, workers)
+        await _settled(store, group, workers, category)
         t0 = time.perf_counter()
         go.touch()  # noqa: ASYNC240 - the start signal, once
-        while await store.checkpoints(group, "bench") != last:  # noqa: ASYNC110
+        while await store.checkpoints(group, category) != last:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return time.perf_counter() - t0
     finally:
@@ -110,7 +130,7 @@ async def _timed_group(
                 p.kill()
 
 
-async def _settled(store: tidelog.Store, group: str, workers: int) -> None:
+async def _settled(store: tidelog.Store, group: str, workers: int, category: str = "bench") -> None:
     """Wait until `workers` members joined and each heartbeated after the last join.
 
     A heartbeat returns the member's final assignment. Before it, a member may
@@ -119,7 +139,7 @@ async def _settled(store: tidelog.Store, group: str, workers: int) -> None:
     """
     settled_at = generation = None
     while True:
-        desc = await store.describe_group(group, "bench")
+        desc = await store.describe_group(group, category)
         if desc is None or len(desc.members) != workers:
             settled_at = None
         elif settled_at is None or desc.generation != generation:

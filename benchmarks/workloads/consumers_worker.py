@@ -1,20 +1,34 @@
-"""The app the `group_throughput` benchmark runs in each worker process.
+"""The app the `group_throughput` and `group_scaling` benchmarks run in each worker process.
 
 `tidelog worker consumers_worker:app` with BENCH_STORE, BENCH_GROUP, BENCH_LEASE
 and BENCH_GO (a file: handlers wait until it exists, so that every member has
-joined and learned its final assignment before the clock starts).
+joined and learned its final assignment before the clock starts). Optional:
+
+- BENCH_CATEGORY: the category handled (default `bench`);
+- BENCH_HANDLER: `trivial` (default) or `io`, which awaits 5 ms per event as
+  a handler that calls a service does;
+- BENCH_RECORD: a file (`{pid}` replaced by the process id) this process
+  writes on exit: `count first last`, the events it handled and the
+  wall-clock times of its first and last one. These
+  are the handlers' own records the throughput is computed from: checkpoints
+  lag the handling by up to `commit_interval`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import time
 
 import tidelog
 from tidelog.consumers import App, Context, RunnerOptions
 
 GO = os.environ.get("BENCH_GO", "")
+IO = os.environ.get("BENCH_HANDLER", "trivial") == "io"
+RECORD = os.environ.get("BENCH_RECORD", "").replace("{pid}", str(os.getpid()))
 _started: list[bool] = []
+_seen = [0, 0.0, 0.0]  # count, first, last (time.time(): compared across processes)
 
 app = App(
     "bench",
@@ -24,10 +38,26 @@ app = App(
 )
 
 
-@app.handler("bench", group=os.environ.get("BENCH_GROUP", "bench"))
+@app.handler(
+    os.environ.get("BENCH_CATEGORY", "bench"), group=os.environ.get("BENCH_GROUP", "bench")
+)
 async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
     while not _started:
         if GO and os.path.exists(GO):  # noqa: ASYNC240 - polled only until the start
             _started.append(True)
         else:
             await asyncio.sleep(0.005)
+    if IO:
+        await asyncio.sleep(0.005)
+    now = time.time()
+    if not _seen[0]:
+        _seen[1] = now
+    _seen[0] += 1
+    _seen[2] = now
+
+
+@atexit.register
+def _write_record() -> None:
+    if RECORD:
+        with open(RECORD, "w") as f:
+            f.write(f"{_seen[0]} {_seen[1]!r} {_seen[2]!r}\n")

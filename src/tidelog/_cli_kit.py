@@ -48,14 +48,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-CategoriesOption = Annotated[
-    list[str] | None, typer.Option("--category", "-c", help="Only these categories.")
-]
-"""`--category/-c`, repeatable, for the commands that read the log: declared once so
-`log`, `tail` and `export` filter by the same flag with the same help."""
-LimitOption = Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")]
-"""`--limit/-n` of the commands that print events (`read`, `log`)."""
-
 json_encoder: Final = msgspec.json.Encoder()
 _json_decoder: Final = msgspec.json.Decoder()
 
@@ -220,3 +212,39 @@ def one_line(exc: BaseException) -> str:
     """An exception as `Type: first line of its message`, for a one-line error."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+NAMES: Final = "<name>[,<name>…]"
+"""The metavar of a repeatable name option (`--category`, `--type`), read by `comma_list`."""
+
+
+def comma_list(values: list[str] | None) -> list[str] | None:
+    """A repeatable option's values, each also split at commas: `-c order,invoice` is
+    `-c order -c invoice` (no category or event type has a comma; it matched nothing)."""
+    if not values:
+        return values
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+CategoriesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--category",
+        "-c",
+        help="Only these categories (repeat it, or separate with commas).",
+        metavar=NAMES,
+        callback=comma_list,
+    ),
+]
+"""`--category/-c`, repeatable, for the commands that read the log: declared once so
+`log`, `tail` and `export` filter by the same flag with the same help."""
+LimitOption = Annotated[int | None, typer.Option("--limit", "-n", help="At most N events.")]
+"""`--limit/-n` of the commands that print events (`read`, `log`)."""
+
+
+def not_negative(**options: int | None) -> None:
+    """Refuse a negative `--from` or `--limit` in the command line's words (the store
+    said `invalid start -3: an int >= 0`, naming no option)."""
+    for name, value in options.items():
+        if value is not None and value < 0:
+            raise InvalidInput(f"invalid --{name} {value}: it must be 0 or more")

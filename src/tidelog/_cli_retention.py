@@ -44,7 +44,19 @@ def _describe(policy: RetentionPolicy | None) -> str:
         value = getattr(policy, field.name)
         if value != field.default:
             fields[field.name] = value
-    return ", ".join(f"{k}={v}" if v is not True else k for k, v in fields.items())
+    return ", ".join(
+        k if v is True else f"{k}={_duration(v) if k.endswith('max_age') else v}"
+        for k, v in fields.items()
+    )
+
+
+def _duration(seconds: float) -> str:
+    """`7d` for 604800.0, as `--max-age` takes it (it printed `max_age=604800.0`)."""
+    for unit in ("d", "h", "m"):
+        count = seconds / _UNITS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
 
 
 async def _set(

@@ -61,6 +61,7 @@ class Status:
 async def collect(store: Any, url: str) -> Status:
     """What `status` reports about an open store, thresholds not yet applied."""
     from tidelog.consumers import ParkedStatus, list_parked
+    from tidelog.engines._kit.retention import SCAVENGER_GROUP
 
     engine = store.name
     behind = getattr(store, "server_engine", "")
@@ -74,6 +75,10 @@ async def collect(store: Any, url: str) -> Status:
     )
     open_by_group: dict[str, Counter[ParkedStatus]] = {}
     for group, category in await store.list_groups():
+        if group == SCAVENGER_GROUP:
+            # the scavenger's lease, not a consumer: its "lag" would be the retention
+            # rule changes it never checkpoints
+            continue
         if group not in open_by_group:
             open_by_group[group] = Counter(p.status for p in await list_parked(store, group))
         counts = open_by_group[group]

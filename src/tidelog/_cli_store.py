@@ -24,11 +24,14 @@ from rich.table import Table
 from rich.text import Text
 
 from tidelog._cli_kit import (
+    NAMES,
     CategoriesOption,
     LimitOption,
+    comma_list,
     connect_options,
     emit,
     event_to_json,
+    not_negative,
     open_store,
     parse_expected_version,
     parse_json,
@@ -194,6 +197,8 @@ def read(
     limit: LimitOption = None,
 ) -> None:
     """Print the events of one stream."""
+    # backwards, a negative start is the end, as in the store's API
+    not_negative(**{"from": None if backwards else from_version, "limit": limit})
     _print_events(
         ctx,
         lambda store: store.read_stream(
@@ -209,11 +214,19 @@ def log(
     ] = 0,
     category: CategoriesOption = None,
     type_: Annotated[
-        list[str] | None, typer.Option("--type", "-t", help="Only these event types.")
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="Only these event types (repeat it, or separate with commas).",
+            metavar=NAMES,
+            callback=comma_list,
+        ),
     ] = None,
     limit: LimitOption = None,
 ) -> None:
     """Print the global log, in commit order."""
+    not_negative(**{"from": from_position, "limit": limit})
     _print_events(
         ctx,
         lambda store: store.read_all(
@@ -290,10 +303,10 @@ def streams(
             info.name, "-" if info.version is None else str(info.version), "yes" * info.deleted
         )
     _console().print(table)
-    _console().print(
-        f"{len(found)} streams; low-water position {first} (retention deleted what is below)",
-        style="dim",
-    )
+    counted = f"{len(found)} stream{'' if len(found) == 1 else 's'}"
+    if first > 1:  # else nothing was deleted, and the note would say it was
+        counted += f"; low-water position {first} (retention deleted what is below)"
+    _console().print(counted, style="dim")
 
 
 def demo(

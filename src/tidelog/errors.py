@@ -266,9 +266,24 @@ class StaleGeneration(GroupError):
 class AccessDenied(TidelogError):
     """The server refused the caller: bad or missing credentials (401) or no grant (403)."""
 
-    def __init__(self, message: str, status: int = 403) -> None:
+    def __init__(self, message: str, status: int = 403, *, no_token: bool = False) -> None:
         self.status = status
-        super().__init__(message)
+        self.reason = message
+        self.no_token = no_token
+        """A server asked for credentials and the client sent no token: say where one goes."""
+        super().__init__(self.message_for("python"))
+
+    def message_for(self, interface: Interface) -> str:
+        hint = _NO_TOKEN_HINTS[interface] if self.no_token else ""
+        return f"{self.reason} ({hint})" if hint else self.reason
+
+
+_NO_TOKEN_HINTS: dict[Interface, str] = {
+    "python": "the server wants a key: tidelog.connect(url, token=...) or token_file=...,"
+    " or set TIDELOG_TOKEN or TIDELOG_TOKEN_FILE",
+    "cli": "the server wants a key: give it with --token-file PATH, TIDELOG_TOKEN or --token",
+    "http": "",
+}
 
 
 class NotSupported(TidelogError):

@@ -6,6 +6,15 @@ most once per `commit_interval` (sooner when the partition caught up), never
 per event: a commit is a durable write. After a crash everything above it is
 redelivered, so delivery is at-least-once.
 
+`commit_every` bounds the finished-but-uncommitted events of the whole group
+consumer, not of each partition (#17): a member that owns four partitions
+could otherwise hold 4 x 500 finished events uncommitted beside its
+`max_in_flight` unfinished ones, and a SIGKILL made the group handle all of
+them again. When the consumer's count reaches `commit_every`, every partition
+with finished events commits (a commit round; the engines write concurrent
+commits together), so what a killed member makes the group handle twice is at
+most `max_in_flight + commit_every` plus what finished during that round.
+
 A handler's appends ride on a commit (`Checkpoint.commit_with`): atomically
 with the checkpoint and fenced by the generation. A commit refused with
 `StaleGeneration` (this member was fenced: its lease ran out or the group
@@ -68,6 +77,15 @@ class Committer:
     member: str
     stats: Stats
     fence: Fence
+    commit_every: int = field(default=500, init=False)
+    """`RunnerOptions.commit_every` (set by each `Checkpoint`: the same options)."""
+    unsaved: int = field(default=0, init=False)
+    """Finished events of all the consumer's partitions not yet committed: at
+    `commit_every` a commit round starts (`finished`)."""
+    round_due: bool = field(default=False, init=False)
+    """A commit round was asked for and no commit finished since."""
+    checkpoints: set[Checkpoint] = field(default_factory=set, init=False)
+    """The consumer's live partitions (`Checkpoint` registers, `forget` removes)."""
     no_transactions: bool = field(default=False, init=False)
     """The engine refused a commit with appends: appends go alone (their ids are
     deterministic, so a redelivery writes nothing twice)."""
@@ -90,6 +108,24 @@ class Committer:
             appends=appends,
         )
         self.stats.commits += 1
+
+    def commit_round(self) -> None:
+        """Enough of the consumer's finished events are uncommitted: commit every partition.
+
+        Called from the per-event path only when `unsaved` reached
+        `commit_every` and no round is pending, so its loop over the partitions
+        runs once per round, not once per event.
+        """
+        self.round_due = True
+        for checkpoint in self.checkpoints:
+            if checkpoint.since_commit:
+                checkpoint.progress.set()
+
+    def forget(self, checkpoint: Checkpoint) -> None:
+        """A partition run ended: its uncommitted events no longer count (they are redelivered)."""
+        if checkpoint in self.checkpoints:
+            self.checkpoints.discard(checkpoint)
+            self.unsaved -= checkpoint.since_commit
 
     def refused(self, exc: StaleGeneration, partition: int, position: int) -> None:
         self.stats.refused_commits += 1
@@ -135,6 +171,8 @@ class Checkpoint:
         self.catch_up_due = False
         self.progress = asyncio.Event()
         """Set when a commit is due before the next tick of `run`."""
+        committer.checkpoints.add(self)
+        committer.commit_every = options.commit_every
 
     def start(self, position: int) -> None:
         """Begin at the committed checkpoint `position`."""
@@ -158,8 +196,12 @@ class Checkpoint:
         else:
             self.done.add(position)
         self.since_commit += 1
+        committer = self.committer
+        committer.unsaved += 1
         if self.since_commit >= self.commit_every:
             self.progress.set()
+        elif committer.unsaved >= committer.commit_every and not committer.round_due:
+            committer.commit_round()
         elif caught_up and not self.outstanding:
             self.on_caught_up()
 
@@ -224,6 +266,9 @@ class Checkpoint:
             await committer.commit(self.p, position, committer.fence.generation)
             self.committed = position
             self.since_commit -= counted
+            if self in committer.checkpoints:  # a forgotten run's count was taken back
+                committer.unsaved -= counted
+            committer.round_due = False
         except StaleGeneration as exc:
             committer.refused(exc, self.p, position)
             if not final:

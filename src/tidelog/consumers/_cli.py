@@ -233,6 +233,8 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
         async def body() -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
             async with open_store(ctx, reads_only=True) as store:
+                if group is not None:
+                    await _known_group(store, group)  # a typo is not an empty table
                 for g, category in await store.list_groups():
                     if group is not None and g != group:
                         continue
@@ -262,6 +264,9 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
 
         rows = run(body())
         if emit_rows(ctx, rows):
+            return
+        if not rows:
+            typer.echo("no consumer groups yet (a worker's handler or a join creates one)")
             return
         from rich.console import Console
         from rich.table import Table

@@ -288,6 +288,8 @@ class DlqState:
 async def read_entries(
     store: GroupEngine, group: str, from_version: int
 ) -> AsyncIterator[RecordedEvent]:
+    if group.startswith("$"):
+        return  # `$dlq-$…` is no stream name: such a group (`$scavenger`) has no DLQ
     try:
         async for entry in store.read_stream(dlq_stream(group), from_version=from_version):
             yield entry

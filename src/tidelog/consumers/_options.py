@@ -86,7 +86,10 @@ class RunnerOptions:
     commit_interval: float = 0.2
     """Seconds between checkpoint commits of a partition that made progress."""
     commit_every: int = 500
-    """Commit sooner once this many events of a partition finished."""
+    """Commit sooner once this many events finished uncommitted, counted over all
+    the partitions of the process's group consumer (not per partition): it bounds
+    what a crash of this process makes the group handle again, beside
+    `max_in_flight`. A partition that alone reaches it commits alone."""
     dlq_poll_interval: float = 0.25
     """How often the DLQ is re-read for retries and drops requested elsewhere."""
     shutdown_timeout: float = 10.0

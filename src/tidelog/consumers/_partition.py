@@ -171,6 +171,7 @@ class PartitionRun:
             # another member left meanwhile (a rolling shutdown): commit with the
             # generation that the heartbeat just returned
             await self.checkpoint.commit(final=True)
+        self.checkpoint.committer.forget(self.checkpoint)
 
     def _abandon_queued(self) -> None:
         """Drop the events no handler has started: those ready and those set aside
@@ -385,6 +386,7 @@ class PartitionRun:
         breaker = delivery.breaker
         pending, done, progress = checkpoint.pending, checkpoint.done, checkpoint.progress
         commit_every = checkpoint.commit_every
+        committer = checkpoint.committer
         slot = False
         item = self._take()
         try:
@@ -450,8 +452,11 @@ class PartitionRun:
                         if credits.waiting:
                             credits.freed.set()
                         checkpoint.since_commit += 1
+                        committer.unsaved += 1
                         if checkpoint.since_commit >= commit_every:
                             progress.set()
+                        elif committer.unsaved >= commit_every and not committer.round_due:
+                            committer.commit_round()
                         elif group.caught_up and not checkpoint.outstanding:
                             checkpoint.on_caught_up()
                 except StoreUnavailable as exc:

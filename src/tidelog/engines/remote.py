@@ -96,6 +96,7 @@ class RemoteEngine(GroupEngine):
     ) -> None:
         self.config = config
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token_sent = bool(token)
         # Plain http never uses the TLS settings: skip building a verifying
         # context (loading the CA bundle costs about 90 ms per store).
         tls = _ssl_context(verify, cert) if base_url.startswith("https:") else False
@@ -151,7 +152,7 @@ class RemoteEngine(GroupEngine):
         except httpx.HTTPError as exc:
             raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
         if response.status_code >= 400:
-            _raise_response(response.status_code, response.content)
+            _raise_response(response.status_code, response.content, self._token_sent)
         if result is None:
             return None  # type: ignore[return-value]
         try:
@@ -363,7 +364,9 @@ class RemoteEngine(GroupEngine):
                     timeout=httpx.Timeout(self.config.timeout, read=None),
                 ) as response:
                     if response.status_code >= 400:
-                        _raise_response(response.status_code, await response.aread())
+                        _raise_response(
+                            response.status_code, await response.aread(), self._token_sent
+                        )
                     async for data in _sse_data(response):
                         event = decoder.decode(data).to_recorded()
                         if last_seen is not None and event.position <= last_seen:
@@ -521,12 +524,17 @@ def _wire_appends(appends: Checked) -> dict[str, wire.WireAppend]:
 _error_decoder = msgspec.json.Decoder(wire.WireError)
 
 
-def _raise_response(status: int, content: bytes) -> None:
+def _raise_response(status: int, content: bytes, token_sent: bool = True) -> None:
     try:
         err = _error_decoder.decode(content)
     except msgspec.DecodeError:
         err = wire.WireError(code="http_error", message=f"HTTP {status}")
-    wire.raise_wire_error(err, status)
+    try:
+        wire.raise_wire_error(err, status)
+    except AccessDenied as exc:
+        if exc.status != 401 or token_sent:
+            raise
+        raise AccessDenied(exc.reason, 401, no_token=True) from None
 
 
 _SSE_LINE_END = re.compile(rb"\r\n|\r|\n")

@@ -24,7 +24,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 
@@ -83,6 +83,18 @@ ROUTES: list[ControllerRouterHandler] = [
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _parameter_problems(problems: list[Any]) -> str:
+    """`invalid query parameter 'limit': Expected `int`, got `str`` for each problem."""
+    said = []
+    for problem in problems:
+        if not isinstance(problem, dict):
+            said.append(str(problem))
+            continue
+        source = getattr(problem.get("source"), "value", problem.get("source")) or "request"
+        said.append(f"invalid {source} parameter {problem.get('key')!r}: {problem.get('message')}")
+    return "; ".join(said)
+
+
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if is_registry_path(request.url.path):
         # Confluent's clients read `error_code` even from an unknown route or method
@@ -93,6 +105,11 @@ def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response
         runtime(request.app.state).readiness.write_failed(exc)
     if isinstance(exc, TidelogError):
         body, status = wire.error_to_wire(exc)
+    elif isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        # a malformed query or path parameter: the API's own code and words, not
+        # Litestar's "Validation failed …: [{… <ParamType.QUERY: 'query'>}]"
+        body = wire.WireError(code="invalid_input", message=_parameter_problems(exc.extra))
+        status = 400
     elif isinstance(exc, HTTPException):
         body = wire.WireError(code="http_error", message=str(exc.detail))
         status = exc.status_code

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -180,19 +181,16 @@ class Server:
 
     async def start(self) -> None:
         """Bind (port 0 picks a free one, see `.port`) and serve in a background task."""
-        owns_store = self._store is None
-        store = self._store or await connect(self.config.store_url)
+        sock = self._listen()
+        try:
+            owns_store = self._store is None
+            store = self._store or await connect(self.config.store_url)
+        except BaseException:
+            sock.close()
+            raise
         self._store = store
         app = create_app(store, self.config, close_store=owns_store)
         self._app = app
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # accepted connections inherit it: uvicorn writes a response's head and body
-        # separately, and Nagle + delayed ACK would add ~40 ms to each request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((self.config.host, self.config.port))
-        sock.listen(128)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         self._uvicorn = _Uvicorn(self._uvicorn_config(app, sock))
@@ -202,6 +200,25 @@ class Server:
                 await self._task
                 raise RuntimeError("server stopped during start-up")
             await asyncio.sleep(0.01)
+
+    def _listen(self) -> socket.socket:
+        """The listening socket, bound before the store is opened: a port in use is one
+        error line for `tidelog serve` (it was a traceback), and opens nothing."""
+        host, port = self.config.host, self.config.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # accepted connections inherit it: uvicorn writes a response's head and body
+            # separately, and Nagle + delayed ACK would add ~40 ms to each request
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            hint = " (another server? give another --port)" if exc.errno == errno.EADDRINUSE else ""
+            raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+        return sock
 
     async def stop(self) -> None:
         """End the live subscriptions, then let uvicorn finish the other requests.

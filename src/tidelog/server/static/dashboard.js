@@ -140,6 +140,8 @@ function stop() {
   rateSeries = [];
   lagSeries.clear();
   // nothing the last key could see stays in the page for the next one
+  $("server-info").textContent = "";
+  for (const id of ["head", "first", "scheduled"]) $(id).textContent = "–";
   dlqGroup = null;
   dlqSeen = "";
   $("dlq").hidden = true;
@@ -156,6 +158,7 @@ async function refresh() {
   if (!running) return;
   try {
     const stats = await api(historyLoaded ? "/v1/stats" : "/v1/stats?history=true");
+    if (!running) return; // signed out while it was on its way
     if (!historyLoaded && stats.history) seedHistory(stats.history, Date.now() / 1000 - stats.time);
     historyLoaded = true;
     render(stats);
@@ -445,7 +448,14 @@ async function settle(group, eventId, action) {
     if (!(e instanceof Unauthorized)) $("dlq-error").textContent = e.message;
   }
   dlqSeen = "";
-  loadDlq();
+  await loadDlq();
+  // an open detail of this event shows its new status, not the one it had
+  const detail = $("dlq-detail");
+  if (!detail.hidden && detail.dataset.eventId === eventId) {
+    const row = $("dlq-events").querySelector(`tr[data-event-id="${eventId}"]`);
+    if (row) showParked(group, eventId, row);
+    else detail.hidden = true;
+  }
   refresh();
 }
 
@@ -461,6 +471,7 @@ async function showParked(group, eventId, tr) {
   tr.classList.add("selected");
   const ev = p.event;
   $("dlq-detail").hidden = false;
+  $("dlq-detail").dataset.eventId = eventId;
   $("dlq-detail-title").textContent = `${ev.stream} @ ${ev.version}: ${p.status}`;
   const fields = [
     ["id", ev.id], ["type", ev.type], ["position", ev.position], ["handler", p.handler],
