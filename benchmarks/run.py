@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--engines sqlite,postgres,nats,memory]
                              [--workloads append_batch,replay_all] [--json OUT.json]
-                             [--repeat N] [--timeout SECONDS]
+                             [--repeat N] [--timeout SECONDS] [--scale-events N]
 
 Prints one JSON document (and writes it to `--json`):
 
@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ async def measure(
     """
     threshold = backend.goals.get(workload.name, workload.goal)
     runs: list[dict[str, Any]] = []
+    if workload.once:
+        repeat = 1
     for _ in range(repeat):
         deadline = asyncio.timeout(limit)
         try:
@@ -224,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per workload run (default 600)"
     )
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        metavar="N",
+        help="the large size of scale_curve (default 10,000,000; --quick: 50,000)",
+    )
     args = parser.parse_args(argv)
     try:
         engines = _names(args.engines, list(BACKENDS), "engines")
@@ -234,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if repeat < 1:
         parser.error("--repeat must be >= 1")
     sizes = QUICK if args.quick else FULL
+    if args.scale_events is not None:
+        if args.scale_events <= sizes.scale_small:
+            parser.error(f"--scale-events must be above {sizes.scale_small}")
+        sizes = replace(sizes, scale_events=args.scale_events)
     # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop a private
     # nats-server and drop the PostgreSQL schemas.
     signal.signal(signal.SIGTERM, _interrupt)

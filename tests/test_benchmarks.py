@@ -110,3 +110,26 @@ async def test_scheduling_workloads_run_and_report(bench: ModuleType, tmp_path: 
     for entry in (lateness, memory):
         assert isinstance(entry["met"], bool)
         assert entry["goal"]
+
+
+async def test_scale_curve_reports_both_sizes(bench: ModuleType, tmp_path: Path) -> None:
+    """The #17 store-growth workload, at tiny sizes: every figure at both sizes, run once."""
+    if not importlib.util.find_spec("tidelog.engines.sqlite"):
+        pytest.skip("needs the SQLite engine")
+    result = await bench.run(
+        ["sqlite"], ["scale_curve"], bench.TINY, True, workdir=tmp_path, repeat=3
+    )
+    entry = result["workloads"]["sqlite.scale_curve"]
+    assert "error" not in entry, entry
+    assert "runs" not in entry  # `once`: a large fill is never repeated
+    assert entry["small"]["events"] < entry["large"]["events"]
+    assert entry["streams"] == bench.TINY.scale_events // 100
+    for point in (entry["small"], entry["large"]):
+        for figure in ("append_rate", "read_p99_ms", "replay_rate", "bytes_per_event"):
+            assert point[figure] > 0, figure
+        assert point["subscribe_rss_mb"] > 0
+        assert point["group_rss_mb"] > 0
+    assert entry["baseline_bytes_per_event"] > 0
+    assert set(entry["checks"].values()) <= {True, False}
+    leftover = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
+    assert leftover == []

@@ -7,9 +7,10 @@ Baseline: the same workload on the engine in-process, in the same run.
 
 - `http_append`: `batch_events` events over `batch_streams` streams, appended in
   batches of `batch_size` by `batch_callers` concurrent callers; events/s.
-  Goal: ratio >= 0.5.
+  Goal (#17): ratio >= 0.6.
 - `http_subscribe`: a live subscriber catching up over Server-Sent Events on
   a log of `replay_events` events; events/s, against `store.subscribe` in-process.
+  Goal (#17): ratio >= 0.3.
 """
 
 from __future__ import annotations

@@ -106,9 +106,18 @@ class _Feed:
 
     async def _pump(self) -> None:
         access = self._access
+        # The answer per stream, remembered: `Access` is a fixed snapshot of the
+        # principal's grants, and checking them was an eighth of the server's
+        # time per event. Bounded, so a log of many streams cannot grow it.
+        readable: dict[str, bool] = {}
         try:
             async for e in self._rt.store.subscribe(*self._args):
-                if access.can_stream(e.stream, Permission.READ):
+                allowed = readable.get(e.stream)
+                if allowed is None:
+                    if len(readable) >= _READABLE_CACHE:
+                        readable.clear()
+                    allowed = readable[e.stream] = access.can_stream(e.stream, Permission.READ)
+                if allowed:
                     await self._queue.put(e)
         except BaseException as exc:
             with contextlib.suppress(asyncio.QueueFull):
@@ -169,6 +178,10 @@ class _Feed:
             else:
                 for event in batch:
                     yield event
+
+
+_READABLE_CACHE = 4096
+"""Streams whose read permission one feed remembers at most."""
 
 
 class _FeedResponse(ServerSentEvent):
