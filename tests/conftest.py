@@ -16,12 +16,21 @@ Fixtures here:
 - `serve`: starts tidelog servers for one test, from keys and grants;
 - `shared_servers`: servers a module's remote stores share (see
   `support.server.SharedServers`).
+
+The suite runs on several pytest-xdist workers (`-n auto` in pyproject): twice
+as many as there are cores, since most tests wait on a server, PostgreSQL or
+NATS rather than compute. Each module's tests stay on one worker (its
+module-scoped servers start once), and every `slow` test (crash, chaos, soak,
+benchmark smoke runs) goes to one worker of its own, one after another: they
+kill processes and wait for progress, and two of them at once on a small
+machine would starve each other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -110,6 +119,19 @@ async def serve() -> AsyncIterator[Serve]:
             return await stack.enter_async_context(running(cfg, store))
 
         yield start
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Two workers per core, at least two: the suite mostly waits on I/O."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for `--dist loadgroup`: a module per worker, the slow ones all on one."""
+    for item in items:
+        group = "slow" if item.get_closest_marker("slow") else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
