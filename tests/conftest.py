@@ -16,12 +16,22 @@ Fixtures here:
 - `serve`: starts tidelog servers for one test, from keys and grants;
 - `shared_servers`: servers a module's remote stores share (see
   `support.server.SharedServers`).
+
+The suite runs on several pytest-xdist workers (`-n auto` in pyproject): twice
+as many as there are cores, since most tests wait on a server, PostgreSQL or
+NATS rather than compute. Each module's tests stay on one worker (its
+module-scoped servers start once), and every `slow` test (crash, chaos, soak,
+benchmark smoke runs) goes to one worker of its own, one after another and
+after every other module has been handed out: they kill processes and wait
+for progress, and running them beside the whole suite on a small machine
+would starve them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -110,6 +120,25 @@ async def serve() -> AsyncIterator[Serve]:
             return await stack.enter_async_context(running(cfg, store))
 
         yield start
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Two workers per core, at least two: the suite mostly waits on I/O."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for `--dist loadgroup`: a module per worker, the slow ones all on one, last.
+
+    xdist hands groups out in collection order, so moving the slow tests to
+    the end starts them once every other module is on its way: they then
+    compete with the last few modules only, not with the whole suite.
+    """
+    for item in items:
+        group = "slow" if item.get_closest_marker("slow") else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

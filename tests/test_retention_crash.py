@@ -101,6 +101,16 @@ async def _prepare(url: str) -> None:
         await store.set_retention(RetentionPolicy(max_count=KEEP), category="job")
 
 
+def _await_progress(ack_file: pathlib.Path, child: subprocess.Popen[bytes]) -> None:
+    """Wait (up to 60 s) until the child acknowledges an append beyond what the file held."""
+    start = ack_file.stat().st_size if ack_file.exists() else 0
+    deadline = time.monotonic() + 60
+    while (ack_file.stat().st_size if ack_file.exists() else 0) <= start + 1:
+        assert child.poll() is None, "the child died before it acknowledged anything"
+        assert time.monotonic() < deadline, "the child acknowledged nothing within 60 s"
+        time.sleep(0.02)
+
+
 def _kill_rounds(url: str, ack_file: pathlib.Path, rng: random.Random) -> int:
     history = History()
     deadline = time.monotonic() + 90  # bound the test even on a loaded machine
@@ -112,7 +122,11 @@ def _kill_rounds(url: str, ack_file: pathlib.Path, rng: random.Random) -> int:
             stderr=subprocess.PIPE,
         )
         try:
-            time.sleep(rng.uniform(0.6, 1.5))
+            # A random moment once the child is at work: on a loaded machine its
+            # start-up alone can outlast a fixed sleep, and a kill before its
+            # first acknowledgement tests nothing.
+            _await_progress(ack_file, child)
+            time.sleep(rng.uniform(0.1, 0.9))
         finally:
             child.send_signal(signal.SIGKILL)
             _, err = child.communicate()
@@ -158,7 +172,8 @@ def test_control_a_lost_event_is_caught(tmp_path: pathlib.Path) -> None:
     ack_file = tmp_path / "acks.jsonl"
     child = subprocess.Popen([sys.executable, str(CHILD), url, str(ack_file)])
     try:
-        time.sleep(1.0)
+        _await_progress(ack_file, child)
+        time.sleep(0.5)
     finally:
         child.send_signal(signal.SIGKILL)
         child.communicate()

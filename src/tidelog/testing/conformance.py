@@ -1422,9 +1422,10 @@ class GroupsSuite(SuiteBase):
         m2 = await store.heartbeat("billing", "order", "m2", lease=LONG_LEASE)
         assert (m2.partitions, m2.awaiting) == (tuple(range(count)), ())
         # a holder that heartbeats but never releases loses them one of its leases after
-        # the hand-over began (its lease when it began: a short one here)
+        # the hand-over began (its lease when it began: a short one here, yet long enough
+        # that m1's next heartbeat, two calls later, lands within it on a loaded machine)
         await store.leave_group("billing", "order", "m2")
-        await store.join_group("audit", "order", "m1", lease=0.3, cooperative=True)
+        await store.join_group("audit", "order", "m1", lease=2.0, cooperative=True)
         m2 = await store.join_group("audit", "order", "m2", lease=LONG_LEASE, cooperative=True)
         assert m2.awaiting == target["m2"]
         began = m2.generation
