@@ -77,11 +77,12 @@ class TestNatsRetentionModel(RetentionModelSuite):
 
 
 class TestNatsScheduling(SchedulingSuite):
-    # Refused, see docs/scheduling.md: the engine keeps no table to hold pending events in.
-    supports_scheduling = False
-
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(store_url())
+
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store | None:
+        assert isinstance(store, NatsEngine)
+        return await tidelog.connect(store_url(store=store.config.store))
 
 
 class TestNatsModel(ModelSuite):

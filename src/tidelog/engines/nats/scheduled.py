@@ -1,0 +1,522 @@
+"""The NATS engine's pending scheduled events: a second JetStream stream per store.
+
+Private to `tidelog.engines.nats`. The store's own stream is the log (every
+subject of it is part of the global order), so pending events live apart, in
+the stream `tidelog-sched_<store>` capturing `tls.<store>.>`:
+
+    tls.<store>.b.<due µs, 17 digits>.<batch hex>   one scheduled append: its rows
+                                                    (msgpack), its lease (`Tl-Lease`)
+    tls.<store>.s.<batch hex>                       its timer: a NATS 2.12 message
+                                                    schedule (`Nats-Schedule: @at`)
+    tls.<store>.q.<batch hex>                       where the server stages it when due
+    tls.<store>.i.<event hex>                       id index: the batch subject of a
+                                                    pending event
+
+Why this shape. The server keeps the timers: each batch carries a one-shot
+schedule that the server fires (`LEAD` seconds before the due time) by
+publishing a copy to the batch's staging subject and removing the schedule,
+so the process never holds or sorts a million due times; a durable pull
+consumer on the staging subjects tells any scheduler what is due, in firing
+order, with no scan. The server does not append the events itself: used that
+way (targeting the log's subjects), a schedule would bypass the engine's
+version check, id index and dense positions. Here the staged message is only a
+notice; the tidelog `Scheduler` claims the batch and appends it through the
+normal write path, so the exactly-once argument is the SQL engines':
+
+1. a claim is a compare-and-set on the batch's subject (the rows republished
+   with `Tl-Lease: <until>`, `Nats-Expected-Last-Subject-Sequence` the one
+   read, `Nats-Rollup: sub`): two schedulers never both win, and a cancel
+   (another compare-and-set on the same subject) and a claim never both win;
+2. the append is idempotent by event id;
+3. forgetting purges the index entries, then the batch, its schedule and
+   its staged notice; a crash in between leaves a leased batch whose notice
+   the consumer redelivers after its ack wait (the lease), and the repeated
+   append writes nothing.
+
+The due time in the batch subject lets `scheduled()` (earliest first) and a
+scheduler driven by a clock ahead of the real one (`Scheduler.run_once(now=)`,
+tests and tools) list subject names rather than read bodies: that listing is
+proportional to the pending batches and is not on the running scheduler's
+path. Scheduling writes the index entries (each expecting an empty subject:
+an id is pending once, the first kept), the batch and its schedule in one
+atomic batch, so a scheduled append is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from tidelog.engines._kit.scheduling import DEFAULT_LEASE, from_row, to_micros, to_row
+from tidelog.engines.nats import wire
+from tidelog.engines.nats.errors import ApiError, NotFound, raise_api, translated
+from tidelog.engines.nats.setup import NatsConfig
+from tidelog.engines.nats.writer import Message, too_big
+from tidelog.errors import StoreUnavailable
+from tidelog.model import ScheduledEvent
+
+__all__ = ["LEAD", "Schedules", "sched_stream_of"]
+
+LEAD: Final = 0.25
+"""Seconds before its due time that the server fires a batch's schedule. The server's
+timer fired about 10 ms late for future times and up to 250 ms late for times already
+past when scheduled (measured on nats-server 2.15 on the development machine); firing
+early lets the scheduler claim ahead and append at the due time itself."""
+CONSUMER: Final = "scheduler"
+_DRIVEN: Final = 1.0
+"""A `now` this far past the real clock is a driven clock (tests, tools): due batches
+are then found by listing, not by waiting for the server's timers."""
+_RECHECK: Final = 1.0
+"""Seconds between looks for a schedules stream that did not exist yet."""
+_ATTEMPTS: Final = 50
+_FANOUT: Final = 64
+"""Purges and reads in flight at once."""
+_CANCELLED: Final = "cancelled"
+_ROWS_ENC: Final = msgspec.msgpack.Encoder()
+_ROWS_DEC: Final = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
+
+
+def sched_stream_of(store: str) -> str:
+    """`tidelog-sched_<store>`: never a store's stream (`KV_tidelog_…`) nor the old
+    layout's (`tidelog_…`), whatever the store's name."""
+    return f"tidelog-sched_{store}"
+
+
+def _encode(rows: Sequence[ScheduledEvent]) -> bytes:
+    return _ROWS_ENC.encode(
+        [(r[0].bytes, r[1].bytes, *r[2:]) for r in (to_row(row) for row in rows)]
+    )
+
+
+def _decode(data: bytes) -> list[ScheduledEvent]:
+    return [from_row(raw) for raw in _ROWS_DEC.decode(data)]
+
+
+def _at(moment: float) -> str:
+    """An `@at` schedule in RFC 3339, to the millisecond, UTC."""
+    when = datetime.fromtimestamp(max(moment, 0.0), UTC)
+    return "@at " + when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+class _Claim(msgspec.Struct):
+    """A batch this process claimed: its subject, its rows' ids, its staged notice."""
+
+    subject: str
+    ids: list[uuid.UUID]
+    notice: Msg | None = None
+
+
+class Schedules:
+    """The statements of one store's schedules stream, for the engine's hooks."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        config: NatsConfig,
+        publish_one: Callable[[str, bytes, dict[str, str]], Awaitable[int]],
+        publish_batch: Callable[[Sequence[Message]], Awaitable[int]],
+    ) -> None:
+        self._nc = nc
+        self._config = config
+        self._publish_one = publish_one
+        self._publish_batch = publish_batch
+        self.jstream = sched_stream_of(config.store)
+        self.root = f"tls.{config.store}"
+        self._ready = False
+        self._looked_at = -_RECHECK
+        self._sub: Any = None
+        self._stash: dict[str, tuple[int, Msg]] = {}
+        """Staged notices fetched and not yet claimed: batch subject -> (due µs, notice)."""
+        self._claims: dict[str, _Claim] = {}
+        self._claimed_ids: dict[uuid.UUID, str] = {}
+
+    # ------------------------------------------------------------------ subjects
+
+    def batch_subject(self, due_us: int, batch: uuid.UUID) -> str:
+        return f"{self.root}.b.{max(due_us, 0):017d}.{batch.hex}"
+
+    def _timer(self, batch: str) -> str:
+        return f"{self.root}.s.{batch}"
+
+    def _staged(self, batch: str) -> str:
+        return f"{self.root}.q.{batch}"
+
+    def _index(self, event_id: uuid.UUID) -> str:
+        return f"{self.root}.i.{event_id.hex}"
+
+    @staticmethod
+    def _parts(subject: str) -> tuple[int, str]:
+        """(due µs, batch hex) of a batch subject."""
+        *_, due, batch = subject.split(".")
+        return int(due), batch
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _api(self, op: str, body: object = None) -> dict[str, Any]:
+        payload = b"" if body is None else wire.json_bytes(body)
+        try:
+            msg = await self._nc.request(f"$JS.API.{op}", payload, timeout=self._config.timeout)
+        except nats.errors.NoRespondersError:
+            raise StoreUnavailable("JetStream is not enabled or has no leader") from None
+        resp: dict[str, Any] = json.loads(msg.data)
+        raise_api(resp)
+        return resp
+
+    async def _get(self, subject: str) -> wire.StoredMsg | None:
+        try:
+            resp = await self._api(f"STREAM.MSG.GET.{self.jstream}", {"last_by_subj": subject})
+        except NotFound:
+            return None
+        return wire.parse_api_message(resp["message"])
+
+    async def _purge(self, *subjects: str) -> None:
+        for subject in subjects:
+            await self._api(f"STREAM.PURGE.{self.jstream}", {"filter": subject})
+
+    async def _fan(self, jobs: Sequence[Awaitable[Any]]) -> list[Any]:
+        out: list[Any] = []
+        for i in range(0, len(jobs), _FANOUT):
+            out += await asyncio.gather(*jobs[i : i + _FANOUT])
+        return out
+
+    async def _subjects(self, subject_filter: str) -> list[str]:
+        out: list[str] = []
+        offset = 0
+        while True:
+            resp = await self._api(
+                f"STREAM.INFO.{self.jstream}", {"subjects_filter": subject_filter, "offset": offset}
+            )
+            subjects = resp.get("state", {}).get("subjects") or {}
+            out.extend(subjects)
+            offset += len(subjects)
+            if not subjects or offset >= int(resp.get("total", 0)):
+                return out
+
+    async def exists(self) -> bool:
+        """Whether the stream exists; while it does not, asked at most once a second
+        (an idle scheduler looks every 50 ms, and another process may create it)."""
+        if not self._ready and time.monotonic() - self._looked_at >= _RECHECK:
+            self._looked_at = time.monotonic()
+            try:
+                await self._api(f"STREAM.INFO.{self.jstream}")
+            except ApiError as exc:
+                if exc.err_code != wire.STREAM_NOT_FOUND:
+                    raise
+                return False
+            await self._ensure_consumer()
+            self._ready = True
+        return self._ready
+
+    async def _ensure(self) -> None:
+        """Create the stream and its consumer on the first schedule (a store that never
+        schedules has neither), with the store's storage and replicas."""
+        if await self.exists():
+            return
+        config = {
+            "name": self.jstream,
+            "subjects": [f"{self.root}.>"],
+            "retention": "limits",
+            "storage": self._config.storage,
+            "num_replicas": self._config.replicas,
+            "discard": "old",
+            "max_msgs": -1,
+            "max_bytes": -1,
+            "max_age": 0,
+            "allow_msg_schedules": True,
+            "allow_atomic": True,
+            "allow_direct": True,
+            "allow_rollup_hdrs": True,
+        }
+        try:
+            await self._api(f"STREAM.CREATE.{self.jstream}", config)
+        except ApiError as exc:
+            if exc.err_code != 10058:  # created meanwhile by another process
+                raise
+        await self._ensure_consumer()
+        self._ready = True
+
+    async def _ensure_consumer(self) -> None:
+        """The durable pull consumer of staged notices; its ack wait is the lease after
+        which a notice whose scheduler crashed is handed to another."""
+        await self._api(
+            f"CONSUMER.CREATE.{self.jstream}.{CONSUMER}",
+            {
+                "stream_name": self.jstream,
+                "config": {
+                    "durable_name": CONSUMER,
+                    "filter_subject": f"{self.root}.q.>",
+                    "deliver_policy": "all",
+                    "ack_policy": "explicit",
+                    "ack_wait": int(DEFAULT_LEASE * 1e9),
+                    "max_deliver": -1,
+                    "max_ack_pending": -1,
+                },
+            },
+        )
+
+    async def _fetch(self, batch: int) -> None:
+        """Add the staged notices the consumer hands out now (no waiting) to the stash."""
+        if self._sub is None:
+            js = self._nc.jetstream(timeout=self._config.timeout)
+            self._sub = await js.pull_subscribe_bind(CONSUMER, self.jstream)
+        try:
+            msgs: list[Msg] = await self._sub.fetch(batch, timeout=0.001)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return
+        for msg in msgs:
+            subject = (msg.headers or {}).get("Tl-Batch")
+            if subject is None:  # not ours: nothing to deliver
+                await msg.ack()
+                continue
+            self._stash[subject] = (self._parts(subject)[0], msg)
+
+    # ------------------------------------------------------------------ the hooks
+
+    async def schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        """Store one scheduled append; an id already pending keeps its first schedule."""
+        if 2 * len(rows) + 1 > wire.MAX_BATCH_MESSAGES:  # it could never be appended
+            raise too_big("nats", 2 * len(rows) + 1)
+        with translated("schedule"):
+            await self._ensure()
+            pending = list(rows)
+            for _ in range(_ATTEMPTS):
+                if not pending:
+                    return
+                try:
+                    await self._publish_batch(self._schedule_msgs(pending))
+                    return
+                except ApiError as exc:
+                    if exc.err_code not in wire.WRONG_LAST_SEQUENCE:
+                        raise
+                pending = await self._not_pending(pending)
+        raise StoreUnavailable("schedule: gave up after too many concurrent writes")
+
+    def _schedule_msgs(self, rows: Sequence[ScheduledEvent]) -> list[Message]:
+        due_us = to_micros(rows[0].due_at)
+        subject = self.batch_subject(due_us, rows[0].batch)
+        batch = rows[0].batch.hex
+        empty = {wire.EXPECTED_LAST_SUBJECT_SEQ: "0"}
+        msgs: list[Message] = [(self._index(r.id), subject.encode(), empty) for r in rows]
+        msgs.append((subject, _encode(rows), {**empty, "Tl-Due": str(due_us)}))
+        timer = {
+            **empty,
+            "Nats-Schedule": _at(due_us / 1e6 - LEAD),
+            "Nats-Schedule-Target": self._staged(batch),
+            "Tl-Batch": subject,
+        }
+        msgs.append((self._timer(batch), b"", timer))
+        return msgs
+
+    async def _not_pending(self, rows: Sequence[ScheduledEvent]) -> list[ScheduledEvent]:
+        """After a refused schedule: the rows whose ids are not pending, as a batch of its
+        own (the first kept id's); stale entries left by a crash are removed."""
+        found = await self._fan([self._get(self._index(r.id)) for r in rows])
+        batches = {m.data.decode() for m in found if m is not None}
+        live = dict(zip(batches, await self._fan([self._live(b) for b in batches]), strict=True))
+        keep: list[ScheduledEvent] = []
+        for row, entry in zip(rows, found, strict=True):
+            if entry is not None and live[entry.data.decode()]:
+                continue
+            if entry is not None:
+                await self._purge(entry.subject)
+            keep.append(row)
+        if keep and not [m for m in found if m is not None]:  # a stale timer of this batch
+            await self._purge(self._timer(keep[0].batch.hex))
+        if keep and keep[0].batch != keep[0].id:
+            keep = [msgspec.structs.replace(r, batch=keep[0].id, seq=i) for i, r in enumerate(keep)]
+        return keep
+
+    async def _live(self, subject: str) -> bool:
+        m = await self._get(subject)
+        return m is not None and m.headers.get(wire.KIND) != _CANCELLED
+
+    async def take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        if not await self.exists():
+            return []
+        now_us, until = int(now * 1e6), int((now + lease) * 1e6)
+        taken: list[ScheduledEvent] = []
+        with translated("take_due"):
+            if now > time.time() + _DRIVEN:
+                listed = sorted(await self._subjects(f"{self.root}.b.>"))
+                candidates = [s for s in listed if self._parts(s)[0] <= now_us]
+            else:
+                await self._fetch(max(1, limit - len(self._stash)))
+                candidates = sorted(
+                    (s for s, (due, _) in self._stash.items() if due <= now_us),
+                    key=self._parts,
+                )
+            for subject in candidates:
+                if len(taken) >= limit:
+                    break
+                rows = await self._claim(subject, now_us, until)
+                if rows is not None:
+                    taken += rows
+        return taken
+
+    async def _claim(self, subject: str, now_us: int, until: int) -> list[ScheduledEvent] | None:
+        """Claim one batch (compare-and-set on its subject); its rows, or None."""
+        notice = self._stash.pop(subject, (0, None))[1]
+        m = await self._get(subject)
+        if m is None or m.headers.get(wire.KIND) == _CANCELLED:  # delivered or cancelled
+            if notice is not None:
+                await notice.ack()
+                await self._purge(self._staged(self._parts(subject)[1]))
+            return None
+        lease = int(m.headers.get("Tl-Lease", "0"))
+        if lease > now_us:  # claimed by another: look again when its lease ends
+            if notice is not None:
+                await notice.nak(delay=(lease - now_us) / 1e6 + 0.05)
+            return None
+        headers = {
+            "Tl-Due": m.headers.get("Tl-Due", "0"),
+            "Tl-Lease": str(until),
+            wire.EXPECTED_LAST_SUBJECT_SEQ: str(m.seq),
+            wire.ROLLUP: "sub",
+        }
+        try:
+            await self._publish_one(subject, m.data, headers)
+        except ApiError as exc:
+            if exc.err_code in wire.WRONG_LAST_SEQUENCE:
+                return None  # claimed or cancelled meanwhile
+            raise
+        rows = _decode(m.data)
+        old = self._claims.get(subject)
+        self._claims[subject] = _Claim(
+            subject, [r.id for r in rows], notice or (old.notice if old else None)
+        )
+        for row in rows:
+            self._claimed_ids[row.id] = subject
+        return rows
+
+    async def next_due(self) -> float | None:
+        """The earliest due time of the staged notices (fetched here, kept for the claim
+        that follows); None when the server has fired nothing that is unclaimed."""
+        if not await self.exists():
+            return None
+        with translated("next_due"):
+            await self._fetch(64)
+        if not self._stash:
+            return None
+        return min(due for due, _ in self._stash.values()) / 1e6
+
+    async def forget(self, ids: Sequence[uuid.UUID]) -> None:
+        """Remove delivered batches: index entries first, then the batch, its timer and its
+        notice (a crash in between leaves a leased batch, redelivered and appended again,
+        which writes nothing)."""
+        if not ids or not await self.exists():
+            return
+        subjects: dict[str, None] = {}
+        with translated("forget"):
+            for event_id in ids:
+                subject = self._claimed_ids.get(event_id)
+                if subject is None:
+                    entry = await self._get(self._index(event_id))
+                    subject = None if entry is None else entry.data.decode()
+                if subject is not None:
+                    subjects[subject] = None
+            await self._fan([self._forget_batch(s) for s in subjects])
+
+    async def _forget_batch(self, subject: str) -> None:
+        claim = self._claims.get(subject)
+        ids = claim.ids if claim is not None else []
+        if claim is None:
+            m = await self._get(subject)
+            ids = [] if m is None or m.headers.get(wire.KIND) else [r.id for r in _decode(m.data)]
+        await self._fan([self._purge(self._index(i)) for i in ids])
+        batch = self._parts(subject)[1]
+        await self._purge(subject, self._timer(batch), self._staged(batch))
+        if claim is not None and claim.notice is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await claim.notice.ack()
+        self._claims.pop(subject, None)
+        for event_id in ids:
+            self._claimed_ids.pop(event_id, None)
+
+    async def cancel(self, event_id: uuid.UUID) -> bool:
+        """Remove a pending event unless a scheduler holds a lease on its batch."""
+        if not await self.exists():
+            return False
+        with translated("cancel"):
+            for _ in range(_ATTEMPTS):
+                entry = await self._get(self._index(event_id))
+                if entry is None:
+                    return False
+                subject = entry.data.decode()
+                m = await self._get(subject)
+                if m is None or m.headers.get(wire.KIND) == _CANCELLED:
+                    await self._purge(entry.subject)  # a crash's leftover
+                    return False
+                if int(m.headers.get("Tl-Lease", "0")) > int(time.time() * 1e6):
+                    return False  # claimed: it may still be delivered
+                rows = _decode(m.data)
+                rest = [r for r in rows if r.id != event_id]
+                if rest:
+                    payload, headers = _encode(rest), {"Tl-Due": m.headers.get("Tl-Due", "0")}
+                else:
+                    payload, headers = b"", {wire.KIND: _CANCELLED}
+                headers |= {wire.EXPECTED_LAST_SUBJECT_SEQ: str(m.seq), wire.ROLLUP: "sub"}
+                try:
+                    await self._publish_one(subject, payload, headers)
+                except ApiError as exc:
+                    if exc.err_code in wire.WRONG_LAST_SEQUENCE:
+                        continue  # claimed or changed meanwhile: look again
+                    raise
+                await self._purge(entry.subject)
+                if not rest:
+                    batch = self._parts(subject)[1]
+                    await self._purge(self._timer(batch), self._staged(batch), subject)
+                return True
+        raise StoreUnavailable("cancel_scheduled: gave up after too many concurrent writes")
+
+    async def list_rows(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        """Earliest due first: the batch subjects sorted by name (due time, batch), then
+        read in that order until `limit` rows (of `stream`) are found."""
+        if not await self.exists():
+            return []
+        out: list[ScheduledEvent] = []
+        with translated("scheduled"):
+            subjects = sorted(await self._subjects(f"{self.root}.b.>"))
+            for i in range(0, len(subjects), _FANOUT):
+                for m in await self._fan([self._get(s) for s in subjects[i : i + _FANOUT]]):
+                    if m is None or m.headers.get(wire.KIND) == _CANCELLED:
+                        continue
+                    out += [r for r in _decode(m.data) if stream is None or r.stream == stream]
+                if len(out) >= limit:
+                    break
+        return out[:limit]
+
+    async def count(self) -> int:
+        """Pending events: the id index's messages (one per pending event), counted by the
+        server for a short-lived consumer filtered on them, with no listing."""
+        if not await self.exists():
+            return 0
+        name = f"count_{uuid.uuid4().hex}"
+        with translated("count_scheduled"):
+            resp = await self._api(
+                f"CONSUMER.CREATE.{self.jstream}.{name}",
+                {
+                    "stream_name": self.jstream,
+                    "config": {
+                        "name": name,
+                        "filter_subject": f"{self.root}.i.>",
+                        "deliver_policy": "all",
+                        "ack_policy": "none",
+                        "mem_storage": True,
+                        "inactive_threshold": int(timedelta(seconds=10).total_seconds() * 1e9),
+                    },
+                },
+            )
+            with contextlib.suppress(ApiError, NotFound):
+                await self._api(f"CONSUMER.DELETE.{self.jstream}.{name}")
+        return int(resp.get("num_pending", 0))
