@@ -135,7 +135,6 @@ class Schedules:
         self.root = f"tls.{config.store}"
         self._ready = False
         self._looked_at = -_RECHECK
-        self._sub: Any = None
         self._stash: dict[str, tuple[int, Msg]] = {}
         """Staged notices fetched and not yet claimed: batch subject -> (due µs, notice)."""
         self._claims: dict[str, _Claim] = {}
@@ -266,20 +265,29 @@ class Schedules:
         )
 
     async def _fetch(self, batch: int) -> None:
-        """Add the staged notices the consumer hands out now (no waiting) to the stash."""
-        if self._sub is None:
-            js = self._nc.jetstream(timeout=self._config.timeout)
-            self._sub = await js.pull_subscribe_bind(CONSUMER, self.jstream)
+        """Add the staged notices the consumer hands out now to the stash: one `no_wait`
+        pull (the server answers at once, with messages or "none"), on an inbox of its
+        own so that a late answer can never be taken for the next pull's."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
         try:
-            msgs: list[Msg] = await self._sub.fetch(batch, timeout=0.001)
-        except (nats.errors.TimeoutError, TimeoutError):
-            return
-        for msg in msgs:
-            subject = (msg.headers or {}).get("Tl-Batch")
-            if subject is None:  # not ours: nothing to deliver
-                await msg.ack()
-                continue
-            self._stash[subject] = (self._parts(subject)[0], msg)
+            await self._nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.jstream}.{CONSUMER}",
+                wire.json_bytes({"batch": batch, "no_wait": True}),
+                reply=inbox,
+            )
+            for _ in range(batch):
+                msg: Msg = await sub.next_msg(timeout=self._config.timeout)
+                headers = msg.headers or {}
+                if "Status" in headers:  # 404 (none left), 408, 409: this pull is over
+                    return
+                subject = headers.get("Tl-Batch")
+                if subject is None:  # not one of ours: nothing to deliver
+                    await msg.ack()
+                    continue
+                self._stash[subject] = (self._parts(subject)[0], msg)
+        finally:
+            await sub.unsubscribe()
 
     # ------------------------------------------------------------------ the hooks
 
