@@ -61,6 +61,7 @@ class StoreWrapper(GroupEngine):
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.name = inner.name
+        self.max_write_events = inner.max_write_events
 
     def _check_open(self) -> None:
         """The front ends' closed check asks `inner`: closing either closes both."""

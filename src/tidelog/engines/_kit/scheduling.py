@@ -479,6 +479,20 @@ class Scheduler:
             await self._deliver_round(round_)
 
     async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
+        limit = self.store.max_write_events
+        if limit is not None and len(round_) > 1 and sum(map(len, round_.values())) > limit:
+            # More than one write of the engine can hold: its streams in several
+            # `append_many`s at once (the engine's group commit still joins them).
+            chunks: list[dict[str, list[ScheduledEvent]]] = [{}]
+            size = 0
+            for name, batch in round_.items():
+                if chunks[-1] and size + len(batch) > limit:
+                    chunks.append({})
+                    size = 0
+                chunks[-1][name] = batch
+                size += len(batch)
+            await asyncio.gather(*(self._deliver_round(chunk) for chunk in chunks))
+            return
         pending = dict(round_)
         while pending:
             requests = {

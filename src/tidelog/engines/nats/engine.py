@@ -110,6 +110,7 @@ what it changed before, such as expired leases) to refuse, say a fenced member."
 class NatsEngine(GroupEngine):
     name = "nats"
     poll_interval = 0.1
+    max_write_events = (wire.MAX_BATCH_MESSAGES - 1) // 2  # each event and its index entry
 
     def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
         self._nc = nc

@@ -442,11 +442,12 @@ class Schedules:
             m = await self._get(subject)
             ids = [] if m is None or m.headers.get(wire.KIND) else [r.id for r in _decode(m.data)]
         await self._fan([self._purge(self._index(i)) for i in ids])
-        batch = self._parts(subject)[1]
-        await self._purge(subject, self._timer(batch), self._staged(batch))
-        if claim is not None and claim.notice is not None:
+        await self._purge(subject)
+        if claim is not None and claim.notice is not None:  # before its message is purged
             with contextlib.suppress(nats.errors.Error):
                 await claim.notice.ack()
+        batch = self._parts(subject)[1]
+        await self._purge(self._timer(batch), self._staged(batch))
         self._claims.pop(subject, None)
         for event_id in ids:
             self._claimed_ids.pop(event_id, None)
