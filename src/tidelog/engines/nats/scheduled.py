@@ -9,7 +9,7 @@ the stream `tidelog-sched_<store>` capturing `tls.<store>.>`:
     tls.<store>.s.<batch hex>                       its timer: a NATS 2.12 message
                                                     schedule (`Nats-Schedule: @at`)
     tls.<store>.q.<batch hex>                       where the server stages it when due
-    tls.<store>.i.<event hex>                       id index: the batch subject of a
+    tls.<store>.i.<batch hex>.<event hex>           id index: the batch subject of a
                                                     pending event
 
 Why this shape. The server keeps the timers: each batch carries a one-shot
@@ -28,18 +28,21 @@ normal write path, so the exactly-once argument is the SQL engines':
    read, `Nats-Rollup: sub`): two schedulers never both win, and a cancel
    (another compare-and-set on the same subject) and a claim never both win;
 2. the append is idempotent by event id;
-3. forgetting purges the index entries, then the batch, its schedule and
-   its staged notice; a crash in between leaves a leased batch whose notice
-   the consumer redelivers after its ack wait (the lease), and the repeated
-   append writes nothing.
+3. forgetting purges the batch's index entries and the batch (two purges:
+   the entries share the batch's prefix), then its timer and notice; a crash
+   in between leaves a leased batch whose notice the consumer redelivers
+   after its ack wait (the lease), and the repeated append writes nothing.
 
 The due time in the batch subject lets `scheduled()` (earliest first) and a
 scheduler driven by a clock ahead of the real one (`Scheduler.run_once(now=)`,
 tests and tools) list subject names rather than read bodies: that listing is
 proportional to the pending batches and is not on the running scheduler's
-path. Scheduling writes the index entries (each expecting an empty subject:
-an id is pending once, the first kept), the batch and its schedule in one
-atomic batch, so a scheduled append is stored whole or not at all.
+path. Scheduling writes the index entries (each expecting no message on
+`i.*.<event hex>`, whatever the batch: an id is pending once, the first
+kept), the batch and its schedule in one atomic batch, so a scheduled append
+is stored whole or not at all. Forgetting is per batch, not per event: a
+purge per index entry (the first layout, `i.<event hex>`) made forgets the
+bottleneck of `scheduled_lateness`.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ _ATTEMPTS: Final = 50
 _FANOUT: Final = 64
 """Purges and reads in flight at once."""
 _CANCELLED: Final = "cancelled"
+_EXPECTED_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""Makes the expected-sequence check apply to a filter: an event id's index entries
+in any batch (`i.*.<id>`), so the entries of a batch share a prefix and one purge."""
 _ROWS_ENC: Final = msgspec.msgpack.Encoder()
 _ROWS_DEC: Final = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
 
@@ -151,8 +157,16 @@ class Schedules:
     def _staged(self, batch: str) -> str:
         return f"{self.root}.q.{batch}"
 
-    def _index(self, event_id: uuid.UUID) -> str:
-        return f"{self.root}.i.{event_id.hex}"
+    def _index(self, batch: uuid.UUID, event_id: uuid.UUID) -> str:
+        return f"{self.root}.i.{batch.hex}.{event_id.hex}"
+
+    def _index_of(self, event_id: uuid.UUID) -> str:
+        """Every index subject of `event_id` (it is pending in one batch at most)."""
+        return f"{self.root}.i.*.{event_id.hex}"
+
+    def _loose(self, batch: str) -> str:
+        """The timer and the staged notice of a batch, in one purge filter."""
+        return f"{self.root}.*.{batch}"
 
     @staticmethod
     def _parts(subject: str) -> tuple[int, str]:
@@ -315,7 +329,14 @@ class Schedules:
         subject = self.batch_subject(due_us, rows[0].batch)
         batch = rows[0].batch.hex
         empty = {wire.EXPECTED_LAST_SUBJECT_SEQ: "0"}
-        msgs: list[Message] = [(self._index(r.id), subject.encode(), empty) for r in rows]
+        msgs: list[Message] = [
+            (
+                self._index(r.batch, r.id),
+                subject.encode(),
+                {**empty, _EXPECTED_SUBJECT: self._index_of(r.id)},
+            )
+            for r in rows
+        ]
         msgs.append((subject, _encode(rows), {**empty, "Tl-Due": str(due_us)}))
         timer = {
             **empty,
@@ -329,7 +350,7 @@ class Schedules:
     async def _not_pending(self, rows: Sequence[ScheduledEvent]) -> list[ScheduledEvent]:
         """After a refused schedule: the rows whose ids are not pending, as a batch of its
         own (the first kept id's); stale entries left by a crash are removed."""
-        found = await self._fan([self._get(self._index(r.id)) for r in rows])
+        found = await self._fan([self._get(self._index_of(r.id)) for r in rows])
         batches = {m.data.decode() for m in found if m is not None}
         live = dict(zip(batches, await self._fan([self._live(b) for b in batches]), strict=True))
         keep: list[ScheduledEvent] = []
@@ -340,7 +361,7 @@ class Schedules:
                 await self._purge(entry.subject)
             keep.append(row)
         if keep and not [m for m in found if m is not None]:  # a stale timer of this batch
-            await self._purge(self._timer(keep[0].batch.hex))
+            await self._purge(self._loose(keep[0].batch.hex))
         if keep and keep[0].batch != keep[0].id:
             keep = [msgspec.structs.replace(r, batch=keep[0].id, seq=i) for i, r in enumerate(keep)]
         return keep
@@ -379,7 +400,7 @@ class Schedules:
         if m is None or m.headers.get(wire.KIND) == _CANCELLED:  # delivered or cancelled
             if notice is not None:
                 await notice.ack()
-                await self._purge(self._staged(self._parts(subject)[1]))
+                await self._purge(self._loose(self._parts(subject)[1]))
             return None
         lease = int(m.headers.get("Tl-Lease", "0"))
         if lease > now_us:  # claimed by another: look again when its lease ends
@@ -429,7 +450,7 @@ class Schedules:
             for event_id in ids:
                 subject = self._claimed_ids.get(event_id)
                 if subject is None:
-                    entry = await self._get(self._index(event_id))
+                    entry = await self._get(self._index_of(event_id))
                     subject = None if entry is None else entry.data.decode()
                 if subject is not None:
                     subjects[subject] = None
@@ -437,17 +458,13 @@ class Schedules:
 
     async def _forget_batch(self, subject: str) -> None:
         claim = self._claims.get(subject)
-        ids = claim.ids if claim is not None else []
-        if claim is None:
-            m = await self._get(subject)
-            ids = [] if m is None or m.headers.get(wire.KIND) else [r.id for r in _decode(m.data)]
-        await self._fan([self._purge(self._index(i)) for i in ids])
-        await self._purge(subject)
+        batch = self._parts(subject)[1]
+        await self._purge(f"{self.root}.i.{batch}.>", subject)
         if claim is not None and claim.notice is not None:  # before its message is purged
             with contextlib.suppress(nats.errors.Error):
                 await claim.notice.ack()
-        batch = self._parts(subject)[1]
-        await self._purge(self._timer(batch), self._staged(batch))
+        await self._purge(self._loose(batch))
+        ids = claim.ids if claim is not None else []
         self._claims.pop(subject, None)
         for event_id in ids:
             self._claimed_ids.pop(event_id, None)
@@ -458,7 +475,7 @@ class Schedules:
             return False
         with translated("cancel"):
             for _ in range(_ATTEMPTS):
-                entry = await self._get(self._index(event_id))
+                entry = await self._get(self._index_of(event_id))
                 if entry is None:
                     return False
                 subject = entry.data.decode()
@@ -484,7 +501,7 @@ class Schedules:
                 await self._purge(entry.subject)
                 if not rest:
                     batch = self._parts(subject)[1]
-                    await self._purge(self._timer(batch), self._staged(batch), subject)
+                    await self._purge(self._loose(batch), subject)
                 return True
         raise StoreUnavailable("cancel_scheduled: gave up after too many concurrent writes")
 
