@@ -114,9 +114,10 @@ def _rss_mb() -> float:
 async def scheduled_memory(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     """Memory growth while `scheduled_pending` events are pending (1,000,000 in full runs).
 
-    Scheduled 1,000 per append (400 on NATS, whose appends hold 499), due in an hour; the store's scheduler runs
-    meanwhile (nothing is due). `value` is the growth of the process's resident
-    memory from after the first 10 appends to the end, in MB. The baseline is
+    Scheduled 1,000 per append (400 on NATS, whose appends hold 499), due in an
+    hour; the store's scheduler runs meanwhile (nothing is due). `value` is the
+    growth of the process's resident memory from after the first 10 appends to
+    the end, in MB. The baseline is
     the same growth for the same events appended to the log now, on another
     store of the engine: both hold their events on disk, not in memory.
     """
