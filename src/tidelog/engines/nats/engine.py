@@ -337,6 +337,7 @@ class NatsEngine(GroupEngine):
         await self._stop_scheduler()
         self._closed = True
         self._watch.close()
+        await self._schedules.close()
         await self._writer.close()
         if self._watch_task is not None:
             self._watch_task.cancel()

@@ -61,6 +61,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from tidelog.engines._kit.batching import GroupCommit
 from tidelog.engines._kit.scheduling import DEFAULT_LEASE, from_row, to_micros, to_row
 from tidelog.engines.nats import wire
 from tidelog.engines.nats.errors import ApiError, NotFound, raise_api, translated
@@ -145,6 +146,15 @@ class Schedules:
         """Staged notices fetched and not yet claimed: batch subject -> (due µs, notice)."""
         self._claims: dict[str, _Claim] = {}
         self._claimed_ids: dict[uuid.UUID, str] = {}
+        self._writes: GroupCommit[list[Message], None] = GroupCommit(
+            lambda: contextlib.nullcontext(self._commit),
+            max_items=wire.MAX_BATCH_MESSAGES,
+            max_weight=wire.MAX_BATCH_MESSAGES,
+        )
+
+    async def close(self) -> None:
+        """Wait until every scheduling write queued so far is settled."""
+        await self._writes.close()
 
     # ------------------------------------------------------------------ subjects
 
@@ -315,14 +325,47 @@ class Schedules:
             for _ in range(_ATTEMPTS):
                 if not pending:
                     return
+                msgs = self._schedule_msgs(pending)
                 try:
-                    await self._publish_batch(self._schedule_msgs(pending))
+                    await self._writes.submit(msgs, len(msgs))
                     return
                 except ApiError as exc:
                     if exc.err_code not in wire.WRONG_LAST_SEQUENCE:
                         raise
                 pending = await self._not_pending(pending)
         raise StoreUnavailable("schedule: gave up after too many concurrent writes")
+
+    async def _commit(self, batch: list[list[Message]]) -> list[Exception | None]:
+        """Concurrent scheduled appends in one atomic batch: one request and one sync
+        for them all (measured at 50 appends of 100 events a second, each in a batch of
+        its own took 110-900 ms p50 where an append took 45). A refused joint batch
+        (an id or a batch already pending) is retried one append at a time, so the
+        refusal is its own append's. Appends that share an id or a batch are never
+        joined: each checks the stream as it was before the batch."""
+        if len(batch) > 1:
+            joined: list[Message] = []
+            seen: set[str] = set()
+            for msgs in batch:
+                keys = {m[0].rsplit(".", 1)[1] for m in msgs}
+                if keys & seen:
+                    break
+                seen |= keys
+                joined += msgs
+            else:
+                try:
+                    await self._publish_batch(joined)
+                    return [None] * len(batch)
+                except ApiError as exc:
+                    if exc.err_code not in wire.WRONG_LAST_SEQUENCE:
+                        raise
+        out: list[Exception | None] = []
+        for msgs in batch:
+            try:
+                await self._publish_batch(msgs)
+                out.append(None)
+            except Exception as exc:  # the append's own outcome, raised to it
+                out.append(exc)
+        return out
 
     def _schedule_msgs(self, rows: Sequence[ScheduledEvent]) -> list[Message]:
         due_us = to_micros(rows[0].due_at)
