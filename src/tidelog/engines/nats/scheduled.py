@@ -4,13 +4,17 @@ Private to `tidelog.engines.nats`. The store's own stream is the log (every
 subject of it is part of the global order), so pending events live apart, in
 the stream `tidelog-sched_<store>` capturing `tls.<store>.>`:
 
-    tls.<store>.b.<due µs, 17 digits>.<batch hex>   one scheduled append: its rows
+    tls.<store>.b.<batch hex>.<due µs, 17 digits>   one scheduled append: its rows
                                                     (msgpack), its lease (`Tl-Lease`)
+    tls.<store>.i.<batch hex>.<event hex>           id index: the batch subject of a
+                                                    pending event
     tls.<store>.s.<batch hex>                       its timer: a NATS 2.12 message
                                                     schedule (`Nats-Schedule: @at`)
     tls.<store>.q.<batch hex>                       where the server stages it when due
-    tls.<store>.i.<batch hex>.<event hex>           id index: the batch subject of a
-                                                    pending event
+
+The batch id is the token after the kind, so one purge filter takes a batch's
+rows and index entries (`*.<batch>.*`) and another its timer and notice
+(`*.<batch>`).
 
 Why this shape. The server keeps the timers: each batch carries a one-shot
 schedule that the server fires (`LEAD` seconds before the due time) by
@@ -28,21 +32,21 @@ normal write path, so the exactly-once argument is the SQL engines':
    read, `Nats-Rollup: sub`): two schedulers never both win, and a cancel
    (another compare-and-set on the same subject) and a claim never both win;
 2. the append is idempotent by event id;
-3. forgetting purges the batch's index entries and the batch (two purges:
-   the entries share the batch's prefix), then its timer and notice; a crash
+3. forgetting purges the batch's rows and index entries (one purge), then
+   its timer and notice (another); a crash
    in between leaves a leased batch whose notice the consumer redelivers
    after its ack wait (the lease), and the repeated append writes nothing.
 
 The due time in the batch subject lets `scheduled()` (earliest first) and a
 scheduler driven by a clock ahead of the real one (`Scheduler.run_once(now=)`,
-tests and tools) list subject names rather than read bodies: that listing is
+tests and tools) sort subject names rather than read bodies: that listing is
 proportional to the pending batches and is not on the running scheduler's
 path. Scheduling writes the index entries (each expecting no message on
 `i.*.<event hex>`, whatever the batch: an id is pending once, the first
 kept), the batch and its schedule in one atomic batch, so a scheduled append
 is stored whole or not at all. Forgetting is per batch, not per event: a
 purge per index entry (the first layout, `i.<event hex>`) made forgets the
-bottleneck of `scheduled_lateness`.
+bottleneck of `scheduled_lateness` (p50 2.6 s, quick run, load 12).
 """
 
 from __future__ import annotations
@@ -162,7 +166,7 @@ class Schedules:
     # ------------------------------------------------------------------ subjects
 
     def batch_subject(self, due_us: int, batch: uuid.UUID) -> str:
-        return f"{self.root}.b.{max(due_us, 0):017d}.{batch.hex}"
+        return f"{self.root}.b.{batch.hex}.{max(due_us, 0):017d}"
 
     def _timer(self, batch: str) -> str:
         return f"{self.root}.s.{batch}"
@@ -183,9 +187,14 @@ class Schedules:
 
     @staticmethod
     def _parts(subject: str) -> tuple[int, str]:
-        """(due µs, batch hex) of a batch subject."""
-        *_, due, batch = subject.split(".")
+        """(due µs, batch hex) of a batch subject: its sort key, earliest first."""
+        *_, batch, due = subject.split(".")
         return int(due), batch
+
+    def _rows_and_entries(self, batch: str) -> str:
+        """A batch's rows and index entries (`b.<batch>.<due>`, `i.<batch>.<id>`), in one
+        purge filter."""
+        return f"{self.root}.*.{batch}.*"
 
     # ------------------------------------------------------------------ plumbing
 
@@ -425,7 +434,7 @@ class Schedules:
         taken: list[ScheduledEvent] = []
         with translated("take_due"):
             if now > time.time() + _DRIVEN:
-                listed = sorted(await self._subjects(f"{self.root}.b.>"))
+                listed = sorted(await self._subjects(f"{self.root}.b.>"), key=self._parts)
                 candidates = [(s, 1) for s in listed if self._parts(s)[0] <= now_us]
             else:
                 await self._fetch(max(1, limit - len(self._stash)))
@@ -513,7 +522,7 @@ class Schedules:
     async def _forget_batch(self, subject: str) -> None:
         claim = self._claims.get(subject)
         batch = self._parts(subject)[1]
-        await self._purge(f"{self.root}.i.{batch}.>", subject)
+        await self._purge(self._rows_and_entries(batch))
         if claim is not None and claim.notice is not None:  # before its message is purged
             with contextlib.suppress(nats.errors.Error):
                 await claim.notice.ack()
@@ -566,7 +575,7 @@ class Schedules:
             return []
         out: list[ScheduledEvent] = []
         with translated("scheduled"):
-            subjects = sorted(await self._subjects(f"{self.root}.b.>"))
+            subjects = sorted(await self._subjects(f"{self.root}.b.>"), key=self._parts)
             for i in range(0, len(subjects), _FANOUT):
                 for m in await self._fan([self._get(s) for s in subjects[i : i + _FANOUT]]):
                     if m is None or m.headers.get(wire.KIND) == _CANCELLED:
