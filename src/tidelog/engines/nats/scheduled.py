@@ -82,6 +82,9 @@ timer fired about 10 ms late for future times and up to 250 ms late for times al
 past when scheduled (measured on nats-server 2.15 on the development machine); firing
 early lets the scheduler claim ahead and append at the due time itself."""
 CONSUMER: Final = "scheduler"
+ACK_WAIT = DEFAULT_LEASE
+"""Seconds before the consumer hands a notice that was not acknowledged (its scheduler
+crashed) to another: the lease on the real clock. Read when the consumer is created."""
 _DRIVEN: Final = 1.0
 """A `now` this far past the real clock is a driven clock (tests, tools): due batches
 are then found by listing, not by waiting for the server's timers."""
@@ -93,6 +96,7 @@ _CLAIMS: Final = 16
 _FANOUT: Final = 64
 """Purges and reads in flight at once."""
 _CANCELLED: Final = "cancelled"
+_CONSUMER_NOT_FOUND: Final = 10014
 _EXPECTED_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 """Makes the expected-sequence check apply to a filter: an event id's index entries
 in any batch (`i.*.<id>`), so the entries of a batch share a prefix and one purge."""
@@ -283,7 +287,14 @@ class Schedules:
 
     async def _ensure_consumer(self) -> None:
         """The durable pull consumer of staged notices; its ack wait is the lease after
-        which a notice whose scheduler crashed is handed to another."""
+        which a notice whose scheduler crashed is handed to another. One that exists is
+        kept as it is (an operator may have tuned it)."""
+        try:
+            await self._api(f"CONSUMER.INFO.{self.jstream}.{CONSUMER}")
+            return
+        except ApiError as exc:
+            if exc.err_code != _CONSUMER_NOT_FOUND:
+                raise
         await self._api(
             f"CONSUMER.CREATE.{self.jstream}.{CONSUMER}",
             {
@@ -293,7 +304,7 @@ class Schedules:
                     "filter_subject": f"{self.root}.q.>",
                     "deliver_policy": "all",
                     "ack_policy": "explicit",
-                    "ack_wait": int(DEFAULT_LEASE * 1e9),
+                    "ack_wait": int(ACK_WAIT * 1e9),
                     "max_deliver": -1,
                     "max_ack_pending": -1,
                 },
