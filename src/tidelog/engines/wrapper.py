@@ -61,7 +61,6 @@ class StoreWrapper(GroupEngine):
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.name = inner.name
-        self.max_write_events = inner.max_write_events
 
     def _check_open(self) -> None:
         """The front ends' closed check asks `inner`: closing either closes both."""
@@ -108,6 +107,15 @@ class StoreWrapper(GroupEngine):
     @property
     def supports_scheduling(self) -> bool:
         return self.inner.supports_scheduling
+
+    @property
+    def max_write_events(self) -> int | None:
+        """The inner engine's: the wrapper's writes are its."""
+        return self.inner.max_write_events
+
+    @max_write_events.setter
+    def max_write_events(self, value: int | None) -> None:
+        self.inner.max_write_events = value
 
     async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
         await self.inner._schedule(rows)
