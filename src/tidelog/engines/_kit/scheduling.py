@@ -249,6 +249,10 @@ def _aware(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
+def _setter(event: asyncio.Event) -> Callable[[asyncio.Task[None]], None]:
+    return lambda _: event.set()
+
+
 def _batches(rows: Sequence[ScheduledEvent]) -> list[list[ScheduledEvent]]:
     """Claimed rows as batches (one scheduled append each), in due order."""
     by_batch: dict[UUID, list[ScheduledEvent]] = defaultdict(list)
@@ -311,9 +315,15 @@ class Scheduler:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # Cancelled again until done: a cancel that lands as the loop's own
+            # `asyncio.timeout` fires can be swallowed as that timeout (seen on
+            # Python 3.11 in the NATS conformance runs: the loop went on polling,
+            # "cancelling", and `stop` waited for it forever).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError, TidelogError):
-                await task
+                task.result()
         moving, self._moving = list(self._moving), {}
         now = time.time()
         for pass_ in moving:  # a pass with rows due later is not waited for...
@@ -386,6 +396,9 @@ class Scheduler:
             self._moving[task] = len(rows)
             self._last_due[task] = max(r.due_at for r in rows).timestamp()
             task.add_done_callback(self._passed)
+            # Also when the task is cancelled before its first step (`stop`), where its
+            # own `finally` never runs: the next pass waits for this event.
+            task.add_done_callback(_setter(self._placed))
         return len(rows)
 
     async def _deliver_pass(

@@ -247,13 +247,14 @@ class Schedules:
         (an idle scheduler looks every 50 ms, and another process may create it)."""
         if not self._ready and time.monotonic() - self._looked_at >= _RECHECK:
             self._looked_at = time.monotonic()
-            try:
-                await self._api(f"STREAM.INFO.{self.jstream}")
-            except ApiError as exc:
-                if exc.err_code != wire.STREAM_NOT_FOUND:
-                    raise
-                return False
-            await self._ensure_consumer()
+            with translated("scheduled"):
+                try:
+                    await self._api(f"STREAM.INFO.{self.jstream}")
+                except ApiError as exc:
+                    if exc.err_code != wire.STREAM_NOT_FOUND:
+                        raise
+                    return False
+                await self._ensure_consumer()
             self._ready = True
         return self._ready
 
