@@ -13,7 +13,9 @@ import json
 import logging
 import pathlib
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import nats
@@ -23,10 +25,12 @@ from nats.js.kv import KeyValue
 
 import tidelog
 from support.nats import NatsServer, free_port, nats_server_binary
+from tidelog.engines._kit.scheduling import Scheduler
 from tidelog.engines.nats import NatsEngine, wire
 from tidelog.engines.nats import errors as nats_errors
+from tidelog.engines.nats import scheduled as nats_scheduled
 from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT
-from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.conformance import EngineSuite, collect, subscribed, take
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.scheduling import SchedulingSuite
@@ -77,11 +81,12 @@ class TestNatsRetentionModel(RetentionModelSuite):
 
 
 class TestNatsScheduling(SchedulingSuite):
-    # Refused, see docs/scheduling.md: the engine keeps no table to hold pending events in.
-    supports_scheduling = False
-
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await tidelog.connect(store_url())
+
+    async def open_same(self, store: tidelog.Store) -> tidelog.Store | None:
+        assert isinstance(store, NatsEngine)
+        return await tidelog.connect(store_url(store=store.config.store))
 
 
 class TestNatsModel(ModelSuite):
@@ -764,3 +769,82 @@ async def test_a_group_key_removed_with_kv_tools_reads_as_no_group(removal: str)
             assert sorted(await kv.keys()) == sorted([key, wire.Layout.group_key("audit", "order")])
         finally:
             await nc.close()
+
+
+# --------------------------------------------------------------------------- scheduled delivery
+
+_CLAIM_AND_WAIT = """
+import asyncio, sys, time
+import tidelog
+
+async def main() -> None:
+    store = await tidelog.connect(sys.argv[1])
+    for _ in range(1000):  # on the real clock: the server's timer stages the batch
+        rows = await store._take_due(time.time() + 0.1, 100, float(sys.argv[2]))
+        if rows:
+            print("claimed", rows[0].id, flush=True)
+            await asyncio.sleep(3600)  # killed here: claimed, neither appended nor forgotten
+        await asyncio.sleep(0.02)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_a_scheduler_killed_after_its_claim_is_replaced_when_the_lease_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process claims a due batch on the real clock (the server fired its timer, the
+    consumer handed it the notice) and is SIGKILLed before appending: another process's
+    scheduler delivers it, once, after the lease (the consumer's ack wait, 2 s here)."""
+    monkeypatch.setattr(nats_scheduled, "ACK_WAIT", 2.0)  # read when the consumer is made
+    url = store_url()
+    event = ev("Due")
+    async with tidelog.connect(url) as first:
+        monkeypatch.setattr(first, "start_scheduler", lambda: Scheduler(first))
+        await first.append("order-1", [event], deliver_after=timedelta(0))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CLAIM_AND_WAIT, url, "2.0", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
+        assert line.split() == ["claimed", str(event.id)]
+    finally:
+        child.kill()  # SIGKILL: no cleanup of any kind
+        await child.wait()
+    async with tidelog.connect(url) as second:
+        assert await second.count_scheduled() == 1  # claimed, not delivered
+        second.start_scheduler()
+        for _ in range(600):
+            if not await second.count_scheduled():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the killed scheduler's claim was never taken over")
+        assert [e.id for e in await collect(second.read_stream("order-1"))] == [event.id]
+        assert [e.id for e in await collect(second.read_all())] == [event.id]
+
+
+async def test_running_schedulers_of_two_processes_deliver_each_event_once() -> None:
+    """Two stores on one NATS store (as two processes would open it), each with its
+    scheduler on the real clock, take the server's staged notices apart."""
+    url = store_url()
+    async with tidelog.connect(url) as one, tidelog.connect(url) as two:
+        start = datetime.now(UTC)
+        events = [ev(f"E{i}") for i in range(120)]
+        for i, event in enumerate(events):
+            store = one if i % 2 else two
+            due = start + timedelta(milliseconds=5 * i)
+            await store.append(f"order-{i % 4}", [event], deliver_at=due)
+        async with subscribed(one) as subscription:
+            seen = await take(subscription, len(events))
+        assert sorted(e.id for e in seen) == sorted(e.id for e in events)
+        for _ in range(200):
+            if not await one.count_scheduled():
+                break
+            await asyncio.sleep(0.05)
+        assert await one.count_scheduled() == 0
+        assert len(await collect(one.read_all())) == len(events)  # each once
+        total = one._scheduler.delivered + two._scheduler.delivered  # type: ignore[union-attr]
+        assert total >= len(events)

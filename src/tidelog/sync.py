@@ -404,6 +404,11 @@ class SyncStore:
         return self._async.supports_scheduling
 
     @property
+    def max_write_events(self) -> int | None:
+        """Events one all-or-nothing write can hold (None: no limit of the engine's own)."""
+        return self._async.max_write_events
+
+    @property
     def retention_stats(self) -> dict[str, int]:
         """Counters of this process's scavenges (`deleted`, `lost`, `runs`, ...)."""
         return dict(self._async.retention_stats)

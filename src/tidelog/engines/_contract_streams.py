@@ -240,6 +240,10 @@ class StreamEngine(abc.ABC):
     # ------------------------------------------------------------ scheduled delivery
 
     _scheduler: Scheduler | None = None
+    max_write_events: int | None = None
+    """Events one all-or-nothing write can hold (None: no limit of the engine's own).
+    The scheduler splits the appends it joins into one `append_many` to fit (NATS:
+    an atomic batch holds 1,000 messages, two per event)."""
 
     @property
     def supports_scheduling(self) -> bool:

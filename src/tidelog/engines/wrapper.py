@@ -108,6 +108,15 @@ class StoreWrapper(GroupEngine):
     def supports_scheduling(self) -> bool:
         return self.inner.supports_scheduling
 
+    @property
+    def max_write_events(self) -> int | None:
+        """The inner engine's: the wrapper's writes are its."""
+        return self.inner.max_write_events
+
+    @max_write_events.setter
+    def max_write_events(self, value: int | None) -> None:
+        self.inner.max_write_events = value
+
     async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
         await self.inner._schedule(rows)
 

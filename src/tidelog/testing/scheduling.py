@@ -329,6 +329,20 @@ class SchedulingSuite(SuiteBase):
         assert await store.count_scheduled() == 0
         assert await _stream(store, FAILED_STREAM) == []
 
+    async def test_appends_due_together_beyond_one_write_are_all_delivered(
+        self, store: tidelog.Store
+    ) -> None:
+        """The scheduler joins the appends due at one moment into one `append_many`; more
+        events than one write of the engine holds (NATS: 499) are split to fit."""
+        due = datetime.now(UTC) + LATER
+        streams = {f"order-w{k}": [ev(f"E{k}-{i}") for i in range(150)] for k in range(5)}
+        for name, events in streams.items():
+            await store.append(name, events, deliver_at=due)
+        assert await Scheduler(store).run_once(now=_after()) == 750
+        for name, events in streams.items():
+            assert [e.id for e in await _stream(store, name)] == [e.id for e in events]
+        assert await store.count_scheduled() == 0
+
     async def test_rescheduling_the_same_ids_keeps_one(self, store: tidelog.Store) -> None:
         event = ev()
         await store.append("order-15", [event], deliver_after=LATER)

@@ -249,6 +249,10 @@ def _aware(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
+def _setter(event: asyncio.Event) -> Callable[[asyncio.Task[None]], None]:
+    return lambda _: event.set()
+
+
 def _batches(rows: Sequence[ScheduledEvent]) -> list[list[ScheduledEvent]]:
     """Claimed rows as batches (one scheduled append each), in due order."""
     by_batch: dict[UUID, list[ScheduledEvent]] = defaultdict(list)
@@ -311,9 +315,15 @@ class Scheduler:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # Cancelled again until done: a cancel that lands as the loop's own
+            # `asyncio.timeout` fires can be swallowed as that timeout (seen on
+            # Python 3.11 in the NATS conformance runs: the loop went on polling,
+            # "cancelling", and `stop` waited for it forever).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError, TidelogError):
-                await task
+                task.result()
         moving, self._moving = list(self._moving), {}
         now = time.time()
         for pass_ in moving:  # a pass with rows due later is not waited for...
@@ -386,6 +396,9 @@ class Scheduler:
             self._moving[task] = len(rows)
             self._last_due[task] = max(r.due_at for r in rows).timestamp()
             task.add_done_callback(self._passed)
+            # Also when the task is cancelled before its first step (`stop`), where its
+            # own `finally` never runs: the next pass waits for this event.
+            task.add_done_callback(_setter(self._placed))
         return len(rows)
 
     async def _deliver_pass(
@@ -479,6 +492,20 @@ class Scheduler:
             await self._deliver_round(round_)
 
     async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
+        limit = self.store.max_write_events
+        if limit is not None and len(round_) > 1 and sum(map(len, round_.values())) > limit:
+            # More than one write of the engine can hold: its streams in several
+            # `append_many`s at once (the engine's group commit still joins them).
+            chunks: list[dict[str, list[ScheduledEvent]]] = [{}]
+            size = 0
+            for name, batch in round_.items():
+                if chunks[-1] and size + len(batch) > limit:
+                    chunks.append({})
+                    size = 0
+                chunks[-1][name] = batch
+                size += len(batch)
+            await asyncio.gather(*(self._deliver_round(chunk) for chunk in chunks))
+            return
         pending = dict(round_)
         while pending:
             requests = {

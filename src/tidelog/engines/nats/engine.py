@@ -45,8 +45,9 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final, TypeAlias
+from uuid import UUID
 
 import nats
 import nats.errors
@@ -68,6 +69,7 @@ from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.nats import wire
 from tidelog.engines.nats.errors import ApiError, translated
 from tidelog.engines.nats.reads import Reader, version_key
+from tidelog.engines.nats.scheduled import Schedules
 from tidelog.engines.nats.setup import NatsConfig, ensure_meta, ensure_stream, servers_of
 from tidelog.engines.nats.writer import GroupDraft, Writer
 from tidelog.errors import (
@@ -84,6 +86,7 @@ from tidelog.model import (
     ExpectedVersion,
     Membership,
     RecordedEvent,
+    ScheduledEvent,
     StreamInfo,
     category_of,
     check_expected_version,
@@ -107,20 +110,7 @@ what it changed before, such as expired leases) to refuse, say a fenced member."
 class NatsEngine(GroupEngine):
     name = "nats"
     poll_interval = 0.1
-
-    def _schedule_refused(self) -> NotSupported:
-        """Scheduled delivery is refused here (docs/scheduling.md, "Why NATS refuses"):
-        the engine keeps no pending events outside the log, and NATS 2.12's message
-        schedules, used directly, publish into a stream around this engine's write
-        path (no expected-version check, no id de-duplication, no per-stream
-        order). The doc lists what an implementation needs: a schedules stream
-        staging due batches for a tidelog scheduler to append."""
-        return NotSupported(
-            self.name,
-            "scheduled delivery",
-            "the NATS engine keeps no pending events outside the log yet (JetStream message"
-            " schedules would bypass its version check and id index); see docs/scheduling.md",
-        )
+    max_write_events = (wire.MAX_BATCH_MESSAGES - 1) // 2  # each event and its index entry
 
     def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
         self._nc = nc
@@ -132,6 +122,9 @@ class NatsEngine(GroupEngine):
         self._watch_dirty = False
         self._reader = Reader(nc, config, self._layout, self._check_open)
         self._writer = Writer(nc, config, self._layout, self._reader, self._watch, self._now)
+        self._schedules = Schedules(
+            nc, config, self._writer.publish_one, self._writer.publish_batch
+        )
 
     @contextlib.contextmanager
     def _reading(self, what: str) -> Iterator[None]:
@@ -341,8 +334,10 @@ class NatsEngine(GroupEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_scheduler()
         self._closed = True
         self._watch.close()
+        await self._schedules.close()
         await self._writer.close()
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -350,6 +345,37 @@ class NatsEngine(GroupEngine):
                 await self._watch_task
         with contextlib.suppress(Exception):
             await self._nc.close()
+
+    # ------------------------------------------------------------ scheduled delivery
+    # Pending events live in a second JetStream stream with server-side timers
+    # (`scheduled`, docs/scheduling.md); the contract's `Scheduler` appends them.
+
+    async def _schedule(self, rows: Sequence[ScheduledEvent]) -> None:
+        self._check_open()
+        await self._schedules.schedule(rows)
+
+    async def _take_due(self, now: float, limit: int, lease: float) -> list[ScheduledEvent]:
+        self._check_open()
+        return await self._schedules.take_due(now, limit, lease)
+
+    async def _next_due(self) -> float | None:
+        self._check_open()
+        return await self._schedules.next_due()
+
+    async def _forget_scheduled(self, ids: Sequence[UUID]) -> None:
+        await self._schedules.forget(ids)
+
+    async def _cancel_scheduled(self, event_id: UUID) -> bool:
+        self._check_open()
+        return await self._schedules.cancel(event_id)
+
+    async def _list_scheduled(self, stream: str | None, limit: int) -> list[ScheduledEvent]:
+        self._check_open()
+        return await self._schedules.list_rows(stream, limit)
+
+    async def _count_scheduled(self) -> int:
+        self._check_open()
+        return await self._schedules.count()
 
     # ------------------------------------------------------------------ layer 2
 
