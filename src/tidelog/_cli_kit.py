@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 import msgspec
 import typer
@@ -25,6 +25,10 @@ import tidelog
 from tidelog import model
 from tidelog.errors import InvalidInput
 from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_version
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
 
 __all__ = [
     "CategoriesOption",
@@ -40,6 +44,7 @@ __all__ = [
     "open_store",
     "parse_expected_version",
     "parse_json",
+    "progress_bar",
     "partition_lags",
     "run",
     "say",
@@ -206,6 +211,25 @@ def import_user_module(module_path: str) -> ModuleType:
         return importlib.import_module(module_path)
     except Exception as exc:
         raise InvalidInput(f"cannot import {module_path!r}: {one_line(exc)}") from None
+
+
+def progress_bar(
+    label: str, count: ProgressColumn, note: str, console: Console, *, disable: bool
+) -> Progress:
+    """A long command's progress on stderr, alike in every command: a label, the bar,
+    a count, a note, the time taken. (rich is imported here, when a bar is drawn, not
+    with every command.)"""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        count,
+        TextColumn(note),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable,
+    )
 
 
 def one_line(exc: BaseException) -> str:
