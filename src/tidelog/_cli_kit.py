@@ -125,13 +125,18 @@ def say(ctx: typer.Context, value: Any, text: str) -> None:
         typer.echo(text)
 
 
-def emit_rows(ctx: typer.Context, rows: Iterable[Any]) -> bool:
+def emit_rows(ctx: typer.Context, rows: Iterable[Any], *, empty: str | None = None) -> bool:
     """Under `--json`, print each row as one JSON line and return True: the command is done.
 
     Without `--json` it prints nothing and returns False, leaving the caller to
-    draw its table (or sentence) for a person.
+    draw its table (or sentence) for a person; given `empty`, a listing with no
+    rows (a list) prints that sentence instead and returns True, so a person is
+    never left with blank output.
     """
     if not settings(ctx).json:
+        if empty is not None and not rows:
+            typer.echo(empty)
+            return True
         return False
     for row in rows:
         emit(row)
