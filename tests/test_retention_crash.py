@@ -25,11 +25,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import pytest_asyncio
 
 import tidelog
+from support.crash import ack_lines, kill_after
 from support.postgres import Schemas, require_postgres
 from tidelog.retention import RetentionPolicy
 
@@ -41,12 +43,8 @@ pytestmark = pytest.mark.slow
 
 
 def _acks(path: pathlib.Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    complete = text[: text.rfind("\n") + 1]  # a line cut by the kill was never acknowledged
     found = []
-    for line in complete.splitlines():
+    for line in ack_lines(path):
         try:
             found.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill, closed by the next child
@@ -106,17 +104,7 @@ def _kill_rounds(url: str, ack_file: pathlib.Path, rng: random.Random) -> int:
     deadline = time.monotonic() + 90  # bound the test even on a loaded machine
     rounds = 0
     for _ in range(ROUNDS):
-        child = subprocess.Popen(
-            [sys.executable, str(CHILD), url, str(ack_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            time.sleep(rng.uniform(0.6, 1.5))
-        finally:
-            child.send_signal(signal.SIGKILL)
-            _, err = child.communicate()
-        assert child.returncode == -signal.SIGKILL, err.decode()
+        kill_after([str(CHILD), url, str(ack_file)], partial(time.sleep, rng.uniform(0.6, 1.5)))
         asyncio.run(_check(url, _acks(ack_file), history))
         rounds += 1
         if time.monotonic() > deadline:
