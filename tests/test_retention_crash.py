@@ -19,17 +19,16 @@ import asyncio
 import json
 import pathlib
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import pytest_asyncio
 
 import tidelog
+from support.crash import ack_lines, kill_after, wait_for_growth
 from support.postgres import Schemas, require_postgres
 from tidelog.retention import RetentionPolicy
 
@@ -41,12 +40,8 @@ pytestmark = pytest.mark.slow
 
 
 def _acks(path: pathlib.Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    complete = text[: text.rfind("\n") + 1]  # a line cut by the kill was never acknowledged
     found = []
-    for line in complete.splitlines():
+    for line in ack_lines(path):
         try:
             found.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill, closed by the next child
@@ -101,36 +96,14 @@ async def _prepare(url: str) -> None:
         await store.set_retention(RetentionPolicy(max_count=KEEP), category="job")
 
 
-def _await_progress(ack_file: pathlib.Path, child: subprocess.Popen[bytes]) -> None:
-    """Wait (up to 60 s) until the child acknowledges an append beyond what the file held."""
-    start = ack_file.stat().st_size if ack_file.exists() else 0
-    deadline = time.monotonic() + 60
-    while (ack_file.stat().st_size if ack_file.exists() else 0) <= start + 1:
-        assert child.poll() is None, "the child died before it acknowledged anything"
-        assert time.monotonic() < deadline, "the child acknowledged nothing within 60 s"
-        time.sleep(0.02)
-
-
 def _kill_rounds(url: str, ack_file: pathlib.Path, rng: random.Random) -> int:
     history = History()
     deadline = time.monotonic() + 90  # bound the test even on a loaded machine
     rounds = 0
     for _ in range(ROUNDS):
-        child = subprocess.Popen(
-            [sys.executable, str(CHILD), url, str(ack_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            # A random moment once the child is at work: on a loaded machine its
-            # start-up alone can outlast a fixed sleep, and a kill before its
-            # first acknowledgement tests nothing.
-            _await_progress(ack_file, child)
-            time.sleep(rng.uniform(0.1, 0.9))
-        finally:
-            child.send_signal(signal.SIGKILL)
-            _, err = child.communicate()
-        assert child.returncode == -signal.SIGKILL, err.decode()
+        # A random moment once the child is at work (see `wait_for_growth`).
+        writing = partial(wait_for_growth, ack_file, deadline, rng.uniform(0.1, 0.9))
+        kill_after([str(CHILD), url, str(ack_file)], writing)
         asyncio.run(_check(url, _acks(ack_file), history))
         rounds += 1
         if time.monotonic() > deadline:
@@ -170,13 +143,10 @@ def test_control_a_lost_event_is_caught(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{db}"
     asyncio.run(_prepare(url))
     ack_file = tmp_path / "acks.jsonl"
-    child = subprocess.Popen([sys.executable, str(CHILD), url, str(ack_file)])
-    try:
-        _await_progress(ack_file, child)
-        time.sleep(0.5)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.communicate()
+    kill_after(
+        [str(CHILD), url, str(ack_file)],
+        partial(wait_for_growth, ack_file, time.monotonic() + 60, 0.5),
+    )
     acks = _acks(ack_file)
     newest = max(acks, key=lambda a: int(str(a["position"])))
     conn = sqlite3.connect(db)

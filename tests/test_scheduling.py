@@ -21,11 +21,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import tidelog
+from support.scheduling import check_old_claims_upgraded, schedule_pending_and_claimed
 from support.server import ADMIN_KEY, Serve
 from tidelog.cli import app
 from tidelog.engines._kit.scheduling import FAILED_STREAM, Scheduler
 from tidelog.schemas import SchemaRegistry, ValidatingStore
-from tidelog.testing.conformance import collect
 
 LATER = timedelta(hours=1)
 WAIT = 30.0
@@ -370,10 +370,8 @@ async def test_a_sqlite_file_from_before_claim_rows_keeps_its_pending_and_claime
     rows' ready time past their due time) loses nothing and delivers nothing twice."""
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
-    pending, claimed = tidelog.NewEvent(type="Pending"), tidelog.NewEvent(type="Claimed")
     async with await tidelog.connect(url) as store:
-        await store.append("order-1", [pending], deliver_after=LATER)
-        await store.append("order-2", [claimed], deliver_after=LATER)
+        pending, claimed = await schedule_pending_and_claimed(store)
     hour_us = 3_600_000_000
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("DROP TABLE scheduled_claims")
@@ -381,13 +379,4 @@ async def test_a_sqlite_file_from_before_claim_rows_keeps_its_pending_and_claime
             "UPDATE scheduled SET ready_at = due_at + ? WHERE id = ?",
             (2 * hour_us, claimed.id.bytes),
         )
-    async with await tidelog.connect(url) as store:
-        assert await store.count_scheduled() == 2
-        assert not await store.cancel_scheduled(claimed.id)  # the older claim holds
-        due = time.time() + LATER.total_seconds() + 60
-        assert await Scheduler(store).run_once(now=due) == 1
-        assert [e.id for e in await collect(store.read_stream("order-1"))] == [pending.id]
-        assert await collect(store.read_stream("order-2")) == []
-        assert await Scheduler(store).run_once(now=due + 2 * 3600) == 1  # its lease ended
-        assert [e.id for e in await collect(store.read_stream("order-2"))] == [claimed.id]
-        assert await store.count_scheduled() == 0
+    await check_old_claims_upgraded(url, pending, claimed)

@@ -19,16 +19,15 @@ import json
 import os
 import pathlib
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
+from functools import partial
 from uuid import UUID
 
 import pytest
 
 import tidelog
+from support.crash import ack_lines, kill_after, wait_for_growth
 
 CHILD = pathlib.Path(__file__).parent / "support" / "sqlite_child.py"
 ROUNDS = 16
@@ -36,11 +35,7 @@ STREAMS = ("order-a", "order-b", "order-c", "order-d")
 
 
 def _acks(path: pathlib.Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    complete = text[: text.rfind("\n") + 1]  # a line cut by the kill was never acknowledged
-    return [json.loads(line) for line in complete.splitlines()]
+    return [json.loads(line) for line in ack_lines(path)]
 
 
 async def _check(db: pathlib.Path, acks: list[dict[str, object]]) -> int:
@@ -69,15 +64,6 @@ async def _check(db: pathlib.Path, acks: list[dict[str, object]]) -> int:
     return len(log)
 
 
-def _wait_for_growth(path: pathlib.Path, deadline: float) -> None:
-    """Return once `path` grew past its size at the call (or at the deadline)."""
-    start = path.stat().st_size if path.exists() else 0
-    while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size > start:
-            return
-        time.sleep(0.01)
-
-
 def _kill_rounds(
     mode: str, db: pathlib.Path, ack_file: str | pathlib.Path, rounds: int, rng: random.Random
 ) -> list[int | AssertionError]:
@@ -85,21 +71,8 @@ def _kill_rounds(
     outcomes: list[int | AssertionError] = []
     deadline = time.monotonic() + 60  # bound the test even on a loaded machine
     for _ in range(rounds):
-        child = subprocess.Popen(
-            [sys.executable, str(CHILD), mode, str(db), str(ack_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            # Kill while it writes, not while it starts: on a loaded machine the
-            # child's imports alone can outlast a fixed sleep.
-            _wait_for_growth(pathlib.Path(ack_file), deadline)
-            time.sleep(rng.uniform(0.05, 0.5))
-        finally:
-            child.send_signal(signal.SIGKILL)
-            _, err = child.communicate()
-        # It must have been killed, not crashed on its own.
-        assert child.returncode == -signal.SIGKILL, err.decode()
+        writing = partial(wait_for_growth, pathlib.Path(ack_file), deadline, rng.uniform(0.05, 0.5))
+        kill_after([str(CHILD), mode, str(db), str(ack_file)], writing)
         try:
             outcomes.append(asyncio.run(_check(db, _acks(pathlib.Path(ack_file)))))
         except AssertionError as exc:

@@ -31,7 +31,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,15 +38,12 @@ from dataclasses import dataclass
 import pytest
 
 import tidelog
-from support.consumers import nats_store_url, url_for
 from support.nats import NatsServer, private_nats
+from support.worker_procs import start_worker, store_url
 from tidelog.consumers import ParkedStatus, Producer, list_parked
 
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).parent
-WORKERS = ROOT / "support" / "workers"
-TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
 
 LEASE = 1.5
 POISON_PER_STREAM, POISON_AT = 5, 2
@@ -101,14 +97,7 @@ class Workers:
     def start(self) -> subprocess.Popen[bytes]:
         log = self.tmp / f"worker-{len(self.procs)}.log"
         env = dict(os.environ, CHAOS_STORE=self.url, VIEW_DIR=str(self.tmp), CHAOS_LEASE=str(LEASE))
-        with log.open("wb") as err:
-            proc = subprocess.Popen(
-                [TIDELOG, "worker", "chaos_app:app"],
-                cwd=WORKERS,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
+        proc = start_worker("chaos_app:app", env, log)
         self.procs.append(proc)
         self.logs[proc.pid] = log
         return proc
@@ -167,22 +156,8 @@ async def progress(store: tidelog.Store) -> tuple[int, int]:
 async def test_three_workers_survive_kill_and_pause(
     kind: str, scale: Scale, tmp_path: pathlib.Path, request: pytest.FixtureRequest
 ) -> None:
-    schemas = None
-    if kind == "postgres":
-        from support.postgres import Schemas, require_postgres
-
-        await require_postgres()
-        schemas = Schemas()
-        url = schemas.url("partitions=12&pool_max=4")
-    elif kind == "nats":  # the server starts only when this variant runs
-        url = nats_store_url(request.getfixturevalue("nats_server"), "partitions=12")
-    else:
-        url = url_for(kind, tmp_path).replace("partitions=8", "partitions=12")
-    try:
+    async with store_url(kind, tmp_path, request) as url:
         await run_chaos(url, scale, tmp_path)
-    finally:
-        if schemas is not None:
-            await schemas.drop()
 
 
 async def run_chaos(url: str, scale: Scale, tmp_path: pathlib.Path) -> None:

@@ -31,20 +31,17 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 import tidelog
-from support.consumers import nats_store_url, url_for
 from support.nats import NatsServer, private_nats
+from support.worker_procs import start_worker, store_url
 from tidelog.consumers import RunnerOptions
 
 pytestmark = pytest.mark.slow
 
-WORKERS = pathlib.Path(__file__).parent / "support" / "workers"
-TIDELOG = str(pathlib.Path(sys.executable).parent / "tidelog")
 EVENTS, STREAMS, MEMBERS, KILL_AT = 20_000, 1_000, 3, 6_800
 WIDTH = 11  # kill_app.WIDTH
 
@@ -69,17 +66,6 @@ def handled(records: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in records.glob("*.rec")) // WIDTH
 
 
-def start_worker(env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [TIDELOG, "worker", "kill_app:app"],
-            cwd=WORKERS,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-
-
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "kind",
@@ -92,22 +78,8 @@ def start_worker(env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[byt
 async def test_sigkill_duplicates_are_bounded(
     kind: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
 ) -> None:
-    schemas = None
-    if kind == "postgres":
-        from support.postgres import Schemas, require_postgres
-
-        await require_postgres()
-        schemas = Schemas()
-        url = schemas.url("partitions=12&pool_max=4")
-    elif kind == "nats":
-        url = nats_store_url(request.getfixturevalue("nats_server"), "partitions=12")
-    else:
-        url = url_for(kind, tmp_path).replace("partitions=8", "partitions=12")
-    try:
+    async with store_url(kind, tmp_path, request) as url:
         await run_kill(kind, url, tmp_path)
-    finally:
-        if schemas is not None:
-            await schemas.drop()
 
 
 async def run_kill(kind: str, url: str, tmp: pathlib.Path) -> None:
@@ -134,7 +106,9 @@ async def run_kill(kind: str, url: str, tmp: pathlib.Path) -> None:
         go = tmp / "go"
         env = dict(os.environ, KILL_STORE=url, RECORD_DIR=str(records), GO=str(go))
         try:
-            procs.extend(start_worker(env, tmp / f"worker-{i}.log") for i in range(MEMBERS))
+            procs.extend(
+                start_worker("kill_app:app", env, tmp / f"worker-{i}.log") for i in range(MEMBERS)
+            )
             until = loop.time() + 300
             # handling starts once all joined and heartbeated on their final
             # assignment: the duplicates counted are the kill's, not the joins'

@@ -31,15 +31,13 @@ import time
 from typing import Any
 
 import tidelog
+from benchmarks.common import fill
+from benchmarks.workloads.store import open_loop
 from tidelog.consumers import App, Context, RunnerOptions
 
 __all__ = ["end_to_end_latency", "group_throughput"]
 
 HERE = pathlib.Path(__file__).parent
-STREAMS = 1_000
-FILL_BATCH = 400
-"""Events per `append_many` when filling: NATS writes at most 1,000 messages
-atomically, two per event (the event and its id-index entry)."""
 LATENCY_RATE = 2_000
 LEASE = 3.0
 """The workers' lease (`BENCH_LEASE`); they heartbeat every third of it."""
@@ -48,21 +46,6 @@ LEASE = 3.0
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _fill(store: tidelog.Store, n: int) -> None:
-    sent = 0
-    while sent < n:
-        batch = min(FILL_BATCH, n - sent)
-        await store.append_many(
-            {
-                f"bench-{(sent + i) % STREAMS}": tidelog.AppendRequest(
-                    events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
-                )
-                for i in range(batch)
-            }
-        )
-        sent += batch
 
 
 async def _run_group(url: str, store: tidelog.Store, workers: int) -> float:
@@ -156,7 +139,7 @@ async def group_throughput(backend: Any, sizes: Any) -> dict[str, Any]:
     n = min(sizes.replay_events, 100_000)
     url = backend.store_url()
     async with tidelog.connect(url) as store:
-        await _fill(store, n)
+        await fill(store, "bench", n)
         t = time.perf_counter()
         count = 0
         async for _ in store.read_all(categories=["bench"]):
@@ -196,8 +179,6 @@ async def end_to_end_latency(backend: Any, sizes: Any) -> dict[str, Any]:
             if len(plain) >= n:
                 return
 
-    appends: set[asyncio.Task[None]] = set()
-
     async def one(i: int) -> None:
         event = tidelog.NewEvent(type="Tick", data=b"x" * 100)
         await store.append(f"lat-{i % 100}", [event])
@@ -207,18 +188,7 @@ async def end_to_end_latency(backend: Any, sizes: Any) -> dict[str, Any]:
         runner = asyncio.create_task(app.run())
         sub = asyncio.create_task(subscriber(await store.last_position()))
         await asyncio.sleep(0.5)  # members joined, subscription live
-        sent = 0
-        t0 = time.perf_counter()
-        while sent < n:
-            due = min(n, int((time.perf_counter() - t0) * LATENCY_RATE) + 1)
-            while sent < due:
-                task = asyncio.create_task(one(sent))
-                appends.add(task)
-                task.add_done_callback(appends.discard)
-                sent += 1
-            await asyncio.sleep(0.001)
-        while appends:
-            await asyncio.gather(*list(appends))
+        await open_loop(n, LATENCY_RATE, one)
         await asyncio.wait_for(done.wait(), 60)
         await asyncio.wait_for(sub, 60)
         app.request_stop()

@@ -33,27 +33,13 @@ import tempfile
 from typing import Any
 
 import tidelog
-from benchmarks.workloads.consumers import FILL_BATCH, STREAMS, _timed_group
+from benchmarks.common import fill
+from benchmarks.workloads.consumers import _timed_group
 
 __all__ = ["group_scaling"]
 
 KINDS = {"trivial": "scale", "io": "scaleio"}
 """Handler kind -> the category its events are in."""
-
-
-async def _fill(store: tidelog.Store, category: str, n: int) -> None:
-    sent = 0
-    while sent < n:
-        batch = min(FILL_BATCH, n - sent)
-        await store.append_many(
-            {
-                f"{category}-{(sent + i) % STREAMS}": tidelog.AppendRequest(
-                    events=[tidelog.NewEvent(type="Tick", data=b"x" * 100)]
-                )
-                for i in range(batch)
-            }
-        )
-        sent += batch
 
 
 async def _one(url: str, store: tidelog.Store, kind: str, workers: int, n: int) -> dict[str, Any]:
@@ -102,7 +88,7 @@ async def group_scaling(backend: Any, sizes: Any) -> dict[str, Any]:
     by_kind: dict[str, dict[str, Any]] = {}
     async with tidelog.connect(url) as store:
         for kind, category in KINDS.items():
-            await _fill(store, category, events[kind])
+            await fill(store, category, events[kind])
         for kind in KINDS:
             by_kind[kind] = {str(w): await _one(url, store, kind, w, events[kind]) for w in counts}
     rate = {k: {w: r["rate"] for w, r in runs.items()} for k, runs in by_kind.items()}

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import TaskProgressColumn
 
-from tidelog._cli_kit import connect_options, emit, open_store, run, say, settings
+from tidelog._cli_kit import connect_options, emit, open_store, progress_bar, run, say, settings
 from tidelog._connect import resolved_url
 from tidelog._redact import redact_url
 from tidelog.errors import InvalidInput
@@ -112,13 +112,11 @@ def register(app: typer.Typer) -> None:
                 open_store(ctx, url=source, reads_only=True) as src,
                 open_store(ctx, url=destination) as dst,
             ):
-                with Progress(
-                    TextColumn("copy"),
-                    BarColumn(),
+                with progress_bar(
+                    "copy",
                     TaskProgressColumn(),
-                    TextColumn("position {task.completed:,.0f}/{task.total:,.0f}"),
-                    TimeElapsedColumn(),
-                    console=err,
+                    "position {task.completed:,.0f}/{task.total:,.0f}",
+                    err,
                     disable=as_json,
                 ) as bar:
                     task = bar.add_task("copy", total=1)

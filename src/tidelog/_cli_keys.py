@@ -128,10 +128,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Keys of the store: id, principal, first characters; never the key itself."""
         rows = run(_list_keys(ctx, all_))
-        if emit_rows(ctx, rows):
+        if emit_rows(
+            ctx, rows, empty="no keys in the store (keys of the config file are not listed)"
+        ):
             return
-        if not rows:
-            typer.echo("no keys in the store (keys of the config file are not listed)")
         for k in rows:
             revoked = f"  revoked {k['revoked_at']}" if k.get("revoked_at") else ""
             typer.echo(
@@ -164,9 +164,7 @@ def register(app: typer.Typer) -> None:
     def grants_list(ctx: typer.Context) -> None:
         """Grants in force: the store's, and through a server the config file's too."""
         rows = run(_list_grants(ctx))
-        if emit_rows(ctx, rows):
+        if emit_rows(ctx, rows, empty="no grants in the store"):
             return
-        if not rows:
-            typer.echo("no grants in the store")
         for g in rows:
             typer.echo(f"{g['grant']}  ({g['source']})")

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 import msgspec
 import typer
@@ -25,6 +25,10 @@ import tidelog
 from tidelog import model
 from tidelog.errors import InvalidInput
 from tidelog.model import ExpectedVersion, RecordedEvent, validate_expected_version
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
 
 __all__ = [
     "CategoriesOption",
@@ -40,6 +44,7 @@ __all__ = [
     "open_store",
     "parse_expected_version",
     "parse_json",
+    "progress_bar",
     "partition_lags",
     "run",
     "say",
@@ -120,13 +125,18 @@ def say(ctx: typer.Context, value: Any, text: str) -> None:
         typer.echo(text)
 
 
-def emit_rows(ctx: typer.Context, rows: Iterable[Any]) -> bool:
+def emit_rows(ctx: typer.Context, rows: Iterable[Any], *, empty: str | None = None) -> bool:
     """Under `--json`, print each row as one JSON line and return True: the command is done.
 
     Without `--json` it prints nothing and returns False, leaving the caller to
-    draw its table (or sentence) for a person.
+    draw its table (or sentence) for a person; given `empty`, a listing with no
+    rows (a list) prints that sentence instead and returns True, so a person is
+    never left with blank output.
     """
     if not settings(ctx).json:
+        if empty is not None and not rows:
+            typer.echo(empty)
+            return True
         return False
     for row in rows:
         emit(row)
@@ -206,6 +216,25 @@ def import_user_module(module_path: str) -> ModuleType:
         return importlib.import_module(module_path)
     except Exception as exc:
         raise InvalidInput(f"cannot import {module_path!r}: {one_line(exc)}") from None
+
+
+def progress_bar(
+    label: str, count: ProgressColumn, note: str, console: Console, *, disable: bool
+) -> Progress:
+    """A long command's progress on stderr, alike in every command: a label, the bar,
+    a count, a note, the time taken. (rich is imported here, when a bar is drawn, not
+    with every command.)"""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        count,
+        TextColumn(note),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable,
+    )
 
 
 def one_line(exc: BaseException) -> str:

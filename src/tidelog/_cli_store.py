@@ -19,7 +19,7 @@ from uuid import UUID
 import msgspec
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import MofNCompleteColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -35,6 +35,7 @@ from tidelog._cli_kit import (
     open_store,
     parse_expected_version,
     parse_json,
+    progress_bar,
     run,
     settings,
 )
@@ -330,15 +331,8 @@ def demo(
         time.strftime("%Y%m%d-%H%M%S"), os.getpid()
     )
     err = _console(err=True)
-    progress = Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("events"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=as_json,
-        transient=False,
+    progress = progress_bar(
+        "{task.description:<10}", MofNCompleteColumn(), "events", err, disable=as_json
     )
     tasks = {
         "append": progress.add_task("append", total=events),

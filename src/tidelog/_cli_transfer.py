@@ -43,16 +43,10 @@ from uuid import UUID
 import msgspec
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import DownloadColumn
 
 from tidelog import wire
-from tidelog._cli_kit import CategoriesOption, open_store, run, say
+from tidelog._cli_kit import CategoriesOption, open_store, progress_bar, run, say
 from tidelog._cloudevent_map import (
     LOCATION_EXTENSIONS,
     STRUCTURED_DECODER,
@@ -346,13 +340,11 @@ def import_events(
         info = os.fstat(source.fileno())
         total = info.st_size if stat.S_ISREG(info.st_mode) else None  # a pipe has no size
     console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("importing"),
-        BarColumn(),
+    progress = progress_bar(
+        "importing",
         DownloadColumn(),
-        TextColumn("{task.fields[events]} events"),
-        TimeElapsedColumn(),
-        console=console,
+        "{task.fields[events]} events",
+        console,
         disable=not console.is_terminal,
     )
 

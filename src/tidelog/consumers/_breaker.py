@@ -77,12 +77,7 @@ class Breaker:
         if not self.closed:
             self.closed, self.probing, self.delay = True, False, self.initial
             self.stats.paused_handlers -= 1
-            emit(
-                logging.WARNING,
-                "breaker_closed",
-                group=self.handler.group,
-                handler=self.handler.name,
-            )
+            self._log(logging.WARNING, "breaker_closed")
             self._wake()
 
     def failed(self, stream: str, error: BaseException, *, fresh: bool, probe: bool) -> bool:
@@ -109,11 +104,9 @@ class Breaker:
         self.closed, self.delay = False, self.initial
         self.stats.breaker_opens += 1
         self.stats.paused_handlers += 1
-        emit(
+        self._log(
             logging.WARNING,
             "breaker_opened",
-            group=self.handler.group,
-            handler=self.handler.name,
             streams=len(self.streams),
             pause=self.delay,
             error=repr(error)[:500],
@@ -136,13 +129,7 @@ class Breaker:
                 if self.closed:  # a call begun before the pause succeeded meanwhile
                     return False
                 self.stats.breaker_probes += 1
-                emit(
-                    logging.INFO,
-                    "breaker_probe",
-                    group=self.handler.group,
-                    handler=self.handler.name,
-                    pause=self.delay,
-                )
+                self._log(logging.INFO, "breaker_probe", pause=self.delay)
                 return True
             changed = self._changed
             self.fresh_waiting += fresh
@@ -151,6 +138,10 @@ class Breaker:
             finally:
                 self.fresh_waiting -= fresh
         return False
+
+    def _log(self, level: int, event: str, **fields: object) -> None:
+        """A breaker log line: each names the group and the handler it pauses."""
+        emit(level, event, group=self.handler.group, handler=self.handler.name, **fields)
 
     def _wake(self) -> None:
         self._changed.set()

@@ -263,10 +263,8 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 (the commands are neste
             return rows
 
         rows = run(body())
-        if emit_rows(ctx, rows):
-            return
-        if not rows:
-            typer.echo("no consumer groups yet (a worker's handler or a join creates one)")
+        empty = "no consumer groups yet (a worker's handler or a join creates one)"
+        if emit_rows(ctx, rows, empty=empty):
             return
         from rich.console import Console
         from rich.table import Table

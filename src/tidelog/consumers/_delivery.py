@@ -50,7 +50,7 @@ from ._flow import Credits, Limiter
 from ._handler import Handler
 from ._stats import Stats, emit
 
-__all__ = ["NOT_THE_EVENTS_FAULT", "Delivery", "DeliveryGroup", "Shared"]
+__all__ = ["NOT_THE_EVENTS_FAULT", "Delivery", "DeliveryGroup", "PartitionPart", "Shared"]
 
 NOT_THE_EVENTS_FAULT = (asyncio.CancelledError, StaleGeneration, StoreUnavailable, StoreClosed)
 """Fenced, or the store is down: no attempt is spent; the event is tried again later
@@ -91,7 +91,21 @@ class Shared:
         object.__setattr__(self, "breaker", Breaker(self.handler, self.stats))
 
 
-class Delivery:
+class PartitionPart:
+    """What a partition run and its delivery both hold, from the same four arguments."""
+
+    def __init__(
+        self, group: DeliveryGroup, shared: Shared, scope: DeliveryScope, checkpoint: Checkpoint
+    ) -> None:
+        self.group = group
+        self.handler = shared.handler
+        self.stats = shared.stats
+        self.running = shared.running
+        self.scope = scope
+        self.checkpoint = checkpoint
+
+
+class Delivery(PartitionPart):
     """Puts one partition's events through the handler: attempts, backoff, the DLQ."""
 
     def __init__(
@@ -101,13 +115,9 @@ class Delivery:
         scope: DeliveryScope,
         checkpoint: Checkpoint,
     ) -> None:
-        self.group = group
-        self.handler = h = shared.handler
-        self.stats = shared.stats
-        self.running = shared.running
+        super().__init__(group, shared, scope, checkpoint)
         self.breaker = shared.breaker
-        self.scope = scope
-        self.checkpoint = checkpoint
+        h = self.handler
         self.direct = h.fn if h.options.batch is None and h.event_class is None else None
         """The handler itself when it takes the `RecordedEvent` as is (skips `Handler.invoke`)."""
         # imported when a consumer runs, not with `import tidelog` (which leaves the

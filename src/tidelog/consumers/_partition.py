@@ -31,7 +31,7 @@ from tidelog.model import RecordedEvent
 
 from ._checkpoints import Checkpoint
 from ._context import Context, DeliveryScope
-from ._delivery import NOT_THE_EVENTS_FAULT, Delivery, DeliveryGroup, Shared
+from ._delivery import NOT_THE_EVENTS_FAULT, Delivery, DeliveryGroup, PartitionPart, Shared
 from ._flow import cancel_and_wait
 from ._stats import emit, log
 
@@ -69,8 +69,10 @@ _new_context = object.__new__
 """Makes a `Context` without `__init__`: see `Context._deliver`."""
 
 
-class PartitionRun:
+class PartitionRun(PartitionPart):
     """Delivers one partition owned by this member, from its checkpoint on."""
+
+    group: Group
 
     inline: ClassVar[bool] = True
     """Handle the common case written out in `_work_streams`; False sends every event
@@ -80,15 +82,10 @@ class PartitionRun:
     def __init__(
         self, group: Group, shared: Shared, scope: DeliveryScope, checkpoint: Checkpoint
     ) -> None:
-        self.group = group
-        self.handler = h = shared.handler
-        self.stats = shared.stats
-        self.running = shared.running
+        super().__init__(group, shared, scope, checkpoint)
         self.credits = shared.credits
-        self.scope = scope
-        self.checkpoint = checkpoint
         self.p = scope.partition
-        self.by_stream = h.options.batch is None
+        self.by_stream = self.handler.options.batch is None
         """Streams are handled in parallel; batches go one after the other, in log order."""
         self.ready: deque[_Item] = deque()
         """Fetched events (and settle requests) in log order, not yet taken by a worker."""

@@ -42,7 +42,15 @@ from tidelog.server._connections import ConnectionLimit
 from tidelog.server._consumers_api import ROUTES as CONSUMERS_ROUTES
 from tidelog.server._dashboard import HISTORY_KEY, History
 from tidelog.server._dashboard import ROUTES as DASHBOARD_ROUTES
-from tidelog.server._deps import Runtime, auth_challenge, principal, provide_access, runtime
+from tidelog.server._deps import (
+    Runtime,
+    auth_challenge,
+    principal,
+    provide_access,
+    provide_group,
+    provide_log_filter,
+    runtime,
+)
 from tidelog.server._dlq_api import ROUTES as DLQ_ROUTES
 from tidelog.server._group_quota import GroupQuota
 from tidelog.server._groups_api import ROUTES as GROUPS_ROUTES
@@ -188,7 +196,11 @@ def create_app(store: Engine, config: ServerConfig, *, close_store: bool = False
 
     app = Litestar(
         route_handlers=[*ROUTES, *asset_routes()],  # the API docs' scripts, served here
-        dependencies={"access": Provide(provide_access)},
+        dependencies={
+            "access": Provide(provide_access),
+            "target": Provide(provide_group),
+            "log_filter": Provide(provide_log_filter),
+        },
         exception_handlers={Exception: _error_response},
         request_max_body_size=config.limits.max_body_bytes,
         state=State({"runtime": rt, HISTORY_KEY: history}),

@@ -6,7 +6,8 @@ position it has already taken), acks by committing a partition's position,
 and nacks an event it gives up on: the event is parked in `$dlq-<group>` and
 the checkpoint moves past it in one transaction, exactly as a local worker
 parks after `max_attempts`. Every operation is fenced by the generation, and
-needs read on the group as well as on its category (`need_group`).
+needs read on the group as well as on its category (`need_group`, checked by
+the `target` dependency).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
 import tidelog
 from tidelog import wire
@@ -25,7 +26,7 @@ from tidelog.consumers._dlq import dlq_stream, parked_entry
 from tidelog.errors import InvalidInput, StaleGeneration
 from tidelog.model import AppendRequest
 from tidelog.security.acl import Permission
-from tidelog.server._deps import AccessDep, decode_body, need_group, need_stream, runtime
+from tidelog.server._deps import AccessDep, GroupDep, decode_body, need_stream, runtime
 
 __all__ = ["ROUTES"]
 
@@ -77,10 +78,8 @@ async def _owned(
 
 @get("/v1/groups/{group:str}/{category:str}/fetch", summary="Fetch a member's next events")
 async def fetch(
-    group: FromPath[str],
-    category: FromPath[str],
+    target: GroupDep,
     state: State,
-    access: AccessDep,
     member: FromQuery[str],
     generation: Annotated[int, QueryParameter(ge=0, le=2**62)],
     after: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
@@ -90,7 +89,7 @@ async def fetch(
 
     Each event carries its `partition`: acking it is a commit of that partition.
     """
-    need_group(access, group, category)
+    group, category = target.group, target.category
     store = runtime(state).store
     partitions = await _owned(store, group, category, member, generation)
     points = await store.checkpoints(group, category)
@@ -111,14 +110,10 @@ async def fetch(
 
 @post("/v1/groups/{group:str}/{category:str}/nack", status_code=200, summary="Park an event")
 async def nack(
-    group: FromPath[str],
-    category: FromPath[str],
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
+    target: GroupDep, request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> wire.WireResults:
     """Park the event at `position` in `$dlq-<group>` and commit its partition past it."""
-    need_group(access, group, category)
+    group, category = target.group, target.category
     need_stream(access, dlq_stream(group), Permission.WRITE)
     data = await decode_body(request, WireNack)
     store = runtime(state).store

@@ -45,6 +45,7 @@ from tidelog.engines.contract import Engine
 from tidelog.errors import NotSupported
 from tidelog.security.acl import Access, Permission
 from tidelog.server._deps import AccessDep, runtime
+from tidelog.server._rounds import one_round
 
 __all__ = ["CSP", "HISTORY_KEY", "ROUTES", "History", "Stats"]
 
@@ -187,14 +188,9 @@ class History:
 
     async def run(self, store: Callable[[], Engine]) -> None:
         while True:
-            started = time.monotonic()
-            try:
-                await self.sample(store())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store may be down: a gap in the charts, no crash
-                log.warning("dashboard history sample failed: %s", exc)
-            took = time.monotonic() - started
+            took = await one_round(
+                lambda: self.sample(store()), log, "dashboard history sample failed"
+            )
             await asyncio.sleep(max(self.interval, _SAMPLE_DUTY * took))
 
 

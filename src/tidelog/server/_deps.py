@@ -13,13 +13,14 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from tidelog import wire
 from tidelog._cloudevent_map import DERIVED_ID_VERSION
@@ -39,6 +40,10 @@ from tidelog.server._readiness import Readiness
 __all__ = [
     "DERIVED_ID_VERSION",
     "AccessDep",
+    "GroupDep",
+    "GroupRef",
+    "LogFilter",
+    "LogFilterDep",
     "Runtime",
     "append_requests",
     "auth_challenge",
@@ -53,6 +58,8 @@ __all__ = [
     "page_limit",
     "principal",
     "provide_access",
+    "provide_group",
+    "provide_log_filter",
     "registry_of",
     "runtime",
 ]
@@ -170,6 +177,57 @@ def need_group(access: Access, group: str, category: str) -> None:
     need_categories(access, [category], Permission.READ)
     if not access.can_group(group, Permission.READ):
         raise AccessDenied(f"{access.principal!r} lacks read on group {group!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRef:
+    """The group a route names in its path, once the caller may act on it (`need_group`)."""
+
+    group: str
+    category: str
+
+
+async def provide_group(
+    group: FromPath[str], category: FromPath[str], access: AccessDep
+) -> GroupRef:
+    """The `target` dependency of the routes that change a group or read for one of its members.
+
+    One dependency checks `need_group` for them all, before the body is used, so
+    no such route can forget it.
+    """
+    need_group(access, group, category)
+    return GroupRef(group, category)
+
+
+GroupDep = NamedDependency[GroupRef]
+"""The path's group and category, access-checked, provided as `target`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """The part of the global log a page read or a live subscription asks for."""
+
+    from_position: int
+    categories: list[str] | None
+    types: list[str] | None
+    partitions: list[int] | None
+
+
+async def provide_log_filter(
+    access: AccessDep,
+    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+    category: FromQuery[list[str] | None] = None,
+    type: FromQuery[list[str] | None] = None,
+    partition: FromQuery[list[int] | None] = None,
+) -> LogFilter:
+    """The `log_filter` dependency: reading and subscribing take the same query, and the
+    same check (read on each category, or on `$all` for none)."""
+    need_categories(access, category, Permission.READ)
+    return LogFilter(from_position, category, type, partition)
+
+
+LogFilterDep = NamedDependency[LogFilter]
+"""The query's filter of the global log, access-checked, provided as `log_filter`."""
 
 
 def need_categories(access: Access, categories: Sequence[str] | None, perm: Permission) -> None:

@@ -2,8 +2,8 @@
 
 Fetch and nack, for remote consumers, are in `_consumers_api`. Membership and
 commits change a group, so they need a grant on the group itself besides read
-on its category (`need_group`); describing and listing only look, and need read
-on the category.
+on its category (`need_group`, checked by the `target` dependency); describing
+and listing only look, and need read on the category.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from tidelog.errors import InvalidInput
 from tidelog.security.acl import Permission
 from tidelog.server._deps import (
     AccessDep,
+    GroupDep,
     append_requests,
     decode_body,
     need_categories,
-    need_group,
     runtime,
 )
 
@@ -32,14 +32,13 @@ __all__ = ["ROUTES"]
 
 @post("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=200)
 async def join_group(
-    group: FromPath[str],
-    category: FromPath[str],
+    target: GroupDep,
     member: FromPath[str],
     state: State,
     access: AccessDep,
     data: JSONBody[wire.WireJoin | None] = None,
 ) -> tidelog.Membership:
-    need_group(access, group, category)
+    group, category = target.group, target.category
     rt = runtime(state)
     await rt.group_quota.claim(rt.store, access.principal, group, category)
     body = data or _DEFAULT_JOIN
@@ -50,47 +49,32 @@ async def join_group(
 
 @post("/v1/groups/{group:str}/{category:str}/members/{member:str}/heartbeat", status_code=200)
 async def heartbeat(
-    group: FromPath[str],
-    category: FromPath[str],
+    target: GroupDep,
     member: FromPath[str],
     state: State,
-    access: AccessDep,
     data: JSONBody[wire.WireHeartbeat | None] = None,
 ) -> tidelog.Membership:
-    need_group(access, group, category)
     body = data or _DEFAULT_HEARTBEAT
     return await runtime(state).store.heartbeat(
-        group, category, member, _lease(body.lease), release=body.release
+        target.group, target.category, member, _lease(body.lease), release=body.release
     )
 
 
 @delete("/v1/groups/{group:str}/{category:str}/members/{member:str}", status_code=204)
-async def leave_group(
-    group: FromPath[str],
-    category: FromPath[str],
-    member: FromPath[str],
-    state: State,
-    access: AccessDep,
-) -> None:
-    need_group(access, group, category)
-    await runtime(state).store.leave_group(group, category, member)
+async def leave_group(target: GroupDep, member: FromPath[str], state: State) -> None:
+    await runtime(state).store.leave_group(target.group, target.category, member)
 
 
 @post("/v1/groups/{group:str}/{category:str}/commit", status_code=200)
 async def commit(
-    group: FromPath[str],
-    category: FromPath[str],
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
+    target: GroupDep, request: Request[Any, Any, Any], state: State, access: AccessDep
 ) -> wire.WireResults:
-    need_group(access, group, category)
     rt = runtime(state)
     data = await decode_body(request, wire.WireCommit)
     appends = append_requests(rt, access, data.appends, names=False) if data.appends else None
     results = await rt.store.commit(
-        group,
-        category,
+        target.group,
+        target.category,
         data.partition,
         data.position,
         member=data.member,

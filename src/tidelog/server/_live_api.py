@@ -21,7 +21,7 @@ from tidelog import wire
 from tidelog.errors import AccessDenied, InvalidInput, TidelogError
 from tidelog.security.acl import Access, Permission
 from tidelog.security.tokens import AuthError
-from tidelog.server._deps import AccessDep, Runtime, need_categories, runtime
+from tidelog.server._deps import AccessDep, LogFilterDep, Runtime, need_categories, runtime
 from tidelog.server._deps import principal as principal_of
 
 __all__ = ["ROUTES"]
@@ -29,22 +29,17 @@ __all__ = ["ROUTES"]
 
 @get("/v1/subscribe", summary="Subscribe (Server-Sent Events; the SSE id is the position)")
 async def subscribe(
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
-    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
-    category: FromQuery[list[str] | None] = None,
-    type: FromQuery[list[str] | None] = None,
-    partition: FromQuery[list[int] | None] = None,
+    request: Request[Any, Any, Any], state: State, access: AccessDep, log_filter: LogFilterDep
 ) -> ServerSentEvent:
     rt = runtime(state)
-    need_categories(access, category, Permission.READ)
+    f = log_filter
+    from_position = f.from_position
     last_id = request.headers.get("last-event-id")
     if last_id is not None:
         if not last_id.isdigit() or len(last_id) > 18:
             raise InvalidInput("Last-Event-ID must be a position")
         from_position = int(last_id) + 1
-    feed = _Feed(rt, access, from_position, category, type, partition)
+    feed = _Feed(rt, access, from_position, f.categories, f.types, f.partitions)
     return _FeedResponse(feed)
 
 

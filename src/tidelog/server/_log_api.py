@@ -11,7 +11,7 @@ from litestar.params import FromQuery, QueryParameter
 import tidelog
 from tidelog import wire
 from tidelog.security.acl import Permission
-from tidelog.server._deps import AccessDep, need_categories, page_limit, runtime
+from tidelog.server._deps import AccessDep, LogFilterDep, need_categories, page_limit, runtime
 
 __all__ = ["ROUTES"]
 
@@ -20,18 +20,15 @@ __all__ = ["ROUTES"]
 async def read_all(
     state: State,
     access: AccessDep,
-    from_position: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
-    category: FromQuery[list[str] | None] = None,
-    type: FromQuery[list[str] | None] = None,
-    partition: FromQuery[list[int] | None] = None,
+    log_filter: LogFilterDep,
     limit: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
 ) -> wire.WirePage:
     rt = runtime(state)
-    need_categories(access, category, Permission.READ)
+    f = log_filter
     events = [
         wire.WireEvent.from_recorded(e)
         async for e in rt.store.read_all(
-            from_position, category, type, page_limit(rt, limit), partition
+            f.from_position, f.categories, f.types, page_limit(rt, limit), f.partitions
         )
         if access.can_stream(e.stream, Permission.READ)
     ]

@@ -32,6 +32,7 @@ from tidelog.engines._kit.scheduling import Scheduler
 from tidelog.engines.contract import Engine
 from tidelog.errors import NotSupported
 from tidelog.server._config import Scaling
+from tidelog.server._rounds import one_round
 
 __all__ = ["Metrics", "desired_members"]
 
@@ -323,14 +324,7 @@ class Metrics:
         on the request path); the values are at most one refresh old.
         """
         while True:
-            started = time.monotonic()
-            try:
-                await self.refresh_lag(store())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store may be down; the next round retries
-                log.warning("metrics refresh failed: %s", exc)
-            took = time.monotonic() - started
+            took = await one_round(lambda: self.refresh_lag(store()), log, "metrics refresh failed")
             await asyncio.sleep(max(_MIN_REFRESH_GAP, _REFRESH_DUTY * took))
             self._stale.clear()
             with contextlib.suppress(TimeoutError):

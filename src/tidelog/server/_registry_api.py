@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
 from tidelog.errors import InvalidInput
@@ -113,34 +115,57 @@ def _version(value: str) -> int | None:
     return int(value)
 
 
-def _flag(request: Request[Any, Any, Any], name: str) -> bool:
-    """A boolean query parameter (`?deleted=true`; Python clients send `True`)."""
-    return str(request.query_params.get(name, "")).lower() == "true"
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One request to the registry: the caller's access, its query, the app's registry.
 
-
-def _subject(
-    request: Request[Any, Any, Any], subject: str, access: Access, permission: Permission
-) -> str:
-    """The path's subject, once the caller may use the registry that way.
-
-    The permission is checked first, so a caller without access learns nothing
-    about which subject names are valid.
+    Every route takes it as its `call` dependency rather than the request, the
+    state and the access one by one: what they do with the three is the same few
+    steps (check a permission, name a subject, read a flag, lock the registry).
     """
-    need(access, permission)
-    return subject_of(request, subject)
+
+    request: Request[Any, Any, Any]
+    state: State
+    access: Access
+
+    def need(self, permission: Permission) -> None:
+        need(self.access, permission)
+
+    def subject(self, subject: str, permission: Permission) -> str:
+        """The path's subject, once the caller may use the registry that way.
+
+        The permission is checked first, so a caller without access learns nothing
+        about which subject names are valid.
+        """
+        need(self.access, permission)
+        return subject_of(self.request, subject)
+
+    def version(self, subject: str, version: str, permission: Permission) -> tuple[str, int | None]:
+        """The path's subject and version (None: `latest`), checked in that order."""
+        return self.subject(subject, permission), _version(version)
+
+    def flag(self, name: str) -> bool:
+        """A boolean query parameter (`?deleted=true`; Python clients send `True`)."""
+        return str(self.request.query_params.get(name, "")).lower() == "true"
+
+    @asynccontextmanager
+    async def registry(self) -> AsyncIterator[SchemaRegistry]:
+        """The app's registry, held under the lock that serializes it.
+
+        Every route reads or changes the registry as one step under this lock, so a
+        check and the change it guards (delete only after a soft delete, ...) never
+        interleave with another request's.
+        """
+        registry, lock = registry_of(self.state)
+        async with lock:
+            yield registry
 
 
-@asynccontextmanager
-async def _locked(state: State) -> AsyncIterator[SchemaRegistry]:
-    """The app's registry, held under the lock that serializes it.
+async def _provide_call(request: Request[Any, Any, Any], state: State, access: AccessDep) -> _Call:
+    return _Call(request, state, access)
 
-    Every route reads or changes the registry as one step under this lock, so a
-    check and the change it guards (delete only after a soft delete, ...) never
-    interleave with another request's.
-    """
-    registry, lock = registry_of(state)
-    async with lock:
-        yield registry
+
+_CallDep = NamedDependency[_Call]
 
 
 def _subject_missing(subject: str) -> Exception:
@@ -177,12 +202,10 @@ def _described(sv: SchemaVersion) -> dict[str, Any]:
 
 
 @post("/subjects/{subject:str}/versions", summary="Register a schema version (Confluent API)")
-async def register_schema(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
-    subject = _subject(request, subject, access, Permission.WRITE)
-    schema, schema_type = await _schema_body(request)
-    async with _locked(state) as registry:
+async def register_schema(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
+    subject = call.subject(subject, Permission.WRITE)
+    schema, schema_type = await _schema_body(call.request)
+    async with call.registry() as registry:
         sv = await registry.register(subject, schema, schema_type=schema_type)
     return reply({"id": sv.id})
 
@@ -192,15 +215,13 @@ async def register_schema(
     summary="Is this schema registered under the subject? (Confluent API)",
     status_code=200,
 )
-async def lookup_schema(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
+async def lookup_schema(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
     """What serializers do with `auto.register.schemas=False`: find the version
     holding exactly this schema (`?deleted=true` searches soft-deleted ones too)."""
-    subject = _subject(request, subject, access, Permission.READ)
-    schema, schema_type = await _schema_body(request)
-    deleted = _flag(request, "deleted")
-    async with _locked(state) as registry:
+    subject = call.subject(subject, Permission.READ)
+    schema, schema_type = await _schema_body(call.request)
+    deleted = call.flag("deleted")
+    async with call.registry() as registry:
         if not await registry.versions(subject, deleted=deleted):
             raise _subject_missing(subject)
         sv = await registry.lookup(subject, schema, schema_type, deleted=deleted)
@@ -210,16 +231,14 @@ async def lookup_schema(
 
 
 @get("/subjects", summary="List subjects (Confluent API)")
-async def list_subjects(
-    request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
+async def list_subjects(call: _CallDep) -> Response[bytes]:
     """`?deleted=true` adds soft-deleted subjects, `?deletedOnly=true` lists only
     them; `?subjectPrefix=` keeps those starting with it."""
-    need(access, Permission.READ)
-    only_deleted = _flag(request, "deletedOnly") or _flag(request, "deleted_only")
-    prefix = str(request.query_params.get("subjectPrefix", ""))
-    async with _locked(state) as registry:
-        subjects = await registry.subjects(deleted=only_deleted or _flag(request, "deleted"))
+    call.need(Permission.READ)
+    only_deleted = call.flag("deletedOnly") or call.flag("deleted_only")
+    prefix = str(call.request.query_params.get("subjectPrefix", ""))
+    async with call.registry() as registry:
+        subjects = await registry.subjects(deleted=only_deleted or call.flag("deleted"))
         if only_deleted:
             live = set(await registry.subjects())
             subjects = [s for s in subjects if s not in live]
@@ -227,27 +246,20 @@ async def list_subjects(
 
 
 @get("/subjects/{subject:str}/versions", summary="List a subject's versions (Confluent API)")
-async def list_versions(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
-    subject = _subject(request, subject, access, Permission.READ)
-    async with _locked(state) as registry:
-        versions = await registry.versions(subject, deleted=_flag(request, "deleted"))
+async def list_versions(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
+    subject = call.subject(subject, Permission.READ)
+    async with call.registry() as registry:
+        versions = await registry.versions(subject, deleted=call.flag("deleted"))
     if not versions:
         raise _subject_missing(subject)
     return reply(versions)
 
 
-async def _read_version(
-    subject: str, version: str, request: Request[Any, Any, Any], state: State, access: Access
-) -> SchemaVersion:
+async def _read_version(call: _Call, subject: str, version: str) -> SchemaVersion:
     """The version a GET names (`?deleted=true`: soft-deleted ones too)."""
-    need(access, Permission.READ)
-    wanted = _version(version)
-    async with _locked(state) as registry:
-        return await _lookup(
-            registry, subject_of(request, subject), wanted, deleted=_flag(request, "deleted")
-        )
+    subject, wanted = call.version(subject, version, Permission.READ)
+    async with call.registry() as registry:
+        return await _lookup(registry, subject, wanted, deleted=call.flag("deleted"))
 
 
 @get(
@@ -255,13 +267,9 @@ async def _read_version(
     summary="A subject's schema at a version or 'latest' (Confluent API)",
 )
 async def get_version(
-    subject: FromPath[str],
-    version: FromPath[str],
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
+    subject: FromPath[str], version: FromPath[str], call: _CallDep
 ) -> Response[bytes]:
-    return reply(_described(await _read_version(subject, version, request, state, access)))
+    return reply(_described(await _read_version(call, subject, version)))
 
 
 @get(
@@ -269,13 +277,9 @@ async def get_version(
     summary="Only the schema of a subject's version (Confluent API)",
 )
 async def get_version_schema(
-    subject: FromPath[str],
-    version: FromPath[str],
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
+    subject: FromPath[str], version: FromPath[str], call: _CallDep
 ) -> Response[bytes]:
-    return reply((await _read_version(subject, version, request, state, access)).schema)
+    return reply((await _read_version(call, subject, version)).schema)
 
 
 @delete(
@@ -283,13 +287,11 @@ async def get_version_schema(
     summary="Delete a subject: soft, or with ?permanent=true after a soft delete (Confluent API)",
     status_code=200,
 )
-async def delete_subject(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
+async def delete_subject(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
     """The versions deleted. Events written under them stay in the store."""
-    subject = _subject(request, subject, access, Permission.WRITE)
-    permanent = _flag(request, "permanent")
-    async with _locked(state) as registry:
+    subject = call.subject(subject, Permission.WRITE)
+    permanent = call.flag("permanent")
+    async with call.registry() as registry:
         live = await registry.versions(subject)
         if not await registry.versions(subject, deleted=True):
             raise _subject_missing(subject)
@@ -317,17 +319,12 @@ async def delete_subject(
     status_code=200,
 )
 async def delete_version(
-    subject: FromPath[str],
-    version: FromPath[str],
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
+    subject: FromPath[str], version: FromPath[str], call: _CallDep
 ) -> Response[bytes]:
     """The version deleted. It no longer validates appends of its event type."""
-    subject = _subject(request, subject, access, Permission.WRITE)
-    wanted = _version(version)
-    permanent = _flag(request, "permanent")
-    async with _locked(state) as registry:
+    subject, wanted = call.version(subject, version, Permission.WRITE)
+    permanent = call.flag("permanent")
+    async with call.registry() as registry:
         kept = await registry.versions(subject, deleted=True)
         if not kept:
             raise _subject_missing(subject)
@@ -359,12 +356,10 @@ async def delete_version(
 
 
 @get("/schemas/ids/{schema_id:int}", summary="A schema by global id (Confluent API)")
-async def get_schema_by_id(
-    schema_id: FromPath[int], state: State, access: AccessDep
-) -> Response[bytes]:
+async def get_schema_by_id(schema_id: FromPath[int], call: _CallDep) -> Response[bytes]:
     """Soft-deleted versions' ids still resolve: data written under them stays readable."""
-    need(access, Permission.READ)
-    async with _locked(state) as registry:
+    call.need(Permission.READ)
+    async with call.registry() as registry:
         uses = await registry.uses_of(schema_id, deleted=True)
     if not uses:
         raise refuse(404, 40403, f"Schema {schema_id} not found")
@@ -375,29 +370,27 @@ async def get_schema_by_id(
     "/schemas/ids/{schema_id:int}/versions",
     summary="The subjects and versions registered with a schema id (Confluent API)",
 )
-async def get_schema_versions(
-    schema_id: FromPath[int], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
-    need(access, Permission.READ)
-    async with _locked(state) as registry:
+async def get_schema_versions(schema_id: FromPath[int], call: _CallDep) -> Response[bytes]:
+    call.need(Permission.READ)
+    async with call.registry() as registry:
         if not await registry.uses_of(schema_id, deleted=True):
             raise refuse(404, 40403, f"Schema {schema_id} not found")
-        uses = await registry.uses_of(schema_id, deleted=_flag(request, "deleted"))
+        uses = await registry.uses_of(schema_id, deleted=call.flag("deleted"))
     return reply([{"subject": sv.subject, "version": sv.version} for sv in uses])
 
 
 @get("/schemas/types", summary="The schema types this registry takes (Confluent API)")
-async def get_schema_types(access: AccessDep) -> Response[bytes]:
-    need(access, Permission.READ)
+async def get_schema_types(call: _CallDep) -> Response[bytes]:
+    call.need(Permission.READ)
     return reply(sorted(SCHEMA_TYPES))
 
 
 # --------------------------------------------------------------------------- compatibility
 
 
-def _verdict(request: Request[Any, Any, Any], problems: list[str]) -> Response[bytes]:
+def _verdict(call: _Call, problems: list[str]) -> Response[bytes]:
     result: dict[str, Any] = {"is_compatible": not problems}
-    if _flag(request, "verbose"):
+    if call.flag("verbose"):
         result["messages"] = problems
     return reply(result)
 
@@ -408,20 +401,15 @@ def _verdict(request: Request[Any, Any, Any], problems: list[str]) -> Response[b
     status_code=200,
 )
 async def check_compatibility(
-    subject: FromPath[str],
-    version: FromPath[str],
-    request: Request[Any, Any, Any],
-    state: State,
-    access: AccessDep,
+    subject: FromPath[str], version: FromPath[str], call: _CallDep
 ) -> Response[bytes]:
     """Against one version (`latest`: the latest live one), in the subject's mode."""
-    subject = _subject(request, subject, access, Permission.READ)
-    wanted = _version(version)
-    schema, schema_type = await _schema_body(request)
-    async with _locked(state) as registry:
+    subject, wanted = call.version(subject, version, Permission.READ)
+    schema, schema_type = await _schema_body(call.request)
+    async with call.registry() as registry:
         sv = await _lookup(registry, subject, wanted)
         problems = await registry.check(subject, schema, schema_type, against=sv.version)
-    return _verdict(request, problems)
+    return _verdict(call, problems)
 
 
 @post(
@@ -429,16 +417,14 @@ async def check_compatibility(
     summary="Would this schema be compatible as the next version? (Confluent API)",
     status_code=200,
 )
-async def check_compatibility_all(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
+async def check_compatibility_all(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
     """Exactly what registering would check: the latest version, or every live
     version in a `_TRANSITIVE` mode. A subject with no versions accepts anything."""
-    subject = _subject(request, subject, access, Permission.READ)
-    schema, schema_type = await _schema_body(request)
-    async with _locked(state) as registry:
+    subject = call.subject(subject, Permission.READ)
+    schema, schema_type = await _schema_body(call.request)
+    async with call.registry() as registry:
         problems = await registry.check(subject, schema, schema_type)
-    return _verdict(request, problems)
+    return _verdict(call, problems)
 
 
 # --------------------------------------------------------------------------- config
@@ -448,17 +434,15 @@ def _level(mode: Compatibility) -> dict[str, str]:
     return {"compatibility": mode.value, "compatibilityLevel": mode.value}
 
 
-async def _config_reply(state: State, subject: str | None) -> Response[bytes]:
-    async with _locked(state) as registry:
+async def _config_reply(call: _Call, subject: str | None) -> Response[bytes]:
+    async with call.registry() as registry:
         mode = await registry.compatibility(subject)
     return reply(_level(mode))
 
 
-async def _set_config(
-    request: Request[Any, Any, Any], state: State, subject: str | None
-) -> Response[bytes]:
-    limit = runtime(state).config.limits.max_json_depth
-    body: ConfigBody = _decode(await request.body(), _CONFIG, limit)
+async def _set_config(call: _Call, subject: str | None) -> Response[bytes]:
+    limit = runtime(call.state).config.limits.max_json_depth
+    body: ConfigBody = _decode(await call.request.body(), _CONFIG, limit)
     given = body.compatibility or body.compatibilityLevel or ""
     try:
         mode = Compatibility(given.upper())
@@ -469,38 +453,32 @@ async def _set_config(
             f"invalid compatibility level {given[:40]!r}: one of "
             + ", ".join(m.value for m in Compatibility),
         ) from None
-    async with _locked(state) as registry:
+    async with call.registry() as registry:
         await registry.set_compatibility(mode, subject)
     return reply({"compatibility": mode.value})
 
 
 @get("/config", summary="The global compatibility level (Confluent API)")
-async def get_config(state: State, access: AccessDep) -> Response[bytes]:
-    need(access, Permission.READ)
-    return await _config_reply(state, None)
+async def get_config(call: _CallDep) -> Response[bytes]:
+    call.need(Permission.READ)
+    return await _config_reply(call, None)
 
 
 @put("/config", summary="Set the global compatibility level (Confluent API)")
-async def put_config(
-    request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
-    need(access, Permission.WRITE)
-    return await _set_config(request, state, None)
+async def put_config(call: _CallDep) -> Response[bytes]:
+    call.need(Permission.WRITE)
+    return await _set_config(call, None)
 
 
 @get("/config/{subject:str}", summary="A subject's compatibility level (Confluent API)")
-async def get_subject_config(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
+async def get_subject_config(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
     """The subject's own level, else the global one (Confluent's `defaultToGlobal`)."""
-    return await _config_reply(state, _subject(request, subject, access, Permission.READ))
+    return await _config_reply(call, call.subject(subject, Permission.READ))
 
 
 @put("/config/{subject:str}", summary="Set a subject's compatibility level (Confluent API)")
-async def put_subject_config(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
-    return await _set_config(request, state, _subject(request, subject, access, Permission.WRITE))
+async def put_subject_config(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
+    return await _set_config(call, call.subject(subject, Permission.WRITE))
 
 
 @delete(
@@ -508,12 +486,10 @@ async def put_subject_config(
     summary="Remove a subject's own compatibility level (Confluent API)",
     status_code=200,
 )
-async def delete_subject_config(
-    subject: FromPath[str], request: Request[Any, Any, Any], state: State, access: AccessDep
-) -> Response[bytes]:
+async def delete_subject_config(subject: FromPath[str], call: _CallDep) -> Response[bytes]:
     """The level removed; the subject follows the global level again."""
-    subject = _subject(request, subject, access, Permission.WRITE)
-    async with _locked(state) as registry:
+    subject = call.subject(subject, Permission.WRITE)
+    async with call.registry() as registry:
         own = await registry.own_compatibility(subject)
         if own is None:
             raise refuse(
@@ -548,6 +524,7 @@ ROUTES = [
             put_subject_config,
             delete_subject_config,
         ],
+        dependencies={"call": Provide(_provide_call)},
         exception_handlers={Exception: confluent_error},
         tags=["schema registry"],
     )
