@@ -83,9 +83,7 @@ class Committer:
     """Finished events of all the consumer's partitions not yet committed: at
     `commit_every` a commit round starts (`finished`)."""
     round_due: bool = field(default=False, init=False)
-    """A commit round is under way: not every partition it asked has committed yet."""
-    round_left: int = field(default=0, init=False)
-    """Partitions the current round asked to commit that have not yet tried."""
+    """A commit round was asked for and no commit finished since."""
     checkpoints: set[Checkpoint] = field(default_factory=set, init=False)
     """The consumer's live partitions (`Checkpoint` registers, `forget` removes)."""
     no_transactions: bool = field(default=False, init=False)
@@ -118,35 +116,17 @@ class Committer:
         `commit_every` and no round is pending, so its loop over the partitions
         runs once per round, not once per event.
         """
-        asked = 0
+        self.round_due = True
         for checkpoint in self.checkpoints:
-            if checkpoint.since_commit and not checkpoint.round_asked:
+            if checkpoint.since_commit:
                 checkpoint.round_asked = True
                 checkpoint.progress.set()
-                asked += 1
-        self.round_left += asked
-        self.round_due = self.round_left > 0
-
-    def round_answered(self, checkpoint: Checkpoint) -> None:
-        """`checkpoint` tried its round commit (or left): the round ends with its last one.
-
-        Until then `round_due` stays set, so the per-event path does not start
-        the round again (a loop over every partition per finished event while
-        the round's commits are on their way).
-        """
-        if checkpoint.round_asked:
-            checkpoint.round_asked = False
-            self.round_left -= 1
-            if self.round_left <= 0:
-                self.round_left = 0
-                self.round_due = False
 
     def forget(self, checkpoint: Checkpoint) -> None:
         """A partition run ended: its uncommitted events no longer count (they are redelivered)."""
         if checkpoint in self.checkpoints:
             self.checkpoints.discard(checkpoint)
             self.unsaved -= checkpoint.since_commit
-        self.round_answered(checkpoint)
 
     def refused(self, exc: StaleGeneration, partition: int, position: int) -> None:
         self.stats.refused_commits += 1
@@ -284,13 +264,6 @@ class Checkpoint:
 
     async def commit(self, final: bool = False) -> bool:
         """Commit the partition's progress; False if the engine refused (fenced)."""
-        committer = self.committer
-        try:
-            return await self._commit(final)
-        finally:
-            committer.round_answered(self)
-
-    async def _commit(self, final: bool) -> bool:
         position = self.committable()
         if position <= self.committed:
             return True
@@ -302,6 +275,7 @@ class Checkpoint:
             self.since_commit -= counted
             if self in committer.checkpoints:  # a forgotten run's count was taken back
                 committer.unsaved -= counted
+            committer.round_due = False
         except StaleGeneration as exc:
             committer.refused(exc, self.p, position)
             if not final:
@@ -324,6 +298,7 @@ class Checkpoint:
             self.progress.clear()
             self.catch_up_due = False
             quiet = self.since_commit < self.commit_every and not self.round_asked
+            self.round_asked = False  # a round asking during the commit counts for the next
             before = self.committed
             await self.commit()
             if quiet and self.committed != before:
