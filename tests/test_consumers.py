@@ -641,6 +641,36 @@ async def test_a_partition_that_caught_up_commits_without_waiting_for_the_interv
     await run.stop()
 
 
+async def test_catching_up_right_after_a_commit_round_commits_without_the_interval(
+    store: tidelog.Store,
+) -> None:
+    """A commit round (the consumer's `commit_every` reached across its partitions)
+    is not a quiet commit: a partition that catches up just after one still
+    commits at once (#17: it waited for `commit_interval`, and a quick
+    `group_throughput` spent two thirds of its time waiting)."""
+    await fill(store, streams=12, per_stream=20)
+    handled = 0
+    # the consumer reaches commit_every with its first 120 events (no partition
+    # alone does); the clock would commit after an hour
+    app = App("t", store, options=replace(FAST, commit_interval=3600.0, commit_every=100))
+
+    @app.handler("order", group="g")
+    async def handle(event: tidelog.RecordedEvent, ctx: Context) -> None:
+        nonlocal handled
+        if event.version == 10:  # the rest only once that round committed something
+            while not await store.checkpoints("g", "order"):  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.01)
+        handled += 1
+
+    last: dict[int, int] = {}
+    async for e in store.read_all(categories=["order"]):
+        last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
+    run = Running(app)
+    await eventually_async(lambda: store.checkpoints("g", "order"), lambda cps: cps == last)
+    assert handled == 240
+    await run.stop()
+
+
 async def test_waiting_workers_take_later_events_and_end_at_once_on_stop(
     store: tidelog.Store,
 ) -> None:

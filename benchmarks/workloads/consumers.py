@@ -4,10 +4,13 @@ Registered in `WORKLOADS` (`benchmarks/workloads/__init__.py`).
 
 `group_throughput`: N events (`sizes.replay_events`, at most 100,000) in 1,000
 streams of one category are handled by a group of 1, 2 and 4 `tidelog worker`
-processes with a trivial handler (a fresh group each time, on the same
-store). The clock starts once every member has heartbeated after the last one
-joined, so each works on the final assignment (handlers wait for a go file until
-then), and stops when every partition's checkpoint reached its last event.
+processes with a trivial handler (a fresh group and category each time, on the
+same store). The members join while their category is still empty, so the
+cooperative hand-overs of the joins finish at once; the events are appended
+once every member holds its final share of the partitions and heartbeated
+after the last change (handlers wait for a go file until then). The clock
+starts with the go file and stops when every partition's checkpoint reached
+its last event.
 `value` is the 1-worker rate, `baseline` a plain `read_all` of the same events
 in one process; `by_workers` gives all three rates. Needs an engine that
 several processes can open (SQLite file, PostgreSQL, NATS).
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tidelog
@@ -48,10 +52,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _run_group(url: str, store: tidelog.Store, workers: int) -> float:
-    group = f"g{workers}"
+async def _run_group(url: str, store: tidelog.Store, workers: int, n: int) -> float:
+    group = category = f"g{workers}"
     with tempfile.TemporaryDirectory() as tmp:
-        return await _timed_group(url, store, workers, group, pathlib.Path(tmp) / "go")
+        return await _timed_group(
+            url,
+            store,
+            workers,
+            group,
+            pathlib.Path(tmp) / "go",
+            category,
+            fill=lambda: fill(store, category, n),
+        )
 
 
 async def _timed_group(
@@ -62,8 +74,16 @@ async def _timed_group(
     go: pathlib.Path,
     category: str = "bench",
     extra_env: dict[str, str] | None = None,
+    fill: Callable[[], Awaitable[None]] | None = None,
 ) -> float:
     """Seconds from the go signal until `workers` processes committed all of `category`.
+
+    `fill` appends the category's events once the group settled, so the members
+    join an empty category: a join's cooperative hand-over waits for the
+    handlers of the partitions it moves, and before the go file those wait for
+    it, so with the events already there the old holder kept the partitions
+    until after the start and the new member began late (#17: in a quick
+    `group_scaling` run the second process started 0.1-0.2 s after the first).
 
     The processes are stopped with SIGTERM before returning (they finish their
     in-flight events and exit normally, so their `atexit` records are written).
@@ -94,10 +114,12 @@ async def _timed_group(
         for _ in range(workers)
     ]
     last: dict[int, int] = {}
-    async for e in store.read_all(categories=[category]):
-        last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
     try:
         await _settled(store, group, workers, category)
+        if fill is not None:
+            await fill()
+        async for e in store.read_all(categories=[category]):
+            last[tidelog.partition_of(e.stream, store.partition_count)] = e.position
         t0 = time.perf_counter()
         go.touch()  # noqa: ASYNC240 - the start signal, once
         while await store.checkpoints(group, category) != last:  # noqa: ASYNC110
@@ -114,16 +136,20 @@ async def _timed_group(
 
 
 async def _settled(store: tidelog.Store, group: str, workers: int, category: str = "bench") -> None:
-    """Wait until `workers` members joined and each heartbeated after the last join.
+    """Wait until `workers` members hold their shares and each heartbeated after the last change.
 
     A heartbeat returns the member's final assignment. Before it, a member may
     still handle partitions it lost; the new owner then handles them again (its
     commits refused), which a fixed pause cannot rule out on a busy machine.
+    A partition being handed over stays with its old holder until released,
+    so the shares are checked too (each member within one partition of the
+    others).
     """
     settled_at = generation = None
     while True:
         desc = await store.describe_group(group, category)
-        if desc is None or len(desc.members) != workers:
+        held = [len(m.partitions) for m in desc.members] if desc is not None else []
+        if len(held) != workers or max(held) - min(held) > 1:
             settled_at = None
         elif settled_at is None or desc.generation != generation:
             settled_at, generation = time.time(), desc.generation
@@ -147,7 +173,7 @@ async def group_throughput(backend: Any, sizes: Any) -> dict[str, Any]:
         baseline = count / (time.perf_counter() - t)
         rates = {}
         for workers in (1, 2, 4):
-            seconds = await _run_group(url, store, workers)
+            seconds = await _run_group(url, store, workers, n)
             rates[str(workers)] = round(n / seconds)
     return {
         "value": rates["1"],

@@ -4,14 +4,18 @@ Registered in `WORKLOADS` (`benchmarks/workloads/__init__.py`); the exact
 definition is in benchmarks/README.md.
 
 One store of the engine under test (a SQLite file, a PostgreSQL schema, a
-store on the private nats-server: several processes open it by URL) holds two
-categories of events in 1,000 streams each: `scale` for the trivial handler and
-`scaleio` for the I/O-bound one (awaits 5 ms per event). For each handler kind
-and each process count (1, 2, 4; `--quick`: 1, 2) a fresh group of real
-`tidelog worker` processes (`consumers_worker:app`) handles the whole category.
-The handlers wait for a go file until every member joined and heartbeated on
-its final assignment; each process then records its handled count and the
-wall-clock times of its first and last event, and writes them on exit.
+store on the private nats-server: several processes open it by URL) gets, for
+each handler kind and each process count (1, 2, 4; `--quick`: 1, 2), a fresh
+category of events in 1,000 streams (`scale1`, `scale2`, ... for the trivial
+handler, `scaleio1`, ... for the I/O-bound one, which awaits 5 ms per event),
+handled by a fresh group of real `tidelog worker` processes
+(`consumers_worker:app`). The members join while the category is empty; it is
+filled once each holds its final share of the partitions and heartbeated on
+it, and the handlers wait for a go file until then (`_timed_group`: with the
+events there before the joins, a hand-over waited for handlers that waited for
+the go file, and the second process started late). Each process then records
+its handled count and the wall-clock times of its first and last event, and
+writes them on exit.
 Throughput = distinct events / (last handled event - first handled event) over
 all the group's processes; `handled_twice` counts events handled more than once
 (a sound run has 0: nothing crashes).
@@ -43,8 +47,11 @@ KINDS = {"trivial": "scale", "io": "scaleio"}
 
 
 async def _one(url: str, store: tidelog.Store, kind: str, workers: int, n: int) -> dict[str, Any]:
-    """Run one group of `workers` processes over the category of `kind`; its figures."""
-    category = KINDS[kind]
+    """Run one group of `workers` processes over a fresh category of `kind`; its figures.
+
+    The category is filled once the group settled on it (`_timed_group`'s `fill`).
+    """
+    category = f"{KINDS[kind]}{workers}"
     with tempfile.TemporaryDirectory() as tmp:
         records = pathlib.Path(tmp)
         await _timed_group(
@@ -55,6 +62,7 @@ async def _one(url: str, store: tidelog.Store, kind: str, workers: int, n: int) 
             records / "go",
             category=category,
             extra_env={"BENCH_HANDLER": kind, "BENCH_RECORD": str(records / "rec-{pid}")},
+            fill=lambda: fill(store, category, n),
         )
         rows = [
             p.read_text().split()
@@ -87,8 +95,6 @@ async def group_scaling(backend: Any, sizes: Any) -> dict[str, Any]:
     url = backend.store_url()
     by_kind: dict[str, dict[str, Any]] = {}
     async with tidelog.connect(url) as store:
-        for kind, category in KINDS.items():
-            await fill(store, category, events[kind])
         for kind in KINDS:
             by_kind[kind] = {str(w): await _one(url, store, kind, w, events[kind]) for w in counts}
     rate = {k: {w: r["rate"] for w, r in runs.items()} for k, runs in by_kind.items()}
