@@ -1,0 +1,402 @@
+"""One live tail of the store per server, fanned out to every live subscriber.
+
+With a store subscription per SSE or WebSocket subscriber, a server with a
+thousand subscribers read every event from the store a thousand times and
+encoded it a thousand times: at 1,000 events/s the server's CPU went to that
+and delivery fell seconds behind. Here one `Hub` per server process follows
+the log once (`store.subscribe`), wraps each event in a `Delivery` whose
+encodings are made on first use and then shared by every subscriber, and
+hands each batch to every `Member` (one per subscriber) whose `Selector`
+(its filters and its principal's read grants) lets the events through. Members
+with the same selector share its work: a batch is filtered once per kind of
+subscriber, not once per subscriber.
+
+A member is fed from two places, in position order and without a gap:
+
+- the store, read by the member itself a page at a time (`read_page`), while
+  it catches up from an old position (`from`, `Last-Event-ID`) and whenever
+  it fell behind;
+- the hub, once it caught up: the hub puts each batch in the member's
+  bounded list of pending events, without ever waiting for it.
+
+A member that lets more than `bound` events wait is dropped by the hub at
+once (the hub never waits for a slow subscriber, so the others never do
+either) and goes back to reading the store from the first position it did not
+get; nothing is lost and the order holds, since the store has every event the
+hub had. It rejoins when its reads reach the end of the log.
+
+Joining is exact: the hub's `position` is the last position it handed on,
+and a member that joins (a synchronous step, with no await between reading
+`position` and being counted) gets every later event from the hub. What lies
+between the member's read cursor and that position is in the store (the hub
+saw it there), so the member reads up to it before it takes the hub's
+events, and drops any hub event its own reads already gave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
+
+from tidelog import wire
+from tidelog.engines.contract import Engine, LogFilter
+from tidelog.model import RecordedEvent, category_of, partition_of
+from tidelog.security.acl import Access, Permission
+
+__all__ = ["Delivery", "Hub", "Member"]
+
+_ENCODER = msgspec.json.Encoder()
+
+
+class Delivery:
+    """One event as the live routes send it; each encoding is made once, then shared.
+
+    The hub makes one per event and every subscriber holds the same object, so
+    an event read once is also encoded once however many subscribers get it.
+    """
+
+    __slots__ = ("_json", "_sse", "_text", "event")
+
+    def __init__(self, event: RecordedEvent) -> None:
+        self.event = event
+        self._json: bytes | None = None
+        self._sse: bytes | None = None
+        self._text: str | None = None
+
+    def json(self) -> bytes:
+        """The event as the wire's JSON (`wire.WireEvent`)."""
+        data = self._json
+        if data is None:
+            data = self._json = _ENCODER.encode(wire.WireEvent.from_recorded(self.event))
+        return data
+
+    def text(self) -> str:
+        """The JSON as text: a WebSocket text frame."""
+        text = self._text
+        if text is None:
+            text = self._text = self.json().decode()
+        return text
+
+    def sse(self) -> bytes:
+        """The event as one Server-Sent Events message, its id the position.
+
+        Event data embedded as JSON may hold line feeds (JSON whitespace; never
+        a carriage return, see `wire.embeds_as_json`): each line becomes a
+        `data` line of its own, which a client joins back with line feeds.
+        """
+        chunk = self._sse
+        if chunk is None:
+            data = self.json()
+            if 10 in data:
+                data = data.replace(b"\n", b"\r\ndata: ")
+            chunk = self._sse = b"id: %d\r\nevent: event\r\ndata: %b\r\n\r\n" % (
+                self.event.position,
+                data,
+            )
+        return chunk
+
+
+class Selector:
+    """Which events one kind of subscriber gets: its filters and its principal's grants.
+
+    The hub keeps one per distinct (principal, grants, filters), shared by the
+    members that have them, so a batch is filtered once per kind and the answer
+    "may this principal read this stream" is remembered once per kind: checking
+    grants was an eighth of the server's time per event when each subscriber
+    did it for itself. `Access` is a fixed snapshot of the grants, so the
+    answers stay true; a grant change ends every subscription (`end_subscriptions`).
+    """
+
+    def __init__(self, access: Access, filters: LogFilter, partitions: int) -> None:
+        self.access = access
+        self.filters = filters
+        self._partitions = partitions
+        self._readable: dict[str, bool] = {}
+
+    def select(self, batch: Sequence[Delivery]) -> list[Delivery]:
+        """The deliveries of `batch` this kind of subscriber gets, in order."""
+        cats, types, parts = self.filters
+        readable = self._readable
+        out: list[Delivery] = []
+        for d in batch:
+            e = d.event
+            if cats is not None and category_of(e.stream) not in cats:
+                continue
+            if types is not None and e.type not in types:
+                continue
+            if parts is not None and partition_of(e.stream, self._partitions) not in parts:
+                continue
+            allowed = readable.get(e.stream)
+            if allowed is None:
+                if len(readable) >= _READABLE_CACHE:
+                    readable.clear()  # bounded: a log of many streams cannot grow it
+                allowed = readable[e.stream] = self.access.can_stream(e.stream, Permission.READ)
+            if allowed:
+                out.append(d)
+        return out
+
+
+_READABLE_CACHE = 4096
+"""Streams whose read permission one selector remembers at most."""
+
+_PAGE = 500
+"""Events per store read while a member catches up."""
+
+_TAIL_BUFFER = 10_000
+"""Events the hub's store subscription may read ahead of its hand-out before it waits."""
+
+
+class Member:
+    """One live subscriber's place at the hub: its selector, its read cursor, its pending events.
+
+    `batches` is the subscriber's side: it reads the store while catching up,
+    then takes what the hub left. `offer` is the hub's side, synchronous: it
+    never waits for the subscriber.
+    """
+
+    def __init__(self, hub: Hub, selector: Selector, from_position: int, bound: int) -> None:
+        self.hub = hub
+        self.selector = selector
+        self.bound = bound
+        self.joined = False
+        self.closed = False
+        self.error: BaseException | None = None
+        self.fell_behind = 0
+        """How many times the hub dropped this member for being too slow (tests, metrics)."""
+        self._cursor = from_position
+        self._until: int | None = None
+        self._reading = True
+        self._floor = 0
+        self._pending: list[Delivery] = []
+        self._wake = asyncio.Event()
+
+    def offer(self, part: list[Delivery]) -> None:
+        """Take a batch from the hub (already selected); too many waiting: leave the hub."""
+        if part[0].event.position < self._floor:  # own reads already gave these
+            floor = self._floor
+            part = [d for d in part if d.event.position >= floor]
+            if not part:
+                return
+        if len(self._pending) + len(part) > self.bound:
+            self.hub.leave(self)
+            self.fell_behind += 1
+            self._wake.set()
+            return
+        self._pending.extend(part)
+        self._floor = part[-1].event.position + 1
+        self._wake.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """The hub's tail failed (the store closed, a database error): end this member."""
+        self.error = exc
+        self._wake.set()
+
+    def close(self) -> None:
+        """Leave the hub for good; `batches` ends."""
+        self.closed = True
+        self.hub.detach(self)
+        self._wake.set()
+
+    async def batches(self, keepalive: float) -> AsyncIterator[list[Delivery] | None]:
+        """The subscriber's events in position order, in batches; None every `keepalive`
+        seconds of silence. Ends when the member is closed; raises the hub's error."""
+        while not self.closed:
+            if self.error is not None:
+                raise self.error
+            if self._reading:
+                batch = await self._read()
+                if batch:
+                    yield batch
+            elif self._pending:
+                batch, self._pending = self._pending, []
+                yield batch
+            elif not self.joined:  # dropped for falling behind: read the store from where it was
+                self._reading, self._cursor, self._until = True, self._floor, None
+            else:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(keepalive):
+                        await self._wake.wait()
+                except TimeoutError:
+                    yield None
+
+    async def _read(self) -> list[Delivery]:
+        """One page from the store, and the step to the hub once the reads reach its position."""
+        store = self.hub.store
+        cats, types, parts = self.selector.filters
+        page = await store.read_page(self._cursor, cats, types, _PAGE, parts)
+        done = len(page) < _PAGE
+        if page:
+            self._cursor = page[-1].position + 1
+        until = self._until
+        if until is not None:
+            if page and page[-1].position >= until:
+                done = True
+                page = [e for e in page if e.position <= until]
+        elif done:
+            # the end of the log: join the hub; what it handed on before is in the
+            # store, so read up to its position first (nothing between the check
+            # of the position and the join: no await)
+            position = await self.hub.ready()
+            if self.closed:
+                return []
+            position = self.hub.join(self)
+            if position >= self._cursor:
+                done = False
+                self._until = position
+            self._floor = max(position + 1, self._cursor)
+        if done:
+            self._reading = False
+            self._until = None
+        return self.selector.select([Delivery(e) for e in page]) if page else []
+
+
+class Hub:
+    """The server's one live tail of `store`, handed to every member.
+
+    Its store subscription runs while it has members and stops with the last
+    one; `opened` counts the subscriptions it opened (tests check there is one
+    per server, not one per subscriber).
+    """
+
+    def __init__(self, store: Engine) -> None:
+        self.store = store
+        self.position: int | None = None
+        """The last position handed to the joined members; None while the tail opens."""
+        self.error: BaseException | None = None
+        self.opened = 0
+        self._members: set[Member] = set()
+        self._joined: dict[Member, None] = {}
+        self._selectors: dict[tuple[object, ...], Selector] = {}
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def members(self) -> int:
+        return len(self._members)
+
+    def attach(self, access: Access, filters: LogFilter, from_position: int, bound: int) -> Member:
+        """A new member reading from `from_position`; starts the tail if it is the first."""
+        key = (access.principal, access.grants, filters)
+        selector = self._selectors.get(key)
+        if selector is None:
+            selector = self._selectors[key] = Selector(access, filters, self.store.partition_count)
+        member = Member(self, selector, from_position, bound)
+        if self._tasks and self.error is not None:
+            self._stop()  # the tail failed; its members were told and are leaving
+        self._members.add(member)
+        if not self._tasks:
+            self._start()
+        return member
+
+    def detach(self, member: Member) -> None:
+        """Forget `member`; the last one to go stops the tail."""
+        self._members.discard(member)
+        self._joined.pop(member, None)
+        member.joined = False
+        if not self._members:
+            self._stop()
+
+    def join(self, member: Member) -> int:
+        """Hand `member` every event after the position returned (synchronous: exact)."""
+        assert self.position is not None
+        self._joined[member] = None
+        member.joined = True
+        return self.position
+
+    def leave(self, member: Member) -> None:
+        """Stop handing events to `member` (it fell behind and reads the store again)."""
+        self._joined.pop(member, None)
+        member.joined = False
+
+    async def ready(self) -> int:
+        """Wait for the tail to be open; its position. Raises the tail's error."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.position is not None:
+                return self.position
+            await self._ready.wait()
+
+    def _start(self) -> None:
+        self.error = None
+        self.position = None
+        self._ready.clear()
+        task = asyncio.create_task(self._tail())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._tasks.append(task)
+
+    def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        self._joined.clear()
+        self._selectors.clear()
+        self.position = None
+        self._ready.clear()
+
+    async def _tail(self) -> None:
+        """Follow the store; hand on what was read in batches: all that came since the last.
+
+        The store subscription runs in a task of its own that only appends to a
+        buffer, so while the hand-out is busy with a batch the next one gathers.
+        """
+        buffer: list[RecordedEvent] = []
+        more = asyncio.Event()
+        room = asyncio.Event()
+
+        async def follow(start: int) -> None:
+            async for event in self.store.subscribe(start):
+                buffer.append(event)
+                more.set()
+                if len(buffer) >= _TAIL_BUFFER:
+                    room.clear()
+                    await room.wait()
+
+        reader: asyncio.Task[None] | None = None
+        try:
+            head = await self.store.last_position()
+            self.opened += 1
+            reader = asyncio.create_task(follow(head + 1))
+            self.position = head
+            self._ready.set()
+            while True:
+                waiting = asyncio.ensure_future(more.wait())
+                await asyncio.wait({waiting, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiting.done():
+                    waiting.cancel()
+                    reader.result()  # the subscription ended: its error
+                    raise RuntimeError("the store subscription ended")
+                more.clear()
+                events = buffer[:]
+                buffer.clear()
+                room.set()
+                if events:
+                    self._hand_out([Delivery(e) for e in events])
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.error = exc
+                self._ready.set()
+                for member in list(self._members):
+                    member.fail(exc)
+            raise
+        finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+
+    def _hand_out(self, batch: list[Delivery]) -> None:
+        """Give each joined member its part of `batch`; one selection per selector."""
+        chosen: dict[Selector, list[Delivery]] = {}
+        for member in list(self._joined):
+            selector = member.selector
+            part = chosen.get(selector)
+            if part is None:
+                part = chosen[selector] = selector.select(batch)
+            if part:
+                member.offer(part)
+        self.position = batch[-1].event.position
