@@ -187,11 +187,9 @@ async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed)
     async def send_all() -> None:
         timeout = rt.config.limits.send_timeout
         async for batch in feed.batches():
-            if batch is None:
-                await asyncio.wait_for(socket.send_text('{"keepalive":true}'), timeout)
-                continue
-            for d in batch:
-                await asyncio.wait_for(socket.send_text(d.text()), timeout)
+            for text in (_WS_KEEPALIVE,) if batch is None else (d.text() for d in batch):
+                async with asyncio.timeout(timeout):  # a deadline, not a task per frame
+                    await socket.send_text(text)
 
     async def until_disconnect() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -210,6 +208,8 @@ async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed)
             task.cancel()
         await asyncio.gather(sender, reader, return_exceptions=True)
 
+
+_WS_KEEPALIVE = '{"keepalive":true}'
 
 _FIRST_MESSAGE = 'send {"token": "..."} first'
 
