@@ -228,6 +228,8 @@ class Member:
         store = self.hub.store
         cats, types, parts = self.selector.filters
         page = await store.read_page(self._cursor, cats, types, _PAGE, parts)
+        if self.closed:  # closed while reading (a hang-up, a stop): the hub may be gone
+            return []
         done = len(page) < _PAGE
         if page:
             self._cursor = page[-1].position + 1
@@ -240,9 +242,8 @@ class Member:
             # the end of the log: join the hub; what it handed on before is in the
             # store, so read up to its position first (nothing between the check
             # of the position and the join: no await)
-            position = await self.hub.ready()
-            if self.closed:
-                return []
+            if not await self.hub.ready(self):
+                return []  # closed while the tail opened
             position = self.hub.join(self)
             if position >= self._cursor:
                 done = False
@@ -312,19 +313,21 @@ class Hub:
         self._joined.pop(member, None)
         member.joined = False
 
-    async def ready(self) -> int:
-        """Wait for the tail to be open; its position. Raises the tail's error."""
+    async def ready(self, member: Member) -> bool:
+        """Wait for the tail to be open: True, or False when `member` closed meanwhile.
+        Raises the tail's error."""
         while True:
+            if member.closed:
+                return False
             if self.error is not None:
                 raise self.error
             if self.position is not None:
-                return self.position
+                return True
             await self._ready.wait()
 
     def _start(self) -> None:
         self.error = None
         self.position = None
-        self._ready.clear()
         task = asyncio.create_task(self._tail())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._tasks.append(task)
@@ -336,7 +339,8 @@ class Hub:
         self._joined.clear()
         self._selectors.clear()
         self.position = None
-        self._ready.clear()
+        self._ready.set()  # wake whoever waits (closed members): they look again
+        self._ready = asyncio.Event()
 
     async def _tail(self) -> None:
         """Follow the store; hand on what was read in batches: all that came since the last.
