@@ -304,6 +304,14 @@ async def test_a_stalled_client_does_not_hold_up_the_others(serve: Serve, tmp_pa
                 list(range(1, total + 1))
             ] * 3
             assert sum(m.fell_behind for m in _hub(server)._members) >= 1
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as plain:
+                metrics = (await plain.get("/metrics")).text
+            [counted] = [
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith("tidelog_subscriber_fell_behind_total ")
+            ]
+            assert counted >= 1
             # now it reads: every event, in order
             positions = await asyncio.to_thread(_read_positions, stalled, total)
             assert positions == list(range(1, total + 1))

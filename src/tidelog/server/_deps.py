@@ -95,7 +95,7 @@ class Runtime:
         (tests lend one server to store after store)."""
         hub = self.hub
         if hub is None or hub.store is not self.store:
-            hub = self.hub = Hub(self.store)
+            hub = self.hub = Hub(self.store, self.metrics.fell_behind.inc)
         return hub
 
     def end_live(self) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 
@@ -183,6 +183,7 @@ class Member:
         if len(self._pending) + len(part) > self.bound:
             self.hub.leave(self)
             self.fell_behind += 1
+            self.hub.on_fell_behind()
             self._wake.set()
             return
         self._pending.extend(part)
@@ -263,8 +264,10 @@ class Hub:
     per server, not one per subscriber).
     """
 
-    def __init__(self, store: Engine) -> None:
+    def __init__(self, store: Engine, on_fell_behind: Callable[[], object] = lambda: None) -> None:
         self.store = store
+        self.on_fell_behind = on_fell_behind
+        """Called each time a member falls behind (the server counts it in a metric)."""
         self.position: int | None = None
         """The last position handed to the joined members; None while the tail opens."""
         self.error: BaseException | None = None
