@@ -15,7 +15,8 @@ reported beside). Every subscriber must get every event, in position order.
 Reported per count (`steps`): p50/p99 delivery, whether every subscriber got
 every event in order, the server's resident memory (RSS) idle before the
 subscribers, with them connected, and at its peak during the run (sampled
-from /proc twice a second). `value` is the p99 of the step with the most
+from /proc twice a second); `growth` lines up p99 and RSS per count, to see
+how they grow from 100 to 1,000 to 5,000 subscribers. `value` is the p99 of the step with the most
 subscribers up to 1,000 (the issue's definition); the baseline is the p99
 of one subscriber under the same append rate, in the same run.
 """
@@ -216,6 +217,17 @@ async def sse_fanout(backend: Any, sizes: Any) -> dict[str, Any]:
         "all_delivered": chosen["all_delivered"],
         "in_order": chosen["in_order"],
         "server_rss_mb": chosen["server_rss_mb"],
+        "growth": {
+            n: {
+                "p99_ms": step.get("p99_ms"),
+                "achieved_rate": step.get("achieved_rate"),
+                "all_delivered": step.get("all_delivered"),
+                "server_rss_connected_mb": step.get("server_rss_mb", {}).get("connected"),
+                "server_rss_peak_mb": step.get("server_rss_mb", {}).get("peak"),
+                "error": step.get("error"),
+            }
+            for n, step in steps.items()
+        },
         "baseline_step": baseline,
         "steps": steps,
     }
