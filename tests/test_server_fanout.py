@@ -232,7 +232,7 @@ async def _take(member: Member, last: int) -> list[int]:
     async for batch in member.batches(keepalive=30):
         if batch is None:
             continue
-        got.extend(d.event.position for d in batch)
+        got.extend(d.event.position for part in batch for d in part.deliveries)
         if got and got[-1] >= last:
             return got
     return got

@@ -46,7 +46,7 @@ from tidelog.engines.contract import Engine, LogFilter
 from tidelog.model import RecordedEvent, category_of, partition_of
 from tidelog.security.acl import Access, Permission
 
-__all__ = ["Delivery", "Hub", "Member"]
+__all__ = ["Delivery", "Hub", "Member", "Part"]
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -96,6 +96,24 @@ class Delivery:
                 self.event.position,
                 data,
             )
+        return chunk
+
+
+class Part:
+    """The deliveries one kind of subscriber gets from one hand-out (or one store read),
+    with their SSE messages joined once: every subscriber of that kind sends the same
+    bytes, so a subscriber's send costs the same for one event as for a thousand."""
+
+    __slots__ = ("_sse", "deliveries")
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self.deliveries = deliveries
+        self._sse: bytes | None = None
+
+    def sse(self) -> bytes:
+        chunk = self._sse
+        if chunk is None:
+            chunk = self._sse = b"".join([d.sse() for d in self.deliveries])
         return chunk
 
 
@@ -170,24 +188,33 @@ class Member:
         self._until: int | None = None
         self._reading = True
         self._floor = 0
-        self._pending: list[Delivery] = []
+        self._pending: list[Part] = []
+        self._waiting = 0
+        """Events in `_pending`."""
         self._wake = asyncio.Event()
 
-    def offer(self, part: list[Delivery]) -> None:
-        """Take a batch from the hub (already selected); too many waiting: leave the hub."""
-        if part[0].event.position < self._floor:  # own reads already gave these
+    def offer(self, part: Part) -> None:
+        """Take a part of a hand-out (already selected); too many waiting: leave the hub.
+
+        A part larger than the bound is taken when nothing waits: a burst, not a
+        slow subscriber (and the part is shared, so it costs this member nothing).
+        """
+        deliveries = part.deliveries
+        if deliveries[0].event.position < self._floor:  # own reads already gave these
             floor = self._floor
-            part = [d for d in part if d.event.position >= floor]
-            if not part:
+            deliveries = [d for d in deliveries if d.event.position >= floor]
+            if not deliveries:
                 return
-        if len(self._pending) + len(part) > self.bound:
+            part = Part(deliveries)
+        if self._waiting and self._waiting + len(deliveries) > self.bound:
             self.hub.leave(self)
             self.fell_behind += 1
             self.hub.on_fell_behind()
             self._wake.set()
             return
-        self._pending.extend(part)
-        self._floor = part[-1].event.position + 1
+        self._pending.append(part)
+        self._waiting += len(deliveries)
+        self._floor = deliveries[-1].event.position + 1
         self._wake.set()
 
     def fail(self, exc: BaseException) -> None:
@@ -201,9 +228,10 @@ class Member:
         self.hub.detach(self)
         self._wake.set()
 
-    async def batches(self, keepalive: float) -> AsyncIterator[list[Delivery] | None]:
-        """The subscriber's events in position order, in batches; None every `keepalive`
-        seconds of silence. Ends when the member is closed; raises the hub's error."""
+    async def batches(self, keepalive: float) -> AsyncIterator[list[Part] | None]:
+        """The subscriber's events in position order, in batches of parts; None every
+        `keepalive` seconds of silence. Ends when the member is closed; raises the hub's
+        error."""
         while not self.closed:
             if self.error is not None:
                 raise self.error
@@ -212,7 +240,7 @@ class Member:
                 if batch:
                     yield batch
             elif self._pending:
-                batch, self._pending = self._pending, []
+                batch, self._pending, self._waiting = self._pending, [], 0
                 yield batch
             elif not self.joined:  # dropped for falling behind: read the store from where it was
                 self._reading, self._cursor, self._until = True, self._floor, None
@@ -224,7 +252,7 @@ class Member:
                 except TimeoutError:
                     yield None
 
-    async def _read(self) -> list[Delivery]:
+    async def _read(self) -> list[Part]:
         """One page from the store, and the step to the hub once the reads reach its position."""
         store = self.hub.store
         cats, types, parts = self.selector.filters
@@ -253,7 +281,8 @@ class Member:
         if done:
             self._reading = False
             self._until = None
-        return self.selector.select([Delivery(e) for e in page]) if page else []
+        selected = self.selector.select([Delivery(e) for e in page]) if page else []
+        return [Part(selected)] if selected else []
 
 
 class Hub:
@@ -398,12 +427,14 @@ class Hub:
 
     def _hand_out(self, batch: list[Delivery]) -> None:
         """Give each joined member its part of `batch`; one selection per selector."""
-        chosen: dict[Selector, list[Delivery]] = {}
+        chosen: dict[Selector, Part | None] = {}
         for member in list(self._joined):
             selector = member.selector
-            part = chosen.get(selector)
-            if part is None:
-                part = chosen[selector] = selector.select(batch)
-            if part:
+            if selector in chosen:
+                part = chosen[selector]
+            else:
+                selected = selector.select(batch)
+                part = chosen[selector] = Part(selected) if selected else None
+            if part is not None:
                 member.offer(part)
         self.position = batch[-1].event.position

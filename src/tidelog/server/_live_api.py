@@ -22,7 +22,7 @@ from tidelog.security.acl import Access, Permission
 from tidelog.security.tokens import AuthError
 from tidelog.server._deps import AccessDep, Runtime, need_categories, runtime
 from tidelog.server._deps import principal as principal_of
-from tidelog.server._fanout import Delivery
+from tidelog.server._fanout import Part
 
 __all__ = ["ROUTES"]
 
@@ -104,7 +104,7 @@ class _Feed:
         self._rt.metrics.subscriptions.dec()
         self._member.close()
 
-    async def batches(self) -> AsyncIterator[list[Delivery] | None]:
+    async def batches(self) -> AsyncIterator[list[Part] | None]:
         """Events the principal may read, live, in batches; None every keep-alive interval
         of silence.
 
@@ -123,7 +123,7 @@ class _Feed:
                 if self._closed:
                     return
                 if batch is not None:
-                    self._rt.metrics.read(len(batch))
+                    self._rt.metrics.read(sum(len(p.deliveries) for p in batch))
                 yield batch
         except Exception:  # the store failed or closed: the stream ends
             pass
@@ -168,17 +168,17 @@ _KEEPALIVE = b": keep-alive\r\n\r\n"
 
 
 async def _sse_chunks(
-    batches: AsyncIterator[list[Delivery] | None],
+    batches: AsyncIterator[list[Part] | None],
 ) -> AsyncIterator[bytes]:
     """Each batch as one chunk of SSE messages (the id is the position); keep-alives as
-    comments. Each event's message is encoded once per server (`Delivery.sse`)."""
+    comments. Each part's messages are encoded and joined once per server (`Part.sse`)."""
     async for batch in batches:
         if batch is None:
             yield _KEEPALIVE
         elif len(batch) == 1:
             yield batch[0].sse()
         else:
-            yield b"".join([d.sse() for d in batch])
+            yield b"".join([p.sse() for p in batch])
 
 
 async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed) -> None:
@@ -187,7 +187,12 @@ async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed)
     async def send_all() -> None:
         timeout = rt.config.limits.send_timeout
         async for batch in feed.batches():
-            for text in (_WS_KEEPALIVE,) if batch is None else (d.text() for d in batch):
+            texts = (
+                (_WS_KEEPALIVE,)
+                if batch is None
+                else (d.text() for p in batch for d in p.deliveries)
+            )
+            for text in texts:
                 async with asyncio.timeout(timeout):  # a deadline, not a task per frame
                     await socket.send_text(text)
 
