@@ -11,6 +11,8 @@ append its own task, started on schedule whether or not the last one
 returned). Each event carries its send time; a subscriber measures delivery
 from it (the append call, not its acknowledgement: `append_ack_p99_ms` is
 reported beside). Every subscriber must get every event, in position order.
+`fell_behind` is the server's count of subscribers that let too many events
+wait and read the store themselves (`tidelog_subscriber_fell_behind_total`).
 
 Reported per count (`steps`): p50/p99 delivery, whether every subscriber got
 every event in order, the server's resident memory (RSS) idle before the
@@ -30,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 import tidelog
 from benchmarks.common import FANOUT_BUCKET_MS as BUCKET_MS
@@ -166,6 +170,7 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
                     reports.append(json.loads(line))
             finally:
                 sampler.cancel()
+            fell_behind = await _fell_behind(served.url)
         finally:
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -190,7 +195,19 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
         "append_ack_p50_ms": round(percentile(acks, 50) * 1000, 1),
         "append_ack_p99_ms": round(percentile(acks, 99) * 1000, 1),
         "server_rss_mb": {"idle": rss_idle, "connected": rss_connected, "peak": peak},
+        "fell_behind": fell_behind,
     }
+
+
+async def _fell_behind(url: str) -> float | None:
+    """How often a subscriber fell back to reading the store (`/metrics`; None: a server
+    without the metric)."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("tidelog_subscriber_fell_behind_total "):
+            return float(line.split()[-1])
+    return None
 
 
 async def sse_fanout(backend: Any, sizes: Any) -> dict[str, Any]:
