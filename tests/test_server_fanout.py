@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 
 import tidelog
 from support.server import ADMIN_KEY, Serve
@@ -26,7 +27,7 @@ from tidelog.engines.contract import Engine, LogFilter
 from tidelog.engines.wrapper import StoreWrapper
 from tidelog.model import RecordedEvent, category_of, partition_of
 from tidelog.security.acl import CREDENTIAL_STREAMS, Access, parse_grant
-from tidelog.server import Limits, Server
+from tidelog.server import Limits, Server, _fanout
 from tidelog.server._fanout import Hub, Member
 
 
@@ -36,10 +37,17 @@ class CountingStore(StoreWrapper):
     def __init__(self, inner: Engine) -> None:
         super().__init__(inner)
         self.subscriptions = 0
+        self.page_reads = 0
 
     def _subscribe(self, from_position: int, filters: LogFilter) -> AsyncIterator[RecordedEvent]:
         self.subscriptions += 1
         return self.inner._subscribe(from_position, filters)
+
+    async def _read_page(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        self.page_reads += 1
+        return await self.inner._read_page(from_position, filters, limit)
 
 
 def _hub(server: Server) -> Hub:
@@ -238,11 +246,17 @@ async def _take(member: Member, last: int) -> list[int]:
     return got
 
 
-async def test_a_slow_member_falls_back_to_the_store_and_rejoins(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recent", [10_000, 5], ids=["from-memory", "from-the-store"])
+async def test_a_slow_member_falls_back_and_rejoins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recent: int
+) -> None:
     """At the hub itself: a member that takes nothing while 300 events go by is
     dropped from the hand-out (the hub never waits for it), the others get
-    everything without it; then it reads what it missed from the store, in
-    order and complete, and rejoins the hub for what comes next."""
+    everything without it; then it reads what it missed, in order and
+    complete, and rejoins the hub for what comes next. It reads from the hub's
+    recent events while they reach back far enough, else from the store (the
+    hub keeping only 5 to 10 of them)."""
+    monkeypatch.setattr(_fanout, "_RECENT", recent)
     access = Access("admin", (parse_grant("admin=admin:*"),))
     everything = log_filter(None, None, None)
     async with tidelog.connect(f"sqlite:///{tmp_path}/store.db") as inner:
@@ -260,7 +274,12 @@ async def test_a_slow_member_falls_back_to_the_store_and_rejoins(tmp_path: Path)
         got_fast = await asyncio.wait_for(asyncio.gather(*readers), 60)
         assert got_fast == [list(range(1, 301))] * 3  # done while the slow one took nothing
         assert slow.fell_behind >= 1 and not slow.joined
+        reads = store.page_reads
         assert await asyncio.wait_for(_take(slow, 300), 60) == list(range(1, 301))
+        if recent == 5:
+            assert store.page_reads > reads  # what it missed had left the hub's memory
+        else:
+            assert store.page_reads == reads  # all of it from the hub's recent events
         # caught up: it is back on the hub and gets the next events from it
         await store.append("order-x", [tidelog.NewEvent(type="T")])
         late = asyncio.create_task(_take(slow, 301))

@@ -36,6 +36,7 @@ events, and drops any hub event its own reads already gave it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -163,6 +164,15 @@ _READABLE_CACHE = 4096
 _PAGE = 500
 """Events per store read while a member catches up."""
 
+_RECENT = 10_000
+"""Recent events the hub keeps at least (it trims at twice as many): about ten
+seconds at 1,000 events/s, shared by every member that fell behind."""
+
+
+def _position(d: Delivery) -> int:
+    return d.event.position
+
+
 _TAIL_BUFFER = 10_000
 """Events the hub's store subscription may read ahead of its hand-out before it waits."""
 
@@ -253,10 +263,14 @@ class Member:
                     yield None
 
     async def _read(self) -> list[Part]:
-        """One page from the store, and the step to the hub once the reads reach its position."""
-        store = self.hub.store
+        """One page of what this member missed, and the step to the hub once the reads
+        reach its position: from the hub's recent events when they reach back far
+        enough (memory, shared by every member), else from the store."""
+        hub = self.hub
+        if self._until is None and hub.recent_covers(self._cursor):
+            return self._read_recent()
         cats, types, parts = self.selector.filters
-        page = await store.read_page(self._cursor, cats, types, _PAGE, parts)
+        page = await hub.store.read_page(self._cursor, cats, types, _PAGE, parts)
         if self.closed:  # closed while reading (a hang-up, a stop): the hub may be gone
             return []
         done = len(page) < _PAGE
@@ -268,20 +282,38 @@ class Member:
                 done = True
                 page = [e for e in page if e.position <= until]
         elif done:
-            # the end of the log: join the hub; what it handed on before is in the
-            # store, so read up to its position first (nothing between the check
-            # of the position and the join: no await)
-            if not await self.hub.ready(self):
+            # the end of the log: on to the hub. What it handed on before is in the
+            # store (and in its recent events when they reach back to the cursor):
+            # read up to its position first (nothing between the check of the
+            # position and the join: no await)
+            if not await hub.ready(self):
                 return []  # closed while the tail opened
-            position = self.hub.join(self)
-            if position >= self._cursor:
-                done = False
-                self._until = position
-            self._floor = max(position + 1, self._cursor)
+            if hub.recent_covers(self._cursor):
+                done = False  # the next read takes the rest from memory, then joins
+            else:
+                position = hub.join(self)
+                if position >= self._cursor:
+                    done = False
+                    self._until = position
+                self._floor = max(position + 1, self._cursor)
         if done:
             self._reading = False
             self._until = None
         selected = self.selector.select([Delivery(e) for e in page]) if page else []
+        return [Part(selected)] if selected else []
+
+    def _read_recent(self) -> list[Part]:
+        """A page of the hub's recent events from the cursor; past the last one, join.
+        Synchronous: the hub hands nothing out between the two."""
+        hub = self.hub
+        deliveries = hub.recent_from(self._cursor, _PAGE)
+        if deliveries:
+            self._cursor = deliveries[-1].event.position + 1
+        if hub.position is not None and self._cursor > hub.position:
+            hub.join(self)
+            self._floor = self._cursor
+            self._reading = False
+        selected = self.selector.select(deliveries) if deliveries else []
         return [Part(selected)] if selected else []
 
 
@@ -304,6 +336,11 @@ class Hub:
         self._members: set[Member] = set()
         self._joined: dict[Member, None] = {}
         self._selectors: dict[tuple[object, ...], Selector] = {}
+        self._recent: list[Delivery] = []
+        """The last events handed out (`_RECENT` to twice as many), for members that
+        fell behind: they catch up from here, not from the store, while it reaches back."""
+        self._evicted = 0
+        """The newest position no longer in `_recent` (the tail's start at first)."""
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -345,6 +382,16 @@ class Hub:
         self._joined.pop(member, None)
         member.joined = False
 
+    def recent_covers(self, cursor: int) -> bool:
+        """Whether every handed-out event from `cursor` on is in the recent events."""
+        return self.position is not None and cursor > self._evicted
+
+    def recent_from(self, cursor: int, limit: int) -> list[Delivery]:
+        """At most `limit` recent events from position `cursor` on, in order."""
+        recent = self._recent
+        start = bisect.bisect_left(recent, cursor, key=_position)
+        return recent[start : start + limit]
+
     async def ready(self, member: Member) -> bool:
         """Wait for the tail to be open: True, or False when `member` closed meanwhile.
         Raises the tail's error."""
@@ -370,6 +417,7 @@ class Hub:
         self._tasks.clear()
         self._joined.clear()
         self._selectors.clear()
+        self._recent = []
         self.position = None
         self._ready.set()  # wake whoever waits (closed members): they look again
         self._ready = asyncio.Event()
@@ -397,6 +445,7 @@ class Hub:
             head = await self.store.last_position()
             self.opened += 1
             reader = asyncio.create_task(follow(head + 1))
+            self._recent, self._evicted = [], head
             self.position = head
             self._ready.set()
             while True:
@@ -438,3 +487,9 @@ class Hub:
             if part is not None:
                 member.offer(part)
         self.position = batch[-1].event.position
+        recent = self._recent
+        recent.extend(batch)
+        if len(recent) > 2 * _RECENT:
+            cut = len(recent) - _RECENT
+            self._evicted = recent[cut - 1].event.position
+            del recent[:cut]
