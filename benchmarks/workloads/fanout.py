@@ -11,6 +11,9 @@ append its own task, started on schedule whether or not the last one
 returned). Each event carries its send time; a subscriber measures delivery
 from it (the append call, not its acknowledgement: `append_ack_p99_ms` is
 reported beside). Every subscriber must get every event, in position order.
+`server_cpu_s` is the CPU time the server used from the first append to the
+last delivery, and `server_cpu_us_per_delivery` that per event per subscriber:
+on a shared machine the work's cost, where latency also shows the others' load.
 `fell_behind` is the server's count of subscribers that let too many events
 wait and read the store themselves (`tidelog_subscriber_fell_behind_total`).
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +61,18 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used, in seconds (Linux /proc); 0 when
+    unknown. On a shared machine this says what the server's work cost, where wall
+    clock latency also says how much CPU the others left it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentile(histogram: dict[int, int], q: float) -> float:
@@ -158,6 +174,7 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
                     peak = max(peak, _rss_mb(served.pid))
 
             sampler = asyncio.create_task(sample())
+            cpu_before = _cpu_s(served.pid)
             try:
                 total, achieved, acks = await _appends(
                     store, sizes.fanout_rate, sizes.fanout_seconds
@@ -168,6 +185,7 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
                     assert proc.stdout is not None
                     line = await asyncio.wait_for(proc.stdout.readline(), 120 + subscribers / 10)
                     reports.append(json.loads(line))
+                cpu = _cpu_s(served.pid) - cpu_before
             finally:
                 sampler.cancel()
             fell_behind = await _fell_behind(served.url)
@@ -196,6 +214,8 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
         "append_ack_p99_ms": round(percentile(acks, 99) * 1000, 1),
         "server_rss_mb": {"idle": rss_idle, "connected": rss_connected, "peak": peak},
         "fell_behind": fell_behind,
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_delivery": round(cpu / max(1, total * subscribers) * 1e6, 2),
     }
 
 
