@@ -35,6 +35,8 @@ async def test_sse_fanout_delivers_every_event_to_every_subscriber(
         assert run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
         rss = run["server_rss_mb"]
         assert rss["idle"] > 0 and rss["connected"] <= rss["peak"]
+    assert entry["growth"][count]["p99_ms"] == step["p99_ms"]
+    assert entry["growth"][count]["server_rss_peak_mb"] == step["server_rss_mb"]["peak"]
     assert (
         entry["value"] == step["p99_ms"] and entry["baseline"] == entry["baseline_step"]["p99_ms"]
     )

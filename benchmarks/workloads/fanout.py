@@ -11,11 +11,17 @@ append its own task, started on schedule whether or not the last one
 returned). Each event carries its send time; a subscriber measures delivery
 from it (the append call, not its acknowledgement: `append_ack_p99_ms` is
 reported beside). Every subscriber must get every event, in position order.
+`server_cpu_s` is the CPU time the server used from the first append to the
+last delivery, and `server_cpu_us_per_delivery` that per event per subscriber:
+on a shared machine the work's cost, where latency also shows the others' load.
+`fell_behind` is the server's count of subscribers that let too many events
+wait and read the store themselves (`tidelog_subscriber_fell_behind_total`).
 
 Reported per count (`steps`): p50/p99 delivery, whether every subscriber got
 every event in order, the server's resident memory (RSS) idle before the
 subscribers, with them connected, and at its peak during the run (sampled
-from /proc twice a second). `value` is the p99 of the step with the most
+from /proc twice a second); `growth` lines up p99 and RSS per count, to see
+how they grow from 100 to 1,000 to 5,000 subscribers. `value` is the p99 of the step with the most
 subscribers up to 1,000 (the issue's definition); the baseline is the p99
 of one subscriber under the same append rate, in the same run.
 """
@@ -25,10 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 import tidelog
 from benchmarks.common import FANOUT_BUCKET_MS as BUCKET_MS
@@ -52,6 +61,18 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used, in seconds (Linux /proc); 0 when
+    unknown. On a shared machine this says what the server's work cost, where wall
+    clock latency also says how much CPU the others left it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentile(histogram: dict[int, int], q: float) -> float:
@@ -153,6 +174,7 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
                     peak = max(peak, _rss_mb(served.pid))
 
             sampler = asyncio.create_task(sample())
+            cpu_before = _cpu_s(served.pid)
             try:
                 total, achieved, acks = await _appends(
                     store, sizes.fanout_rate, sizes.fanout_seconds
@@ -163,8 +185,10 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
                     assert proc.stdout is not None
                     line = await asyncio.wait_for(proc.stdout.readline(), 120 + subscribers / 10)
                     reports.append(json.loads(line))
+                cpu = _cpu_s(served.pid) - cpu_before
             finally:
                 sampler.cancel()
+            fell_behind = await _fell_behind(served.url)
         finally:
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -189,7 +213,21 @@ async def _step(backend: Any, sizes: Any, subscribers: int, clients: int) -> dic
         "append_ack_p50_ms": round(percentile(acks, 50) * 1000, 1),
         "append_ack_p99_ms": round(percentile(acks, 99) * 1000, 1),
         "server_rss_mb": {"idle": rss_idle, "connected": rss_connected, "peak": peak},
+        "fell_behind": fell_behind,
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_delivery": round(cpu / max(1, total * subscribers) * 1e6, 2),
     }
+
+
+async def _fell_behind(url: str) -> float | None:
+    """How often a subscriber fell back to reading the store (`/metrics`; None: a server
+    without the metric)."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("tidelog_subscriber_fell_behind_total "):
+            return float(line.split()[-1])
+    return None
 
 
 async def sse_fanout(backend: Any, sizes: Any) -> dict[str, Any]:
@@ -216,6 +254,17 @@ async def sse_fanout(backend: Any, sizes: Any) -> dict[str, Any]:
         "all_delivered": chosen["all_delivered"],
         "in_order": chosen["in_order"],
         "server_rss_mb": chosen["server_rss_mb"],
+        "growth": {
+            n: {
+                "p99_ms": step.get("p99_ms"),
+                "achieved_rate": step.get("achieved_rate"),
+                "all_delivered": step.get("all_delivered"),
+                "server_rss_connected_mb": step.get("server_rss_mb", {}).get("connected"),
+                "server_rss_peak_mb": step.get("server_rss_mb", {}).get("peak"),
+                "error": step.get("error"),
+            }
+            for n, step in steps.items()
+        },
         "baseline_step": baseline,
         "steps": steps,
     }

@@ -44,6 +44,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     send_timeout: float = 10.0
     """A subscriber that does not take an event within this many seconds is dropped."""
     keepalive_interval: float = 15.0
+    live_queue_events: int = 1024
+    """Events the server holds for one live subscriber that has not taken them; one more and
+    the subscriber reads the store on its own until it caught up (nothing is lost)."""
+
+    def __post_init__(self) -> None:
+        if self.live_queue_events < 1:
+            raise InvalidInput("limits.live_queue_events must be >= 1")
 
 
 class Scaling(msgspec.Struct, frozen=True, kw_only=True):

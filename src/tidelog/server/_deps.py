@@ -33,6 +33,7 @@ from tidelog.security.keystore import StoreCredentials
 from tidelog.security.tokens import Authenticator, AuthError, token_of_header
 from tidelog.server._config import ServerConfig
 from tidelog.server._connections import PRINCIPAL_KEY, ConnectionLimit
+from tidelog.server._fanout import Hub
 from tidelog.server._group_quota import GroupQuota
 from tidelog.server._metrics import Metrics
 from tidelog.server._readiness import Readiness
@@ -85,6 +86,8 @@ class Runtime:
     group_quota: GroupQuota = field(default_factory=lambda: GroupQuota(0))
     live: set[Callable[[], None]] = field(default_factory=set)
     """How to end each open live subscription (`end_live`)."""
+    hub: Hub | None = None
+    """The one live tail of `store` every live subscription shares (`live_hub`)."""
     stopping: bool = False
     credentials: StoreCredentials = field(default_factory=StoreCredentials)
     """The keys and grants an admin added at runtime, read from the store (`keystore`)."""
@@ -93,6 +96,14 @@ class Runtime:
     def grants(self) -> tuple[Grant, ...]:
         """The config file's grants, then the store's."""
         return self.config.grants + self.credentials.grants
+
+    def live_hub(self) -> Hub:
+        """The hub of the store this runtime serves; a new one when the store changed
+        (tests lend one server to store after store)."""
+        hub = self.hub
+        if hub is None or hub.store is not self.store:
+            hub = self.hub = Hub(self.store, self.metrics.fell_behind.inc)
+        return hub
 
     def end_live(self) -> None:
         """End every live subscription and refuse new ones: the server is stopping."""

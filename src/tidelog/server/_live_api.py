@@ -16,13 +16,13 @@ from litestar.response import ServerSentEvent
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-import tidelog
-from tidelog import wire
+from tidelog.engines._kit.checks import log_filter
 from tidelog.errors import AccessDenied, InvalidInput, TidelogError
 from tidelog.security.acl import Access, Permission
 from tidelog.security.tokens import AuthError
 from tidelog.server._deps import AccessDep, LogFilterDep, Runtime, need_categories, runtime
 from tidelog.server._deps import principal as principal_of
+from tidelog.server._fanout import Part
 
 __all__ = ["ROUTES"]
 
@@ -44,12 +44,16 @@ async def subscribe(
 
 
 class _Feed:
-    """One live subscription: its slot in the principal's quota and the task pumping the store.
+    """One live subscription: its slot in the principal's quota and its place at the hub.
+
+    The events come from the server's one live tail of the store (`_fanout.Hub`),
+    read and encoded once for every subscriber; while this feed catches up from
+    an old position, or after it fell behind, it reads the store itself.
 
     The slot is taken when the feed is made, in the same step as the quota
     check (no await between them), so a burst of requests cannot all pass the
-    check before any is counted. `close` gives the slot back and cancels the
-    pump; it is synchronous and idempotent, so the response calls it in a
+    check before any is counted. `close` gives the slot back and leaves the
+    hub; it is synchronous and idempotent, so the response calls it in a
     `finally` on every way it ends (the last event, a hang-up, a send timeout,
     a shutdown's cancellation). A generator's `finally` would not do: Litestar
     wraps the events in iterators of its own and does not close them when a
@@ -66,17 +70,16 @@ class _Feed:
         types: list[str] | None,
         partitions: list[int] | None,
     ) -> None:
+        filters = log_filter(categories, types, partitions)  # bad filters: 400, no slot taken
         if rt.stopping:
             raise HTTPException(status_code=503, detail="the server is stopping")
         if not rt.subscriptions.acquire(access.principal):
             raise HTTPException(status_code=429, detail="too many subscriptions for this principal")
         self._rt = rt
         self._access = access
-        self._args = (from_position, categories, types, partitions)
-        self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._queue: asyncio.Queue[tidelog.RecordedEvent | BaseException | None] = asyncio.Queue(
-            maxsize=256
+        self._member = rt.live_hub().attach(
+            access, filters, max(from_position, 0), rt.config.limits.live_queue_events
         )
         rt.metrics.subscriptions.inc()
         self._end = self.end
@@ -85,98 +88,42 @@ class _Feed:
     def end(self) -> None:
         """Close, and wake the events so they end too (the server is stopping)."""
         self.close()
-        with contextlib.suppress(asyncio.QueueFull):  # full: the next get sees it closed
-            self._queue.put_nowait(None)
 
     def close(self) -> None:
-        """Give the slot back and cancel the pump; the first call does it, the others nothing."""
+        """Give the slot back and leave the hub; the first call does it, the others nothing."""
         if self._closed:
             return
         self._closed = True
         self._rt.live.discard(self._end)
         self._rt.subscriptions.release(self._access.principal)
         self._rt.metrics.subscriptions.dec()
-        if self._task is not None:
-            self._task.cancel()
+        self._member.close()
 
-    async def _pump(self) -> None:
-        access = self._access
-        # The answer per stream, remembered: `Access` is a fixed snapshot of the
-        # principal's grants, and checking them was an eighth of the server's
-        # time per event. Bounded, so a log of many streams cannot grow it.
-        readable: dict[str, bool] = {}
-        try:
-            async for e in self._rt.store.subscribe(*self._args):
-                allowed = readable.get(e.stream)
-                if allowed is None:
-                    if len(readable) >= _READABLE_CACHE:
-                        readable.clear()
-                    allowed = readable[e.stream] = access.can_stream(e.stream, Permission.READ)
-                if allowed:
-                    await self._queue.put(e)
-        except BaseException as exc:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(exc)
-            raise
-
-    async def batches(self) -> AsyncIterator[list[tidelog.RecordedEvent] | None]:
+    async def batches(self) -> AsyncIterator[list[Part] | None]:
         """Events the principal may read, live, in batches; None every keep-alive interval
         of silence.
 
-        A bounded queue sits between the store's subscription and the client, so
-        a slow client pauses the subscription instead of growing memory; the send
-        timeout drops a client that stops reading. A batch is every event the
-        queue holds when the first one is taken: one write to the client for
-        all of them, not one each (with 1,000 subscribers each event was a
-        thousand writes and sends, most of the server's time).
+        A batch is every event waiting for this subscriber when it takes the
+        next: one write to the client for all of them, not one each (with 1,000
+        subscribers each event was a thousand writes and sends, most of the
+        server's time). The hub never waits for a slow client: one that lets
+        `live_queue_events` wait reads the store itself until it caught up, and
+        the send timeout drops a client that stops reading. A failed store ends
+        the events (the client reconnects with `Last-Event-ID`).
         """
         if self._closed:
             return
-        self._task = asyncio.create_task(self._pump())
-        # its error reaches the client through the queue; nobody awaits the task itself
-        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        queue = self._queue
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(
-                        queue.get(), self._rt.config.limits.keepalive_interval
-                    )
-                except TimeoutError:
-                    if self._closed:
-                        return
-                    yield None
-                    continue
-                batch: list[tidelog.RecordedEvent] = []
-                ended = False
-                while True:
-                    if self._closed or isinstance(item, BaseException) or item is None:
-                        ended = True  # closed, the subscription failed, or the server stops
-                        break
-                    batch.append(item)
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                if batch:
-                    self._rt.metrics.read(len(batch))
-                    yield batch
-                if ended:
+            async for batch in self._member.batches(self._rt.config.limits.keepalive_interval):
+                if self._closed:
                     return
+                if batch is not None:
+                    self._rt.metrics.read(sum(len(p.deliveries) for p in batch))
+                yield batch
+        except Exception:  # the store failed or closed: the stream ends
+            pass
         finally:
             self.close()
-
-    async def events(self) -> AsyncIterator[tidelog.RecordedEvent | None]:
-        """The events of `batches` one by one (None for a keep-alive)."""
-        async for batch in self.batches():
-            if batch is None:
-                yield None
-            else:
-                for event in batch:
-                    yield event
-
-
-_READABLE_CACHE = 4096
-"""Streams whose read permission one feed remembers at most."""
 
 
 class _FeedResponse(ServerSentEvent):
@@ -216,42 +163,33 @@ _KEEPALIVE = b": keep-alive\r\n\r\n"
 
 
 async def _sse_chunks(
-    batches: AsyncIterator[list[tidelog.RecordedEvent] | None],
+    batches: AsyncIterator[list[Part] | None],
 ) -> AsyncIterator[bytes]:
     """Each batch as one chunk of SSE messages (the id is the position); keep-alives as
-    comments.
-
-    Event data embedded as JSON may hold line feeds (JSON whitespace; never a
-    carriage return, see `wire.embeds_as_json`): each line becomes a `data`
-    line of its own, which a client joins back with line feeds.
-    """
-    encoder = msgspec.json.Encoder()
-    for_recorded = wire.WireEvent.from_recorded
+    comments. Each part's messages are encoded and joined once per server (`Part.sse`)."""
     async for batch in batches:
         if batch is None:
             yield _KEEPALIVE
-            continue
-        parts: list[bytes] = []
-        for e in batch:
-            data = encoder.encode(for_recorded(e))
-            if 10 in data:
-                data = data.replace(b"\n", b"\r\ndata: ")
-            parts.append(b"id: %d\r\nevent: event\r\ndata: %b\r\n\r\n" % (e.position, data))
-        yield b"".join(parts)
+        elif len(batch) == 1:
+            yield batch[0].sse()
+        else:
+            yield b"".join([p.sse() for p in batch])
 
 
 async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed) -> None:
     """Send events until the client goes away; a reader task notices the disconnect."""
-    encoder = msgspec.json.Encoder()
 
     async def send_all() -> None:
-        async for e in feed.events():
-            text = (
-                '{"keepalive":true}'
-                if e is None
-                else encoder.encode(wire.WireEvent.from_recorded(e)).decode()
+        timeout = rt.config.limits.send_timeout
+        async for batch in feed.batches():
+            texts = (
+                (_WS_KEEPALIVE,)
+                if batch is None
+                else (d.text() for p in batch for d in p.deliveries)
             )
-            await asyncio.wait_for(socket.send_text(text), rt.config.limits.send_timeout)
+            for text in texts:
+                async with asyncio.timeout(timeout):  # a deadline, not a task per frame
+                    await socket.send_text(text)
 
     async def until_disconnect() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -270,6 +208,8 @@ async def _ws_stream(socket: WebSocket[Any, Any, Any], rt: Runtime, feed: _Feed)
             task.cancel()
         await asyncio.gather(sender, reader, return_exceptions=True)
 
+
+_WS_KEEPALIVE = '{"keepalive":true}'
 
 _FIRST_MESSAGE = 'send {"token": "..."} first'
 

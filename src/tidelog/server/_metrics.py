@@ -100,6 +100,11 @@ class Metrics:
         )
         self.events_read = Counter("tidelog_events_read", "Events sent to readers", registry=r)
         self.subscriptions = Gauge("tidelog_subscriptions", "Open live subscriptions", registry=r)
+        self.fell_behind = Counter(
+            "tidelog_subscriber_fell_behind",
+            "Times a live subscriber let too many events wait and read the store itself",
+            registry=r,
+        )
         self.requests = Counter(
             "tidelog_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )
