@@ -39,6 +39,8 @@ FRONT_ENDS = frozenset(
         "scheduled",
         "count_scheduled",
         "start_scheduler",
+        "set_retention",
+        "start_stream_at",
     }
 )
 """Written once in the contract; each checks its arguments and calls an engine hook,
@@ -61,6 +63,8 @@ HOOKS = frozenset(
         "_cancel_scheduled",
         "_list_scheduled",
         "_count_scheduled",
+        "_set_rule",
+        "_start_stream_at",
     }
 )
 """The engine hooks behind the front ends, and the closed-store check they ask."""

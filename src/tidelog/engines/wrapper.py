@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from uuid import UUID
 
 from tidelog.engines._kit.retention import (
-    RetentionPolicy,
     RetentionRule,
     RetentionView,
     ScavengeReport,
@@ -212,14 +211,8 @@ class StoreWrapper(GroupEngine):
     async def _retention_view(self, force: bool = False) -> RetentionView | None:
         return await self.inner._retention_view(force)
 
-    async def set_retention(
-        self,
-        policy: RetentionPolicy | None,
-        *,
-        stream: str | None = None,
-        category: str | None = None,
-    ) -> RetentionRule:
-        return await self.inner.set_retention(policy, stream=stream, category=category)
+    async def _set_rule(self, rule: RetentionRule) -> RetentionRule:
+        return await self.inner._set_rule(rule)
 
     async def retention(self, stream: str | None = None) -> list[RetentionRule]:
         return await self.inner.retention(stream)
