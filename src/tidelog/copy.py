@@ -50,7 +50,6 @@ from tidelog.model import (
     NO_STREAM,
     AppendRequest,
     AppendResult,
-    NewEvent,
     RecordedEvent,
     StreamInfo,
 )
@@ -80,16 +79,6 @@ class CopyReport:
     @property
     def verified(self) -> bool:
         return not self.mismatches
-
-
-def _new_event(event: RecordedEvent) -> NewEvent:
-    return NewEvent(
-        id=event.id,
-        type=event.type,
-        data=event.data,
-        metadata=dict(event.metadata),
-        schema_version=event.schema_version,
-    )
 
 
 async def _resume_after(src: Engine, dst: Engine) -> int:
@@ -266,7 +255,7 @@ class _Writer:
         await self.appender.write(
             {
                 stream: AppendRequest(
-                    events=[_new_event(e) for e in events],
+                    events=[e.to_new_event() for e in events],
                     expected_version=NO_STREAM if events[0].version == 0 else events[0].version - 1,
                 )
                 for stream, events in pending.items()

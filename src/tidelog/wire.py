@@ -121,18 +121,11 @@ class WireNewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @classmethod
     def from_new_event(cls, event: NewEvent) -> WireNewEvent:
-        if embeds_as_json(event.data):
-            return cls(
-                type=event.type,
-                data=msgspec.Raw(event.data),
-                metadata=event.metadata,
-                id=event.id,
-                schema_version=event.schema_version,
-            )
+        data, data_base64 = data_to_wire(event.data)
         return cls(
             type=event.type,
-            data=_NULL,
-            data_base64=base64.b64encode(event.data).decode("ascii"),
+            data=data,
+            data_base64=data_base64,
             metadata=event.metadata,
             id=event.id,
             schema_version=event.schema_version,
