@@ -277,3 +277,31 @@ def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
     parent = {_random_part() for _ in range(10)}
     assert len(child) == 10
     assert not child & parent
+
+
+def test_a_recorded_or_scheduled_event_appends_again_as_itself() -> None:
+    """`to_new_event` keeps what makes a retry idempotent (the id) and gives the new
+    event its own metadata dict, so changing one cannot change the other."""
+    from datetime import UTC, datetime
+
+    when = datetime.now(UTC)
+    common: dict[str, Any] = {
+        "id": new_event_id(),
+        "stream": "order-1",
+        "type": "Placed",
+        "data": b"\x00\x01",
+        "metadata": {"k": "v"},
+        "schema_version": 3,
+    }
+    recorded = tidelog.RecordedEvent(version=4, position=9, recorded_at=when, **common)
+    scheduled = tidelog.ScheduledEvent(due_at=when, batch=common["id"], **common)
+    for source in (recorded, scheduled):
+        new = source.to_new_event()
+        assert (new.id, new.type, new.data, new.schema_version) == (
+            common["id"],
+            "Placed",
+            b"\x00\x01",
+            3,
+        )
+        assert new.metadata == {"k": "v"} and new.metadata is not source.metadata
+        assert new.deliver_at is None

@@ -78,6 +78,8 @@ class TestRemoteEngine(_OnSharedServers, EngineSuite):
 class TestRemoteRetention(_OnSharedServers, RetentionSuite):
     """The rules through the admin routes; the server's store applies them."""
 
+    supports_start_stream_at = False  # no HTTP route for it
+
     async def open_store(self, tmp_path: pathlib.Path) -> tidelog.Store:
         return await self.servers.open("memory://", RemoteConfig(page=7))
 

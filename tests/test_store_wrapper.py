@@ -21,6 +21,9 @@ import tidelog
 from tidelog.engines.contract import GroupEngine, LogEngine, StreamEngine
 from tidelog.engines.wrapper import StoreWrapper
 from tidelog.schemas import SchemaRegistry, ValidatingStore
+from tidelog.testing.conformance import EngineSuite
+from tidelog.testing.retention import RetentionSuite
+from tidelog.testing.scheduling import SchedulingSuite
 
 CONTRACT_CLASSES = (StreamEngine, LogEngine, GroupEngine, abc.ABC, object)
 FRONT_ENDS = frozenset(
@@ -39,6 +42,8 @@ FRONT_ENDS = frozenset(
         "scheduled",
         "count_scheduled",
         "start_scheduler",
+        "set_retention",
+        "start_stream_at",
     }
 )
 """Written once in the contract; each checks its arguments and calls an engine hook,
@@ -61,6 +66,8 @@ HOOKS = frozenset(
         "_cancel_scheduled",
         "_list_scheduled",
         "_count_scheduled",
+        "_set_rule",
+        "_start_stream_at",
     }
 )
 """The engine hooks behind the front ends, and the closed-store check they ask."""
@@ -218,3 +225,26 @@ async def test_validating_store_fences_a_commit_before_judging_its_events(
         )
     assert [s.name async for s in checked.list_streams("order")] == []
     assert await checked.checkpoints("billing", "order") == {}
+
+
+class TestStoreWrapperConformance(EngineSuite):
+    """The bare wrapper passes the whole suite: every forwarded member answers as the
+    store it wraps (its members are `inner`'s own, looked up at each access)."""
+
+    async def open_store(self, tmp_path: Path) -> tidelog.Store:
+        return StoreWrapper(await tidelog.connect("memory://"))
+
+
+class TestStoreWrapperRetention(RetentionSuite):
+    async def open_store(self, tmp_path: Path) -> tidelog.Store:
+        return StoreWrapper(await tidelog.connect("memory://"))
+
+    def shift_clock(self, store: tidelog.Store, seconds: float) -> None:
+        """The rules are the inner store's, so is the clock they decide with."""
+        assert isinstance(store, StoreWrapper)
+        super().shift_clock(store.inner, seconds)
+
+
+class TestStoreWrapperScheduling(SchedulingSuite):
+    async def open_store(self, tmp_path: Path) -> tidelog.Store:
+        return StoreWrapper(await tidelog.connect("memory://"))

@@ -9,8 +9,8 @@ PostgreSQL, PostgreSQL to NATS, ...). What is copied:
 - tombstones (after the events, since a deleted stream takes no appends);
 - what retention deleted stays deleted: a stream whose first events a
   scavenge deleted starts in the destination at the version of its first kept
-  event (and one with no event left keeps its version), through the engine's
-  `_start_stream_at`, the state a scavenge leaves. The retention rules are
+  event (and one with no event left keeps its version), through the contract's
+  `start_stream_at`, the state a scavenge leaves. The retention rules are
   events of `$retention` and are copied in log order; the destination's groups
   are made known before any event, so that its readers and scavenger keep
   every event no group has checkpointed past until the checkpoints arrive
@@ -50,7 +50,6 @@ from tidelog.model import (
     NO_STREAM,
     AppendRequest,
     AppendResult,
-    NewEvent,
     RecordedEvent,
     StreamInfo,
 )
@@ -80,16 +79,6 @@ class CopyReport:
     @property
     def verified(self) -> bool:
         return not self.mismatches
-
-
-def _new_event(event: RecordedEvent) -> NewEvent:
-    return NewEvent(
-        id=event.id,
-        type=event.type,
-        data=event.data,
-        metadata=dict(event.metadata),
-        schema_version=event.schema_version,
-    )
 
 
 async def _resume_after(src: Engine, dst: Engine) -> int:
@@ -173,7 +162,7 @@ class OrderedAppender:
 async def _start(dst: Engine, stream: str, version: int) -> None:
     """Start `stream` at `version` in `dst` (its versions below were deleted in the source)."""
     try:
-        await dst._start_stream_at(stream, version)
+        await dst.start_stream_at(stream, version)
     except NotSupported as exc:
         raise NotSupported(
             dst.name,
@@ -266,7 +255,7 @@ class _Writer:
         await self.appender.write(
             {
                 stream: AppendRequest(
-                    events=[_new_event(e) for e in events],
+                    events=[e.to_new_event() for e in events],
                     expected_version=NO_STREAM if events[0].version == 0 else events[0].version - 1,
                 )
                 for stream, events in pending.items()

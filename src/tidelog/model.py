@@ -261,13 +261,7 @@ class ScheduledEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_new_event(self) -> NewEvent:
         """The event to append at its time."""
-        return NewEvent(
-            id=self.id,
-            type=self.type,
-            data=self.data,
-            metadata=dict(self.metadata),
-            schema_version=self.schema_version,
-        )
+        return _append_again(self)
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -286,6 +280,22 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     @property
     def category(self) -> str:
         return category_of(self.stream)
+
+    def to_new_event(self) -> NewEvent:
+        """The same event, to append to another store (`tidelog copy`)."""
+        return _append_again(self)
+
+
+def _append_again(event: ScheduledEvent | RecordedEvent) -> NewEvent:
+    """`event` as an event to append: the same id, so that appending it again (a retry,
+    a resumed copy) is idempotent, type, data and schema version; its own metadata dict."""
+    return NewEvent(
+        id=event.id,
+        type=event.type,
+        data=event.data,
+        metadata=dict(event.metadata),
+        schema_version=event.schema_version,
+    )
 
 
 class AppendResult(msgspec.Struct, frozen=True):

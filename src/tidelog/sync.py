@@ -393,6 +393,7 @@ class SyncStore:
     set_retention = _blocking(Engine.set_retention)
     retention = _blocking(Engine.retention)
     scavenge = _blocking(Engine.scavenge)
+    start_stream_at = _blocking(Engine.start_stream_at)
     # scheduled delivery (docs/scheduling.md)
     cancel_scheduled = _blocking(Engine.cancel_scheduled)
     scheduled = _blocking(Engine.scheduled)

@@ -10,15 +10,9 @@ import abc
 from collections.abc import AsyncIterator, Collection
 
 from tidelog.engines._contract_streams import _NO_FILTER, StreamEngine
-from tidelog.engines._kit.checks import (
-    LogFilter,
-    log_filter,
-    prepare_read_all,
-)
+from tidelog.engines._kit.checks import LogFilter, log_filter, prepare_read_all
 from tidelog.engines._kit.watch import HeadWatch
-from tidelog.model import (
-    RecordedEvent,
-)
+from tidelog.model import RecordedEvent
 
 __all__ = ["LogEngine"]
 

@@ -21,11 +21,7 @@ from tidelog.engines._kit.checks import (
     prepare_read_stream,
 )
 from tidelog.engines._kit.scheduling import Scheduler, prepare_schedule
-from tidelog.errors import (
-    InvalidInput,
-    NotSupported,
-    StoreClosed,
-)
+from tidelog.errors import InvalidInput, NotSupported, StoreClosed
 from tidelog.model import (
     ANY,
     AppendRequest,

@@ -389,7 +389,14 @@ class GroupEngine(RetentionHooks, LogEngine):
         is an event of `$retention`, so `tidelog copy` carries it.
         """
         self._check_open()
-        rule = make_rule(policy, stream, category)
+        return await self._set_rule(make_rule(policy, stream, category))
+
+    async def _set_rule(self, rule: RetentionRule) -> RetentionRule:
+        """The hook behind `set_retention`: store a checked rule and apply it here.
+
+        The remote engine sends it to the server instead, and a wrapper forwards
+        it, so `make_rule`'s checks run once, in `set_retention`.
+        """
         data = msgspec.json.encode(rule)
         await self.append(RETENTION_STREAM, [NewEvent(type=RULE_TYPE, data=data)])
         await self._retention_view(force=True)  # the rule, and the groups it protects
@@ -414,6 +421,24 @@ class GroupEngine(RetentionHooks, LogEngine):
             if key in rules:
                 return [rules[key]]
         return []
+
+    async def start_stream_at(self, stream: str, version: int) -> None:
+        """Make the absent `stream` start at `version`: an empty stream whose versions
+        below `version` are gone, the state a scavenge that deleted a whole stream leaves.
+
+        Its next append gets `version` (and expects `version - 1`). `tidelog copy`
+        uses it to copy a store whose retention deleted events, so that appends go
+        on from the same versions. A no-op for version 0 and for a stream that
+        exists or is tombstoned. Engines that cannot raise `NotSupported` with the
+        reason (NATS: a stream's version lives in its last message; remote: the
+        HTTP API has no route for it).
+        """
+        self._check_open()
+        name = validate_stream_name(stream)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidInput(f"version must be an int >= 0, got {version!r}")
+        if version > 0:
+            await self._start_stream_at(name, version)
 
     async def _delete_before(self, stream: str, version: int) -> int:
         """The engine's retention hook: delete the events of `stream` below `version`.

@@ -34,11 +34,9 @@ from tidelog.engines._kit.checks import (
     prepare_purge,
 )
 from tidelog.engines._kit.retention import (
-    RetentionPolicy,
     RetentionRule,
     RetentionRules,
     ScavengeReport,
-    make_rule,
 )
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
@@ -441,14 +439,7 @@ class RemoteEngine(GroupEngine):
 
     applies_retention = False
 
-    async def set_retention(
-        self,
-        policy: RetentionPolicy | None,
-        *,
-        stream: str | None = None,
-        category: str | None = None,
-    ) -> RetentionRule:
-        rule = make_rule(policy, stream, category)
+    async def _set_rule(self, rule: RetentionRule) -> RetentionRule:
         return await self._call("PUT", "/v1/retention", RetentionRule, body=rule)
 
     async def retention(self, stream: str | None = None) -> list[RetentionRule]:

@@ -141,16 +141,12 @@ class _Checker:
         self._check_object(reader, writer, path)
 
     def _check_types(self, reader: Schema, writer: Schema, path: str) -> None:
-        rt = _types(reader)
+        rt, wt = _types(reader), _value_types(writer)
         if rt is None:
             return
-        wt = _types(writer)
         if wt is None:
-            if _enum(writer) is not None:
-                wt = {_json_type(v) for v in _enum(writer) or ()}
-            else:
-                self.problem(path, f"type narrowed: any value -> {sorted(rt)}")
-                return
+            self.problem(path, f"type narrowed: any value -> {sorted(rt)}")
+            return
         for t in sorted(wt):
             if t in rt or (t == "integer" and "number" in rt):
                 continue
@@ -237,6 +233,15 @@ def _types(schema: Mapping[str, Any]) -> set[str] | None:
     if t is None:
         return None
     return {t} if isinstance(t, str) else set(t)
+
+
+def _value_types(schema: Mapping[str, Any]) -> set[str] | None:
+    """The JSON types a schema's values can have: its `type`, else its enum's values'
+    (`{"enum": [1, 2]}` writes integers only); None: any type."""
+    types = _types(schema)
+    if types is None and (values := _enum(schema)) is not None:
+        return {_json_type(v) for v in values}
+    return types
 
 
 def _enum(schema: Mapping[str, Any]) -> list[Any] | None:

@@ -37,6 +37,9 @@ class RetentionSuite(SuiteBase):
     keeps_last_event: bool = False
     """True where the scavenger must keep each stream's last event physically (NATS:
     the stream's version lives in its last message). Reads are the same everywhere."""
+    supports_start_stream_at: bool = True
+    """False: `start_stream_at` raises `NotSupported` and writes nothing (NATS: a
+    stream's version lives in its last message; remote: no HTTP route for it)."""
 
     def shift_clock(self, store: tidelog.Store, seconds: float) -> None:
         """Move the clock retention decides with `seconds` ahead (the engine's `_now`)."""
@@ -356,3 +359,40 @@ class RetentionSuite(SuiteBase):
         assert rule == RetentionRule(
             kind="category", name="order", policy=RetentionPolicy(max_age=5)
         )
+
+    # ------------------------------------------------------------ start_stream_at
+
+    async def test_start_stream_at_leaves_what_a_scavenge_leaves(
+        self, store: tidelog.Store
+    ) -> None:
+        """An empty stream whose versions below are gone: appends go on from there."""
+        if not self.supports_start_stream_at:
+            with pytest.raises(tidelog.NotSupported):
+                await store.start_stream_at("order-1", 5)
+            assert [i.name async for i in store.list_streams()] == []
+            return
+        await store.start_stream_at("order-1", 5)
+        assert await stream_versions(store, "order-1") == []
+        with pytest.raises(tidelog.WrongExpectedVersion):
+            await store.append("order-1", [ev()], tidelog.NO_STREAM)
+        assert (await store.append("order-1", [ev()], expected_version=4)).version == 5
+        assert await stream_versions(store, "order-1") == [5]
+
+    async def test_start_stream_at_leaves_a_stream_that_exists_alone(
+        self, store: tidelog.Store
+    ) -> None:
+        await self._fill(store, "order-1", 2)
+        await store.start_stream_at("order-2", 0)  # version 0: nothing to start
+        if self.supports_start_stream_at:
+            await store.start_stream_at("order-1", 7)
+        assert await stream_versions(store, "order-1") == [0, 1]
+        assert (await store.append("order-1", [ev()], expected_version=1)).version == 2
+        assert [i.name async for i in store.list_streams("order")] == ["order-1"]
+
+    async def test_start_stream_at_refuses_bad_input(self, store: tidelog.Store) -> None:
+        for version in (-1, True, 1.5, "3"):
+            with pytest.raises(tidelog.InvalidInput):
+                await store.start_stream_at("order-1", version)  # type: ignore[arg-type]
+        with pytest.raises(tidelog.InvalidStreamName):
+            await store.start_stream_at("../x", 3)
+        assert [i.name async for i in store.list_streams()] == []

@@ -51,9 +51,10 @@ class RetentionHooks:
         return {stream: await self._stream_state(stream) for stream in streams}
 
     async def _start_stream_at(self, stream: str, version: int) -> None:
-        """Make the absent `stream` start at `version`, as a scavenge that deleted its
-        versions below leaves it (`tidelog copy` of a scavenged store); a no-op for a
-        stream that exists. Engines that cannot raise `NotSupported` with the reason."""
+        """The hook behind `start_stream_at` (which checked the name, and calls it for a
+        version > 0 only): make the absent `stream` start at `version`, as a scavenge
+        that deleted its versions below leaves it; a no-op for a stream that exists.
+        Engines that cannot raise `NotSupported` with the reason."""
         raise NotSupported(self.name, "starting a stream at a version")
 
     async def _stream_bytes(self, category: str | None) -> dict[str, int] | None:

@@ -73,7 +73,6 @@ from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.postgres.errors import pg_errors
 from tidelog.engines.postgres.scheduled import PendingTable
 from tidelog.engines.postgres.schema import (
-    LATEST_VERSION,
     Sql,
     current_version,
     migrate,
@@ -98,15 +97,6 @@ from tidelog.model import (
     check_expected_version,
     decode_metadata,
 )
-
-__all__ = [
-    "LATEST_VERSION",
-    "PostgresConfig",
-    "PostgresEngine",
-    "migrate_url",
-    "open_engine",
-    "split_url",
-]
 
 log = logging.getLogger(__name__)
 
