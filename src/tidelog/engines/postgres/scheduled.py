@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 from tidelog.engines._kit.batching import Commit, GroupCommit
-from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_row, to_row
+from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_rows, to_row
 from tidelog.engines.postgres.errors import pg_errors
 from tidelog.engines.postgres.schema import advisory_keys, migration_lock
 from tidelog.engines.postgres.writer import transaction
@@ -204,7 +204,7 @@ class PendingTable:
             async with self._pool.acquire() as conn, transaction(conn, _BEGIN):
                 await conn.execute(self._claim_lock)
                 rows = await conn.fetch(self._take, now_us, now_us + int(lease * 1_000_000), limit)
-        return [from_row(r) for r in rows]
+        return from_rows(rows)
 
     async def next_ready(self) -> float | None:
         if not await self._exists():
@@ -238,7 +238,7 @@ class PendingTable:
         args: tuple[Any, ...] = (limit,) if stream is None else (limit, stream)
         with pg_errors():
             rows = await self._pool.fetch(sql, *args)
-        return [from_row(r) for r in rows]
+        return from_rows(rows)
 
     async def count(self) -> int:
         if not await self._exists():

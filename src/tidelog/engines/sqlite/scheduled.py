@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
-from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_row, to_row
+from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_rows, to_row
 from tidelog.model import ScheduledEvent
 
 __all__ = [
@@ -131,7 +131,7 @@ def take_due(
         chunk = batches[i : i + _CHUNK]
         marks = ", ".join("?" * len(chunk))
         cursor = conn.execute(f"SELECT {_COLUMNS} FROM scheduled WHERE batch IN ({marks})", chunk)
-        rows.extend(map(from_row, cursor))
+        rows.extend(from_rows(cursor))
     return rows
 
 
@@ -189,7 +189,7 @@ def list_rows(conn: sqlite3.Connection, stream: str | None, limit: int) -> list[
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM scheduled{where} ORDER BY due_at, batch, seq LIMIT ?", args
     ).fetchall()
-    return [from_row(r) for r in rows]
+    return from_rows(rows)
 
 
 def count(conn: sqlite3.Connection) -> int:
