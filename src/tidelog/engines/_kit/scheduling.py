@@ -154,19 +154,20 @@ ROW_COLUMNS: Final = (
 Row = tuple[UUID, UUID, int, str, int, int, str, bytes, bytes, int]
 
 
-def to_row(r: ScheduledEvent) -> Row:
-    """A pending event as the SQL engines store it: due time in microseconds, the
-    expected version as one integer, metadata as compact JSON bytes."""
+def to_row(r: ScheduledEvent, due: int | None = None) -> Row:
+    """A pending event as the SQL engines store it: due time in microseconds (`due`,
+    when the caller converted it once for a whole scheduled append), the expected
+    version as one integer, metadata as compact JSON bytes."""
     return (
         r.id,
         r.batch,
         r.seq,
         r.stream,
         encode_expected(r.expected_version),
-        to_micros(r.due_at),
+        to_micros(r.due_at) if due is None else due,
         r.type,
         r.data,
-        encode_metadata(r.metadata),
+        encode_metadata(r.metadata) if r.metadata else _NO_METADATA[0],
         r.schema_version,
     )
 
