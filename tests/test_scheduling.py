@@ -457,3 +457,29 @@ async def test_sqlite_claims_read_only_ready_batches_and_lists_in_due_order(
         await store._forget_scheduled([early[0].id, early[1].id])
         assert await store.count_scheduled() == 0
         assert await store._next_due() is None
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_a_large_due_round_is_delivered_in_parts_in_each_streams_order(
+    tmp_path: Path, engine: str
+) -> None:
+    """Thousands of events due at once go out as several append_many (of different
+    streams each); every stream still gets its batches whole and in scheduled order."""
+    url = "memory://" if engine == "memory" else f"sqlite:///{tmp_path / 'big.db'}"
+    due = datetime.now(UTC) + LATER
+    async with await tidelog.connect(url) as store:
+        expected: dict[str, list[str]] = {}
+        for round_ in range(2):
+            for s in range(3):
+                stream = f"big-{s}"
+                events = [tidelog.NewEvent(type=f"R{round_}-{i}") for i in range(1_000)]
+                # Its own due time per round: same-time batches go in id order.
+                later = due + timedelta(milliseconds=round_)
+                await store.append(stream, events, deliver_at=later)
+                expected.setdefault(stream, []).extend(e.type for e in events)
+        scheduler = Scheduler(store, batch=10_000)
+        assert await scheduler.run_once(now=due.timestamp() + 1) == 6_000
+        assert scheduler.delivered == 6_000
+        for stream, types in expected.items():
+            assert [e.type for e in await collect(store.read_stream(stream))] == types
+        assert await store.count_scheduled() == 0

@@ -302,6 +302,25 @@ def _aware(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
+_ROUND_EVENTS: Final = 2_000
+"""Events per append_many when a round of due batches is larger (see `_deliver_group`)."""
+
+
+def _split(
+    round_: dict[str, list[ScheduledEvent]], most: int
+) -> list[dict[str, list[ScheduledEvent]]]:
+    """A round's batches in parts of about `most` events (a batch is never split)."""
+    parts: list[dict[str, list[ScheduledEvent]]] = [{}]
+    size = 0
+    for name, batch in round_.items():
+        if size and size + len(batch) > most:
+            parts.append({})
+            size = 0
+        parts[-1][name] = batch
+        size += len(batch)
+    return parts
+
+
 def _batches(rows: Sequence[ScheduledEvent]) -> list[list[ScheduledEvent]]:
     """Claimed rows as batches (one scheduled append each), in due order (then by
     batch id, as `str` of the ids would sort them).
@@ -558,7 +577,20 @@ class Scheduler:
         while streams:
             round_ = {name: waiting.pop(0) for name, waiting in streams.items()}
             streams = {name: waiting for name, waiting in streams.items() if waiting}
-            await self._deliver_round(round_)
+            parts = _split(round_, _ROUND_EVENTS)
+            if len(parts) == 1:
+                await self._deliver_round(round_)
+                continue
+            # A scheduler that fell behind has thousands of events due at once: as
+            # one append_many, its checks held the event loop for tens of ms at a
+            # time (every timer and subscriber of the process waited). In parts, of
+            # different streams each, the engine's group commit still joins them.
+            results = await asyncio.gather(
+                *(self._deliver_round(part) for part in parts), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     async def _deliver_round(self, round_: dict[str, list[ScheduledEvent]]) -> None:
         pending = dict(round_)
