@@ -99,10 +99,11 @@ DEFAULT_BATCH: Final = 1_000
 DEFAULT_IN_FLIGHT: Final = 16_000
 """Rows claimed but not yet delivered and forgotten, at most (the scheduler's memory
 bound, a few MB): claims run ahead of deliveries up to this, so a slow claim
-transaction does not delay the appends due meanwhile, and a scheduler that fell
-behind claims up to this many at once (`batch` is the least a claim waits room for):
-10,000 events/s due with a claim taking 300 ms under CPU load is 3,000 rows a
-claim just to keep up."""
+transaction does not delay the appends due meanwhile (a lookahead grown to 1 s at
+10,000 events/s due is 10,000 rows), and a scheduler that fell behind claims up
+to four batches at once (`batch` is the least a claim waits room for): 10,000
+events/s due with a claim taking 300 ms under CPU load is 3,000 rows a claim just
+to keep up."""
 DEFAULT_LEASE: Final = 30.0
 """Seconds a claim lasts; after a crash, another scheduler retries the rows then."""
 DEFAULT_POLL: Final = 0.05
@@ -302,6 +303,8 @@ def _aware(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
+_CLAIM_BATCHES: Final = 4
+"""A claim takes at most this many times `batch` rows (see `Scheduler._pass`)."""
 _ROUND_EVENTS: Final = 2_000
 """Events per append_many when a round of due batches is larger (see `_deliver_group`)."""
 
@@ -343,8 +346,8 @@ class Scheduler:
     It sleeps until the earliest due time it knows (a scheduled append of this
     process wakes it at once if it is earlier), but never longer than `poll`,
     so rows scheduled by other processes are seen within `poll`. Each pass
-    claims the due rows (at least `batch`, and up to what `in_flight` leaves
-    room for) and moves them (see the module docstring); a pass that got all it
+    claims the due rows (at least `batch`, up to four times that as far as
+    `in_flight` leaves room) and moves them (see the module docstring); a pass that got all it
     asked for is followed by the next at once, without a look first. Rows are
     claimed `lookahead` seconds before they are due, longer (up to
     `max_lookahead`) while claims take longer than half of that.
@@ -471,7 +474,9 @@ class Scheduler:
         claim's time, and lateness grew pass after pass."""
         while self._moving and sum(self._moving.values()) + self.batch > self.in_flight:
             await asyncio.wait(list(self._moving), return_when=asyncio.FIRST_COMPLETED)
-        limit = self.in_flight - sum(self._moving.values())
+        # What the in-flight bound leaves room for, but at most a few batches: one
+        # pass of 16,000 rows held the event loop for tens of ms (sorting, tasks).
+        limit = min(self.in_flight - sum(self._moving.values()), _CLAIM_BATCHES * self.batch)
         start = time.time()
         rows = await self.store._take_due(start + self._ahead, limit, self.lease)
         took = time.time() - start
