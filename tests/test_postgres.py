@@ -13,7 +13,7 @@ import pathlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -859,3 +859,24 @@ async def test_scheduling_keeps_pending_and_claimed_events_of_a_schema_from_befo
     finally:
         await conn.close()
     await check_old_claims_upgraded(url, pending, claimed)
+
+
+async def test_scheduling_table_creation_takes_no_table_lock_once_the_tables_exist() -> None:
+    """The first schedules of a store each make sure the tables exist; once they do, that
+    check must not lock them: `CREATE INDEX IF NOT EXISTS` waits for a SHARE lock, and
+    against a scheduler's forget (claims, then rows, locked in one transaction) it
+    deadlocked (`40P01` in `scheduled_lateness`)."""
+    url = _created.url()
+    async with await tidelog.connect(url) as store:
+        assert isinstance(store, postgres.PostgresEngine)
+        schema = store.config.schema
+        await store.append("order-1", [ev("Later")], deliver_after=timedelta(hours=1))
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            async with conn.transaction():  # a forget in progress holds this lock
+                await conn.execute(f'DELETE FROM "{schema}".scheduled_claims WHERE false')
+                # A hang guard, not a timing assertion: before, this waited for the lock.
+                await asyncio.wait_for(store._pending_table._create(), 30)
+        finally:
+            await conn.close()
+        assert await store.count_scheduled() == 1

@@ -65,6 +65,10 @@ def _size_mb(path: str | None) -> float | None:
     return total / 2**20
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values)) if values else None
+
+
 def _flat(curve: list[float | None]) -> float | None:
     values = [v for v in curve if v is not None]
     if len(values) < 4:
@@ -100,6 +104,7 @@ async def _run(backend: Any, seconds: float, retention: bool) -> dict[str, Any]:
 
     sizes: list[float | None] = []
     rss: list[float | None] = []
+    rates: list[float] = []
     try:
         if retention:
             store.scavenge_interval = INTERVAL
@@ -109,10 +114,14 @@ async def _run(backend: Any, seconds: float, retention: bool) -> dict[str, Any]:
         producers = [asyncio.create_task(produce(k)) for k in range(PRODUCERS)]
         start = time.perf_counter()
         deadline = start + seconds
+        mark, counted = start, 0
         while (now := time.perf_counter()) < deadline:
             await asyncio.sleep(min(1.0, deadline - now))
             sizes.append(_size_mb(path))
             rss.append(_rss_mb())
+            now, count = time.perf_counter(), appended
+            rates.append((count - counted) / (now - mark))
+            mark, counted = now, count
         stop.set()
         await asyncio.gather(*producers)
         elapsed = time.perf_counter() - start
@@ -127,6 +136,7 @@ async def _run(backend: Any, seconds: float, retention: bool) -> dict[str, Any]:
         "handled": handled,
         "sizes": sizes,
         "rss": rss,
+        "rates": rates,
         "stats": stats,
     }
 
@@ -157,6 +167,10 @@ async def retention_steady_state(backend: Any, sizes: Any) -> dict[str, Any]:
         "size_flat_ratio": _flat(with_retention["sizes"]),
         "baseline_size_flat_ratio": _flat(without["sizes"]),
         "rss_flat_ratio": _flat(with_retention["rss"]),
+        "rates": [round(r) for r in with_retention["rates"]],
+        "baseline_rates_curve": [[round(r) for r in run["rates"]] for run in (before, after)],
+        "rate_until_first_scavenge": _mean(with_retention["rates"][: int(MAX_AGE)]),
+        "rate_after_first_scavenge": _mean(with_retention["rates"][int(MAX_AGE) :]),
         "appended": with_retention["appended"],
         "handled": with_retention["handled"],
         "scavenged": with_retention["stats"].get("deleted", 0),

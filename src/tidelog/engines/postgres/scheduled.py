@@ -38,6 +38,7 @@ table see no pending events.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -45,7 +46,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 from tidelog.engines._kit.batching import Commit, GroupCommit
-from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_row, to_row
+from tidelog.engines._kit.scheduling import ROW_COLUMNS, from_rows, to_row
 from tidelog.engines.postgres.errors import pg_errors
 from tidelog.engines.postgres.schema import advisory_keys, migration_lock
 from tidelog.engines.postgres.writer import transaction
@@ -76,6 +77,7 @@ class PendingTable:
         key = advisory_keys(schema)[1]
         self._ready = False
         self._looked_at = -_RECHECK
+        self._creating = asyncio.Lock()
         self._ddl = (
             migration_lock(schema),
             f"""CREATE TABLE IF NOT EXISTS {s}.scheduled (
@@ -156,13 +158,29 @@ class PendingTable:
 
     async def _ensure(self) -> None:
         if not await self._exists():
-            await self._create()
+            async with self._creating:  # the first schedules of a store arrive together
+                if not self._ready:
+                    await self._create()
 
     async def _create(self) -> None:
+        """Create what is missing, under the migration lock; nothing if it all exists.
+
+        `CREATE INDEX IF NOT EXISTS` takes its table's SHARE lock before it looks:
+        run while a scheduler forgets rows (its transaction locks the claims, then the
+        rows), it deadlocked with it (`40P01`, seen in `scheduled_lateness` when the
+        first hundred scheduled appends of a new store each ran this).
+        """
         with pg_errors():
             async with self._pool.acquire() as conn, transaction(conn, "BEGIN"):
-                for statement in self._ddl:
-                    await conn.execute(statement)
+                await conn.execute(self._ddl[0])  # the migration lock
+                table, claims = await conn.fetchrow(
+                    "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+                    self._table,
+                    f"{self._table}_claims",
+                )
+                if not (table and claims):
+                    for statement in self._ddl[1:]:
+                        await conn.execute(statement)
         self._ready = True
 
     async def insert(self, rows: Sequence[ScheduledEvent]) -> None:
@@ -204,7 +222,7 @@ class PendingTable:
             async with self._pool.acquire() as conn, transaction(conn, _BEGIN):
                 await conn.execute(self._claim_lock)
                 rows = await conn.fetch(self._take, now_us, now_us + int(lease * 1_000_000), limit)
-        return [from_row(r) for r in rows]
+        return from_rows(rows)
 
     async def next_ready(self) -> float | None:
         if not await self._exists():
@@ -238,7 +256,7 @@ class PendingTable:
         args: tuple[Any, ...] = (limit,) if stream is None else (limit, stream)
         with pg_errors():
             rows = await self._pool.fetch(sql, *args)
-        return [from_row(r) for r in rows]
+        return from_rows(rows)
 
     async def count(self) -> int:
         if not await self._exists():
