@@ -43,6 +43,7 @@ from tidelog.engines._kit.retention import (
 )
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines._remote_batch import AppendBatcher
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
 from tidelog.errors import (
     AccessDenied,
@@ -116,6 +117,7 @@ class RemoteEngine(GroupEngine):
             ),
         )
         self._pool, self._prefix = _pool_for(base_url, headers, tls, config.timeout)
+        self._batcher = AppendBatcher(self._append_one, self._append_many)
         self._partitions = 0
         self.server_engine = ""
         """The engine behind the server (`/v1/info`), known once started."""
@@ -196,12 +198,15 @@ class RemoteEngine(GroupEngine):
     # ------------------------------------------------------------------ layer 1
 
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
-        """One HTTP request per write: the route that says what the write is.
+        """The route that says what the write is.
 
-        An append to one stream goes to `POST /v1/streams/{s}/events`, to
-        several to `POST /v1/append-many`, and a checkpoint with its appends to
-        the group's commit route; the server's store decides each in one
-        transaction. A `fence_only` write is judged here (see `_fence`).
+        An append to one stream goes to `POST /v1/streams/{s}/events`, or with
+        other callers' appends that waited for a free slot to
+        `POST /v1/append-many` (`_remote_batch`: refused batches are sent again
+        one by one, so each caller gets its own answer); an append to several
+        streams goes to `POST /v1/append-many`, and a checkpoint with its
+        appends to the group's commit route; the server's store decides each in
+        one transaction. A `fence_only` write is judged here (see `_fence`).
         """
         cp = write.checkpoint
         if cp is not None:
@@ -220,9 +225,18 @@ class RemoteEngine(GroupEngine):
         if len(write.appends) == 1:
             [(name, (events, expected))] = write.appends.items()
             one = _wire_append(events, expected)
-            result = await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=one)
-            return {name: result}
+            if trace_headers():  # its own request, with its caller's trace (`_remote_batch`)
+                return {name: await self._append_one(name, one)}
+            size = sum(len(e.data) + len(e.data_base64 or "") for e in one.events)
+            return {name: await self._batcher.append(name, one, size)}
         many = wire.WireAppendMany(streams=_wire_appends(write.appends))
+        return (await self._call("POST", "/v1/append-many", wire.WireResults, body=many)).results
+
+    async def _append_one(self, name: str, body: wire.WireAppend) -> AppendResult:
+        return await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=body)
+
+    async def _append_many(self, appends: dict[str, wire.WireAppend]) -> dict[str, AppendResult]:
+        many = wire.WireAppendMany(streams=appends)
         return (await self._call("POST", "/v1/append-many", wire.WireResults, body=many)).results
 
     async def _read_stream(
@@ -272,6 +286,7 @@ class RemoteEngine(GroupEngine):
         if not self._closed:
             self._closed = True
             self._watch.close()
+            self._batcher.close()
             if self._pool is not None:
                 await self._pool.aclose()
             await self._client.aclose()
