@@ -64,7 +64,7 @@ async def test_concurrent_appends_share_requests_and_each_gets_its_own_result(
             assert [e.data for e in got] == [e.data for e in _events(3, str(i))]
             assert result.version == 2
             assert result.position == got[-1].position
-        # 40 appends, at most 2 in flight: the rest went together
+        # 40 appends, one request in flight: the rest went together
         single = _requests(server, "/v1/streams/{stream:str}/events")
         many = _requests(server, "/v1/append-many")
         assert many >= 1
@@ -116,7 +116,7 @@ async def test_a_caller_cancelled_while_waiting_is_never_sent(serve: Serve) -> N
         await store._start()
         first = [asyncio.create_task(store.append(f"a-{i}", _events(1))) for i in range(2)]
         waiting = asyncio.create_task(store.append("cancelled-1", _events(1)))
-        for _ in range(100):  # until two are sent and the third waits for a slot
+        for _ in range(100):  # until the first is sent and the others wait for the slot
             if store._batcher._waiting:
                 break
             await asyncio.sleep(0)

@@ -6,10 +6,14 @@ transaction where the same 8 callers in-process got 8, because requests
 reach the server one by one and the first wakes the writer. Each request
 also costs a fixed share of parsing, routing and checks on both sides.
 
-So a remote engine sends at most `in_flight` single-stream appends at once;
-appends that come while that many are under way wait, and go together, as
-one `POST /v1/append-many`, as soon as a request ends. A caller that finds a
-free slot sends at once: a lone writer waits for nothing.
+So a remote engine sends one single-stream append request at a time
+(`in_flight`); appends that come while it is under way wait, and go together,
+as one `POST /v1/append-many`, on the turn of the event loop after it ends
+(so the callers it answered, who append again at once, join them: a group
+commit). A caller that finds the slot free sends at once: a lone writer waits
+for nothing. One in flight measured better than two (batches of 8 appends,
+800 events per transaction behind the server like in-process, against 3 and
+300), the server being the bottleneck of the pipeline.
 
 `append-many` is atomic, and the callers' appends are independent: when the
 server refuses the batch (a wrong expected version, a duplicate id, a name or
@@ -59,7 +63,7 @@ class _Pending(NamedTuple):
 class AppendBatcher:
     """Single-stream appends of one engine: at most `in_flight` requests at once."""
 
-    def __init__(self, send_one: SendOne, send_many: SendMany, *, in_flight: int = 2) -> None:
+    def __init__(self, send_one: SendOne, send_many: SendMany, *, in_flight: int = 1) -> None:
         self._send_one = send_one
         self._send_many = send_many
         self._limit = in_flight
@@ -80,7 +84,7 @@ class AppendBatcher:
                 return await self._send_one(stream, body)
             finally:
                 self._busy -= 1
-                self._flush()
+                asyncio.get_running_loop().call_soon(self._flush)
         answer: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Pending(stream, body, len(body.events), size, answer))
         self._flush()
@@ -154,7 +158,9 @@ class AppendBatcher:
                 raise
         finally:
             self._busy -= 1
-            self._flush()
+            # on the next turn of the loop: the callers just answered append again
+            # first (a writer's next append comes at once) and join this batch
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _alone(self, p: _Pending) -> None:
         if p.answer.done():
