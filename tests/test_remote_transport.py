@@ -19,15 +19,20 @@ from tidelog import NewEvent
 from tidelog.engines.remote import RemoteConfig, RemoteEngine
 from tidelog.errors import StoreClosed, StoreUnavailable, WrongExpectedVersion
 from tidelog.model import NO_STREAM
+from tidelog.server import Limits
 
 
-def _requests(server: object, route: str) -> float:
+def _requests(server: object, route: str, status: str | None = None) -> float:
     """How many requests the server answered on `route` (its own metrics registry)."""
     registry = server._app.state.runtime.metrics.registry  # type: ignore[attr-defined]
     total = 0.0
     for family in registry.collect():
         for sample in family.samples:
-            if sample.name == "tidelog_http_requests_total" and sample.labels["route"] == route:
+            if (
+                sample.name == "tidelog_http_requests_total"
+                and sample.labels["route"] == route
+                and status in (None, sample.labels["status"])
+            ):
                 total += sample.value
     return total
 
@@ -88,6 +93,20 @@ async def test_a_refused_append_fails_alone_and_the_others_are_stored(serve: Ser
                 e.data for e in _events(2, str(i))
             ]
         assert len([e async for e in store.read_stream("taken-1")]) == 1
+
+
+async def test_a_server_with_tighter_limits_gets_smaller_batches(serve: Serve) -> None:
+    server, _ = await serve(limits=Limits(max_events_per_append=150))
+    async with _remote(f"http://127.0.0.1:{server.port}") as store:
+        await store._start()
+        for round_ in range(10):
+            calls = [store.append(f"r{round_}-{i}", _events(100, str(i))) for i in range(8)]
+            await asyncio.gather(*calls)
+        for round_ in range(10):
+            for i in range(8):
+                assert len([e async for e in store.read_stream(f"r{round_}-{i}")]) == 100
+        # refused batches of 8, 5 and 2 appends (1,000, 500, 250 events allowed), then alone
+        assert 1 <= _requests(server, "/v1/append-many", status="400") <= 3
 
 
 async def _data(store: tidelog.Store, stream: str) -> AsyncIterator[NewEvent]:

@@ -23,7 +23,9 @@ without batching. An unreachable server fails the whole batch with
 `StoreUnavailable`, as it would have failed each request. A batch never holds
 two appends to one stream (their order would be the batch's, not the
 callers'), nor more events or bytes than a server's default limits take in
-one request. A caller cancelled before its batch is sent is left out of it.
+one request (a server whose limits are tighter refuses a batch whose appends
+it then takes one by one: the engine halves its bounds each time). A caller
+cancelled before its batch is sent is left out of it.
 
 Callers inside a trace are not batched: each request carries its caller's
 trace context (`traceparent`), and a batch can carry only one.
@@ -72,6 +74,10 @@ class AppendBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._batching = True
         """False once the server's store refused a multi-stream append (`NotSupported`)."""
+        self._max_events = MAX_EVENTS
+        self._max_bytes = MAX_BYTES
+        """Halved each time a server refuses a batch whose appends it then takes one by
+        one: its limits (`max_events_per_append`, `max_body_bytes`) are tighter."""
         self._closed = False
 
     async def append(self, stream: str, body: wire.WireAppend, size: int) -> AppendResult:
@@ -118,8 +124,8 @@ class AppendBatcher:
             if batch and (
                 not self._batching
                 or p.stream in streams
-                or events + p.events > MAX_EVENTS
-                or size + p.size > MAX_BYTES
+                or events + p.events > self._max_events
+                or size + p.size > self._max_bytes
             ):
                 skipped.append(p)
                 if not self._batching or len(skipped) > 64:
@@ -146,7 +152,10 @@ class AppendBatcher:
             except TidelogError as exc:  # refused, so nothing of it was written
                 if isinstance(exc, NotSupported):
                     self._batching = False
-                await asyncio.gather(*(self._alone(p) for p in batch))
+                alone = await asyncio.gather(*(self._alone(p) for p in batch))
+                if all(alone):  # the batch itself was refused: a server with tighter limits
+                    self._max_events = max(1, self._max_events // 2)
+                    self._max_bytes = max(1, self._max_bytes // 2)
                 return
             for p in batch:
                 if not p.answer.done():
@@ -162,16 +171,18 @@ class AppendBatcher:
             # first (a writer's next append comes at once) and join this batch
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _alone(self, p: _Pending) -> None:
+    async def _alone(self, p: _Pending) -> bool:
+        """Send one append by itself; whether it was stored."""
         if p.answer.done():
-            return
+            return False
         try:
             result = await self._send_one(p.stream, p.body)
         except Exception as exc:
             _settle_error(p.answer, exc)
-        else:
-            if not p.answer.done():
-                p.answer.set_result(result)
+            return False
+        if not p.answer.done():
+            p.answer.set_result(result)
+        return True
 
     def close(self) -> None:
         """Fail what waits with `StoreClosed` and stop the batches under way."""
