@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import trustme
 
 import tidelog
 from support.server import ADMIN_KEY, Serve
@@ -279,3 +281,21 @@ async def test_requests_carry_the_credentials_and_a_length() -> None:
     assert head.startswith("GET /v1/log/head HTTP/1.1\r\n")
     assert f"Authorization: Bearer {ADMIN_KEY}\r\n" in head
     assert f"Host: {url.removeprefix('http://')}\r\n" in head
+
+
+async def test_tls_verifies_the_server_against_the_given_ca_only(
+    serve: Serve, tmp_path: pathlib.Path
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_pem, key_pem, ca_pem = tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    server, _ = await serve(tls_cert=str(cert_pem), tls_key=str(key_pem))
+    url = f"https://127.0.0.1:{server.port}"
+    with pytest.raises(StoreUnavailable):  # the default trust store does not know this CA
+        await tidelog.connect(url, token=ADMIN_KEY)
+    async with await tidelog.connect(url, token=ADMIN_KEY, verify=str(ca_pem)) as store:
+        await asyncio.gather(*(store.append(f"tls-{i}", _events(2)) for i in range(10)))
+        assert await store.last_position() == 20
