@@ -33,6 +33,8 @@ import ssl
 
 import httptools
 
+from tidelog.errors import InvalidInput
+
 __all__ = ["Http1Pool", "MalformedAnswer"]
 
 
@@ -44,7 +46,7 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -64,7 +66,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.last_data = self._loop.time()
+        self.last_data = self.loop.time()
         if self._answer is None:
             self.early.append(data)
             return
@@ -110,9 +112,9 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None
-        self._answer = self._loop.create_future()
+        self._answer = self.loop.create_future()
         self._keep_alive = False
-        self.last_data = self._loop.time()
+        self.last_data = self.loop.time()
         answer = self._answer
         if not self.transport.is_closing():
             self.transport.write(request)
@@ -172,9 +174,12 @@ class Http1Pool:
     ) -> tuple[int, bytes]:
         """Send one request and return (status, body). `target` is an absolute path with
         its query, already quoted; `headers` must not hold CR or LF."""
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        if extra.count("\n") != len(headers) or extra.count("\r") != len(headers):
+            # a line break of a name or value would end the header there
+            raise InvalidInput("an HTTP header holds a line break")
         lines = [f"{method} {target} HTTP/1.1\r\n".encode("ascii"), self._head]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(extra.encode("latin-1"))
         if body is not None:
             lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
             lines.append(body)
@@ -192,10 +197,16 @@ class Http1Pool:
             return status, content
 
     def _take(self) -> _Connection | None:
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to expire
-            if conn.closed or conn.early or now - conn.idle_since > self._idle_expiry:
+            if (
+                conn.closed
+                or conn.early
+                or now - conn.idle_since > self._idle_expiry
+                or conn.loop is not loop  # a store used from another event loop since
+            ):
                 conn.close()
                 continue
             return conn

@@ -560,6 +560,8 @@ def _pool_for(
     parts = urllib.parse.urlsplit(base_url)
     if parts.username is not None or parts.password is not None or not parts.hostname:
         return None, ""
+    if any("\r" in v or "\n" in v for v in headers.values()):
+        return None, ""  # httpx refuses such a header, as `open_engine` refuses the token
     secure = parts.scheme == "https"
     context = None
     if secure:
