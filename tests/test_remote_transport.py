@@ -138,10 +138,10 @@ async def test_a_caller_cancelled_while_waiting_is_never_sent(serve: Serve) -> N
         first = [asyncio.create_task(store.append(f"a-{i}", _events(1))) for i in range(2)]
         waiting = asyncio.create_task(store.append("cancelled-1", _events(1)))
         for _ in range(100):  # until the first is sent and the others wait for the slot
-            if store._batcher._waiting:
+            if len(store._batcher._waiting) == 2:
                 break
             await asyncio.sleep(0)
-        assert store._batcher._waiting
+        assert [p.stream for p in store._batcher._waiting] == ["a-1", "cancelled-1"]
         waiting.cancel()
         await asyncio.gather(*first)
         with pytest.raises(asyncio.CancelledError):
