@@ -134,11 +134,7 @@ def _send_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
                 return
 
             async def timed_send(message: Message) -> None:
-                # `asyncio.timeout`, not `wait_for`: the same deadline (the request's
-                # task is cancelled and `TimeoutError` raised) without wrapping every
-                # send in a task of its own, two per request on the append path
-                async with asyncio.timeout(seconds):
-                    await send(message)
+                await asyncio.wait_for(send(message), seconds)
 
             await app(scope, receive, timed_send)
 
