@@ -28,6 +28,7 @@ import httpx
 import msgspec
 
 from tidelog import wire
+from tidelog.engines._http1 import Http1Pool
 from tidelog.engines._kit.checks import (
     LogFilter,
     prepare_delete,
@@ -40,6 +41,7 @@ from tidelog.engines._kit.retention import (
 )
 from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
+from tidelog.engines._remote_batch import AppendBatcher
 from tidelog.engines.contract import Checked, Checkpoint, GroupEngine, Write
 from tidelog.errors import (
     AccessDenied,
@@ -98,6 +100,10 @@ class RemoteEngine(GroupEngine):
         # Plain http never uses the TLS settings: skip building a verifying
         # context (loading the CA bundle costs about 90 ms per store).
         tls = _ssl_context(verify, cert) if base_url.startswith("https:") else False
+        # Server-Sent Events (a streaming response) go through httpx; every other call
+        # through the lean pool (`_http1`: httpx cost more CPU per append than the rest
+        # of the client). Neither uses proxies from the environment: httpx ignores
+        # them when given a transport, as here.
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers=headers,
@@ -108,6 +114,8 @@ class RemoteEngine(GroupEngine):
                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             ),
         )
+        self._pool, self._prefix = _pool_for(base_url, headers, tls, config.timeout)
+        self._batcher = AppendBatcher(self._append_one, self._append_many)
         self._partitions = 0
         self.server_engine = ""
         """The engine behind the server (`/v1/info`), known once started."""
@@ -143,18 +151,29 @@ class RemoteEngine(GroupEngine):
         headers = trace_headers()
         if content is not None:
             headers["Content-Type"] = "application/json"
-        try:
-            response = await self._client.request(
-                method, path, content=content, params=_params(params), headers=headers or None
-            )
-        except httpx.HTTPError as exc:
-            raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
-        if response.status_code >= 400:
-            _raise_response(response.status_code, response.content, self._token_sent)
+        if self._pool is not None and _PLAIN_PATH.fullmatch(path):
+            query = _query(params)
+            target = f"{self._prefix}{path}?{query}" if query else f"{self._prefix}{path}"
+            try:
+                status, answer = await self._pool.request(
+                    method, target, list(headers.items()), content
+                )
+            except OSError as exc:  # refused, reset, timed out, not HTTP
+                raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
+        else:
+            try:
+                response = await self._client.request(
+                    method, path, content=content, params=_params(params), headers=headers or None
+                )
+            except httpx.HTTPError as exc:
+                raise StoreUnavailable(f"tidelog server unreachable: {exc!r}") from exc
+            status, answer = response.status_code, response.content
+        if status >= 400:
+            _raise_response(status, answer, self._token_sent)
         if result is None:
             return None  # type: ignore[return-value]
         try:
-            return self._decoder(result).decode(response.content)
+            return self._decoder(result).decode(answer)
         except msgspec.DecodeError as exc:
             raise StoreUnavailable(f"malformed answer from the server: {exc}") from exc
 
@@ -177,12 +196,15 @@ class RemoteEngine(GroupEngine):
     # ------------------------------------------------------------------ layer 1
 
     async def _apply_write(self, write: Write) -> dict[str, AppendResult]:
-        """One HTTP request per write: the route that says what the write is.
+        """The route that says what the write is.
 
-        An append to one stream goes to `POST /v1/streams/{s}/events`, to
-        several to `POST /v1/append-many`, and a checkpoint with its appends to
-        the group's commit route; the server's store decides each in one
-        transaction. A `fence_only` write is judged here (see `_fence`).
+        An append to one stream goes to `POST /v1/streams/{s}/events`, or with
+        other callers' appends that waited for a free slot to
+        `POST /v1/append-many` (`_remote_batch`: refused batches are sent again
+        one by one, so each caller gets its own answer); an append to several
+        streams goes to `POST /v1/append-many`, and a checkpoint with its
+        appends to the group's commit route; the server's store decides each in
+        one transaction. A `fence_only` write is judged here (see `_fence`).
         """
         cp = write.checkpoint
         if cp is not None:
@@ -201,9 +223,18 @@ class RemoteEngine(GroupEngine):
         if len(write.appends) == 1:
             [(name, (events, expected))] = write.appends.items()
             one = _wire_append(events, expected)
-            result = await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=one)
-            return {name: result}
+            if trace_headers():  # its own request, with its caller's trace (`_remote_batch`)
+                return {name: await self._append_one(name, one)}
+            size = sum(len(e.data) + len(e.data_base64 or "") for e in one.events)
+            return {name: await self._batcher.append(name, one, size)}
         many = wire.WireAppendMany(streams=_wire_appends(write.appends))
+        return (await self._call("POST", "/v1/append-many", wire.WireResults, body=many)).results
+
+    async def _append_one(self, name: str, body: wire.WireAppend) -> AppendResult:
+        return await self._call("POST", f"/v1/streams/{name}/events", AppendResult, body=body)
+
+    async def _append_many(self, appends: dict[str, wire.WireAppend]) -> dict[str, AppendResult]:
+        many = wire.WireAppendMany(streams=appends)
         return (await self._call("POST", "/v1/append-many", wire.WireResults, body=many)).results
 
     async def _read_stream(
@@ -253,6 +284,9 @@ class RemoteEngine(GroupEngine):
         if not self._closed:
             self._closed = True
             self._watch.close()
+            self._batcher.close()
+            if self._pool is not None:
+                await self._pool.aclose()
             await self._client.aclose()
 
     # ------------------------------------------------------------ scheduled delivery
@@ -479,8 +513,8 @@ def _filter_params(filters: LogFilter) -> dict[str, list[str] | list[int] | None
     }
 
 
-def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
-    out: list[tuple[str, str | int | float | bool | None]] = []
+def _param_pairs(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     for key, value in (params or {}).items():
         if value is None:
             continue
@@ -490,7 +524,50 @@ def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
             out.append((key, "true" if value else "false"))
         else:
             out.append((key, str(value)))
-    return httpx.QueryParams(out)
+    return out
+
+
+def _params(params: Mapping[str, Any] | None) -> httpx.QueryParams:
+    return httpx.QueryParams(tuple(_param_pairs(params)))
+
+
+def _query(params: Mapping[str, Any] | None) -> str:
+    """The query string of `params`, quoted as httpx quotes it (a space as `%20`)."""
+    if not params:
+        return ""
+    return urllib.parse.urlencode(_param_pairs(params), quote_via=urllib.parse.quote)
+
+
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/_\-.~:@$!&'()*+,;=]*")
+"""A path the lean pool sends as it is: nothing in it to quote (`_seg` quoted the rest).
+Any other path goes through httpx, which quotes it."""
+
+
+def _pool_for(
+    base_url: str, headers: Mapping[str, str], tls: ssl.SSLContext | bool, timeout: float
+) -> tuple[Http1Pool | None, str]:
+    """The lean pool for `base_url` and the path prefix its requests start with; no pool
+    for a URL with credentials in it (httpx's own handling of those stays)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.username is not None or parts.password is not None or not parts.hostname:
+        return None, ""
+    if any("\r" in v or "\n" in v for v in headers.values()):
+        return None, ""  # httpx refuses such a header, as `open_engine` refuses the token
+    secure = parts.scheme == "https"
+    context = None
+    if secure:
+        context = tls if isinstance(tls, ssl.SSLContext) else httpx.create_ssl_context(verify=tls)
+    lines = [f"Host: {parts.netloc}", "Accept: */*", "User-Agent: tidelog"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    head = "".join(f"{line}\r\n" for line in lines).encode("latin-1")
+    pool = Http1Pool(
+        parts.hostname,
+        parts.port or (443 if secure else 80),
+        tls=context,
+        head=head,
+        timeout=timeout,
+    )
+    return pool, urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=")
 
 
 def _partitions_of(membership: Membership, member: str) -> tuple[int, ...] | None:
