@@ -743,17 +743,24 @@ def _pool_pids(store: postgres.PostgresEngine) -> set[int]:
 
 
 async def _committing(store: postgres.PostgresEngine) -> set[int]:
-    """The pool's connections running a COMMIT now."""
+    """The pool's connections running a COMMIT, once one is (polled, up to 10 s).
+
+    Polled rather than looked at after a fixed sleep: on a loaded machine the
+    append may not have reached its COMMIT yet when a sleep ends."""
     conn = await asyncpg.connect(PG_DSN)
     try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])"
-            " AND state = 'active' AND query = 'COMMIT'",
-            list(_pool_pids(store)),
-        )
+        async with asyncio.timeout(10):
+            while True:
+                rows = await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])"
+                    " AND state = 'active' AND query = 'COMMIT'",
+                    list(_pool_pids(store)),
+                )
+                if rows:
+                    return {r[0] for r in rows}
+                await asyncio.sleep(0.01)
     finally:
         await conn.close()
-    return {r[0] for r in rows}
 
 
 async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dropped() -> None:
@@ -771,7 +778,7 @@ async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dr
         try:
             await conn.execute(
                 f"""CREATE FUNCTION "{schema}".slow() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+                BEGIN PERFORM pg_sleep(1.0); RETURN NULL; END $$;
                 CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON "{schema}".events
                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{schema}".slow();"""
             )
@@ -781,7 +788,6 @@ async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dr
         # The group commit's own task is cancelled during COMMIT.
         event = ev()
         appending = asyncio.ensure_future(store.append("order-1", [event]))
-        await asyncio.sleep(0.2)
         busy = await _committing(store)
         assert len(busy) == 1 and store._drainer is not None
         store._drainer.cancel()
@@ -807,7 +813,6 @@ async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dr
         # A transactional commit joins the group commit: so does its outcome.
         receipt = ev("Issued")
         committing = asyncio.ensure_future(commit(1, receipt))
-        await asyncio.sleep(0.2)
         busy = await _committing(store)
         assert len(busy) == 1 and store._drainer is not None
         store._drainer.cancel()
@@ -819,7 +824,6 @@ async def test_a_cancelled_commit_is_an_unknown_outcome_and_its_connection_is_dr
         # A transactional commit is cancelled during COMMIT, in its caller's task.
         receipt2 = ev("Issued")
         committing = asyncio.ensure_future(commit(2, receipt2))
-        await asyncio.sleep(0.2)
         busy = await _committing(store)
         assert len(busy) == 1 and store._drainer is not None
         committing.cancel()
