@@ -122,7 +122,9 @@ class NatsEngine(GroupEngine):
             " schedules would bypass its version check and id index); see docs/scheduling.md",
         )
 
-    def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
+    def __init__(
+        self, nc: NatsClient, config: NatsConfig, partitions: int, replicas: int = 1
+    ) -> None:
         self._nc = nc
         self.config = config
         self._layout = wire.Layout(config.store, partitions)
@@ -130,7 +132,7 @@ class NatsEngine(GroupEngine):
         self._watch_sub: Subscription | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_dirty = False
-        self._reader = Reader(nc, config, self._layout, self._check_open)
+        self._reader = Reader(nc, config, self._layout, self._check_open, replicas)
         self._writer = Writer(nc, config, self._layout, self._reader, self._watch, self._now)
 
     @contextlib.contextmanager
@@ -360,14 +362,23 @@ class NatsEngine(GroupEngine):
             return
         count = 0
         with self._reading("read_all"):
-            start = await self._reader.start_seq(from_position)
-            async for _, _, e in self._reader.matching(start, from_position, *filters):
+            # The head bounds the read: past it nothing is there yet (one round trip
+            # instead of a page), and a read merging several subjects stops there.
+            head_seq, head_position = await self._reader.log_head()
+            if from_position > head_position:
+                return
+            start = await self._reader.start_seq(from_position, head_seq)
+            async for _, _, e in self._reader.matching(
+                start, from_position, *filters, until=head_seq, limit=limit
+            ):
                 if e is None:
                     continue
                 yield e
                 count += 1
                 if limit is not None and count >= limit:
                     return
+        # Read to the head: the next read from past it starts at once (`Reader.remember`).
+        self._reader.remember(head_position, head_seq)
 
     async def last_position(self) -> int:
         self._check_open()
@@ -613,12 +624,12 @@ async def open_engine(url: str, **options: Any) -> NatsEngine:
                 "tidelog needs nats-server 2.12+ for atomic batch publishing",
             )
         with translated("open"):
-            await ensure_stream(nc, url, config)
+            replicas = await ensure_stream(nc, url, config)
             partitions = await ensure_meta(nc, url, config)
     except BaseException:
         await nc.close()
         raise
-    return NatsEngine(nc, config, partitions)
+    return NatsEngine(nc, config, partitions, replicas)
 
 
 async def _log_error(exc: Exception) -> None:
