@@ -66,6 +66,7 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.nats import wire
+from tidelog.engines.nats.client import Client
 from tidelog.engines.nats.errors import ApiError, translated
 from tidelog.engines.nats.reads import Reader, version_key
 from tidelog.engines.nats.setup import NatsConfig, ensure_meta, ensure_stream, servers_of
@@ -95,6 +96,8 @@ __all__ = ["NatsConfig", "NatsEngine", "open_engine"]
 log = logging.getLogger(__name__)
 
 MIN_SERVER: Final = (2, 12)
+FOLLOW_FOR: Final = 5.0
+"""Seconds the writer keeps its commits in memory after a consumer's page read reached the head."""
 MAX_ATTEMPTS: Final = 200
 """Compare-and-set rounds before giving up under contention (each round someone wins)."""
 _STORE_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -380,6 +383,54 @@ class NatsEngine(GroupEngine):
         # Read to the head: the next read from past it starts at once (`Reader.remember`).
         self._reader.remember(head_position, head_seq)
 
+    async def _read_page(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """A consumer's page: from the events this process just committed when they run
+        without a gap from `from_position` through the head, else from the stream.
+
+        The head is read either way (it bounds the read), so an in-process
+        appender's events reach its consumers one round trip after the commit,
+        without a page read and its decoding. A page that reached the head asks
+        the writer to keep its next commits for the next read (`FOLLOW_FOR`).
+        """
+        if limit == 0 or filters.matches_nothing:
+            return []
+        with self._reading("read_page"):
+            head_seq, head_position = await self._reader.log_head()
+        if from_position > head_position:
+            self._writer.follow_for(FOLLOW_FOR)
+            return []
+        page: list[RecordedEvent] = []
+        recent = self._writer.recent_from(from_position)
+        if recent and recent[-1][0] >= head_position:
+            cats, tys, parts = filters
+            count = self.partition_count
+            for pos, seq, e in recent:
+                if pos > head_position or len(page) >= limit:
+                    break
+                if (
+                    (cats is None or category_of(e.stream) in cats)
+                    and (tys is None or e.type in tys)
+                    and (parts is None or partition_of(e.stream, count) in parts)
+                ):
+                    page.append(e)
+                    self._reader.remember(pos, seq)
+        else:
+            with self._reading("read_page"):
+                start = await self._reader.start_seq(from_position, head_seq)
+                async for _, _, found in self._reader.matching(
+                    start, from_position, *filters, until=head_seq, limit=limit
+                ):
+                    if found is not None:
+                        page.append(found)
+                        if len(page) >= limit:
+                            return page
+        if len(page) < limit:  # read through the head
+            self._reader.remember(head_position, head_seq)
+            self._writer.follow_for(FOLLOW_FOR)
+        return page
+
     async def last_position(self) -> int:
         self._check_open()
         with translated("last_position"):
@@ -601,15 +652,17 @@ async def open_engine(url: str, **options: Any) -> NatsEngine:
             "acknowledged events would be lost on a restart; pass allow_unsafe=true to accept",
         )
     servers = servers_of(url)
+    # as `nats.connect` passes them (nats-py's annotations say int for the float seconds)
+    connect_options: dict[str, Any] = {
+        "connect_timeout": config.connect_timeout,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.2,
+        "allow_reconnect": True,
+        "error_cb": _log_error,
+    }
+    nc = Client()
     try:
-        nc = await nats.connect(
-            servers,
-            connect_timeout=config.connect_timeout,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
-            allow_reconnect=True,
-            error_cb=_log_error,
-        )
+        await nc.connect(servers, **connect_options)
     except (TimeoutError, nats.errors.Error, OSError) as exc:
         raise StoreUnavailable(f"cannot connect to {', '.join(servers)}: {exc}") from exc
     # Fail fast when no server answers at first, but once connected reconnect for
