@@ -863,6 +863,11 @@ def test_a_replicated_stream_is_read_through_one_wildcard() -> None:
     assert three._filter_subjects(cats, parts) == (["tl.s.e.*.order.*"], False)
     assert three._filter_subjects(cats, frozenset({2})) == (["tl.s.e.2.order.*"], True)
     assert one._filter_subjects(None, frozenset(range(8))) == (["tl.s.e.>"], True)
+    # a partition the store does not have is no reason to read every partition
+    assert one._filter_subjects(None, frozenset({*range(7), 9})) == (
+        [*(f"tl.s.e.{p}.*.*" for p in range(7)), "tl.s.e.9.*.*"],
+        True,
+    )
 
 
 @pytest.mark.parametrize(

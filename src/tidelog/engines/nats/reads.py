@@ -301,7 +301,7 @@ class Reader:
         `MERGE_MAX` subjects or on a replicated stream, the narrowest single
         wildcard, whose messages `matching` filters itself.
         """
-        if parts is not None and len(parts) >= self._layout.partitions:
+        if parts is not None and parts.issuperset(range(self._layout.partitions)):
             parts = None  # every partition: no partition token to match
         cat_list: list[str | None] = [None] if cats is None else [*sorted(cats)]
         part_list: list[int | None] = [None] if parts is None else [*sorted(parts)]
@@ -381,6 +381,8 @@ class Reader:
         event decoded is remembered for `start_seq`.
         """
         subjects, exact = self._filter_subjects(cats, parts)
+        if not subjects:  # an empty filter: nothing can match
+            return
         if len(subjects) == 1:
             source = self.scan(start_seq, subjects[0], until=until)
         else:
