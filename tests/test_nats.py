@@ -9,6 +9,7 @@ JetStream stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import pathlib
@@ -29,7 +30,9 @@ from tidelog.engines._kit.scheduling import Scheduler
 from tidelog.engines.nats import NatsEngine, wire
 from tidelog.engines.nats import errors as nats_errors
 from tidelog.engines.nats import scheduled as nats_scheduled
-from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT
+from tidelog.engines.nats.client import Client
+from tidelog.engines.nats.reads import Reader
+from tidelog.engines.nats.setup import MAX_MSGS_PER_SUBJECT, NatsConfig
 from tidelog.testing.conformance import EngineSuite, collect, subscribed, take
 from tidelog.testing.retention import RetentionSuite
 from tidelog.testing.retention_model import RetentionModelSuite
@@ -849,3 +852,141 @@ async def test_running_schedulers_of_two_processes_deliver_each_event_once() -> 
         assert len(await collect(one.read_all())) == len(events)  # each once
         total = one._scheduler.delivered + two._scheduler.delivered  # type: ignore[union-attr]
         assert total >= len(events)
+
+
+# ------------------------------------------------------------------------- reading some partitions
+
+
+async def test_reads_of_some_partitions_are_the_whole_log_filtered_while_others_append() -> None:
+    """A consumer's partitions are read one subject each, merged by sequence, bounded by
+    the head; an in-process reader takes the writer's just-committed events. Either way a
+    page read must be the whole log filtered, in order, while two engines (two
+    connections, two writers, as two processes) append beside it."""
+    url = store_url(partitions=8)
+    parts = [1, 3, 4, 6]
+    async with tidelog.connect(url) as a, tidelog.connect(url) as b:
+        done = asyncio.Event()
+
+        async def append(store: tidelog.Store, prefix: str) -> None:
+            for i in range(60):
+                await store.append_many(
+                    {
+                        f"{cat}-{prefix}{(i * 7 + j) % 23}": tidelog.AppendRequest([ev(f"T{j}")])
+                        for j, cat in enumerate(("order", "invoice", "order"))
+                    }
+                )
+
+        async def pages(store: tidelog.Store, limit: int) -> list[tidelog.RecordedEvent]:
+            got: list[tidelog.RecordedEvent] = []
+            position = 0
+            while True:
+                finished = done.is_set()  # before the read: a read after it sees everything
+                page = await store.read_page(position, ["order"], None, limit, parts)
+                got += page
+                position = page[-1].position + 1 if page else position
+                if finished and len(page) < limit:
+                    return got
+                await asyncio.sleep(0)
+
+        async def writers() -> None:
+            await asyncio.gather(append(a, "a"), append(b, "b"))
+            done.set()
+
+        # 40: pages of 16 messages per subject, so a read takes several rounds
+        _, from_a, from_b, rounds, big = await asyncio.gather(
+            writers(), pages(a, 7), pages(b, 5), pages(b, 40), pages(b, 1000)
+        )
+        expected = [
+            e
+            async for e in a.read_all(categories=["order"])
+            if tidelog.partition_of(e.stream, 8) in parts
+        ]
+        assert len(expected) > 100
+        assert from_a == from_b == rounds == big == expected
+        assert [e async for e in b.read_all(categories=["order"], partitions=parts)] == expected
+        # from every start, one page: the hints and the bisection find the same place
+        for start in (1, 2, 57, expected[40].position, expected[-1].position):
+            for limit in (9, 60):
+                want = [e for e in expected if e.position >= start][:limit]
+                assert await b.read_page(start, ["order"], None, limit, parts) == want
+
+
+async def test_live_subscription_to_some_partitions_misses_nothing() -> None:
+    url = store_url(partitions=8)
+    async with tidelog.connect(url) as a, tidelog.connect(url) as b:
+        got: list[tidelog.RecordedEvent] = []
+
+        async def follow() -> None:
+            async for e in b.subscribe(partitions=[0, 2, 5]):
+                got.append(e)
+                if e.type == "Last":
+                    return
+
+        task = asyncio.create_task(follow())
+        for i in range(40):
+            await asyncio.gather(a.append(f"order-a{i}", [ev()]), b.append(f"order-b{i}", [ev()]))
+        last = next(
+            f"order-x{i}" for i in range(100) if tidelog.partition_of(f"order-x{i}", 8) == 5
+        )
+        await a.append(last, [ev("Last")])
+        await asyncio.wait_for(task, 30)
+        assert got == [
+            e async for e in a.read_all() if tidelog.partition_of(e.stream, 8) in (0, 2, 5)
+        ]
+
+
+def test_a_replicated_stream_is_read_through_one_wildcard() -> None:
+    """Replicas answer direct gets with a prefix of the stream each, so a merge of several
+    subjects' pages could skip a message one replica did not have yet: several
+    partitions of a replicated stream are read through one subject and filtered."""
+    layout = wire.Layout("s", 8)
+    config = NatsConfig(store="s")
+    one = Reader(nats.NATS(), config, layout, lambda: None, replicas=1)
+    three = Reader(nats.NATS(), config, layout, lambda: None, replicas=3)
+    cats, parts = frozenset({"order"}), frozenset({1, 2})
+    assert one._filter_subjects(cats, parts) == (["tl.s.e.1.order.*", "tl.s.e.2.order.*"], True)
+    assert three._filter_subjects(cats, parts) == (["tl.s.e.*.order.*"], False)
+    assert three._filter_subjects(cats, frozenset({2})) == (["tl.s.e.2.order.*"], True)
+    assert one._filter_subjects(None, frozenset(range(8))) == (["tl.s.e.>"], True)
+    # a partition the store does not have is no reason to read every partition
+    assert one._filter_subjects(None, frozenset({*range(7), 9})) == (
+        [*(f"tl.s.e.{p}.*.*" for p in range(7)), "tl.s.e.9.*.*"],
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\r\n",
+        b"Nats-Subject: tl.s.e.1.order.order-1\r\nNats-Sequence: 17\r\n\r\n",
+        b"Tight:value\r\nTabbed:\tvalue \r\n  Padded  :  v  \r\n",
+        b"No colon here\r\nA: b: c\r\nEmpty:\r\n:no name\r\n",
+        b"Has space: x\r\nHas\ttab: y\r\nSep\x1cname: z\r\nok: 1\r\n",
+        b"Caf\xc3\xa9: x\r\nLatin: caf\xe9\r\nUtf8: caf\xc3\xa9\r\nDup: 1\r\nDup: 2\r\n",
+    ],
+)
+def test_header_parse_is_nats_pys(raw: bytes) -> None:
+    assert Client._parse_header_lines(raw) == nats.NATS._parse_header_lines(raw)
+
+
+async def test_a_read_of_several_pages_per_partition_keeps_log_order() -> None:
+    """Past a page per subject the merge takes several rounds: each yields only up to the
+    lowest last sequence of the subjects with more to come."""
+    url = store_url(partitions=4)
+    async with tidelog.connect(url) as store:
+        for i in range(16):  # partitions of uneven sizes: 40 streams hash unevenly
+            await store.append_many(
+                {f"order-{i}-{j}": tidelog.AppendRequest([ev(), ev()]) for j in range(40)}
+            )
+        expected = [
+            e
+            async for e in store.read_all(categories=["order"])
+            if tidelog.partition_of(e.stream, 4) in (0, 1, 3)
+        ]
+        sizes = collections.Counter(tidelog.partition_of(e.stream, 4) for e in expected)
+        assert min(sizes.values()) > 256  # more than a page per partition
+        got = [e async for e in store.read_all(categories=["order"], partitions=[0, 1, 3])]
+        assert got == expected
+        assert await store.read_page(0, ["order"], None, 10_000, [3, 1, 0]) == expected

@@ -136,20 +136,26 @@ async def _timed_group(
 
 
 async def _settled(store: tidelog.Store, group: str, workers: int, category: str = "bench") -> None:
-    """Wait until `workers` members hold their shares and each heartbeated after the last change.
+    """Wait until `workers` members joined, every partition was handed over to its final
+    holder, and each member heartbeated after that.
 
     A heartbeat returns the member's final assignment. Before it, a member may
     still handle partitions it lost; the new owner then handles them again (its
     commits refused), which a fixed pause cannot rule out on a busy machine.
-    A partition being handed over stays with its old holder until released,
-    so the shares are checked too (each member within one partition of the
-    others).
+    Members join cooperatively, so a partition moves only once its old holder
+    released it: until every member holds its share (the counts differ by at
+    most one and cover every partition), the clock would time the hand-over.
     """
     settled_at = generation = None
     while True:
         desc = await store.describe_group(group, category)
-        held = [len(m.partitions) for m in desc.members] if desc is not None else []
-        if len(held) != workers or max(held) - min(held) > 1:
+        held = [] if desc is None else [len(m.partitions) for m in desc.members]
+        balanced = (
+            len(held) == workers
+            and sum(held) == store.partition_count
+            and max(held) - min(held) <= 1
+        )
+        if desc is None or not balanced:
             settled_at = None
         elif settled_at is None or desc.generation != generation:
             settled_at, generation = time.time(), desc.generation

@@ -18,7 +18,10 @@ its handled count and the wall-clock times of its first and last event, and
 writes them on exit.
 Throughput = distinct events / (last handled event - first handled event) over
 all the group's processes; `handled_twice` counts events handled more than once
-(a sound run has 0: nothing crashes).
+(a sound run has 0: nothing crashes); `cpu_us_per_event` is the CPU time the
+worker processes used between their first and last event, per event (the
+engine's server not included): times the rate, it says how many cores the
+workers kept busy.
 
 Goals, all from the same run: I/O-bound, 4 processes >= 3x one process (quick:
 2 >= 1.5x of 1); trivial, adding processes never lowers throughput (2 >= 1.0x
@@ -78,6 +81,9 @@ async def _one(url: str, store: tidelog.Store, kind: str, workers: int, n: int) 
         "rate": round(n / max(last - first, 1e-6)),
         "handled_twice": sum(counts) - n,
         "per_process": sorted(counts),
+        # the workers' CPU while handling, per event: where it stays flat and the rate
+        # does not grow, the processes share too few cores (compare `uptime`)
+        "cpu_us_per_event": round(sum(float(r[3]) for r in rows) / n * 1e6, 1),
     }
 
 

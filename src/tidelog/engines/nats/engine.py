@@ -67,6 +67,7 @@ from tidelog.engines._kit.urls import config_from_url
 from tidelog.engines._kit.watch import HeadWatch
 from tidelog.engines.contract import GroupEngine, Write
 from tidelog.engines.nats import wire
+from tidelog.engines.nats.client import Client
 from tidelog.engines.nats.errors import ApiError, translated
 from tidelog.engines.nats.reads import Reader, version_key
 from tidelog.engines.nats.scheduled import Schedules
@@ -98,6 +99,8 @@ __all__ = ["NatsConfig", "NatsEngine", "open_engine"]
 log = logging.getLogger(__name__)
 
 MIN_SERVER: Final = (2, 12)
+FOLLOW_FOR: Final = 5.0
+"""Seconds the writer keeps its commits in memory after a consumer's page read reached the head."""
 MAX_ATTEMPTS: Final = 200
 """Compare-and-set rounds before giving up under contention (each round someone wins)."""
 _STORE_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -112,7 +115,9 @@ class NatsEngine(GroupEngine):
     poll_interval = 0.1
     max_write_events = (wire.MAX_BATCH_MESSAGES - 1) // 2  # each event and its index entry
 
-    def __init__(self, nc: NatsClient, config: NatsConfig, partitions: int) -> None:
+    def __init__(
+        self, nc: NatsClient, config: NatsConfig, partitions: int, replicas: int = 1
+    ) -> None:
         self._nc = nc
         self.config = config
         self._layout = wire.Layout(config.store, partitions)
@@ -120,7 +125,7 @@ class NatsEngine(GroupEngine):
         self._watch_sub: Subscription | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_dirty = False
-        self._reader = Reader(nc, config, self._layout, self._check_open)
+        self._reader = Reader(nc, config, self._layout, self._check_open, replicas)
         self._writer = Writer(nc, config, self._layout, self._reader, self._watch, self._now)
         self._schedules = Schedules(
             nc, config, self._writer.publish_one, self._writer.publish_batch
@@ -386,14 +391,71 @@ class NatsEngine(GroupEngine):
             return
         count = 0
         with self._reading("read_all"):
-            start = await self._reader.start_seq(from_position)
-            async for _, _, e in self._reader.matching(start, from_position, *filters):
+            # The head bounds the read: past it nothing is there yet (one round trip
+            # instead of a page), and a read merging several subjects stops there.
+            head_seq, head_position = await self._reader.log_head()
+            if from_position > head_position:
+                return
+            start = await self._reader.start_seq(from_position, head_seq)
+            async for _, _, e in self._reader.matching(
+                start, from_position, *filters, until=head_seq, limit=limit
+            ):
                 if e is None:
                     continue
                 yield e
                 count += 1
                 if limit is not None and count >= limit:
                     return
+        # Read to the head: the next read from past it starts at once (`Reader.remember`).
+        self._reader.remember(head_position, head_seq)
+
+    async def _read_page(
+        self, from_position: int, filters: LogFilter, limit: int
+    ) -> list[RecordedEvent]:
+        """A consumer's page: from the events this process just committed when they run
+        without a gap from `from_position` through the head, else from the stream.
+
+        The head is read either way (it bounds the read), so an in-process
+        appender's events reach its consumers one round trip after the commit,
+        without a page read and its decoding. A page that reached the head asks
+        the writer to keep its next commits for the next read (`FOLLOW_FOR`).
+        """
+        if limit == 0 or filters.matches_nothing:
+            return []
+        with self._reading("read_page"):
+            head_seq, head_position = await self._reader.log_head()
+        if from_position > head_position:
+            self._writer.follow_for(FOLLOW_FOR)
+            return []
+        page: list[RecordedEvent] = []
+        recent = self._writer.recent_from(from_position)
+        if recent and recent[-1][0] >= head_position:
+            cats, tys, parts = filters
+            count = self.partition_count
+            for pos, seq, e in recent:
+                if pos > head_position or len(page) >= limit:
+                    break
+                if (
+                    (cats is None or category_of(e.stream) in cats)
+                    and (tys is None or e.type in tys)
+                    and (parts is None or partition_of(e.stream, count) in parts)
+                ):
+                    page.append(e)
+                    self._reader.remember(pos, seq)
+        else:
+            with self._reading("read_page"):
+                start = await self._reader.start_seq(from_position, head_seq)
+                async for _, _, found in self._reader.matching(
+                    start, from_position, *filters, until=head_seq, limit=limit
+                ):
+                    if found is not None:
+                        page.append(found)
+                        if len(page) >= limit:
+                            return page
+        if len(page) < limit:  # read through the head
+            self._reader.remember(head_position, head_seq)
+            self._writer.follow_for(FOLLOW_FOR)
+        return page
 
     async def last_position(self) -> int:
         self._check_open()
@@ -616,15 +678,17 @@ async def open_engine(url: str, **options: Any) -> NatsEngine:
             "acknowledged events would be lost on a restart; pass allow_unsafe=true to accept",
         )
     servers = servers_of(url)
+    # as `nats.connect` passes them (nats-py's annotations say int for the float seconds)
+    connect_options: dict[str, Any] = {
+        "connect_timeout": config.connect_timeout,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.2,
+        "allow_reconnect": True,
+        "error_cb": _log_error,
+    }
+    nc = Client()
     try:
-        nc = await nats.connect(
-            servers,
-            connect_timeout=config.connect_timeout,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
-            allow_reconnect=True,
-            error_cb=_log_error,
-        )
+        await nc.connect(servers, **connect_options)
     except (TimeoutError, nats.errors.Error, OSError) as exc:
         raise StoreUnavailable(f"cannot connect to {', '.join(servers)}: {exc}") from exc
     # Fail fast when no server answers at first, but once connected reconnect for
@@ -639,12 +703,12 @@ async def open_engine(url: str, **options: Any) -> NatsEngine:
                 "tidelog needs nats-server 2.12+ for atomic batch publishing",
             )
         with translated("open"):
-            await ensure_stream(nc, url, config)
+            replicas = await ensure_stream(nc, url, config)
             partitions = await ensure_meta(nc, url, config)
     except BaseException:
         await nc.close()
         raise
-    return NatsEngine(nc, config, partitions)
+    return NatsEngine(nc, config, partitions, replicas)
 
 
 async def _log_error(exc: Exception) -> None:

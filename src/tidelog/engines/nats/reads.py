@@ -11,9 +11,11 @@ from the beginning. The engine reads through it, and so does the writer
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import heapq
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import nats.errors
@@ -30,6 +32,11 @@ __all__ = ["PAGE", "Reader", "position_key", "version_key"]
 
 PAGE: Final = 256
 """Messages per batched direct get."""
+MERGE_MAX: Final = 64
+"""Most subjects one read of the log merges (a consumer's partitions, say); past this it
+reads the narrowest single wildcard and filters the messages itself."""
+HINTS: Final = 4096
+"""(position, sequence) pairs a reader remembers per generation (two generations)."""
 
 
 def version_key(m: wire.StoredMsg) -> int | None:
@@ -55,12 +62,18 @@ class Reader:
         config: NatsConfig,
         layout: wire.Layout,
         check_open: Callable[[], None],
+        replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._config = config
         self._layout = layout
         self._jstream = layout.jstream
         self._check_open = check_open
+        self._merge = replicas == 1
+        """Whether reads of several subjects are merged (see `scan_merged`)."""
+        self._hints: dict[int, int] = {}
+        self._old_hints: dict[int, int] = {}
+        """position -> a sequence such that every event past that position lies past it."""
 
     async def api(self, op: str, body: object = None) -> dict[str, Any]:
         """One JetStream API request (`$JS.API.<op>`); its error raised as `errors` says."""
@@ -205,16 +218,21 @@ class Reader:
         raise StoreUnavailable(f"direct get failed: {status} {dict(headers)}")
 
     async def bisect(
-        self, subject: str, target: int, hi: int, key: Callable[[wire.StoredMsg], int | None]
+        self,
+        subject: str,
+        target: int,
+        hi: int,
+        key: Callable[[wire.StoredMsg], int | None],
+        lo: int = 1,
     ) -> int:
         """A sequence at or before the first message on `subject` whose key is `target`.
 
         Versions (on one stream's subject) and positions (on the events) grow
         with sequences, so the first message at or after a sequence tells on
         which side the target lies. Messages without a key (tombstones) only
-        narrow the search.
+        narrow the search. `lo` is a sequence known to be at or before it.
         """
-        lo = 1
+        lo = max(lo, 1)
         if target <= 1:
             return lo
         while hi - lo > PAGE:
@@ -229,19 +247,120 @@ class Reader:
 
     # ------------------------------------------------------------------ the global log
 
-    async def start_seq(self, from_position: int) -> int:
-        """A sequence at or before the first event at `from_position`."""
+    def remember(self, position: int, seq: int) -> None:
+        """Note that every event past `position` lies past sequence `seq`.
+
+        True of the sequence of the event at `position` (positions grow with
+        sequences) and of the `head` message that gave out `position` (it ends
+        its batch). A consumer's next read starts just past its last, so
+        `start_seq` then needs no bisection. Two generations bound the memory.
+        """
+        hints = self._hints
+        hints[position] = seq
+        if len(hints) >= HINTS:
+            self._old_hints, self._hints = hints, {}
+
+    def _hint(self, from_position: int) -> tuple[int, int] | None:
+        """The remembered (position, sequence) with the highest position below `from_position`."""
+        p = from_position - 1
+        seq = self._hints.get(p)
+        if seq is None:
+            seq = self._old_hints.get(p)
+        if seq is not None:
+            return p, seq
+        below = [q for h in (self._hints, self._old_hints) for q in h if q < from_position]
+        if not below:
+            return None
+        p = max(below)
+        return p, self._hints.get(p, self._old_hints.get(p, 0))
+
+    async def start_seq(self, from_position: int, head_seq: int | None = None) -> int:
+        """A sequence at or before the first event at `from_position`.
+
+        From a remembered position close below it, that position's sequence
+        (a short scan costs less than a bisection's round trips); else a
+        bisection up to `head_seq` (read when not given).
+        """
         if from_position <= 1:
             return 1
-        head_seq, _ = await self.log_head()
-        return await self.bisect(self._layout.events, from_position, head_seq, position_key)
+        known = self._hint(from_position)
+        lo = 1 if known is None else known[1] + 1
+        if known is not None and from_position - known[0] <= PAGE:
+            return lo
+        if head_seq is None:
+            head_seq, _ = await self.log_head()
+        return await self.bisect(self._layout.events, from_position, head_seq, position_key, lo)
 
-    def _filter_subject(self, cats: frozenset[str] | None, parts: frozenset[int] | None) -> str:
-        cat = next(iter(cats)) if cats is not None and len(cats) == 1 else None
-        part = next(iter(parts)) if parts is not None and len(parts) == 1 else None
-        if cat is None and part is None:
-            return self._layout.events
-        return self._layout.events_filter(cat, part)
+    def _filter_subjects(
+        self, cats: frozenset[str] | None, parts: frozenset[int] | None
+    ) -> tuple[list[str], bool]:
+        """The subjects a read of the log takes, and whether they match exactly the filters.
+
+        One subject per (category, partition) asked for, merged by `scan_merged`
+        (a consumer owning some partitions reads only theirs); else, above
+        `MERGE_MAX` subjects or on a replicated stream, the narrowest single
+        wildcard, whose messages `matching` filters itself.
+        """
+        if parts is not None and parts.issuperset(range(self._layout.partitions)):
+            parts = None  # every partition: no partition token to match
+        cat_list: list[str | None] = [None] if cats is None else [*sorted(cats)]
+        part_list: list[int | None] = [None] if parts is None else [*sorted(parts)]
+        n = len(cat_list) * len(part_list)
+        if n == 1 and cats is None and parts is None:
+            return [self._layout.events], True
+        if n == 1 or (self._merge and n <= MERGE_MAX):
+            return [self._layout.events_filter(c, p) for c in cat_list for p in part_list], True
+        cat = cat_list[0] if len(cat_list) == 1 else None
+        part = part_list[0] if len(part_list) == 1 else None
+        return [self._layout.events_filter(cat, part)], False
+
+    async def scan_merged(
+        self, from_seq: int, subjects: Sequence[str], until: int, batch: int = PAGE
+    ) -> AsyncIterator[wire.StoredMsg]:
+        """Stored messages on any of `subjects` (disjoint) from `from_seq` through `until`,
+        in order: one batched direct get per subject at a time, all in parallel.
+
+        A subject's page says nothing past its last message, so each round
+        yields only up to the lowest last sequence among the subjects with more
+        to come. A subject that has no more says so as of when it was asked,
+        which is complete only through messages stored before: `until` must be
+        a sequence read before this call (the `head`), and the scan stops there.
+        Replicas may answer direct gets with a prefix of the stream each, so
+        only a stream on one replica is read this way (`_filter_subjects`).
+        """
+        following = dict.fromkeys(subjects, max(from_seq, 1))
+        """subject -> the sequence its next page starts at, while it may have more."""
+        buffers: dict[str, collections.deque[wire.StoredMsg]] = {
+            s: collections.deque() for s in subjects
+        }
+        while True:
+            self._check_open()
+            need = [s for s, b in buffers.items() if not b and s in following]
+            pages = await asyncio.gather(*(self.direct_page(following[s], s, batch) for s in need))
+            for s, (page, pending) in zip(need, pages, strict=True):
+                buffer = buffers[s]
+                more = pending > 0
+                for m in page:
+                    if m.seq > until:
+                        more = False
+                        break
+                    buffer.append(m)
+                if not buffer or not more:
+                    del following[s]
+                else:
+                    following[s] = buffer[-1].seq + 1
+            bound = min((buffers[s][-1].seq for s in following), default=until)
+            ready: list[list[wire.StoredMsg]] = []
+            for buffer in buffers.values():
+                taken = []
+                while buffer and buffer[0].seq <= bound:
+                    taken.append(buffer.popleft())
+                if taken:
+                    ready.append(taken)
+            for m in heapq.merge(*ready, key=_seq_of):
+                yield m
+            if not following:
+                return
 
     async def matching(
         self,
@@ -250,25 +369,47 @@ class Reader:
         cats: frozenset[str] | None,
         tys: frozenset[str] | None,
         parts: frozenset[int] | None,
+        *,
+        until: int | None = None,
+        limit: int | None = None,
     ) -> AsyncIterator[tuple[int, int | None, RecordedEvent | None]]:
-        """(sequence, position, event) from `start_seq`.
+        """(sequence, position, event) from `start_seq`, through sequence `until` if given.
 
         The event is None for a message filtered out, the position None where
-        it was not decoded (tombstones, streams filtered out by name).
+        it was not decoded (tombstones, streams filtered out by name). `limit`
+        (the events wanted, if known) sizes the pages of a merged read. Every
+        event decoded is remembered for `start_seq`.
         """
-        subject = self._filter_subject(cats, parts)
-        async for m in self.scan(start_seq, subject):
+        subjects, exact = self._filter_subjects(cats, parts)
+        if not subjects:  # an empty filter: nothing can match
+            return
+        if len(subjects) == 1:
+            source = self.scan(start_seq, subjects[0], until=until)
+        else:
+            if until is None:
+                until, _ = await self.log_head()
+            batch = PAGE if limit is None else min(PAGE, max(16, limit * 5 // (4 * len(subjects))))
+            source = self.scan_merged(start_seq, subjects, until, batch)
+        remember = self.remember
+        count = self._layout.partitions
+        async for m in source:
             if m.is_tombstone:
                 yield m.seq, None, None
                 continue
             stream = self._layout.stream_of(m.subject)
-            if (cats is not None and category_of(stream) not in cats) or (
-                parts is not None and partition_of(stream, self._layout.partitions) not in parts
+            if not exact and (
+                (cats is not None and category_of(stream) not in cats)
+                or (parts is not None and partition_of(stream, count) not in parts)
             ):
                 yield m.seq, None, None
                 continue
             e = wire.decode_event(stream, m.data)
+            remember(e.position, m.seq)
             if e.position < from_position or (tys is not None and e.type not in tys):
                 yield m.seq, e.position, None
                 continue
             yield m.seq, e.position, e
+
+
+def _seq_of(m: wire.StoredMsg) -> int:
+    return m.seq

@@ -84,8 +84,9 @@ def _unsafe_limits(current: dict[str, Any]) -> list[str]:
     return unsafe
 
 
-async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
-    """Create the store's JetStream stream, or check that an existing one is safe.
+async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> int:
+    """Create the store's JetStream stream, or check that an existing one is safe; returns
+    its replica count (the reader merges several subjects' reads only on one replica).
 
     The stream is `KV_tidelog_<store>`, which makes it the key-value bucket
     `tidelog_<store>` as well (see `wire`). A stream of the layout before
@@ -165,6 +166,7 @@ async def ensure_stream(nc: NatsClient, url: str, config: NatsConfig) -> None:
     if repair:
         current.update(repair)
         raise_api(await api(f"STREAM.UPDATE.{js}", current))
+    return int(current.get("num_replicas") or 1)
 
 
 async def ensure_meta(nc: NatsClient, url: str, config: NatsConfig) -> int:

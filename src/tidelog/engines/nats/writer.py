@@ -203,6 +203,8 @@ class Writer:
         """stream -> (last sequence, last version, deleted) as this process wrote them."""
         self._live = 0
         """Live subscriptions of this engine; while there are any the writer keeps `_recent`."""
+        self._followed_until = 0.0
+        """Loop time until which a consumer's page reads keep `_recent` too (`follow_for`)."""
         self._recent: collections.deque[tuple[int, int, RecordedEvent]] = collections.deque(
             maxlen=RECENT
         )
@@ -263,6 +265,11 @@ class Writer:
             yield
         finally:
             self._live -= 1
+
+    def follow_for(self, seconds: float) -> None:
+        """Keep the events just committed for `seconds`: a consumer read up to the head
+        and will read this process's next commits (`NatsEngine._read_page`)."""
+        self._followed_until = asyncio.get_running_loop().time() + seconds
 
     def recent_from(self, next_pos: int) -> list[tuple[int, int, RecordedEvent]] | None:
         """This process's just-committed (position, sequence, event) from `next_pos`, or None
@@ -435,7 +442,8 @@ class Writer:
             self._stream_cache.clear()
         for stream, (index, version) in plan.last_event.items():
             self._stream_cache[stream] = (last_seq - (n - 1 - index), version, False)
-        if self._live and plan.event_msgs:
+        followed = self._live or asyncio.get_running_loop().time() < self._followed_until
+        if followed and plan.event_msgs:
             first = plan.last_position - len(plan.event_msgs) + 1
             if self._recent and self._recent[-1][0] + 1 != first:
                 self._recent.clear()  # another process wrote in between: no gap-free run
