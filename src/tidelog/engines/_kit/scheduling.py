@@ -303,6 +303,10 @@ def _aware(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
+_STOP_WAIT: Final = 5.0
+"""Seconds `Scheduler.stop` keeps cancelling its loop before it goes on without it."""
+
+
 def _setter(event: asyncio.Event) -> Callable[[asyncio.Task[None]], None]:
     return lambda _: event.set()
 
@@ -412,11 +416,18 @@ class Scheduler:
             # `asyncio.timeout` fires can be swallowed as that timeout (seen on
             # Python 3.11 in the NATS conformance runs: the loop went on polling,
             # "cancelling", and `stop` waited for it forever).
-            while not task.done():
+            # Bounded: a loop stuck in a call that swallows every cancel (a client
+            # library mid-reconnect while a NATS cluster elects a leader) must not
+            # hold `close` for ever; closing the store's connection next ends it.
+            deadline = time.monotonic() + _STOP_WAIT
+            while not task.done() and time.monotonic() < deadline:
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)
-            with contextlib.suppress(asyncio.CancelledError, TidelogError):
-                task.result()
+            if task.done():
+                with contextlib.suppress(asyncio.CancelledError, TidelogError):
+                    task.result()
+            else:
+                log.warning("scheduler loop did not stop within %.0f s; left cancelled", _STOP_WAIT)
         moving, self._moving = list(self._moving), {}
         now = time.time()
         for pass_ in moving:  # a pass with rows due later is not waited for...
